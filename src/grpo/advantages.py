@@ -1,0 +1,183 @@
+"""Group-relative advantages: GRPO and its known variants, as pure tensor functions.
+
+Shapes follow ``docs/shapes.md``: rewards are ``[N]`` with ``N = P * G`` (P prompts, G
+completions per prompt), each prompt's group **contiguous** (rows ``p*G ... p*G + G - 1``).
+
+The estimators (``r`` = rewards of one group, ``n`` = number of scorable rewards in it):
+
+* GRPO, DeepSeekMath (arXiv:2402.03300) eq. (3) outcome supervision, used unchanged by
+  DeepSeek-R1 (arXiv:2501.12948) eq. (3)::
+
+      A_i = (r_i - mean(r)) / (std(r) + eps)                       scale="group"
+
+* Dr. GRPO, "Understanding R1-Zero-Like Training" (arXiv:2503.20783) sec. 3.1: drop the std
+  division, which up-weights groups that are almost all right or all wrong::
+
+      A_i = r_i - mean(r)                                          scale="none"
+
+* Batch-std scaling ("Tricks or Traps? A Deep Dive into RL for LLM Reasoning",
+  arXiv:2508.08221, "group mean, batch std"; also REINFORCE++ arXiv:2501.03262)::
+
+      A_i = (r_i - mean(r)) / (std(all scorable rewards in the batch) + eps)   scale="batch"
+
+* RLOO, "Back to Basics: Revisiting REINFORCE Style Optimization..." (arXiv:2402.14740)
+  eq. (5): leave-one-out baseline, the mean of the *other* rewards in the group::
+
+      A_i = r_i - (sum(r) - r_i) / (n - 1)  =  n / (n - 1) * (r_i - mean(r))    leave_one_out=True
+
+  It composes with ``scale`` (the deviation is then divided by the chosen std).
+
+Conventions (stated because implementations differ):
+
+* **std is Bessel-corrected** (divides by ``n - 1``), as ``torch.std`` does and as trl's and
+  verl's GRPO implementations do, so advantages from ``grpo`` and ``trl`` on the same rewards
+  are identical. The population std would scale every advantage by ``sqrt(n / (n - 1))``
+  (3% for G=16), a constant absorbed by the learning rate.
+* **eps = 1e-6** in the denominator only guards against division by zero; groups whose
+  scorable rewards are all equal are detected exactly (max == min) and get advantage 0, rather
+  than relying on eps to shrink ``0 / (0 + eps)``.
+* **Unscorable rewards** (``None`` or NaN: the verifier could not decide) are excluded from
+  their group's mean and std and get advantage 0, so they neither push nor pull the policy.
+  A group with fewer than two scorable rewards has no baseline: all its advantages are 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+Scale = Literal["group", "batch", "none"]
+_SCALES = ("group", "batch", "none")
+
+
+@dataclass(frozen=True)
+class GroupAdvantages:
+    """Advantages and the group statistics a training run should log.
+
+    Attributes:
+        advantages: ``[N]`` float32, one per completion.
+        group_mean: ``[P]`` mean of each group's scorable rewards (NaN if none).
+        group_std: ``[P]`` Bessel std of each group's scorable rewards (0 if fewer than 2).
+        zero_std_frac: fraction of groups with no learning signal (all scorable rewards equal,
+            or fewer than two scorable): the "dead group" rate DAPO's dynamic sampling targets.
+        unscorable_frac: fraction of the N rewards that were None/NaN.
+    """
+
+    advantages: torch.Tensor
+    group_mean: torch.Tensor
+    group_std: torch.Tensor
+    zero_std_frac: float
+    unscorable_frac: float
+
+
+def _as_reward_tensor(rewards: torch.Tensor | Sequence[float | None]) -> torch.Tensor:
+    if isinstance(rewards, torch.Tensor):
+        if rewards.dim() != 1:
+            raise ValueError(f"rewards must be 1-D [N], got shape {tuple(rewards.shape)}")
+        return rewards.detach().to(torch.float64)
+    values = [float("nan") if r is None else float(r) for r in rewards]
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def compute_group_advantages(
+    rewards: torch.Tensor | Sequence[float | None],  # [N], groups contiguous
+    group_size: int,
+    *,
+    scale: Scale = "group",
+    leave_one_out: bool = False,
+    eps: float = 1e-6,
+) -> GroupAdvantages:
+    """Group-relative advantages with statistics; see the module docstring for formulas.
+
+    Args:
+        rewards: ``[N]`` scalar rewards, ``N = P * group_size``, groups contiguous. ``None``
+            (in a list) or NaN marks an unscorable completion.
+        group_size: G, completions per prompt (>= 2: one completion has no baseline).
+        scale: "group" (GRPO), "batch" (batch std) or "none" (Dr. GRPO).
+        leave_one_out: use the RLOO baseline instead of the group mean.
+        eps: added to the std in the denominator.
+
+    Returns:
+        A :class:`GroupAdvantages` record.
+
+    Example (the arithmetic: mean 0.5, Bessel std sqrt(1/3) = 0.5774, 0.5 / 0.5774 = 0.866):
+
+    >>> out = compute_group_advantages([1.0, 0.0, 1.0, 0.0], group_size=4)
+    >>> [round(a, 3) for a in out.advantages.tolist()]
+    [0.866, -0.866, 0.866, -0.866]
+    """
+    r = _as_reward_tensor(rewards)
+    if isinstance(group_size, bool) or not isinstance(group_size, int):
+        raise TypeError(f"group_size must be an int, got {type(group_size).__name__}")
+    if group_size < 2:
+        raise ValueError(
+            f"group_size must be >= 2 (got {group_size}): GRPO's baseline is the mean of the "
+            "other completions of the same prompt; sample at least 2 per prompt."
+        )
+    if r.numel() == 0 or r.numel() % group_size != 0:
+        raise ValueError(
+            f"number of rewards ({r.numel()}) must be a positive multiple of group_size "
+            f"({group_size}); rewards hold {group_size} contiguous completions per prompt."
+        )
+    if scale not in _SCALES:
+        raise ValueError(f"scale must be one of {_SCALES}, got {scale!r}")
+    if torch.isinf(r).any():
+        raise ValueError("rewards contain +/-inf; return None (unscorable) instead of inf.")
+
+    r_PG = r.view(-1, group_size)  # [P, G]
+    valid_PG = ~torch.isnan(r_PG)
+    n_P = valid_PG.sum(dim=1)  # [P]
+    r0_PG = torch.where(valid_PG, r_PG, torch.zeros_like(r_PG))
+    sum_P = r0_PG.sum(dim=1)
+    mean_P = sum_P / n_P.clamp(min=1)
+    dev_PG = torch.where(valid_PG, r_PG - mean_P[:, None], torch.zeros_like(r_PG))
+    std_P = torch.sqrt((dev_PG**2).sum(dim=1) / (n_P - 1).clamp(min=1))
+
+    # Exact detection of groups without signal: all scorable rewards equal, or < 2 scorable.
+    hi_P = torch.where(valid_PG, r_PG, torch.full_like(r_PG, -torch.inf)).amax(dim=1)
+    lo_P = torch.where(valid_PG, r_PG, torch.full_like(r_PG, torch.inf)).amin(dim=1)
+    dead_P = (n_P < 2) | (hi_P == lo_P)
+
+    if leave_one_out:
+        # mean of the others = (sum - r_i) / (n - 1); r_i - that = n / (n - 1) * (r_i - mean)
+        dev_PG = dev_PG * (n_P / (n_P - 1).clamp(min=1))[:, None]
+
+    if scale == "group":
+        adv_PG = dev_PG / (std_P[:, None] + eps)
+    elif scale == "batch":
+        flat_valid = r[~torch.isnan(r)]
+        batch_std = flat_valid.std() if flat_valid.numel() > 1 else torch.zeros((), dtype=r.dtype)
+        adv_PG = dev_PG / (batch_std + eps)
+    else:
+        adv_PG = dev_PG
+
+    adv_PG = torch.where(valid_PG & ~dead_P[:, None], adv_PG, torch.zeros_like(adv_PG))
+    group_mean = torch.where(n_P > 0, mean_P, torch.full_like(mean_P, float("nan")))
+    return GroupAdvantages(
+        advantages=adv_PG.reshape(-1).to(torch.float32),
+        group_mean=group_mean.to(torch.float32),
+        group_std=torch.where(n_P > 1, std_P, torch.zeros_like(std_P)).to(torch.float32),
+        zero_std_frac=dead_P.double().mean().item(),
+        unscorable_frac=1.0 - valid_PG.double().mean().item(),
+    )
+
+
+def group_advantages(
+    rewards: torch.Tensor | Sequence[float | None],  # [N]
+    group_size: int,
+    *,
+    scale: Scale = "group",
+    leave_one_out: bool = False,
+    eps: float = 1e-6,
+) -> torch.Tensor:  # [N]
+    """The ``[N]`` advantages of :func:`compute_group_advantages` (same arguments).
+
+    >>> group_advantages(torch.tensor([3.0, 1.0, 2.0, 2.0]), 2, scale="none").tolist()
+    [1.0, -1.0, 0.0, 0.0]
+    """
+    return compute_group_advantages(
+        rewards, group_size, scale=scale, leave_one_out=leave_one_out, eps=eps
+    ).advantages

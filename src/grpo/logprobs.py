@@ -1,0 +1,162 @@
+"""Per-token log-probs (and entropy) of sampled tokens, without the full float32 logits.
+
+A GRPO step needs ``log pi(o_t | o_<t)`` for every completion token, i.e. one entry per row of
+``logits = hidden @ W^T / temperature`` (``[B, T, V]``). With Qwen2.5's vocabulary
+(V = 151,936) and 8 x 1,024 tokens those logits alone are 5 GB in float32, and autograd
+keeps them (and the log-softmax) for backward. :func:`token_logprobs` instead walks the
+``B*T`` rows in chunks, keeps only one ``[chunk, V]`` block alive at a time and saves only the
+per-row log-sum-exp ``[B*T]`` for backward, where each chunk's logits are recomputed (the
+technique of Liger-Kernel's fused linear cross-entropy, arXiv:2410.10989, and of Cut Your
+Losses, arXiv:2411.09009). Extra peak memory is O(chunk x V), independent of B*T.
+
+Math, for one row with hidden ``h`` [H], target ``y``, ``z = W h / tau`` [V]::
+
+    logp   = z_y - logsumexp(z)
+    dlogp/dz = onehot(y) - softmax(z)
+    dL/dh  = g * (onehot(y) - p) @ W / tau         dL/dW += g * outer(onehot(y) - p, h) / tau
+    H(p)   = logsumexp(z) - sum_v p_v z_v          (entropy, returned detached)
+
+Sampling temperature ``tau`` must match the rollout's: the sampler drew from ``softmax(z / tau)``
+(vLLM reports log-probs after temperature scaling), so the ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20  # float32 bytes of one [chunk, V] logits block
+
+
+def _auto_chunk_rows(vocab_size: int) -> int:
+    return max(16, DEFAULT_CHUNK_BYTES // (4 * vocab_size))
+
+
+def _chunk_logits(h_CH: torch.Tensor, weight_VH: torch.Tensor, temperature: float) -> torch.Tensor:
+    # Matmul in the input dtype (bf16 on GPUs), softmax statistics in float32.
+    z_CV = (h_CH @ weight_VH.T).float()
+    if temperature != 1.0:
+        z_CV = z_CV / temperature
+    return z_CV
+
+
+class _ChunkedTokenLogprobs(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden_NH, weight_VH, targets_N, temperature, chunk_rows, want_entropy):
+        n = hidden_NH.shape[0]
+        logp_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
+        lse_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
+        entropy_N = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden_NH.device)
+        for s in range(0, n, chunk_rows):
+            e = min(s + chunk_rows, n)
+            z_CV = _chunk_logits(hidden_NH[s:e], weight_VH, temperature)
+            lse_C = torch.logsumexp(z_CV, dim=-1)
+            lse_N[s:e] = lse_C
+            logp_N[s:e] = z_CV.gather(1, targets_N[s:e, None]).squeeze(1) - lse_C
+            if want_entropy:
+                p_CV = torch.exp(z_CV - lse_C[:, None])
+                entropy_N[s:e] = lse_C - (p_CV * z_CV).sum(dim=-1)
+        ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N)
+        ctx.temperature = temperature
+        ctx.chunk_rows = chunk_rows
+        ctx.mark_non_differentiable(entropy_N)
+        return logp_N, entropy_N
+
+    @staticmethod
+    def backward(ctx, grad_logp_N, _grad_entropy):
+        hidden_NH, weight_VH, targets_N, lse_N = ctx.saved_tensors
+        need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_h = torch.zeros_like(hidden_NH) if need_h else None
+        grad_w = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device) if need_w else None
+        tau, n = ctx.temperature, hidden_NH.shape[0]
+        for s in range(0, n, ctx.chunk_rows):
+            e = min(s + ctx.chunk_rows, n)
+            h_CH = hidden_NH[s:e]
+            z_CV = _chunk_logits(h_CH, weight_VH, tau)
+            # dlogp/dz = onehot - softmax, scaled by upstream grad g and 1/tau: [C, V]
+            gz_CV = torch.exp(z_CV - lse_N[s:e, None]).mul_(-grad_logp_N[s:e, None].float())
+            gz_CV.scatter_add_(1, targets_N[s:e, None], grad_logp_N[s:e, None].float())
+            if tau != 1.0:
+                gz_CV.div_(tau)
+            gz_CV = gz_CV.to(weight_VH.dtype)
+            if need_h:
+                grad_h[s:e] = gz_CV @ weight_VH
+            if need_w:
+                grad_w.add_(gz_CV.T @ h_CH)
+        return grad_h, (grad_w.to(weight_VH.dtype) if need_w else None), None, None, None, None
+
+
+@dataclass(frozen=True)
+class TokenLogprobs:
+    """``logp`` [B, T] (differentiable) and ``entropy`` [B, T] (detached, nats)."""
+
+    logp: torch.Tensor
+    entropy: torch.Tensor
+
+
+def _check(hidden, lm_head_weight, targets, temperature, chunk_size):
+    if hidden.dim() != 3:
+        raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
+    if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[2]:
+        raise ValueError(f"lm_head_weight must be [V, H] with H={hidden.shape[2]}, got "
+                         f"{tuple(lm_head_weight.shape)}")
+    if targets.shape != hidden.shape[:2]:
+        raise ValueError(f"targets must be [B, T]={tuple(hidden.shape[:2])}, got {tuple(targets.shape)}")
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if chunk_size is not None and chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1 or None (auto), got {chunk_size}")
+
+
+def token_logprobs_and_entropy(
+    hidden: torch.Tensor,  # [B, T, H] final hidden states (after the final norm)
+    lm_head_weight: torch.Tensor,  # [V, H]
+    targets: torch.Tensor,  # [B, T] token ids whose log-prob is wanted
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+    with_entropy: bool = True,
+) -> TokenLogprobs:
+    """Chunked log-probs of ``targets`` and the sampling distribution's entropy.
+
+    ``chunk_size`` is the number of ``B*T`` rows whose logits exist at once (None: as many as
+    fit in 64 MB of float32 logits). Padding positions may hold any valid token id.
+    """
+    _check(hidden, lm_head_weight, targets, temperature, chunk_size)
+    b, t, h = hidden.shape
+    v = lm_head_weight.shape[0]
+    targets_N = targets.reshape(-1).long()
+    if targets_N.numel() and (targets_N.min() < 0 or targets_N.max() >= v):
+        raise ValueError(f"targets hold ids outside [0, {v}); replace padding with a valid id (e.g. 0)")
+    rows = chunk_size or _auto_chunk_rows(v)
+    logp_N, ent_N = _ChunkedTokenLogprobs.apply(
+        hidden.reshape(b * t, h), lm_head_weight, targets_N, float(temperature), rows, with_entropy
+    )
+    entropy = ent_N.view(b, t) if with_entropy else torch.zeros(b, t, device=hidden.device)
+    return TokenLogprobs(logp=logp_N.view(b, t), entropy=entropy)
+
+
+def token_logprobs(
+    hidden: torch.Tensor,  # [B, T, H]
+    lm_head_weight: torch.Tensor,  # [V, H]
+    targets: torch.Tensor,  # [B, T]
+    *,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+) -> torch.Tensor:  # [B, T] float32
+    """Per-token ``log softmax(hidden @ W^T / temperature)[targets]`` in float32, chunked.
+
+    Agrees with :func:`naive_token_logprobs` to float32 precision (values and gradients) while
+    never materialising the ``[B, T, V]`` float32 logits.
+    """
+    return token_logprobs_and_entropy(
+        hidden, lm_head_weight, targets, temperature=temperature, chunk_size=chunk_size,
+        with_entropy=False,
+    ).logp
+
+
+def naive_token_logprobs(hidden, lm_head_weight, targets, *, temperature: float = 1.0) -> torch.Tensor:
+    """Reference implementation: full float32 logits, log_softmax, gather. For tests/benchmarks."""
+    logits_BTV = (hidden @ lm_head_weight.T).float() / temperature
+    return torch.log_softmax(logits_BTV, dim=-1).gather(-1, targets[..., None].long()).squeeze(-1)

@@ -1,0 +1,298 @@
+"""The GRPO policy loss: clipped surrogate, KL penalty, importance correction, aggregation.
+
+Pure tensor functions; no config objects, no distributed calls. Shapes (``docs/shapes.md``):
+``B`` sequences (completions), ``T`` completion positions; log-probs and masks are ``[B, T]``,
+advantages ``[B]`` (one per sequence, broadcast over its tokens) or ``[B, T]``.
+
+The per-token objective, DeepSeekMath (arXiv:2402.03300) eq. (3) / DeepSeek-R1 eq. (1), written
+as a loss to minimise::
+
+    r_t      = pi_theta(o_t) / pi_old(o_t)                     importance ratio
+    pg_t     = -min(r_t * A, clip(r_t, 1 - eps_low, 1 + eps_high) * A)
+    loss_t   = w_t * pg_t + beta * KL_t(pi_theta || pi_ref)
+    loss     = aggregate(loss_t, mask)
+
+Options, each named after its paper:
+
+* ``eps_low != eps_high``: "clip-higher", DAPO (arXiv:2503.14476) eq. (10); DAPO uses
+  eps_low=0.2, eps_high=0.28.
+* ``dual_clip=c``: for A < 0 the loss is also capped at ``c * |A|`` (Ye et al. 2020,
+  "Mastering Complex Control in MOBA Games with Deep RL", arXiv:1912.09729 eq. (5)).
+* ``ratio_level="sequence"``: GSPO (arXiv:2507.18071) eq. (7), the ratio is the geometric
+  mean over the sequence ``s_i = exp(mean_t log r_t)``; implemented in the GSPO-token form of
+  eq. (13), ``s_{i,t} = sg[s_i] * pi(o_t) / sg[pi(o_t)]``, whose value is ``s_i`` and whose
+  gradient, with ``seq_mean_token_mean`` aggregation, equals GSPO's.
+* KL estimators (Schulman 2020, "Approximating KL Divergence"), with ``d = log pi_ref - log pi``:
+  ``k1 = -d``, ``k2 = d^2 / 2``, ``k3 = exp(d) - d - 1`` (DeepSeekMath eq. (4), unbiased and
+  non-negative, the default). ``beta = 0`` skips the term and needs no reference log-probs.
+* ``rollout_logp`` + ``is_cap=C``: truncated importance sampling (TIS; Yao et al. 2025, "Your
+  Efficient RL Framework Secretly Brings You Off-Policy RL Training"): the rollout engine's
+  numerics differ from the trainer's, so the samples come from ``pi_rollout``, not ``pi_old``;
+  the policy-gradient term is weighted by ``w_t = min(pi_old(o_t) / pi_rollout(o_t), C)``
+  (detached). Without ``rollout_logp``, ``w_t = 1``.
+
+Aggregation modes (:func:`aggregate`), with an optional ``normalizer`` so that gradient
+accumulation or data-parallel shards sum to the full-batch loss:
+
+* ``"seq_mean_token_mean"``: mean over sequences of each sequence's token mean (DeepSeekMath
+  eq. (3), the ``1/G sum_i 1/|o_i| sum_t`` of GRPO). ``normalizer`` = total sequences.
+* ``"token_mean"``: sum over all tokens / number of tokens (DAPO eq. (8), token-level loss).
+  ``normalizer`` = total tokens.
+* ``"seq_sum_max_len"``: sum over all tokens / (B * max completion length) (Dr. GRPO,
+  arXiv:2503.20783 sec. 3.1, removing the length bias). ``normalizer`` = total sequences x the
+  generation budget (default: this batch's ``B * T``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Literal
+
+import torch
+
+Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_sum_max_len"]
+KLEstimator = Literal["k1", "k2", "k3"]
+RatioLevel = Literal["token", "sequence"]
+
+# Bound on the log-ratio inside k3's exp: exp(20) ~ 5e8 is finite in bf16/fp32; larger gaps
+# mean the policy left the reference entirely and the estimate is meaningless anyway.
+_K3_MAX_LOG_RATIO = 20.0
+
+
+# ----------------------------------------------------------------------------- aggregation
+def _token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
+    denom = mask_BT.sum() if normalizer is None else normalizer
+    return (loss_BT * mask_BT).sum() / denom
+
+
+def _seq_mean_token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
+    per_seq_B = (loss_BT * mask_BT).sum(dim=1) / mask_BT.sum(dim=1).clamp(min=1)
+    denom = loss_BT.shape[0] if normalizer is None else normalizer
+    return per_seq_B.sum() / denom
+
+
+def _seq_sum_max_len(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
+    denom = loss_BT.shape[0] * loss_BT.shape[1] if normalizer is None else normalizer
+    return (loss_BT * mask_BT).sum() / denom
+
+
+AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]] = {
+    "token_mean": _token_mean,
+    "seq_mean_token_mean": _seq_mean_token_mean,
+    "seq_sum_max_len": _seq_sum_max_len,
+}
+
+
+def aggregate(
+    loss_BT: torch.Tensor,
+    mask_BT: torch.Tensor,
+    mode: Aggregation = "token_mean",
+    normalizer: float | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Reduce per-token losses ``[B, T]`` to a scalar with a named mode (module docstring).
+
+    ``normalizer`` replaces the mode's denominator (tokens, sequences, or sequences x budget)
+    with the value for the *whole* batch, so per-shard losses add up to the full-batch loss.
+
+    >>> loss = torch.tensor([[1.0, 3.0], [2.0, 0.0]]); mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
+    >>> aggregate(loss, mask, "token_mean").item()            # (1 + 3 + 2) / 3
+    2.0
+    >>> aggregate(loss, mask, "seq_mean_token_mean").item()   # ((1 + 3) / 2 + 2 / 1) / 2
+    2.0
+    >>> aggregate(loss, mask, "seq_sum_max_len").item()       # (1 + 3 + 2) / (2 * 2)
+    1.5
+    """
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {mode!r}")
+    return AGGREGATIONS[mode](loss_BT, mask_BT.to(loss_BT.dtype), normalizer)
+
+
+# ---------------------------------------------------------------------------- KL estimators
+def kl_k1(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
+    """k1 = log pi - log pi_ref (unbiased, high variance, can be negative)."""
+    return logp_BT - ref_logp_BT
+
+
+def kl_k2(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
+    """k2 = (log pi - log pi_ref)^2 / 2 (biased, low variance, >= 0)."""
+    return 0.5 * (logp_BT - ref_logp_BT) ** 2
+
+
+def kl_k3(logp_BT: torch.Tensor, ref_logp_BT: torch.Tensor) -> torch.Tensor:
+    """k3 = pi_ref/pi - log(pi_ref/pi) - 1 (DeepSeekMath eq. (4): unbiased, >= 0)."""
+    d = (ref_logp_BT - logp_BT).clamp(max=_K3_MAX_LOG_RATIO)
+    return torch.exp(d) - d - 1.0
+
+
+KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "k1": kl_k1,
+    "k2": kl_k2,
+    "k3": kl_k3,
+}
+
+
+# ----------------------------------------------------------------------------------- ratios
+def _masked_log_ratio(logp_BT, old_logp_BT, mask_BT):
+    # Padding may hold any value; zero it before exp so it can never produce inf * 0 = nan.
+    return torch.where(mask_BT, logp_BT - old_logp_BT, torch.zeros_like(logp_BT))
+
+
+def token_ratio(logp_BT, old_logp_BT, mask_BT) -> torch.Tensor:
+    """PPO/GRPO per-token ratio ``exp(log pi - log pi_old)``; 1 at padding."""
+    return torch.exp(_masked_log_ratio(logp_BT, old_logp_BT, mask_BT))
+
+
+def sequence_ratio(logp_BT, old_logp_BT, mask_BT) -> torch.Tensor:
+    """GSPO-token ratio (arXiv:2507.18071 eq. (13)): value ``exp(mean_t log r_t)`` per sequence,
+    gradient ``s_i * grad log pi(o_t)`` per token."""
+    log_ratio_BT = _masked_log_ratio(logp_BT, old_logp_BT, mask_BT)
+    seq_log_ratio_B = log_ratio_BT.sum(dim=1) / mask_BT.sum(dim=1).clamp(min=1)
+    logp_masked_BT = torch.where(mask_BT, logp_BT, torch.zeros_like(logp_BT))
+    return torch.exp(seq_log_ratio_B.detach()[:, None] + logp_masked_BT - logp_masked_BT.detach())
+
+
+RATIOS: dict[str, Callable[..., torch.Tensor]] = {"token": token_ratio, "sequence": sequence_ratio}
+
+
+# ------------------------------------------------------------------------------------- loss
+@dataclass(frozen=True)
+class LossOutput:
+    """The loss to back-propagate and named, detached statistics (0-dim tensors).
+
+    ``clip_frac_low``: fraction of tokens with A < 0 whose ratio fell below 1 - eps_low (their
+    gradient is clipped to 0); ``clip_frac_high``: A > 0 and ratio above 1 + eps_high;
+    ``dual_clip_frac``: A < 0 tokens capped by the dual clip. Ratio and IS-weight statistics
+    are over unmasked tokens; ``kl`` is the token mean of the chosen estimator (0 if beta = 0).
+    """
+
+    loss: torch.Tensor
+    pg_loss: torch.Tensor
+    kl: torch.Tensor
+    clip_frac_low: torch.Tensor
+    clip_frac_high: torch.Tensor
+    dual_clip_frac: torch.Tensor
+    ratio_mean: torch.Tensor
+    ratio_min: torch.Tensor
+    ratio_max: torch.Tensor
+    is_weight_mean: torch.Tensor
+    is_weight_min: torch.Tensor
+    is_weight_max: torch.Tensor
+    num_tokens: torch.Tensor
+
+    def metrics(self, prefix: str = "loss/") -> dict[str, float]:
+        """Python floats under namespaced keys, e.g. ``loss/clip_frac_high``."""
+        return {prefix + f.name: float(getattr(self, f.name)) for f in fields(self)}
+
+
+def _check_inputs(logp_BT, old_logp_BT, advantages, mask_BT, ref_logp_BT, rollout_logp_BT, beta):
+    if logp_BT.dim() != 2:
+        raise ValueError(f"logp must be [B, T], got shape {tuple(logp_BT.shape)}")
+    for name, t in (("old_logp", old_logp_BT), ("mask", mask_BT), ("ref_logp", ref_logp_BT),
+                    ("rollout_logp", rollout_logp_BT)):
+        if t is not None and t.shape != logp_BT.shape:
+            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(logp_BT.shape)} "
+                             "(the shape of logp)")
+    if advantages.shape not in (logp_BT.shape[:1], logp_BT.shape):
+        raise ValueError(f"advantages must be [B]={tuple(logp_BT.shape[:1])} or [B, T], got "
+                         f"{tuple(advantages.shape)}")
+    if beta < 0:
+        raise ValueError(f"beta (KL coefficient) must be >= 0, got {beta}")
+    if beta > 0 and ref_logp_BT is None:
+        raise ValueError("beta > 0 needs ref_logp (reference-model log-probs); pass them or set beta=0")
+
+
+def policy_loss(
+    logp: torch.Tensor,  # [B, T] log pi_theta(o_t), requires grad
+    old_logp: torch.Tensor,  # [B, T] log pi_old(o_t), the policy that sampled (trainer numerics)
+    advantages: torch.Tensor,  # [B] or [B, T]
+    mask: torch.Tensor,  # [B, T] 1 for completion tokens, 0 for padding
+    *,
+    ref_logp: torch.Tensor | None = None,  # [B, T] log pi_ref(o_t); needed when beta > 0
+    beta: float = 0.0,
+    eps_low: float = 0.2,
+    eps_high: float = 0.2,
+    dual_clip: float | None = None,
+    kl_estimator: KLEstimator = "k3",
+    aggregation: Aggregation = "token_mean",
+    ratio_level: RatioLevel = "token",
+    rollout_logp: torch.Tensor | None = None,  # [B, T] the rollout engine's log-probs (TIS)
+    is_cap: float = 2.0,
+    normalizer: float | torch.Tensor | None = None,
+) -> LossOutput:
+    """Clipped, KL-regularised GRPO policy loss; formulas in the module docstring.
+
+    Args:
+        logp, old_logp, mask, ref_logp, rollout_logp: ``[B, T]`` per-token tensors.
+        advantages: ``[B]`` (broadcast over tokens) or ``[B, T]``.
+        beta: KL coefficient (DeepSeek-R1: 0.001). 0 disables the KL term.
+        eps_low, eps_high: clip range ``[1 - eps_low, 1 + eps_high]``.
+        dual_clip: constant c > 1 bounding the loss of negative-advantage tokens, or None.
+        kl_estimator: "k1", "k2" or "k3".
+        aggregation: reduction mode, see :func:`aggregate`.
+        ratio_level: "token" (GRPO) or "sequence" (GSPO).
+        rollout_logp: sampler log-probs for truncated importance sampling, or None.
+        is_cap: C, the truncation of the TIS weight.
+        normalizer: full-batch denominator for the aggregation (accumulation / sharding).
+    """
+    mask_BT = mask.bool()
+    _check_inputs(logp, old_logp, advantages, mask_BT, ref_logp, rollout_logp, beta)
+    if not (0.0 <= eps_low < 1.0) or eps_high < 0.0:
+        raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
+    if dual_clip is not None and dual_clip <= 1.0:
+        raise ValueError(f"dual_clip must be > 1 (e.g. 3.0) or None, got {dual_clip}")
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {kl_estimator!r}")
+    if ratio_level not in RATIOS:
+        raise ValueError(f"ratio_level must be one of {sorted(RATIOS)}, got {ratio_level!r}")
+    if is_cap <= 0:
+        raise ValueError(f"is_cap must be > 0, got {is_cap}")
+
+    adv_BT = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
+    adv_BT = adv_BT.to(logp.dtype)
+    ratio_BT = RATIOS[ratio_level](logp, old_logp, mask_BT)
+    clipped_BT = ratio_BT.clamp(1.0 - eps_low, 1.0 + eps_high)
+    pg_BT = torch.maximum(-ratio_BT * adv_BT, -clipped_BT * adv_BT)
+    dual_capped_BT = torch.zeros_like(mask_BT)
+    if dual_clip is not None:
+        cap_BT = -dual_clip * adv_BT
+        dual_capped_BT = (adv_BT < 0) & (pg_BT > cap_BT) & mask_BT
+        pg_BT = torch.where(adv_BT < 0, torch.minimum(pg_BT, cap_BT), pg_BT)
+
+    if rollout_logp is not None:
+        log_w_BT = _masked_log_ratio(old_logp, rollout_logp, mask_BT).detach()
+        w_BT = torch.exp(log_w_BT).clamp(max=is_cap)
+    else:
+        w_BT = torch.ones_like(logp)
+    pg_BT = pg_BT * w_BT
+
+    if beta > 0:
+        assert ref_logp is not None  # checked above
+        kl_BT = KL_ESTIMATORS[kl_estimator](logp, ref_logp)
+        loss_BT = pg_BT + beta * kl_BT
+    else:
+        kl_BT = torch.zeros_like(logp)
+        loss_BT = pg_BT
+
+    loss = aggregate(loss_BT, mask_BT, aggregation, normalizer)
+    with torch.no_grad():
+        n = mask_BT.sum()
+        m = mask_BT.to(logp.dtype)
+        nz = n.clamp(min=1)
+        r = ratio_BT.detach()
+        big = torch.finfo(r.dtype).max
+        return LossOutput(
+            loss=loss,
+            pg_loss=aggregate(pg_BT.detach(), mask_BT, aggregation, normalizer),
+            kl=(kl_BT.detach() * m).sum() / nz,
+            clip_frac_low=(((r < 1.0 - eps_low) & (adv_BT < 0) & mask_BT).sum() / nz),
+            clip_frac_high=(((r > 1.0 + eps_high) & (adv_BT > 0) & mask_BT).sum() / nz),
+            dual_clip_frac=dual_capped_BT.sum() / nz,
+            ratio_mean=(r * m).sum() / nz,
+            ratio_min=torch.where(mask_BT, r, torch.full_like(r, big)).min() if n > 0 else r.new_ones(()),
+            ratio_max=torch.where(mask_BT, r, torch.full_like(r, -big)).max() if n > 0 else r.new_ones(()),
+            is_weight_mean=(w_BT * m).sum() / nz,
+            is_weight_min=torch.where(mask_BT, w_BT, torch.full_like(w_BT, big)).min() if n > 0 else w_BT.new_ones(()),
+            is_weight_max=torch.where(mask_BT, w_BT, torch.full_like(w_BT, -big)).max() if n > 0 else w_BT.new_ones(()),
+            num_tokens=n,
+        )

@@ -1,0 +1,100 @@
+"""Tiny models built offline, for tests, CPU demos and benchmarks.
+
+No weights can be downloaded on a CI machine, so ``grpo`` builds its own small causal LM: a
+Llama-architecture model (supported by transformers, peft and vLLM alike) with a
+character-level tokenizer. Saved with ``save_pretrained`` and loaded back through the Auto
+classes, it goes through exactly the code path a user's model does.
+
+The tokenizer has one token per printable ASCII character plus:
+
+* special tokens ``<pad>``, ``<eos>`` and the chat-role markers ``<|system|>``, ``<|user|>``,
+  ``<|assistant|>`` (a chat template uses them, so prompts can be chat messages);
+* the R1 template tags ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` as single, *non*
+  special tokens: they survive ``decode(skip_special_tokens=True)`` and cost one step each.
+
+vLLM's CPU attention needs head_dim >= 32 (see shared/ENVIRONMENT.md), hence the defaults.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+
+SPECIAL_TOKENS = ["<pad>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>"]
+TAG_TOKENS = ["<think>", "</think>", "<answer>", "</answer>"]
+CHARS = [c for c in string.printable if c not in "\r\x0b\x0c"]
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>' + message['content'] }}"
+    "{% if message['role'] == 'assistant' %}{{ '<eos>' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}"
+)
+
+
+def build_char_tokenizer():
+    """A character-level ``PreTrainedTokenizerFast`` with a chat template, eos and pad."""
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TAG_TOKENS + CHARS)}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
+    core.decoder = decoders.Fuse()
+    core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>",
+        model_max_length=2048,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    tok.padding_side = "left"
+    return tok
+
+
+def build_tiny_llama(
+    tokenizer=None,
+    *,
+    hidden_size: int = 128,
+    num_layers: int = 2,
+    num_heads: int = 4,
+    head_dim: int = 32,
+    intermediate_size: int | None = None,
+    max_position_embeddings: int = 1024,
+    seed: int = 0,
+):
+    """A randomly initialised ``LlamaForCausalLM`` sized for the char tokenizer."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tokenizer or build_char_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size or 4 * hidden_size,
+        num_hidden_layers=num_layers,
+        num_attention_heads=num_heads,
+        num_key_value_heads=num_heads,
+        head_dim=head_dim,
+        max_position_embeddings=max_position_embeddings,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        tie_word_embeddings=False,
+        torch_dtype="float32",
+    )
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(config)
+
+
+def save_tiny_model(path: str | Path, *, seed: int = 0, **model_kwargs) -> Path:
+    """Build the tiny model and tokenizer and ``save_pretrained`` both into ``path``."""
+    path = Path(path)
+    tokenizer = build_char_tokenizer()
+    model = build_tiny_llama(tokenizer, seed=seed, **model_kwargs)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
