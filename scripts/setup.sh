@@ -8,7 +8,9 @@ PY=${PYTHON:-python3}
 STAMP="$VENV/.grpo-setup-$(cat pyproject.toml scripts/setup.sh | sha1sum | cut -c1-12)"
 if [ -f "$STAMP" ]; then exit 0; fi
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-PIP="$VENV/bin/python -m pip"
+# pip's machine-wide config may list missing local indexes; hide those warnings only.
+pip_q() { "$VENV/bin/python" -m pip "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+PIP=pip_q
 $PIP install -q --upgrade pip
 # The CPU torch build (a bare `torch` would pull a multi-GB CUDA build).
 $PIP install -q "torch==2.13.0"

@@ -61,20 +61,25 @@ _K3_MAX_LOG_RATIO = 20.0
 
 
 # ----------------------------------------------------------------------------- aggregation
+def _masked(loss_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
+    # where, not multiply: an inf at a padding position must not become inf * 0 = nan.
+    return torch.where(mask_BT, loss_BT, torch.zeros_like(loss_BT))
+
+
 def _token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
     denom = mask_BT.sum() if normalizer is None else normalizer
-    return (loss_BT * mask_BT).sum() / denom
+    return _masked(loss_BT, mask_BT).sum() / denom
 
 
 def _seq_mean_token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
-    per_seq_B = (loss_BT * mask_BT).sum(dim=1) / mask_BT.sum(dim=1).clamp(min=1)
+    per_seq_B = _masked(loss_BT, mask_BT).sum(dim=1) / mask_BT.sum(dim=1).clamp(min=1)
     denom = loss_BT.shape[0] if normalizer is None else normalizer
     return per_seq_B.sum() / denom
 
 
 def _seq_sum_max_len(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
     denom = loss_BT.shape[0] * loss_BT.shape[1] if normalizer is None else normalizer
-    return (loss_BT * mask_BT).sum() / denom
+    return _masked(loss_BT, mask_BT).sum() / denom
 
 
 AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]] = {
@@ -105,7 +110,7 @@ def aggregate(
     """
     if mode not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {mode!r}")
-    return AGGREGATIONS[mode](loss_BT, mask_BT.to(loss_BT.dtype), normalizer)
+    return AGGREGATIONS[mode](loss_BT, mask_BT.bool(), normalizer)
 
 
 # ---------------------------------------------------------------------------- KL estimators
@@ -182,7 +187,7 @@ class LossOutput:
 
     def metrics(self, prefix: str = "loss/") -> dict[str, float]:
         """Python floats under namespaced keys, e.g. ``loss/clip_frac_high``."""
-        return {prefix + f.name: float(getattr(self, f.name)) for f in fields(self)}
+        return {prefix + f.name: float(getattr(self, f.name).detach()) for f in fields(self)}
 
 
 def _check_inputs(logp_BT, old_logp_BT, advantages, mask_BT, ref_logp_BT, rollout_logp_BT, beta):
@@ -276,23 +281,32 @@ def policy_loss(
 
     loss = aggregate(loss_BT, mask_BT, aggregation, normalizer)
     with torch.no_grad():
-        n = mask_BT.sum()
-        m = mask_BT.to(logp.dtype)
-        nz = n.clamp(min=1)
-        r = ratio_BT.detach()
-        big = torch.finfo(r.dtype).max
+        nz = mask_BT.sum().clamp(min=1)
+        r, w = ratio_BT.detach(), w_BT.detach()
+        ratio_min, ratio_max = _masked_min_max(r, mask_BT)
+        w_min, w_max = _masked_min_max(w, mask_BT)
         return LossOutput(
             loss=loss,
             pg_loss=aggregate(pg_BT.detach(), mask_BT, aggregation, normalizer),
-            kl=(kl_BT.detach() * m).sum() / nz,
-            clip_frac_low=(((r < 1.0 - eps_low) & (adv_BT < 0) & mask_BT).sum() / nz),
-            clip_frac_high=(((r > 1.0 + eps_high) & (adv_BT > 0) & mask_BT).sum() / nz),
+            kl=_masked(kl_BT.detach(), mask_BT).sum() / nz,
+            clip_frac_low=((r < 1.0 - eps_low) & (adv_BT < 0) & mask_BT).sum() / nz,
+            clip_frac_high=((r > 1.0 + eps_high) & (adv_BT > 0) & mask_BT).sum() / nz,
             dual_clip_frac=dual_capped_BT.sum() / nz,
-            ratio_mean=(r * m).sum() / nz,
-            ratio_min=torch.where(mask_BT, r, torch.full_like(r, big)).min() if n > 0 else r.new_ones(()),
-            ratio_max=torch.where(mask_BT, r, torch.full_like(r, -big)).max() if n > 0 else r.new_ones(()),
-            is_weight_mean=(w_BT * m).sum() / nz,
-            is_weight_min=torch.where(mask_BT, w_BT, torch.full_like(w_BT, big)).min() if n > 0 else w_BT.new_ones(()),
-            is_weight_max=torch.where(mask_BT, w_BT, torch.full_like(w_BT, -big)).max() if n > 0 else w_BT.new_ones(()),
-            num_tokens=n,
+            ratio_mean=_masked(r, mask_BT).sum() / nz,
+            ratio_min=ratio_min,
+            ratio_max=ratio_max,
+            is_weight_mean=_masked(w, mask_BT).sum() / nz,
+            is_weight_min=w_min,
+            is_weight_max=w_max,
+            num_tokens=mask_BT.sum(),
         )
+
+
+def _masked_min_max(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Min and max over unmasked entries (1.0 and 1.0 when there are none)."""
+    big = torch.finfo(x_BT.dtype).max
+    lo = torch.where(mask_BT, x_BT, torch.full_like(x_BT, big)).amin()
+    hi = torch.where(mask_BT, x_BT, torch.full_like(x_BT, -big)).amax()
+    empty = ~mask_BT.any()
+    one = torch.ones_like(lo)
+    return torch.where(empty, one, lo), torch.where(empty, one, hi)
