@@ -1,0 +1,71 @@
+"""Prompt data for the trainer: a resumable, seeded sampler and the columns rewards receive.
+
+A dataset is anything indexable that returns dicts (an HF ``datasets.Dataset`` or a list of
+dicts). Each row has a ``prompt`` (text, or chat messages ``[{"role", "content"}]``) and any
+other fields; those other fields are the *columns* that reward functions receive, repeated
+for each of the prompt's G completions (trl's convention).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+class PromptSampler:
+    """Epochs of seeded permutations of ``range(n)``; its position is saved in checkpoints.
+
+    Every data-parallel process holds the same sampler and takes its own slice of each global
+    batch, so a step's prompts are the same whatever the number of processes.
+    """
+
+    def __init__(self, n: int, seed: int = 0):
+        if n < 1:
+            raise ValueError("the training dataset is empty")
+        self.n, self.seed = n, seed
+        self.epoch, self.position = 0, 0
+        self._order = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.n)
+
+    def take(self, k: int) -> list[int]:
+        """The next ``k`` indices, continuing into a new epoch's permutation when needed."""
+        out: list[int] = []
+        while len(out) < k:
+            if self.position == self.n:
+                self.epoch, self.position = self.epoch + 1, 0
+                self._order = self._permutation(self.epoch)
+            step = min(k - len(out), self.n - self.position)
+            out += self._order[self.position:self.position + step].tolist()
+            self.position += step
+        return out
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "n": self.n}
+
+    def load_state_dict(self, state: Mapping[str, int]) -> None:
+        if state["n"] != self.n or state["seed"] != self.seed:
+            raise ValueError(f"checkpoint sampler was for n={state['n']}, seed={state['seed']}; "
+                             f"this run has n={self.n}, seed={self.seed}")
+        self.epoch, self.position = int(state["epoch"]), int(state["position"])
+        self._order = self._permutation(self.epoch)
+
+
+def get_rows(dataset: Any, indices: Sequence[int], prompt_key: str = "prompt") -> list[dict]:
+    """Rows as dicts, checking that each has a prompt."""
+    rows = []
+    for i in indices:
+        row = dict(dataset[int(i)])
+        if prompt_key not in row:
+            raise KeyError(f"dataset row {i} has no {prompt_key!r} field (fields: {sorted(row)})")
+        rows.append(row)
+    return rows
+
+
+def reward_columns(rows: Sequence[Mapping[str, Any]], repeat: int, prompt_key: str = "prompt") -> dict[str, list]:
+    """Every non-prompt field as a column aligned with the completions (each row ``repeat`` times)."""
+    keys = [k for k in rows[0] if k != prompt_key] if rows else []
+    return {k: [row.get(k) for row in rows for _ in range(repeat)] for k in keys}

@@ -1,0 +1,105 @@
+"""Run logging: metrics JSONL, sampled completions JSONL, the config, trackers, a progress bar.
+
+A run folder holds::
+
+    config.yaml          the full GRPOConfig of the run
+    metrics.jsonl        one JSON object per logged step: {"step": s, "<namespace>/<name>": v, ...}
+    completions.jsonl    sampled completions per step with their rewards and advantages
+    eval.jsonl           evaluation results (greedy / mean@k accuracy, format rate)
+
+Metric keys are namespaced and documented in ``docs/metrics.md``. Only the main process writes.
+tensorboard / wandb go through accelerate's trackers when ``report_to`` asks for them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+
+def _clean(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        return None if math.isnan(v) else str(v)
+    return v
+
+
+class RunLogger:
+    """Writes the run folder (main process only) and drives the progress bar."""
+
+    def __init__(self, output_dir: str | Path, *, is_main: bool = True, accelerator=None,
+                 report_to: list[str] | None = None, total_steps: int = 0, start_step: int = 0,
+                 progress_bar: bool = True, config: Mapping[str, Any] | None = None):
+        self.dir = Path(output_dir)
+        self.is_main = is_main
+        self.accelerator = accelerator if report_to else None
+        self._bar = None
+        if not is_main:
+            return
+        self.dir.mkdir(parents=True, exist_ok=True)
+        if self.accelerator is not None:
+            self.accelerator.init_trackers("grpo", config=dict(config or {}))
+        if progress_bar:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total_steps, initial=start_step, desc="GRPO", unit="step",
+                             dynamic_ncols=True)
+        self._t0 = time.perf_counter()
+
+    def _append(self, name: str, record: Mapping[str, Any]) -> None:
+        with open(self.dir / name, "a") as f:
+            f.write(json.dumps({k: _clean(v) for k, v in record.items()}) + "\n")
+
+    def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.is_main:
+            return
+        self._append("metrics.jsonl", {"step": step, **metrics})
+        if self.accelerator is not None:
+            self.accelerator.log(dict(metrics), step=step)
+
+    def log_completions(self, step: int, records: list[Mapping[str, Any]]) -> None:
+        if self.is_main and records:
+            for r in records:
+                self._append("completions.jsonl", {"step": step, **r})
+
+    def log_eval(self, step: int, metrics: Mapping[str, float]) -> None:
+        if not self.is_main:
+            return
+        self._append("eval.jsonl", {"step": step, **metrics})
+        if self.accelerator is not None:
+            self.accelerator.log(dict(metrics), step=step)
+        if self._bar is not None:
+            self._bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+
+    def progress(self, metrics: Mapping[str, float]) -> None:
+        if self._bar is None:
+            return
+        shown = {"reward": "reward/total/mean", "acc": "train/accuracy", "len": "completions/mean_length",
+                 "kl": "loss/kl"}
+        self._bar.set_postfix({k: f"{metrics[m]:.3g}" for k, m in shown.items() if m in metrics},
+                              refresh=False)
+        self._bar.update(1)
+
+    def message(self, text: str) -> None:
+        if not self.is_main:
+            return
+        if self._bar is not None:
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self.is_main and self.accelerator is not None:
+            self.accelerator.end_training()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    p = Path(path)
+    if not p.exists():
+        return []
+    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]

@@ -1,0 +1,135 @@
+"""The trainer's parts on their own: config validation, sampler, batch layout, text stats, report."""
+
+import json
+from dataclasses import dataclass
+
+import pytest
+import torch
+
+from grpo.config import GRPOConfig
+from grpo.data import PromptSampler, reward_columns
+from grpo.policy import collate_rollouts, completion_logprobs
+from grpo.textstats import has_reflection, is_language_mixed
+
+
+# ------------------------------------------------------------------------------ config
+def test_config_defaults_follow_r1():
+    cfg = GRPOConfig()
+    assert (cfg.num_generations, cfg.beta, cfg.temperature) == (16, 0.001, 1.0)
+    d = cfg.derived()
+    assert d.completions_per_step == 8 * 16 and d.optimizer_steps_per_step == 1
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(prompts_per_step=3, num_generations=4, minibatch_size=5), "must divide prompts_per_step x num_generations"),
+    (dict(prompts_per_step=4, num_generations=4, minibatch_size=8, micro_batch_size=3), "micro_batch_size=3 must divide"),
+    (dict(num_generations=1), "num_generations"),
+    (dict(beta=-0.1), "beta"),
+    (dict(rollout="hf", use_tis=True), "use_tis"),
+    (dict(rollout="sglang"), "rollout"),
+    (dict(lerning_rate=1e-5), "lerning_rate"),  # typos are caught, not ignored
+])
+def test_config_errors_say_what_to_change(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GRPOConfig(**kwargs)
+
+
+def test_config_yaml_round_trip_and_overrides(tmp_path):
+    cfg = GRPOConfig(num_generations=4, prompts_per_step=2, stop=["</answer>"])
+    path = tmp_path / "c.yaml"
+    cfg.to_yaml(path)
+    back = GRPOConfig.from_yaml(path, ["beta=0", "eps_high=0.28", "report_to=[tensorboard]"])
+    assert back.model_dump() == {**cfg.model_dump(), "beta": 0.0, "eps_high": 0.28, "report_to": ["tensorboard"]}
+    with pytest.raises(ValueError, match="key=value"):
+        GRPOConfig.from_yaml(path, ["beta"])
+
+
+def test_derived_counts():
+    d = GRPOConfig(prompts_per_step=4, num_generations=4, minibatch_size=8, micro_batch_size=2,
+                   num_iterations=2).derived()
+    # 16 completions / 8 per minibatch = 2 minibatches, x mu=2 passes = 4 optimizer steps
+    assert (d.minibatches_per_step, d.optimizer_steps_per_step, d.micro_batches_per_minibatch) == (2, 4, 4)
+
+
+# ------------------------------------------------------------------------------ data
+def test_sampler_covers_each_epoch_and_resumes():
+    s = PromptSampler(5, seed=3)
+    first = s.take(5)
+    assert sorted(first) == list(range(5))
+    second = s.take(3) + s.take(2)
+    assert sorted(second) == list(range(5)) and second != first  # a new permutation each epoch
+    s2 = PromptSampler(5, seed=3)
+    s2.take(7)
+    state = s2.state_dict()
+    s3 = PromptSampler(5, seed=3)
+    s3.load_state_dict(state)
+    assert s3.take(6) == s2.take(6)
+    with pytest.raises(ValueError, match="n=5"):
+        PromptSampler(6, seed=3).load_state_dict(state)
+
+
+def test_reward_columns_repeat_per_completion():
+    rows = [{"prompt": "a", "answer": "1"}, {"prompt": "b", "answer": "2"}]
+    assert reward_columns(rows, 3) == {"answer": ["1", "1", "1", "2", "2", "2"]}
+
+
+# ------------------------------------------------------------------------------ batch layout
+@dataclass
+class _R:  # the fields of grpo.rollout.Rollout that collation reads
+    prompt_ids: list
+    completion_ids: list
+    logprobs: list
+
+
+def test_collate_layout_by_hand():
+    rs = [_R([5, 6], [7, 8, 9], [-1.0, -2.0, -3.0]), _R([4, 5, 6], [1], [-0.5])]
+    b = collate_rollouts(rs, torch.tensor([1.0, -1.0]), pad_id=0)
+    assert b.prompt_len == 3
+    assert b.input_ids.tolist() == [[0, 5, 6, 7, 8, 9], [4, 5, 6, 1, 0, 0]]
+    assert b.attention_mask.tolist() == [[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 0, 0]]
+    assert b.completion_mask.tolist() == [[True, True, True], [True, False, False]]
+    assert b.rollout_logp.tolist() == [[-1.0, -2.0, -3.0], [-0.5, 0.0, 0.0]]
+    sub = b.select(slice(1, 2))  # trimmed to its own width
+    assert sub.input_ids.tolist() == [[4, 5, 6, 1]] and sub.prompt_len == 3
+
+
+def test_completion_logprobs_match_unpadded_forward():
+    """Left padding + right padding give the same log-probs as each sequence alone."""
+    from grpo.tiny import build_tiny_llama
+
+    torch.manual_seed(0)
+    model = build_tiny_llama(hidden_size=64, num_heads=2, head_dim=32).eval()
+    rs = [_R([11, 12], [13, 14, 15], [0.0] * 3), _R([21, 22, 23, 24], [25], [0.0])]
+    b = collate_rollouts(rs, torch.zeros(2), pad_id=0)
+    with torch.no_grad():
+        got = completion_logprobs(model, b, temperature=0.8).logp
+        for i, r in enumerate(rs):
+            ids = torch.tensor([r.prompt_ids + r.completion_ids])
+            logits = model(ids).logits[0, len(r.prompt_ids) - 1:-1] / 0.8
+            want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r.completion_ids)[:, None]).squeeze(-1)
+            torch.testing.assert_close(got[i, :len(r.completion_ids)], want, atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------ text stats, report
+def test_text_stats():
+    assert has_reflection("so 12. Wait, let me re-check that") and not has_reflection("12 is waiting")
+    assert is_language_mixed("answer 答案") and not is_language_mixed("答案")
+
+
+def test_report_draws_curves_from_a_run_folder(tmp_path):
+    from grpo.report import write_report
+
+    with open(tmp_path / "metrics.jsonl", "w") as f:
+        for s in range(1, 6):
+            f.write(json.dumps({"step": s, "reward/total/mean": s / 5, "train/accuracy": s / 10,
+                                "completions/mean_length": 10 + s, "completions/reflection_rate": 0.1 * s,
+                                "loss/kl": 0.01 * s}) + "\n")
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"step": 0, "eval/greedy_accuracy": 0.2}) + "\n"
+                                         + json.dumps({"step": 5, "eval/greedy_accuracy": 0.6}) + "\n")
+    page = write_report(tmp_path)
+    text = page.read_text()
+    assert "reward_accuracy.png" in text and "response_length.png" in text and "reflection.png" in text
+    assert (tmp_path / "report" / "reward_accuracy.png").stat().st_size > 1000
+    assert "format.png" not in text  # no data, no panel
+    with pytest.raises(FileNotFoundError, match="no metrics"):
+        write_report(tmp_path / "missing")
