@@ -1,0 +1,88 @@
+"""Building the trainable policy, its optimizer and its generator from a GRPOConfig."""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grpo.config import GRPOConfig
+
+
+def _dtype(cfg: GRPOConfig) -> torch.dtype:
+    if cfg.dtype == "auto":
+        return torch.float32  # weights stay fp32; autocast gives bf16 compute on GPUs
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
+
+
+def load_policy(model: str | torch.nn.Module, tokenizer: Any, peft_config: Any, cfg: GRPOConfig,
+                device: torch.device) -> tuple[torch.nn.Module, Any, str | None]:
+    """(model on ``device``, tokenizer, path the weights came from or None)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = None
+    if isinstance(model, (str, Path)):
+        path = str(model)
+        looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
+        if looks_local and not Path(path).expanduser().exists():
+            raise FileNotFoundError(f"model {path!r} is not a local folder (and not an 'org/name' hub id)")
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg))
+    elif not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a path or a torch.nn.Module, got {type(model).__name__}")
+    if tokenizer is None:
+        source = path or getattr(getattr(model, "config", None), "_name_or_path", None)
+        if not source:
+            raise ValueError("pass tokenizer=... when model is a loaded model without a saved path")
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    return model.to(device), tokenizer, path
+
+
+def make_optimizer_and_scheduler(params: list[torch.nn.Parameter], cfg: GRPOConfig):
+    """AdamW and a warm-up + constant / cosine / linear schedule over all optimizer steps."""
+    from transformers import get_scheduler
+
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.adam_betas,
+                                  weight_decay=cfg.weight_decay)
+    total = cfg.max_steps * cfg.derived().optimizer_steps_per_step
+    name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[cfg.lr_schedule]
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
+    return optimizer, scheduler
+
+
+def make_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, model_path: str | None):
+    """The generator ``cfg.rollout`` names. vLLM engines load from a path: a model given as an
+    object is saved to a temporary folder first (its weights are then kept in sync anyway)."""
+    from grpo.rollout import HFGenerator
+
+    if cfg.rollout == "hf":
+        return HFGenerator(model, tokenizer)
+    if cfg.rollout == "vllm":
+        from grpo.rollout import VLLMGenerator
+
+        path = model_path
+        if path is None or hasattr(model, "peft_config"):
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            path = model_path or tempfile.mkdtemp(prefix="grpo-vllm-init-")
+            if model_path is None:
+                base.save_pretrained(path)
+                tokenizer.save_pretrained(path)
+        return VLLMGenerator(path, tokenizer=tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
+                             tensor_parallel_size=cfg.vllm_tensor_parallel_size,
+                             enable_sleep_mode=cfg.vllm_sleep, enforce_eager=cfg.vllm_enforce_eager,
+                             max_model_len=cfg.max_prompt_length + cfg.max_completion_length, seed=cfg.seed)
+    from grpo.rollout import VLLMServerGenerator
+
+    return VLLMServerGenerator(host=cfg.vllm_server_host, port=cfg.vllm_server_port, tokenizer=tokenizer)
