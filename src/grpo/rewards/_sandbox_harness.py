@@ -1,0 +1,278 @@
+"""Sandbox harness: the first (trusted) code run inside a sandboxed interpreter.
+
+Run by ``grpo.rewards.sandbox`` as ``python -I -S -B <this file> JOB_FD VERDICT_FD`` (``-I``
+keeps this file's folder out of ``sys.path``).
+Standard library only, and only cheap modules (``marshal`` and ``_signal`` are built in; json,
+signal and traceback would add ~40 ms to every run). Steps, in this order, before any untrusted code runs:
+
+1. read the job (a marshalled dict) from JOB_FD and close it;
+2. if asked, build a fresh root file system in the private mount namespace made by
+   ``unshare`` and ``pivot_root`` into it (read-only /usr and Python, a tmpfs /work and /tmp,
+   a minimal /dev, a /proc of the new PID namespace; the host's files are detached);
+3. (in the child, see 5) set resource limits (CPU, address space, file size, processes, open
+   files, no core);
+4. (in the child) drop privileges: to a dedicated uid/gid when started as real root, else drop every
+   capability; set no_new_privs;
+5. fork: the child writes ``ready`` to VERDICT_FD, then runs the program (and, in "assert"
+   mode, each test); the parent stays as a supervisor that reports the child's exit status.
+
+Verdict lines carry a per-run token and are written only by this harness, after the code they
+report on has run: a program that exits early, prints fake results or patches builtins gets
+no ``pass`` line for a test it did not pass. (A program that deliberately introspects this
+harness could forge lines: see the limits in ``sandbox.py``'s docstring.)
+"""
+
+import _signal
+import builtins
+import ctypes
+import marshal
+import os
+import resource
+import sys
+
+
+def _fail_setup(msg):
+    os.write(2, ("grpo-sandbox setup failed: " + msg + "\n").encode())
+    os._exit(121)
+
+
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)
+
+
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
+MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}
+
+
+def _mount(libc, src, target, fstype, flags, data=None):
+    enc = lambda s: None if s is None else s.encode()  # noqa: E731
+    if libc.mount(enc(src), enc(target), enc(fstype), flags, enc(data)) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "mount %s on %s: %s" % (src, target, os.strerror(err)))
+
+
+def _build_root(fs):
+    """Make fs["newroot"] the root: read-only binds of fs["ro_binds"], tmpfs /work and /tmp."""
+    libc = _libc()
+    root = fs["newroot"]
+    _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
+    _mount(libc, "tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755")
+    for path in fs["ro_binds"]:
+        if not os.path.lexists(path):
+            continue
+        target = root + path
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        if os.path.islink(path):
+            os.symlink(os.readlink(path), target)
+            continue
+        os.makedirs(target, exist_ok=True)
+        _mount(libc, path, target, None, MS_BIND | MS_REC)
+        _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+    owner = "" if fs["uid"] is None else ",uid=%d,gid=%d" % (fs["uid"], fs["uid"])
+    os.makedirs(root + "/work")
+    _mount(libc, "tmpfs", root + "/work", "tmpfs", MS_NOSUID | MS_NODEV,
+           "size=%dm,mode=700%s" % (fs["work_mb"], owner))
+    os.makedirs(root + "/tmp")
+    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+           "size=%dm,mode=1777" % fs["tmp_mb"])
+    os.makedirs(root + "/dev")
+    _mount(libc, "tmpfs", root + "/dev", "tmpfs", MS_NOSUID, "size=64k,mode=755")
+    for dev in ("null", "zero", "full", "random", "urandom"):
+        open(root + "/dev/" + dev, "w").close()
+        _mount(libc, "/dev/" + dev, root + "/dev/" + dev, None, MS_BIND)
+    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+        os.symlink(target, root + "/dev/" + name)
+    os.makedirs(root + "/proc")
+    _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+    os.makedirs(root + "/.old")
+    os.chdir(root)
+    nr = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if nr is None:
+        raise OSError("pivot_root: unknown syscall number on " + os.uname().machine)
+    if libc.syscall(nr, b".", b".old") != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "pivot_root: " + os.strerror(err))
+    os.chdir("/")
+    if libc.umount2(b"/.old", MNT_DETACH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "umount old root: " + os.strerror(err))
+    os.rmdir("/.old")
+    _mount(libc, None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _set_limits(lim):
+    def cap(which, soft, hard=None):
+        resource.setrlimit(which, (soft, soft if hard is None else hard))
+
+    cap(resource.RLIMIT_CPU, lim["cpu_s"], lim["cpu_s"] + 1)
+    cap(resource.RLIMIT_AS, lim["memory_bytes"])
+    cap(resource.RLIMIT_FSIZE, lim["file_bytes"])
+    cap(resource.RLIMIT_NPROC, lim["nproc"])
+    cap(resource.RLIMIT_NOFILE, lim["nofile"])
+    cap(resource.RLIMIT_CORE, 0)
+
+
+def _drop_privileges(uid, drop_caps):
+    libc = _libc()
+    if uid is not None:
+        os.setgroups([])
+        os.setgid(uid)
+        os.setuid(uid)  # from real root to an unprivileged uid: every capability goes too
+    elif drop_caps:
+        # root inside a user namespace: keep the uid (the only one mapped), clear capabilities
+        class Header(ctypes.Structure):
+            _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+        class Data(ctypes.Structure):
+            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
+                        ("inheritable", ctypes.c_uint32)]
+
+        PR_CAPBSET_DROP = 24
+        for cap in range(64):
+            libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)
+        data = (Data * 2)()
+        if libc.capset(ctypes.byref(Header(0x20080522, 0)), data) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, "capset: " + os.strerror(err))
+    PR_SET_NO_NEW_PRIVS = 38
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS)")
+
+
+class _TestTimeout(BaseException):
+    pass
+
+
+def _main():
+    job_fd, verdict_fd = int(sys.argv[1]), int(sys.argv[2])
+    chunks = []
+    while True:
+        chunk = os.read(job_fd, 1 << 20)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(job_fd)
+    job = marshal.loads(b"".join(chunks))
+    try:
+        if job["fs"] is not None:
+            _build_root(job["fs"])
+    except OSError as e:
+        _fail_setup("%s: %s" % (type(e).__name__, e))
+    pid = os.fork()
+    if pid:
+        _supervise(pid, verdict_fd, job["token"])
+    try:
+        _set_limits(job["limits"])
+        _drop_privileges(job["uid"], job["drop_caps"])
+        os.chdir(job["cwd"])
+    except OSError as e:
+        _fail_setup("%s: %s" % (type(e).__name__, e))
+    _run(job, verdict_fd)
+
+
+def _supervise(pid, verdict_fd, token):
+    """Wait for the program's process and report how it ended.
+
+    The supervisor keeps its privileges (it runs no untrusted code and only waits), so the
+    program cannot signal it. It reaps orphans too: in a PID namespace it is PID 1. Its own
+    exit status says nothing (``unshare --fork`` loses the signal of a killed child), hence
+    the report line.
+    """
+    while True:
+        try:
+            wpid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        if wpid == pid:
+            os.write(verdict_fd, ("%s exit %d\n" % (token, os.waitstatus_to_exitcode(status))).encode())
+            os._exit(0)
+
+
+def _run(job, verdict_fd):
+    # Everything the harness needs after this point is bound to a local now, before the
+    # program can patch a module attribute or a builtin.
+    token = job["token"]
+    write, encode_exit = os.write, os._exit
+    exec_, compile_, type_ = builtins.exec, builtins.compile, builtins.type
+    base_exc, str_, range_, len_ = BaseException, str, range, len
+    pristine = dict(builtins.__dict__)
+    bdict_clear, bdict_update = builtins.__dict__.clear, builtins.__dict__.update
+    settrace, setprofile = sys.settrace, sys.setprofile
+    setitimer, sigsignal, sigmask = _signal.setitimer, _signal.signal, _signal.pthread_sigmask
+    itimer, sigalrm, sig_setmask = _signal.ITIMER_REAL, _signal.SIGALRM, _signal.SIG_SETMASK
+    flush_out, flush_err = sys.stdout.flush, sys.stderr.flush
+
+    def print_exc():  # stderr is for humans only, so importing late is harmless
+        import traceback
+
+        traceback.print_exc()
+
+    def report(line):
+        write(verdict_fd, (token + " " + line + "\n").encode())
+
+    def exc_name(e):  # a program may set a class __name__ with spaces or newlines
+        name = type_(e).__name__
+        return "".join(c for c in name[:60] if c.isalnum() or c == "_") or "Exception"
+
+    def on_alarm(signum, frame):
+        raise _TestTimeout()
+
+    report("ready")
+    mode = job["mode"]
+    if mode == "script":  # stdin/stdout program: run as __main__; exit status is the verdict
+        sys.argv = ["program.py"]
+        scope = {"__name__": "__main__", "__builtins__": builtins}
+        try:
+            exec_(compile_(job["program"], "program.py", "exec"), scope)
+        except SystemExit:
+            raise
+        except base_exc:
+            print_exc()
+            flush_out()
+            encode_exit(1)
+        return
+
+    # "assert" mode: the program is loaded as a module (its `if __name__ == "__main__":`
+    # block does not run), then each test runs in its namespace with pristine builtins.
+    scope = {"__name__": "solution", "__builtins__": builtins}
+    try:
+        exec_(compile_(job["program"], "solution.py", "exec"), scope)
+    except base_exc as e:
+        report("program-error " + exc_name(e))
+        print_exc()
+        flush_out()
+        flush_err()
+        encode_exit(0)
+    report("program-ok")
+    tests, per_test = job["tests"], job["test_timeout_s"]
+    for i in range_(len_(tests)):
+        bdict_clear()
+        bdict_update(pristine)
+        scope["__builtins__"] = builtins
+        settrace(None)
+        setprofile(None)
+        sigsignal(sigalrm, on_alarm)
+        sigmask(sig_setmask, [])
+        outcome = "pass"
+        try:
+            setitimer(itimer, per_test)
+            exec_(compile_(tests[i], "test_%d.py" % i, "exec"), scope)
+            setitimer(itimer, 0)
+        except base_exc as e:
+            setitimer(itimer, 0)
+            outcome = "fail " + ("Timeout" if type_(e) is _TestTimeout else exc_name(e))
+        report("test %d %s" % (i, outcome))
+    report("done")
+    try:
+        flush_out()
+        flush_err()
+    except base_exc:
+        pass
+    encode_exit(0)
+
+
+if __name__ == "__main__":
+    _main()

@@ -1,0 +1,452 @@
+"""Adversarial tests of grpo.rewards.sandbox, one property per test, on the real sandbox.
+
+Each test runs hostile code and checks three things: the host and this (scoring) process are
+unaffected, the outcome is a failure (or the true result), and the call returns within its
+limit. Tests run in the mode this host supports ("namespaces" here and in CI); the core
+properties are also run in the fallback "rlimits" mode.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from grpo.rewards.sandbox import (
+    SandboxLimits,
+    run_python,
+    run_tests,
+    sandbox_layers,
+    sandbox_mode,
+)
+
+MODE = sandbox_mode()
+BOTH_MODES = sorted({MODE, "rlimits"})
+FAST = SandboxLimits(wall_time_s=3.0, cpu_time_s=3.0, memory_mb=256, max_processes=8)
+SANDBOX_UID_MIN = 2_000_000_000
+REPO = Path(__file__).resolve().parents[1]
+
+
+def sandbox_processes(settle_s: float = 3.0) -> list[tuple[int, str, bytes]]:
+    """(pid, state, command) of live (not zombie) processes owned by sandbox uids, after letting SIGKILLed ones
+    finish dying for up to ``settle_s`` seconds. There must be none after a run."""
+    end = time.monotonic() + settle_s
+    while True:
+        pids = []
+        for entry in os.scandir("/proc"):
+            if not entry.name.isdigit():
+                continue
+            try:
+                if entry.stat().st_uid < SANDBOX_UID_MIN:
+                    continue
+                state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except (FileNotFoundError, ProcessLookupError, IndexError):
+                continue
+            if state not in ("Z", "X"):
+                cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes()[:80]
+                pids.append((int(entry.name), state, cmd))
+        if not pids or time.monotonic() > end:
+            return pids
+        time.sleep(0.05)
+
+
+def code(src: str) -> str:
+    return textwrap.dedent(src).strip() + "\n"
+
+
+def timed(fn, *args, **kwargs):
+    t = time.monotonic()
+    out = fn(*args, **kwargs)
+    return out, time.monotonic() - t
+
+
+# ------------------------------------------------------------------------------ basics
+def test_layers_match_mode():
+    layers = sandbox_layers()
+    for layer in ("wall-timeout", "process-group", "rlimits", "scrubbed-env", "temp-workdir"):
+        assert layer in layers
+    ns = {"pid-namespace", "net-namespace", "mount-namespace"}
+    assert ns <= set(layers) if MODE == "namespaces" else not ns & set(layers)
+    assert not ns & set(sandbox_layers("rlimits"))
+
+
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_runs_a_program_with_stdin(mode):
+    res = run_python("print(sum(map(int, input().split())))", stdin="2 3 4", mode=mode)
+    assert res.ok and res.stdout == "9\n"
+
+
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_assert_tests_report_each_result(mode):
+    run = run_tests("def sq(x): return x * x", ["assert sq(3) == 9", "assert sq(2) == 5",
+                                                   "assert sq(-1) == 1"], mode=mode)
+    assert run.passed == (True, False, True) and not run.tampered
+
+
+# ------------------------------------------------------------------------------ time
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_infinite_loop_is_killed_at_the_wall_limit(mode):
+    limits = SandboxLimits(wall_time_s=1.5, cpu_time_s=30)
+    res, took = timed(run_python, "while True:\n    pass\n", limits=limits, mode=mode)
+    assert res.timed_out and not res.ok
+    assert took < 1.5 + 1.5
+
+
+def test_cpu_time_limit_kills_before_the_wall_limit():
+    limits = SandboxLimits(wall_time_s=20, cpu_time_s=1)
+    res, took = timed(run_python, "while True:\n    pass\n", limits=limits)
+    assert not res.ok and not res.timed_out
+    assert res.returncode in (-9, -24)  # SIGKILL at the hard limit or SIGXCPU at the soft one
+    assert took < 6
+
+
+def test_sleeping_program_is_killed_at_the_wall_limit():
+    res, took = timed(run_python, "import time\ntime.sleep(60)\n",
+                      limits=SandboxLimits(wall_time_s=1.0))
+    assert res.timed_out and took < 2.5
+
+
+def test_each_assert_test_has_its_own_time_limit():
+    run, took = timed(run_tests, "def f(n):\n    while n: pass\n    return 0\n",
+                      ["assert f(0) == 0", "assert f(1) == 0", "assert f(0) == 0"],
+                      limits=FAST, test_timeout_s=0.5)
+    assert run.passed == (True, False, True)
+    assert took < 3
+
+
+# ------------------------------------------------------------------------------ processes
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_fork_bomb_is_contained(mode):
+    bomb = code("""
+        import os
+        while True:
+            try:
+                os.fork()
+            except OSError:
+                pass
+    """)
+    res, took = timed(run_python, bomb, limits=SandboxLimits(wall_time_s=2, max_processes=8),
+                      mode=mode)
+    assert not res.ok and took < 4.5
+    assert sandbox_processes() == []  # every fork died with the run
+    assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
+
+
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_detached_daemon_does_not_survive_the_run(mode):
+    daemon = code("""
+        import os, time
+        if os.fork() == 0:
+            os.setsid()
+            if os.fork() == 0:
+                time.sleep(60)
+            os._exit(0)
+        print("parent done")
+    """)
+    res = run_python(daemon, limits=FAST, mode=mode)
+    assert res.ok and res.stdout == "parent done\n"
+    assert sandbox_processes() == []
+
+
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_cannot_kill_the_scoring_process(mode):
+    me = os.getpid()
+    attack = code(f"""
+        import os, signal
+        for target in (os.getppid(), {me}, 1, -1):
+            try:
+                os.kill(target, signal.SIGKILL)
+                print("sent", target)
+            except OSError as e:
+                print("refused", target, type(e).__name__)
+        try:
+            os.killpg(os.getpgid({me}), signal.SIGKILL)
+        except OSError as e:
+            print("refused pgid", type(e).__name__)
+    """)
+    res = run_python(attack, limits=FAST, mode=mode)
+    assert f"refused {me}" in res.stdout or MODE == "namespaces" and f"sent {me}" not in res.stdout
+    assert os.getpid() == me  # still alive to check
+
+
+def test_pid_namespace_hides_host_processes():
+    if MODE != "namespaces":
+        pytest.skip("no PID namespace on this host")
+    res = run_python("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))",
+                     limits=FAST)
+    assert res.ok and len(eval(res.stdout)) <= 2  # itself (pid 1), maybe a transient helper
+
+
+# ------------------------------------------------------------------------------ memory, output
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_memory_bomb_fails_inside_the_sandbox(mode):
+    bomb = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2**20))\n"
+    res, took = timed(run_python, bomb, limits=SandboxLimits(wall_time_s=5, memory_mb=256),
+                      mode=mode)
+    assert not res.ok and not res.timed_out and "MemoryError" in res.stderr
+    assert took < 5
+
+
+def test_gigabytes_of_output_are_cut_off():
+    flood = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
+    limits = SandboxLimits(wall_time_s=10, max_file_mb=4, max_output_bytes=1000)
+    res, took = timed(run_python, flood, limits=limits)
+    # at 4 MiB writes fail with EFBIG (Python ignores SIGXFSZ), long before the wall limit
+    assert not res.ok and ("File too large" in res.stderr or res.returncode == -25)
+    assert res.output_truncated and len(res.stdout) == 1000
+    assert took < 5
+
+
+def test_disk_filling_is_capped():
+    fill = code("""
+        import os
+        n = 0
+        try:
+            while True:
+                with open(f"f{n}", "wb") as f:
+                    f.write(b"x" * 2**20)
+                n += 1
+        except OSError as e:
+            print(n, type(e).__name__)
+    """)
+    res = run_python(fill, limits=SandboxLimits(wall_time_s=10, workdir_mb=16))
+    if MODE != "namespaces":
+        pytest.skip("no size-capped tmpfs work folder without a mount namespace")
+    assert res.ok and int(res.stdout.split()[0]) <= 16
+
+
+def test_non_utf8_output_is_decoded_with_replacement():
+    res = run_python("import sys\nsys.stdout.buffer.write(b'ok \\xff\\xfe\\x80 end\\n')\n")
+    assert res.ok and res.stdout.startswith("ok ") and res.stdout.endswith(" end\n")
+    assert "\ufffd" in res.stdout
+
+
+# ------------------------------------------------------------------------------ files
+def test_cannot_read_host_files():
+    secret = REPO / "pyproject.toml"
+    probe = code(f"""
+        for path in ("/etc/passwd", "/etc/shadow", {str(secret)!r}, "/root/.bashrc"):
+            try:
+                print(path, len(open(path).read()))
+            except OSError as e:
+                print(path, "refused", type(e).__name__)
+    """)
+    res = run_python(probe, limits=FAST)
+    assert res.ok
+    assert f"{secret} refused" in res.stdout and "/etc/shadow refused" in res.stdout
+    if MODE == "namespaces":
+        assert "/etc/passwd refused" in res.stdout  # not even world-readable files
+
+
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_cannot_write_or_delete_host_files(tmp_path, mode):
+    tmp_path.chmod(0o755)
+    canary = tmp_path / "canary.txt"
+    canary.write_text("original")
+    canary.chmod(0o644)
+    project_file = REPO / "pyproject.toml"
+    before = project_file.read_bytes()
+    attack = code(f"""
+        import os, shutil
+        for path in ({str(canary)!r}, {str(project_file)!r}):
+            for action in ("write", "delete"):
+                try:
+                    if action == "write":
+                        open(path, "w").write("pwned")
+                    else:
+                        os.remove(path)
+                    print(action, path, "done")
+                except OSError as e:
+                    print(action, path, "refused")
+        try:
+            shutil.rmtree({str(REPO / "src")!r})
+        except OSError:
+            print("rmtree refused")
+    """)
+    res = run_python(attack, limits=FAST, mode=mode)
+    assert res.ok and "done" not in res.stdout
+    assert canary.read_text() == "original" and project_file.read_bytes() == before
+    assert (REPO / "src" / "grpo" / "rewards" / "sandbox.py").exists()
+
+
+def test_world_writable_host_files_are_out_of_reach():
+    if MODE != "namespaces":
+        pytest.skip("without a mount namespace, world-writable files are writable by anyone")
+    shared = Path("/tmp") / f"grpo-canary-{os.getpid()}"
+    shared.mkdir(mode=0o777, exist_ok=True)
+    shared.chmod(0o777)
+    target = shared / "open.txt"
+    target.write_text("original")
+    target.chmod(0o666)
+    try:
+        res = run_python(f"open({str(target)!r}, 'w').write('pwned')\n", limits=FAST)
+        assert not res.ok and "FileNotFoundError" in res.stderr
+        assert target.read_text() == "original"
+    finally:
+        target.unlink()
+        shared.rmdir()
+
+
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_work_folder_starts_empty_and_is_removed(mode):
+    before = set(glob.glob("/dev/shm/grpo-sbx-*") + glob.glob("/tmp/grpo-sbx-*"))
+    res = run_python("import os\nprint(os.listdir('.'))\nopen('left.txt', 'w').write('x')\n",
+                     limits=FAST, mode=mode)
+    assert res.ok and res.stdout == "[]\n"
+    after = set(glob.glob("/dev/shm/grpo-sbx-*") + glob.glob("/tmp/grpo-sbx-*"))
+    assert after <= before
+
+
+# ------------------------------------------------------------------------------ network, env
+def test_no_network_connections():
+    if MODE != "namespaces":
+        pytest.skip("no network namespace on this host")
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+    port = server.getsockname()[1]
+    probe = code(f"""
+        import socket
+        for host, port in (("127.0.0.1", {port}), ("1.1.1.1", 53), ("pypi.org", 443)):
+            try:
+                socket.create_connection((host, port), timeout=1).close()
+                print("connected", host)
+            except OSError as e:
+                print("refused", host, type(e).__name__)
+    """)
+    try:
+        res = run_python(probe, limits=FAST)
+    finally:
+        server.close()
+    assert res.ok and "connected" not in res.stdout and res.stdout.count("refused") == 3
+
+
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_environment_is_scrubbed(monkeypatch, mode):
+    monkeypatch.setenv("GRPO_TEST_SECRET", "hunter2")
+    monkeypatch.setenv("HF_TOKEN", "hf_secret")
+    res = run_python("import os\nprint(sorted(os.environ.items()))\n", limits=FAST, mode=mode)
+    assert res.ok
+    assert "hunter2" not in res.stdout and "hf_secret" not in res.stdout
+    assert set(eval(res.stdout)) <= {(k, v) for k, v in eval(res.stdout)
+                                     if k in {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"}}
+
+
+# ------------------------------------------------------------------------------ test hacking
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_sys_exit_zero_before_the_tests_passes_nothing(mode):
+    program = "import sys\ndef f(x):\n    return 0\nsys.exit(0)\n"
+    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, mode=mode)
+    assert run.passed == (False, False) and run.program_error == "SystemExit"
+
+
+@pytest.mark.parametrize("mode", BOTH_MODES)
+def test_os_exit_zero_before_the_tests_passes_nothing(mode):
+    program = "import os\ndef f(x):\n    return 0\nos._exit(0)\n"
+    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, mode=mode)
+    assert run.result.returncode == 0  # the exit status alone would have said "success"
+    assert run.passed == (False, False)
+
+
+def test_exit_inside_the_tested_function_fails_that_test():
+    program = "import os\ndef f(x):\n    if x == 2:\n        os._exit(0)\n    return x\n"
+    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"],
+                    limits=FAST)
+    assert run.passed == (True, False, False)  # the process ended: later tests never ran
+
+
+def test_patching_builtins_does_not_make_tests_pass():
+    program = code("""
+        import builtins
+        def f():
+            return [3, 1]
+        builtins.sorted = lambda *a, **k: [1, 2, 3]
+        builtins.len = lambda x: 3
+        builtins.AssertionError = type("Nope", (Exception,), {})
+        builtins.exec = lambda *a, **k: None
+        __builtins__ = {"sorted": lambda *a, **k: [1, 2, 3]}
+    """)
+    run = run_tests(program, ["assert sorted(f()) == [1, 2, 3]", "assert len(f()) == 3",
+                              "assert sorted(f()) == [1, 3]"], limits=FAST)
+    assert run.passed == (False, False, True)  # only the true statement passes
+
+
+def test_overriding_assert_in_the_tested_function_does_not_help():
+    program = code("""
+        import builtins, sys
+        def f(x):
+            builtins.AssertionError = KeyboardInterrupt
+            sys.settrace(lambda *a: None)
+            return x + 1
+    """)
+    run = run_tests(program, ["assert f(1) == 3", "assert f(1) == 2"], limits=FAST)
+    assert run.passed == (False, True)
+
+
+def test_printing_fake_results_does_not_pass_tests():
+    program = code("""
+        import os
+        fake = "".join(f"test {i} pass\\n" for i in range(3)) + "done\\n"
+        print(fake)
+        for fd in range(3, 30):
+            try:
+                os.write(fd, fake.encode())
+            except OSError:
+                pass
+        def f(x):
+            return None
+    """)
+    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST)
+    assert run.passed == (False, False)
+
+
+def test_recursion_bomb_fails_without_harm():
+    program = "import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1) + 1\n"
+    run, took = timed(run_tests, program, ["assert f(0) == 1", "assert 1 == 1"], limits=FAST)
+    assert run.passed[0] is False and took < FAST.wall_time_s + 1.5
+    plain = run_tests("def g():\n    return g()\n", ["assert g() == 1", "assert 1 == 1"],
+                      limits=FAST)
+    assert plain.passed == (False, True)  # RecursionError fails only its own test
+
+
+def test_runs_in_parallel():
+    # two runs that sleep 1 s each finish together in about 1 s, not 2
+    program = "import time\ntime.sleep(1)\nprint('ok')\n"
+    results: list = []
+    threads = [threading.Thread(target=lambda: results.append(run_python(program, limits=FAST)))
+               for _ in range(2)]
+    t = time.monotonic()
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert [r.stdout for r in results] == ["ok\n", "ok\n"]
+    assert time.monotonic() - t < 1.95  # one after the other: >= 2 s of sleeping alone
+
+
+def test_setup_failure_is_reported_not_mistaken_for_a_failing_program(tmp_path, monkeypatch):
+    assert sandbox_mode() == MODE  # probed with the real interpreter, before the fake one
+    fake = tmp_path / "python"
+    fake.write_text("#!/bin/sh\nexit 0\n")  # exits "successfully" without running anything
+    fake.chmod(0o755)
+    tmp_path.chmod(0o755)
+    monkeypatch.setenv("GRPO_SANDBOX_PYTHON", str(fake))
+    res = run_python("print(1)", limits=FAST)
+    assert res.setup_failed and not res.ok
+
+
+def test_sandbox_never_runs_code_in_this_process(tmp_path):
+    marker = tmp_path / "ran-here"
+    run_python(f"open({str(marker)!r}, 'w').write('x')\n", limits=FAST)
+    assert not marker.exists()
+    assert "grpo_sandbox_flag" not in sys.modules
+    run_python("import sys\nsys.modules['grpo_sandbox_flag'] = sys\n", limits=FAST)
+    assert "grpo_sandbox_flag" not in sys.modules
