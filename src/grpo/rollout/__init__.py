@@ -1,0 +1,44 @@
+"""Rollout layer: sample G completions per prompt, with the sampler's log-probs.
+
+``Rollout`` / ``SamplingConfig`` / ``Generator`` are plain records and a protocol; the
+generators are imported lazily, so ``import grpo.rollout`` pulls in neither torch nor vLLM:
+
+* :class:`HFGenerator` (``grpo.rollout.hf``): ``transformers.generate`` on the training model;
+* :class:`VLLMGenerator` (``grpo.rollout.vllm``): a colocated vLLM engine with in-place weight
+  sync;
+* :class:`VLLMServerGenerator` (``grpo.rollout.server``): a separately started
+  ``trl vllm-serve`` server, through trl's ``VLLMClient``.
+
+See docs/rollout.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+from grpo.rollout.types import FinishReason, Generator, Prompt, Rollout, SamplingConfig
+
+if TYPE_CHECKING:
+    from grpo.rollout.hf import HFGenerator
+    from grpo.rollout.server import VLLMServerGenerator
+    from grpo.rollout.tokens import encode_prompt
+    from grpo.rollout.vllm import VLLMGenerator
+
+_LAZY = {
+    "HFGenerator": "grpo.rollout.hf",
+    "VLLMGenerator": "grpo.rollout.vllm",
+    "VLLMServerGenerator": "grpo.rollout.server",
+    "encode_prompt": "grpo.rollout.tokens",
+}
+
+__all__ = [
+    "FinishReason", "Generator", "HFGenerator", "Prompt", "Rollout", "SamplingConfig",
+    "VLLMGenerator", "VLLMServerGenerator", "encode_prompt",
+]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

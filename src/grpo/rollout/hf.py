@@ -1,0 +1,199 @@
+"""``HFGenerator``: the rollout interface on ``transformers``' ``generate``.
+
+For machines without vLLM and for debugging. It samples from the *same* model object the
+trainer optimises, so ``sync_weights`` has nothing to do, and it returns the same records with
+the same log-prob semantics as :class:`grpo.rollout.VLLMGenerator` (see
+:mod:`grpo.rollout.types`): the sampling warpers are passed to ``generate`` explicitly, in vLLM's
+order (temperature, min-p, top-k, top-p; transformers' own order puts min-p last), and a last
+logits processor records ``log_softmax`` of the final scores at the token that was sampled.
+Only one ``[B, V]`` row block is kept for that (``output_scores=True`` would keep ``[T, B, V]``).
+
+Batches are left-padded (position ids follow the attention mask inside ``generate``); each row
+is cut after its own eos / stop string (:func:`grpo.rollout.tokens.find_ending`), since
+``generate`` pads rows that finished early.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
+from grpo.rollout.types import Prompt, Rollout, SamplingConfig
+from grpo.rollout.weights import unwrap_model
+
+
+class _SampledTokenLogprobs:
+    """Last logits processor: ``log_softmax`` of the scores the sampler draws from, gathered at
+    the token it drew (visible one step later as ``input_ids[:, -1]``)."""
+
+    def __init__(self) -> None:
+        self.prev_BV: torch.Tensor | None = None
+        self.steps: list[torch.Tensor] = []  # each [B]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if self.prev_BV is not None:
+            self.steps.append(self.prev_BV.gather(1, input_ids[:, -1:]).squeeze(1))
+        self.prev_BV = torch.log_softmax(scores.float(), dim=-1)
+        return scores
+
+    def result(self, last_tokens_B: torch.Tensor) -> torch.Tensor:  # [B, T]
+        assert self.prev_BV is not None, "generate() sampled no token"
+        last = self.prev_BV.gather(1, last_tokens_B[:, None]).squeeze(1)
+        return torch.stack([*self.steps, last], dim=1)
+
+
+def _warpers(sampling: SamplingConfig) -> list:
+    """vLLM's sampler order (vllm/v1/sample/sampler.py): temperature, min_p, top_k, top_p."""
+    from transformers.generation.logits_process import (
+        MinPLogitsWarper,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    if sampling.greedy:
+        return []  # vLLM's greedy log-probs are log_softmax(logits): no temperature, no masks
+    out: list = []
+    if sampling.temperature != 1.0:
+        out.append(TemperatureLogitsWarper(sampling.temperature))
+    if sampling.min_p > 0:
+        out.append(MinPLogitsWarper(sampling.min_p))
+    if sampling.top_k_enabled:
+        out.append(TopKLogitsWarper(sampling.top_k))
+    if sampling.top_p < 1.0:
+        out.append(TopPLogitsWarper(sampling.top_p))
+    return out
+
+
+class HFGenerator:
+    """Rollouts with ``model.generate`` on the training model itself.
+
+    Args:
+        model: the policy being trained (a transformers causal LM, a peft model, or either
+            wrapped by DDP / accelerate); generation runs in eval mode, the mode is restored.
+        tokenizer: its tokenizer (chat template for message prompts, eos, decoding).
+        max_batch_size: most sequences (prompts x n) per ``generate`` call; None = all at once.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer, *, max_batch_size: int | None = None):
+        if max_batch_size is not None and max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_batch_size = max_batch_size
+        self._closed = False
+
+    # -- Generator protocol ------------------------------------------------------------------
+
+    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Rollout]:
+        """``len(prompts) * n`` rollouts, prompt-major (see :class:`grpo.rollout.Generator`)."""
+        if self._closed:
+            raise RuntimeError("HFGenerator is closed")
+        model = unwrap_model(self.model)
+        max_ctx = getattr(model.config, "max_position_embeddings", None)
+        encoded = encode_prompts(self.tokenizer, prompts, n, max_ctx)
+        eos_ids = eos_token_ids(self.tokenizer, getattr(model, "generation_config", None))
+        rows = [(p, k) for p in range(len(encoded)) for k in range(n)]  # prompt-major
+        step = self.max_batch_size or len(rows)
+        out: list[Rollout] = []
+        was_training = model.training
+        model.eval()
+        try:
+            with _seeded_rng(sampling.seed, _device(model)):
+                for s in range(0, len(rows), step):
+                    out += self._generate_rows(model, encoded, rows[s:s + step], sampling,
+                                               eos_ids, max_ctx)
+        finally:
+            model.train(was_training)
+        return out
+
+    def sync_weights(self, model: nn.Module) -> None:
+        """No-op: generation already uses the training model's parameters.
+
+        Raises if ``model`` is not (a wrapper of) the generator's model, which would mean the
+        trainer and the sampler silently diverged.
+        """
+        if unwrap_model(model) is not unwrap_model(self.model):
+            raise ValueError(
+                "HFGenerator samples from the model it was built with; pass that model "
+                "(or build a new HFGenerator for a different one)"
+            )
+
+    def close(self) -> None:
+        self._closed = True
+
+    def __enter__(self) -> HFGenerator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _generate_rows(self, model, encoded, rows, sampling, eos_ids, max_ctx) -> list[Rollout]:
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        device = _device(model)
+        prompts = [encoded[p] for p, _ in rows]
+        width = max(len(ids) for ids in prompts)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
+        input_ids_BL = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, ids in enumerate(prompts):  # left padding
+            input_ids_BL[i, width - len(ids):] = torch.tensor(ids)
+            mask_BL[i, width - len(ids):] = 1
+        max_new = sampling.max_tokens
+        if max_ctx is not None:  # rows with shorter prompts may go further; cut per row below
+            max_new = min(max_new, max_ctx - min(len(ids) for ids in prompts))
+        config = GenerationConfig(
+            do_sample=not sampling.greedy,
+            temperature=1.0, top_k=0, top_p=1.0, min_p=None,  # the warpers come explicitly
+            max_new_tokens=max_new,
+            eos_token_id=list(eos_ids),
+            pad_token_id=pad,
+            stop_strings=list(sampling.stop) or None,
+            num_beams=1,
+            return_dict_in_generate=True,
+        )
+        recorder = _SampledTokenLogprobs()
+        processors = LogitsProcessorList([*_warpers(sampling), recorder])
+        out = model.generate(
+            input_ids=input_ids_BL.to(device),
+            attention_mask=mask_BL.to(device),
+            generation_config=config,
+            logits_processor=processors,
+            tokenizer=self.tokenizer if sampling.stop else None,
+        )
+        sampled_BT = out.sequences[:, width:].cpu()
+        logp_BT = recorder.result(out.sequences[:, -1]).cpu()
+        rollouts = []
+        for i, (p, k) in enumerate(rows):
+            limit = sampling.max_tokens
+            if max_ctx is not None:
+                limit = min(limit, max_ctx - len(prompts[i]))
+            rollouts.append(make_rollout(
+                self.tokenizer, prompts[i], sampled_BT[i].tolist(), logp_BT[i].tolist(),
+                prompt_index=p, sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limit,
+            ))
+        return rollouts
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@contextmanager
+def _seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Fork the torch RNG (CPU, and the model's CUDA device) and seed it; no-op for None, so an
+    unseeded call draws from (and advances) the global RNG like any other sampling code."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield

@@ -1,0 +1,144 @@
+"""Typed records of the rollout layer: what a generator returns and how it is asked to sample.
+
+One :class:`Rollout` per sampled completion. GRPO (DeepSeekMath, arXiv:2402.03300, Sec. 4.1)
+samples a *group* of G completions per prompt and scores each against its group, so the order
+of the records is part of the contract: ``generate(prompts, n)`` returns ``len(prompts) * n``
+records, prompt-major, the group of prompt ``p`` at indices ``p*n .. p*n + n-1``.
+
+Log-prob semantics (the same for every generator in :mod:`grpo.rollout`)
+-------------------------------------------------------------------------
+``Rollout.logprobs[t]`` is ``log pi_sample(o_t | q, o_<t)``, the log-probability of the sampled
+token under the distribution the sampler actually drew from:
+
+    z = logits / temperature                      (greedy, temperature 0: z = logits)
+    z = min_p(z); z = top_k(z); z = top_p(z)      (masked tokens -> -inf; vLLM's order)
+    pi_sample = softmax(z)                        (so renormalised over the kept tokens)
+
+That is vLLM's ``logprobs_mode="processed_logprobs"`` (vLLM's *default*, ``raw_logprobs``, is
+taken *before* temperature). With the GRPO defaults ``top_p=1, top_k=0, min_p=0`` it equals
+``log_softmax(logits / temperature)``, exactly what the trainer recomputes with
+:func:`grpo.logprobs.token_logprobs` (``temperature=`` the same value). With truncation on,
+``pi_sample`` puts more mass on the kept tokens than ``softmax(logits / T)``: the sampler's
+log-prob is then the behaviour policy's, which is what an importance-sampling correction such
+as TIS (Yao et al. 2025, "Your efficient RL framework secretly brings you off-policy RL
+training") needs.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+
+FinishReason = Literal["stop", "length"]
+Prompt = str | list[dict]  # plain text, or chat messages [{"role": ..., "content": ...}]
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One sampled completion and everything the trainer needs to train on it."""
+
+    prompt_ids: list[int]
+    """Exactly the token ids the policy was conditioned on (chat template applied once)."""
+    completion_ids: list[int]
+    """Exactly the sampled tokens, up to and including the one that ended the sample (``<eos>``,
+    or the token completing a stop string); nothing after it."""
+    logprobs: list[float]
+    """``log pi_sample`` of each completion token (see the module docstring); same length."""
+    text: str
+    """``completion_ids`` decoded with special tokens skipped; if a stop string ended the
+    sample, the text ends right after that stop string (it is kept, so a format reward can see
+    e.g. a closing ``</answer>``)."""
+    finish_reason: FinishReason
+    """``"stop"``: ended by eos or a stop string; ``"length"``: cut at ``max_tokens`` or at the
+    context limit."""
+    prompt_index: int
+    """Index of its prompt in the ``generate()`` call, i.e. its group."""
+    sample_index: int
+    """0..n-1 inside the group."""
+
+    @property
+    def truncated(self) -> bool:
+        """True when the completion was cut by a length limit rather than ended by the model."""
+        return self.finish_reason == "length"
+
+    def __post_init__(self) -> None:
+        if len(self.logprobs) != len(self.completion_ids):
+            raise ValueError(
+                f"logprobs ({len(self.logprobs)}) and completion_ids ({len(self.completion_ids)}) "
+                "must have the same length"
+            )
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. Field semantics follow vLLM's ``SamplingParams``."""
+
+    temperature: float = 1.0
+    """Softmax temperature (> 0), or 0 for greedy decoding."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set of tokens with cumulative probability >= top_p.
+    1.0 = off."""
+    top_k: int = 0
+    """Keep the k most likely tokens; 0 or -1 = off."""
+    min_p: float = 0.0
+    """Drop tokens whose probability is below ``min_p`` x the top token's; 0 = off."""
+    max_tokens: int = 256
+    """Most completion tokens per sample."""
+    stop: tuple[str, ...] = field(default=())
+    """Stop strings: a sample ends once its text contains one (the string is kept in ``text``)."""
+    seed: int | None = None
+    """Seed for reproducible sampling: sample k of prompt p is drawn with seed ``seed + p*n + k``
+    on vLLM; the HF generator seeds one forked torch RNG with ``seed``. None: not reproducible."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.stop, str):  # a single string is a common slip: treat it as one stop
+            object.__setattr__(self, "stop", (self.stop,))
+        else:
+            object.__setattr__(self, "stop", tuple(self.stop))
+        if not (self.temperature >= 0 and math.isfinite(self.temperature)):
+            raise ValueError(f"temperature must be >= 0 (0 = greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not isinstance(self.top_k, int) or self.top_k < -1:
+            raise ValueError(f"top_k must be an int >= -1 (0 or -1 = off), got {self.top_k!r}")
+        if not 0 <= self.min_p < 1:
+            raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
+            raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise ValueError(f"stop strings must be non-empty strings, got {self.stop!r}")
+        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+            raise ValueError(f"seed must be a non-negative int or None, got {self.seed!r}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def top_k_enabled(self) -> bool:
+        return self.top_k > 0
+
+
+@runtime_checkable
+class Generator(Protocol):
+    """What the trainer depends on. Implementations: HFGenerator, VLLMGenerator,
+    VLLMServerGenerator."""
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig
+    ) -> list[Rollout]:
+        """``len(prompts) * n`` rollouts, prompt-major: groups contiguous (index ``p*n + k``)."""
+        ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Make the sampler use ``model``'s current weights (after an optimizer step)."""
+        ...
+
+    def close(self) -> None:
+        """Release the engine; idempotent."""
+        ...
