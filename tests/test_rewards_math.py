@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import random
 import threading
 import time
 
 import pytest
 
 from grpo.rewards import OK, UNSCORABLE, MathReward, extract_answer
-from grpo.rewards.math import _parse, answer_tag, gold_text, last_boxed, last_number
+from grpo.rewards.math import (
+    _parse,
+    answer_tag,
+    gold_text,
+    last_boxed,
+    last_number,
+    literal_verdict,
+)
 
 # Pairs checked by hand. (gold, answer) that MUST be judged equal ...
 EQUIVALENT = [
@@ -67,6 +75,37 @@ def test_different_pairs_score_zero(reward):
     res = _batch(reward, DIFFERENT)
     wrong = [(p, r) for p, r in zip(DIFFERENT, res) if r.value != 0.0]
     assert wrong == []
+
+
+def _literal_pairs() -> list[tuple[str, str]]:
+    pairs = [("42", "42"), ("42", "42.0"), ("7", "8"), ("1/2", "0.5"), (r"\frac{1}{2}", "2/4"),
+             ("-3", "-3"), ("-3", "3"), ("1/3", "0.333333"), ("1/3", "0.33"), ("0.1", "0.10"),
+             ("10", "010"), ("3/6", "1/2"), (r"\dfrac{3}{4}", "3/4"), ("5", r"\frac{10}{2}"),
+             ("1000000", "999999"), (r"-\frac{1}{2}", "-0.5"), ("2.5", "2.50001")]
+    rng = random.Random(0)
+    forms = [lambda n, d: str(n // d) if n % d == 0 else f"{n}/{d}", lambda n, d: f"\\frac{{{n}}}{{{d}}}",
+             lambda n, d: str(n), lambda n, d: f"{n / d:.6g}"]
+    for _ in range(150):
+        n1, d1, n2, d2 = rng.randint(-30, 30), rng.randint(1, 8), rng.randint(-30, 30), rng.randint(1, 8)
+        if rng.random() < 0.4:
+            n2, d2 = n1 * 2, d1 * 2
+        pairs.append((rng.choice(forms)(n1, d1), rng.choice(forms)(n2, d2)))
+    return pairs
+
+
+def test_literal_fast_path_agrees_with_math_verify():
+    from math_verify import parse, verify
+
+    decided = 0
+    for gold, answer in _literal_pairs():
+        fast = literal_verdict(gold, answer)
+        if fast is None:
+            continue
+        decided += 1
+        slow = verify(parse("\\boxed{" + gold + "}"), parse("\\boxed{" + answer + "}"))
+        assert fast == slow, (gold, answer)
+    assert decided > 120  # the table exercises the fast path, both ways
+    assert literal_verdict("x", "1") is None and literal_verdict("0.33", "1/3") is None
 
 
 # ------------------------------------------------------------------------------ extraction
@@ -180,10 +219,10 @@ def test_huge_completion_is_fast_and_scored_correctly():
 
 def test_gold_parse_is_cached():
     r = MathReward(parallel=False)
-    r.score(r"\boxed{11}", answer="11/1")
+    assert r.score(r"\boxed{1+x}", answer="x+1") == 1.0  # not plain literals: parsed
     hits = _parse.cache_info().hits
     for _ in range(5):
-        r.score(r"\boxed{11}", answer="11/1")
+        r.score(r"\boxed{1+x}", answer="x+1")
     assert _parse.cache_info().hits >= hits + 10  # gold and answer both cached
 
 

@@ -450,3 +450,52 @@ def test_sandbox_never_runs_code_in_this_process(tmp_path):
     assert "grpo_sandbox_flag" not in sys.modules
     run_python("import sys\nsys.modules['grpo_sandbox_flag'] = sys\n", limits=FAST)
     assert "grpo_sandbox_flag" not in sys.modules
+
+
+# ------------------------------------------------------------------------------ unprivileged host
+NONROOT_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, sys.argv[1])
+from grpo.rewards.sandbox import SandboxLimits, run_python, sandbox_layers, sandbox_mode
+out = {"uid": os.getuid(), "mode": sandbox_mode(), "layers": sandbox_layers()}
+probe = "try:\\n    open('/etc/passwd')\\n    print('read')\\nexcept OSError:\\n    print('refused')"
+out["passwd"] = run_python(probe).stdout.strip()
+bomb = "import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n        pass\\n"
+res = run_python(bomb, limits=SandboxLimits(wall_time_s=1.5, max_processes=8))
+out["bomb_ok"] = res.ok
+os.environ["GRPO_SANDBOX"] = "rlimits"
+import grpo.rewards.sandbox as sb
+sb._MODE = None
+out["rlimits_layers"] = sb.sandbox_layers()
+out["rlimits_run"] = run_python("import os; print(sorted(os.environ))").stdout.strip()
+print(json.dumps(out))
+"""
+
+
+def test_unprivileged_user_gets_user_namespace_and_dropped_capabilities():
+    """As a normal user (uid 65534 via setpriv), the sandbox builds the same namespaces inside
+    an unprivileged user namespace and drops every capability instead of changing uid."""
+    import json
+    import shutil
+
+    setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
+    src = REPO / "src"
+    if os.geteuid() != 0 or setpriv is None or not os.path.exists(python):
+        pytest.skip("needs root, setpriv and a system python to impersonate a normal user")
+    if not all(os.stat(p).st_mode & 0o005 for p in (src, src / "grpo", REPO)):
+        pytest.skip("the source tree is not readable by other users")
+    proc = subprocess.run(
+        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I", "-c",
+         NONROOT_SCRIPT, str(src)], capture_output=True, text=True, timeout=60, cwd="/",
+        env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["uid"] == 65534
+    assert "rlimits" in out["rlimits_layers"] and "uid-drop" not in out["rlimits_layers"]
+    assert out["rlimits_run"] == "['HOME', 'LANG', 'LC_ALL', 'PATH', 'TMPDIR']"
+    assert out["bomb_ok"] is False
+    if out["mode"] != "namespaces":
+        pytest.skip("unprivileged user namespaces are disabled on this host")
+    assert "cap-drop" in out["layers"] and "mount-namespace" in out["layers"]
+    assert out["passwd"] == "refused"

@@ -28,6 +28,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+from fractions import Fraction
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -108,6 +109,50 @@ def extract_answer(text: str, fallback: Literal["last_number"] | None = None) ->
     if answer is not None:
         answer = answer.strip()
     return answer or None
+
+
+_INT_RE = re.compile(r"-?\d+")
+_DEC_RE = re.compile(r"-?\d+\.\d+")
+_SLASH_RE = re.compile(r"(-?\d+)/(\d+)")
+_FRAC_RE = re.compile(r"(-?)\\d?frac\{(-?\d+)\}\{(\d+)\}")
+
+
+def _literal(text: str) -> tuple[Fraction, bool] | None:
+    """(exact value, has a decimal point) of a plain number literal, else None."""
+    s = text.replace(" ", "").strip("$")
+    if _INT_RE.fullmatch(s):
+        return Fraction(int(s)), False
+    if _DEC_RE.fullmatch(s):
+        return Fraction(s), True
+    m = _SLASH_RE.fullmatch(s)
+    if m and int(m.group(2)):
+        return Fraction(int(m.group(1)), int(m.group(2))), False
+    m = _FRAC_RE.fullmatch(s)
+    if m and int(m.group(3)):
+        value = Fraction(int(m.group(2)), int(m.group(3)))
+        return (-value if m.group(1) else value), False
+    return None
+
+
+def literal_verdict(gold: str, answer: str) -> bool | None:
+    r"""Decide plain-number pairs without sympy, with math-verify's verdict; None = undecided.
+
+    Exactly equal rationals are equal for math-verify too; two *exact* literals (integers,
+    a/b, \frac{a}{b}) that differ are different for it too. Decimals that differ are left to
+    math-verify, which rounds floats (0.333333 equals 1/3 at 6 decimals). Most GSM8K-style
+    answers are integers, so this skips the LaTeX parser (about 2-20 ms) for most items.
+
+    >>> literal_verdict("42", "42.0"), literal_verdict(r"\frac{1}{2}", "2/4"), literal_verdict("7", "8")
+    (True, True, False)
+    """
+    g, a = _literal(gold), _literal(answer)
+    if g is None or a is None:
+        return None
+    if g[0] == a[0]:
+        return True
+    if not g[1] and not a[1]:
+        return False
+    return None
 
 
 def _on_main_thread() -> bool:
@@ -225,6 +270,9 @@ class MathReward(Reward):
             return 0.0, f"no {where} found"
         if len(answer) > self.max_answer_chars:
             return 0.0, f"answer longer than {self.max_answer_chars} characters"
+        verdict = literal_verdict(gold_text(example[self.answer_key]), answer)
+        if verdict is not None:
+            return float(verdict), None
         try:
             pred = _parse(answer, _timeout(self.parse_timeout))
         except TimeoutException:

@@ -53,7 +53,9 @@ PRELOAD = ("grpo.rewards.math", "grpo.rewards.code", "math_verify")
 
 
 def default_workers() -> int:
-    """Worker count: the CPUs this process may use (``GRPO_REWARD_WORKERS`` overrides), <= 32."""
+    """Worker count: this process's share of the CPUs it may use (divided among the local
+    data-parallel ranks, ``LOCAL_WORLD_SIZE``), at least 1 and at most 32.
+    ``GRPO_REWARD_WORKERS`` overrides it."""
     env = os.environ.get("GRPO_REWARD_WORKERS")
     if env:
         return max(1, int(env))
@@ -61,7 +63,8 @@ def default_workers() -> int:
         n = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         n = os.cpu_count() or 1
-    return max(1, min(n, 32))
+    ranks = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return max(1, min(n // ranks, 32))
 
 
 class _Worker:
@@ -200,6 +203,7 @@ class ScoringPool:
 
     def _map(self, blob: bytes, items: list, time_limit: float) -> list[ScoreResult]:
         call_id = next(self._ids)
+        self._early_deaths = 0
         chunk = max(1, min(32, math.ceil(len(items) / (4 * self.size))))
         queue = deque(items[i:i + chunk] for i in range(0, len(items), chunk))
         results: list[ScoreResult | None] = [None] * len(items)
@@ -270,7 +274,11 @@ class ScoringPool:
             except subprocess.TimeoutExpired:  # pragma: no cover
                 code = None
             how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            if w.pending:
+            self._early_deaths += not w.loaded
+            # Dying before it loaded the reward is not the first item's fault (a worker killed
+            # while idle): requeue everything, unless it keeps happening (the reward itself
+            # kills workers while unpickling).
+            if w.pending and (w.loaded or self._early_deaths > 2):
                 idx = w.pending.popleft()[0]
                 results[idx] = ScoreResult.unscorable(f"worker process died ({how})", CRASHED)
             self._requeue(w, queue)
