@@ -98,25 +98,36 @@ def test_an_exception_in_a_batch_is_an_error_not_a_zero(caplog):
 def test_called_like_trl_with_string_completions_and_columns():
     r = LengthBonus()
     state = object()  # trl passes batch-level objects too: they are not per-item columns
-    out = r(prompts=["p1", "p2", "p3"], completions=["ab", "abcdef", "abc"], limit=[2, 2, 9],
-            completion_ids=[[1, 2], [1] * 6, [1] * 3], trainer_state=state,
-            log_extra=lambda *a: None)
+    out = r(
+        prompts=["p1", "p2", "p3"],
+        completions=["ab", "abcdef", "abc"],
+        limit=[2, 2, 9],
+        completion_ids=[[1, 2], [1] * 6, [1] * 3],
+        trainer_state=state,
+        log_extra=lambda *a: None,
+    )
     assert out == [1.0, 0.0, 1.0]
     assert [x.status for x in r.last_results] == [OK, OK, OK]
 
 
 def test_called_like_trl_with_chat_completions():
     chat = [[{"role": "assistant", "content": "ab"}], [{"role": "assistant", "content": "abcd"}]]
-    assert LengthBonus()(prompts=[[{"role": "user", "content": "q"}]] * 2, completions=chat,
-                         limit=[3, 3]) == [1.0, 0.0]
+    assert LengthBonus()(
+        prompts=[[{"role": "user", "content": "q"}]] * 2, completions=chat, limit=[3, 3]
+    ) == [1.0, 0.0]
 
 
 def test_completion_text_forms():
     assert completion_text("x") == "x"
     assert completion_text([{"role": "assistant", "content": "a"}]) == "a"
     assert completion_text({"role": "assistant", "content": "a"}) == "a"
-    assert completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]) == "a"
-    assert completion_text([{"role": "tool", "content": "t"}, {"role": "assistant", "content": "b"}]) == "b"
+    assert (
+        completion_text([{"role": "assistant", "content": [{"type": "text", "text": "a"}]}]) == "a"
+    )
+    assert (
+        completion_text([{"role": "tool", "content": "t"}, {"role": "assistant", "content": "b"}])
+        == "b"
+    )
     assert completion_text(None) is None
     with pytest.raises(TypeError):
         completion_text(42)
@@ -132,8 +143,9 @@ def test_prompt_reaches_score_as_a_field():
 
 def test_log_metric_receives_unscorable_fraction():
     logged = []
-    LengthBonus()(completions=["a", "b"], limit=[1, 1],
-                  log_metric=lambda k, v: logged.append((k, v)))
+    LengthBonus()(
+        completions=["a", "b"], limit=[1, 1], log_metric=lambda k, v: logged.append((k, v))
+    )
     LengthBonus()(completions=["a", "b"], log_metric=lambda k, v: logged.append((k, v)))
     assert logged == [("length_bonus/unscorable_frac", 0.0), ("length_bonus/unscorable_frac", 1.0)]
 
@@ -163,14 +175,20 @@ def test_as_reward_maps_none_and_nan_to_unscorable_and_checks_length():
 
 
 def test_as_reward_single_item_score():
-    assert as_reward(lambda completions, limit, **kw: [float(len(c) < l) for c, l in
-                                                        zip(completions, limit)]).score("ab", limit=3) == 1.0
+    assert (
+        as_reward(
+            lambda completions, limit, **kw: [float(len(c) < n) for c, n in zip(completions, limit)]
+        ).score("ab", limit=3)
+        == 1.0
+    )
 
 
 # ------------------------------------------------------------------------------ combination
 def test_combined_reward_hand_computed():
-    combo = CombinedReward([LengthBonus(), Fragile(), as_reward(open_r1_style)],
-                           weights={"length_bonus": 2.0, "fragile": -1.0})
+    combo = CombinedReward(
+        [LengthBonus(), Fragile(), as_reward(open_r1_style)],
+        weights={"length_bonus": 2.0, "fragile": -1.0},
+    )
     chat = [[{"role": "assistant", "content": c}] for c in ("4", "none", "44444")]
     out = combo.evaluate_all(completions=chat, limit=[1, 9, 1], answer=["4", "4", "4"])
     # row 0: 2*1 + -1*0.5 + 1*1 = 2.5;  row 1: 2*1 + (skip) + 1*0 = 2.0;  row 2: 0 - 0.5 + 0

@@ -25,18 +25,21 @@ def reward():
 
 
 # ------------------------------------------------------------------------------ extraction
-@pytest.mark.parametrize("text, expected", [
-    (fenced("x = 1"), "x = 1\n"),
-    (fenced("a = 1") + fenced("b = 2", "py"), "b = 2\n"),  # the last python block
-    (fenced("a = 1") + fenced("echo hi", "bash"), "a = 1\n"),  # other languages skipped
-    (fenced("u = 1", ""), "u = 1\n"),  # untagged when no python block
-    (fenced("u = 1", "") + fenced("p = 1"), "p = 1\n"),  # a tagged block wins
-    ("<think>" + fenced("draft = 1") + "</think>" + fenced("final = 1"), "final = 1\n"),
-    ("<think>" + fenced("draft = 1") + "</think> no code", None),  # drafts are not answers
-    ("```python\nunclosed = 1\n", None),
-    ("no code at all", None),
-    (fenced("   "), None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (fenced("x = 1"), "x = 1\n"),
+        (fenced("a = 1") + fenced("b = 2", "py"), "b = 2\n"),  # the last python block
+        (fenced("a = 1") + fenced("echo hi", "bash"), "a = 1\n"),  # other languages skipped
+        (fenced("u = 1", ""), "u = 1\n"),  # untagged when no python block
+        (fenced("u = 1", "") + fenced("p = 1"), "p = 1\n"),  # a tagged block wins
+        ("<think>" + fenced("draft = 1") + "</think>" + fenced("final = 1"), "final = 1\n"),
+        ("<think>" + fenced("draft = 1") + "</think> no code", None),  # drafts are not answers
+        ("```python\nunclosed = 1\n", None),
+        ("no code at all", None),
+        (fenced("   "), None),
+    ],
+)
 def test_extract_code(text, expected):
     assert extract_code(text) == expected
 
@@ -44,9 +47,12 @@ def test_extract_code(text, expected):
 def test_parse_tests_formats():
     assert parse_tests(ADD_TESTS) == ("assert", ADD_TESTS)
     assert parse_tests("import math\nassert f(1) == 1\nassert f(2) == 2\n") == (
-        "assert", ["import math\nassert f(1) == 1", "import math\nassert f(2) == 2"])
+        "assert",
+        ["import math\nassert f(1) == 1", "import math\nassert f(2) == 2"],
+    )
     assert parse_tests("def check(c):\n    assert c(1) == 1\ncheck(f)\n")[1] == [
-        "def check(c):\n    assert c(1) == 1\ncheck(f)\n"]  # not plain asserts: one test
+        "def check(c):\n    assert c(1) == 1\ncheck(f)\n"
+    ]  # not plain asserts: one test
     assert parse_tests([{"input": "1 2", "output": "3"}]) == ("io", [("1 2", "3")])
     assert parse_tests({"inputs": ["1\n"], "outputs": ["1\n"]}) == ("io", [("1\n", "1\n")])
     assert parse_tests(json.dumps({"inputs": ["a"], "outputs": ["b"]})) == ("io", [("a", "b")])
@@ -66,20 +72,28 @@ def test_pass_fraction_and_all_or_nothing(reward):
     res = reward.score_batch([half], [{"tests": ADD_TESTS}])[0]
     assert res.value == pytest.approx(2 / 3) and res.reason.startswith("2/3 tests passed")
     strict = CodeReward(mode="all", limits=LIMITS)
-    assert [r.value for r in strict.score_batch([right, half], [{"tests": ADD_TESTS}] * 2)] == [1.0, 0.0]
+    assert [r.value for r in strict.score_batch([right, half], [{"tests": ADD_TESTS}] * 2)] == [
+        1.0,
+        0.0,
+    ]
 
 
 def test_stdin_stdout_cases(reward):
     program = fenced("a, b = map(int, input().split())\nprint(a + b)")
-    cases = [{"input": "1 2\n", "output": "3\n"}, {"input": "5 5", "output": "10"},
-             {"input": "2 2", "output": "5"}]
+    cases = [
+        {"input": "1 2\n", "output": "3\n"},
+        {"input": "5 5", "output": "10"},
+        {"input": "2 2", "output": "5"},
+    ]
     res = reward.score_batch([program], [{"tests": cases}])[0]
     assert res.value == pytest.approx(2 / 3) and "case 2: wrong output" in res.reason
 
 
 def test_no_code_is_wrong_and_no_tests_is_unscorable(reward):
-    res = reward.score_batch(["I would write a loop.", fenced("x = 1"), fenced("x = 1")],
-                             [{"tests": ADD_TESTS}, {"tests": []}, {}])
+    res = reward.score_batch(
+        ["I would write a loop.", fenced("x = 1"), fenced("x = 1")],
+        [{"tests": ADD_TESTS}, {"tests": []}, {}],
+    )
     assert res[0].value == 0.0 and "no ```python" in res[0].reason
     assert [r.status for r in res[1:]] == [UNSCORABLE, UNSCORABLE]
 
@@ -97,8 +111,9 @@ def test_sandbox_failure_is_unscorable_not_zero(tmp_path, monkeypatch):
 
 
 def test_syntax_error_and_crashing_program_score_zero(reward):
-    res = reward.score_batch([fenced("def add(a, b) return"), fenced("raise SystemExit(3)")],
-                             [{"tests": ADD_TESTS}] * 2)
+    res = reward.score_batch(
+        [fenced("def add(a, b) return"), fenced("raise SystemExit(3)")], [{"tests": ADD_TESTS}] * 2
+    )
     assert [r.value for r in res] == [0.0, 0.0]
     assert "SyntaxError" in res[0].reason and "SystemExit" in res[1].reason
 
@@ -109,9 +124,9 @@ HACKS = {
     "os_exit_zero": "import os\nos._exit(0)",
     "print_passes": "print('3/3 tests passed')\nprint('test 0 pass')\ndef add(a, b):\n    return None",
     "patch_builtins": "import builtins\nbuiltins.AssertionError = None\nbuiltins.exec = print\n"
-                      "def add(a, b):\n    return None",
+    "def add(a, b):\n    return None",
     "kill_parent": "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n"
-                   "def add(a, b):\n    return None",
+    "def add(a, b):\n    return None",
     "infinite_loop": "while True:\n    pass",
     "fork_bomb": "import os\nwhile True:\n    try:\n        os.fork()\n    except OSError:\n        pass",
 }

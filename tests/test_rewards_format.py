@@ -31,13 +31,16 @@ def test_strict_template(text, expected):
     assert FormatReward().score(text) == expected
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("<think>x</think><answer>4</answer>", 1.0),
-    ("<think>x</think> so 4", 0.5),  # two of the four tags, once each
-    ("<think>x</think><think>y</think><answer>4</answer>", 0.5),  # repeated tags earn nothing
-    ("<answer>4</answer>", 0.5),
-    ("plain", 0.0),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("<think>x</think><answer>4</answer>", 1.0),
+        ("<think>x</think> so 4", 0.5),  # two of the four tags, once each
+        ("<think>x</think><think>y</think><answer>4</answer>", 0.5),  # repeated tags earn nothing
+        ("<answer>4</answer>", 0.5),
+        ("plain", 0.0),
+    ],
+)
 def test_partial_credit_counts_well_formed_tags(text, expected):
     assert FormatReward(partial=True).score(text) == expected
 
@@ -57,15 +60,18 @@ def test_tag_soup_is_linear_time():
 
 
 # ------------------------------------------------------------------------------ language
-@pytest.mark.parametrize("text, expected", [
-    ("Let us add the numbers", {"latin": 5}),
-    ("我们 把 数字 相加", {"han": 7}),  # one word per Han character (7 characters)
-    ("设 x 为 the answer", {"latin": 2, "han": 2}),  # single ASCII letters are variables
-    (r"\frac{a}{b} = 3 + 4", {}),  # LaTeX commands, math and digits are not words
-    ("Привет мир hello", {"cyrillic": 2, "latin": 1}),
-    ("これは テスト", {"kana": 6}),
-    ("café naïve", {"latin": 2}),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Let us add the numbers", {"latin": 5}),
+        ("我们 把 数字 相加", {"han": 7}),  # one word per Han character (7 characters)
+        ("设 x 为 the answer", {"latin": 2, "han": 2}),  # single ASCII letters are variables
+        (r"\frac{a}{b} = 3 + 4", {}),  # LaTeX commands, math and digits are not words
+        ("Привет мир hello", {"cyrillic": 2, "latin": 1}),
+        ("これは テスト", {"kana": 6}),
+        ("café naïve", {"latin": 2}),
+    ],
+)
 def test_count_words(text, expected):
     assert count_words(text) == expected
 
@@ -86,8 +92,10 @@ def test_language_consistency_proportion():
 
 def test_target_language_from_column_wins():
     r = LanguageReward("en")
-    out = r(completions=["<think>hello world</think>", "<think>你好 世界</think>"],
-            language=["zh", "zh-CN"])
+    out = r(
+        completions=["<think>hello world</think>", "<think>你好 世界</think>"],
+        language=["zh", "zh-CN"],
+    )
     assert out == [0.0, 1.0]
 
 

@@ -18,15 +18,18 @@ from grpo.rewards.length import cosine_interp
 
 
 # ------------------------------------------------------------------------------ DAPO Eq. 13
-@pytest.mark.parametrize("n, expected", [
-    (0, 0.0),
-    (16, 0.0),  # L <= L_max - L_cache = 20 - 4 = 16: no penalty
-    (17, -0.25),  # (16 - 17) / 4
-    (18, -0.5),
-    (20, -1.0),  # (16 - 20) / 4 at L_max
-    (21, -1.0),  # beyond L_max
-    (500, -1.0),
-])
+@pytest.mark.parametrize(
+    "n, expected",
+    [
+        (0, 0.0),
+        (16, 0.0),  # L <= L_max - L_cache = 20 - 4 = 16: no penalty
+        (17, -0.25),  # (16 - 17) / 4
+        (18, -0.5),
+        (20, -1.0),  # (16 - 20) / 4 at L_max
+        (21, -1.0),  # beyond L_max
+        (500, -1.0),
+    ],
+)
 def test_overlong_penalty_hand_computed(n, expected):
     r = OverlongPenalty(max_length=20, cache_length=4)
     assert r.score("", completion_ids=list(range(n))) == pytest.approx(expected)
@@ -68,8 +71,11 @@ def test_cosine_interp_hand_computed():
 def test_cosine_reward_correct_short_is_best_wrong_short_is_worst():
     r = CosineLengthReward(FormatReward(), max_length=100)
     ok = "<think>x</think><answer>4</answer>"
-    scores = {(c, n): r.score(ok if c else "bad", completion_ids=[0] * n)
-              for c in (True, False) for n in (0, 50, 99, 100)}
+    scores = {
+        (c, n): r.score(ok if c else "bad", completion_ids=[0] * n)
+        for c in (True, False)
+        for n in (0, 50, 99, 100)
+    }
     assert scores[(True, 0)] == pytest.approx(1.0)
     assert scores[(True, 50)] == pytest.approx(0.75)
     assert scores[(False, 0)] == pytest.approx(-1.0)
@@ -78,29 +84,37 @@ def test_cosine_reward_correct_short_is_best_wrong_short_is_worst():
     assert scores[(True, 0)] > scores[(True, 50)] > scores[(True, 99)]  # shorter correct: more
     assert scores[(False, 0)] < scores[(False, 50)] < scores[(False, 99)]  # longer wrong: less bad
     assert min(v for (c, n), v in scores.items() if c and n < 100) > max(
-        v for (c, n), v in scores.items() if not c)  # correct always beats wrong
+        v for (c, n), v in scores.items() if not c
+    )  # correct always beats wrong
 
 
 def test_cosine_reward_wraps_math_in_the_pool_and_keeps_unscorable():
     r = CosineLengthReward(max_length=10)  # MathReward by default
     assert isinstance(r.verifier, MathReward)
-    out = r.score_batch([r"\boxed{2}", r"\boxed{3}", r"\boxed{2}"],
-                        [{"answer": "2", "completion_ids": [0] * 5},
-                         {"answer": "2", "completion_ids": [0] * 5},
-                         {"completion_ids": [0] * 5}])
+    out = r.score_batch(
+        [r"\boxed{2}", r"\boxed{3}", r"\boxed{2}"],
+        [
+            {"answer": "2", "completion_ids": [0] * 5},
+            {"answer": "2", "completion_ids": [0] * 5},
+            {"completion_ids": [0] * 5},
+        ],
+    )
     assert out[0].value == pytest.approx(0.75) and out[1].value == pytest.approx(-0.75)
     assert out[2].status == UNSCORABLE and "no gold answer" in out[2].reason
 
 
 # ------------------------------------------------------------------------------ repetition
-@pytest.mark.parametrize("text, n, expected", [
-    ("a b c a b c", 3, -0.25),  # trigrams abc bca cab abc: 3 distinct of 4
-    ("a a a a", 1, -0.75),  # 1 distinct of 4
-    ("a b c d", 2, 0.0),  # nothing repeats
-    ("a b", 3, 0.0),  # shorter than n
-    ("", 3, 0.0),
-    ("The cat The CAT the cat", 2, -0.6),  # case-insensitive: "the cat" x3, "cat the" x2
-])
+@pytest.mark.parametrize(
+    "text, n, expected",
+    [
+        ("a b c a b c", 3, -0.25),  # trigrams abc bca cab abc: 3 distinct of 4
+        ("a a a a", 1, -0.75),  # 1 distinct of 4
+        ("a b c d", 2, 0.0),  # nothing repeats
+        ("a b", 3, 0.0),  # shorter than n
+        ("", 3, 0.0),
+        ("The cat The CAT the cat", 2, -0.6),  # case-insensitive: "the cat" x3, "cat the" x2
+    ],
+)
 def test_repetition_penalty_hand_computed(text, n, expected):
     assert RepetitionPenalty(ngram_size=n).score(text) == pytest.approx(expected)
 

@@ -78,15 +78,39 @@ def test_different_pairs_score_zero(reward):
 
 
 def _literal_pairs() -> list[tuple[str, str]]:
-    pairs = [("42", "42"), ("42", "42.0"), ("7", "8"), ("1/2", "0.5"), (r"\frac{1}{2}", "2/4"),
-             ("-3", "-3"), ("-3", "3"), ("1/3", "0.333333"), ("1/3", "0.33"), ("0.1", "0.10"),
-             ("10", "010"), ("3/6", "1/2"), (r"\dfrac{3}{4}", "3/4"), ("5", r"\frac{10}{2}"),
-             ("1000000", "999999"), (r"-\frac{1}{2}", "-0.5"), ("2.5", "2.50001")]
+    pairs = [
+        ("42", "42"),
+        ("42", "42.0"),
+        ("7", "8"),
+        ("1/2", "0.5"),
+        (r"\frac{1}{2}", "2/4"),
+        ("-3", "-3"),
+        ("-3", "3"),
+        ("1/3", "0.333333"),
+        ("1/3", "0.33"),
+        ("0.1", "0.10"),
+        ("10", "010"),
+        ("3/6", "1/2"),
+        (r"\dfrac{3}{4}", "3/4"),
+        ("5", r"\frac{10}{2}"),
+        ("1000000", "999999"),
+        (r"-\frac{1}{2}", "-0.5"),
+        ("2.5", "2.50001"),
+    ]
     rng = random.Random(0)
-    forms = [lambda n, d: str(n // d) if n % d == 0 else f"{n}/{d}", lambda n, d: f"\\frac{{{n}}}{{{d}}}",
-             lambda n, d: str(n), lambda n, d: f"{n / d:.6g}"]
+    forms = [
+        lambda n, d: str(n // d) if n % d == 0 else f"{n}/{d}",
+        lambda n, d: f"\\frac{{{n}}}{{{d}}}",
+        lambda n, d: str(n),
+        lambda n, d: f"{n / d:.6g}",
+    ]
     for _ in range(150):
-        n1, d1, n2, d2 = rng.randint(-30, 30), rng.randint(1, 8), rng.randint(-30, 30), rng.randint(1, 8)
+        n1, d1, n2, d2 = (
+            rng.randint(-30, 30),
+            rng.randint(1, 8),
+            rng.randint(-30, 30),
+            rng.randint(1, 8),
+        )
         if rng.random() < 0.4:
             n2, d2 = n1 * 2, d1 * 2
         pairs.append((rng.choice(forms)(n1, d1), rng.choice(forms)(n2, d2)))
@@ -109,16 +133,19 @@ def test_literal_fast_path_agrees_with_math_verify():
 
 
 # ------------------------------------------------------------------------------ extraction
-@pytest.mark.parametrize("text, expected", [
-    (r"\boxed{\frac{1}{\sqrt{2}}}", r"\frac{1}{\sqrt{2}}"),  # nested braces
-    (r"first \boxed{1}, finally \boxed{2}", "2"),  # several boxes: the last
-    (r"\boxed{3} and a truncated \boxed{\frac{1", "3"),  # unclosed last box is skipped
-    (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),  # escaped braces are not groups
-    (r"\fbox{7}", "7"),
-    (r"\boxed {8}", "8"),
-    ("no box here", None),
-    (r"\boxed{", None),
-])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (r"\boxed{\frac{1}{\sqrt{2}}}", r"\frac{1}{\sqrt{2}}"),  # nested braces
+        (r"first \boxed{1}, finally \boxed{2}", "2"),  # several boxes: the last
+        (r"\boxed{3} and a truncated \boxed{\frac{1", "3"),  # unclosed last box is skipped
+        (r"\boxed{\{1, 2\}}", r"\{1, 2\}"),  # escaped braces are not groups
+        (r"\fbox{7}", "7"),
+        (r"\boxed {8}", "8"),
+        ("no box here", None),
+        (r"\boxed{", None),
+    ],
+)
 def test_last_boxed(text, expected):
     assert last_boxed(text) == expected
 
@@ -140,27 +167,32 @@ def test_last_number_fallback_is_opt_in():
         MathReward(fallback="first_number")
 
 
-@pytest.mark.parametrize("gold, expected", [
-    ("He has 3 + 4 = 7 apples.\n#### 7", "7"),  # GSM8K
-    (r"So the area is $\boxed{\frac{9}{2}}$.", r"\frac{9}{2}"),  # MATH solution
-    (42, "42"),
-    (0.5, "0.5"),
-])
+@pytest.mark.parametrize(
+    "gold, expected",
+    [
+        ("He has 3 + 4 = 7 apples.\n#### 7", "7"),  # GSM8K
+        (r"So the area is $\boxed{\frac{9}{2}}$.", r"\frac{9}{2}"),  # MATH solution
+        (42, "42"),
+        (0.5, "0.5"),
+    ],
+)
 def test_gold_text(gold, expected):
     assert gold_text(gold) == expected
 
 
 def test_gold_formats_score(reward):
-    res = reward.score_batch([r"\boxed{7}", r"\boxed{4.5}", r"\boxed{42}"],
-                             [{"answer": "#### 7"}, {"answer": r"... $\boxed{\frac{9}{2}}$"},
-                              {"answer": 42}])
+    res = reward.score_batch(
+        [r"\boxed{7}", r"\boxed{4.5}", r"\boxed{42}"],
+        [{"answer": "#### 7"}, {"answer": r"... $\boxed{\frac{9}{2}}$"}, {"answer": 42}],
+    )
     assert [r.value for r in res] == [1.0, 1.0, 1.0]
 
 
 # ------------------------------------------------------------------------------ unscorable vs wrong
 def test_missing_or_unparsable_gold_is_unscorable_not_wrong(reward):
-    res = reward.score_batch([r"\boxed{1}"] * 4, [{}, {"answer": None}, {"answer": "  "},
-                                                  {"answer": "}{"}])
+    res = reward.score_batch(
+        [r"\boxed{1}"] * 4, [{}, {"answer": None}, {"answer": "  "}, {"answer": "}{"}]
+    )
     assert [r.status for r in res] == [UNSCORABLE] * 4
     assert "no gold answer" in res[0].reason and "could not parse" in res[3].reason
 
@@ -231,7 +263,9 @@ def test_in_process_scoring_off_the_main_thread():
     # off there (the pool's hard limit is the guard when it runs in the pool)
     out = []
     r = MathReward(parallel=False)
-    th = threading.Thread(target=lambda: out.append(r.score_with_reason(r"\boxed{0.25}", answer="1/4")))
+    th = threading.Thread(
+        target=lambda: out.append(r.score_with_reason(r"\boxed{0.25}", answer="1/4"))
+    )
     th.start()
     th.join()
     assert out[0].status == OK and out[0].value == 1.0

@@ -106,7 +106,9 @@ def test_unpicklable_reward_is_refused_with_advice(pool):
 
 def test_map_from_a_worker_thread(pool):
     out = []
-    th = threading.Thread(target=lambda: out.append(pool.map(Probe(), ["abc"], [{}], time_limit=10)))
+    th = threading.Thread(
+        target=lambda: out.append(pool.map(Probe(), ["abc"], [{}], time_limit=10))
+    )
     th.start()
     th.join()
     assert out[0][0].value == 3.0

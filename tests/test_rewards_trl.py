@@ -40,18 +40,38 @@ def trained(tmp_path_factory):
     path = save_tiny_model(tmp_path_factory.mktemp("tiny"))
     model = AutoModelForCausalLM.from_pretrained(path)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    data = Dataset.from_list([{"prompt": [{"role": "user", "content": f"{i}+1="}],
-                               "answer": str(i + 1)} for i in range(4)])
-    rewards = {"format": FormatReward(), "math": MathReward(),
-               "overlong": OverlongPenalty(max_length=MAX_COMPLETION, cache_length=6)}
-    args = trl.GRPOConfig(
-        output_dir=str(tmp_path_factory.mktemp("out")), use_cpu=True, bf16=False,
-        gradient_checkpointing=False, per_device_train_batch_size=4, num_generations=4,
-        max_completion_length=MAX_COMPLETION, max_steps=1, logging_steps=1, report_to="none",
-        save_strategy="no", seed=0,
+    data = Dataset.from_list(
+        [
+            {"prompt": [{"role": "user", "content": f"{i}+1="}], "answer": str(i + 1)}
+            for i in range(4)
+        ]
     )
-    trainer = trl.GRPOTrainer(model=model, processing_class=tokenizer, train_dataset=data,
-                              reward_funcs=[*rewards.values(), spy], args=args)
+    rewards = {
+        "format": FormatReward(),
+        "math": MathReward(),
+        "overlong": OverlongPenalty(max_length=MAX_COMPLETION, cache_length=6),
+    }
+    args = trl.GRPOConfig(
+        output_dir=str(tmp_path_factory.mktemp("out")),
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=MAX_COMPLETION,
+        max_steps=1,
+        logging_steps=1,
+        report_to="none",
+        save_strategy="no",
+        seed=0,
+    )
+    trainer = trl.GRPOTrainer(
+        model=model,
+        processing_class=tokenizer,
+        train_dataset=data,
+        reward_funcs=[*rewards.values(), spy],
+        args=args,
+    )
     trainer.train()
     return trainer, rewards
 
@@ -93,6 +113,7 @@ def test_overlong_penalty_used_trls_token_ids(trained):
 def test_trl_style_function_in_a_grpo_combination():
     combo = CombinedReward([FormatReward(), as_reward(spy)], weights=[1.0, 0.1])
     chat = [[{"role": "assistant", "content": "<think>a</think><answer>1</answer>"}]]
-    out = combo.evaluate_all(prompts=[[{"role": "user", "content": "q"}]], completions=chat,
-                             completion_ids=[[1, 2, 3]])
+    out = combo.evaluate_all(
+        prompts=[[{"role": "user", "content": "q"}]], completions=chat, completion_ids=[[1, 2, 3]]
+    )
     assert out.values == [pytest.approx(1.0 + 0.1 * 3)]

@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def sandbox_processes(settle_s: float = 3.0) -> list[tuple[int, str, bytes]]:
-    """(pid, state, command) of live (not zombie) processes owned by sandbox uids, after letting SIGKILLed ones
-    finish dying for up to ``settle_s`` seconds. There must be none after a run."""
+    """(pid, state, command) of live (not zombie) processes owned by sandbox uids, after
+    letting SIGKILLed ones finish dying for up to ``settle_s`` seconds. None after a run."""
     end = time.monotonic() + settle_s
     while True:
         pids = []
@@ -86,8 +86,11 @@ def test_runs_a_program_with_stdin(mode):
 
 @pytest.mark.parametrize("mode", BOTH_MODES)
 def test_assert_tests_report_each_result(mode):
-    run = run_tests("def sq(x): return x * x", ["assert sq(3) == 9", "assert sq(2) == 5",
-                                                   "assert sq(-1) == 1"], mode=mode)
+    run = run_tests(
+        "def sq(x): return x * x",
+        ["assert sq(3) == 9", "assert sq(2) == 5", "assert sq(-1) == 1"],
+        mode=mode,
+    )
     assert run.passed == (True, False, True) and not run.tampered
 
 
@@ -109,15 +112,20 @@ def test_cpu_time_limit_kills_before_the_wall_limit():
 
 
 def test_sleeping_program_is_killed_at_the_wall_limit():
-    res, took = timed(run_python, "import time\ntime.sleep(60)\n",
-                      limits=SandboxLimits(wall_time_s=1.0))
+    res, took = timed(
+        run_python, "import time\ntime.sleep(60)\n", limits=SandboxLimits(wall_time_s=1.0)
+    )
     assert res.timed_out and took < 2.5
 
 
 def test_each_assert_test_has_its_own_time_limit():
-    run, took = timed(run_tests, "def f(n):\n    while n: pass\n    return 0\n",
-                      ["assert f(0) == 0", "assert f(1) == 0", "assert f(0) == 0"],
-                      limits=FAST, test_timeout_s=0.5)
+    run, took = timed(
+        run_tests,
+        "def f(n):\n    while n: pass\n    return 0\n",
+        ["assert f(0) == 0", "assert f(1) == 0", "assert f(0) == 0"],
+        limits=FAST,
+        test_timeout_s=0.5,
+    )
     assert run.passed == (True, False, True)
     assert took < 3
 
@@ -133,8 +141,9 @@ def test_fork_bomb_is_contained(mode):
             except OSError:
                 pass
     """)
-    res, took = timed(run_python, bomb, limits=SandboxLimits(wall_time_s=2, max_processes=8),
-                      mode=mode)
+    res, took = timed(
+        run_python, bomb, limits=SandboxLimits(wall_time_s=2, max_processes=8), mode=mode
+    )
     assert not res.ok and took < 4.5
     assert sandbox_processes() == []  # every fork died with the run
     assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
@@ -180,8 +189,9 @@ def test_cannot_kill_the_scoring_process(mode):
 def test_pid_namespace_hides_host_processes():
     if MODE != "namespaces":
         pytest.skip("no PID namespace on this host")
-    res = run_python("import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))",
-                     limits=FAST)
+    res = run_python(
+        "import os\nprint(sorted(int(p) for p in os.listdir('/proc') if p.isdigit()))", limits=FAST
+    )
     assert res.ok and len(eval(res.stdout)) <= 2  # itself (pid 1), maybe a transient helper
 
 
@@ -189,8 +199,9 @@ def test_pid_namespace_hides_host_processes():
 @pytest.mark.parametrize("mode", BOTH_MODES)
 def test_memory_bomb_fails_inside_the_sandbox(mode):
     bomb = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2**20))\n"
-    res, took = timed(run_python, bomb, limits=SandboxLimits(wall_time_s=5, memory_mb=256),
-                      mode=mode)
+    res, took = timed(
+        run_python, bomb, limits=SandboxLimits(wall_time_s=5, memory_mb=256), mode=mode
+    )
     assert not res.ok and not res.timed_out and "MemoryError" in res.stderr
     assert took < 5
 
@@ -298,8 +309,11 @@ def test_world_writable_host_files_are_out_of_reach():
 @pytest.mark.parametrize("mode", BOTH_MODES)
 def test_work_folder_starts_empty_and_is_removed(mode):
     before = set(glob.glob("/dev/shm/grpo-sbx-*") + glob.glob("/tmp/grpo-sbx-*"))
-    res = run_python("import os\nprint(os.listdir('.'))\nopen('left.txt', 'w').write('x')\n",
-                     limits=FAST, mode=mode)
+    res = run_python(
+        "import os\nprint(os.listdir('.'))\nopen('left.txt', 'w').write('x')\n",
+        limits=FAST,
+        mode=mode,
+    )
     assert res.ok and res.stdout == "[]\n"
     after = set(glob.glob("/dev/shm/grpo-sbx-*") + glob.glob("/tmp/grpo-sbx-*"))
     assert after <= before
@@ -336,8 +350,9 @@ def test_environment_is_scrubbed(monkeypatch, mode):
     res = run_python("import os\nprint(sorted(os.environ.items()))\n", limits=FAST, mode=mode)
     assert res.ok
     assert "hunter2" not in res.stdout and "hf_secret" not in res.stdout
-    assert set(eval(res.stdout)) <= {(k, v) for k, v in eval(res.stdout)
-                                     if k in {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"}}
+    assert set(eval(res.stdout)) <= {
+        (k, v) for k, v in eval(res.stdout) if k in {"PATH", "HOME", "TMPDIR", "LANG", "LC_ALL"}
+    }
 
 
 # ------------------------------------------------------------------------------ test hacking
@@ -358,8 +373,9 @@ def test_os_exit_zero_before_the_tests_passes_nothing(mode):
 
 def test_exit_inside_the_tested_function_fails_that_test():
     program = "import os\ndef f(x):\n    if x == 2:\n        os._exit(0)\n    return x\n"
-    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"],
-                    limits=FAST)
+    run = run_tests(
+        program, ["assert f(1) == 1", "assert f(2) == 2", "assert f(3) == 3"], limits=FAST
+    )
     assert run.passed == (True, False, False)  # the process ended: later tests never ran
 
 
@@ -374,8 +390,11 @@ def test_patching_builtins_does_not_make_tests_pass():
         builtins.exec = lambda *a, **k: None
         __builtins__ = {"sorted": lambda *a, **k: [1, 2, 3]}
     """)
-    run = run_tests(program, ["assert sorted(f()) == [1, 2, 3]", "assert len(f()) == 3",
-                              "assert sorted(f()) == [1, 3]"], limits=FAST)
+    run = run_tests(
+        program,
+        ["assert sorted(f()) == [1, 2, 3]", "assert len(f()) == 3", "assert sorted(f()) == [1, 3]"],
+        limits=FAST,
+    )
     assert run.passed == (False, False, True)  # only the true statement passes
 
 
@@ -412,8 +431,9 @@ def test_recursion_bomb_fails_without_harm():
     program = "import sys\nsys.setrecursionlimit(10**7)\ndef f(n):\n    return f(n + 1) + 1\n"
     run, took = timed(run_tests, program, ["assert f(0) == 1", "assert 1 == 1"], limits=FAST)
     assert run.passed[0] is False and took < FAST.wall_time_s + 1.5
-    plain = run_tests("def g():\n    return g()\n", ["assert g() == 1", "assert 1 == 1"],
-                      limits=FAST)
+    plain = run_tests(
+        "def g():\n    return g()\n", ["assert g() == 1", "assert 1 == 1"], limits=FAST
+    )
     assert plain.passed == (False, True)  # RecursionError fails only its own test
 
 
@@ -421,8 +441,10 @@ def test_runs_in_parallel():
     # two runs that sleep 1 s each finish together in about 1 s, not 2
     program = "import time\ntime.sleep(1)\nprint('ok')\n"
     results: list = []
-    threads = [threading.Thread(target=lambda: results.append(run_python(program, limits=FAST)))
-               for _ in range(2)]
+    threads = [
+        threading.Thread(target=lambda: results.append(run_python(program, limits=FAST)))
+        for _ in range(2)
+    ]
     t = time.monotonic()
     for th in threads:
         th.start()
@@ -485,8 +507,21 @@ def test_unprivileged_user_gets_user_namespace_and_dropped_capabilities():
     if not all(os.stat(p).st_mode & 0o005 for p in (src, src / "grpo", REPO)):
         pytest.skip("the source tree is not readable by other users")
     proc = subprocess.run(
-        [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", python, "-I", "-c",
-         NONROOT_SCRIPT, str(src)], capture_output=True, text=True, timeout=60, cwd="/",
+        [
+            setpriv,
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            python,
+            "-I",
+            "-c",
+            NONROOT_SCRIPT,
+            str(src),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd="/",
         env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/tmp"},
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

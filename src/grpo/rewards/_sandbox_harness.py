@@ -3,7 +3,9 @@
 Run by ``grpo.rewards.sandbox`` as ``python -I -S -B <this file> JOB_FD VERDICT_FD`` (``-I``
 keeps this file's folder out of ``sys.path``).
 Standard library only, and only cheap modules (``marshal`` and ``_signal`` are built in; json,
-signal and traceback would add ~40 ms to every run). Steps, in this order, before any untrusted code runs:
+signal and traceback would add ~40 ms to every run).
+
+Steps, in this order, before any untrusted code runs:
 
 1. read the job (a marshalled dict) from JOB_FD and close it;
 2. if asked, build a fresh root file system in the private mount namespace made by
@@ -187,7 +189,8 @@ def _supervise(pid, verdict_fd, token):
         except ChildProcessError:
             os._exit(0)
         if wpid == pid:
-            os.write(verdict_fd, ("%s exit %d\n" % (token, os.waitstatus_to_exitcode(status))).encode())
+            code = os.waitstatus_to_exitcode(status)
+            os.write(verdict_fd, ("%s exit %d\n" % (token, code)).encode())
             os._exit(0)
 
 
@@ -197,7 +200,7 @@ def _run(job, verdict_fd):
     token = job["token"]
     write, encode_exit = os.write, os._exit
     exec_, compile_, type_ = builtins.exec, builtins.compile, builtins.type
-    base_exc, str_, range_, len_ = BaseException, str, range, len
+    base_exc, range_, len_ = BaseException, range, len
     pristine = dict(builtins.__dict__)
     bdict_clear, bdict_update = builtins.__dict__.clear, builtins.__dict__.update
     settrace, setprofile = sys.settrace, sys.setprofile

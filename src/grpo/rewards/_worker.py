@@ -98,7 +98,8 @@ def serve(conn: Connection) -> None:
         conn.send(("loaded", call_id))
         for idx, completion, example in items:
             if isinstance(reward, BaseException):
-                res = ScoreResult.unscorable(f"could not load the reward in a worker: {reward!r}", ERROR)
+                res = ScoreResult.unscorable(
+                    f"could not load the reward in a worker: {reward!r}", ERROR)
             else:
                 res = score_one(reward, completion, example)
             conn.send(("result", call_id, idx, res))

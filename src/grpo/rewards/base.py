@@ -132,7 +132,7 @@ def batch_examples(n: int, prompts: Sequence[Any] | None, columns: Mapping[str, 
     if prompts is not None:
         if len(prompts) != n:
             raise ValueError(f"{len(prompts)} prompts for {n} completions")
-        for ex, p in zip(examples, prompts):
+        for ex, p in zip(examples, prompts, strict=True):
             ex.setdefault("prompt", p)
     return examples
 
@@ -229,7 +229,7 @@ class Reward:
             from grpo.rewards.pool import get_pool
 
             return get_pool().map(self, completions, examples, time_limit=self.time_limit)
-        return [score_one(self, c, ex) for c, ex in zip(completions, examples)]
+        return [score_one(self, c, ex) for c, ex in zip(completions, examples, strict=True)]
 
     def evaluate(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
@@ -340,7 +340,9 @@ class FunctionReward(Reward):
         return f"as_reward({getattr(self.fn, '__name__', self.fn)!r})"
 
 
-def as_reward(fn: Reward | Callable[..., Sequence[float | None]], *, name: str | None = None) -> Reward:
+def as_reward(
+    fn: Reward | Callable[..., Sequence[float | None]], *, name: str | None = None
+) -> Reward:
     """Wrap a plain trl-style reward function as a :class:`Reward` (a Reward passes through).
 
     >>> def short(completions, **kwargs):

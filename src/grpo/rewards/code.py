@@ -67,7 +67,7 @@ def parse_tests(tests: Any) -> tuple[Literal["assert", "io"], list]:
         ins, outs = tests["inputs"], tests["outputs"]
         if len(ins) != len(outs):
             raise Unscorable(f"tests have {len(ins)} inputs but {len(outs)} outputs")
-        return "io", [(_text(i), _text(o)) for i, o in zip(ins, outs)]
+        return "io", [(_text(i), _text(o)) for i, o in zip(ins, outs, strict=True)]
     if isinstance(tests, str):
         return "assert", _split_asserts(tests)
     if isinstance(tests, Sequence) and tests:
@@ -186,7 +186,9 @@ class CodeReward(Reward):
                 first_failure = f"case {i}: " + ("wrong output" if res.ok else res.describe())
             if self.mode == "all":
                 break
-        note = f"{passed}/{len(cases)} cases passed" + (f"; {first_failure}" if first_failure else "")
+        note = f"{passed}/{len(cases)} cases passed"
+        if first_failure:
+            note += f"; {first_failure}"
         return ScoreResult(self._value(passed, len(cases)), reason=note)
 
     def _value(self, passed: int, total: int) -> float:

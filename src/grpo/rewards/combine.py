@@ -91,7 +91,7 @@ class CombinedReward(Reward):
             raise ValueError(f"{len(weights)} weights for {len(self.rewards)} rewards")
         if missing not in ("skip", "propagate"):
             raise ValueError(f"missing must be 'skip' or 'propagate', got {missing!r}")
-        self.weights = dict(zip(names, map(float, weights)))
+        self.weights = dict(zip(names, map(float, weights), strict=True))
         self.missing = missing
 
     def evaluate_all(

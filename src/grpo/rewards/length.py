@@ -70,7 +70,8 @@ class OverlongPenalty(_TokenLength, Reward):
     ) -> None:
         super().__init__(**kwargs)
         if not 0 < cache_length <= max_length:
-            raise ValueError(f"need 0 < cache_length <= max_length, got {cache_length}, {max_length}")
+            raise ValueError(
+                f"need 0 < cache_length <= max_length, got {cache_length}, {max_length}")
         self.max_length = max_length
         self.cache_length = cache_length
         self.tokenizer = tokenizer
@@ -156,9 +157,11 @@ class CosineLengthReward(_TokenLength, Reward):
         examples = examples if examples is not None else [{} for _ in completions]
         verdicts = self.verifier.score_batch(completions, examples)
         return [self._shaped(v, c, ex) if c is not None else v
-                for v, c, ex in zip(verdicts, completions, examples)]
+                for v, c, ex in zip(verdicts, completions, examples, strict=True)]
 
-    def _shaped(self, verdict: ScoreResult, completion: str, example: Mapping[str, Any]) -> ScoreResult:
+    def _shaped(
+        self, verdict: ScoreResult, completion: str, example: Mapping[str, Any]
+    ) -> ScoreResult:
         if not verdict.scored:
             return verdict
         try:
@@ -166,7 +169,8 @@ class CosineLengthReward(_TokenLength, Reward):
         except Unscorable as u:
             return ScoreResult.unscorable(u.reason)
         correct = verdict.value >= self.threshold  # type: ignore[operator]
-        return ScoreResult(self.shape(correct, n), reason=f"{'correct' if correct else 'wrong'}, {n} tokens")
+        note = f"{'correct' if correct else 'wrong'}, {n} tokens"
+        return ScoreResult(self.shape(correct, n), reason=note)
 
 
 class RepetitionPenalty(Reward):
@@ -191,5 +195,5 @@ class RepetitionPenalty(Reward):
         total = len(words) - n + 1
         if total <= 0:
             return 0.0
-        distinct = len(set(zip(*(words[i:] for i in range(n)))))
+        distinct = len(set(zip(*(words[i:] for i in range(n)), strict=False)))
         return self.max_penalty * (1.0 - distinct / total)

@@ -28,8 +28,8 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from fractions import Fraction
 from collections.abc import Sequence
+from fractions import Fraction
 from typing import Any, Literal
 
 from grpo.rewards.base import Reward, ScoreResult, Unscorable
@@ -142,8 +142,10 @@ def literal_verdict(gold: str, answer: str) -> bool | None:
     math-verify, which rounds floats (0.333333 equals 1/3 at 6 decimals). Most GSM8K-style
     answers are integers, so this skips the LaTeX parser (about 2-20 ms) for most items.
 
-    >>> literal_verdict("42", "42.0"), literal_verdict(r"\frac{1}{2}", "2/4"), literal_verdict("7", "8")
-    (True, True, False)
+    >>> literal_verdict("42", "42.0"), literal_verdict(r"\frac{1}{2}", "2/4")
+    (True, True)
+    >>> literal_verdict("7", "8"), literal_verdict("0.33", "1/3")
+    (False, None)
     """
     g, a = _literal(gold), _literal(answer)
     if g is None or a is None:
@@ -172,7 +174,8 @@ def _parse(answer: str, timeout_s: int | None) -> tuple:
     return tuple(
         parse(
             "\\boxed{" + answer + "}",
-            extraction_config=[LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
+            extraction_config=[
+                LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
             parsing_timeout=timeout_s,
             raise_on_error=True,
         )
@@ -242,7 +245,8 @@ class MathReward(Reward):
         try:
             parsed = _parse(gold_text(gold), _timeout(self.parse_timeout))
         except TimeoutException:
-            raise Unscorable(f"math-verify timed out parsing the gold answer {str(gold)[:80]!r}") from None
+            raise Unscorable(
+                f"math-verify timed out parsing the gold answer {str(gold)[:80]!r}") from None
         if not parsed:
             raise Unscorable(f"math-verify could not parse the gold answer {str(gold)[:80]!r}")
         return parsed

@@ -197,9 +197,10 @@ class ScoringPool:
                 f"reward {reward!r} cannot be sent to pool workers ({e}); "
                 "make it picklable or pass parallel=False"
             ) from e
+        items = list(zip(range(n), completions, examples, strict=True))
         with self._lock:
             self._check_pid()
-            return self._map(blob, list(zip(range(n), completions, examples)), time_limit)
+            return self._map(blob, items, time_limit)
 
     def _map(self, blob: bytes, items: list, time_limit: float) -> list[ScoreResult]:
         call_id = next(self._ids)
@@ -273,7 +274,8 @@ class ScoringPool:
                 code = w.proc.wait(timeout=5)
             except subprocess.TimeoutExpired:  # pragma: no cover
                 code = None
-            how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            signalled = code is not None and code < 0
+            how = f"killed by signal {-code}" if signalled else f"exit code {code}"
             self._early_deaths += not w.loaded
             # Dying before it loaded the reward is not the first item's fault (a worker killed
             # while idle): requeue everything, unless it keeps happening (the reward itself
