@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import random
+import re
 import threading
 import time
+from decimal import Decimal
+from fractions import Fraction
 
 import pytest
 
@@ -273,3 +276,36 @@ def test_in_process_scoring_off_the_main_thread():
 
 def test_single_item_doctest_style():
     assert MathReward(parallel=False).score(r"... so \boxed{\frac{1}{2}}", answer="0.5") == 1.0
+
+
+def _plus_one(answer: str) -> str:
+    """The literal answer + 1, written the same way (integer, a/b or decimal)."""
+    text = answer.strip().strip("$")
+    latex = re.fullmatch(r"\\(d?frac)\{(\d+)\}\{(\d+)\}", text)
+    if latex:
+        cmd, num, den = latex.groups()
+        return f"\\{cmd}{{{int(num) + int(den)}}}{{{den}}}"
+    if "/" in text:
+        value = Fraction(text) + 1
+        return f"{value.numerator}/{value.denominator}"
+    if "." in text:
+        return str(Decimal(text) + 1)
+    return str(int(text) + 1)
+
+
+@pytest.mark.parametrize(
+    "task", ["basic_arithmetic", "fraction_simplification", "gsm_symbolic", "decimal_arithmetic"]
+)
+def test_agrees_with_reasoning_gym_scorers(task):
+    """An independent reference: reasoning-gym's own scorer, on its own generated problems,
+    for the gold answer and a wrong one (gold + 1)."""
+    rg = pytest.importorskip("reasoning_gym")
+    data = rg.create_dataset(task, size=8, seed=3)
+    completions, examples, expected = [], [], []
+    for entry in data:
+        for answer in (entry["answer"], _plus_one(entry["answer"])):
+            completions.append(f"<think>working</think><answer>{answer}</answer>")
+            examples.append({"answer": entry["answer"]})
+            expected.append(1.0 if data.score_answer(answer, entry) == 1.0 else 0.0)
+    assert expected.count(1.0) == len(data)  # the reference accepts gold, rejects gold + 1
+    assert [r.value for r in MathReward().score_batch(completions, examples)] == expected

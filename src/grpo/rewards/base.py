@@ -236,7 +236,9 @@ class Reward:
     ) -> list[ScoreResult]:
         """trl-style inputs (string or chat completions, aligned columns) -> ScoreResults."""
         texts = [completion_text(c) for c in completions]
-        return self.score_batch(texts, batch_examples(len(texts), prompts, columns))
+        results = self.score_batch(texts, batch_examples(len(texts), prompts, columns))
+        _warn_errors(self.name, results)
+        return results
 
     def __call__(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
@@ -252,7 +254,6 @@ class Reward:
         log_metric = columns.get("log_metric")
         if callable(log_metric) and results:
             log_metric(f"{self.name}/unscorable_frac", unscorable_fraction(results))
-        _warn_errors(self.name, results)
         return [r.value for r in results]
 
     @property
