@@ -21,9 +21,11 @@ prints the start-up cost). The main script is imported in a worker only when a r
 defined in it must be unpickled there (exactly what multiprocessing would do, but only then).
 
 Items go to workers in small contiguous chunks (GRPO groups are contiguous, so a worker's
-cache of parsed gold answers gets hits). A worker acknowledges each chunk once it has loaded
-the reward (``load_limit``, generous: it may import the main script), then returns one result
-per item as it finishes: each item gets its own deadline of ``time_limit`` seconds.
+cache of parsed gold answers gets hits), two chunks in flight per worker so that it never
+idles waiting for the (busy) trainer process. A worker acknowledges each chunk once it has
+loaded the reward (``load_limit``, generous: it may import the main script), then returns one
+result per item as it finishes, in order: the item at the head of its queue is the one running,
+and each item gets its own deadline of ``time_limit`` seconds.
 """
 
 from __future__ import annotations
@@ -211,7 +213,9 @@ class ScoringPool:
         busy: dict[Connection, _Worker] = {}
         try:
             while queue or busy:
-                self._dispatch(queue, busy, call_id, blob)
+                self._dispatch(queue, busy, call_id, blob, chunk, time_limit)
+                if not busy:  # every send failed (workers died): start fresh ones and retry
+                    continue
                 timeout = max(0.0, min(w.deadline for w in busy.values()) - time.monotonic())
                 for conn in wait(list(busy), timeout):
                     self._collect(busy[conn], busy, queue, results, call_id, time_limit)
@@ -227,32 +231,36 @@ class ScoringPool:
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
-    def _dispatch(self, queue: deque, busy: dict, call_id: int, blob: bytes) -> None:
+    def _dispatch(self, queue: deque, busy: dict, call_id: int, blob: bytes, chunk: int,
+                  time_limit: float) -> None:
+        """Keep up to two chunks in flight per worker, so that a worker never waits for this
+        (possibly busy) process between chunks; results still come back one by one, in order,
+        so the head of ``pending`` is the item running now."""
         for slot in range(self.size):
-            if not queue:
-                return
             w = self._workers[slot]
-            if w is not None and w.conn in busy:
-                continue
-            if w is not None and w.proc.poll() is not None:  # died while idle
+            if w is not None and not w.pending and w.proc.poll() is not None:  # died while idle
                 self._discard(w, kill=False)
                 self.stats["crashed"] += 1
                 w = None
-            if w is None:
-                w = self._start(slot)
-            work = queue.popleft()
-            try:
-                w.conn.send((call_id, None if w.call_id == call_id else blob, work))
-            except OSError:  # died since poll(): put the work back, retry next round
-                queue.appendleft(work)
-                self._discard(w, kill=False)
-                self.stats["crashed"] += 1
-                continue
-            w.call_id = call_id
-            w.pending = deque(work)
-            w.loaded = False
-            w.deadline = time.monotonic() + self.load_limit
-            busy[w.conn] = w
+            while queue and (w is None or len(w.pending) < 2 * chunk):
+                if w is None:
+                    w = self._start(slot)
+                work = queue.popleft()
+                first = w.call_id != call_id
+                try:
+                    w.conn.send((call_id, blob if first else None, work))
+                except OSError:  # it died: put the work back; its death is handled below/next
+                    queue.appendleft(work)
+                    if not w.pending:
+                        self._discard(w, kill=False)
+                        self.stats["crashed"] += 1
+                    break
+                if first:
+                    w.call_id, w.loaded = call_id, False
+                if not w.pending:
+                    w.deadline = time.monotonic() + (self.load_limit if first else time_limit)
+                w.pending.extend(work)
+                busy[w.conn] = w
 
     def _collect(self, w: _Worker, busy: dict, queue: deque, results: list, call_id: int,
                  time_limit: float) -> None:
