@@ -159,9 +159,14 @@ class GRPOTrainer:
         n_local = len(rollouts)
         local_adv = adv.advantages[self.rank * n_local:(self.rank + 1) * n_local]
         batch = collate_rollouts(rollouts, local_adv, self.tokenizer.pad_token_id)
+        sleep = cfg.rollout == "vllm" and cfg.vllm_sleep  # free the engine's GPU memory while training
+        if sleep:
+            self.generator.sleep()
         with timer("train"):
             train_metrics = self._update(batch.to(self.accelerator.device))
         with timer("sync"):
+            if sleep:
+                self.generator.wake_up()
             self.generator.sync_weights(self.model)
         metrics = {**reward_metrics(scores, self.accuracy_name, self.format_name), **advantage_metrics(adv),
                    **completion_metrics(rollouts), **train_metrics, **timer.times,

@@ -41,11 +41,11 @@ def countdown(split: str = "train", size: int = 10_000, seed: int = 0, **kw: Any
              "numbers": list(x["metadata"]["numbers"]), "target": int(x["metadata"]["target"])} for x in data]
 
 
-def tiny_arithmetic(split: str = "train", size: int = 2000, seed: int = 0, **kw: Any) -> list[dict]:
-    """The CPU demo's synthetic task (see grpo.recipes.tiny_task)."""
+def tiny_arithmetic(split: str = "train", size: int | None = None, seed: int = 0, **_: Any) -> list[dict]:
+    """The CPU demo's synthetic task (see grpo.recipes.tiny_task); "test" = the held-out problems."""
     from grpo.recipes.tiny_task import make_problems
 
-    return make_problems(size=size, seed=seed + (0 if split == "train" else 10_000), **kw)
+    return make_problems(size=size, seed=seed, split=split)
 
 
 DATASETS: dict[str, Callable[..., list[dict]]] = {
