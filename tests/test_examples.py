@@ -40,3 +40,46 @@ def test_gpu_recipes_load_and_validate():
     assert r.trainer.beta == 0 and r.model == "Qwen/Qwen2.5-1.5B"
     with pytest.raises(ValueError, match="minibatch_size"):
         Recipe.from_yaml(find_recipe("r1_zero_gsm8k"), ["trainer.minibatch_size=100"])
+
+
+def test_cli_train_eval_report(tmp_path):
+    from grpo.tiny import save_tiny_model
+
+    model = save_tiny_model(tmp_path / "model", hidden_size=64, num_heads=2, head_dim=32)
+    run = tmp_path / "run"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""
+model: {model}
+dataset: {{name: tiny_arithmetic, split: train, limit: 16}}
+eval_dataset: {{name: tiny_arithmetic, split: test, limit: 4}}
+rewards:
+  - {{name: math, weight: 1.0}}
+  - {{name: format, weight: 0.1}}
+trainer: {{output_dir: {run}, num_generations: 2, prompts_per_step: 2, max_steps: 5,
+           max_completion_length: 6, learning_rate: 1.0e-3, beta: 0.0, eval_samples: 2, progress_bar: false}}
+""")
+    cli = [sys.executable, "-m", "grpo.cli"]
+    out = subprocess.run(cli + ["train", str(recipe), "trainer.max_steps=2"], capture_output=True, text=True,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "report:" in out.stdout
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 2  # the override won
+    assert (run / "report" / "reward_accuracy.png").exists() and (run / "final" / "config.json").exists()
+    out = subprocess.run(cli + ["eval", str(recipe), "--model", str(run / "final")], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "eval/greedy_accuracy" in out.stdout
+    bad = subprocess.run(cli + ["train", str(recipe), "trainer.num_generations=1"], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "num_generations" in bad.stderr
+    helptext = subprocess.run(cli + ["train", "--help-config"], capture_output=True, text=True, timeout=120)
+    assert "trainer.beta" in helptext.stdout and "KL coefficient" in helptext.stdout
+
+
+def test_r1_zero_cpu_demo_quick(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "examples" / "r1_zero_cpu.py"), "--quick",
+                          "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "held-out greedy accuracy" in out.stdout
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["grpo_steps"] == 2 and (tmp_path / "run" / "report" / "report.html").exists()
