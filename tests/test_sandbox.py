@@ -8,8 +8,8 @@ properties are also run in the fallback "rlimits" mode.
 
 from __future__ import annotations
 
-import glob
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -307,16 +307,22 @@ def test_world_writable_host_files_are_out_of_reach():
 
 
 @pytest.mark.parametrize("mode", BOTH_MODES)
-def test_work_folder_starts_empty_and_is_removed(mode):
-    before = set(glob.glob("/dev/shm/grpo-sbx-*") + glob.glob("/tmp/grpo-sbx-*"))
-    res = run_python(
-        "import os\nprint(os.listdir('.'))\nopen('left.txt', 'w').write('x')\n",
-        limits=FAST,
-        mode=mode,
-    )
-    assert res.ok and res.stdout == "[]\n"
-    after = set(glob.glob("/dev/shm/grpo-sbx-*") + glob.glob("/tmp/grpo-sbx-*"))
-    assert after <= before
+def test_work_folder_starts_empty_and_is_removed(mode, monkeypatch):
+    import tempfile
+
+    import grpo.rewards._sandbox_process as process
+
+    # a scratch root of our own (reachable by the run's uid), so other runs cannot interfere
+    scratch = Path(tempfile.mkdtemp(prefix="grpo-test-", dir=process._scratch_dir()))
+    scratch.chmod(0o711)
+    monkeypatch.setattr(process, "_scratch_dir", lambda: str(scratch))
+    try:
+        program = "import os\nprint(os.listdir('.'))\nopen('left.txt', 'w').write('x')\n"
+        res = run_python(program, limits=FAST, mode=mode)
+        assert res.ok and res.stdout == "[]\n"
+        assert list(scratch.iterdir()) == []  # the run's private folder is gone
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------ network, env
@@ -498,7 +504,6 @@ def test_unprivileged_user_gets_user_namespace_and_dropped_capabilities():
     """As a normal user (uid 65534 via setpriv), the sandbox builds the same namespaces inside
     an unprivileged user namespace and drops every capability instead of changing uid."""
     import json
-    import shutil
 
     setpriv, python = shutil.which("setpriv"), "/usr/bin/python3"
     src = REPO / "src"

@@ -1,7 +1,7 @@
 """Sandbox harness: the first (trusted) code run inside a sandboxed interpreter.
 
-Run by ``grpo.rewards.sandbox`` as ``python -I -S -B <this file> JOB_FD VERDICT_FD`` (``-I``
-keeps this file's folder out of ``sys.path``).
+Run by ``grpo.rewards.sandbox`` as ``python -I -S -B <this file> JOB_FD VERDICT_FD DONE_FD``
+(``-I`` keeps this file's folder out of ``sys.path``).
 Standard library only, and only cheap modules (``marshal`` and ``_signal`` are built in; json,
 signal and traceback would add ~40 ms to every run).
 
@@ -149,7 +149,7 @@ class _TestTimeout(BaseException):
 
 
 def _main():
-    job_fd, verdict_fd = int(sys.argv[1]), int(sys.argv[2])
+    job_fd, verdict_fd, done_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     chunks = []
     while True:
         chunk = os.read(job_fd, 1 << 20)
@@ -165,7 +165,8 @@ def _main():
         _fail_setup("%s: %s" % (type(e).__name__, e))
     pid = os.fork()
     if pid:
-        _supervise(pid, verdict_fd, job["token"])
+        _supervise(pid, verdict_fd, done_fd, job["token"])
+    os.close(done_fd)  # only the supervisor may say "done"
     try:
         _set_limits(job["limits"])
         _drop_privileges(job["uid"], job["drop_caps"])
@@ -175,7 +176,7 @@ def _main():
     _run(job, verdict_fd)
 
 
-def _supervise(pid, verdict_fd, token):
+def _supervise(pid, verdict_fd, done_fd, token):
     """Wait for the program's process and report how it ended.
 
     The supervisor keeps its privileges (it runs no untrusted code and only waits), so the
@@ -191,6 +192,7 @@ def _supervise(pid, verdict_fd, token):
         if wpid == pid:
             code = os.waitstatus_to_exitcode(status)
             os.write(verdict_fd, ("%s exit %d\n" % (token, code)).encode())
+            os.write(done_fd, b"x")  # the report is complete: the launcher may stop waiting
             os._exit(0)
 
 

@@ -2,9 +2,11 @@
 
 Private to :mod:`grpo.rewards.sandbox` (read its docstring for what the layers protect against).
 One run = a private scratch folder (job, stdin, stdout, stderr, verdicts: root-owned, 0600), the
-command ``timeout -s KILL <wall+2> [unshare ...] python -I -S -B _sandbox_harness.py JOB VERDICTS``
-in its own session, a pidfd wait up to the wall limit, a SIGKILL to the whole process group, and
-(without a PID namespace) a ``kill(-1)`` from the run's own uid for daemons that left the group.
+command ``timeout -s KILL <wall+2> [unshare ...] python -I -S -B _sandbox_harness.py JOB VERDICTS
+DONE`` in its own session, a wait (up to the wall limit) for the harness's supervisor to report
+the program's exit on the DONE pipe, a SIGKILL to the whole process group, and (without a PID
+namespace) a ``kill(-1)`` from the run's own uid for daemons that left the group. The launcher
+is reaped later: tearing down a mount namespace waits for RCU grace periods (tens of ms).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -202,30 +205,40 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
             os.chmod(base, 0o711)  # the dropped uid may traverse to its workdir, not list base
         env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home if
                mode == "rlimits" else "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
-        with open(paths["job"], "rb") as jf, open(paths["verdicts"], "wb") as vf, \
-                open(paths["stdin"], "rb") as si, open(paths["stdout"], "wb") as so, \
-                open(paths["stderr"], "wb") as se:
-            cmd = _command(mode, root, limits) + [
-                python, "-I", "-S", "-B", _HARNESS, str(jf.fileno()), str(vf.fileno())]
-            start = time.monotonic()
-            proc = subprocess.Popen(
-                cmd, stdin=si, stdout=so, stderr=se, env=env, cwd=base,
-                pass_fds=(jf.fileno(), vf.fileno()), start_new_session=True,
-            )
-            timed_out = not _wait(proc, limits.wall_time_s)
-            _kill_group(proc.pid)
-            proc.wait()
-            wall = time.monotonic() - start
+        done_r, done_w = os.pipe()  # the supervisor writes a byte here once it has reported
+        try:
+            with open(paths["job"], "rb") as jf, open(paths["verdicts"], "wb") as vf, \
+                    open(paths["stdin"], "rb") as si, open(paths["stdout"], "wb") as so, \
+                    open(paths["stderr"], "wb") as se:
+                cmd = _command(mode, root, limits) + [
+                    python, "-I", "-S", "-B", _HARNESS,
+                    str(jf.fileno()), str(vf.fileno()), str(done_w)]
+                start = time.monotonic()
+                proc = subprocess.Popen(
+                    cmd, stdin=si, stdout=so, stderr=se, env=env, cwd=base,
+                    pass_fds=(jf.fileno(), vf.fileno(), done_w), start_new_session=True,
+                )
+                os.close(done_w)
+                done_w = -1
+                timed_out = not _wait_readable(done_r, limits.wall_time_s)
+                wall = time.monotonic() - start
+                _kill_group(proc.pid)
+        finally:
+            os.close(done_r)
+            if done_w >= 0:
+                os.close(done_w)
         if mode == "rlimits" and uid is not None:
-            _kill_uid(uid, python)  # daemons that left the process group (setsid)
+            _kill_uid(uid)  # daemons that left the process group (setsid)
         out, out_trunc = _read_capped(paths["stdout"], limits.max_output_bytes)
         err, err_trunc = _read_capped(paths["stderr"], limits.max_output_bytes)
         verdict_bytes, _ = _read_capped(paths["verdicts"], 1 << 20)
         lines = verdict_bytes.decode("utf-8", "replace").splitlines()
         ready = bool(lines) and lines[0] == f"{token} ready"
-        returncode = proc.returncode
         if lines and lines[-1].startswith(f"{token} exit "):  # the supervisor's report
             returncode = int(lines.pop()[len(token) + 6:])
+            _reap_later(proc)  # killed; namespace teardown may take tens of ms: not our wait
+        else:  # it died before reporting (setup failure, killed at the wall limit)
+            returncode = proc.wait()
         verdicts = tuple(lines)
         return SandboxResult(
             returncode=returncode, stdout=out.decode("utf-8", "replace"),
@@ -253,29 +266,29 @@ def _command(mode: str, root: bool, limits: SandboxLimits) -> list[str]:
     return cmd
 
 
-def _wait(proc: subprocess.Popen, timeout: float) -> bool:
-    """Wait for ``proc`` up to ``timeout`` s; True if it exited. Uses a pidfd where there is
-    one: ``Popen.wait(timeout)`` polls with sleeps of up to 50 ms, a visible cost per run."""
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        try:
-            proc.wait(timeout=timeout)
-            return True
-        except subprocess.TimeoutExpired:
+def _wait_readable(fd: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` s for ``fd`` to have data or EOF; True if it did."""
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    end = time.monotonic() + timeout
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
             return False
-    try:
-        poller = select.poll()
-        poller.register(pidfd, select.POLLIN)
-        end = time.monotonic() + timeout
-        while True:
-            left = end - time.monotonic()
-            if left <= 0:
-                return False
-            if poller.poll(left * 1000):
-                return True
-    finally:
-        os.close(pidfd)
+        if poller.poll(left * 1000):
+            return True
+
+
+_TO_REAP: list[subprocess.Popen] = []
+_REAP_LOCK = threading.Lock()
+
+
+def _reap_later(proc: subprocess.Popen) -> None:
+    """Keep a SIGKILLed launcher to be reaped by a later call, without blocking on it now."""
+    with _REAP_LOCK:
+        _TO_REAP[:] = [p for p in _TO_REAP if p.poll() is None]
+        if proc.poll() is None:
+            _TO_REAP.append(proc)
 
 
 def _private_write(path: str, data: bytes) -> None:
@@ -291,11 +304,12 @@ def _kill_group(pgid: int) -> None:
         pass
 
 
-def _kill_uid(uid: int, python: str) -> None:
+def _kill_uid(uid: int) -> None:
     # kill(-1) from the run's own uid reaches exactly the processes of that uid
-    subprocess.run([python, "-I", "-S", "-c", "import os; os.kill(-1, 9)"], user=uid, group=uid,
-                   extra_groups=[], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                   check=False)
+    kill = shutil.which("kill")
+    if kill:
+        subprocess.run([kill, "-9", "-1"], user=uid, group=uid, extra_groups=[],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
 def _read_capped(path: str, cap: int) -> tuple[bytes, bool]:
