@@ -207,7 +207,7 @@ class ScoringPool:
     def _map(self, blob: bytes, items: list, time_limit: float) -> list[ScoreResult]:
         call_id = next(self._ids)
         self._early_deaths = 0
-        chunk = max(1, min(32, math.ceil(len(items) / (4 * self.size))))
+        chunk = max(1, min(16, math.ceil(len(items) / (8 * self.size))))
         queue = deque(items[i:i + chunk] for i in range(0, len(items), chunk))
         results: list[ScoreResult | None] = [None] * len(items)
         busy: dict[Connection, _Worker] = {}
@@ -233,16 +233,19 @@ class ScoringPool:
 
     def _dispatch(self, queue: deque, busy: dict, call_id: int, blob: bytes, chunk: int,
                   time_limit: float) -> None:
-        """Keep up to two chunks in flight per worker, so that a worker never waits for this
-        (possibly busy) process between chunks; results still come back one by one, in order,
-        so the head of ``pending`` is the item running now."""
+        """Keep chunks in flight per worker, so that a worker never waits for this (possibly
+        busy) process between chunks; results still come back one by one, in order, so the
+        head of ``pending`` is the item running now."""
         for slot in range(self.size):
             w = self._workers[slot]
             if w is not None and not w.pending and w.proc.poll() is not None:  # died while idle
                 self._discard(w, kill=False)
                 self.stats["crashed"] += 1
                 w = None
-            while queue and (w is None or len(w.pending) < 2 * chunk):
+            # two chunks in flight while there is work for everyone; one near the end, so
+            # that no worker sits on a queued chunk while another one idles
+            depth = 2 if len(queue) > self.size else 1
+            while queue and (w is None or len(w.pending) < depth * chunk):
                 if w is None:
                     w = self._start(slot)
                 work = queue.popleft()
