@@ -77,7 +77,8 @@ def test_grouping_and_records(tiny):
         assert r.prompt_ids == encode_prompt(tok, PROMPTS[r.prompt_index])
         assert 1 <= len(r.completion_ids) <= 6 and len(r.logprobs) == len(r.completion_ids)
         assert r.text == tok.decode(r.completion_ids, skip_special_tokens=True)
-        assert r.truncated == (len(r.completion_ids) == 6 and r.completion_ids[-1] != tok.eos_token_id)
+        ended_by_eos = r.completion_ids[-1] == tok.eos_token_id
+        assert r.truncated == (len(r.completion_ids) == 6 and not ended_by_eos)
     assert len({tuple(r.completion_ids) for r in out}) > 1  # samples differ inside a group
 
 

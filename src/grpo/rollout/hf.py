@@ -89,7 +89,9 @@ class HFGenerator:
 
     # -- Generator protocol ------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Rollout]:
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig
+    ) -> list[Rollout]:
         """``len(prompts) * n`` rollouts, prompt-major (see :class:`grpo.rollout.Generator`)."""
         if self._closed:
             raise RuntimeError("HFGenerator is closed")

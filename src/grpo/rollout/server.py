@@ -86,7 +86,9 @@ class VLLMServerGenerator:
         self.last_sync_seconds: float | None = None
         self._closed = False
 
-    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Rollout]:
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig
+    ) -> list[Rollout]:
         """``len(prompts) * n`` rollouts, prompt-major. Unseeded: one request for all prompts;
         seeded: one request per prompt, prompt ``p`` with seed ``seed + p*n`` (the server seeds
         sample ``k`` of a request ``seed + k``), like :class:`VLLMGenerator`."""

@@ -30,6 +30,7 @@ exists it creates a world-of-one gloo group, destroyed again by :meth:`VLLMGener
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -43,6 +44,9 @@ from torch import nn
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import Prompt, Rollout, SamplingConfig
 from grpo.rollout.weights import inference_weights, weight_metadata
+
+_NO_SLEEP_MODE = "{} needs VLLMGenerator(..., enable_sleep_mode=True) (GPU only)"
+
 
 def check_model_path(model_path: str | os.PathLike) -> str:
     """A local folder must exist; anything that is not path-like is left to the HF hub."""
@@ -72,6 +76,24 @@ def checkpoint_names(model_path: str) -> set[str] | None:
         with safe_open(str(f), framework="pt") as st:
             names |= set(st.keys())
     return names
+
+
+@contextlib.contextmanager
+def _keep_default_group():
+    """Make ``torch.distributed.destroy_process_group()`` spare the default group."""
+    dist = torch.distributed
+    original = dist.destroy_process_group
+
+    def destroy_process_group(group=None):
+        if group is None or group is dist.group.WORLD:
+            return
+        original(group)
+
+    dist.destroy_process_group = destroy_process_group
+    try:
+        yield
+    finally:
+        dist.destroy_process_group = original
 
 
 def _cast(weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype):
@@ -127,7 +149,9 @@ class VLLMGenerator:
             )
         engine_kwargs.pop("logprobs_mode", None)
         if not 0 < gpu_memory_utilization <= 1:
-            raise ValueError(f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}")
+            raise ValueError(
+                f"gpu_memory_utilization must be in (0, 1], got {gpu_memory_utilization}"
+            )
         if tensor_parallel_size < 1:
             raise ValueError(f"tensor_parallel_size must be >= 1, got {tensor_parallel_size}")
         if isinstance(tokenizer, (str, os.PathLike)) or tokenizer is None:
@@ -203,7 +227,9 @@ class VLLMGenerator:
 
     # -- Generator protocol ------------------------------------------------------------------
 
-    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Rollout]:
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig
+    ) -> list[Rollout]:
         """``len(prompts) * n`` rollouts, prompt-major; one vLLM request (with ``n``) per prompt."""
         from vllm import SamplingParams
 
@@ -296,16 +322,23 @@ class VLLMGenerator:
         self.last_sync_seconds = time.perf_counter() - t0
 
     def close(self) -> None:
-        """Shut the engine down and free its memory; idempotent."""
+        """Shut the engine down and free its memory; idempotent.
+
+        vLLM's ``EngineCore.shutdown`` ends with ``cleanup_dist_env_and_memory()``, written for
+        an engine in its own process: it destroys the *default* ``torch.distributed`` group. In
+        process, under torchrun, that group is the trainer's, so it is kept (vLLM's own
+        subgroups are still destroyed).
+        """
         llm, self._llm = self._llm, None
         if llm is not None:
-            llm.llm_engine.engine_core.shutdown()
+            with contextlib.nullcontext() if self._owns_process_group else _keep_default_group():
+                llm.llm_engine.engine_core.shutdown()
             del llm
         if self._owns_process_group:
             self._owns_process_group = False
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
-            cleanup_dist_env_and_memory()  # the world-of-one group vLLM made; not a trainer's
+            cleanup_dist_env_and_memory()  # the world-of-one group vLLM made (if still there)
         gc.collect()
 
     def __enter__(self) -> VLLMGenerator:
@@ -325,7 +358,7 @@ class VLLMGenerator:
         """
         self._check_open()
         if not self.sleep_enabled:
-            raise RuntimeError("sleep() needs VLLMGenerator(..., enable_sleep_mode=True) (GPU only)")
+            raise RuntimeError(_NO_SLEEP_MODE.format("sleep()"))
         if level not in (1, 2):
             raise ValueError(f"sleep level must be 1 or 2, got {level}")
         self._llm.sleep(level=level)
@@ -336,7 +369,7 @@ class VLLMGenerator:
         """Re-allocate what :meth:`sleep` freed."""
         self._check_open()
         if not self.sleep_enabled:
-            raise RuntimeError("wake_up() needs VLLMGenerator(..., enable_sleep_mode=True) (GPU only)")
+            raise RuntimeError(_NO_SLEEP_MODE.format("wake_up()"))
         if self._asleep:
             self._llm.wake_up(tags=sorted(self._asleep))
             self._asleep = set()
