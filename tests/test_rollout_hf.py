@@ -111,6 +111,20 @@ def truncated_reference(model, rollout, temperature: float, top_k: int, top_p: f
     return want.gather(-1, torch.tensor(rollout.completion_ids)[:, None])[:, 0]
 
 
+def test_model_generation_config_does_not_leak_into_sampling(tiny):
+    # A checkpoint's generation_config.json (Qwen2.5 ships some) must not add processors that
+    # the SamplingConfig did not ask for: the log-probs stay those of softmax(logits / T).
+    model, tok = tiny
+    opinionated = copy.deepcopy(model)
+    opinionated.generation_config.update(repetition_penalty=1.5, temperature=0.3, top_p=0.5,
+                                         top_k=3, min_p=0.2, no_repeat_ngram_size=1)
+    out = HFGenerator(opinionated, tok).generate(PROMPTS, 2, SamplingConfig(max_tokens=8, seed=0))
+    for r in out:
+        torch.testing.assert_close(torch.tensor(r.logprobs), reference_logprobs(model, r, 1.0),
+                                   rtol=0, atol=ATOL)
+    assert opinionated.generation_config.repetition_penalty == 1.5  # restored afterwards
+
+
 def test_truncated_sampling_logprobs_are_renormalised(tiny):
     model, tok = tiny
     sampling = SamplingConfig(temperature=0.8, top_k=5, top_p=0.5, max_tokens=8, seed=2)

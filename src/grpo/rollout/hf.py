@@ -163,13 +163,14 @@ class HFGenerator:
         )
         recorder = _SampledTokenLogprobs()
         processors = LogitsProcessorList([*_warpers(sampling), recorder])
-        out = model.generate(
-            input_ids=input_ids_BL.to(device),
-            attention_mask=mask_BL.to(device),
-            generation_config=config,
-            logits_processor=processors,
-            tokenizer=self.tokenizer if sampling.stop else None,
-        )
+        with _without_model_generation_defaults(model):
+            out = model.generate(
+                input_ids=input_ids_BL.to(device),
+                attention_mask=mask_BL.to(device),
+                generation_config=config,
+                logits_processor=processors,
+                tokenizer=self.tokenizer if sampling.stop else None,
+            )
         sampled_BT = out.sequences[:, width:].cpu()
         logp_BT = recorder.result(out.sequences[:, -1]).cpu()
         rollouts = []
@@ -182,6 +183,27 @@ class HFGenerator:
                 prompt_index=p, sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limit,
             ))
         return rollouts
+
+
+@contextmanager
+def _without_model_generation_defaults(model: nn.Module) -> Iterator[None]:
+    """Hide the model's own ``generation_config`` while sampling.
+
+    transformers fills every field left unset in the ``generate`` config from the model's
+    ``generation_config.json`` (e.g. Qwen2.5 ships ``repetition_penalty=1.05``, ``top_k=20``):
+    those processors would change the sampling distribution behind the SamplingConfig's back,
+    and vLLM ignores them once explicit sampling parameters are given. A blank config leaves
+    transformers' neutral global defaults.
+    """
+    from transformers import GenerationConfig
+
+    target = model.get_base_model() if hasattr(model, "get_base_model") else model
+    saved = target.generation_config
+    target.generation_config = GenerationConfig()
+    try:
+        yield
+    finally:
+        target.generation_config = saved
 
 
 def _device(model: nn.Module) -> torch.device:
