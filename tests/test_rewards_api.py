@@ -220,3 +220,17 @@ def test_combined_reward_validates_names_and_weights():
         CombinedReward([LengthBonus()], weights={"nope": 1.0})
     with pytest.raises(ValueError, match="2 weights for 1"):
         CombinedReward([LengthBonus()], weights=[1, 2])
+
+
+@pytest.mark.parametrize(
+    "module",
+    ["base", "code", "combine", "format", "language", "length", "math", "sandbox"],
+)
+def test_docstring_examples(module):
+    """The doctest-size examples in the verifiers' docstrings are run, so they stay true."""
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"grpo.rewards.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
