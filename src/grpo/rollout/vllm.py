@@ -43,7 +43,7 @@ from torch import nn
 
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import Prompt, Rollout, SamplingConfig
-from grpo.rollout.weights import inference_weights, weight_metadata
+from grpo.rollout.weights import inference_weights, weight_names
 
 _NO_SLEEP_MODE = "{} needs VLLMGenerator(..., enable_sleep_mode=True) (GPU only)"
 
@@ -76,6 +76,35 @@ def checkpoint_names(model_path: str) -> set[str] | None:
         with safe_open(str(f), framework="pt") as st:
             names |= set(st.keys())
     return names
+
+
+def _reprocess_tied_layers(worker) -> list[str]:
+    """Runs in the engine's worker after ``reload_weights``: re-run weight post-processing on
+    every layer whose weight tensor is shared with another layer (tied embeddings).
+
+    vLLM's layer-wise reload processes a layer when *its* weights arrive; a tied ``lm_head``
+    gets none (the checkpoint names only ``embed_tokens``), so its post-processing is skipped
+    (documented as limitation 2 in ``vllm/model_executor/model_loader/reload``). On CPU that
+    post-processing is the oneDNN pre-packing of the GEMM weight, so the tied ``lm_head``
+    kept computing logits from the old, packed embedding. Re-processing is idempotent, hence
+    done for every member of a tie.
+    """
+    from vllm.config import set_current_vllm_config
+
+    model = worker.get_model()
+    by_weight: dict[int, list[tuple[str, nn.Module]]] = {}
+    for name, module in model.named_modules():
+        weight = module._parameters.get("weight")
+        if weight is not None and getattr(module, "quant_method", None) is not None:
+            by_weight.setdefault(id(weight), []).append((name, module))
+    redone = []
+    with set_current_vllm_config(worker.vllm_config):
+        for tied in by_weight.values():
+            if len(tied) > 1:
+                for name, module in tied:
+                    module.quant_method.process_weights_after_loading(module)
+                    redone.append(name)
+    return redone
 
 
 @contextlib.contextmanager
@@ -290,7 +319,9 @@ class VLLMGenerator:
         CPU re-packs the oneDNN GEMM weights (a bare ``model.load_weights`` finds them gone).
         In process the tensors are streamed one at a time, cast to the engine dtype; with
         ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` they are pickled to the engine process as one list.
-        Cached KV blocks were computed with the old weights, hence the prefix-cache reset.
+        Tied layers (``lm_head`` sharing ``embed_tokens``) are re-processed afterwards
+        (:func:`_reprocess_tied_layers`). Cached KV blocks were computed with the old weights,
+        hence the prefix-cache reset.
 
         Before touching the engine, the names to push are checked against the checkpoint's:
         a missing name would leave that layer's old weights in place, silently.
@@ -298,8 +329,7 @@ class VLLMGenerator:
         self._check_open()
         t0 = time.perf_counter()
         if self._checkpoint_names is not None:
-            pushed = {name for name, _, _ in weight_metadata(model)}
-            missing = self._checkpoint_names - pushed
+            missing = self._checkpoint_names - weight_names(model)
             if missing:
                 raise ValueError(
                     f"the model to sync lacks {len(missing)} tensors of the engine's checkpoint "
@@ -317,6 +347,7 @@ class VLLMGenerator:
                     "is_checkpoint_format": True,
                 },
             )
+        self._llm.collective_rpc(_reprocess_tied_layers)
         self._weights_discarded = False
         self._llm.reset_prefix_cache()
         self.last_sync_seconds = time.perf_counter() - t0

@@ -79,23 +79,32 @@ def inference_weights(model: nn.Module) -> Iterator[Iterator[tuple[str, torch.Te
         yield _peft_named_weights(model, add_delta=True)
 
 
+def _named_parameters(model: nn.Module, *, remove_duplicate: bool = True):
+    """``(hf_name, parameter)`` under base-model names, adapter tensors left out."""
+    if not is_peft_model(model):
+        yield from model.named_parameters(remove_duplicate=remove_duplicate)
+        return
+    active = _active(model)
+    prefix = getattr(model.base_model, "prefix", "lora_")
+    for n, p in model.get_base_model().named_parameters(remove_duplicate=remove_duplicate):
+        if (hf := _hf_name(n, prefix, active)) is not None:
+            yield hf, p
+
+
 def weight_metadata(model: nn.Module) -> list[tuple[str, str, list[int]]]:
     """``(hf_name, dtype, shape)`` of what :func:`inference_weights` yields, without merging.
 
     trl's VLLMClient announces the tensors before streaming them. A merged LoRA weight keeps
     its base weight's dtype and shape, so the base parameters describe it.
     """
-    model = unwrap_model(model)
-    if is_peft_model(model):
-        active = _active(model)
-        prefix = getattr(model.base_model, "prefix", "lora_")
-        named = (
-            (hf, p) for n, p in model.get_base_model().named_parameters()
-            if (hf := _hf_name(n, prefix, active)) is not None
-        )
-    else:
-        named = model.named_parameters()
-    return [(n, str(p.dtype).removeprefix("torch."), list(p.shape)) for n, p in named]
+    return [(n, str(p.dtype).removeprefix("torch."), list(p.shape))
+            for n, p in _named_parameters(unwrap_model(model))]
+
+
+def weight_names(model: nn.Module) -> set[str]:
+    """Every HF name the model's weights answer to, tied aliases included (a checkpoint of a
+    model with tied embeddings may or may not store ``lm_head.weight``)."""
+    return {n for n, _ in _named_parameters(unwrap_model(model), remove_duplicate=False)}
 
 
 # --- peft ------------------------------------------------------------------------------------
