@@ -146,7 +146,7 @@ def test_configuration_errors_at_construction(tiny_dir, tmp_path):
         GRPOTrainer(str(tiny_dir), [], rows(2), cfg(tmp_path))
     with pytest.raises(ValueError, match="not among the reward functions"):
         GRPOTrainer(str(tiny_dir), [CountSevens()], rows(2), cfg(tmp_path), accuracy_reward="math")
-    with pytest.raises(ValueError, match="reward_weights has 2 entries"):
+    with pytest.raises(ValueError, match="2 weights for 1 rewards"):
         GRPOTrainer(str(tiny_dir), [CountSevens()], rows(2), cfg(tmp_path, reward_weights=[1.0, 2.0]))
     with pytest.raises(FileNotFoundError):
         GRPOTrainer(str(tmp_path / "nope"), [CountSevens()], rows(2), cfg(tmp_path))

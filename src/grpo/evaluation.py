@@ -13,7 +13,6 @@ from typing import Any
 
 from grpo.data import reward_columns
 from grpo.rollout import SamplingConfig
-from grpo.scoring import score_completions
 
 
 def _mean(values: Sequence[float | None]) -> float:
@@ -21,10 +20,13 @@ def _mean(values: Sequence[float | None]) -> float:
     return sum(scored) / len(scored) if scored else float("nan")
 
 
-def evaluate(generator, rows: Sequence[dict[str, Any]], rewards, weights, *, accuracy: str,
+def evaluate(generator, rows: Sequence[dict[str, Any]], reward, *, accuracy: str,
              format_name: str | None, k: int, sampling: SamplingConfig, prompt_key: str = "prompt",
              ) -> dict[str, float]:
-    """Metrics under ``eval/``: greedy and mean@k accuracy, format rate, mean length."""
+    """Metrics under ``eval/``: greedy and mean@k accuracy, format rate, mean length.
+
+    ``reward`` is a :class:`grpo.rewards.CombinedReward`; ``accuracy`` / ``format_name`` name
+    its components."""
     prompts = [r[prompt_key] for r in rows]
     out: dict[str, float] = {}
     for tag, n, samp in (("greedy", 1, SamplingConfig(temperature=0.0, max_tokens=sampling.max_tokens,
@@ -32,10 +34,10 @@ def evaluate(generator, rows: Sequence[dict[str, Any]], rewards, weights, *, acc
                          (f"mean@{k}", k, sampling)):
         rollouts = generator.generate(prompts, n, samp)
         texts = [r.text for r in rollouts]
-        scores = score_completions(rewards, weights, [p for p in prompts for _ in range(n)], texts,
-                                   reward_columns(rows, n, prompt_key))
-        out[f"eval/{tag}_accuracy"] = _mean(scores.values(accuracy))
+        scores = reward.evaluate_all(prompts=[p for p in prompts for _ in range(n)], completions=texts,
+                                     **reward_columns(rows, n, prompt_key))
+        out[f"eval/{tag}_accuracy"] = _mean(scores.component_values(accuracy))
         if format_name is not None:
-            out[f"eval/{tag}_format_rate"] = _mean(scores.values(format_name))
+            out[f"eval/{tag}_format_rate"] = _mean(scores.component_values(format_name))
         out[f"eval/{tag}_length"] = sum(len(r.completion_ids) for r in rollouts) / len(rollouts)
     return out

@@ -6,28 +6,14 @@ import math
 from collections.abc import Sequence
 
 from grpo.advantages import GroupAdvantages
-from grpo.scoring import StepScores
+from grpo.rewards import RewardBreakdown
 from grpo.textstats import fraction, has_reflection, is_language_mixed
 
 
-def _mean_std(values: Sequence[float]) -> tuple[float, float]:
-    if not values:
-        return float("nan"), float("nan")
-    m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
-
-
-def reward_metrics(scores: StepScores, accuracy: str | None, format_name: str | None) -> dict[str, float]:
+def reward_metrics(scores: RewardBreakdown, accuracy: str | None, format_name: str | None) -> dict[str, float]:
     """``reward/<name>/{mean,std,unscorable_frac}``, ``reward/total/*``, ``train/accuracy``,
     ``train/format_rate``."""
-    out: dict[str, float] = {}
-    for name, results in scores.components.items():
-        vals = [r.value for r in results if r.value is not None]
-        out[f"reward/{name}/mean"], out[f"reward/{name}/std"] = _mean_std(vals)
-        out[f"reward/{name}/unscorable_frac"] = 1 - len(vals) / max(len(results), 1)
-    total = [v for v in scores.total if v is not None]
-    out["reward/total/mean"], out["reward/total/std"] = _mean_std(total)
-    out["reward/total/unscorable_frac"] = 1 - len(total) / max(len(scores.total), 1)
+    out = scores.metrics(prefix="reward")
     if accuracy is not None:
         out["train/accuracy"] = out[f"reward/{accuracy}/mean"]
     if format_name is not None:

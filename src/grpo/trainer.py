@@ -33,9 +33,8 @@ from grpo.loss import policy_loss
 from grpo.metrics import StatAccumulator, advantage_metrics, completion_metrics, reward_metrics
 from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler
 from grpo.policy import RolloutBatch, all_reduce_grads, collate_rollouts, completion_logprobs, reference_model
-from grpo.rewards import Reward
+from grpo.rewards import CombinedReward, Reward
 from grpo.rollout import SamplingConfig
-from grpo.scoring import prepare_rewards, score_completions
 from grpo.tracking import RunLogger
 
 
@@ -86,8 +85,12 @@ class GRPOTrainer:
         if mb % world:
             raise ValueError(f"minibatch_size={mb} must be divisible by the number of processes ({world})")
         set_seed(cfg.seed)
-        self.rewards, self.weights = prepare_rewards(reward_funcs, cfg.reward_weights)
-        names = [r.name for r in self.rewards]
+        if not reward_funcs:
+            raise ValueError("reward_funcs is empty: give at least one reward function")
+        # The total is unscorable as soon as one component is: an item whose correctness is
+        # unknown is excluded from its group (advantage 0), not trained on as if it were wrong.
+        self.reward = CombinedReward(reward_funcs, cfg.reward_weights, missing="propagate")
+        names = [r.name for r in self.reward.rewards]
         self.accuracy_name = accuracy_reward or names[0]
         self.format_name = format_reward or next((n for n in names if n.startswith("format")), None)
         for n in (self.accuracy_name, self.format_name):
@@ -153,9 +156,9 @@ class GRPOTrainer:
             rollouts = self._generate(rows)
         with timer("score"):
             prompts = [r[self.prompt_key] for r in rows for _ in range(g)]
-            scores = score_completions(self.rewards, self.weights, prompts, [r.text for r in rollouts],
-                                       reward_columns(rows, g, self.prompt_key))
-        adv = self._group_advantages(scores.total)
+            scores = self.reward.evaluate_all(prompts=prompts, completions=[r.text for r in rollouts],
+                                              **reward_columns(rows, g, self.prompt_key))
+        adv = self._group_advantages(scores.values)
         n_local = len(rollouts)
         local_adv = adv.advantages[self.rank * n_local:(self.rank + 1) * n_local]
         batch = collate_rollouts(rollouts, local_adv, self.tokenizer.pad_token_id)
@@ -173,7 +176,7 @@ class GRPOTrainer:
                    "time/step": time.perf_counter() - t0, "optim/lr": self.scheduler.get_last_lr()[0]}
         metrics = self._average_over_processes(metrics)
         log.log_completions(self.step + 1, [
-            {"prompt": prompts[i], "completion": rollouts[i].text, "reward": scores.total[i],
+            {"prompt": prompts[i], "completion": rollouts[i].text, "reward": scores.values[i],
              "advantage": local_adv[i].item(), **{n: scores.components[n][i].value for n in scores.components}}
             for i in range(min(cfg.log_completions, n_local))])
         return metrics
@@ -307,7 +310,7 @@ class GRPOTrainer:
         if self.accelerator.is_main_process:
             self.model.eval()
             rows = get_rows(self.eval_dataset, range(n), self.prompt_key)
-            result = evaluate(self.generator, rows, self.rewards, self.weights, accuracy=self.accuracy_name,
+            result = evaluate(self.generator, rows, self.reward, accuracy=self.accuracy_name,
                               format_name=self.format_name, k=cfg.eval_samples,
                               sampling=self._sampling(cfg.seed + 12345), prompt_key=self.prompt_key)
         self.accelerator.wait_for_everyone()
