@@ -1,21 +1,22 @@
-"""The CPU R1-Zero demo's task: sums of four one-digit numbers, and its warm-up ("cold start").
+"""The CPU R1-Zero demo's task: sums of three one-digit numbers, and its warm-up ("cold start").
 
-Prompt ``"3+5+7+2=?"``; gold answer ``"17"``. The completion format is R1-Zero's
+Prompt ``"4+3+9=?"``; gold answer ``"16"``. The completion format is R1-Zero's
 ``<think>...</think><answer>...</answer>``.
 
 A randomly initialised 0.5M-parameter model knows nothing, and pure RL from nothing would need
 far more than the demo's 10 minutes, so the demo starts like DeepSeek-R1's cold start
 (arXiv:2501.12948 sec. 2.3.1) with a short supervised warm-up, on purpose on a *sloppy teacher*:
 
-* with probability ``think_p`` it writes the running sum step by step, then the right answer:
-  ``<think>3+5=8,8+7=15,15+2=17</think><answer>17</answer>``;
-* otherwise it answers at once with an empty ``<think></think>`` and a blind guess;
-* with probability ``noformat_p`` it drops the tags and prints only a guess.
+* with probability ``think_p`` (40%) it writes the running sum step by step, then the right
+  answer: ``<think>4+3=7,7+9=16</think><answer>16</answer>``;
+* with probability ``noformat_p`` (10%) it drops the tags and prints only a blind guess;
+* otherwise (50%) it answers at once with an empty ``<think></think>`` and a blind guess.
 
-After the warm-up, greedy decoding imitates the majority (guessing: held-out accuracy ~5-15%),
-while sampling at temperature 1 still takes the worked path often (pass@8 ~85-95%). GRPO with
+After the warm-up, greedy decoding imitates the majority (guessing: held-out accuracy ~1-6%),
+while sampling at temperature 1 takes the worked path ~40% of the time (pass@8 ~0.9-1.0). GRPO with
 the rule rewards (exact answer + format) then turns pass@k into pass@1: the policy learns to
-*think before answering*, and responses grow from ~7 to ~19 tokens, R1's Fig. 3 in miniature.
+*think before answering*, and responses grow from ~7 to ~19 tokens, R1's Fig. 3 in miniature. Honest reading: the arithmetic
+itself is learned in the warm-up; what GRPO learns is to *choose* the worked path.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-N_TERMS = 4
+N_TERMS = 3
 HELD_OUT = 200  # problems kept out of training (disjoint from the train split)
 
 
@@ -43,7 +44,7 @@ def problem_row(xs: Sequence[int]) -> dict:
 
 
 def make_problems(size: int | None = None, seed: int = 0, split: str = "train") -> list[dict]:
-    """Rows of ``split``: "test" = the 200 held-out problems (fixed), "train" = the other 9,800,
+    """Rows of ``split``: "test" = the 200 held-out problems (fixed), "train" = the other 800,
     shuffled with ``seed``. ``size`` caps the number of rows."""
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
@@ -54,8 +55,8 @@ def make_problems(size: int | None = None, seed: int = 0, split: str = "train") 
     return [problem_row(xs) for xs in chosen[:size]]
 
 
-def teacher_completion(terms: Sequence[int], rng: random.Random, think_p: float = 0.35,
-                       noformat_p: float = 0.15) -> str:
+def teacher_completion(terms: Sequence[int], rng: random.Random, think_p: float = 0.4,
+                       noformat_p: float = 0.1) -> str:
     """One sloppy-teacher completion (see the module docstring)."""
     u = rng.random()
     guess = rng.randint(0, 9 * len(terms))
@@ -86,8 +87,8 @@ def _sft_batch(tokenizer, rows: Sequence[dict], completions: Sequence[str]):
     return x, y, m
 
 
-def warmup_sft(model, tokenizer, rows: Sequence[dict], *, steps: int = 400, batch_size: int = 64,
-               lr: float = 3e-3, seed: int = 0, think_p: float = 0.35, noformat_p: float = 0.15,
+def warmup_sft(model, tokenizer, rows: Sequence[dict], *, steps: int = 800, batch_size: int = 64,
+               lr: float = 5e-3, seed: int = 0, think_p: float = 0.4, noformat_p: float = 0.1,
                log_every: int = 100) -> list[float]:
     """Supervised warm-up on sloppy-teacher completions; returns the loss curve.
 
