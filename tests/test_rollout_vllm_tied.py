@@ -1,9 +1,9 @@
 """Weight sync for a model with tied input/output embeddings (Qwen2.5-0.5B..3B, Llama-3.2-1B).
 
 The checkpoint stores only ``embed_tokens``; vLLM's layer-wise reload never re-processes the
-tied ``lm_head``, which on CPU keeps a pre-packed copy of the old weights unless
-VLLMGenerator re-processes it (``_reprocess_tied_layers``). Without that, this test fails with
-the engine still sampling from the old weights.
+tied ``lm_head``, which on CPU keeps a pre-packed copy of the old weights unless VLLMGenerator
+re-processes it (``grpo.rollout.vllm_support.reprocess_tied_layers``). Without that, this test
+fails with the engine still sampling from the old weights.
 """
 
 from __future__ import annotations

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import os
 import time
 from collections.abc import Iterable, Sequence
@@ -45,6 +44,12 @@ from torch import nn
 
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import Prompt, Rollout, SamplingConfig
+from grpo.rollout.vllm_support import (
+    checkpoint_names,
+    config_context_length,
+    keep_default_process_group,
+    reprocess_tied_layers,
+)
 from grpo.rollout.weights import inference_weights, weight_names
 
 _NO_SLEEP_MODE = "{} needs VLLMGenerator(..., enable_sleep_mode=True) (GPU only)"
@@ -60,77 +65,6 @@ def check_model_path(model_path: str | os.PathLike) -> str:
     if p.exists() and not (p / "config.json").is_file():
         raise FileNotFoundError(f"{text!r} holds no config.json: not a saved HF model folder")
     return str(p) if p.exists() else text
-
-
-def _config_context_length(model_path: str) -> int | None:
-    from transformers import AutoConfig
-
-    return getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
-
-
-def checkpoint_names(model_path: str) -> set[str] | None:
-    """Tensor names of a local safetensors checkpoint (read from headers, no data), or None."""
-    folder = Path(model_path)
-    index = folder / "model.safetensors.index.json"
-    if index.is_file():
-        return set(json.loads(index.read_text())["weight_map"])
-    files = sorted(folder.glob("*.safetensors")) if folder.is_dir() else []
-    if not files:
-        return None
-    from safetensors import safe_open
-
-    names: set[str] = set()
-    for f in files:
-        with safe_open(str(f), framework="pt") as st:
-            names |= set(st.keys())
-    return names
-
-
-def _reprocess_tied_layers(worker) -> list[str]:
-    """Runs in the engine's worker after ``reload_weights``: re-run weight post-processing on
-    every layer whose weight tensor is shared with another layer (tied embeddings).
-
-    vLLM's layer-wise reload processes a layer when *its* weights arrive; a tied ``lm_head``
-    gets none (the checkpoint names only ``embed_tokens``), so its post-processing is skipped
-    (documented as limitation 2 in ``vllm/model_executor/model_loader/reload``). On CPU that
-    post-processing is the oneDNN pre-packing of the GEMM weight, so the tied ``lm_head``
-    kept computing logits from the old, packed embedding. Re-processing is idempotent, hence
-    done for every member of a tie.
-    """
-    from vllm.config import set_current_vllm_config
-
-    model = worker.get_model()
-    by_weight: dict[int, list[tuple[str, nn.Module]]] = {}
-    for name, module in model.named_modules():
-        weight = module._parameters.get("weight")
-        if weight is not None and getattr(module, "quant_method", None) is not None:
-            by_weight.setdefault(id(weight), []).append((name, module))
-    redone = []
-    with set_current_vllm_config(worker.vllm_config):
-        for tied in by_weight.values():
-            if len(tied) > 1:
-                for name, module in tied:
-                    module.quant_method.process_weights_after_loading(module)
-                    redone.append(name)
-    return redone
-
-
-@contextlib.contextmanager
-def _keep_default_group():
-    """Make ``torch.distributed.destroy_process_group()`` spare the default group."""
-    dist = torch.distributed
-    original = dist.destroy_process_group
-
-    def destroy_process_group(group=None):
-        if group is None or group is dist.group.WORLD:
-            return
-        original(group)
-
-    dist.destroy_process_group = destroy_process_group
-    try:
-        yield
-    finally:
-        dist.destroy_process_group = original
 
 
 def _cast(weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype):
@@ -214,7 +148,7 @@ class VLLMGenerator:
             # Whole prefills avoid it; vLLM then needs a token budget >= the context length.
             engine_kwargs["enable_chunked_prefill"] = False
             if "max_num_batched_tokens" not in engine_kwargs:
-                context = max_model_len or _config_context_length(model_path)
+                context = max_model_len or config_context_length(model_path)
                 engine_kwargs["max_num_batched_tokens"] = max(4096, context or 0)
         # In-process engine: weight sync hands tensors over without pickling. Respect an explicit
         # user choice (with multiprocessing the weights are pickled to the engine: slower).
@@ -337,8 +271,8 @@ class VLLMGenerator:
         In process the tensors are streamed one at a time, cast to the engine dtype; with
         ``VLLM_ENABLE_V1_MULTIPROCESSING=1`` they are pickled to the engine process as one list.
         Tied layers (``lm_head`` sharing ``embed_tokens``) are re-processed afterwards
-        (:func:`_reprocess_tied_layers`). Cached KV blocks were computed with the old weights,
-        hence the prefix-cache reset.
+        (:func:`grpo.rollout.vllm_support.reprocess_tied_layers`). Cached KV blocks were
+        computed with the old weights, hence the prefix-cache reset.
 
         Before touching the engine, the names to push are checked against the checkpoint's:
         a missing name would leave that layer's old weights in place, silently.
@@ -364,7 +298,7 @@ class VLLMGenerator:
                     "is_checkpoint_format": True,
                 },
             )
-        self._llm.collective_rpc(_reprocess_tied_layers)
+        self._llm.collective_rpc(reprocess_tied_layers)
         self._weights_discarded = False
         self._llm.reset_prefix_cache()
         self.last_sync_seconds = time.perf_counter() - t0
@@ -379,7 +313,8 @@ class VLLMGenerator:
         """
         llm, self._llm = self._llm, None
         if llm is not None:
-            with contextlib.nullcontext() if self._owns_process_group else _keep_default_group():
+            owns = self._owns_process_group
+            with contextlib.nullcontext() if owns else keep_default_process_group():
                 llm.llm_engine.engine_core.shutdown()
             del llm
         if self._owns_process_group:
