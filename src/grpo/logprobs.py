@@ -4,10 +4,11 @@ A GRPO step needs ``log pi(o_t | o_<t)`` for every completion token, i.e. one en
 ``logits = hidden @ W^T / temperature`` (``[B, T, V]``). With Qwen2.5's vocabulary
 (V = 151,936) and 8 x 1,024 tokens those logits alone are 5 GB in float32, and autograd
 keeps them (and the log-softmax) for backward. :func:`token_logprobs` instead walks the
-``B*T`` rows in chunks, keeps only one ``[chunk, V]`` block alive at a time and saves only the
-per-row log-sum-exp ``[B*T]`` for backward, where each chunk's logits are recomputed (the
-technique of Liger-Kernel's fused linear cross-entropy, arXiv:2410.10989, and of Cut Your
-Losses, arXiv:2411.09009). Extra peak memory is O(chunk x V), independent of B*T.
+``B*T`` rows in chunks, keeps only one ``[chunk, V]`` block (two when the entropy is wanted),
+reused by every chunk, and saves only the per-row log-sum-exp ``[B*T]`` for backward, where
+each chunk's logits are recomputed (the technique of Liger-Kernel's fused linear cross-entropy,
+arXiv:2410.10989, and of Cut Your Losses, arXiv:2411.09009). Extra peak memory is
+O(chunk x V), independent of B*T.
 
 Math, for one row with hidden ``h`` [H], target ``y``, ``z = W h / tau`` [V]::
 
@@ -26,19 +27,40 @@ from dataclasses import dataclass
 
 import torch
 
-DEFAULT_CHUNK_BYTES = 64 * 2**20  # float32 bytes of one [chunk, V] logits block
+# float32 bytes of one [chunk, V] logits block: 441 rows at V = 151,936. Smaller chunks cost time
+# on CPU: each chunk re-reads the [V, H] weight and the weight gradient (benchmarks/README.md).
+DEFAULT_CHUNK_BYTES = 256 * 2**20
 
 
 def _auto_chunk_rows(vocab_size: int) -> int:
     return max(16, DEFAULT_CHUNK_BYTES // (4 * vocab_size))
 
 
-def _chunk_logits(h_CH: torch.Tensor, weight_VH: torch.Tensor, temperature: float) -> torch.Tensor:
+def _chunk_logits(
+    out_CV: torch.Tensor, h_CH: torch.Tensor, weight_VH: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    # z = h W^T / tau written into a float32 workspace reused by every chunk: on CPU a fresh
+    # [chunk, V] block per chunk costs page faults (blocks this big bypass malloc's free lists).
     # Matmul in the input dtype (bf16 on GPUs), softmax statistics in float32.
-    z_CV = (h_CH @ weight_VH.T).float()
+    if h_CH.dtype == torch.float32 and weight_VH.dtype == torch.float32:
+        torch.mm(h_CH, weight_VH.T, out=out_CV)
+    else:
+        out_CV.copy_(h_CH @ weight_VH.T)
     if temperature != 1.0:
-        z_CV = z_CV / temperature
-    return z_CV
+        out_CV.div_(temperature)
+    return out_CV
+
+
+def _logsumexp_rows(z_CV: torch.Tensor, scratch_CV: torch.Tensor) -> torch.Tensor:
+    # torch.logsumexp(z_CV, -1), same ops in the same order (so the same rounding), with its
+    # [C, V] temporary exp(z - max) written into scratch_CV; if that is z_CV, z is overwritten.
+    m_C1 = z_CV.amax(dim=-1, keepdim=True)
+    m_C1.masked_fill_(m_C1.abs() == float("inf"), 0.0)
+    if scratch_CV.data_ptr() == z_CV.data_ptr():
+        t_CV = z_CV.sub_(m_C1)
+    else:
+        t_CV = torch.sub(z_CV, m_C1, out=scratch_CV)
+    return t_CV.exp_().sum(dim=-1).log_().add_(m_C1.squeeze(1))
 
 
 class _ChunkedTokenLogprobs(torch.autograd.Function):
@@ -48,15 +70,21 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         logp_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
         lse_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
         entropy_N = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden_NH.device)
+        # One [chunk, V] float32 workspace for the logits, plus one scratch block for the entropy.
+        work_CV = torch.empty(min(chunk_rows, n), weight_VH.shape[0], dtype=torch.float32,
+                              device=hidden_NH.device)
+        scratch_CV = torch.empty_like(work_CV) if want_entropy else work_CV
         for s in range(0, n, chunk_rows):
             e = min(s + chunk_rows, n)
-            z_CV = _chunk_logits(hidden_NH[s:e], weight_VH, temperature)
-            lse_C = torch.logsumexp(z_CV, dim=-1)
+            z_CV = _chunk_logits(work_CV[: e - s], hidden_NH[s:e], weight_VH, temperature)
+            z_y_C = z_CV.gather(1, targets_N[s:e, None]).squeeze(1)
+            # without entropy the logits are not needed after this: overwrite them in place
+            lse_C = _logsumexp_rows(z_CV, scratch_CV[: e - s])
             lse_N[s:e] = lse_C
-            logp_N[s:e] = z_CV.gather(1, targets_N[s:e, None]).squeeze(1) - lse_C
-            if want_entropy:
-                p_CV = torch.exp(z_CV - lse_C[:, None])
-                entropy_N[s:e] = lse_C - (p_CV * z_CV).sum(dim=-1)
+            logp_N[s:e] = z_y_C - lse_C
+            if want_entropy:  # H = lse - sum_v p_v z_v with p = exp(z - lse), in the scratch block
+                p_CV = torch.sub(z_CV, lse_C[:, None], out=scratch_CV[: e - s]).exp_()
+                entropy_N[s:e] = lse_C - p_CV.mul_(z_CV).sum(dim=-1)
         ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N)
         ctx.temperature = temperature
         ctx.chunk_rows = chunk_rows
@@ -69,21 +97,31 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden_NH) if need_h else None
         grad_w = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device) if need_w else None
+        # float32 weight: accumulate dL/dW inside the GEMM (addmm_), not via a [V, H] temporary
+        # per chunk. Lower precision: matmul in that dtype, accumulate in float32 (as before).
+        fp32 = hidden_NH.dtype == torch.float32 and weight_VH.dtype == torch.float32
         tau, n = ctx.temperature, hidden_NH.shape[0]
+        work_CV = torch.empty(min(ctx.chunk_rows, n), weight_VH.shape[0], dtype=torch.float32,
+                              device=hidden_NH.device)
         for s in range(0, n, ctx.chunk_rows):
             e = min(s + ctx.chunk_rows, n)
             h_CH = hidden_NH[s:e]
-            z_CV = _chunk_logits(h_CH, weight_VH, tau)
-            # dlogp/dz = onehot - softmax, scaled by upstream grad g and 1/tau: [C, V]
-            gz_CV = torch.exp(z_CV - lse_N[s:e, None]).mul_(-grad_logp_N[s:e, None].float())
-            gz_CV.scatter_add_(1, targets_N[s:e, None], grad_logp_N[s:e, None].float())
+            g_C1 = grad_logp_N[s:e, None].float()
+            z_CV = _chunk_logits(work_CV[: e - s], h_CH, weight_VH, tau)
+            # dlogp/dz = onehot - softmax, scaled by upstream grad g and 1/tau: [C, V], in place
+            gz_CV = z_CV.sub_(lse_N[s:e, None]).exp_().mul_(-g_C1)
+            gz_CV.scatter_add_(1, targets_N[s:e, None], g_C1)
             if tau != 1.0:
                 gz_CV.div_(tau)
-            gz_CV = gz_CV.to(weight_VH.dtype)
+            if not fp32:
+                gz_CV = gz_CV.to(weight_VH.dtype)
             if need_h:
                 grad_h[s:e] = gz_CV @ weight_VH
             if need_w:
-                grad_w.add_(gz_CV.T @ h_CH)
+                if fp32:
+                    grad_w.addmm_(gz_CV.T, h_CH)
+                else:
+                    grad_w.add_(gz_CV.T @ h_CH)
         return grad_h, (grad_w.to(weight_VH.dtype) if need_w else None), None, None, None, None
 
 
@@ -121,7 +159,7 @@ def token_logprobs_and_entropy(
     """Chunked log-probs of ``targets`` and the sampling distribution's entropy.
 
     ``chunk_size`` is the number of ``B*T`` rows whose logits exist at once (None: as many as
-    fit in 64 MB of float32 logits). Padding positions may hold any valid token id.
+    fit in 256 MB of float32 logits). Padding positions may hold any valid token id.
     """
     _check(hidden, lm_head_weight, targets, temperature, chunk_size)
     b, t, h = hidden.shape
