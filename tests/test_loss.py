@@ -228,6 +228,18 @@ def test_padding_values_do_not_matter():
     assert b.ratio_max.item() == pytest.approx(math.exp(0.1), rel=1e-6)
 
 
+@pytest.mark.parametrize("est", ["k1", "k2", "k3"])
+def test_non_finite_padding_never_reaches_the_gradient(est):
+    logp = torch.tensor([[-1.0, float("inf")], [-0.5, -0.7]], requires_grad=True)  # [0, 1] is padding
+    old = torch.tensor([[-1.1, 0.0], [-0.4, -0.7]])
+    ref = torch.tensor([[-1.0, 0.0], [-0.5, -0.6]])
+    out = policy_loss(logp, old, torch.tensor([1.0, -1.0]), torch.tensor([[1, 0], [1, 1]]),
+                      ref_logp=ref, beta=0.1, kl_estimator=est)
+    out.loss.backward()
+    assert torch.isfinite(out.loss) and torch.isfinite(logp.grad).all()
+    assert logp.grad[0, 1].item() == 0.0
+
+
 def test_permuting_sequences_leaves_loss_unchanged():
     g = torch.Generator().manual_seed(3)
     logp, old = -torch.rand(4, 3, generator=g), -torch.rand(4, 3, generator=g)

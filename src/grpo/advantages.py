@@ -5,8 +5,9 @@ completions per prompt), each prompt's group **contiguous** (rows ``p*G ... p*G 
 
 The estimators (``r`` = rewards of one group, ``n`` = number of scorable rewards in it):
 
-* GRPO, DeepSeekMath (arXiv:2402.03300) eq. (3) outcome supervision, used unchanged by
-  DeepSeek-R1 (arXiv:2501.12948) eq. (3)::
+* GRPO, DeepSeekMath (arXiv:2402.03300) sec. 4.1.2 (outcome supervision: the advantage of
+  every token of o_i in the objective eq. (3)), used unchanged by DeepSeek-R1
+  (arXiv:2501.12948) eq. (3)::
 
       A_i = (r_i - mean(r)) / (std(r) + eps)                       scale="group"
 

@@ -273,7 +273,9 @@ def policy_loss(
 
     if beta > 0:
         assert ref_logp is not None  # checked above
-        kl_BT = KL_ESTIMATORS[kl_estimator](logp, ref_logp)
+        # padding may hold non-finite log-probs; give the estimator ref_logp there (KL 0) so no
+        # nan can reach the gradient through the masked positions
+        kl_BT = KL_ESTIMATORS[kl_estimator](torch.where(mask_BT, logp, ref_logp), ref_logp)
         loss_BT = pg_BT + beta * kl_BT
     else:
         kl_BT = torch.zeros_like(logp)
