@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
@@ -149,6 +150,40 @@ def test_seeded_sampling_is_reproducible(tiny):
     torch.manual_seed(0)
     gen.generate(PROMPTS, 1, s)
     assert torch.equal(torch.rand(1), x)
+
+
+def test_row_sampler_draws_from_the_softmax():
+    """The exponential race picks token v with probability softmax(s)_v: chi-square of 20,000
+    seeded draws against the exact probabilities (a masked token is never drawn)."""
+    from grpo.rollout.hf import _RowSampler
+
+    scores_V = torch.tensor([2.0, 1.0, 0.0, -1.0, -math.inf, 0.5])
+    probs_V = torch.softmax(scores_V, -1)
+    rows = 20_000
+    gens = [torch.Generator().manual_seed(i) for i in range(rows)]
+    out_BV = _RowSampler(gens)(torch.zeros(rows, 1, dtype=torch.long), scores_V.expand(rows, -1).clone())
+    assert ((out_BV == 0).sum(-1) == 1).all() and torch.isinf(out_BV).sum() == rows * 5
+    counts_V = torch.bincount(out_BV.argmax(-1), minlength=6).double()
+    assert counts_V[4] == 0
+    keep = probs_V > 0
+    expected = probs_V[keep].double() * rows
+    chi2 = (((counts_V[keep] - expected) ** 2) / expected).sum().item()
+    assert chi2 < 20.5  # 4 degrees of freedom: P(chi2 > 20.5) < 0.0005 for a correct sampler
+    # and not merely some distribution over the kept set: argmax of the scores alone is far off
+    assert counts_V[0] / rows == pytest.approx(probs_V[0].item(), abs=0.02)
+
+
+def test_seeded_rows_do_not_depend_on_their_batch(tiny):
+    """Sample k of prompt p draws from seed + p*n + k (vLLM's scheme): the same prompt alone, with
+    the seed shifted to its position, or in chunks of another size, gives the same tokens."""
+    gen = HFGenerator(*tiny)
+    s = SamplingConfig(max_tokens=8, seed=11)
+    together = gen.generate(PROMPTS, 3, s)
+    alone = gen.generate(PROMPTS[1:2], 3, SamplingConfig(max_tokens=8, seed=11 + 1 * 3))
+    assert [r.completion_ids for r in together[3:6]] == [r.completion_ids for r in alone]
+    chunked = HFGenerator(*tiny, max_batch_size=2).generate(PROMPTS, 3, s)
+    assert [r.completion_ids for r in together] == [r.completion_ids for r in chunked]
+    assert len({tuple(r.completion_ids) for r in together[:3]}) > 1  # a group's samples differ
 
 
 def test_max_batch_size_chunks_the_same_rows(tiny):

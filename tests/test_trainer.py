@@ -59,24 +59,29 @@ def weights(model):
 
 
 def test_run_writes_metrics_completions_config_and_final_model(tiny_dir, tmp_path):
-    c = cfg(tmp_path, max_steps=2, save_final_model=True, beta=0.01, log_completions=2)
+    c = cfg(tmp_path, max_steps=3, save_final_model=True, beta=0.01, log_completions=2)
     trainer = GRPOTrainer(str(tiny_dir), [MathReward(), FormatReward(), CountSevens()], rows(4), c,
                           eval_dataset=rows(2), accuracy_reward="math_reward")
     before = weights(trainer.model)
     last = trainer.train()
     run = Path(c.output_dir)
     metrics = read_jsonl(run / "metrics.jsonl")
-    assert [m["step"] for m in metrics] == [1, 2]
+    assert [m["step"] for m in metrics] == [1, 2, 3]
     for key in ("reward/total/mean", "reward/count_sevens/mean", "reward/format_reward/mean", "train/accuracy",
                 "adv/zero_std_frac", "loss/kl", "loss/clip_frac_high", "policy/entropy", "completions/mean_length",
                 "completions/truncated_frac", "rollout/logprob_gap", "time/generate", "time/train", "optim/grad_norm"):
         assert key in last, key
-    assert last["loss/kl"] > 0  # the second step's policy has moved away from the reference
+    # KL is 0 while the policy is the reference, and > 0 once an update has moved it (a step
+    # whose groups all tie has zero advantages and does not move it)
+    assert metrics[0]["loss/kl"] == 0
+    moved = [i for i, m in enumerate(metrics[:-1]) if m["optim/grad_norm"] > 0]
+    assert moved, "no step had a gradient"
+    assert metrics[moved[0] + 1]["loss/kl"] > 0
     # HF generator samples with the trained model itself: its log-probs match the trainer's
     assert last["rollout/logprob_gap"] < 1e-3
-    assert len(read_jsonl(run / "completions.jsonl")) == 4
+    assert len(read_jsonl(run / "completions.jsonl")) == 6
     evals = read_jsonl(run / "eval.jsonl")
-    assert [e["step"] for e in evals] == [0, 2] and "eval/greedy_accuracy" in evals[0]
+    assert [e["step"] for e in evals] == [0, 3] and "eval/greedy_accuracy" in evals[0]
     assert (run / "config.yaml").exists() and (run / "final" / "config.json").exists()
     after = weights(trainer.model)
     assert any(not torch.equal(before[n], after[n]) for n in before)

@@ -100,7 +100,7 @@ def test_completion_logprobs_match_unpadded_forward():
     torch.manual_seed(0)
     model = build_tiny_llama(hidden_size=64, num_heads=2, head_dim=32).eval()
     rs = [_R([11, 12], [13, 14, 15], [0.0] * 3), _R([21, 22, 23, 24], [25], [0.0])]
-    b = collate_rollouts(rs, torch.zeros(2), pad_id=0)
+    b = collate_rollouts(rs, None, pad_id=0)
     with torch.no_grad():
         got = completion_logprobs(model, b, temperature=0.8).logp
         for i, r in enumerate(rs):
@@ -108,6 +108,73 @@ def test_completion_logprobs_match_unpadded_forward():
             logits = model(ids).logits[0, len(r.prompt_ids) - 1:-1] / 0.8
             want = torch.log_softmax(logits, -1).gather(-1, torch.tensor(r.completion_ids)[:, None]).squeeze(-1)
             torch.testing.assert_close(got[i, :len(r.completion_ids)], want, atol=1e-5, rtol=1e-5)
+
+
+def _grouped_rollouts(prompt_lens, g, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    rs = []
+    for n_p in prompt_lens:
+        prompt = torch.randint(3, 90, (n_p,), generator=gen).tolist()
+        for _ in range(g):
+            n_c = int(torch.randint(1, 8, (1,), generator=gen))
+            rs.append(_R(prompt, torch.randint(3, 90, (n_c,), generator=gen).tolist(), [0.0] * n_c))
+    return rs
+
+
+@pytest.mark.parametrize("lora", [False, True])
+def test_shared_prompt_forward_matches_the_one_pass_forward(lora):
+    """Each distinct prompt once + its cache indexed out to its rows gives the one-pass forward's
+    log-probs, entropies and parameter gradients (float rounding apart), and really runs the
+    prompts once: the decoder's first call sees 3 rows, not 12."""
+    from grpo.tiny import build_tiny_llama
+
+    torch.manual_seed(0)
+    model = build_tiny_llama(hidden_size=64, num_heads=2, head_dim=32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    b = collate_rollouts(_grouped_rollouts([5, 9, 3], g=4), None, pad_id=0)
+    decoder = (model.get_base_model() if lora else model).model
+    seen = []
+    hook = decoder.register_forward_pre_hook(lambda m, a, kw: seen.append(tuple(kw["input_ids"].shape)),
+                                             with_kwargs=True)
+    out = {}
+    for share in (False, True):
+        seen.clear()
+        model.zero_grad()
+        lp = completion_logprobs(model, b, temperature=0.9, with_entropy=True, share_prompts=share)
+        (lp.logp * b.completion_mask).sum().backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        out[share] = (lp.logp.detach(), lp.entropy.detach(), grads, list(seen))
+    hook.remove()
+    m = b.completion_mask
+    assert out[False][3] == [(12, b.input_ids.shape[1])]
+    assert out[True][3] == [(3, b.prompt_len), (12, b.completion_ids.shape[1] - 1)]
+    torch.testing.assert_close(out[True][0][m], out[False][0][m], atol=1e-5, rtol=0)
+    torch.testing.assert_close(out[True][1][m], out[False][1][m], atol=1e-5, rtol=0)
+    assert all(g.abs().sum() > 0 for g in out[False][2])
+    for got, want in zip(out[True][2], out[False][2]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
+def test_shared_prompt_forward_edge_cases():
+    """Distinct prompts only: one plain pass. One-token completions: no second call at all."""
+    from grpo.tiny import build_tiny_llama
+
+    torch.manual_seed(0)
+    model = build_tiny_llama(hidden_size=64, num_heads=2, head_dim=32).eval()
+    calls = []
+    model.model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    distinct = collate_rollouts(_grouped_rollouts([4, 6, 5], g=1), None, pad_id=0)
+    one_token = collate_rollouts([_R([7, 8, 9], [c], [0.0]) for c in (10, 11, 12)], None, pad_id=0)
+    with torch.no_grad():
+        for b, want_calls in ((distinct, [3]), (one_token, [1])):
+            calls.clear()
+            shared = completion_logprobs(model, b, share_prompts=True).logp
+            assert calls == want_calls
+            plain = completion_logprobs(model, b, share_prompts=False).logp
+            torch.testing.assert_close(shared[b.completion_mask], plain[b.completion_mask], atol=1e-5, rtol=0)
 
 
 # ------------------------------------------------------------------------------ text stats, report

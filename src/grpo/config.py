@@ -90,6 +90,10 @@ class GRPOConfig(BaseModel):
         None, ge=1, description="Completions per optimizer step (default: the whole step's batch, fully on-policy).")
     micro_batch_size: int = Field(8, ge=1, description="Completions per forward/backward (gradient accumulation).")
     logprob_chunk_size: int | None = Field(None, ge=1, description="Rows per chunk in grpo.logprobs (None = auto).")
+    share_prompt_forward: bool = Field(
+        True, description="Run each distinct prompt of a micro-batch once and give its key/value cache to its "
+                          "completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). Skipped "
+                          "under gradient checkpointing.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model dtype: auto = bfloat16 on CUDA when supported, else float32.")

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -37,6 +37,12 @@ class RolloutBatch:
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
+
+    def with_advantages(self, advantages: torch.Tensor) -> RolloutBatch:
+        """The same batch with these per-completion advantages ``[B]``."""
+        if advantages.shape != (len(self),):
+            raise ValueError(f"advantages must have shape ({len(self)},), got {tuple(advantages.shape)}")
+        return replace(self, advantages=advantages.to(self.input_ids.device, torch.float32))
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         return RolloutBatch(self.input_ids.to(device), self.attention_mask.to(device),
@@ -61,8 +67,12 @@ class RolloutBatch:
         )
 
 
-def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor, pad_id: int) -> RolloutBatch:
-    """Pad ``grpo.rollout.Rollout`` records (prompt left, completion right) into tensors."""
+def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None, pad_id: int) -> RolloutBatch:
+    """Pad ``grpo.rollout.Rollout`` records (prompt left, completion right) into tensors.
+
+    ``advantages`` may be None (zeros) when they are not known yet: the trainer collates while
+    the rewards are still being scored and sets them with :meth:`RolloutBatch.with_advantages`.
+    """
     if not rollouts:
         raise ValueError("collate_rollouts needs at least one rollout")
     p = max(len(r.prompt_ids) for r in rollouts)
@@ -81,8 +91,8 @@ def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor, pad_id: int) 
             comp_mask[i, :n_c] = True
             if r.logprobs is not None:
                 rollout_logp[i, :n_c] = torch.tensor(r.logprobs, dtype=torch.float32)
-    return RolloutBatch(input_ids, attn, input_ids[:, p:], comp_mask, rollout_logp,
-                        advantages.to(torch.float32), p)
+    adv = torch.zeros(b) if advantages is None else advantages
+    return RolloutBatch(input_ids, attn, input_ids[:, p:], comp_mask, rollout_logp, adv.to(torch.float32), p)
 
 
 def _backbone_and_head(model: torch.nn.Module):
@@ -105,20 +115,60 @@ def completion_logprobs(
     temperature: float = 1.0,
     chunk_size: int | None = None,
     with_entropy: bool = False,
+    share_prompts: bool = True,
 ) -> TokenLogprobs:
-    """Per-token log-probs ``[B, T]`` of the batch's completions under ``model``."""
+    """Per-token log-probs ``[B, T]`` of the batch's completions under ``model``.
+
+    With ``share_prompts`` (and rows that repeat a prompt, as a GRPO group's G rows do), each
+    distinct prompt goes through the model once and its key/value cache is indexed out to its
+    rows, which then run only their completion tokens (shared-prefix forward, as in Prefix
+    Grouper, arXiv:2506.05433). Causal attention makes this exact: a prompt's hidden states do
+    not depend on what follows, and the gradient of the shared keys/values sums over the rows,
+    as it would over G copies. Equal to the one-pass forward up to float rounding; it is used
+    only when the decoder can return a cache under autograd (not with gradient checkpointing).
+    """
     decoder, weight = _backbone_and_head(model)
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    hidden = decoder(
-        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-        use_cache=False,
-    ).last_hidden_state  # [B, L, H]
-    t = batch.completion_ids.shape[1]
-    hidden_BTH = hidden[:, batch.prompt_len - 1:batch.prompt_len - 1 + t]
+    hidden_BTH = None
+    if share_prompts and not getattr(decoder, "gradient_checkpointing", False):
+        hidden_BTH = _shared_prompt_hidden(decoder, batch)
+    if hidden_BTH is None:
+        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        hidden = decoder(
+            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
+            use_cache=False,
+        ).last_hidden_state  # [B, L, H]
+        t = batch.completion_ids.shape[1]
+        hidden_BTH = hidden[:, batch.prompt_len - 1:batch.prompt_len - 1 + t]
     targets = batch.completion_ids.masked_fill(~batch.completion_mask, 0)
     return token_logprobs_and_entropy(hidden_BTH, weight.to(hidden_BTH.dtype), targets,
                                       temperature=temperature, chunk_size=chunk_size,
                                       with_entropy=with_entropy)
+
+
+def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor | None:
+    """Hidden states ``[B, T, H]`` that predict the completion tokens, each distinct prompt run
+    once; None when no prompt repeats (then one pass over everything is cheaper)."""
+    p, t = batch.prompt_len, batch.completion_ids.shape[1]
+    key_BK = torch.cat([batch.input_ids[:, :p], batch.attention_mask[:, :p]], dim=1)
+    unique_UK, row_to_prompt_B = torch.unique(key_BK, dim=0, return_inverse=True)
+    if unique_UK.shape[0] == len(batch):
+        return None
+    ids_UP, mask_UP = unique_UK[:, :p], unique_UK[:, p:]
+    prompt = decoder(input_ids=ids_UP, attention_mask=mask_UP,
+                     position_ids=(mask_UP.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+    cache = prompt.past_key_values
+    if cache is None:  # a decoder without a cache
+        return None
+    first_BH = prompt.last_hidden_state[row_to_prompt_B, -1]  # last prompt position -> token 0
+    if t == 1:
+        return first_BH[:, None]
+    cache.reorder_cache(row_to_prompt_B)  # [U, ...] -> [B, ...]: each row gets its prompt's keys/values
+    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    rest = decoder(  # completion tokens 0..T-2 predict tokens 1..T-1
+        input_ids=batch.input_ids[:, p:p + t - 1], attention_mask=batch.attention_mask[:, :p + t - 1],
+        position_ids=position_ids[:, p:p + t - 1], past_key_values=cache, use_cache=True,
+    ).last_hidden_state  # [B, T-1, H]
+    return torch.cat([first_BH[:, None], rest], dim=1)
 
 
 @contextmanager

@@ -4,10 +4,12 @@ One step (DeepSeekMath arXiv:2402.03300 Algorithm 1, as used by DeepSeek-R1 arXi
 
 1. take ``prompts_per_step`` prompts (each data-parallel process its own contiguous slice);
 2. sample G completions per prompt with the generator (HF or vLLM), seeded per step and prompt;
-3. score them with every reward function; total = weighted sum, None if any part unscorable;
+3. score them with every reward function; total = weighted sum, None if any part unscorable.
+   Scoring runs on a thread while the old policy's log-probs (computed once, and not at all
+   when fully on-policy) and the reference's are computed: neither needs rewards;
 4. group-relative advantages over the whole step (rewards gathered from all processes);
-5. mu passes over minibatches: policy loss against the old policy's log-probs (computed once,
-   and not at all when fully on-policy), KL to the reference, optimizer step;
+5. mu passes over minibatches: policy loss against the old log-probs, KL to the reference,
+   optimizer step;
 6. push the new weights into the generator;
 7. log metrics, sample completions, evaluation, checkpoints.
 """
@@ -15,9 +17,11 @@ One step (DeepSeekMath arXiv:2402.03300 Algorithm 1, as used by DeepSeek-R1 arXi
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -33,7 +37,7 @@ from grpo.loss import policy_loss
 from grpo.metrics import StatAccumulator, advantage_metrics, completion_metrics, reward_metrics
 from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler
 from grpo.policy import RolloutBatch, all_reduce_grads, collate_rollouts, completion_logprobs, reference_model
-from grpo.rewards import CombinedReward, Reward
+from grpo.rewards import CombinedReward, Reward, RewardBreakdown
 from grpo.rollout import SamplingConfig
 from grpo.tracking import RunLogger
 
@@ -90,6 +94,7 @@ class GRPOTrainer:
         # The total is unscorable as soon as one component is: an item whose correctness is
         # unknown is excluded from its group (advantage 0), not trained on as if it were wrong.
         self.reward = CombinedReward(reward_funcs, cfg.reward_weights, missing="propagate")
+        self._scoring_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-scoring")
         names = [r.name for r in self.reward.rewards]
         self.accuracy_name = accuracy_reward or names[0]
         self.format_name = format_reward or next((n for n in names if n.startswith("format")), None)
@@ -154,19 +159,23 @@ class GRPOTrainer:
         rows = self._next_rows()
         with timer("generate"):
             rollouts = self._generate(rows)
-        with timer("score"):
-            prompts = [r[self.prompt_key] for r in rows for _ in range(g)]
-            scores = self.reward.evaluate_all(prompts=prompts, completions=[r.text for r in rollouts],
-                                              **reward_columns(rows, g, self.prompt_key))
-        adv = self._group_advantages(scores.values)
-        n_local = len(rollouts)
-        local_adv = adv.advantages[self.rank * n_local:(self.rank + 1) * n_local]
-        batch = collate_rollouts(rollouts, local_adv, self.tokenizer.pad_token_id)
+        prompts = [r[self.prompt_key] for r in rows for _ in range(g)]
+        # Scoring runs on a thread (rewards wait on scoring-pool processes, sandboxes or remote
+        # judges) while this thread computes the log-probs that do not depend on rewards.
+        scoring = self._scoring_thread.submit(self._score, prompts, rollouts, rows)
+        batch = collate_rollouts(rollouts, None, self.tokenizer.pad_token_id).to(self.accelerator.device)
         sleep = cfg.rollout == "vllm" and cfg.vllm_sleep  # free the engine's GPU memory while training
         if sleep:
             self.generator.sleep()
+        with timer("logprobs"):
+            old_logp, ref_logp = self._frozen_logprobs(batch)
+        with timer("score_wait"):
+            scores, timer.times["time/score"] = scoring.result()
+        adv = self._group_advantages(scores.values)
+        n_local = len(rollouts)
+        local_adv = adv.advantages[self.rank * n_local:(self.rank + 1) * n_local]
         with timer("train"):
-            train_metrics = self._update(batch.to(self.accelerator.device))
+            train_metrics = self._update(batch.with_advantages(local_adv), old_logp, ref_logp)
         with timer("sync"):
             if sleep:
                 self.generator.wake_up()
@@ -189,21 +198,21 @@ class GRPOTrainer:
         return get_rows(self.train_dataset, mine, self.prompt_key)
 
     def _step_seed(self, global_prompt: int) -> int:
-        # A pure function of (seed, step, prompt position): independent of process count and resumes.
-        return (self.config.seed * 1_000_003 + self.step * 10_007 + global_prompt) * self.config.num_generations
+        """Seed of sample 0 of the step's prompt ``global_prompt`` (sample k: + k). A pure function
+        of (seed, step, prompt position), so independent of process count and resumes; linear in
+        the position, so one generate call per process covers its prompts (see _generate)."""
+        digest = hashlib.blake2b(f"{self.config.seed}:{self.step}".encode(), digest_size=8).digest()
+        base = int.from_bytes(digest, "little") % 2**30  # + positions stays below vLLM's 2**31
+        return base + global_prompt * self.config.num_generations
 
     def _generate(self, rows: list[dict]) -> list:
-        g, k = self.config.num_generations, len(rows)
-        first = self.accelerator.process_index * k
+        # One call for the whole local batch. Sample k of local prompt i is seeded
+        # _step_seed(first) + i*G + k = _step_seed(first + i) + k: the same stream whichever
+        # process holds the prompt (both generators seed rows that way).
+        first = self.accelerator.process_index * len(rows)
         prompts = [r[self.prompt_key] for r in rows]
-        if self.config.rollout == "hf":
-            # one call per group: the HF sampler's RNG stream then depends only on the group's seed
-            out = []
-            for i, p in enumerate(prompts):
-                group = self.generator.generate([p], g, self._sampling(self._step_seed(first + i)))
-                out += [_with_prompt_index(r, i) for r in group]
-            return out
-        return self.generator.generate(prompts, g, self._sampling(self._step_seed(first)))
+        return self.generator.generate(prompts, self.config.num_generations,
+                                       self._sampling(self._step_seed(first)))
 
     def _sampling(self, seed: int) -> SamplingConfig:
         s = self.sampling
@@ -219,16 +228,35 @@ class GRPOTrainer:
                                         scale=self.config.advantage_scale,
                                         leave_one_out=self.config.leave_one_out)
 
-    def _update(self, batch: RolloutBatch) -> dict[str, float]:
-        """mu passes over minibatches of this process's rollouts (module docstring, step 5)."""
-        cfg, d = self.config, self.config.derived()
-        mb = (cfg.minibatch_size or d.completions_per_step) // self.accelerator.num_processes
-        micro = min(cfg.micro_batch_size, mb)
-        on_policy = cfg.num_iterations == 1 and d.minibatches_per_step == 1
+    def _score(self, prompts: list, rollouts: list, rows: list[dict]) -> tuple[RewardBreakdown, float]:
+        t0 = time.perf_counter()
+        scores = self.reward.evaluate_all(prompts=prompts, completions=[r.text for r in rollouts],
+                                          **reward_columns(rows, self.config.num_generations, self.prompt_key))
+        return scores, time.perf_counter() - t0
+
+    def _batch_sizes(self) -> tuple[int, int]:
+        """(this process's minibatch size, micro-batch size)."""
+        cfg = self.config
+        mb = (cfg.minibatch_size or cfg.derived().completions_per_step) // self.accelerator.num_processes
+        return mb, min(cfg.micro_batch_size, mb)
+
+    def _frozen_logprobs(self, batch: RolloutBatch) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Log-probs fixed for the whole step: the old policy's (None when fully on-policy: then
+        they equal the detached current ones) and the reference model's (None when beta = 0)."""
+        cfg = self.config
+        on_policy = cfg.num_iterations == 1 and cfg.derived().minibatches_per_step == 1
+        micro = self._batch_sizes()[1]
         self.model.eval()
         old_logp = None if on_policy else self._logprobs_no_grad(self.model, batch, micro)
         ref_logp = self._reference_logprobs(batch, micro) if cfg.beta > 0 else None
         self.model.train()
+        return old_logp, ref_logp
+
+    def _update(self, batch: RolloutBatch, old_logp: torch.Tensor | None,
+                ref_logp: torch.Tensor | None) -> dict[str, float]:
+        """mu passes over minibatches of this process's rollouts (module docstring, step 5)."""
+        cfg = self.config
+        mb, micro = self._batch_sizes()
         stats, losses, gap = StatAccumulator(), [], StatAccumulator()
         n_mb = len(batch) // mb
         for it in range(cfg.num_iterations):
@@ -245,7 +273,8 @@ class GRPOTrainer:
                     t = sub.completion_ids.shape[1]
                     with self.accelerator.autocast():
                         lp = completion_logprobs(self.model, sub, temperature=cfg.temperature,
-                                                 chunk_size=cfg.logprob_chunk_size, with_entropy=it == 0)
+                                                 chunk_size=cfg.logprob_chunk_size, with_entropy=it == 0,
+                                                 share_prompts=cfg.share_prompt_forward)
                     old = lp.logp.detach() if old_logp is None else old_logp[idx, :t]
                     out = policy_loss(
                         lp.logp, old, sub.advantages, sub.completion_mask,
@@ -293,7 +322,8 @@ class GRPOTrainer:
             sub = batch.select(slice(s, s + micro))
             with self.accelerator.autocast():
                 lp = completion_logprobs(model, sub, temperature=self.config.temperature,
-                                         chunk_size=self.config.logprob_chunk_size).logp
+                                         chunk_size=self.config.logprob_chunk_size,
+                                         share_prompts=self.config.share_prompt_forward).logp
             out[s:s + micro, :lp.shape[1]] = lp
         return out
 
@@ -342,8 +372,9 @@ class GRPOTrainer:
         self.tokenizer.save_pretrained(path)
 
     def close(self) -> None:
-        """Shut the generator down (vLLM engines hold processes and memory)."""
+        """Shut the generator down (vLLM engines hold processes and memory) and the scoring thread."""
         self.generator.close()
+        self._scoring_thread.shutdown(wait=True)
 
     def _broadcast_parameters(self) -> None:
         """Start every process from rank 0's weights (a randomly initialised model would differ)."""
@@ -361,9 +392,3 @@ class GRPOTrainer:
         t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.accelerator.device)
         t = self.accelerator.reduce(t, "mean")
         return dict(zip(keys, t.tolist()))
-
-
-def _with_prompt_index(rollout, index: int):
-    import dataclasses
-
-    return dataclasses.replace(rollout, prompt_index=index)

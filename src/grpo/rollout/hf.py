@@ -11,10 +11,17 @@ Only one ``[B, V]`` row block is kept for that (``output_scores=True`` would kee
 Batches are left-padded (position ids follow the attention mask inside ``generate``); each row
 is cut after its own eos / stop string (:func:`grpo.rollout.tokens.find_ending`), since
 ``generate`` pads rows that finished early.
+
+Seeded sampling is per row, like vLLM's per-request seeds: sample ``k`` of prompt ``p`` draws
+from its own ``torch.Generator`` seeded ``seed + p*n + k`` (:class:`_RowSampler`, an exponential
+race, i.e. Gumbel-max). A row's tokens then do not depend on which other rows share the
+``generate`` call, so a whole step can be one batched call and still give every prompt the same
+samples in 1 process or N (up to float rounding of differently padded batches).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -44,6 +51,44 @@ class _SampledTokenLogprobs:
         assert self.prev_BV is not None, "generate() sampled no token"
         last = self.prev_BV.gather(1, last_tokens_B[:, None]).squeeze(1)
         return torch.stack([*self.steps, last], dim=1)
+
+
+class _RowSampler:
+    """Last logits processor when sampling: picks each row's next token, from that row's own
+    random stream, and hands ``generate`` (run greedy) scores that are 0 at the pick, -inf
+    elsewhere.
+
+    The pick is the exponential race (Gumbel-max trick): with ``E_v ~ Exp(1)`` i.i.d.,
+    ``argmax_v (s_v - log E_v)`` is distributed as ``softmax(s)`` (``-log E`` is a standard
+    Gumbel variable; Gumbel 1954, as used for sampling by Maddison et al. 2014). ``s`` are the
+    warped scores, -inf outside the kept set, so truncation is respected. Noise is float64 and
+    clamped away from 0, so ``-log E`` is always finite.
+
+    Args:
+        generators: one seeded generator per row, or None to draw from the global torch RNG.
+    """
+
+    def __init__(self, generators: list[torch.Generator] | None) -> None:
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        noise_BV = torch.empty(scores.shape, dtype=torch.float64, device=scores.device)
+        if self.generators is None:
+            noise_BV.exponential_()
+        else:
+            for row_V, gen in zip(noise_BV, self.generators, strict=True):
+                row_V.exponential_(generator=gen)
+        gumbel_BV = -noise_BV.clamp_min_(torch.finfo(torch.float64).tiny).log_()
+        choice_B = (scores.double() + gumbel_BV).argmax(dim=-1, keepdim=True)
+        return torch.full_like(scores, -math.inf).scatter_(1, choice_B, 0.0)
+
+
+def _row_generators(seed: int | None, rows: Sequence[tuple[int, int]], n: int,
+                    device: torch.device) -> list[torch.Generator] | None:
+    """Generator of row ``(p, k)`` seeded ``seed + p*n + k`` (the vLLM generators' scheme)."""
+    if seed is None:
+        return None
+    return [torch.Generator(device=device).manual_seed(seed + p * n + k) for p, k in rows]
 
 
 def _warpers(sampling: SamplingConfig) -> list:
@@ -105,10 +150,9 @@ class HFGenerator:
         was_training = model.training
         model.eval()
         try:
-            with _seeded_rng(sampling.seed, _device(model)):
-                for s in range(0, len(rows), step):
-                    out += self._generate_rows(model, encoded, rows[s:s + step], sampling,
-                                               eos_ids, max_ctx)
+            for s in range(0, len(rows), step):
+                out += self._generate_rows(model, encoded, rows[s:s + step], n, sampling,
+                                           eos_ids, max_ctx)
         finally:
             model.train(was_training)
         return out
@@ -136,7 +180,7 @@ class HFGenerator:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _generate_rows(self, model, encoded, rows, sampling, eos_ids, max_ctx) -> list[Rollout]:
+    def _generate_rows(self, model, encoded, rows, n, sampling, eos_ids, max_ctx) -> list[Rollout]:
         from transformers import GenerationConfig, LogitsProcessorList
 
         device = _device(model)
@@ -152,8 +196,7 @@ class HFGenerator:
         if max_ctx is not None:  # rows with shorter prompts may go further; cut per row below
             max_new = min(max_new, max_ctx - min(len(ids) for ids in prompts))
         config = GenerationConfig(
-            do_sample=not sampling.greedy,
-            temperature=1.0, top_k=0, top_p=1.0, min_p=None,  # the warpers come explicitly
+            do_sample=False,  # greedy over the scores _RowSampler leaves: its pick
             max_new_tokens=max_new,
             eos_token_id=list(eos_ids),
             pad_token_id=pad,
@@ -162,7 +205,10 @@ class HFGenerator:
             return_dict_in_generate=True,
         )
         recorder = _SampledTokenLogprobs()
-        processors = LogitsProcessorList([*_warpers(sampling), recorder])
+        processors = [*_warpers(sampling), recorder]
+        if not sampling.greedy:
+            processors.append(_RowSampler(_row_generators(sampling.seed, rows, n, device)))
+        processors = LogitsProcessorList(processors)
         with _without_model_generation_defaults(model):
             out = model.generate(
                 input_ids=input_ids_BL.to(device),
@@ -208,16 +254,3 @@ def _without_model_generation_defaults(model: nn.Module) -> Iterator[None]:
 
 def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
-
-
-@contextmanager
-def _seeded_rng(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Fork the torch RNG (CPU, and the model's CUDA device) and seed it; no-op for None, so an
-    unseeded call draws from (and advances) the global RNG like any other sampling code."""
-    if seed is None:
-        yield
-        return
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield

@@ -92,8 +92,9 @@ class SamplingConfig:
     stop: tuple[str, ...] = field(default=())
     """Stop strings: a sample ends once its text contains one (the string is kept in ``text``)."""
     seed: int | None = None
-    """Seed for reproducible sampling: sample k of prompt p is drawn with seed ``seed + p*n + k``
-    on vLLM; the HF generator seeds one forked torch RNG with ``seed``. None: not reproducible."""
+    """Seed for reproducible sampling: sample k of prompt p is drawn from its own stream seeded
+    ``seed + p*n + k`` (vLLM and HF generators alike), so a row's tokens do not depend on the
+    other rows of the call. None: the global RNG, not reproducible."""
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):  # a single string is a common slip: treat it as one stop
