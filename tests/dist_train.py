@@ -1,9 +1,9 @@
 """Launched by tests/test_trainer.py::test_two_processes_match_one, alone or under torchrun.
 
-usage: dist_train.py MODEL_DIR OUT_DIR
+usage: dist_train.py MODEL_DIR OUT_DIR [--fsdp] [--save-steps N] [--max-steps N] [--resume]
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import torch
@@ -17,19 +17,38 @@ class CountSevens(Reward):
         return completion.count("7") / max(len(completion), 1)
 
 
+def full_weights(model) -> dict:
+    """Every parameter as a plain tensor (an FSDP2 shard is gathered: all processes must call)."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters()}
+
+
 def main() -> None:
-    model_dir, out = sys.argv[1], Path(sys.argv[2])
+    p = argparse.ArgumentParser()
+    p.add_argument("model_dir")
+    p.add_argument("out", type=Path)
+    p.add_argument("--fsdp", action="store_true")
+    p.add_argument("--max-steps", type=int, default=3)
+    p.add_argument("--save-steps", type=int, default=0)
+    p.add_argument("--resume", action="store_true")
+    args = p.parse_args()
     rows = [{"prompt": f"Say sevens {i}"} for i in range(8)]
-    cfg = GRPOConfig(output_dir=str(out), num_generations=4, prompts_per_step=4, max_steps=3,
+    cfg = GRPOConfig(output_dir=str(args.out), num_generations=4, prompts_per_step=4, max_steps=args.max_steps,
                      max_completion_length=6, learning_rate=1e-3, beta=0.01, num_iterations=2,
-                     minibatch_size=8, micro_batch_size=2, progress_bar=False, save_final_model=False)
-    trainer = GRPOTrainer(model_dir, [CountSevens()], rows, cfg)
+                     minibatch_size=8, micro_batch_size=2, progress_bar=False, save_final_model=args.fsdp,
+                     fsdp=args.fsdp, save_steps=args.save_steps, resume_from="latest" if args.resume else None)
+    trainer = GRPOTrainer(args.model_dir, [CountSevens()], rows, cfg, eval_dataset=rows[:2] if args.fsdp else None)
     rank = trainer.accelerator.process_index
-    out.mkdir(parents=True, exist_ok=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    initial = full_weights(trainer.model)
     if rank == 0:
-        torch.save({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, out / "initial.pt")
+        torch.save(initial, args.out / "initial.pt")
     trainer.train()
-    torch.save({n: p.detach().clone() for n, p in trainer.model.named_parameters()}, out / f"weights_rank{rank}.pt")
+    torch.save(full_weights(trainer.model), args.out / f"weights_rank{rank}.pt")
+    if rank == 0:
+        local = next(iter(trainer.model.parameters()))
+        kind = type(local).__name__
+        (args.out / "param_kind.txt").write_text(f"{kind} {tuple(getattr(local, 'to_local', lambda: local)().shape)}")
 
 
 if __name__ == "__main__":

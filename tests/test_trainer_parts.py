@@ -200,3 +200,23 @@ def test_report_draws_curves_from_a_run_folder(tmp_path):
     assert "format.png" not in text  # no data, no panel
     with pytest.raises(FileNotFoundError, match="no metrics"):
         write_report(tmp_path / "missing")
+
+
+def test_run_logs_never_mix_two_runs(tmp_path):
+    """A fresh run empties the run folder's logs; a resumed one drops what the interrupted run
+    logged after its checkpoint (no step appears twice)."""
+    from grpo.tracking import RunLogger, read_jsonl
+
+    def run(start, steps):
+        log = RunLogger(tmp_path, start_step=start, progress_bar=False)
+        for s in steps:
+            log.log_metrics(s, {"x": float(s)})
+            log.log_eval(s, {"eval/acc": 0.5})
+        log.close()
+
+    run(0, [1, 2, 3, 4])  # the interrupted run got to step 4, its last checkpoint was step 2
+    run(2, [3, 4, 5])
+    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [1, 2, 3, 4, 5]
+    assert [m["step"] for m in read_jsonl(tmp_path / "eval.jsonl")] == [1, 2, 3, 4, 5]
+    run(0, [1])  # a new run in the same folder
+    assert [m["step"] for m in read_jsonl(tmp_path / "metrics.jsonl")] == [1]

@@ -37,10 +37,36 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _full_options(**kw):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kw)
+
+
+def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Unsharded weights of an FSDP2 model, on CPU, in process 0 (empty elsewhere). A
+    collective: every process must call it."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+
+    return get_model_state_dict(model, options=_full_options(cpu_offload=True))
+
+
 def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, scheduler,
                     trainer_state: dict[str, Any], rank: int = 0, is_main: bool = True,
-                    keep: int = 2, barrier=lambda: None) -> Path:
-    """Write ``checkpoints/step_<step>``; keeps the newest ``keep`` checkpoints."""
+                    keep: int = 2, barrier=lambda: None, sharded: bool = False) -> Path:
+    """Write ``checkpoints/step_<step>``; keeps the newest ``keep`` checkpoints.
+
+    ``sharded`` (FSDP2): weights and optimizer state are gathered to process 0 and written
+    unsharded (``optimizer_full.pt``, keyed by parameter name), so a run can resume on any
+    number of processes; every process must call this.
+    """
+    if sharded:  # collectives first, on every process
+        from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+        model_state = full_model_state(model)
+        optim_state = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+    else:
+        model_state, optim_state = _trainable_state(model), optimizer.state_dict()
     root = Path(output_dir) / "checkpoints"
     final = root / f"step_{step}"
     tmp = root / f".tmp_step_{step}"
@@ -50,8 +76,8 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, sche
     barrier()
     torch.save(rng_state(), tmp / f"rng_rank{rank}.pt")
     if is_main:
-        torch.save(_trainable_state(model), tmp / "model.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(model_state, tmp / "model.pt")
+        torch.save(optim_state, tmp / ("optimizer_full.pt" if sharded else "optimizer.pt"))
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
     barrier()
@@ -84,8 +110,35 @@ def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int = 0) -> dict[str, Any]:
+def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int = 0,
+                    sharded: bool = False) -> dict[str, Any]:
     """Restore everything saved by :func:`save_checkpoint`; returns the trainer state."""
+    full = (path / "optimizer_full.pt").exists()
+    if full != sharded:
+        raise ValueError(f"checkpoint {path} was written {'with' if full else 'without'} fsdp; resume it with "
+                         f"fsdp={full}")
+    if sharded:
+        _load_sharded(path, model, optimizer, rank)
+    else:
+        _load_replicated(path, model, optimizer)
+    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
+    rng_file = path / f"rng_rank{rank}.pt"
+    if rng_file.exists():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    return json.loads((path / "trainer_state.json").read_text())
+
+
+def _load_sharded(path: Path, model, optimizer, rank: int) -> None:
+    """Process 0 reads the full tensors and broadcasts them; each process keeps its shards."""
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+
+    weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True) if rank == 0 else {}
+    optim = torch.load(path / "optimizer_full.pt", map_location="cpu", weights_only=False) if rank == 0 else {}
+    set_model_state_dict(model, weights, options=_full_options(broadcast_from_rank0=True))
+    set_optimizer_state_dict(model, optimizer, optim, options=_full_options(broadcast_from_rank0=True))
+
+
+def _load_replicated(path: Path, model, optimizer) -> None:
     weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
@@ -95,8 +148,3 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int = 0) -
         for n, t in weights.items():
             params[n].copy_(t)
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
-    scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
-    rng_file = path / f"rng_rank{rank}.pt"
-    if rng_file.exists():
-        set_rng_state(torch.load(rng_file, weights_only=False))
-    return json.loads((path / "trainer_state.json").read_text())

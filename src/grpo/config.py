@@ -95,6 +95,10 @@ class GRPOConfig(BaseModel):
                           "completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). Skipped "
                           "under gradient checkpointing.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    fsdp: bool = Field(
+        False, description="Shard weights, gradients and optimizer state over the processes with FSDP2 "
+                           "(one unit per transformer block), for models too large to replicate. Needs >= 2 "
+                           "processes; not with peft_config.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="Model dtype: auto = bfloat16 on CUDA when supported, else float32.")
 

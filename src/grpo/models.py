@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from grpo.config import GRPOConfig
+from grpo.policy import is_sharded
 
 
 def _dtype(cfg: GRPOConfig) -> torch.dtype:
@@ -68,7 +69,9 @@ def make_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, mode
     from grpo.rollout import HFGenerator
 
     if cfg.rollout == "hf":
-        return HFGenerator(model, tokenizer)
+        # Sharded models gather each layer's weights in forward: every process must run the same
+        # number of forwards, so generation keeps stepping until all processes' rows are done.
+        return HFGenerator(model, tokenizer, synced_gpus=is_sharded(model))
     if cfg.rollout == "vllm":
         from grpo.rollout import VLLMGenerator
 
@@ -86,3 +89,25 @@ def make_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, mode
     from grpo.rollout import VLLMServerGenerator
 
     return VLLMServerGenerator(host=cfg.vllm_server_host, port=cfg.vllm_server_port, tokenizer=tokenizer)
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """Shard ``model`` over all processes with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+
+    One unit per transformer block (the classes the model lists in ``_no_split_modules``, the
+    convention accelerate's FSDP auto-wrap uses) and one for the rest at the root (embeddings,
+    final norm, LM head). Parameters become DTensors sharded on dim 0: each process keeps
+    1/world of the weights, gradients and optimizer state, and a unit's full weights exist only
+    while it runs (forward), or from its forward to its backward. FSDP: Zhao et al.,
+    arXiv:2304.11277; FSDP2 is the per-parameter DTensor rewrite in torch.distributed.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    block_names = set(getattr(model, "_no_split_modules", None) or ())
+    blocks = [m for m in model.modules() if type(m).__name__ in block_names]
+    if not blocks:
+        raise ValueError(f"{type(model).__name__} lists no _no_split_modules, so its transformer blocks are "
+                         "unknown: set fsdp=False (data parallel) for this model")
+    for block in blocks:
+        fully_shard(block)
+    fully_shard(model)

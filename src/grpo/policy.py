@@ -129,7 +129,9 @@ def completion_logprobs(
     """
     decoder, weight = _backbone_and_head(model)
     hidden_BTH = None
-    if share_prompts and not getattr(decoder, "gradient_checkpointing", False):
+    if is_sharded(model):
+        hidden_BTH, weight = _sharded_forward(model, decoder, batch)
+    elif share_prompts and not getattr(decoder, "gradient_checkpointing", False):
         hidden_BTH = _shared_prompt_hidden(decoder, batch)
     if hidden_BTH is None:
         position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -143,6 +145,36 @@ def completion_logprobs(
     return token_logprobs_and_entropy(hidden_BTH, weight.to(hidden_BTH.dtype), targets,
                                       temperature=temperature, chunk_size=chunk_size,
                                       with_entropy=with_entropy)
+
+
+def is_sharded(model: torch.nn.Module) -> bool:
+    """True for an FSDP2-sharded model (``grpo.models.shard_model``)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, batch: RolloutBatch):
+    """(hidden states ``[B, T, H]``, LM-head weight ``[V, H]``) of an FSDP2-sharded model.
+
+    The root module must run (its hooks gather the embeddings, final norm and LM head, and
+    arrange their gradient reduction), so the whole model is called, with ``logits_to_keep``
+    an empty index: no logits are made, the decoder's output is caught by a hook. The root
+    keeps its weights gathered from forward to backward, so the head weight read afterwards is
+    the full tensor that backward will reduce-scatter."""
+    caught: dict[str, torch.Tensor] = {}
+    hook = decoder.register_forward_hook(lambda mod, args, out: caught.update(h=out.last_hidden_state))
+    try:
+        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+              position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
+              logits_to_keep=torch.empty(0, dtype=torch.long, device=batch.input_ids.device))
+    finally:
+        hook.remove()
+    weight = model.get_output_embeddings().weight
+    if hasattr(weight, "full_tensor"):  # still sharded (not expected): gather it, differentiably
+        weight = weight.full_tensor()
+    t = batch.completion_ids.shape[1]
+    return caught["h"][:, batch.prompt_len - 1:batch.prompt_len - 1 + t], weight
 
 
 def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor | None:

@@ -40,6 +40,7 @@ class RunLogger:
         if not is_main:
             return
         self.dir.mkdir(parents=True, exist_ok=True)
+        self._trim_logs(start_step)
         if self.accelerator is not None:
             self.accelerator.init_trackers("grpo", config=dict(config or {}))
         if progress_bar:
@@ -48,6 +49,22 @@ class RunLogger:
             self._bar = tqdm(total=total_steps, initial=start_step, desc="GRPO", unit="step",
                              dynamic_ncols=True)
         self._t0 = time.perf_counter()
+
+    LOGS = ("metrics.jsonl", "completions.jsonl", "eval.jsonl")
+
+    def _trim_logs(self, start_step: int) -> None:
+        """Keep only records up to ``start_step``: a fresh run (0) starts empty files, and a run
+        resumed from a checkpoint drops what the interrupted run logged after it, so the logs
+        never mix two runs or repeat a step."""
+        for name in self.LOGS:
+            path = self.dir / name
+            if not path.exists():
+                continue
+            kept = [line for line in path.read_text().splitlines()
+                    if start_step and line.strip() and json.loads(line).get("step", 0) <= start_step]
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text("".join(line + "\n" for line in kept))
+            tmp.replace(path)
 
     def _append(self, name: str, record: Mapping[str, Any]) -> None:
         with open(self.dir / name, "a") as f:

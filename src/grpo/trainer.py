@@ -20,6 +20,7 @@ import copy
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -29,13 +30,13 @@ from typing import Any
 import torch
 
 from grpo.advantages import compute_group_advantages
-from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from grpo.checkpoint import full_model_state, load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.data import PromptSampler, get_rows, reward_columns
 from grpo.evaluation import evaluate
 from grpo.loss import policy_loss
 from grpo.metrics import StatAccumulator, advantage_metrics, completion_metrics, reward_metrics
-from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler
+from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler, shard_model
 from grpo.policy import RolloutBatch, all_reduce_grads, collate_rollouts, completion_logprobs, reference_model
 from grpo.rewards import CombinedReward, Reward, RewardBreakdown
 from grpo.rollout import SamplingConfig
@@ -88,6 +89,12 @@ class GRPOTrainer:
         mb = cfg.minibatch_size or cfg.derived().completions_per_step
         if mb % world:
             raise ValueError(f"minibatch_size={mb} must be divisible by the number of processes ({world})")
+        if cfg.fsdp and peft_config is not None:
+            raise ValueError("fsdp=True with a peft_config is not supported: LoRA adapters are small, train them "
+                             "data parallel (fsdp=False)")
+        if cfg.fsdp and world == 1:
+            warnings.warn("fsdp=True with one process: nothing to shard over, training unsharded "
+                          "(launch with torchrun --nproc_per_node N)", stacklevel=2)
         set_seed(cfg.seed)
         if not reward_funcs:
             raise ValueError("reward_funcs is empty: give at least one reward function")
@@ -111,6 +118,11 @@ class GRPOTrainer:
         self.ref_model = None
         if cfg.beta > 0 and not hasattr(self.model, "disable_adapter"):
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self.sharded = cfg.fsdp and world > 1
+        if self.sharded:
+            for m in (self.model, self.ref_model):
+                if m is not None:
+                    shard_model(m)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer, self.scheduler = make_optimizer_and_scheduler(self.params, cfg)
         self.generator = generator or make_generator(cfg, self.model, self.tokenizer, self.model_path)
@@ -266,6 +278,8 @@ class GRPOTrainer:
                 # same set of completions whatever the number of processes.
                 minibatch = torch.arange(j, len(batch), n_mb)
                 normalizer = self._normalizer(batch, minibatch)
+                if self.sharded:  # FSDP averages gradients over processes; the loss wants their sum
+                    normalizer /= self.accelerator.num_processes
                 total = 0.0
                 for s in range(0, len(minibatch), micro):
                     idx = minibatch[s:s + micro]
@@ -295,9 +309,12 @@ class GRPOTrainer:
                             gap.add({"rollout/logprob_gap": diff.mean().item(),
                                      "rollout/logprob_gap_max": diff.max().item()}, diff.numel())
                     stats.add(m, n_tok)
-                all_reduce_grads(self.params)
+                if not self.sharded:  # FSDP has reduce-scattered them already
+                    all_reduce_grads(self.params)
                 grad_norm = torch.nn.utils.clip_grad_norm_(
                     self.params, cfg.max_grad_norm if cfg.max_grad_norm else math.inf)
+                if hasattr(grad_norm, "full_tensor"):  # a DTensor when sharded
+                    grad_norm = grad_norm.full_tensor()
                 self.optimizer.step()
                 self.scheduler.step()
                 self.optimizer.zero_grad(set_to_none=True)
@@ -337,25 +354,28 @@ class GRPOTrainer:
         cfg = self.config
         n = len(self.eval_dataset) if cfg.eval_max_prompts is None else min(cfg.eval_max_prompts, len(self.eval_dataset))
         result: dict[str, float] = {}
-        if self.accelerator.is_main_process:
+        # A sharded model's forward is a collective: then every process generates (the same rows).
+        if self.accelerator.is_main_process or self.sharded:
             self.model.eval()
             rows = get_rows(self.eval_dataset, range(n), self.prompt_key)
             result = evaluate(self.generator, rows, self.reward, accuracy=self.accuracy_name,
                               format_name=self.format_name, k=cfg.eval_samples,
                               sampling=self._sampling(cfg.seed + 12345), prompt_key=self.prompt_key)
+            self.model.train()
         self.accelerator.wait_for_everyone()
-        return result
+        return result if self.accelerator.is_main_process else {}
 
     # ------------------------------------------------------------------------------ state
     def save_checkpoint(self) -> Path:
         return save_checkpoint(self.config.output_dir, self.step, model=self.model, optimizer=self.optimizer,
                                scheduler=self.scheduler, trainer_state={"sampler": self.sampler.state_dict()},
                                rank=self.accelerator.process_index, is_main=self.accelerator.is_main_process,
-                               keep=self.config.save_total_limit, barrier=self.accelerator.wait_for_everyone)
+                               keep=self.config.save_total_limit, barrier=self.accelerator.wait_for_everyone,
+                               sharded=self.sharded)
 
     def _resume(self, path: Path) -> None:
         state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                rank=self.accelerator.process_index)
+                                rank=self.accelerator.process_index, sharded=self.sharded)
         self.step = int(state["step"])
         self.sampler.load_state_dict(state["sampler"])
         self.generator.sync_weights(self.model)
@@ -363,12 +383,13 @@ class GRPOTrainer:
     def save_model(self, path: str | Path) -> None:
         """The trained model in HF format (LoRA merged if ``merge_lora_on_save``) and its tokenizer."""
         self.accelerator.wait_for_everyone()
+        state = full_model_state(self.model) if self.sharded else None  # a collective: every process
         if not self.accelerator.is_main_process:
             return
         model = self.model
         if hasattr(model, "merge_and_unload") and self.config.merge_lora_on_save:
             model = copy.deepcopy(model).merge_and_unload()
-        model.save_pretrained(path)
+        model.save_pretrained(path, state_dict=state)
         self.tokenizer.save_pretrained(path)
 
     def close(self) -> None:

@@ -122,14 +122,19 @@ class HFGenerator:
             wrapped by DDP / accelerate); generation runs in eval mode, the mode is restored.
         tokenizer: its tokenizer (chat template for message prompts, eos, decoding).
         max_batch_size: most sequences (prompts x n) per ``generate`` call; None = all at once.
+        synced_gpus: keep every process stepping until all are done (transformers'
+            ``synced_gpus``), for sharded (FSDP) models whose forward is a collective. Every
+            process must then call ``generate`` as often, with as many rows.
     """
 
-    def __init__(self, model: nn.Module, tokenizer, *, max_batch_size: int | None = None):
+    def __init__(self, model: nn.Module, tokenizer, *, max_batch_size: int | None = None,
+                 synced_gpus: bool = False):
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
+        self.synced_gpus = synced_gpus
         self._closed = False
 
     # -- Generator protocol ------------------------------------------------------------------
@@ -216,6 +221,7 @@ class HFGenerator:
                 generation_config=config,
                 logits_processor=processors,
                 tokenizer=self.tokenizer if sampling.stop else None,
+                synced_gpus=self.synced_gpus,
             )
         sampled_BT = out.sequences[:, width:].cpu()
         logp_BT = recorder.result(out.sequences[:, -1]).cpu()
