@@ -186,6 +186,29 @@ def test_seeded_rows_do_not_depend_on_their_batch(tiny):
     assert len({tuple(r.completion_ids) for r in together[:3]}) > 1  # a group's samples differ
 
 
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_shared_prompt_prefill_gives_the_same_rollouts(tiny, temperature):
+    """Each distinct prompt prefilled once, its cache copied to its n rows: the same tokens and
+    log-probs as prefilling every row, and the model's first call really sees 3 rows, not 9."""
+    model, tok = tiny
+    s = SamplingConfig(max_tokens=8, seed=4, temperature=temperature)
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
+    try:
+        shared = HFGenerator(model, tok).generate(PROMPTS, 3, s)
+        first_shared = calls[0]
+        calls.clear()
+        plain = HFGenerator(model, tok, share_prompt_prefill=False).generate(PROMPTS, 3, s)
+        first_plain = calls[0]
+    finally:
+        hook.remove()
+    assert first_shared[0] == 3 and first_plain[0] == 9
+    assert first_shared[1] == first_plain[1] - 1  # all but the last prompt column
+    assert [r.completion_ids for r in shared] == [r.completion_ids for r in plain]
+    for a, b in zip(shared, plain):
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=ATOL)
+
+
 def test_max_batch_size_chunks_the_same_rows(tiny):
     s = SamplingConfig(max_tokens=5, seed=3, temperature=0)  # greedy: batching cannot matter
     whole = HFGenerator(*tiny).generate(PROMPTS, 2, s)

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from transformers import AutoModelForCausalLM
 
 from grpo import GRPOConfig, GRPOTrainer

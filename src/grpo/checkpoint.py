@@ -130,7 +130,10 @@ def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int = 0,
 
 def _load_sharded(path: Path, model, optimizer, rank: int) -> None:
     """Process 0 reads the full tensors and broadcasts them; each process keeps its shards."""
-    from torch.distributed.checkpoint.state_dict import set_model_state_dict, set_optimizer_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        set_model_state_dict,
+        set_optimizer_state_dict,
+    )
 
     weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True) if rank == 0 else {}
     optim = torch.load(path / "optimizer_full.pt", map_location="cpu", weights_only=False) if rank == 0 else {}

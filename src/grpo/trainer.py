@@ -37,7 +37,13 @@ from grpo.evaluation import evaluate
 from grpo.loss import policy_loss
 from grpo.metrics import StatAccumulator, advantage_metrics, completion_metrics, reward_metrics
 from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler, shard_model
-from grpo.policy import RolloutBatch, all_reduce_grads, collate_rollouts, completion_logprobs, reference_model
+from grpo.policy import (
+    RolloutBatch,
+    all_reduce_grads,
+    collate_rollouts,
+    completion_logprobs,
+    reference_model,
+)
 from grpo.rewards import CombinedReward, Reward, RewardBreakdown
 from grpo.rollout import SamplingConfig
 from grpo.tracking import RunLogger

@@ -125,16 +125,20 @@ class HFGenerator:
         synced_gpus: keep every process stepping until all are done (transformers'
             ``synced_gpus``), for sharded (FSDP) models whose forward is a collective. Every
             process must then call ``generate`` as often, with as many rows.
+        share_prompt_prefill: run each distinct prompt's prefill once and copy its key/value
+            cache to its ``n`` rows (vLLM's prefix caching does the same); rows then differ only
+            by float rounding from separately prefilled ones. Not with ``synced_gpus``.
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, max_batch_size: int | None = None,
-                 synced_gpus: bool = False):
+                 synced_gpus: bool = False, share_prompt_prefill: bool = True):
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
         self.model = model
         self.tokenizer = tokenizer
         self.max_batch_size = max_batch_size
         self.synced_gpus = synced_gpus
+        self.share_prompt_prefill = share_prompt_prefill and not synced_gpus
         self._closed = False
 
     # -- Generator protocol ------------------------------------------------------------------
@@ -214,10 +218,13 @@ class HFGenerator:
         if not sampling.greedy:
             processors.append(_RowSampler(_row_generators(sampling.seed, rows, n, device)))
         processors = LogitsProcessorList(processors)
+        input_ids_BL, mask_BL = input_ids_BL.to(device), mask_BL.to(device)
+        cache = _shared_prefill(model, input_ids_BL, mask_BL, rows) if self.share_prompt_prefill else None
         with _without_model_generation_defaults(model):
             out = model.generate(
-                input_ids=input_ids_BL.to(device),
-                attention_mask=mask_BL.to(device),
+                input_ids=input_ids_BL,
+                attention_mask=mask_BL,
+                past_key_values=cache,
                 generation_config=config,
                 logits_processor=processors,
                 tokenizer=self.tokenizer if sampling.stop else None,
@@ -235,6 +242,27 @@ class HFGenerator:
                 prompt_index=p, sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limit,
             ))
         return rollouts
+
+
+@torch.no_grad()
+def _shared_prefill(model: nn.Module, input_ids_BL: torch.Tensor, mask_BL: torch.Tensor,
+                    rows: Sequence[tuple[int, int]]):
+    """Key/value cache of every row's prompt but its last token, each distinct prompt computed
+    once (``generate`` then runs that last token itself, so the first sampled token's scores go
+    through the logits processors as usual). None when no prompt repeats."""
+    prompt_B = torch.tensor([p for p, _ in rows])
+    unique_U, row_to_unique_B = torch.unique(prompt_B, return_inverse=True)
+    if len(unique_U) == len(rows) or input_ids_BL.shape[1] < 2:
+        return None
+    first_row_U = torch.stack([(prompt_B == p).nonzero()[0, 0] for p in unique_U])
+    ids_UL, mask_UL = input_ids_BL[first_row_U, :-1], mask_BL[first_row_U, :-1]
+    positions_UL = (mask_UL.cumsum(-1) - 1).masked_fill(mask_UL == 0, 1)  # generate's convention
+    cache = model(input_ids=ids_UL, attention_mask=mask_UL, position_ids=positions_UL,
+                  use_cache=True).past_key_values
+    if cache is None:
+        return None
+    cache.reorder_cache(row_to_unique_B.to(input_ids_BL.device))
+    return cache
 
 
 @contextmanager
