@@ -174,17 +174,25 @@ def test_trl_style_function_rewards_work(tiny_dir, tmp_path):
     assert last["reward/length_reward/mean"] > 0
 
 
+def _one_process(script, *args):
+    return subprocess.run([sys.executable, str(script), *map(str, args)], capture_output=True, text=True,
+                          timeout=300)
+
+
+def _torchrun(script, *args, port):
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", str(port), str(script), *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+
+
 @pytest.mark.distributed
 def test_two_processes_match_one(tiny_dir, tmp_path):
     """2 gloo processes with the same global batch: same weights on both ranks, and the same as
     one process (rollouts are seeded per prompt, gradients summed with global normalisers)."""
     script = ROOT / "tests" / "dist_train.py"
-    one = subprocess.run([sys.executable, str(script), str(tiny_dir), str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=300)
+    one = _one_process(script, tiny_dir, tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
-    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", "29517", str(script), str(tiny_dir), str(tmp_path / "two")],
-                         capture_output=True, text=True, timeout=300)
+    two = _torchrun(script, tiny_dir, tmp_path / "two", port=29517)
     assert two.returncode == 0, two.stderr[-3000:]
     w1 = torch.load(tmp_path / "one" / "weights_rank0.pt")
     w2a = torch.load(tmp_path / "two" / "weights_rank0.pt")
@@ -197,11 +205,6 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
     assert moved
 
 
-def _torchrun(script, *args, port):
-    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", str(port), str(script), *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-
 
 @pytest.mark.distributed
 def test_fsdp2_two_processes_match_one_and_resume_exactly(tiny_dir, tmp_path):
@@ -210,8 +213,7 @@ def test_fsdp2_two_processes_match_one_and_resume_exactly(tiny_dir, tmp_path):
     and a run stopped at a step-2 checkpoint and resumed ends bit-identical to the uninterrupted
     sharded run (gathered checkpoint, broadcast on load)."""
     script = ROOT / "tests" / "dist_train.py"
-    one = subprocess.run([sys.executable, str(script), str(tiny_dir), str(tmp_path / "one")],
-                         capture_output=True, text=True, timeout=300)
+    one = _one_process(script, tiny_dir, tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]
     two = _torchrun(script, tiny_dir, tmp_path / "two", "--fsdp", port=29518)
     assert two.returncode == 0, two.stderr[-3000:]

@@ -128,19 +128,18 @@ def completion_logprobs(
     only when the decoder can return a cache under autograd (not with gradient checkpointing).
     """
     decoder, weight = _backbone_and_head(model)
+    sharded = is_sharded(model)
     hidden_BTH = None
-    if is_sharded(model):
-        hidden_BTH, weight = _sharded_forward(model, decoder, batch)
-    elif share_prompts and not getattr(decoder, "gradient_checkpointing", False):
+    if share_prompts and not sharded and not getattr(decoder, "gradient_checkpointing", False):
         hidden_BTH = _shared_prompt_hidden(decoder, batch)
     if hidden_BTH is None:
-        position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        hidden = decoder(
-            input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=position_ids,
-            use_cache=False,
-        ).last_hidden_state  # [B, L, H]
+        if sharded:
+            hidden_BLH, weight = _sharded_forward(model, decoder, batch)
+        else:
+            hidden_BLH = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                                 position_ids=_position_ids(batch.attention_mask), use_cache=False).last_hidden_state
         t = batch.completion_ids.shape[1]
-        hidden_BTH = hidden[:, batch.prompt_len - 1:batch.prompt_len - 1 + t]
+        hidden_BTH = hidden_BLH[:, batch.prompt_len - 1:batch.prompt_len - 1 + t]  # column p-1+t predicts token t
     targets = batch.completion_ids.masked_fill(~batch.completion_mask, 0)
     return token_logprobs_and_entropy(hidden_BTH, weight.to(hidden_BTH.dtype), targets,
                                       temperature=temperature, chunk_size=chunk_size,
@@ -154,8 +153,13 @@ def is_sharded(model: torch.nn.Module) -> bool:
     return isinstance(model, FSDPModule)
 
 
+def _position_ids(mask: torch.Tensor) -> torch.Tensor:
+    """Positions counting only real tokens (left padding does not shift them), 0 at padding."""
+    return (mask.cumsum(-1) - 1).clamp(min=0)
+
+
 def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, batch: RolloutBatch):
-    """(hidden states ``[B, T, H]``, LM-head weight ``[V, H]``) of an FSDP2-sharded model.
+    """(last hidden states ``[B, L, H]``, LM-head weight ``[V, H]``) of an FSDP2-sharded model.
 
     The root module must run (its hooks gather the embeddings, final norm and LM head, and
     arrange their gradient reduction), so the whole model is called, with ``logits_to_keep``
@@ -166,15 +170,14 @@ def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, batch: Ro
     hook = decoder.register_forward_hook(lambda mod, args, out: caught.update(h=out.last_hidden_state))
     try:
         model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-              position_ids=(batch.attention_mask.cumsum(-1) - 1).clamp(min=0), use_cache=False,
+              position_ids=_position_ids(batch.attention_mask), use_cache=False,
               logits_to_keep=torch.empty(0, dtype=torch.long, device=batch.input_ids.device))
     finally:
         hook.remove()
     weight = model.get_output_embeddings().weight
     if hasattr(weight, "full_tensor"):  # still sharded (not expected): gather it, differentiably
         weight = weight.full_tensor()
-    t = batch.completion_ids.shape[1]
-    return caught["h"][:, batch.prompt_len - 1:batch.prompt_len - 1 + t], weight
+    return caught["h"], weight
 
 
 def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor | None:
@@ -187,7 +190,7 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torc
         return None
     ids_UP, mask_UP = unique_UK[:, :p], unique_UK[:, p:]
     prompt = decoder(input_ids=ids_UP, attention_mask=mask_UP,
-                     position_ids=(mask_UP.cumsum(-1) - 1).clamp(min=0), use_cache=True)
+                     position_ids=_position_ids(mask_UP), use_cache=True)
     cache = prompt.past_key_values
     if cache is None:  # a decoder without a cache
         return None
@@ -195,10 +198,9 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torc
     if t == 1:
         return first_BH[:, None]
     cache.reorder_cache(row_to_prompt_B)  # [U, ...] -> [B, ...]: each row gets its prompt's keys/values
-    position_ids = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
     rest = decoder(  # completion tokens 0..T-2 predict tokens 1..T-1
         input_ids=batch.input_ids[:, p:p + t - 1], attention_mask=batch.attention_mask[:, :p + t - 1],
-        position_ids=position_ids[:, p:p + t - 1], past_key_values=cache, use_cache=True,
+        position_ids=_position_ids(batch.attention_mask)[:, p:p + t - 1], past_key_values=cache, use_cache=True,
     ).last_hidden_state  # [B, T-1, H]
     return torch.cat([first_BH[:, None], rest], dim=1)
 
