@@ -8,7 +8,8 @@ import torch
 
 from grpo.config import GRPOConfig
 from grpo.data import PromptSampler, reward_columns
-from grpo.policy import collate_rollouts, completion_logprobs
+from grpo.batch import collate_rollouts
+from grpo.policy import completion_logprobs
 from grpo.textstats import has_reflection, is_language_mixed
 
 
@@ -79,6 +80,7 @@ class _R:  # the fields of grpo.rollout.Rollout that collation reads
     prompt_ids: list
     completion_ids: list
     logprobs: list
+    prompt_index: int = 0
 
 
 def test_collate_layout_by_hand():

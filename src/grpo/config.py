@@ -63,9 +63,18 @@ class GRPOConfig(BaseModel):
     vllm_server_port: int = Field(8000, description="Port of `trl vllm-serve` (rollout=vllm_server).")
 
     # ---------------------------------------------------------------- advantages and loss
-    advantage_scale: Literal["group", "batch", "none"] = Field(
-        "group", description="group: GRPO std; batch: batch std; none: Dr. GRPO.")
-    leave_one_out: bool = Field(False, description="RLOO baseline (mean of the other G-1 rewards).")
+    advantage_estimator: str = Field(
+        "grpo", description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
+                            "dr_grpo (no std), rloo (leave-one-out baseline), or one you registered.")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2): drop groups whose rewards have no "
+                           "spread and sample more prompts until the step has prompts_per_step groups with "
+                           "signal, or dynamic_sampling_max_rounds generation rounds were made.")
+    dynamic_sampling_max_rounds: int = Field(
+        4, ge=1, description="Cap on generation rounds per step with dynamic_sampling (each round samples "
+                             "prompts_per_step prompts); at the cap the step trains on the groups it has.")
+    dynamic_sampling_tol: float = Field(
+        1e-6, ge=0, description="A group has signal when max - min of its scorable rewards exceeds this.")
     beta: float = Field(0.001, ge=0, description="KL coefficient (R1: 0.001). 0 loads no reference model.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (k3: DeepSeekMath eq. 4).")
     eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip: ratio >= 1 - eps_low.")
@@ -77,6 +86,9 @@ class GRPOConfig(BaseModel):
     use_tis: bool = Field(False, description="Truncated importance sampling against the rollout engine's log-probs.")
     is_cap: float = Field(2.0, gt=0, description="TIS truncation C.")
     reward_weights: list[float] | None = Field(None, description="Weight per reward function (default: all 1).")
+    reward_failure_patience: int = Field(
+        3, ge=1, description="Stop the run when one reward fails (error / unscorable) on every item for this many "
+                             "consecutive steps, naming it and its first reason.")
 
     # ---------------------------------------------------------------- optimisation
     learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
@@ -100,7 +112,8 @@ class GRPOConfig(BaseModel):
                            "(one unit per transformer block), for models too large to replicate. Needs >= 2 "
                            "processes; not with peft_config.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Model dtype: auto = bfloat16 on CUDA when supported, else float32.")
+        "auto", description="auto: float32 weights with bfloat16 autocast on a CUDA GPU that supports it, float32 "
+                "on CPU; float32 / bfloat16 / float16: weights (and so compute) in that dtype.")
 
     # ---------------------------------------------------------------- evaluation, logging, checkpoints
     eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at start and end if eval data).")
@@ -119,16 +132,25 @@ class GRPOConfig(BaseModel):
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
+        from grpo.advantages import ADVANTAGE_ESTIMATORS
+
         n = self.prompts_per_step * self.num_generations
         mb = self.minibatch_size or n
+        mb_text = (f"minibatch_size={mb}" if self.minibatch_size else
+                   f"minibatch_size (unset: the whole step, prompts_per_step x num_generations = {mb})")
         if n % mb:
             raise ValueError(
-                f"minibatch_size={mb} must divide prompts_per_step x num_generations = "
+                f"{mb_text} must divide prompts_per_step x num_generations = "
                 f"{self.prompts_per_step} x {self.num_generations} = {n}; choose a divisor of {n}.")
         if mb % self.micro_batch_size and mb > self.micro_batch_size:
+            divisors = [d for d in range(1, mb + 1) if mb % d == 0 and d <= 64]
             raise ValueError(
-                f"micro_batch_size={self.micro_batch_size} must divide minibatch_size={mb}; "
-                f"choose a divisor of {mb}.")
+                f"micro_batch_size={self.micro_batch_size} must divide {mb_text}; set micro_batch_size to one "
+                f"of {divisors}, or change prompts_per_step / num_generations.")
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+            raise ValueError(
+                f"advantage_estimator={self.advantage_estimator!r} is not registered; choose one of "
+                f"{sorted(ADVANTAGE_ESTIMATORS)} or add yours with grpo.advantages.register_advantage_estimator.")
         if self.reward_weights is not None and not self.reward_weights:
             raise ValueError("reward_weights is empty; give one weight per reward function or None.")
         if self.use_tis and self.rollout == "hf":
