@@ -100,7 +100,9 @@ class GRPOConfig(BaseModel):
     num_iterations: int = Field(1, ge=1, description="mu: optimisation passes over each step's rollouts.")
     minibatch_size: int | None = Field(
         None, ge=1, description="Completions per optimizer step (default: the whole step's batch, fully on-policy).")
-    micro_batch_size: int = Field(8, ge=1, description="Completions per forward/backward (gradient accumulation).")
+    micro_batch_size: int = Field(
+        8, ge=1, description="Completions per forward/backward (gradient accumulation; a memory knob: the update "
+                             "does not depend on it, and it need not divide the minibatch).")
     logprob_chunk_size: int | None = Field(None, ge=1, description="Rows per chunk in grpo.logprobs (None = auto).")
     share_prompt_forward: bool = Field(
         True, description="Run each distinct prompt of a micro-batch once and give its key/value cache to its "
@@ -142,11 +144,6 @@ class GRPOConfig(BaseModel):
             raise ValueError(
                 f"{mb_text} must divide prompts_per_step x num_generations = "
                 f"{self.prompts_per_step} x {self.num_generations} = {n}; choose a divisor of {n}.")
-        if mb % self.micro_batch_size and mb > self.micro_batch_size:
-            divisors = [d for d in range(1, mb + 1) if mb % d == 0 and d <= 64]
-            raise ValueError(
-                f"micro_batch_size={self.micro_batch_size} must divide {mb_text}; set micro_batch_size to one "
-                f"of {divisors}, or change prompts_per_step / num_generations.")
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
                 f"advantage_estimator={self.advantage_estimator!r} is not registered; choose one of "
@@ -167,7 +164,7 @@ class GRPOConfig(BaseModel):
             completions_per_step=n,
             minibatches_per_step=n // mb,
             optimizer_steps_per_step=(n // mb) * self.num_iterations,
-            micro_batches_per_minibatch=max(1, mb // self.micro_batch_size),
+            micro_batches_per_minibatch=-(-mb // self.micro_batch_size),  # the last may be smaller
         )
 
     # -------------------------------------------------------------------------------- YAML

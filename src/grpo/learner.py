@@ -17,6 +17,7 @@ It knows nothing about generation or rewards: any source of scored batches can f
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -82,6 +83,7 @@ class Learner:
         n_mb = cfg.derived().minibatches_per_step
         stats, gap = StatAccumulator(), StatAccumulator()
         losses, norms, skipped = [], [], 0
+        tokens = int(batch.loss_mask.sum()) if batch is not None else 0
         for it in range(cfg.num_iterations):
             for j in range(n_mb):
                 rows = (global_index % n_mb == j).nonzero().squeeze(1) if batch is not None else global_index
@@ -102,9 +104,12 @@ class Learner:
                     losses.append(total)
                 else:  # no trainable token in this minibatch on any process: nothing to step on
                     skipped += 1
-                self.scheduler.step()  # the schedule follows optimizer steps as planned
+                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" when skipped
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()  # the schedule follows optimizer steps as planned
                 self.optimizer.zero_grad(set_to_none=True)
-        out = {**stats.result(), **gap.result(), "train/skipped_minibatches": float(skipped)}
+        out = {**stats.result(), **gap.result(), "train/skipped_minibatches": float(skipped),
+               "train/tokens": float(tokens), "train/sequences": float(0 if batch is None else len(batch))}
         if losses:
             out["loss/loss"] = sum(losses) / len(losses)
             out["optim/grad_norm"] = sum(norms) / len(norms)

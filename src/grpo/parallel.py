@@ -37,7 +37,7 @@ def _dist_ready() -> bool:
 
 def metric_reduction(key: str) -> str:
     """How a step metric combines over processes: "sum" for a process's share of a global
-    quantity (``loss/loss``), "min"/"max" for extremes (a last name part starting with, or a
+    quantity (``loss/loss``, ``train/tokens``), "min"/"max" for extremes (a last name part starting with, or a
     key ending in, min/max), "mean" otherwise (per-process means of equal-sized shares)."""
     last = key.rsplit("/", 1)[-1]
     if key in SUMMED_METRICS:
@@ -49,7 +49,8 @@ def metric_reduction(key: str) -> str:
     return "mean"
 
 
-SUMMED_METRICS = frozenset({"loss/loss"})
+SUMMED_METRICS = frozenset({"loss/loss", "train/tokens", "train/sequences"})
+TOKEN_WEIGHTED_PREFIXES = ("loss/", "policy/", "rollout/")
 
 
 class Parallelism:
@@ -104,15 +105,38 @@ class Parallelism:
         return tensor if self.world == 1 else self.accelerator.gather(tensor)
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
-        """Each metric reduced by its kind (:func:`metric_reduction`); every process must call."""
+        """Each metric reduced by its kind (:func:`metric_reduction`); every process must call.
+
+        A process may lack a key another has (it trained on no completion this step): the key is
+        reduced over the processes that have it. Token-weighted means (``loss/*``,
+        ``policy/*``, ``rollout/*``) are weighted by each process's ``train/tokens``."""
         if self.world == 1:
             return metrics
-        keys = sorted(metrics)
-        t = torch.tensor([metrics[k] for k in keys], dtype=torch.float64, device=self.device)
+        import torch.distributed as dist
+
+        key_lists: list[list[str]] = [[] for _ in range(self.world)]
+        dist.all_gather_object(key_lists, sorted(metrics))
+        keys = sorted(set().union(*key_lists))
+        t = torch.tensor([metrics.get(k, math.nan) for k in keys], dtype=torch.float64, device=self.device)
         per_rank_WK = self.accelerator.gather(t[None]).view(self.world, -1).cpu()
-        ops = {"sum": per_rank_WK.sum(0), "mean": per_rank_WK.mean(0),
-               "min": per_rank_WK.amin(0), "max": per_rank_WK.amax(0)}
-        return {k: ops[metric_reduction(k)][i].item() for i, k in enumerate(keys)}
+        present_WK = ~torch.isnan(per_rank_WK)
+        zeroed_WK = torch.where(present_WK, per_rank_WK, torch.zeros_like(per_rank_WK))
+        tokens_W = zeroed_WK[:, keys.index("train/tokens")] if "train/tokens" in keys else torch.ones(self.world)
+        out = {}
+        for i, k in enumerate(keys):
+            col, have = per_rank_WK[:, i][present_WK[:, i]], present_WK[:, i]
+            op = metric_reduction(k)
+            if op == "sum":
+                out[k] = col.sum().item()
+            elif op == "min":
+                out[k] = col.min().item()
+            elif op == "max":
+                out[k] = col.max().item()
+            elif k.startswith(TOKEN_WEIGHTED_PREFIXES) and tokens_W[have].sum() > 0:
+                out[k] = (zeroed_WK[:, i] * tokens_W * have).sum().item() / tokens_W[have].sum().item()
+            else:
+                out[k] = col.mean().item()
+        return out
 
     def barrier(self) -> None:
         self.accelerator.wait_for_everyone()
