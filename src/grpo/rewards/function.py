@@ -68,7 +68,7 @@ class FunctionReward(Reward):
         inner = fn
         while isinstance(inner, functools.partial):
             inner = inner.func
-        super().__init__(name=name or getattr(inner, "__name__", type(inner).__name__),
+        super().__init__(name=name if name is not None else getattr(inner, "__name__", type(inner).__name__),
                          time_limit=time_limit, applies_to=applies_to)
         self.fn = fn
         self.extras = tuple(k for k in GRPO_KEYWORDS if k in _named_parameters(fn))
