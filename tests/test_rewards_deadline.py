@@ -96,7 +96,8 @@ def test_abandoned_threads_are_bounded_per_reward():
     t = time.monotonic()
     (res,) = r.evaluate(completions=["a"])  # not even started: answered at once
     assert time.monotonic() - t < 0.05
-    assert res.status == TIMEOUT and res.reason.startswith(f"not run: {MAX_ABANDONED} earlier calls")
+    assert res.status == TIMEOUT
+    assert res.reason.startswith(f"not run: {MAX_ABANDONED} earlier calls")
     gate.set()  # the stuck calls return; their late results are dropped
     deadline = time.monotonic() + 5
     while live_abandoned("stuck") and time.monotonic() < deadline:

@@ -51,8 +51,10 @@ def one_short(completions, **kwargs):
 @pytest.mark.parametrize("fn, says", [
     (raises, "reward function 'raises' raised ZeroDivisionError: float division by zero"),
     (returns_text, "reward function 'returns_text' returned '1.0' (str) instead of a list"),
-    (forgets_to_return, "reward function 'forgets_to_return' returned None (NoneType) instead of a list"),
-    (returns_a_dict, "reward function 'returns_a_dict' returned {'score': 1.0} (dict) instead of a list"),
+    (forgets_to_return,
+     "reward function 'forgets_to_return' returned None (NoneType) instead of a list"),
+    (returns_a_dict,
+     "reward function 'returns_a_dict' returned {'score': 1.0} (dict) instead of a list"),
     (one_short, "reward function 'one_short' returned 2 values for 3 completions"),
 ])
 def test_a_whole_batch_failure_is_an_error_on_every_item_naming_the_function(fn, says):
@@ -92,7 +94,7 @@ def test_a_reward_whose_batch_scoring_raises_is_an_error_not_a_crash():
 def test_monitor_stops_a_run_whose_dataset_lacks_the_gold_answer_column():
     combo = CombinedReward([MathReward(parallel=False), FormatReward()])
     monitor = RewardMonitor(patience=3)
-    rows = dict(completions=[GOOD] * 4, solution=["4"] * 4)  # the column is "solution", not "answer"
+    rows = dict(completions=[GOOD] * 4, solution=["4"] * 4)  # "solution", not "answer"
     monitor.update(combo.evaluate_all(**rows))
     monitor.update(combo.evaluate_all(**rows))
     with pytest.raises(RewardFailure) as info:
@@ -112,7 +114,8 @@ def test_monitor_counts_only_steps_where_nothing_that_applies_scored():
     monitor = RewardMonitor(patience=2)
 
     def step(*kinds):
-        return monitor.observe(combo.evaluate_all(completions=[GOOD] * len(kinds), kind=list(kinds)))
+        out = combo.evaluate_all(completions=[GOOD] * len(kinds), kind=list(kinds))
+        return monitor.observe(out)
 
     assert step("bad", "none") is None  # 1 failing step
     assert step("none", "none") is None  # applied to nothing: neither counts nor resets
@@ -163,7 +166,8 @@ def test_metrics_per_status_hand_computed_and_item_record():
     assert m["reward/total/frac/ok"] == 0.5 and m["reward/total/frac/unscorable"] == 0.5
     rec = out.item_record(2)
     assert rec["reward"] is None and rec["reward_status"] == UNSCORABLE
-    assert rec["rewards"]["mixed"]["status"] == ERROR and "returned 'x'" in rec["rewards"]["mixed"]["reason"]
+    mixed = rec["rewards"]["mixed"]
+    assert mixed["status"] == ERROR and "returned 'x'" in mixed["reason"]
     assert out.item_record(0) == {"reward": 1.0, "reward_status": OK,
                                   "rewards": {"mixed": {"value": 1.0, "status": OK}}}
     assert out.item_record(1)["rewards"]["mixed"]["status"] == NOT_APPLICABLE

@@ -57,7 +57,8 @@ def test_truncated_completions_get_the_too_long_value_whatever_their_count():
     the limit, so DAPO's L > L_max branch (-1) and the cosine reward's r_exceed apply."""
     overlong = OverlongPenalty(max_length=20, cache_length=4)
     ids = [[0] * 10, [0] * 10, [0] * 18]
-    out = overlong.evaluate(completions=["a"] * 3, completion_ids=ids, truncated=[False, True, False])
+    out = overlong.evaluate(completions=["a"] * 3, completion_ids=ids,
+                            truncated=[False, True, False])
     assert [r.value for r in out] == [0.0, -1.0, -0.5]  # a cut at 10 tokens is still overlong
     cosine = CosineLengthReward(FormatReward(), max_length=100, r_exceed=-2.0)
     good = "<think>x</think><answer>4</answer>"

@@ -65,7 +65,8 @@ def trl_nansum(funcs, weights, kwargs):
         if all(math.isnan(v) for v in row):
             totals.append(None)
         else:
-            totals.append(sum(w * v for w, v in zip(weights, row, strict=True) if not math.isnan(v)))
+            pairs = zip(weights, row, strict=True)
+            totals.append(sum(w * v for w, v in pairs if not math.isnan(v)))
     return totals
 
 
@@ -137,7 +138,8 @@ def test_plain_functions_receive_exactly_trls_keywords():
 def test_grpo_length_rewards_use_trls_token_ids_and_the_truncation_flag():
     overlong = OverlongPenalty(max_length=10, cache_length=4)
     cosine = CosineLengthReward(MathReward(answer_key="solution", parallel=False), max_length=20)
-    out = CombinedReward([overlong, cosine]).evaluate_all(**trl_call(chat=True, truncated=list(TRUNCATED)))
+    call = trl_call(chat=True, truncated=list(TRUNCATED))
+    out = CombinedReward([overlong, cosine]).evaluate_all(**call)
     # untruncated rows: DAPO Eq. 13 on len(completion_ids), as trl's own function computes it
     trl_overlong = trl_rewards.get_soft_overlong_punishment(10, 4)(completion_ids=IDS)
     got = out.component_values("overlong_penalty")

@@ -257,7 +257,8 @@ class Reward:
             self.time_limit = time_limit
         if applies_to is not None:
             if not (isinstance(applies_to, str) or callable(applies_to)):
-                raise TypeError(f"applies_to must be a field name or a predicate, got {applies_to!r}")
+                raise TypeError(
+                    f"applies_to must be a field name or a predicate, got {applies_to!r}")
             self.applies_to = applies_to
 
     # trl names reward functions by ``__name__`` (trl.trainer.utils.get_callable_name); the
@@ -392,10 +393,6 @@ class Reward:
 def failed_fraction(results: Sequence[ScoreResult]) -> float:
     """Share of items that could not be scored (statuses in ``FAILED``; ``n/a`` is not)."""
     return sum(r.failed for r in results) / max(len(results), 1)
-
-
-def unscorable_fraction(results: Sequence[ScoreResult]) -> float:  # kept for callers
-    return failed_fraction(results)
 
 
 def warn_failures(name: str, results: Sequence[ScoreResult]) -> None:

@@ -47,7 +47,8 @@ from grpo.rewards.deadline import run_items
 log = logging.getLogger(__name__)
 
 GRPO_KEYWORDS = ("truncated",)  # grpo's additions to trl's keywords: only for functions that ask
-_FIX = "a reward function must return a list with one float (None where it does not apply) per completion"
+_FIX = ("a reward function must return a list with one float (None where it does not apply) "
+        "per completion")
 
 
 class FunctionReward(Reward):
@@ -68,8 +69,9 @@ class FunctionReward(Reward):
         inner = fn
         while isinstance(inner, functools.partial):
             inner = inner.func
-        super().__init__(name=name if name is not None else getattr(inner, "__name__", type(inner).__name__),
-                         time_limit=time_limit, applies_to=applies_to)
+        if name is None:
+            name = getattr(inner, "__name__", type(inner).__name__)
+        super().__init__(name=name, time_limit=time_limit, applies_to=applies_to)
         self.fn = fn
         self.extras = tuple(k for k in GRPO_KEYWORDS if k in _named_parameters(fn))
 
@@ -87,7 +89,8 @@ class FunctionReward(Reward):
         if self.applies_to is not None:
             examples = batch_examples(n, prompts, columns)
             keep = [i for i, ex in enumerate(examples) if self.applies(ex)]
-            kwargs = {k: [v[i] for i in keep] if _aligned(k, v, n) else v for k, v in kwargs.items()}
+            kwargs = {k: [v[i] for i in keep] if _aligned(k, v, n) else v
+                      for k, v in kwargs.items()}
         results = [ScoreResult.not_applicable(self._not_for_row())] * n
         if keep:
             m = len(keep)
@@ -106,13 +109,14 @@ class FunctionReward(Reward):
             values = self.fn(**kwargs)
         except Exception as e:  # noqa: BLE001 -- reported on every item as status "error"
             log.warning("%s raised", who, exc_info=True)
-            return [ScoreResult.unscorable(f"{who} raised {type(e).__name__}: {e}"[:500], ERROR)] * n
+            reason = f"{who} raised {type(e).__name__}: {e}"[:500]
+            return [ScoreResult.unscorable(reason, ERROR)] * n
         if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):  # numpy, torch
             values = values.tolist()
         if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
             return [ScoreResult.unscorable(
-                f"{who} returned {values!r:.60} ({type(values).__name__}) instead of a list; {_FIX}",
-                ERROR)] * n
+                f"{who} returned {values!r:.60} ({type(values).__name__}) instead of a list; "
+                f"{_FIX}", ERROR)] * n
         if len(values) != n:
             return [ScoreResult.unscorable(
                 f"{who} returned {len(values)} values for {n} completions; {_FIX}", ERROR)] * n
@@ -186,6 +190,7 @@ def as_reward(
     """
     if isinstance(fn, Reward):
         if name is not None and name != fn.name:
-            raise ValueError(f"as_reward(name={name!r}) on the Reward {fn!r}: pass name= to its constructor")
+            raise ValueError(
+                f"as_reward(name={name!r}) on the Reward {fn!r}: pass name= to its constructor")
         return fn
     return FunctionReward(fn, name=name, time_limit=time_limit)

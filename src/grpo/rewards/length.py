@@ -38,7 +38,14 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from grpo.rewards.base import NOT_APPLICABLE, Reward, ScoreResult, Unscorable
+from grpo.rewards.base import (
+    CRASHED,
+    ERROR,
+    NOT_APPLICABLE,
+    Reward,
+    ScoreResult,
+    Unscorable,
+)
 
 
 class _TokenLength:
@@ -176,7 +183,7 @@ class CosineLengthReward(_TokenLength, Reward):
     def _shaped(
         self, verdict: ScoreResult, completion: str, example: Mapping[str, Any]
     ) -> ScoreResult:
-        if verdict.status == NOT_APPLICABLE:
+        if verdict.status in (NOT_APPLICABLE, ERROR, CRASHED):  # a verifier's bug stays visible
             return verdict
         if self.truncated(example):  # exceeded the length limit: correctness does not matter
             return ScoreResult(self.r_exceed, reason="truncated at the length limit")
