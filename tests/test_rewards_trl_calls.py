@@ -24,6 +24,7 @@ from grpo.rewards import (
     CosineLengthReward,
     MathReward,
     OverlongPenalty,
+    Reward,
 )
 
 trl_rewards = pytest.importorskip("trl.rewards")
@@ -150,3 +151,20 @@ def test_grpo_length_rewards_use_trls_token_ids_and_the_truncation_flag():
     cos = out.components["cosine_length_reward"]
     assert [cos[i].value for i in (0, 1, 3)] == pytest.approx([trl_cos[i] for i in (0, 1, 3)])
     assert cos[2].value == cosine.r_exceed and "truncated" in cos[2].reason
+
+
+class SeesTrainerFields(Reward):
+    """A grpo Reward reading the per-item fields a trainer passes."""
+
+    def score(self, completion, **example):
+        assert not set(example) & {"trainer_state", "log_extra", "log_metric"}  # batch-level
+        return len(example["completion_ids"]) + 100 * example["truncated"] + 0 * len(
+            example["solution"] + example["prompt"][0]["content"])
+
+
+def test_grpo_rewards_get_completion_ids_and_truncated_per_item():
+    # (through the pool: tests/test_rewards_pool.py; a worker importing this module would
+    # import trl and transformers)
+    r = SeesTrainerFields()
+    out = CombinedReward([r]).evaluate_all(**trl_call(chat=True, truncated=list(TRUNCATED)))
+    assert out.values == [3.0, 8.0, 112.0, 6.0]
