@@ -3,6 +3,7 @@ nothing, metrics per status, per-item records, and the checks made at constructi
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -75,6 +76,14 @@ def test_per_item_values_numpy_torch_and_non_finite():
     assert as_np(completions=["a", "b"]) == [1.0, 0.5]
     res = as_torch.evaluate(completions=["a", "b"])
     assert res[0].value == 1.0 and res[1].status == ERROR and "returned -inf" in res[1].reason
+
+
+def test_an_async_function_is_awaited():
+    async def judge(completions, **kwargs):
+        await asyncio.sleep(0.01)
+        return [float(len(c)) for c in completions]
+
+    assert as_reward(judge)(completions=["a", "bb"]) == [1.0, 2.0]
 
 
 def test_a_reward_whose_batch_scoring_raises_is_an_error_not_a_crash():

@@ -6,7 +6,8 @@ prompts, strings for text prompts), ``completion_ids``, every dataset column but
 (aligned per completion), ``trainer_state``, ``log_extra`` and ``log_metric``. It returns one
 float per completion, or None where it does not apply (trl leaves those out of the weighted
 sum). :class:`FunctionReward` calls it exactly so; grpo's own extra keyword ``truncated`` is
-passed only to functions that name it as a parameter.
+passed only to functions that name it as a parameter. ``async def`` functions (an LLM judge)
+are run to completion on the scoring thread's own event loop.
 
 Nothing a function does can stop the run or look like a score (all reported, none raised):
 
@@ -25,6 +26,7 @@ does not return within ``time_limit`` (per call)      ``"timeout"`` on every ite
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import logging
@@ -107,6 +109,8 @@ class FunctionReward(Reward):
         who = f"reward function {self.name!r}"
         try:
             values = self.fn(**kwargs)
+            if inspect.isawaitable(values):  # an async function (trl supports them): run it here
+                values = asyncio.run(_awaited(values))
         except Exception as e:  # noqa: BLE001 -- reported on every item as status "error"
             log.warning("%s raised", who, exc_info=True)
             reason = f"{who} raised {type(e).__name__}: {e}"[:500]
@@ -139,6 +143,10 @@ class FunctionReward(Reward):
 
     def __repr__(self) -> str:
         return f"as_reward({getattr(self.fn, '__name__', self.fn)!r})"
+
+
+async def _awaited(awaitable: Any) -> Any:
+    return await awaitable
 
 
 def _aligned(key: str, value: Any, n: int) -> bool:
