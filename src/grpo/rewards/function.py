@@ -26,7 +26,6 @@ does not return within ``time_limit`` (per call)      ``"timeout"`` on every ite
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import logging
@@ -110,6 +109,8 @@ class FunctionReward(Reward):
         try:
             values = self.fn(**kwargs)
             if inspect.isawaitable(values):  # an async function (trl supports them): run it here
+                import asyncio
+
                 values = asyncio.run(_awaited(values))
         except Exception as e:  # noqa: BLE001 -- reported on every item as status "error"
             log.warning("%s raised", who, exc_info=True)
