@@ -74,6 +74,8 @@ def test_per_item_values_numpy_torch_and_non_finite():
     as_np = as_reward(lambda completions, **kw: np.array([1, 0.5]), name="np")
     as_torch = as_reward(lambda completions, **kw: torch.tensor([1.0, -math.inf]), name="pt")
     assert as_np(completions=["a", "b"]) == [1.0, 0.5]
+    gen = as_reward(lambda completions, **kw: (len(c) for c in completions), name="gen")
+    assert gen(completions=["a", "bb"]) == [1.0, 2.0]
     res = as_torch.evaluate(completions=["a", "b"])
     assert res[0].value == 1.0 and res[1].status == ERROR and "returned -inf" in res[1].reason
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from grpo.rewards.base import (
@@ -118,7 +118,9 @@ class FunctionReward(Reward):
             return [ScoreResult.unscorable(reason, ERROR)] * n
         if hasattr(values, "tolist") and not isinstance(values, (str, bytes)):  # numpy, torch
             values = values.tolist()
-        if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+        if isinstance(values, Iterable) and not isinstance(values, (str, bytes, Mapping)):
+            values = list(values)  # trl iterates what it gets: a tuple or a generator is fine
+        else:
             return [ScoreResult.unscorable(
                 f"{who} returned {values!r:.60} ({type(values).__name__}) instead of a list; "
                 f"{_FIX}", ERROR)] * n
