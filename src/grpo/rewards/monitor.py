@@ -94,6 +94,10 @@ class RewardMonitor:
                    metrics: Mapping[str, float] | None) -> tuple[float, float]:
         if metrics is not None:
             base = f"{self.prefix}/{name}/frac"
+            if f"{base}/ok" not in metrics or f"{base}/na" not in metrics:
+                raise KeyError(
+                    f"metrics have no {base}/ok or {base}/na: pass breakdown.metrics(prefix) "
+                    f"(averaged over processes) with RewardMonitor(prefix=...) matching it")
             return metrics[f"{base}/ok"], metrics[f"{base}/na"]
         n = max(len(results), 1)
         return (sum(r.status == OK for r in results) / n,
