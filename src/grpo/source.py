@@ -101,7 +101,7 @@ class RolloutSource:
         cfg = self.config
         if not cfg.dynamic_sampling:
             rollouts, prompts, rows, gen_time = self._generate(step, 0)
-            pending = self._thread.submit(self._score_local, rollouts, prompts, rows)
+            pending = self._thread.submit(self._score_local, step, rollouts, prompts, rows)
 
             def finish() -> ScoredStep:
                 scores, score_time = pending.result()
@@ -114,7 +114,7 @@ class RolloutSource:
         kept = 0
         for r in range(cfg.dynamic_sampling_max_rounds):
             rollouts, prompts, rows, gen_time = self._generate(step, r)
-            scores, score_time = self._score_local(rollouts, prompts, rows)
+            scores, score_time = self._score_local(step, rollouts, prompts, rows)
             rnd = _Round(rollouts, _per_rollout(prompts, rollouts), scores, self._gather_totals(rollouts, scores))
             rounds.append(rnd)
             times["time/generate"] += gen_time
@@ -167,11 +167,15 @@ class RolloutSource:
         return replace(self.sampling, seed=seed % 2**31)
 
     # ------------------------------------------------------------------ scoring and joins
-    def _score_local(self, rollouts: list[Rollout], prompts: list, rows: list[dict]
+    def _score_local(self, step: int, rollouts: list[Rollout], prompts: list, rows: list[dict]
                      ) -> tuple[RewardBreakdown, float]:
         """Score this process's rollouts (no collectives: this may run on the scoring thread)."""
+        from transformers import TrainerState
+
         t0 = time.perf_counter()
-        scores = self.reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, self.prompt_key))
+        state = TrainerState(global_step=step, max_steps=self.config.max_steps)
+        scores = self.reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, self.prompt_key),
+                                          trainer_state=state)
         return scores, time.perf_counter() - t0
 
     def _gather_totals(self, rollouts: list[Rollout], scores: RewardBreakdown) -> torch.Tensor:

@@ -36,7 +36,7 @@ from grpo.evaluation import evaluate
 from grpo.learner import Learner
 from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler, mixed_precision
 from grpo.parallel import make_parallelism
-from grpo.rewards import CombinedReward, Reward
+from grpo.rewards import CombinedReward, Reward, RewardMonitor
 from grpo.rollout import SamplingConfig
 from grpo.rollout.weights import is_peft_model
 from grpo.source import Collected, RolloutSource, ScoredStep
@@ -93,9 +93,11 @@ class GRPOTrainer:
         set_seed(cfg.seed)
         if not reward_funcs:
             raise ValueError("reward_funcs is empty: give at least one reward function")
-        # The total is unscorable as soon as one component is: an item whose correctness is
-        # unknown is excluded from its group (advantage 0), not trained on as if it were wrong.
+        # The total is unscorable as soon as a component that applies is: an item whose correctness
+        # is unknown is excluded from its group (advantage 0), not trained on as if it were wrong.
+        # Components that do not apply to a row (trl's None) are left out of its sum.
         self.reward = CombinedReward(reward_funcs, cfg.reward_weights, missing="propagate")
+        self.reward_monitor = RewardMonitor(patience=cfg.reward_failure_patience)
         names = [r.name for r in self.reward.rewards]
         self.accuracy_name = accuracy_reward or names[0]
         self.format_name = format_reward or next((n for n in names if n.startswith("format")), None)
@@ -189,6 +191,9 @@ class GRPOTrainer:
                    "time/step": time.perf_counter() - t0, "optim/lr": self.scheduler.get_last_lr()[0]}
         metrics = self.parallel.reduce_metrics(metrics)
         self._log_completions(log, scored)
+        # a reward that scored nothing for `reward_failure_patience` steps stops the run, on every
+        # process at once (decided on the reduced metrics), naming it and its first reason
+        self.reward_monitor.update(scored.breakdown, metrics)
         return metrics
 
     def learn(self, collected: Collected, timer: _Timer | None = None) -> tuple[ScoredStep, dict[str, float]]:
@@ -233,11 +238,8 @@ class GRPOTrainer:
         b = scored.breakdown
         log.log_completions(self.step + 1, [
             {"prompt": scored.sampled_prompts[i], "completion": scored.sampled[i].text,
-             "reward": b.values[i], "advantage": scored.sampled_advantages[i],
-             "group": scored.sampled[i].group_id, "policy_version": scored.sampled[i].policy_version,
-             **{name: b.components[name][i].value for name in b.components},
-             **{f"{name}/reason": b.components[name][i].reason for name in b.components
-                if b.components[name][i].reason is not None}}
+             "advantage": scored.sampled_advantages[i], "group": scored.sampled[i].group_id,
+             "policy_version": scored.sampled[i].policy_version, **b.item_record(i)}
             for i in range(n)])
 
     # ------------------------------------------------------------------------------ evaluation
