@@ -48,7 +48,10 @@ class GRPOConfig(BaseModel):
     prompts_per_step: int = Field(8, ge=1, description="Prompts per GRPO step, over all processes.")
     rollout: Literal["hf", "vllm", "vllm_server"] = Field(
         "hf", description="Generator: transformers.generate, a colocated vLLM engine, or a trl vllm-serve server.")
-    max_prompt_length: int = Field(512, ge=1, description="Prompts longer than this (in tokens) raise an error.")
+    max_prompt_length: int = Field(
+        512, ge=1, description="Prompts longer than this (in tokens) raise an error naming the dataset row (checked "
+                               "as they are sampled); vLLM engines are sized for max_prompt_length + "
+                               "max_completion_length.")
     max_completion_length: int = Field(1024, ge=1, description="Maximum sampled tokens per completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs are taken at the same temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1.0 = off).")
@@ -77,6 +80,8 @@ class GRPOConfig(BaseModel):
         1e-6, ge=0, description="A group has signal when max - min of its scorable rewards exceeds this.")
     beta: float = Field(0.001, ge=0, description="KL coefficient (R1: 0.001). 0 loads no reference model.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (k3: DeepSeekMath eq. 4).")
+    kl_ratio_correction: bool = Field(
+        False, description="Weight the KL term by the importance ratio pi/pi_old (trl's use_bias_correction_kl).")
     eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip: ratio >= 1 - eps_low.")
     eps_high: float = Field(0.2, ge=0, description="Upper clip: ratio <= 1 + eps_high (DAPO clip-higher: 0.28).")
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c for negative advantages, or None.")
@@ -130,6 +135,14 @@ class GRPOConfig(BaseModel):
     save_final_model: bool = Field(True, description="Save the final model in HF format under output_dir/final.")
     merge_lora_on_save: bool = Field(True, description="Merge LoRA adapters into the saved final model.")
     resume_from: str | None = Field(None, description="Checkpoint folder, or 'latest' in output_dir.")
+    overwrite_output_dir: bool = Field(
+        False, description="Start a fresh run in an output_dir that holds another run's checkpoints (they are "
+                           "deleted). Without it such a run is refused: resume it or choose another folder.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch's matrix work. None: on a CPU-only machine, half the cores "
+                                "available to this process (divided among local processes), leaving the rest to "
+                                "the scoring pool and the generator (torch's default of all cores collapses when "
+                                "other processes compete for them); untouched with a GPU.")
     progress_bar: bool = Field(True, description="Show a progress bar with step, ETA, reward and accuracy.")
 
     @model_validator(mode="after")

@@ -125,7 +125,7 @@ class Learner:
             eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, kl_estimator=cfg.kl_estimator,
             aggregation=cfg.aggregation, ratio_level=cfg.ratio_level,
             rollout_logp=sub.rollout_logp if cfg.use_tis else None, is_cap=cfg.is_cap,
-            normalizer=normalizer, max_len=cfg.max_completion_length)
+            normalizer=normalizer, max_len=cfg.max_completion_length, kl_ratio_correction=cfg.kl_ratio_correction)
         out.loss.backward()
         m = out.metrics()
         m.pop("loss/loss"), m.pop("loss/pg_loss")

@@ -260,6 +260,7 @@ def policy_loss(
     is_cap: float = 2.0,
     normalizer: float | torch.Tensor | None = None,
     max_len: int | None = None,
+    kl_ratio_correction: bool = False,
 ) -> LossOutput:
     """Clipped, KL-regularised GRPO policy loss; formulas in the module docstring.
 
@@ -276,6 +277,10 @@ def policy_loss(
         is_cap: C, the truncation of the TIS weight.
         normalizer: full-batch denominator for the aggregation (accumulation / sharding).
         max_len: the generation budget, ``seq_sum_max_len``'s length (None: the batch width).
+        kl_ratio_correction: multiply the per-token KL estimate by the importance ratio
+            ``pi_theta / pi_old`` (trl's ``use_bias_correction_kl``): the tokens were sampled from
+            pi_old, so ``E_old[r_t * KL_t]`` estimates the KL of pi_theta itself once the policy
+            has moved within the step (mu > 1 or several minibatches); identical when on-policy.
     """
     mask_BT = mask.bool()
     _check_inputs(logp, old_logp, advantages, mask_BT, ref_logp, rollout_logp, beta)
@@ -313,6 +318,8 @@ def policy_loss(
         # padding may hold non-finite log-probs; give the estimator ref_logp there (KL 0) so no
         # nan can reach the gradient through the masked positions
         kl_BT = KL_ESTIMATORS[kl_estimator](torch.where(mask_BT, logp, ref_logp), ref_logp)
+        if kl_ratio_correction:
+            kl_BT = kl_BT * ratio_BT
         loss_BT = pg_BT + beta * kl_BT
     else:
         kl_BT = torch.zeros_like(logp)

@@ -37,10 +37,12 @@ import torch
 
 from grpo.advantages import ADVANTAGE_ESTIMATORS, groups_with_signal
 from grpo.data import PromptSampler, get_rows, reward_columns
+from grpo.guards import check_prompt_lengths
 from grpo.metrics import advantage_metrics, completion_metrics, reward_metrics
 from grpo.parallel import Parallelism
 from grpo.rewards import CombinedReward, RewardBreakdown
 from grpo.rollout import Rollout, SamplingConfig
+from grpo.rollout.tokens import encode_prompt
 
 
 @dataclass
@@ -85,10 +87,11 @@ class _Round:
 class RolloutSource:
     """Synchronous GRPO rollouts (with optional dynamic sampling); see the module docstring."""
 
-    def __init__(self, *, generator: Any, reward: CombinedReward, dataset: Any, config: Any,
+    def __init__(self, *, generator: Any, reward: CombinedReward, dataset: Any, tokenizer: Any, config: Any,
                  parallel: Parallelism, sampling: SamplingConfig, prompt_key: str = "prompt",
-                 accuracy_name: str | None = None, format_name: str | None = None):
-        self.generator, self.reward, self.dataset = generator, reward, dataset
+                 accuracy_name: str | None = None, format_name: str | None = None, context: int | None = None):
+        self.generator, self.reward, self.dataset, self.tokenizer = generator, reward, dataset, tokenizer
+        self.context = context
         self.config, self.parallel, self.sampling, self.prompt_key = config, parallel, sampling, prompt_key
         self.accuracy_name, self.format_name = accuracy_name, format_name
         self.sampler = PromptSampler(len(dataset), seed=config.seed)
@@ -145,6 +148,8 @@ class RolloutSource:
         first = par.rank * k
         rows = get_rows(self.dataset, indices[first:first + k], self.prompt_key)
         prompts = [r[self.prompt_key] for r in rows]
+        check_prompt_lengths([encode_prompt(self.tokenizer, p) for p in prompts], indices[first:first + k],
+                             cfg.max_prompt_length, self.context)
         g = cfg.num_generations
         # One call for the local prompts: sample j of local prompt i is seeded
         # base + (first + i) * G + j, the same stream whichever process holds the prompt.

@@ -19,6 +19,7 @@ Every data-parallel vs FSDP difference lives in :mod:`grpo.parallel`.
 from __future__ import annotations
 
 import copy
+import os
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.data import get_rows
 from grpo.evaluation import evaluate
+from grpo.guards import LearningWatch, check_output_dir, model_context, set_torch_threads
 from grpo.learner import Learner
 from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler, mixed_precision
 from grpo.parallel import make_parallelism
@@ -90,6 +92,10 @@ class GRPOTrainer:
                                        project_dir=cfg.output_dir, mixed_precision=mixed_precision(cfg))
         self.parallel = par = make_parallelism(self.accelerator, cfg.fsdp)
         self._check_layout(cfg, par.world, peft_config)
+        check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=cfg.overwrite_output_dir,
+                         is_main=par.is_main)
+        set_torch_threads(cfg.torch_threads, cuda=torch.cuda.is_available(),
+                          local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         set_seed(cfg.seed)
         if not reward_funcs:
             raise ValueError("reward_funcs is empty: give at least one reward function")
@@ -109,6 +115,10 @@ class GRPOTrainer:
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         self.model, self.tokenizer, self.model_path = load_policy(
             model, tokenizer, peft_config, cfg, self.accelerator.device)
+        context = model_context(self.model)
+        if context and cfg.max_prompt_length + cfg.max_completion_length > context:
+            raise ValueError(f"max_prompt_length + max_completion_length = {cfg.max_prompt_length} + "
+                             f"{cfg.max_completion_length} exceeds the model's context of {context} tokens: lower them")
         self.ref_model = None  # LoRA: the base model with adapters disabled, no second copy
         if cfg.beta > 0 and not is_peft_model(self.model):
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -123,7 +133,8 @@ class GRPOTrainer:
                                        min_p=cfg.min_p, max_tokens=cfg.max_completion_length,
                                        stop=tuple(cfg.stop))
         self.source = RolloutSource(generator=self.generator, reward=self.reward, dataset=train_dataset,
-                                    config=cfg, parallel=par, sampling=self.sampling, prompt_key=prompt_key,
+                                    tokenizer=self.tokenizer, config=cfg, parallel=par, sampling=self.sampling,
+                                    prompt_key=prompt_key, context=context,
                                     accuracy_name=self.accuracy_name, format_name=self.format_name)
         self.learner = Learner(self.model, self.ref_model, self.optimizer, self.scheduler, par, cfg,
                                self.accelerator.autocast)
@@ -161,6 +172,7 @@ class GRPOTrainer:
         if self.parallel.is_main:
             cfg.to_yaml(Path(cfg.output_dir) / "config.yaml")
         metrics: dict[str, float] = {}
+        watch = LearningWatch(max_completion_length=cfg.max_completion_length)
         if self.eval_dataset is not None and self.step == 0:
             log.log_eval(0, self.evaluate())
         while self.step < cfg.max_steps:
@@ -169,6 +181,10 @@ class GRPOTrainer:
             if self.step % cfg.logging_steps == 0:
                 log.log_metrics(self.step, metrics)
             log.progress(metrics)
+            warning = watch.update(self.step, metrics)
+            if warning:
+                log.message("WARNING " + warning)
+                warnings.warn(warning, stacklevel=2)
             if self.eval_dataset is not None and cfg.eval_steps and self.step % cfg.eval_steps == 0 \
                     and self.step < cfg.max_steps:
                 log.log_eval(self.step, self.evaluate())
