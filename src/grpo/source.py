@@ -161,12 +161,7 @@ class RolloutSource:
         return tagged, prompts, rows, time.perf_counter() - t0
 
     def step_seed(self, step: int, round_: int, global_prompt: int) -> int:
-        """Seed of sample 0 of the step's prompt ``global_prompt`` (sample j: + j). A pure function
-        of (seed, step, round, prompt position): independent of process count and resumes."""
-        key = f"{self.config.seed}:{step}" + (f":{round_}" if round_ else "")
-        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
-        base = int.from_bytes(digest, "little") % 2**30  # + positions stays below vLLM's 2**31
-        return base + global_prompt * self.config.num_generations
+        return sampling_seed(self.config.seed, step, global_prompt, self.config.num_generations, round_)
 
     def _sampling(self, seed: int) -> SamplingConfig:
         return replace(self.sampling, seed=seed % 2**31)
@@ -224,6 +219,21 @@ class RolloutSource:
             })
         return ScoredStep([sampled[i] for i in trained], advantages.to(torch.float32), global_index, sampled,
                           [p for rnd in rounds for p in rnd.prompts], breakdown, sampled_adv, metrics)
+
+
+def sampling_seed(seed: int, step: int, global_prompt: int, group_size: int, round_: int = 0) -> int:
+    """Seed of sample 0 of prompt ``global_prompt`` of a step (sample j: + j, the generators'
+    convention). A pure function of (seed, step, round, prompt position), so runs are
+    reproducible across resumes and process counts; linear in the position, so one generate
+    call with ``SamplingConfig(seed=sampling_seed(..., first, ...))`` covers consecutive prompts.
+
+    >>> sampling_seed(0, 3, 2, 8) - sampling_seed(0, 3, 0, 8)
+    16
+    """
+    key = f"{seed}:{step}" + (f":{round_}" if round_ else "")
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    base = int.from_bytes(digest, "little") % 2**30  # + positions stays below vLLM's 2**31
+    return base + global_prompt * group_size
 
 
 def reward_inputs(rollouts: Sequence[Rollout], prompts: Sequence[Any], rows: Sequence[dict],
