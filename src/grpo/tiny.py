@@ -12,7 +12,7 @@ The tokenizer has one token per printable ASCII character plus:
 * the R1 template tags ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` as single, *non*
   special tokens: they survive ``decode(skip_special_tokens=True)`` and cost one step each.
 
-vLLM's CPU attention needs head_dim >= 32 (see shared/ENVIRONMENT.md), hence the defaults.
+vLLM's CPU attention supports head_dim 32, 64, 80, 96, 112, 128, ... (not 16), hence the defaults.
 """
 
 from __future__ import annotations

@@ -304,8 +304,3 @@ class MathReward(Reward):
         parsed = _parse(answer, _timeout(self.parse_timeout)) if answer else ()
         return {"answer": answer, "parsed": [str(x) for x in parsed],
                 "gold": [str(x) for x in self.gold(example)]}
-
-
-def extract_answers(completions: Sequence[str], fallback: Literal["last_number"] | None = None):
-    """Vectorised :func:`extract_answer` (for logging tables)."""
-    return [extract_answer(c, fallback) for c in completions]
