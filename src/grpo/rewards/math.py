@@ -28,7 +28,6 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any, Literal
 
