@@ -25,9 +25,12 @@ def test_vllm_rollouts_follow_the_trained_weights(tmp_path, monkeypatch):
     cfg = GRPOConfig(output_dir=str(tmp_path / "run"), rollout="vllm", vllm_enforce_eager=True, use_tis=True,
                      num_generations=8, prompts_per_step=2, max_steps=12, max_completion_length=8,
                      learning_rate=1e-2, beta=0.0, micro_batch_size=16, progress_bar=False,
-                     save_final_model=False, max_prompt_length=64)
+                     save_final_model=False, max_prompt_length=64, vllm_dtype="float32")
     rows = [{"prompt": [{"role": "user", "content": f"Say sevens {i}"}]} for i in range(8)]
     trainer = GRPOTrainer(str(model_dir), [CountSevens()], rows, cfg)
+    import torch
+
+    assert trainer.generator.engine_dtype == torch.float32  # vllm_dtype reaches the engine
     try:
         trainer.train()
     finally:
@@ -37,4 +40,6 @@ def test_vllm_rollouts_follow_the_trained_weights(tmp_path, monkeypatch):
     assert sum(curve[-3:]) / 3 > sum(curve[:3]) / 3 + 0.2, curve
     # vLLM's log-probs of the sampled tokens agree with the trainer's (same weights, fp32)
     assert max(m["rollout/logprob_gap"] for m in metrics) < 1e-2
+    # TIS weights: truncated at C, and active (some token's weight differs from 1)
     assert all(m["loss/is_weight_max"] <= cfg.is_cap for m in metrics)
+    assert any(abs(m["loss/is_weight_min"] - 1) > 1e-7 or abs(m["loss/is_weight_max"] - 1) > 1e-7 for m in metrics)

@@ -42,6 +42,9 @@ class GRPOConfig(BaseModel):
     output_dir: str = Field("runs/grpo", description="Run folder: metrics, completions, checkpoints, report.")
     seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
     max_steps: int = Field(100, ge=1, description="GRPO steps (one step = generate, score, update).")
+    num_train_epochs: float | None = Field(
+        None, gt=0, description="Train for this many passes over the training prompts instead of max_steps: "
+                                "max_steps = ceil(epochs x len(train_dataset) / prompts_per_step), set by the trainer.")
 
     # ---------------------------------------------------------------- rollout
     num_generations: int = Field(16, ge=2, description="G: completions sampled per prompt (R1: 16).")
@@ -58,10 +61,18 @@ class GRPOConfig(BaseModel):
     top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
     min_p: float = Field(0.0, ge=0, lt=1, description="Min-p sampling (0 = off).")
     stop: list[str] = Field(default_factory=list, description="Extra stop strings (the eos token always stops).")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra variables for the chat template, e.g. {enable_thinking: false} "
+                                          "for Qwen3 (trl's chat_template_kwargs).")
+    mask_truncated_completions: bool = Field(
+        False, description="Leave completions cut at max_completion_length out of the loss (DAPO overlong "
+                           "filtering, arXiv:2503.14476 sec. 3.4; trl's mask_truncated_completions). Their rewards "
+                           "still count in their group's statistics.")
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM's share of GPU memory (colocated).")
     vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (colocated).")
     vllm_enforce_eager: bool = Field(False, description="vLLM without CUDA graphs / torch.compile (faster start).")
     vllm_sleep: bool = Field(False, description="Put the vLLM engine to sleep during training (frees GPU memory).")
+    vllm_dtype: str = Field("auto", description="vLLM engine dtype (auto: the model's; float32, bfloat16, ...).")
     vllm_server_host: str = Field("127.0.0.1", description="Host of `trl vllm-serve` (rollout=vllm_server).")
     vllm_server_port: int = Field(8000, description="Port of `trl vllm-serve` (rollout=vllm_server).")
 
@@ -100,6 +111,8 @@ class GRPOConfig(BaseModel):
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
     warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Warm-up as a fraction of all optimizer steps (used when warmup_steps is 0).")
     lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Schedule after warm-up.")
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
     num_iterations: int = Field(1, ge=1, description="mu: optimisation passes over each step's rollouts.")
@@ -157,6 +170,9 @@ class GRPOConfig(BaseModel):
             raise ValueError(
                 f"{mb_text} must divide prompts_per_step x num_generations = "
                 f"{self.prompts_per_step} x {self.num_generations} = {n}; choose a divisor of {n}.")
+        if self.warmup_steps and self.warmup_ratio:
+            raise ValueError(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} are both set; "
+                             "set one of them (the other 0)")
         if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
                 f"advantage_estimator={self.advantage_estimator!r} is not registered; choose one of "

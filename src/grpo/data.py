@@ -54,13 +54,32 @@ class PromptSampler:
         self._order = self._permutation(self.epoch)
 
 
+def check_dataset(dataset: Any, name: str, prompt_key: str = "prompt") -> None:
+    """Fail at construction, naming the fix, for data the trainer cannot sample from."""
+    if isinstance(dataset, Mapping):
+        raise TypeError(f"{name} is a dict of columns ({sorted(dataset)[:5]}); pass rows: a list of dicts, or "
+                        "datasets.Dataset.from_dict(your_dict)")
+    if not hasattr(dataset, "__len__") or not hasattr(dataset, "__getitem__"):
+        raise TypeError(f"{name} must be indexable rows (a datasets.Dataset or a list of dicts), "
+                        f"got {type(dataset).__name__}")
+    if len(dataset) == 0:
+        raise ValueError(f"{name} is empty")
+    first = dataset[0]
+    if not isinstance(first, Mapping):
+        raise TypeError(f"{name} rows must be dicts, got {type(first).__name__}")
+    if prompt_key not in first:
+        raise KeyError(f"{name} rows have no {prompt_key!r} field (fields: {sorted(first)}); rename the field or "
+                       f"pass GRPOTrainer(..., prompt_key='<your field>')")
+
+
 def get_rows(dataset: Any, indices: Sequence[int], prompt_key: str = "prompt") -> list[dict]:
     """Rows as dicts, checking that each has a prompt."""
     rows = []
     for i in indices:
         row = dict(dataset[int(i)])
         if prompt_key not in row:
-            raise KeyError(f"dataset row {i} has no {prompt_key!r} field (fields: {sorted(row)})")
+            raise KeyError(f"dataset row {i} has no {prompt_key!r} field (fields: {sorted(row)}); rename the field "
+                           "or pass GRPOTrainer(..., prompt_key='<your field>')")
         rows.append(row)
     return rows
 

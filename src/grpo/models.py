@@ -59,8 +59,9 @@ def make_optimizer_and_scheduler(params: list[torch.nn.Parameter], cfg: GRPOConf
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=cfg.adam_betas,
                                   weight_decay=cfg.weight_decay)
     total = cfg.max_steps * cfg.derived().optimizer_steps_per_step
+    warmup = cfg.warmup_steps or round(cfg.warmup_ratio * total)
     name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[cfg.lr_schedule]
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=total)
+    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
     return optimizer, scheduler
 
 
@@ -72,7 +73,8 @@ def make_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, mode
     if cfg.rollout == "hf":
         # Sharded models gather each layer's weights in forward: every process must run the same
         # number of forwards, so generation keeps stepping until all processes' rows are done.
-        return HFGenerator(model, tokenizer, synced_gpus=is_sharded(model))
+        return HFGenerator(model, tokenizer, synced_gpus=is_sharded(model),
+                           chat_template_kwargs=cfg.chat_template_kwargs)
     if cfg.rollout == "vllm":
         from grpo.rollout import VLLMGenerator
 
@@ -86,10 +88,12 @@ def make_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, mode
         return VLLMGenerator(path, tokenizer=tokenizer, gpu_memory_utilization=cfg.vllm_gpu_memory_utilization,
                              tensor_parallel_size=cfg.vllm_tensor_parallel_size,
                              enable_sleep_mode=cfg.vllm_sleep, enforce_eager=cfg.vllm_enforce_eager,
-                             max_model_len=cfg.max_prompt_length + cfg.max_completion_length, seed=cfg.seed)
+                             max_model_len=cfg.max_prompt_length + cfg.max_completion_length, seed=cfg.seed,
+                             dtype=cfg.vllm_dtype, chat_template_kwargs=cfg.chat_template_kwargs)
     from grpo.rollout import VLLMServerGenerator
 
-    return VLLMServerGenerator(host=cfg.vllm_server_host, port=cfg.vllm_server_port, tokenizer=tokenizer)
+    return VLLMServerGenerator(host=cfg.vllm_server_host, port=cfg.vllm_server_port, tokenizer=tokenizer,
+                               chat_template_kwargs=cfg.chat_template_kwargs)
 
 
 def mixed_precision(cfg: GRPOConfig, *, cuda: bool | None = None, bf16_supported: bool | None = None) -> str:

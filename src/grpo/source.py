@@ -148,7 +148,8 @@ class RolloutSource:
         first = par.rank * k
         rows = get_rows(self.dataset, indices[first:first + k], self.prompt_key)
         prompts = [r[self.prompt_key] for r in rows]
-        check_prompt_lengths([encode_prompt(self.tokenizer, p) for p in prompts], indices[first:first + k],
+        check_prompt_lengths([encode_prompt(self.tokenizer, p, cfg.chat_template_kwargs) for p in prompts],
+                             indices[first:first + k],
                              cfg.max_prompt_length, self.context)
         g = cfg.num_generations
         # One call for the local prompts: sample j of local prompt i is seeded
@@ -156,8 +157,11 @@ class RolloutSource:
         out = self.generator.generate(prompts, g, self._sampling(self.step_seed(step, round_, first)))
         if len(out) != len(prompts) * g:
             raise RuntimeError(f"the generator returned {len(out)} rollouts for {len(prompts)} prompts x {g}")
-        tagged = [replace(r, group_id=round_ * cfg.prompts_per_step + first + r.prompt_index,
-                          policy_version=step) for r in out]
+        tagged = [replace(r, group_id=round_ * cfg.prompts_per_step + first + r.prompt_index, policy_version=step,
+                          # DAPO overlong filtering: a cut completion stays in its group's statistics,
+                          # but none of its tokens is trained on
+                          loss_mask=[0] * len(r.completion_ids) if cfg.mask_truncated_completions
+                          and r.truncated else r.loss_mask) for r in out]
         return tagged, prompts, rows, time.perf_counter() - t0
 
     def step_seed(self, step: int, round_: int, global_prompt: int) -> int:

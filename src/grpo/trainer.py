@@ -19,6 +19,7 @@ Every data-parallel vs FSDP difference lives in :mod:`grpo.parallel`.
 from __future__ import annotations
 
 import copy
+import math
 import os
 import time
 import warnings
@@ -32,7 +33,7 @@ import torch
 from grpo.batch import RolloutBatch, collate_rollouts
 from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
-from grpo.data import get_rows
+from grpo.data import check_dataset, get_rows
 from grpo.evaluation import evaluate
 from grpo.guards import LearningWatch, check_output_dir, model_context, set_torch_threads
 from grpo.learner import Learner
@@ -69,6 +70,7 @@ class GRPOTrainer:
         peft_config: a peft ``LoraConfig``: train adapters; the reference is the base model
             with adapters disabled (no second copy).
         generator: a ready :class:`grpo.rollout.Generator` instead of the one ``config.rollout`` names.
+        prompt_key: the dataset field holding the prompt (default ``"prompt"``).
         accuracy_reward: name of the reward reported as accuracy (default: the first reward).
         format_reward: name of the reward reported as format rate (default: one named "format*").
     """
@@ -112,7 +114,13 @@ class GRPOTrainer:
                 raise ValueError(f"reward {n!r} not among the reward functions {names}")
 
         self.prompt_key = prompt_key
+        check_dataset(train_dataset, "train_dataset", prompt_key)
+        if eval_dataset is not None:
+            check_dataset(eval_dataset, "eval_dataset", prompt_key)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
+        if cfg.num_train_epochs is not None:  # the one place max_steps is derived from the data
+            steps = math.ceil(cfg.num_train_epochs * len(train_dataset) / cfg.prompts_per_step)
+            self.config = cfg = cfg.model_copy(update={"max_steps": max(1, steps)})
         self.model, self.tokenizer, self.model_path = load_policy(
             model, tokenizer, peft_config, cfg, self.accelerator.device)
         context = model_context(self.model)

@@ -125,13 +125,15 @@ class HFGenerator:
         synced_gpus: keep every process stepping until all are done (transformers'
             ``synced_gpus``), for sharded (FSDP) models whose forward is a collective. Every
             process must then call ``generate`` as often, with as many rows.
+        chat_template_kwargs: extra variables for the chat template (e.g. ``enable_thinking``).
         share_prompt_prefill: run each distinct prompt's prefill once and copy its key/value
             cache to its ``n`` rows (vLLM's prefix caching does the same); rows then differ only
             by float rounding from separately prefilled ones. Not with ``synced_gpus``.
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, max_batch_size: int | None = None,
-                 synced_gpus: bool = False, share_prompt_prefill: bool = True):
+                 synced_gpus: bool = False, share_prompt_prefill: bool = True,
+                 chat_template_kwargs: dict | None = None):
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
         self.model = model
@@ -139,6 +141,7 @@ class HFGenerator:
         self.max_batch_size = max_batch_size
         self.synced_gpus = synced_gpus
         self.share_prompt_prefill = share_prompt_prefill and not synced_gpus
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._closed = False
 
     # -- Generator protocol ------------------------------------------------------------------
@@ -151,7 +154,7 @@ class HFGenerator:
             raise RuntimeError("HFGenerator is closed")
         model = unwrap_model(self.model)
         max_ctx = getattr(model.config, "max_position_embeddings", None)
-        encoded = encode_prompts(self.tokenizer, prompts, n, max_ctx)
+        encoded = encode_prompts(self.tokenizer, prompts, n, max_ctx, self.chat_template_kwargs)
         eos_ids = eos_token_ids(self.tokenizer, getattr(model, "generation_config", None))
         rows = [(p, k) for p in range(len(encoded)) for k in range(n)]  # prompt-major
         step = self.max_batch_size or len(rows)

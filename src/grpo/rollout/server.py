@@ -40,6 +40,7 @@ class VLLMServerGenerator:
     Args:
         host, port: where the server listens (ignored when ``base_url`` is given).
         base_url: e.g. ``"http://10.0.0.2:8000"``.
+        chat_template_kwargs: extra variables for the chat template (e.g. ``enable_thinking``).
         tokenizer: the policy's tokenizer (prompts are tokenized here, so the trainer and the
             server see the same ids); None = load the server's tokenizer path locally.
         group_port: port of the NCCL weight-update group (trl's default 51216).
@@ -57,9 +58,11 @@ class VLLMServerGenerator:
         group_port: int = 51216,
         connection_timeout: float = 0.0,
         max_concurrent_requests: int = 16,
+        chat_template_kwargs: dict | None = None,
     ):
         from trl.generation.vllm_client import VLLMClient
 
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self.client = VLLMClient(base_url=base_url, host=host, server_port=port,
                                  group_port=group_port, connection_timeout=connection_timeout)
         model_config = self.client.get_server_info()["model_config"]
@@ -94,7 +97,7 @@ class VLLMServerGenerator:
         sample ``k`` of a request ``seed + k``), like :class:`VLLMGenerator`."""
         if self._closed:
             raise RuntimeError("this VLLMServerGenerator is closed")
-        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len)
+        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len, self.chat_template_kwargs)
         if sampling.seed is None:
             batches = [(0, encoded, None)]
         else:

