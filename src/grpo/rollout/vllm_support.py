@@ -25,6 +25,33 @@ def config_context_length(model_path: str) -> int | None:
     return getattr(AutoConfig.from_pretrained(model_path), "max_position_embeddings", None)
 
 
+def check_engine_fits(model_path: str, max_model_len: int | None, cpu: bool) -> None:
+    """Errors vLLM would raise late or obscurely, raised before the engine starts, naming the
+    setting to change: a head size the CPU attention backend lacks, a context longer than the
+    model's."""
+    from transformers import AutoConfig
+
+    config = AutoConfig.from_pretrained(model_path)
+    context = getattr(config, "max_position_embeddings", None)
+    if max_model_len is not None and context is not None and max_model_len > context:
+        raise ValueError(f"max_model_len={max_model_len} exceeds the model's context of {context} tokens "
+                         "(from the trainer: max_prompt_length + max_completion_length); lower it")
+    if not cpu:
+        return
+    heads = getattr(config, "num_attention_heads", None)
+    head_dim = getattr(config, "head_dim", None) or (config.hidden_size // heads if heads else None)
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        supported = list(CPUAttentionBackend.get_supported_head_sizes())
+    except (ImportError, AttributeError):  # another vLLM layout: let the engine decide
+        return
+    if head_dim is not None and head_dim not in supported:
+        raise ValueError(f"the model's attention head size is {head_dim}, which vLLM's CPU backend does not "
+                         f"support (supported: {supported}); use rollout='hf', or a model with one of these "
+                         "head sizes")
+
+
 def checkpoint_names(model_path: str) -> set[str] | None:
     """Tensor names of a local safetensors checkpoint (read from headers, no data), or None."""
     folder = Path(model_path)
