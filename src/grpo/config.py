@@ -60,6 +60,10 @@ class GRPOConfig(BaseModel):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1.0 = off).")
     top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
     min_p: float = Field(0.0, ge=0, lt=1, description="Min-p sampling (0 = off).")
+    repetition_penalty: float = Field(
+        1.0, gt=0, description="vLLM's repetition penalty (1.0 = off), applied identically by the HF and vLLM "
+                               "generators. The sampler then draws from a penalised distribution, not the policy's: "
+                               "the loss treats the samples as the policy's (as trl does).")
     stop: list[str] = Field(default_factory=list, description="Extra stop strings (the eos token always stops).")
     chat_template_kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra variables for the chat template, e.g. {enable_thinking: false} "

@@ -139,7 +139,7 @@ class GRPOTrainer:
                              "with the trained model itself. Set use_tis=False or rollout='vllm'.")
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                                        min_p=cfg.min_p, max_tokens=cfg.max_completion_length,
-                                       stop=tuple(cfg.stop))
+                                       stop=tuple(cfg.stop), repetition_penalty=cfg.repetition_penalty)
         self.source = RolloutSource(generator=self.generator, reward=self.reward, dataset=train_dataset,
                                     tokenizer=self.tokenizer, config=cfg, parallel=par, sampling=self.sampling,
                                     prompt_key=prompt_key, context=context,

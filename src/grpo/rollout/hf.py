@@ -91,8 +91,27 @@ def _row_generators(seed: int | None, rows: Sequence[tuple[int, int]], n: int,
     return [torch.Generator(device=device).manual_seed(seed + p * n + k) for p, k in rows]
 
 
-def _warpers(sampling: SamplingConfig) -> list:
-    """vLLM's sampler order (vllm/v1/sample/sampler.py): temperature, min_p, top_k, top_p."""
+class _RepetitionPenalty:
+    """vLLM's repetition penalty over each row's prompt and completion so far: the logit of a
+    token already seen is divided by ``penalty`` if positive, multiplied if not. Left padding
+    is not "seen" (``starts[b]`` is the first real column of row b)."""
+
+    def __init__(self, penalty: float, starts_B: torch.Tensor) -> None:
+        self.penalty, self.starts_B = penalty, starts_B
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        cols = torch.arange(input_ids.shape[1], device=input_ids.device)
+        real_BL = cols[None, :] >= self.starts_B.to(input_ids.device)[:, None]
+        counts_BV = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
+        counts_BV.scatter_add_(1, input_ids, real_BL.to(torch.int32))  # occurrences in real columns
+        seen_BV = counts_BV > 0
+        penalized = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
+        return torch.where(seen_BV, penalized, scores)
+
+
+def _warpers(sampling: SamplingConfig, starts_B: torch.Tensor | None = None) -> list:
+    """vLLM's sampler order (vllm/v1/sample/sampler.py): penalties, temperature, min_p, top_k,
+    top_p."""
     from transformers.generation.logits_process import (
         MinPLogitsWarper,
         TemperatureLogitsWarper,
@@ -100,9 +119,11 @@ def _warpers(sampling: SamplingConfig) -> list:
         TopPLogitsWarper,
     )
 
-    if sampling.greedy:
-        return []  # vLLM's greedy log-probs are log_softmax(logits): no temperature, no masks
     out: list = []
+    if sampling.repetition_penalty != 1.0 and starts_B is not None:
+        out.append(_RepetitionPenalty(sampling.repetition_penalty, starts_B))
+    if sampling.greedy:
+        return out  # vLLM's greedy log-probs: no temperature, no masks
     if sampling.temperature != 1.0:
         out.append(TemperatureLogitsWarper(sampling.temperature))
     if sampling.min_p > 0:
@@ -217,7 +238,8 @@ class HFGenerator:
             return_dict_in_generate=True,
         )
         recorder = _SampledTokenLogprobs()
-        processors = [*_warpers(sampling), recorder]
+        starts_B = torch.tensor([width - len(ids) for ids in prompts])
+        processors = [*_warpers(sampling, starts_B), recorder]
         if not sampling.greedy:
             processors.append(_RowSampler(_row_generators(sampling.seed, rows, n, device)))
         processors = LogitsProcessorList(processors)

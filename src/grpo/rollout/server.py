@@ -139,6 +139,7 @@ class VLLMServerGenerator:
         return self.client.generate(
             prompts=prompt_ids, n=n, temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k_enabled else 0, min_p=sampling.min_p,
+            repetition_penalty=sampling.repetition_penalty,
             max_tokens=sampling.max_tokens, logprobs=0, generation_kwargs=extra,
         )
 

@@ -10,7 +10,8 @@ Log-prob semantics (the same for every generator in :mod:`grpo.rollout`)
 ``Rollout.logprobs[t]`` is ``log pi_sample(o_t | q, o_<t)``, the log-probability of the sampled
 token under the distribution the sampler actually drew from:
 
-    z = logits / temperature                      (greedy, temperature 0: z = logits)
+    z = penalize_repeats(logits)                  (repetition_penalty; 1.0 = off, the default)
+    z = z / temperature                           (greedy, temperature 0: no processing at all)
     z = min_p(z); z = top_k(z); z = top_p(z)      (masked tokens -> -inf; vLLM's order)
     pi_sample = softmax(z)                        (so renormalised over the kept tokens)
 
@@ -103,6 +104,11 @@ class SamplingConfig:
     """Keep the k most likely tokens; 0 or -1 = off."""
     min_p: float = 0.0
     """Drop tokens whose probability is below ``min_p`` x the top token's; 0 = off."""
+    repetition_penalty: float = 1.0
+    """vLLM's (and CTRL's, Keskar et al. 2019, arXiv:1909.05858 sec. 4.1) repetition penalty: the
+    logit of every token already in the prompt or the completion is divided by it when positive,
+    multiplied when negative, before temperature. 1.0 = off. The sampler's distribution (and so
+    ``Rollout.logprobs``) then differs from the policy's ``softmax(logits / T)``."""
     max_tokens: int = 256
     """Most completion tokens per sample."""
     stop: tuple[str, ...] = field(default=())
@@ -125,6 +131,8 @@ class SamplingConfig:
             raise ValueError(f"top_k must be an int >= -1 (0 or -1 = off), got {self.top_k!r}")
         if not 0 <= self.min_p < 1:
             raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
+        if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
+            raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):

@@ -233,6 +233,7 @@ class VLLMGenerator:
                 top_p=sampling.top_p,
                 top_k=sampling.top_k if sampling.top_k_enabled else 0,
                 min_p=sampling.min_p,
+                repetition_penalty=sampling.repetition_penalty,
                 max_tokens=sampling.max_tokens,
                 stop=list(sampling.stop) or None,
                 stop_token_ids=list(self.eos_ids),
