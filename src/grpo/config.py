@@ -80,6 +80,14 @@ class GRPOConfig(BaseModel):
     vllm_server_host: str = Field("127.0.0.1", description="Host of `trl vllm-serve` (rollout=vllm_server).")
     vllm_server_port: int = Field(8000, description="Port of `trl vllm-serve` (rollout=vllm_server).")
 
+    async_staleness: int = Field(
+        0, ge=0, description="Asynchronous rollouts: sample the next steps in a generator process while the learner "
+                             "trains, on weights at most this many steps old (AReaL's decoupled PPO corrects for it). "
+                             "0 = synchronous (exactly today's trainer). rollout='hf' only, one process.")
+    async_timeout: float = Field(
+        600.0, gt=0, description="Seconds the asynchronous generator may take for one step before it counts as "
+                                 "stalled (an error, not a hang).")
+
     # ---------------------------------------------------------------- advantages and loss
     advantage_estimator: str = Field(
         "grpo", description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
@@ -174,6 +182,10 @@ class GRPOConfig(BaseModel):
             raise ValueError(
                 f"{mb_text} must divide prompts_per_step x num_generations = "
                 f"{self.prompts_per_step} x {self.num_generations} = {n}; choose a divisor of {n}.")
+        if self.async_staleness and self.rollout != "hf":
+            raise ValueError(f"async_staleness={self.async_staleness} runs an HF generator in a child process; "
+                             f"rollout={self.rollout!r} is not supported asynchronously yet: set rollout='hf' or "
+                             "async_staleness=0")
         if self.warmup_steps and self.warmup_ratio:
             raise ValueError(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} are both set; "
                              "set one of them (the other 0)")

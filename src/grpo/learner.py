@@ -42,9 +42,16 @@ class Learner:
     # ------------------------------------------------------------------ frozen log-probs
     @property
     def on_policy(self) -> bool:
-        """One pass over one minibatch: the old policy is the current one (no extra forward)."""
+        """One pass over one minibatch of fresh samples: the old policy is the current one (no
+        extra forward). Never with asynchronous rollouts, whose sampler is older."""
         cfg = self.config
-        return cfg.num_iterations == 1 and cfg.derived().minibatches_per_step == 1
+        return cfg.num_iterations == 1 and cfg.derived().minibatches_per_step == 1 and not cfg.async_staleness
+
+    @property
+    def behaviour_correction(self) -> bool:
+        """Weight the policy term by min(pi_old / pi_sampler, is_cap): TIS for a separate rollout
+        engine, AReaL's decoupled objective for asynchronous rollouts (pi_old = proximal)."""
+        return self.config.use_tis or self.config.async_staleness > 0
 
     def frozen_logprobs(self, batch: RolloutBatch | None) -> RolloutBatch | None:
         """``batch`` with the old policy's and the reference's log-probs (those that are needed)."""
@@ -124,7 +131,7 @@ class Learner:
             lp.logp, old, sub.advantages, sub.loss_mask, ref_logp=sub.ref_logp, beta=cfg.beta,
             eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, kl_estimator=cfg.kl_estimator,
             aggregation=cfg.aggregation, ratio_level=cfg.ratio_level,
-            rollout_logp=sub.rollout_logp if cfg.use_tis else None, is_cap=cfg.is_cap,
+            rollout_logp=sub.rollout_logp if self.behaviour_correction else None, is_cap=cfg.is_cap,
             normalizer=normalizer, max_len=cfg.max_completion_length, kl_ratio_correction=cfg.kl_ratio_correction)
         out.loss.backward()
         m = out.metrics()

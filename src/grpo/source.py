@@ -157,7 +157,10 @@ class RolloutSource:
         out = self.generator.generate(prompts, g, self._sampling(self.step_seed(step, round_, first)))
         if len(out) != len(prompts) * g:
             raise RuntimeError(f"the generator returned {len(out)} rollouts for {len(prompts)} prompts x {g}")
-        tagged = [replace(r, group_id=round_ * cfg.prompts_per_step + first + r.prompt_index, policy_version=step,
+        # a generator with its own weights (asynchronous rollouts) says which version sampled
+        versioned = getattr(self.generator, "versioned", False)
+        tagged = [replace(r, group_id=round_ * cfg.prompts_per_step + first + r.prompt_index,
+                          policy_version=r.policy_version if versioned else step,
                           # DAPO overlong filtering: a cut completion stays in its group's statistics,
                           # but none of its tokens is trained on
                           loss_mask=[0] * len(r.completion_ids) if cfg.mask_truncated_completions

@@ -144,11 +144,27 @@ class GRPOTrainer:
                                     tokenizer=self.tokenizer, config=cfg, parallel=par, sampling=self.sampling,
                                     prompt_key=prompt_key, context=context,
                                     accuracy_name=self.accuracy_name, format_name=self.format_name)
+        if cfg.async_staleness:
+            self.source = self._async_source(self.source)
         self.learner = Learner(self.model, self.ref_model, self.optimizer, self.scheduler, par, cfg,
                                self.accelerator.autocast)
         self.step = 0
         if cfg.resume_from:
             self._resume(resolve_checkpoint(cfg.resume_from, cfg.output_dir))
+
+    def _async_source(self, inner: RolloutSource):
+        """The rollout source with a generator process of its own (see grpo.async_source)."""
+        from grpo.async_source import AsyncRolloutSource
+        from grpo.rollout import ProcessGenerator
+
+        cfg = self.config
+        if self.parallel.world > 1:
+            raise ValueError("async_staleness > 0 runs one generator process: not with several training "
+                             "processes yet; set async_staleness=0 for data-parallel runs")
+        inner.generator = ProcessGenerator(self.model, self.tokenizer, timeout=cfg.async_timeout,
+                                           chat_template_kwargs=cfg.chat_template_kwargs)
+        return AsyncRolloutSource(inner, inner.generator, staleness=cfg.async_staleness, max_steps=cfg.max_steps,
+                                  timeout=cfg.async_timeout)
 
     @staticmethod
     def _check_layout(cfg: GRPOConfig, world: int, peft_config: Any) -> None:
@@ -238,6 +254,8 @@ class GRPOTrainer:
             if pause:
                 self.generator.wake_up()
             self.generator.sync_weights(self.model)
+            if hasattr(self.source, "push_weights"):  # asynchronous: the generator process's copy
+                self.source.push_weights(self.model, self.step + 1)
         return scored, train_metrics
 
     # ------------------------------------------------------------------------------ joins
@@ -298,6 +316,9 @@ class GRPOTrainer:
         self.step = int(state["step"])
         self.source.load_state_dict(state)
         self.generator.sync_weights(self.model)
+        if hasattr(self.source, "push_weights"):
+            self.source.start_at(self.step)
+            self.source.push_weights(self.model, self.step)
 
     def save_model(self, path: str | Path) -> None:
         """The trained model in HF format (LoRA merged if ``merge_lora_on_save``) and its tokenizer."""

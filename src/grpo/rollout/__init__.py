@@ -7,7 +7,9 @@ generators are imported lazily, so ``import grpo.rollout`` pulls in neither torc
 * :class:`VLLMGenerator` (``grpo.rollout.vllm``): a colocated vLLM engine with in-place weight
   sync;
 * :class:`VLLMServerGenerator` (``grpo.rollout.server``): a separately started
-  ``trl vllm-serve`` server, through trl's ``VLLMClient``.
+  ``trl vllm-serve`` server, through trl's ``VLLMClient``;
+* :class:`ProcessGenerator` (``grpo.rollout.process``): an HF generator in a child process with
+  its own copy of the weights (shared memory), for asynchronous rollouts.
 
 See docs/rollout.md.
 """
@@ -21,19 +23,21 @@ from grpo.rollout.types import FinishReason, Generator, Prompt, Rollout, Samplin
 
 if TYPE_CHECKING:
     from grpo.rollout.hf import HFGenerator
+    from grpo.rollout.process import ProcessGenerator
     from grpo.rollout.server import VLLMServerGenerator
     from grpo.rollout.tokens import encode_prompt
     from grpo.rollout.vllm import VLLMGenerator
 
 _LAZY = {
     "HFGenerator": "grpo.rollout.hf",
+    "ProcessGenerator": "grpo.rollout.process",
     "VLLMGenerator": "grpo.rollout.vllm",
     "VLLMServerGenerator": "grpo.rollout.server",
     "encode_prompt": "grpo.rollout.tokens",
 }
 
 __all__ = [
-    "FinishReason", "Generator", "HFGenerator", "Prompt", "Rollout", "SamplingConfig",
+    "FinishReason", "Generator", "HFGenerator", "ProcessGenerator", "Prompt", "Rollout", "SamplingConfig",
     "VLLMGenerator", "VLLMServerGenerator", "encode_prompt",
 ]
 
