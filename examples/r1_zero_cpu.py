@@ -40,7 +40,11 @@ def main() -> None:
                          "makes multi-threaded torch spin; the reward pool uses the other core)")
     ap.add_argument("--dynamic-sampling", action="store_true",
                     help="DAPO dynamic sampling: replace groups without reward spread by fresh prompts (<= 4 rounds)")
+    ap.add_argument("--async-staleness", type=int, default=0,
+                    help="asynchronous rollouts: sample in a generator process on weights at most N steps old")
     ap.add_argument("--eval-steps", type=int, default=50, help="evaluate every N GRPO steps")
+    ap.add_argument("--start-model", default=None,
+                    help="skip the warm-up and start GRPO from this saved model (e.g. another run's warmup_model)")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (seconds)")
     a = ap.parse_args()
     if a.quick:
@@ -65,12 +69,15 @@ def main() -> None:
     print(f"[build] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; "
           f"{len(train)} train / {len(held_out)} held-out problems", flush=True)
 
-    warmup_sft(model, tokenizer, train, steps=a.warmup_steps, seed=a.seed)
-    start = run / "warmup_model"
-    model.generation_config.pad_token_id = tokenizer.pad_token_id
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(start)
-    tokenizer.save_pretrained(start)
+    if a.start_model:
+        start = Path(a.start_model)
+    else:
+        warmup_sft(model, tokenizer, train, steps=a.warmup_steps, seed=a.seed)
+        start = run / "warmup_model"
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.save_pretrained(start)
+        tokenizer.save_pretrained(start)
     t_warm = time.perf_counter() - t0
 
     config = GRPOConfig(
@@ -79,7 +86,7 @@ def main() -> None:
         learning_rate=1e-4, beta=0.0, eps_low=0.2, eps_high=0.28, aggregation="token_mean",
         micro_batch_size=64, reward_weights=[1.0, 0.1], eval_steps=a.eval_steps, eval_samples=4,
         vllm_enforce_eager=True, save_final_model=True, torch_threads=a.threads, overwrite_output_dir=True,
-        dynamic_sampling=a.dynamic_sampling)
+        dynamic_sampling=a.dynamic_sampling, async_staleness=a.async_staleness)
     trainer = GRPOTrainer(str(start), [MathReward(), FormatReward()], train, config, eval_dataset=held_out)
     try:
         trainer.train()
@@ -90,6 +97,7 @@ def main() -> None:
     report = write_report(run)
     summary = {
         "seed": a.seed, "rollout": a.rollout, "grpo_steps": a.steps, "dynamic_sampling": a.dynamic_sampling,
+        "async_staleness": a.async_staleness,
         "held_out_greedy_accuracy_before": before["eval/greedy_accuracy"],
         "held_out_greedy_accuracy_after": after["eval/greedy_accuracy"],
         "gain_points": 100 * (after["eval/greedy_accuracy"] - before["eval/greedy_accuracy"]),
