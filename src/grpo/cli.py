@@ -68,20 +68,22 @@ def _eval_rows(recipe) -> list[dict] | None:
 def build_trainer(recipe, model_override: str | None = None):
     """A :class:`grpo.GRPOTrainer` for the recipe (the model built or checked first)."""
     from grpo import GRPOTrainer
-    from grpo.recipes import build_rewards, prepare_model
+    from grpo.recipes import check_recipe, prepare_model, require_hub
     from grpo.recipes.datasets import build_dataset
 
-    model = model_override or prepare_model(recipe)
-    rewards, weights = build_rewards(recipe)
+    rewards, weights = check_recipe(recipe)  # the quick checks first, the model (maybe built) last
+    require_hub(recipe, model_override)
     cfg = recipe.trainer.model_copy(update={"reward_weights": weights})
     ds = recipe.dataset
     train = build_dataset(ds.name, ds.split, ds.limit, **ds.kwargs)
+    eval_rows = _eval_rows(recipe)
+    model = model_override or prepare_model(recipe)
     peft_config = None
     if recipe.lora:
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **recipe.lora)
-    return GRPOTrainer(model, rewards, train, cfg, eval_dataset=_eval_rows(recipe), peft_config=peft_config)
+    return GRPOTrainer(model, rewards, train, cfg, eval_dataset=eval_rows, peft_config=peft_config)
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -91,7 +93,7 @@ def resolve_eval_model(recipe, model: str | None) -> tuple[str, Path | None]:
     ``model`` may be a saved model (``config.json``; ``adapter_config.json`` for unmerged LoRA),
     a checkpoint (``trainer_state.json``: its weights are loaded onto the recipe's model, or onto
     the run's ``tiny_model``), a run folder (its ``final``), a hub id, or None (the recipe's)."""
-    from grpo.recipes import TINY_MODEL_DIR, RecipeError, hub_problem, prepare_model
+    from grpo.recipes import TINY_MODEL_DIR, RecipeError, prepare_model, require_hub
 
     if model is None:
         return prepare_model(recipe), None
@@ -108,9 +110,7 @@ def resolve_eval_model(recipe, model: str | None) -> tuple[str, Path | None]:
     if path.exists():
         raise RecipeError(f"--model {model}: not a saved model (no config.json), a checkpoint (no "
                           "trainer_state.json) or a run folder (no final/)")
-    problem = hub_problem(recipe, model=model)
-    if problem:
-        raise RecipeError(problem)
+    require_hub(recipe, model)
     return model, None
 
 
@@ -145,16 +145,17 @@ def evaluate_recipe(recipe, model: str | None = None, *, by: list[str] | tuple[s
 
     from grpo.evaluation import eval_sampling, evaluate
     from grpo.models import load_policy, make_generator
-    from grpo.recipes import RecipeError, build_rewards
+    from grpo.recipes import RecipeError, check_recipe, require_hub
     from grpo.rewards import CombinedReward
 
     if recipe.eval_dataset is None:
         raise RecipeError("the recipe has no eval_dataset; add one, e.g. eval_dataset: {name: gsm8k, split: test}")
     cfg = recipe.trainer
-    model_path, checkpoint = resolve_eval_model(recipe, model)
-    rewards, weights = build_rewards(recipe)
+    rewards, weights = check_recipe(recipe)
     reward = CombinedReward(rewards, weights, missing="propagate")
     names = [r.name for r in reward.rewards]
+    model_path, checkpoint = resolve_eval_model(recipe, model)
+    require_hub(recipe, model_path)  # the datasets
     rows = _eval_rows(recipe)
     rows = rows[:cfg.eval_max_prompts] if cfg.eval_max_prompts else rows
     peft_config = None

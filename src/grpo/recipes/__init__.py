@@ -40,7 +40,7 @@ class RecipeError(ValueError):
 def did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
     """``"; did you mean 'beta'?"`` for the closest option, or ``""``."""
     close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean {prefix}{close[0]}?" if close else ""
+    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def find_recipe(name_or_path: str) -> Path:
@@ -126,6 +126,17 @@ def build_rewards(recipe: Recipe) -> tuple[list[Any], list[float]]:
     return made, [spec.weight for spec in recipe.rewards]
 
 
+def check_recipe(recipe: Recipe) -> tuple[list[Any], list[float]]:
+    """Every quick check before anything is downloaded or built: the dataset builders and their
+    options, the rewards (built) and the Hub. Returns :func:`build_rewards`'s result."""
+    from grpo.recipes.datasets import check_dataset
+
+    for spec in (recipe.dataset, recipe.eval_dataset):
+        if spec is not None:
+            check_dataset(spec.name, spec.kwargs)
+    return build_rewards(recipe)
+
+
 # ------------------------------------------------------------------------------ the model
 def prepare_model(recipe: Recipe) -> str:
     """The path or hub id to train from. ``model: tiny`` builds the model (once) into
@@ -134,9 +145,7 @@ def prepare_model(recipe: Recipe) -> str:
         from grpo.recipes.schema import TinyModelSpec
 
         return str(build_tiny_model(Path(recipe.trainer.output_dir) / TINY_MODEL_DIR, recipe.tiny or TinyModelSpec()))
-    problem = hub_problem(recipe)
-    if problem:
-        raise RecipeError(problem)
+    require_hub(recipe)
     return recipe.model
 
 
@@ -191,6 +200,13 @@ def _probe(url: str, timeout: float) -> str | None:
     except (urllib.error.URLError, OSError) as e:
         return f"{url} is unreachable ({getattr(e, 'reason', e)})"
     return None
+
+
+def require_hub(recipe: Recipe, model: str | None = None) -> None:
+    """Raise :class:`RecipeError` with :func:`hub_problem`'s message, if there is one."""
+    problem = hub_problem(recipe, model)
+    if problem:
+        raise RecipeError(problem)
 
 
 def hub_problem(recipe: Recipe, model: str | None = None, timeout: float = 5.0) -> str | None:

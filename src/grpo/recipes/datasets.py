@@ -51,11 +51,6 @@ def countdown(split: str = "train", size: int = 10_000, seed: int = 0, **options
     ``options``: reasoning-gym's ``CountdownConfig`` fields (``min_numbers``, ``max_target``, ...)."""
     import reasoning_gym
 
-    known = _countdown_options()
-    for key in options:
-        if key not in known:
-            raise RecipeError(f"dataset 'countdown' has no option {key!r}{did_you_mean(key, known)} "
-                              f"(options: split, size, seed, {', '.join(sorted(known))})")
     data = reasoning_gym.create_dataset("countdown", size=size, seed=seed + (0 if split == "train" else 1),
                                         **options)
     return [{"prompt": r1_zero_prompt(x["question"] + " Give the expression in <answer> </answer> tags."),
@@ -76,20 +71,28 @@ HUB_DATASETS: dict[str, str] = {"gsm8k": "openai/gsm8k"}
 """Builders that download from the Hugging Face Hub, and the dataset repo they need."""
 
 
-def build_dataset(name: str, split: str = "train", limit: int | None = None, **kwargs: Any) -> list[dict]:
-    """Rows of builder ``name``; ``kwargs`` are checked against the builder's parameters."""
+EXTRA_OPTIONS: dict[str, Callable[[], set[str]]] = {"countdown": _countdown_options}
+"""Options a builder passes on through ``**options`` (checked like its own parameters)."""
+
+
+def check_dataset(name: str, kwargs: dict[str, Any]) -> None:
+    """Raise :class:`RecipeError` for an unknown builder or an option it does not take."""
     if name not in DATASETS:
         raise RecipeError(f"unknown dataset {name!r}{did_you_mean(name, DATASETS)}; known: {', '.join(DATASETS)}")
-    builder = DATASETS[name]
-    params = inspect.signature(builder).parameters
-    if not any(p.kind == p.VAR_KEYWORD for p in params.values()):
-        options = [p for p in params if p != "split"]
-        for key in kwargs:
-            if key not in options:
-                raise RecipeError(f"dataset {name!r} has no option {key!r}{did_you_mean(key, options)} "
-                                  f"(options: {', '.join(options) or 'none'})")
+    params = inspect.signature(DATASETS[name]).parameters.values()
+    options = [p.name for p in params if p.name != "split" and p.kind != p.VAR_KEYWORD]
+    options += sorted(EXTRA_OPTIONS[name]()) if name in EXTRA_OPTIONS else []
+    for key in kwargs:
+        if key not in options:
+            raise RecipeError(f"dataset {name!r} has no option {key!r}{did_you_mean(key, options)} "
+                              f"(options: {', '.join(options) or 'none'})")
+
+
+def build_dataset(name: str, split: str = "train", limit: int | None = None, **kwargs: Any) -> list[dict]:
+    """Rows of builder ``name``; ``kwargs`` are checked first (:func:`check_dataset`)."""
+    check_dataset(name, kwargs)
     try:
-        rows = builder(split=split, **kwargs)
+        rows = DATASETS[name](split=split, **kwargs)
     except (ValueError, TypeError) as e:
         if isinstance(e, RecipeError):
             raise

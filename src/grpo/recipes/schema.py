@@ -130,7 +130,7 @@ def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
             prefix = where[: -len(key)]
             hint = did_you_mean(key, options, prefix)
             if parent is root and root is Recipe and key in GRPOConfig.model_fields:
-                hint = f"; did you mean trainer.{key}? (GRPOConfig settings go under trainer:)"
+                hint = f"; did you mean 'trainer.{key}'? (GRPOConfig settings go under trainer:)"
             listing = ("grpo train --help-config lists them" if parent is GRPOConfig
                        else f"known: {', '.join(options)}")
             parts.append(f"unknown key {where!r}{hint} ({listing})")
