@@ -8,6 +8,14 @@ import pytest
 from grpo.report import draw_panels, write_report
 
 
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    import matplotlib.pyplot as plt
+
+    plt.close("all")
+
+
 def records(steps=5):
     train = [{"step": s, "reward/total/mean": s / 5, "train/accuracy": s / 10, "completions/mean_length": 10 + s,
               "loss/kl": 1e-3 * s, "policy/entropy": 2.0 - 0.1 * s, "loss/clip_frac_high": 0.0,
@@ -57,6 +65,9 @@ def test_long_runs_get_a_moving_average_over_the_raw_line():
     fig = panels(records(steps=60))["response_length"]
     labels = [line.get_label() for line in fig.axes[0].get_lines()]
     assert any(label.startswith("train, mean of") for label in labels)
+    clip = panels(records(steps=60))["health"].axes[2]  # constant series: no average, still distinct
+    assert len({line.get_linestyle() for line in clip.get_lines()}) == 2
+    assert all(line.get_label().endswith("(0 throughout)") for line in clip.get_lines())
 
 
 def test_breakdown_columns_get_their_own_panel():

@@ -116,13 +116,16 @@ def _draw_axis(ax, lines, ylabel: str, fraction: bool, steps: tuple[int, int]) -
             ax.plot(xs, ys, linestyle="none", marker=marker, ms=max(11 - 2.5 * n_eval, 3), mfc="none", mew=1.8,
                     color=color, label=label, zorder=3)
             n_eval += 1
-        elif len(xs) >= SMOOTH_FROM:
+            continue
+        style = ["-", "--", ":", "-."][i % 4]  # lines that coincide (often at 0) stay distinguishable
+        if len(xs) >= SMOOTH_FROM and len(set(ys)) > 1:
             window = max(len(xs) // 15, 3)
             ax.plot(xs, ys, color=color, alpha=0.25, lw=1)
-            ax.plot(xs, _moving_average(ys, window), color=color, lw=2, label=f"{label}, mean of {window} steps")
+            ax.plot(xs, _moving_average(ys, window), color=color, lw=2, linestyle=style,
+                    label=f"{label}, mean of {window} steps")
         else:
-            ax.plot(xs, ys, color=color, lw=1.5, marker=marker, ms=4, label=label,
-                    linestyle=["-", "--", ":", "-."][i % 4])
+            ax.plot(xs, ys, color=color, lw=1.5, linestyle=style, label=label,
+                    marker=marker if len(xs) < SMOOTH_FROM else None, ms=4)
     ax.set_ylabel(ylabel)
     ax.set_xlabel("GRPO step")
     pad = max((steps[1] - steps[0]) * 0.04, 0.3)
