@@ -41,11 +41,18 @@ def test_packaged_cpu_recipe_trains_offline_and_eval_reproduces_the_training_eva
     for model, step in ((run / "checkpoints" / "step_2", 2), (run, 4), (None, 0)):
         dump = tmp_path / f"eval_{step}.json"
         args = CLI + ["eval", "r1_zero_cpu", *settings, "--output", str(dump)]
-        out = subprocess.run(args + (["--model", str(model)] if model else []), capture_output=True, text=True,
-                             timeout=600, env=offline_env(tmp_path))
+        args += ["--model", str(model)] if model else ["--by", "answer"]
+        out = subprocess.run(args, capture_output=True, text=True, timeout=600, env=offline_env(tmp_path))
         assert out.returncode == 0, out.stderr[-3000:]
+        got = json.loads(dump.read_text())
         expected = {k: v for k, v in in_training[step].items() if k != "step"}
-        assert json.loads(dump.read_text()) == expected, f"--model {model} differs from the step-{step} evaluation"
+        assert {k: got[k] for k in expected} == expected, f"--model {model} differs from the step-{step} evaluation"
+        if model is None:  # --by answer: every metric per gold answer, over all 12 prompts
+            counts = [v for k, v in got.items() if k.startswith("eval/num_prompts/answer=")]
+            assert sum(counts) == 12 and len(counts) > 1
+            assert any(k.startswith("eval/greedy_accuracy/answer=") for k in got)
+        else:
+            assert set(got) == set(expected)
 
 
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}],
@@ -169,6 +176,14 @@ def test_eval_without_eval_dataset_and_report_of_a_missing_run(tmp_path, capsys)
     assert code == 2 and "the recipe has no eval_dataset" in err
     code, err = run_main(capsys, "report", str(tmp_path / "nowhere"))
     assert code == 2 and "is it a grpo run folder?" in err
+
+
+def test_eval_model_that_is_no_model(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    for model, message in ((tmp_path / "empty", "not a saved model (no config.json)"),
+                           (tmp_path / "nowhere", "is not a local folder")):
+        code, err = run_main(capsys, "eval", recipe_file(tmp_path, BASE), "--model", str(model))
+        assert code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
 def test_help_config_documents_every_key_without_pydantic_internals(capsys):

@@ -61,9 +61,9 @@ class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(description="Model folder, hub id, or 'tiny' (built offline into the run folder).")
     tiny: TinyModelSpec | None = Field(None, description="Size and warm-up of model: tiny.")
-    dataset: DatasetSpec
-    eval_dataset: DatasetSpec | None = None
-    rewards: list[RewardSpec] = Field(min_length=1)
+    dataset: DatasetSpec = Field(description="Training prompts: {name, split, limit, kwargs}.")
+    eval_dataset: DatasetSpec | None = Field(None, description="Held-out prompts for evaluation (optional).")
+    rewards: list[RewardSpec] = Field(min_length=1, description="Reward functions: [{name, weight, kwargs}, ...].")
     lora: dict[str, Any] | None = Field(None, description="peft LoraConfig arguments (None: full fine-tuning).")
     trainer: GRPOConfig = Field(default_factory=GRPOConfig)
 
