@@ -55,6 +55,32 @@ def test_packaged_cpu_recipe_trains_offline_and_eval_reproduces_the_training_eva
             assert set(got) == set(expected)
 
 
+def test_lora_checkpoint_eval_reproduces_the_training_eval(tmp_path, monkeypatch):
+    """A LoRA run's checkpoint holds only the adapters: they go onto the recipe's model wrapped
+    with the recipe's lora config. A dense reward (shorter is better) makes the adapters move."""
+    (tmp_path / "dense.py").write_text("from grpo.rewards import Reward\n\nclass Short(Reward):\n"
+                                       "    def score(self, completion, **example):\n"
+                                       "        return -len(completion) / 10\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    run = tmp_path / "run"
+    recipe = recipe_file(tmp_path, f"""\
+        model: tiny
+        tiny: {{hidden_size: 64, num_heads: 2, head_dim: 32, warmup_steps: 20}}
+        dataset: {{name: tiny_arithmetic, split: train, limit: 16}}
+        eval_dataset: {{name: tiny_arithmetic, split: test, limit: 6}}
+        rewards: [{{name: "dense:Short"}}, {{name: format, weight: 0.1}}]
+        lora: {{r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}}
+        trainer: {{output_dir: {run}, num_generations: 4, prompts_per_step: 2, max_steps: 2, save_steps: 2,
+                  max_completion_length: 12, learning_rate: 1.0e-2, beta: 0.0, eval_samples: 4, progress_bar: false}}
+        """)
+    assert cli.main(["train", recipe]) == 0
+    in_training = {e["step"]: e for e in read_jsonl(run / "eval.jsonl")}
+    assert in_training[0]["eval/mean@4_accuracy"] != in_training[2]["eval/mean@4_accuracy"]  # the adapters moved
+    assert cli.main(["eval", recipe, "--model", str(run / "checkpoints" / "step_2"), "--output",
+                     str(tmp_path / "ck.json")]) == 0
+    assert json.loads((tmp_path / "ck.json").read_text()) == {k: v for k, v in in_training[2].items() if k != "step"}
+
+
 @pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": "http://127.0.0.1:9"}],
                          ids=["HF_HUB_OFFLINE", "unreachable_endpoint"])
 def test_hub_recipe_fails_fast_without_the_hub(tmp_path, env):
