@@ -38,6 +38,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: this model's matmuls are tiny, and a busy second core "
                          "makes multi-threaded torch spin; the reward pool uses the other core)")
+    ap.add_argument("--dynamic-sampling", action="store_true",
+                    help="DAPO dynamic sampling: replace groups without reward spread by fresh prompts (<= 4 rounds)")
+    ap.add_argument("--eval-steps", type=int, default=50, help="evaluate every N GRPO steps")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (seconds)")
     a = ap.parse_args()
     if a.quick:
@@ -74,8 +77,9 @@ def main() -> None:
         output_dir=str(run), seed=a.seed, max_steps=a.steps, rollout=a.rollout,
         num_generations=8, prompts_per_step=8, max_completion_length=40, temperature=1.0,
         learning_rate=1e-4, beta=0.0, eps_low=0.2, eps_high=0.28, aggregation="token_mean",
-        micro_batch_size=64, reward_weights=[1.0, 0.1], eval_steps=50, eval_samples=4,
-        vllm_enforce_eager=True, save_final_model=True)
+        micro_batch_size=64, reward_weights=[1.0, 0.1], eval_steps=a.eval_steps, eval_samples=4,
+        vllm_enforce_eager=True, save_final_model=True, torch_threads=a.threads, overwrite_output_dir=True,
+        dynamic_sampling=a.dynamic_sampling)
     trainer = GRPOTrainer(str(start), [MathReward(), FormatReward()], train, config, eval_dataset=held_out)
     try:
         trainer.train()
@@ -85,7 +89,7 @@ def main() -> None:
     before, after = evals[0], evals[-1]
     report = write_report(run)
     summary = {
-        "seed": a.seed, "rollout": a.rollout, "grpo_steps": a.steps,
+        "seed": a.seed, "rollout": a.rollout, "grpo_steps": a.steps, "dynamic_sampling": a.dynamic_sampling,
         "held_out_greedy_accuracy_before": before["eval/greedy_accuracy"],
         "held_out_greedy_accuracy_after": after["eval/greedy_accuracy"],
         "gain_points": 100 * (after["eval/greedy_accuracy"] - before["eval/greedy_accuracy"]),

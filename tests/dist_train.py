@@ -1,6 +1,6 @@
 """Launched by tests/test_trainer.py::test_two_processes_match_one, alone or under torchrun.
 
-usage: dist_train.py MODEL_DIR OUT_DIR [--fsdp] [--save-steps N] [--max-steps N] [--resume]
+usage: dist_train.py MODEL_DIR OUT_DIR [--fsdp] [--dynamic] [--save-steps N] [--max-steps N] [--resume]
 """
 
 import argparse
@@ -17,6 +17,14 @@ class CountSevens(Reward):
         return completion.count("7") / max(len(completion), 1)
 
 
+class FlatOrChecksum(Reward):
+    """Every completion of a ``flat`` row scores 1 (a group without signal, which dynamic
+    sampling drops); elsewhere an arbitrary checksum of the text (signal in almost every group)."""
+
+    def score(self, completion, **example):
+        return 1.0 if example["flat"] else sum(map(ord, completion)) % 13 / 13
+
+
 def full_weights(model) -> dict:
     """Every parameter as a plain tensor (an FSDP2 shard is gathered: all processes must call)."""
     return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
@@ -31,13 +39,16 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=3)
     p.add_argument("--save-steps", type=int, default=0)
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--dynamic", action="store_true", help="DAPO dynamic sampling, some prompts without signal")
     args = p.parse_args()
-    rows = [{"prompt": f"Say sevens {i}"} for i in range(8)]
+    rows = [{"prompt": f"Say sevens {i}", "flat": i % 3 == 0} for i in range(8)]
+    reward = FlatOrChecksum() if args.dynamic else CountSevens()
     cfg = GRPOConfig(output_dir=str(args.out), num_generations=4, prompts_per_step=4, max_steps=args.max_steps,
                      max_completion_length=6, learning_rate=1e-3, beta=0.01, num_iterations=2,
                      minibatch_size=8, micro_batch_size=2, progress_bar=False, save_final_model=args.fsdp,
-                     fsdp=args.fsdp, save_steps=args.save_steps, resume_from="latest" if args.resume else None)
-    trainer = GRPOTrainer(args.model_dir, [CountSevens()], rows, cfg, eval_dataset=rows[:2] if args.fsdp else None)
+                     fsdp=args.fsdp, save_steps=args.save_steps, resume_from="latest" if args.resume else None,
+                     dynamic_sampling=args.dynamic, dynamic_sampling_max_rounds=3)
+    trainer = GRPOTrainer(args.model_dir, [reward], rows, cfg, eval_dataset=rows[:2] if args.fsdp else None)
     rank = trainer.accelerator.process_index
     args.out.mkdir(parents=True, exist_ok=True)
     initial = full_weights(trainer.model)

@@ -10,11 +10,13 @@ import pytest
 
 from grpo.rewards import (
     ERROR,
+    NOT_APPLICABLE,
     OK,
     UNSCORABLE,
     CombinedReward,
     FormatReward,
     MathReward,
+    NotApplicable,
     Reward,
     ScoreResult,
     Unscorable,
@@ -38,6 +40,12 @@ class Fragile(Reward):
             return None
         if completion == "nan":
             return math.nan
+        if completion == "inf":
+            return math.inf
+        if completion == "text":
+            return "0.5"
+        if completion == "na":
+            raise NotApplicable("not my task")
         return 0.5
 
 
@@ -75,8 +83,12 @@ def test_score_with_reason_distinguishes_every_case():
     r = Fragile()
     assert r.score_with_reason("x") == ScoreResult(0.5)
     assert r.score_with_reason(None).status == UNSCORABLE
-    assert r.score_with_reason("none").status == UNSCORABLE
-    assert r.score_with_reason("nan").status == UNSCORABLE
+    none = r.score_with_reason("none")
+    assert none.status == UNSCORABLE and "NotApplicable" in none.reason  # says how to be explicit
+    for bad in ("nan", "inf", "text"):  # not a finite number: a bug, never a score
+        res = r.score_with_reason(bad)
+        assert res.status == ERROR and "Fragile.score returned" in res.reason, bad
+    assert r.score_with_reason("na") == ScoreResult(None, NOT_APPLICABLE, "not my task")
     with pytest.raises(ZeroDivisionError):  # a bug propagates from the single-item API
         r.score_with_reason("boom")
     u = LengthBonus().score_with_reason("abc")
@@ -166,12 +178,14 @@ def test_as_reward_wraps_an_open_r1_style_function():
     assert as_reward(r) is r
 
 
-def test_as_reward_maps_none_and_nan_to_unscorable_and_checks_length():
-    r = as_reward(lambda completions, **kw: [None, math.nan, 2][: len(completions)], name="odd")
-    res = r.evaluate(completions=["a", "b", "c"])
-    assert [x.status for x in res] == [UNSCORABLE, UNSCORABLE, OK] and res[2].value == 2.0
-    with pytest.raises(ValueError, match="returned 3 values for 4"):
-        as_reward(lambda completions, **kw: [1, 2, 3])(completions=list("abcd"))
+def test_as_reward_maps_none_to_not_applicable_and_bad_values_to_errors():
+    r = as_reward(lambda completions, **kw: [None, math.nan, 2, "3", math.inf][: len(completions)],
+                  name="odd")
+    res = r.evaluate(completions=list("abcde"))
+    assert [x.status for x in res] == [NOT_APPLICABLE, ERROR, OK, ERROR, ERROR]
+    assert res[2].value == 2.0
+    assert "reward function 'odd' (item 1) returned nan" in res[1].reason
+    assert "returned '3' (str)" in res[3].reason
 
 
 def test_as_reward_single_item_score():
@@ -189,28 +203,40 @@ def test_combined_reward_hand_computed():
         [LengthBonus(), Fragile(), as_reward(open_r1_style)],
         weights={"length_bonus": 2.0, "fragile": -1.0},
     )
-    chat = [[{"role": "assistant", "content": c}] for c in ("4", "none", "44444")]
+    chat = [[{"role": "assistant", "content": c}] for c in ("4", "na", "44444")]
     out = combo.evaluate_all(completions=chat, limit=[1, 9, 1], answer=["4", "4", "4"])
-    # row 0: 2*1 + -1*0.5 + 1*1 = 2.5;  row 1: 2*1 + (skip) + 1*0 = 2.0;  row 2: 0 - 0.5 + 0
+    # row 0: 2*1 + -1*0.5 + 1*1 = 2.5;  row 1: 2*1 + (n/a) + 1*0 = 2.0;  row 2: 0 - 0.5 + 0
     assert out.values == [2.5, 2.0, -0.5]
     assert out.component_values("fragile") == [0.5, None, 0.5]
     assert out.weights == {"length_bonus": 2.0, "fragile": -1.0, "open_r1_style": 1.0}
-    assert "fragile" in out.total[1].reason
+    assert out.total[1].reason is None  # n/a is not a failure: nothing was skipped
     m = out.metrics()
     assert m["rewards/length_bonus/mean"] == pytest.approx(2 / 3)
-    assert m["rewards/fragile/unscorable_frac"] == pytest.approx(1 / 3)
+    assert m["rewards/fragile/unscorable_frac"] == 0.0
+    assert m["rewards/fragile/frac/na"] == pytest.approx(1 / 3)
+    assert m["rewards/fragile/frac/ok"] == pytest.approx(2 / 3)
     assert m["rewards/total/mean"] == pytest.approx((2.5 + 2.0 - 0.5) / 3)
     # population std of (2.5, 2.0, -0.5): mean 4/3, var ((7/6)^2 + (2/3)^2 + (11/6)^2) / 3
     assert m["rewards/total/std"] == pytest.approx(math.sqrt((49 / 36 + 16 / 36 + 121 / 36) / 3))
 
 
-def test_combined_reward_propagate_and_all_missing():
-    strict = CombinedReward([LengthBonus(), Fragile()], missing="propagate")
-    skip = CombinedReward([LengthBonus(), Fragile()])
-    assert strict(completions=["none"], limit=[9]) == [None]
-    assert skip(completions=["none"], limit=[9]) == [1.0]
-    assert skip(completions=["none"]) == [None]  # every component unscorable
-    assert skip.last_breakdown.total[0].status == UNSCORABLE
+def test_combination_rule_not_applicable_skipped_failures_propagate():
+    combo = CombinedReward([LengthBonus(), Fragile()], weights=[1.0, 10.0])
+    lenient = CombinedReward([LengthBonus(), Fragile()], weights=[1.0, 10.0], missing="skip")
+    out = combo.evaluate_all(completions=["na", "none", "boom", "ab"], limit=[9, 9, 9, 1])
+    # n/a: left out (1.0); unscorable / error of a component that applies: the total is too
+    assert out.values == [1.0, None, None, 0.0 + 10 * 0.5]
+    assert [r.status for r in out.total] == [OK, UNSCORABLE, UNSCORABLE, OK]
+    assert "fragile unscorable" in out.total[1].reason
+    assert "fragile error: ZeroDivisionError" in out.total[2].reason
+    assert lenient(completions=["none"], limit=[9]) == [1.0]
+    assert "skipped fragile" in lenient.last_breakdown.total[0].reason
+    # no component applies: unscorable, both ways
+    nothing = CombinedReward([Fragile(), Fragile(name="other")])
+    (res,) = nothing.evaluate_all(completions=["na"]).total
+    assert res.status == UNSCORABLE and res.reason.startswith("no reward applies")
+    # every component failed, lenient: unscorable too
+    assert lenient(completions=["none"]) == [None]
 
 
 def test_combined_reward_validates_names_and_weights():
@@ -224,7 +250,8 @@ def test_combined_reward_validates_names_and_weights():
 
 @pytest.mark.parametrize(
     "module",
-    ["base", "code", "combine", "format", "language", "length", "math", "sandbox"],
+    ["base", "code", "combine", "format", "function", "language", "length", "math", "monitor",
+     "sandbox"],
 )
 def test_docstring_examples(module):
     """The doctest-size examples in the verifiers' docstrings are run, so they stay true."""

@@ -52,6 +52,22 @@ def test_overlong_penalty_token_count_sources():
     assert res[0].status == UNSCORABLE and "no token count" in res[0].reason
 
 
+def test_truncated_completions_get_the_too_long_value_whatever_their_count():
+    """The trainer passes ``truncated`` (cut by the generation limit): the true length is above
+    the limit, so DAPO's L > L_max branch (-1) and the cosine reward's r_exceed apply."""
+    overlong = OverlongPenalty(max_length=20, cache_length=4)
+    ids = [[0] * 10, [0] * 10, [0] * 18]
+    out = overlong.evaluate(completions=["a"] * 3, completion_ids=ids,
+                            truncated=[False, True, False])
+    assert [r.value for r in out] == [0.0, -1.0, -0.5]  # a cut at 10 tokens is still overlong
+    cosine = CosineLengthReward(FormatReward(), max_length=100, r_exceed=-2.0)
+    good = "<think>x</think><answer>4</answer>"
+    res = cosine.evaluate(completions=[good, good], completion_ids=[[0] * 50] * 2,
+                          truncated=[False, True])
+    assert res[0].value == pytest.approx(0.75) and res[1].value == -2.0
+    assert res[1].reason == "truncated at the length limit"
+
+
 def test_overlong_penalty_validates():
     with pytest.raises(ValueError):
         OverlongPenalty(max_length=10, cache_length=0)

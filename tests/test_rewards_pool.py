@@ -9,7 +9,16 @@ import time
 
 import pytest
 
-from grpo.rewards import CRASHED, ERROR, OK, TIMEOUT, Reward, ScoringPool
+from grpo.rewards import (
+    CRASHED,
+    ERROR,
+    NOT_APPLICABLE,
+    OK,
+    TIMEOUT,
+    NotApplicable,
+    Reward,
+    ScoringPool,
+)
 
 
 class Probe(Reward):
@@ -31,6 +40,10 @@ class Probe(Reward):
             os.kill(os.getpid(), signal.SIGSEGV)
         if completion == "oom":
             return float(len(bytearray(16 * 2**30)))  # beyond the worker's RLIMIT_AS
+        if completion == "na":
+            raise NotApplicable("not for this row")
+        if completion == "ids":
+            return float(len(example["completion_ids"])) + 100 * example["truncated"]
         if completion == "pid":
             return float(os.getpid())
         return float(len(completion)) + example.get("offset", 0)
@@ -63,6 +76,13 @@ def test_raising_item_is_an_error_and_the_rest_is_scored(pool):
     res = pool.map(Probe(), ["a", "raise", "abc"], [{}] * 3, time_limit=10)
     assert [r.status for r in res] == [OK, ERROR, OK]
     assert res[1].reason == "KeyError: 'boom'" and res[2].value == 3.0
+
+
+def test_not_applicable_and_per_item_trainer_fields_cross_the_process_boundary(pool):
+    examples = [{"completion_ids": [1, 2, 3], "truncated": True}, {}]
+    res = pool.map(Probe(), ["ids", "na"], examples, time_limit=10)
+    assert res[0].value == 103.0
+    assert res[1].status == NOT_APPLICABLE and res[1].reason == "not for this row"
 
 
 @pytest.mark.parametrize("kind", ["hang", "sleep"])

@@ -203,6 +203,34 @@ def test_two_processes_match_one(tiny_dir, tmp_path):
         torch.testing.assert_close(w2a[n], w1[n], rtol=1e-4, atol=1e-5, msg=n)  # = one process
         moved |= not torch.equal(w1[n], torch.load(tmp_path / "one" / "initial.pt")[n])
     assert moved
+    # metrics reduced by kind: a process's loss share is summed, extremes are extremes
+    m1, m2 = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    for a, b in zip(m1, m2, strict=True):
+        for key in ("loss/loss", "reward/total/mean", "completions/max_length", "completions/min_length",
+                    "adv/max", "adv/min", "completions/mean_length", "loss/ratio_max", "loss/kl"):
+            assert b[key] == pytest.approx(a[key], rel=1e-3, abs=1e-6), key
+
+
+@pytest.mark.distributed
+def test_dynamic_sampling_two_processes_match_one(tiny_dir, tmp_path):
+    """DAPO dynamic sampling over 2 processes keeps the same groups (every process takes part
+    in every round and decides on the gathered rewards) and ends with the same weights."""
+    script = ROOT / "tests" / "dist_train.py"
+    one = _one_process(script, tiny_dir, tmp_path / "one", "--dynamic")
+    assert one.returncode == 0, one.stderr[-3000:]
+    two = _torchrun(script, tiny_dir, tmp_path / "two", "--dynamic", port=29521)
+    assert two.returncode == 0, two.stderr[-3000:]
+    w1, initial = torch.load(tmp_path / "one" / "weights_rank0.pt"), torch.load(tmp_path / "one" / "initial.pt")
+    w2a, w2b = torch.load(tmp_path / "two" / "weights_rank0.pt"), torch.load(tmp_path / "two" / "weights_rank1.pt")
+    assert any(not torch.equal(w1[n], initial[n]) for n in w1)
+    for n in w1:
+        torch.testing.assert_close(w2a[n], w2b[n], rtol=0, atol=0, msg=n)
+        torch.testing.assert_close(w2a[n], w1[n], rtol=1e-4, atol=1e-5, msg=n)
+    m1, m2 = read_jsonl(tmp_path / "one" / "metrics.jsonl"), read_jsonl(tmp_path / "two" / "metrics.jsonl")
+    assert any(m["dynamic/filtered_frac"] > 0 for m in m1)  # groups were dropped
+    for a, b in zip(m1, m2, strict=True):
+        for key in ("dynamic/rounds", "dynamic/groups_kept", "dynamic/groups_sampled", "loss/loss"):
+            assert b[key] == pytest.approx(a[key], rel=1e-4), key
 
 
 

@@ -8,7 +8,8 @@ import torch
 
 from grpo.config import GRPOConfig
 from grpo.data import PromptSampler, reward_columns
-from grpo.policy import collate_rollouts, completion_logprobs
+from grpo.batch import collate_rollouts
+from grpo.policy import completion_logprobs
 from grpo.textstats import has_reflection, is_language_mixed
 
 
@@ -22,10 +23,10 @@ def test_config_defaults_follow_r1():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prompts_per_step=3, num_generations=4, minibatch_size=5), "must divide prompts_per_step x num_generations"),
-    (dict(prompts_per_step=4, num_generations=4, minibatch_size=8, micro_batch_size=3), "micro_batch_size=3 must divide"),
+    (dict(advantage_estimator="grpo_std"), "choose one of .*'dr_grpo'"),
     (dict(num_generations=1), "num_generations"),
     (dict(beta=-0.1), "beta"),
-    (dict(rollout="hf", use_tis=True), "use_tis"),
+    (dict(dynamic_sampling_max_rounds=0), "dynamic_sampling_max_rounds"),
     (dict(rollout="sglang"), "rollout"),
     (dict(lerning_rate=1e-5), "lerning_rate"),  # typos are caught, not ignored
 ])
@@ -79,6 +80,7 @@ class _R:  # the fields of grpo.rollout.Rollout that collation reads
     prompt_ids: list
     completion_ids: list
     logprobs: list
+    prompt_index: int = 0
 
 
 def test_collate_layout_by_hand():

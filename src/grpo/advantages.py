@@ -28,6 +28,9 @@ The estimators (``r`` = rewards of one group, ``n`` = number of scorable rewards
 
   It composes with ``scale`` (the deviation is then divided by the chosen std).
 
+The trainer picks one by name from :data:`ADVANTAGE_ESTIMATORS` (``GRPOConfig.advantage_estimator``:
+"grpo", "batch_std", "dr_grpo", "rloo"); :func:`register_advantage_estimator` adds another.
+
 Conventions (stated because implementations differ):
 
 * **std is Bessel-corrected** (divides by ``n - 1``), as ``torch.std`` does and as trl's and
@@ -44,8 +47,8 @@ Conventions (stated because implementations differ):
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -182,3 +185,76 @@ def group_advantages(
     return compute_group_advantages(
         rewards, group_size, scale=scale, leave_one_out=leave_one_out, eps=eps
     ).advantages
+
+
+# ------------------------------------------------------------------------- the estimator table
+AdvantageEstimator = Callable[..., GroupAdvantages]
+"""``fn(rewards [N], group_size, *, eps) -> GroupAdvantages``; groups contiguous."""
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+
+
+def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    """Decorator adding an estimator to :data:`ADVANTAGE_ESTIMATORS` under ``name`` (the value of
+    ``GRPOConfig.advantage_estimator`` that selects it).
+
+    >>> @register_advantage_estimator("sign")
+    ... def sign_advantages(rewards, group_size, *, eps=1e-6):
+    ...     out = compute_group_advantages(rewards, group_size, scale="none", eps=eps)
+    ...     return replace(out, advantages=out.advantages.sign())
+    >>> ADVANTAGE_ESTIMATORS["sign"]([3.0, 1.0], 2).advantages.tolist()
+    [1.0, -1.0]
+    >>> del ADVANTAGE_ESTIMATORS["sign"]
+    """
+    def add(fn: AdvantageEstimator) -> AdvantageEstimator:
+        if name in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[name] is not fn:
+            raise ValueError(f"an advantage estimator named {name!r} is already registered")
+        ADVANTAGE_ESTIMATORS[name] = fn
+        return fn
+    return add
+
+
+@register_advantage_estimator("grpo")
+def grpo_advantages(rewards, group_size: int, *, eps: float = 1e-6) -> GroupAdvantages:
+    """GRPO: ``(r_i - mean) / (std + eps)`` per group (DeepSeekMath sec. 4.1.2)."""
+    return compute_group_advantages(rewards, group_size, scale="group", eps=eps)
+
+
+@register_advantage_estimator("batch_std")
+def batch_std_advantages(rewards, group_size: int, *, eps: float = 1e-6) -> GroupAdvantages:
+    """Group mean, batch std (arXiv:2508.08221; REINFORCE++ arXiv:2501.03262)."""
+    return compute_group_advantages(rewards, group_size, scale="batch", eps=eps)
+
+
+@register_advantage_estimator("dr_grpo")
+def dr_grpo_advantages(rewards, group_size: int, *, eps: float = 1e-6) -> GroupAdvantages:
+    """Dr. GRPO: ``r_i - mean`` with no std division (arXiv:2503.20783 sec. 3.1)."""
+    return compute_group_advantages(rewards, group_size, scale="none", eps=eps)
+
+
+@register_advantage_estimator("rloo")
+def rloo_advantages(rewards, group_size: int, *, eps: float = 1e-6) -> GroupAdvantages:
+    """RLOO: ``r_i`` minus the mean of the other rewards of its group (arXiv:2402.14740 eq. 5)."""
+    return compute_group_advantages(rewards, group_size, scale="none", leave_one_out=True, eps=eps)
+
+
+def groups_with_signal(
+    rewards: torch.Tensor | Sequence[float | None],  # [N], groups contiguous
+    group_size: int,
+    *,
+    tol: float = 1e-6,
+) -> torch.Tensor:  # [P] bool
+    """Which groups carry a learning signal: at least two scorable rewards whose spread
+    (max - min) exceeds ``tol``. DAPO's dynamic sampling (arXiv:2503.14476 sec. 3.2, eq. 11's
+    constraint ``0 < |{o_i : is_equivalent(a, o_i)}| < G``) keeps exactly these; a tolerance
+    instead of ``std != 0`` keeps float noise (0.1 + 0.2 vs 0.3) from passing as signal and
+    works for continuous rewards.
+
+    >>> groups_with_signal([1.0, 1.0, 0.0, 1.0, 0.5, 0.5 + 1e-9], 2).tolist()
+    [False, True, False]
+    """
+    r_PG = _as_reward_tensor(rewards).view(-1, group_size)
+    valid_PG = ~torch.isnan(r_PG)
+    hi_P = torch.where(valid_PG, r_PG, torch.full_like(r_PG, -torch.inf)).amax(dim=1)
+    lo_P = torch.where(valid_PG, r_PG, torch.full_like(r_PG, torch.inf)).amin(dim=1)
+    return (valid_PG.sum(dim=1) >= 2) & (hi_P - lo_P > tol)

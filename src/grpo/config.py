@@ -48,7 +48,10 @@ class GRPOConfig(BaseModel):
     prompts_per_step: int = Field(8, ge=1, description="Prompts per GRPO step, over all processes.")
     rollout: Literal["hf", "vllm", "vllm_server"] = Field(
         "hf", description="Generator: transformers.generate, a colocated vLLM engine, or a trl vllm-serve server.")
-    max_prompt_length: int = Field(512, ge=1, description="Prompts longer than this (in tokens) raise an error.")
+    max_prompt_length: int = Field(
+        512, ge=1, description="Prompts longer than this (in tokens) raise an error naming the dataset row (checked "
+                               "as they are sampled); vLLM engines are sized for max_prompt_length + "
+                               "max_completion_length.")
     max_completion_length: int = Field(1024, ge=1, description="Maximum sampled tokens per completion.")
     temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs are taken at the same temperature.")
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1.0 = off).")
@@ -63,11 +66,22 @@ class GRPOConfig(BaseModel):
     vllm_server_port: int = Field(8000, description="Port of `trl vllm-serve` (rollout=vllm_server).")
 
     # ---------------------------------------------------------------- advantages and loss
-    advantage_scale: Literal["group", "batch", "none"] = Field(
-        "group", description="group: GRPO std; batch: batch std; none: Dr. GRPO.")
-    leave_one_out: bool = Field(False, description="RLOO baseline (mean of the other G-1 rewards).")
+    advantage_estimator: str = Field(
+        "grpo", description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
+                            "dr_grpo (no std), rloo (leave-one-out baseline), or one you registered.")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2): drop groups whose rewards have no "
+                           "spread and sample more prompts until the step has prompts_per_step groups with "
+                           "signal, or dynamic_sampling_max_rounds generation rounds were made.")
+    dynamic_sampling_max_rounds: int = Field(
+        4, ge=1, description="Cap on generation rounds per step with dynamic_sampling (each round samples "
+                             "prompts_per_step prompts); at the cap the step trains on the groups it has.")
+    dynamic_sampling_tol: float = Field(
+        1e-6, ge=0, description="A group has signal when max - min of its scorable rewards exceeds this.")
     beta: float = Field(0.001, ge=0, description="KL coefficient (R1: 0.001). 0 loads no reference model.")
     kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (k3: DeepSeekMath eq. 4).")
+    kl_ratio_correction: bool = Field(
+        False, description="Weight the KL term by the importance ratio pi/pi_old (trl's use_bias_correction_kl).")
     eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip: ratio >= 1 - eps_low.")
     eps_high: float = Field(0.2, ge=0, description="Upper clip: ratio <= 1 + eps_high (DAPO clip-higher: 0.28).")
     dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c for negative advantages, or None.")
@@ -77,6 +91,9 @@ class GRPOConfig(BaseModel):
     use_tis: bool = Field(False, description="Truncated importance sampling against the rollout engine's log-probs.")
     is_cap: float = Field(2.0, gt=0, description="TIS truncation C.")
     reward_weights: list[float] | None = Field(None, description="Weight per reward function (default: all 1).")
+    reward_failure_patience: int = Field(
+        3, ge=1, description="Stop the run when one reward fails (error / unscorable) on every item for this many "
+                             "consecutive steps, naming it and its first reason.")
 
     # ---------------------------------------------------------------- optimisation
     learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
@@ -88,7 +105,9 @@ class GRPOConfig(BaseModel):
     num_iterations: int = Field(1, ge=1, description="mu: optimisation passes over each step's rollouts.")
     minibatch_size: int | None = Field(
         None, ge=1, description="Completions per optimizer step (default: the whole step's batch, fully on-policy).")
-    micro_batch_size: int = Field(8, ge=1, description="Completions per forward/backward (gradient accumulation).")
+    micro_batch_size: int = Field(
+        8, ge=1, description="Completions per forward/backward (gradient accumulation; a memory knob: the update "
+                             "does not depend on it, and it need not divide the minibatch).")
     logprob_chunk_size: int | None = Field(None, ge=1, description="Rows per chunk in grpo.logprobs (None = auto).")
     share_prompt_forward: bool = Field(
         True, description="Run each distinct prompt of a micro-batch once and give its key/value cache to its "
@@ -100,7 +119,8 @@ class GRPOConfig(BaseModel):
                            "(one unit per transformer block), for models too large to replicate. Needs >= 2 "
                            "processes; not with peft_config.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="Model dtype: auto = bfloat16 on CUDA when supported, else float32.")
+        "auto", description="auto: float32 weights with bfloat16 autocast on a CUDA GPU that supports it, float32 "
+                "on CPU; float32 / bfloat16 / float16: weights (and so compute) in that dtype.")
 
     # ---------------------------------------------------------------- evaluation, logging, checkpoints
     eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at start and end if eval data).")
@@ -115,20 +135,32 @@ class GRPOConfig(BaseModel):
     save_final_model: bool = Field(True, description="Save the final model in HF format under output_dir/final.")
     merge_lora_on_save: bool = Field(True, description="Merge LoRA adapters into the saved final model.")
     resume_from: str | None = Field(None, description="Checkpoint folder, or 'latest' in output_dir.")
+    overwrite_output_dir: bool = Field(
+        False, description="Start a fresh run in an output_dir that holds another run's checkpoints (they are "
+                           "deleted). Without it such a run is refused: resume it or choose another folder.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch's matrix work. None: on a CPU-only machine, half the cores "
+                                "available to this process (divided among local processes), leaving the rest to "
+                                "the scoring pool and the generator (torch's default of all cores collapses when "
+                                "other processes compete for them); untouched with a GPU.")
     progress_bar: bool = Field(True, description="Show a progress bar with step, ETA, reward and accuracy.")
 
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
+        from grpo.advantages import ADVANTAGE_ESTIMATORS
+
         n = self.prompts_per_step * self.num_generations
         mb = self.minibatch_size or n
+        mb_text = (f"minibatch_size={mb}" if self.minibatch_size else
+                   f"minibatch_size (unset: the whole step, prompts_per_step x num_generations = {mb})")
         if n % mb:
             raise ValueError(
-                f"minibatch_size={mb} must divide prompts_per_step x num_generations = "
+                f"{mb_text} must divide prompts_per_step x num_generations = "
                 f"{self.prompts_per_step} x {self.num_generations} = {n}; choose a divisor of {n}.")
-        if mb % self.micro_batch_size and mb > self.micro_batch_size:
+        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
-                f"micro_batch_size={self.micro_batch_size} must divide minibatch_size={mb}; "
-                f"choose a divisor of {mb}.")
+                f"advantage_estimator={self.advantage_estimator!r} is not registered; choose one of "
+                f"{sorted(ADVANTAGE_ESTIMATORS)} or add yours with grpo.advantages.register_advantage_estimator.")
         if self.reward_weights is not None and not self.reward_weights:
             raise ValueError("reward_weights is empty; give one weight per reward function or None.")
         if self.use_tis and self.rollout == "hf":
@@ -145,7 +177,7 @@ class GRPOConfig(BaseModel):
             completions_per_step=n,
             minibatches_per_step=n // mb,
             optimizer_steps_per_step=(n // mb) * self.num_iterations,
-            micro_batches_per_minibatch=max(1, mb // self.micro_batch_size),
+            micro_batches_per_minibatch=-(-mb // self.micro_batch_size),  # the last may be smaller
         )
 
     # -------------------------------------------------------------------------------- YAML

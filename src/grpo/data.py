@@ -65,7 +65,19 @@ def get_rows(dataset: Any, indices: Sequence[int], prompt_key: str = "prompt") -
     return rows
 
 
+RESERVED_COLUMNS = frozenset({"prompts", "completions", "completion_ids", "truncated", "trainer_state",
+                              "log_extra", "log_metric"})
+"""Keywords the trainer itself passes to reward functions (trl's, plus grpo's ``truncated``)."""
+
+
 def reward_columns(rows: Sequence[Mapping[str, Any]], repeat: int, prompt_key: str = "prompt") -> dict[str, list]:
-    """Every non-prompt field as a column aligned with the completions (each row ``repeat`` times)."""
-    keys = [k for k in rows[0] if k != prompt_key] if rows else []
+    """Every non-prompt field as a column aligned with the completions (each row ``repeat``
+    times). Like trl, a dataset's own ``completion`` / ``completion_ids`` fields are left out;
+    a field named like a keyword the trainer passes (``completions``, ``truncated``, ...) is
+    refused, since the reward function could not receive both."""
+    keys = [k for k in rows[0] if k not in (prompt_key, "completion", "completion_ids")] if rows else []
+    clash = sorted(set(keys) & RESERVED_COLUMNS)
+    if clash:
+        raise ValueError(f"dataset field(s) {clash} collide with the keywords reward functions receive "
+                         f"({sorted(RESERVED_COLUMNS)}); rename them in the dataset")
     return {k: [row.get(k) for row in rows for _ in range(repeat)] for k in keys}

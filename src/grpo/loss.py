@@ -40,7 +40,16 @@ accumulation or data-parallel shards sum to the full-batch loss:
   ``normalizer`` = total tokens.
 * ``"seq_sum_max_len"``: sum over all tokens / (B * max completion length) (Dr. GRPO,
   arXiv:2503.20783 sec. 3.1, removing the length bias). ``normalizer`` = total sequences x the
-  generation budget (default: this batch's ``B * T``).
+  generation budget ``max_len`` (default: this batch's ``B * T``).
+
+:func:`aggregation_denominator` is the one home of these denominators; the trainer sums it over
+micro-batches and processes to get the ``normalizer``.
+
+Numeric guard: the log-ratio ``log pi - log pi_old`` is clamped to ``[-20, 20]`` before ``exp``
+(as verl does). In the normal range (|log-ratio| < 20, a ratio between 2e-9 and 5e8) nothing
+changes; beyond it a single token whose probability collapsed can no longer produce a loss
+of 1e8 and an overflowing gradient (its gradient is 0 there, and the clip already zeroes it for
+any ratio outside ``[1 - eps_low, 1 + eps_high]`` on the side the advantage pushes).
 """
 
 from __future__ import annotations
@@ -66,27 +75,44 @@ def _masked(loss_BT: torch.Tensor, mask_BT: torch.Tensor) -> torch.Tensor:
     return torch.where(mask_BT, loss_BT, torch.zeros_like(loss_BT))
 
 
-def _token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
-    denom = mask_BT.sum() if normalizer is None else normalizer
+def _token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, denom: float | torch.Tensor):
     return _masked(loss_BT, mask_BT).sum() / denom
 
 
-def _seq_mean_token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
+def _seq_mean_token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, denom: float | torch.Tensor):
     per_seq_B = _masked(loss_BT, mask_BT).sum(dim=1) / mask_BT.sum(dim=1).clamp(min=1)
-    denom = loss_BT.shape[0] if normalizer is None else normalizer
     return per_seq_B.sum() / denom
 
 
-def _seq_sum_max_len(loss_BT: torch.Tensor, mask_BT: torch.Tensor, normalizer: float | None):
-    denom = loss_BT.shape[0] * loss_BT.shape[1] if normalizer is None else normalizer
-    return _masked(loss_BT, mask_BT).sum() / denom
-
-
-AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float | None], torch.Tensor]] = {
+AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float | torch.Tensor], torch.Tensor]] = {
     "token_mean": _token_mean,
     "seq_mean_token_mean": _seq_mean_token_mean,
-    "seq_sum_max_len": _seq_sum_max_len,
+    "seq_sum_max_len": _token_mean,  # same numerator; the denominator is the generation budget
 }
+
+
+def aggregation_denominator(mask_BT: torch.Tensor, mode: Aggregation = "token_mean", *,
+                            max_len: int | None = None) -> float:
+    """What :func:`aggregate` divides by for these rows: tokens (``token_mean``), sequences
+    (``seq_mean_token_mean``), or sequences x ``max_len`` (``seq_sum_max_len``, Dr. GRPO's
+    constant generation budget; None: this batch's width ``T``, which only equals the budget
+    when some completion used all of it).
+
+    Additive over rows, so the full batch's denominator is the sum over micro-batches and
+    processes: that sum is the ``normalizer`` that makes their losses add up to the full-batch
+    loss.
+
+    >>> mask = torch.tensor([[1, 1, 0], [1, 0, 0]])
+    >>> [aggregation_denominator(mask, m, max_len=8) for m in AGGREGATIONS]
+    [3.0, 2.0, 16.0]
+    """
+    if mode not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {mode!r}")
+    if mode == "token_mean":
+        return float(mask_BT.bool().sum())
+    if mode == "seq_mean_token_mean":
+        return float(mask_BT.shape[0])
+    return float(mask_BT.shape[0] * (mask_BT.shape[1] if max_len is None else max_len))
 
 
 def aggregate(
@@ -94,11 +120,14 @@ def aggregate(
     mask_BT: torch.Tensor,
     mode: Aggregation = "token_mean",
     normalizer: float | torch.Tensor | None = None,
+    *,
+    max_len: int | None = None,
 ) -> torch.Tensor:
     """Reduce per-token losses ``[B, T]`` to a scalar with a named mode (module docstring).
 
-    ``normalizer`` replaces the mode's denominator (tokens, sequences, or sequences x budget)
-    with the value for the *whole* batch, so per-shard losses add up to the full-batch loss.
+    ``normalizer`` replaces the mode's denominator (:func:`aggregation_denominator`) with the
+    value for the *whole* batch, so per-shard losses add up to the full-batch loss. ``max_len``
+    is Dr. GRPO's generation budget for ``seq_sum_max_len``.
 
     >>> loss = torch.tensor([[1.0, 3.0], [2.0, 0.0]]); mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
     >>> aggregate(loss, mask, "token_mean").item()            # (1 + 3 + 2) / 3
@@ -107,10 +136,11 @@ def aggregate(
     2.0
     >>> aggregate(loss, mask, "seq_sum_max_len").item()       # (1 + 3 + 2) / (2 * 2)
     1.5
+    >>> aggregate(loss, mask, "seq_sum_max_len", max_len=6).item()   # (1 + 3 + 2) / (2 * 6)
+    0.5
     """
-    if mode not in AGGREGATIONS:
-        raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {mode!r}")
-    return AGGREGATIONS[mode](loss_BT, mask_BT.bool(), normalizer)
+    denom = aggregation_denominator(mask_BT, mode, max_len=max_len) if normalizer is None else normalizer
+    return AGGREGATIONS[mode](loss_BT, mask_BT.bool(), denom)
 
 
 # ---------------------------------------------------------------------------- KL estimators
@@ -138,9 +168,14 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 
 
 # ----------------------------------------------------------------------------------- ratios
+MAX_LOG_RATIO = 20.0
+"""Bound on |log pi - log pi_old| before exp (module docstring, "Numeric guard")."""
+
+
 def _masked_log_ratio(logp_BT, old_logp_BT, mask_BT):
     # Padding may hold any value; zero it before exp so it can never produce inf * 0 = nan.
-    return torch.where(mask_BT, logp_BT - old_logp_BT, torch.zeros_like(logp_BT))
+    log_ratio_BT = (logp_BT - old_logp_BT).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
+    return torch.where(mask_BT, log_ratio_BT, torch.zeros_like(logp_BT))
 
 
 def token_ratio(logp_BT, old_logp_BT, mask_BT) -> torch.Tensor:
@@ -224,6 +259,8 @@ def policy_loss(
     rollout_logp: torch.Tensor | None = None,  # [B, T] the rollout engine's log-probs (TIS)
     is_cap: float = 2.0,
     normalizer: float | torch.Tensor | None = None,
+    max_len: int | None = None,
+    kl_ratio_correction: bool = False,
 ) -> LossOutput:
     """Clipped, KL-regularised GRPO policy loss; formulas in the module docstring.
 
@@ -239,6 +276,11 @@ def policy_loss(
         rollout_logp: sampler log-probs for truncated importance sampling, or None.
         is_cap: C, the truncation of the TIS weight.
         normalizer: full-batch denominator for the aggregation (accumulation / sharding).
+        max_len: the generation budget, ``seq_sum_max_len``'s length (None: the batch width).
+        kl_ratio_correction: multiply the per-token KL estimate by the importance ratio
+            ``pi_theta / pi_old`` (trl's ``use_bias_correction_kl``): the tokens were sampled from
+            pi_old, so ``E_old[r_t * KL_t]`` estimates the KL of pi_theta itself once the policy
+            has moved within the step (mu > 1 or several minibatches); identical when on-policy.
     """
     mask_BT = mask.bool()
     _check_inputs(logp, old_logp, advantages, mask_BT, ref_logp, rollout_logp, beta)
@@ -276,12 +318,14 @@ def policy_loss(
         # padding may hold non-finite log-probs; give the estimator ref_logp there (KL 0) so no
         # nan can reach the gradient through the masked positions
         kl_BT = KL_ESTIMATORS[kl_estimator](torch.where(mask_BT, logp, ref_logp), ref_logp)
+        if kl_ratio_correction:
+            kl_BT = kl_BT * ratio_BT
         loss_BT = pg_BT + beta * kl_BT
     else:
         kl_BT = torch.zeros_like(logp)
         loss_BT = pg_BT
 
-    loss = aggregate(loss_BT, mask_BT, aggregation, normalizer)
+    loss = aggregate(loss_BT, mask_BT, aggregation, normalizer, max_len=max_len)
     with torch.no_grad():
         nz = mask_BT.sum().clamp(min=1)
         r, w = ratio_BT.detach(), w_BT.detach()
@@ -289,7 +333,7 @@ def policy_loss(
         w_min, w_max = _masked_min_max(w, mask_BT)
         return LossOutput(
             loss=loss,
-            pg_loss=aggregate(pg_BT.detach(), mask_BT, aggregation, normalizer),
+            pg_loss=aggregate(pg_BT.detach(), mask_BT, aggregation, normalizer, max_len=max_len),
             kl=_masked(kl_BT.detach(), mask_BT).sum() / nz,
             clip_frac_low=((r < 1.0 - eps_low) & (adv_BT < 0) & mask_BT).sum() / nz,
             clip_frac_high=((r > 1.0 + eps_high) & (adv_BT > 0) & mask_BT).sum() / nz,

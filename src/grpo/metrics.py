@@ -45,6 +45,22 @@ def completion_metrics(rollouts: Sequence) -> dict[str, float]:
     }
 
 
+def masked_mean(x_BT, mask_BT) -> float:
+    """Mean of ``x`` over the masked-in entries (0.0 when there are none)."""
+    n = int(mask_BT.sum())
+    return float((x_BT * mask_BT).sum()) / n if n else 0.0
+
+
+def logprob_gap(trainer_logp_BT, rollout_logp_BT, mask_BT) -> dict[str, float]:
+    """``rollout/logprob_gap{,_max}``: |trainer - sampler| log-prob over trained tokens, the
+    mismatch TIS corrects (empty when no token is trained); ``_count`` weighs it."""
+    diff = (trainer_logp_BT - rollout_logp_BT).abs()[mask_BT.bool()]
+    if not diff.numel():
+        return {}
+    return {"rollout/logprob_gap": diff.mean().item(), "rollout/logprob_gap_max": diff.max().item(),
+            "_count": diff.numel()}
+
+
 class StatAccumulator:
     """Combines per-micro-batch loss statistics: token-weighted means, min of mins, max of maxes."""
 

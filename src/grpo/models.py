@@ -9,12 +9,13 @@ from typing import Any
 import torch
 
 from grpo.config import GRPOConfig
-from grpo.policy import is_sharded
+from grpo.parallel import is_sharded
+from grpo.rollout.weights import is_peft_model
 
 
 def _dtype(cfg: GRPOConfig) -> torch.dtype:
     if cfg.dtype == "auto":
-        return torch.float32  # weights stay fp32; autocast gives bf16 compute on GPUs
+        return torch.float32  # fp32 master weights; bf16 compute comes from autocast (mixed_precision)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
 
 
@@ -76,8 +77,8 @@ def make_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, mode
         from grpo.rollout import VLLMGenerator
 
         path = model_path
-        if path is None or hasattr(model, "peft_config"):
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if path is None or is_peft_model(model):
+            base = model.get_base_model() if is_peft_model(model) else model
             path = model_path or tempfile.mkdtemp(prefix="grpo-vllm-init-")
             if model_path is None:
                 base.save_pretrained(path)
@@ -91,23 +92,18 @@ def make_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, mode
     return VLLMServerGenerator(host=cfg.vllm_server_host, port=cfg.vllm_server_port, tokenizer=tokenizer)
 
 
-def shard_model(model: torch.nn.Module) -> None:
-    """Shard ``model`` over all processes with FSDP2 (``torch.distributed.fsdp.fully_shard``).
+def mixed_precision(cfg: GRPOConfig, *, cuda: bool | None = None, bf16_supported: bool | None = None) -> str:
+    """accelerate's ``mixed_precision`` for the run: ``dtype="auto"`` on a CUDA GPU with bf16
+    support means fp32 master weights and bfloat16 autocast ("bf16"); everything else "no" (an
+    explicit dtype already puts the weights, and so the compute, in that dtype).
 
-    One unit per transformer block (the classes the model lists in ``_no_split_modules``, the
-    convention accelerate's FSDP auto-wrap uses) and one for the rest at the root (embeddings,
-    final norm, LM head). Parameters become DTensors sharded on dim 0: each process keeps
-    1/world of the weights, gradients and optimizer state, and a unit's full weights exist only
-    while it runs (forward), or from its forward to its backward. FSDP: Zhao et al.,
-    arXiv:2304.11277; FSDP2 is the per-parameter DTensor rewrite in torch.distributed.
+    >>> mixed_precision(GRPOConfig(), cuda=True, bf16_supported=True)
+    'bf16'
+    >>> mixed_precision(GRPOConfig(), cuda=False, bf16_supported=False)
+    'no'
     """
-    from torch.distributed.fsdp import fully_shard
-
-    block_names = set(getattr(model, "_no_split_modules", None) or ())
-    blocks = [m for m in model.modules() if type(m).__name__ in block_names]
-    if not blocks:
-        raise ValueError(f"{type(model).__name__} lists no _no_split_modules, so its transformer blocks are "
-                         "unknown: set fsdp=False (data parallel) for this model")
-    for block in blocks:
-        fully_shard(block)
-    fully_shard(model)
+    if cuda is None:
+        cuda = torch.cuda.is_available()
+    if bf16_supported is None:
+        bf16_supported = cuda and torch.cuda.is_bf16_supported()
+    return "bf16" if cfg.dtype == "auto" and cuda and bf16_supported else "no"

@@ -1,12 +1,8 @@
-"""The policy model as the trainer sees it: batches of rollouts -> per-token log-probs.
+"""The policy model as the trainer sees it: a :class:`grpo.batch.RolloutBatch` -> per-token log-probs.
 
-A batch lays each completion after its (left-padded) prompt, completions right-padded::
-
-    [pad pad p p p p | c c c c eos pad pad]      attention mask 0 on every pad
-     <- prompt_len -> <- completion_len ->
-
-so that every row's completion starts at the same column ``prompt_len`` and the hidden state at
-column ``prompt_len - 1 + t`` predicts completion token ``t``. Position ids count only real
+In a batch every row's completion starts at the same column ``prompt_len`` (prompts left-padded,
+completions right-padded; :mod:`grpo.batch`), so the hidden state at column
+``prompt_len - 1 + t`` predicts completion token ``t``. Position ids count only real
 tokens, so left padding does not shift positions (the numbers match an unpadded forward).
 Log-probs come from :func:`grpo.logprobs.token_logprobs_and_entropy` on the backbone's last
 hidden states, so the ``[B, L, V]`` float32 logits never exist.
@@ -14,85 +10,14 @@ hidden states, so the ``[B, L, V]`` float32 logits never exist.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
 
 import torch
 
+from grpo.batch import RolloutBatch
 from grpo.logprobs import TokenLogprobs, token_logprobs_and_entropy
-
-
-@dataclass(frozen=True)
-class RolloutBatch:
-    """Padded tensors for a list of rollouts (see the module docstring for the layout)."""
-
-    input_ids: torch.Tensor  # [B, L] L = prompt_len + T
-    attention_mask: torch.Tensor  # [B, L]
-    completion_ids: torch.Tensor  # [B, T]
-    completion_mask: torch.Tensor  # [B, T] bool
-    rollout_logp: torch.Tensor  # [B, T] sampler log-probs (0 at padding)
-    advantages: torch.Tensor  # [B]
-    prompt_len: int
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def with_advantages(self, advantages: torch.Tensor) -> RolloutBatch:
-        """The same batch with these per-completion advantages ``[B]``."""
-        if advantages.shape != (len(self),):
-            raise ValueError(f"advantages must have shape ({len(self)},), got {tuple(advantages.shape)}")
-        return replace(self, advantages=advantages.to(self.input_ids.device, torch.float32))
-
-    def to(self, device: torch.device | str) -> RolloutBatch:
-        return RolloutBatch(self.input_ids.to(device), self.attention_mask.to(device),
-                            self.completion_ids.to(device), self.completion_mask.to(device),
-                            self.rollout_logp.to(device), self.advantages.to(device), self.prompt_len)
-
-    def select(self, idx: slice | torch.Tensor) -> RolloutBatch:
-        """Rows ``idx``, trimmed of columns that are padding in every selected row."""
-        mask = self.attention_mask[idx]
-        comp_mask = self.completion_mask[idx]
-        t = int(comp_mask.any(0).nonzero().max().item()) + 1 if comp_mask.any() else 1
-        first = int(mask.any(0).nonzero().min().item()) if mask.any() else 0
-        first = min(first, self.prompt_len - 1)
-        return RolloutBatch(
-            input_ids=self.input_ids[idx, first:self.prompt_len + t],
-            attention_mask=mask[:, first:self.prompt_len + t],
-            completion_ids=self.completion_ids[idx, :t],
-            completion_mask=comp_mask[:, :t],
-            rollout_logp=self.rollout_logp[idx, :t],
-            advantages=self.advantages[idx],
-            prompt_len=self.prompt_len - first,
-        )
-
-
-def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None, pad_id: int) -> RolloutBatch:
-    """Pad ``grpo.rollout.Rollout`` records (prompt left, completion right) into tensors.
-
-    ``advantages`` may be None (zeros) when they are not known yet: the trainer collates while
-    the rewards are still being scored and sets them with :meth:`RolloutBatch.with_advantages`.
-    """
-    if not rollouts:
-        raise ValueError("collate_rollouts needs at least one rollout")
-    p = max(len(r.prompt_ids) for r in rollouts)
-    t = max(1, max(len(r.completion_ids) for r in rollouts))
-    b = len(rollouts)
-    input_ids = torch.full((b, p + t), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, p + t), dtype=torch.long)
-    comp_mask = torch.zeros((b, t), dtype=torch.bool)
-    rollout_logp = torch.zeros((b, t), dtype=torch.float32)
-    for i, r in enumerate(rollouts):
-        n_p, n_c = len(r.prompt_ids), len(r.completion_ids)
-        input_ids[i, p - n_p:p] = torch.tensor(r.prompt_ids, dtype=torch.long)
-        attn[i, p - n_p:p + n_c] = 1
-        if n_c:
-            input_ids[i, p:p + n_c] = torch.tensor(r.completion_ids, dtype=torch.long)
-            comp_mask[i, :n_c] = True
-            if r.logprobs is not None:
-                rollout_logp[i, :n_c] = torch.tensor(r.logprobs, dtype=torch.float32)
-    adv = torch.zeros(b) if advantages is None else advantages
-    return RolloutBatch(input_ids, attn, input_ids[:, p:], comp_mask, rollout_logp, adv.to(torch.float32), p)
+from grpo.parallel import is_sharded
+from grpo.rollout.weights import is_peft_model
 
 
 def _backbone_and_head(model: torch.nn.Module):
@@ -100,7 +25,7 @@ def _backbone_and_head(model: torch.nn.Module):
 
     Works for plain transformers models and peft-wrapped ones (whose LoRA layers stay active).
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = model.get_base_model() if is_peft_model(model) else model
     decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else getattr(inner, "model", None)
     head = inner.get_output_embeddings()
     if decoder is None or head is None:
@@ -144,13 +69,6 @@ def completion_logprobs(
     return token_logprobs_and_entropy(hidden_BTH, weight.to(hidden_BTH.dtype), targets,
                                       temperature=temperature, chunk_size=chunk_size,
                                       with_entropy=with_entropy)
-
-
-def is_sharded(model: torch.nn.Module) -> bool:
-    """True for an FSDP2-sharded model (``grpo.models.shard_model``)."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
 
 
 def _position_ids(mask: torch.Tensor) -> torch.Tensor:
@@ -210,36 +128,8 @@ def reference_model(model: torch.nn.Module, ref: torch.nn.Module | None):
     """The reference policy: ``ref`` if given, else ``model`` with its LoRA adapters disabled."""
     if ref is not None:
         yield ref
-    elif hasattr(model, "disable_adapter"):
+    elif is_peft_model(model):
         with model.disable_adapter():
             yield model
     else:
         raise ValueError("beta > 0 needs a reference: pass a reference model or use a peft model")
-
-
-def all_reduce_grads(params: Iterable[torch.nn.Parameter]) -> None:
-    """Sum gradients over data-parallel processes, in flat buckets (one collective per bucket).
-
-    The trainer normalises each shard's loss by the *global* token / sequence count, so the sum
-    (not the mean) of shard gradients is the full-batch gradient.
-    """
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return
-    grads = [p.grad for p in params if p.grad is not None]
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for g in grads + [None]:
-        if g is not None:
-            bucket.append(g)
-            size += g.numel()
-        if bucket and (g is None or size >= 2**24):
-            flat = torch.cat([x.reshape(-1) for x in bucket])
-            dist.all_reduce(flat)
-            offset = 0
-            for x in bucket:
-                x.copy_(flat[offset:offset + x.numel()].view_as(x))
-                offset += x.numel()
-            bucket, size = [], 0
-

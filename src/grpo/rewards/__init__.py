@@ -2,9 +2,11 @@
 
 ============================  ===============================================================
 ``Reward``                    base class: implement ``score(completion, **example)``
-``ScoreResult``, ``Unscorable``  a score with status and reason; "cannot score" with a reason
+``ScoreResult``               a score with status (ok, n/a, unscorable, error, ...) and reason
+``Unscorable``, ``NotApplicable``  raised in ``score``: "cannot be told" / "not for this row"
 ``as_reward``                 wrap a trl-style function ``f(completions, **kw) -> list``
 ``CombinedReward``            weighted sum keeping each component (``RewardBreakdown``)
+``RewardMonitor``             raises ``RewardFailure`` when a reward scores nothing for k steps
 ``MathReward``                final answer vs gold with math-verify (R1 accuracy reward)
 ``CodeReward``                program vs tests in the sandbox (``grpo.rewards.sandbox``)
 ``FormatReward``              R1-Zero ``<think>..</think><answer>..</answer>`` template
@@ -21,30 +23,34 @@ Importing this package is cheap: math-verify, sympy and the sandbox load on firs
 from grpo.rewards.base import (
     CRASHED,
     ERROR,
+    FAILED,
+    NOT_APPLICABLE,
     OK,
+    STATUSES,
     TIMEOUT,
     UNSCORABLE,
-    FunctionReward,
+    NotApplicable,
     Reward,
     ScoreResult,
     Unscorable,
-    as_reward,
     completion_text,
 )
 from grpo.rewards.code import CodeReward, extract_code
 from grpo.rewards.combine import CombinedReward, RewardBreakdown
+from grpo.rewards.function import FunctionReward, as_reward
 from grpo.rewards.format import FormatReward
 from grpo.rewards.language import LanguageReward
 from grpo.rewards.length import CosineLengthReward, OverlongPenalty, RepetitionPenalty
 from grpo.rewards.math import MathReward, extract_answer
+from grpo.rewards.monitor import RewardFailure, RewardMonitor
 from grpo.rewards.pool import ScoringPool, get_pool, set_pool, shutdown_pool
 from grpo.rewards.sandbox import SandboxLimits, run_python, run_tests, sandbox_layers
 
 __all__ = [
-    "CRASHED", "ERROR", "OK", "TIMEOUT", "UNSCORABLE",
+    "CRASHED", "ERROR", "FAILED", "NOT_APPLICABLE", "OK", "STATUSES", "TIMEOUT", "UNSCORABLE",
     "CodeReward", "CombinedReward", "CosineLengthReward", "FormatReward", "FunctionReward",
-    "LanguageReward", "MathReward", "OverlongPenalty", "RepetitionPenalty", "Reward",
-    "RewardBreakdown", "SandboxLimits", "ScoreResult", "ScoringPool", "Unscorable", "as_reward",
-    "completion_text", "extract_answer", "extract_code", "get_pool", "run_python", "run_tests",
-    "sandbox_layers", "set_pool", "shutdown_pool",
+    "LanguageReward", "MathReward", "NotApplicable", "OverlongPenalty", "RepetitionPenalty",
+    "Reward", "RewardBreakdown", "RewardFailure", "RewardMonitor", "SandboxLimits", "ScoreResult",
+    "ScoringPool", "Unscorable", "as_reward", "completion_text", "extract_answer", "extract_code",
+    "get_pool", "run_python", "run_tests", "sandbox_layers", "set_pool", "shutdown_pool",
 ]

@@ -1,19 +1,27 @@
 """The Reward API: one base class, typed results, and trl's calling convention.
 
-A reward answers one question per completion: how good is it, or *why can it not be told*.
+A reward answers one question per completion: how good is it, or *why can it not be told*, or
+*does it apply at all*.
 
 * Users subclass :class:`Reward` and implement ``score(completion, **example)``, returning a
-  ``float`` or ``None`` (unscorable), or raising :class:`Unscorable` with a reason.
+  ``float``, raising :class:`Unscorable` with a reason ("this row should be scored, but cannot
+  be told": no gold answer, verifier timeout), or raising :class:`NotApplicable` ("this reward
+  is not for this row", e.g. a math reward on a code row of a multi-task dataset). Returning
+  None counts as unscorable (its reason says how to be explicit). ``applies_to=`` (a field name
+  or a predicate) marks rows a reward does not apply to without touching its code.
 * ``score_with_reason`` turns that into a :class:`ScoreResult` record (value, status, reason).
-* ``score_batch`` scores many completions, in the shared process pool for rewards marked
+* ``score_batch`` scores many completions: in the shared process pool for rewards marked
   ``parallel`` (math-verify's signal-based timeouts need a process's main thread; hostile
-  inputs need a process that can be killed), in-process otherwise.
+  inputs need a process that can be killed), otherwise in-process on a watchdog thread with the
+  same per-item ``time_limit`` (``grpo.rewards.deadline``).
 * ``reward(prompts=..., completions=..., **columns)`` is trl's reward-function convention
   (``trl.GRPOTrainer._calculate_rewards``), so a ``grpo`` reward drops into trl unchanged; it
-  returns ``list[float | None]`` and keeps the full records in ``reward.last_results``.
+  returns ``list[float | None]`` (None: not scored, which trl skips) and keeps the full records
+  in ``reward.last_results``.
 
-A crash never looks like a wrong answer: an exception inside ``score`` becomes a result with
-status ``"error"`` and the exception in its reason, never a silent 0.0.
+A crash never looks like a wrong answer: an exception inside ``score``, or a value that is not
+a finite number, becomes a result with status ``"error"`` and the cause in its reason, never a
+silent 0.0.
 
 >>> class Shorter(Reward):
 ...     def score(self, completion, **example):
@@ -41,11 +49,16 @@ log = logging.getLogger(__name__)
 
 # ScoreResult.status values.
 OK = "ok"  # scored; value is a float
-UNSCORABLE = "unscorable"  # the verifier could not decide (no gold answer, verifier timeout, ...)
-ERROR = "error"  # score() raised an unexpected exception (a bug, or input it cannot handle)
-TIMEOUT = "timeout"  # the item ran past its time limit; its worker process was killed
+NOT_APPLICABLE = "n/a"  # the reward does not apply to this row: left out of a combined sum
+UNSCORABLE = "unscorable"  # applies, but the verifier could not decide (no gold, timeout, ...)
+ERROR = "error"  # the reward raised or returned something that is not a finite number
+TIMEOUT = "timeout"  # the item ran past its time limit (worker killed / thread abandoned)
 CRASHED = "crashed"  # the worker process died while scoring the item (segfault, OOM kill, ...)
-STATUSES = (OK, UNSCORABLE, ERROR, TIMEOUT, CRASHED)
+STATUSES = (OK, NOT_APPLICABLE, UNSCORABLE, ERROR, TIMEOUT, CRASHED)
+FAILED = (UNSCORABLE, ERROR, TIMEOUT, CRASHED)  # "applies, but could not be scored"
+
+# Keywords trl passes every reward function that are one object per batch, not per completion.
+BATCH_KEYWORDS = ("trainer_state", "log_extra", "log_metric")
 
 
 class Unscorable(Exception):
@@ -54,6 +67,18 @@ class Unscorable(Exception):
     Use it for missing or unusable *reference data* and verifier failures (no gold answer,
     no tests, the verifier timed out), not for bad completions: a completion without an
     answer is wrong (0.0), not unscorable.
+    """
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+class NotApplicable(Exception):
+    """Raised inside ``score`` to say "this reward is not for this row" (status ``"n/a"``).
+
+    trl's convention for a reward function returning None: in a multi-task dataset the math
+    reward does not apply to code rows. A combined total leaves such components out.
     """
 
     def __init__(self, reason: str):
@@ -83,9 +108,45 @@ class ScoreResult:
     def scored(self) -> bool:
         return self.status == OK
 
+    @property
+    def failed(self) -> bool:
+        """The reward applies to this item but could not score it."""
+        return self.status in FAILED
+
     @classmethod
     def unscorable(cls, reason: str, status: str = UNSCORABLE) -> ScoreResult:
         return cls(None, status, reason)
+
+    @classmethod
+    def not_applicable(cls, reason: str | None = None) -> ScoreResult:
+        return cls(None, NOT_APPLICABLE, reason)
+
+    def record(self) -> dict[str, Any]:
+        """JSON-ready ``{"value", "status"[, "reason"]}``."""
+        out: dict[str, Any] = {"value": self.value, "status": self.status}
+        if self.reason is not None:
+            out["reason"] = self.reason
+        return out
+
+
+def checked_value(value: Any, source: str) -> ScoreResult:
+    """A value a reward returned, as a result: a finite real number is ``"ok"``; anything else
+    (a string, a list, inf, NaN) is ``"error"`` with ``source`` and the value in the reason."""
+    if isinstance(value, (str, bytes)) or not _is_number(value):
+        return ScoreResult.unscorable(
+            f"{source} returned {value!r:.80} ({type(value).__name__}); expected a float", ERROR)
+    number = float(value)
+    if not math.isfinite(number):
+        return ScoreResult.unscorable(f"{source} returned {number}; expected a finite float", ERROR)
+    return ScoreResult(number)
+
+
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError, OverflowError):
+        return False
+    return True
 
 
 def _snake_case(name: str) -> str:
@@ -123,11 +184,13 @@ def completion_text(completion: Any) -> str | None:
 def batch_examples(n: int, prompts: Sequence[Any] | None, columns: Mapping[str, Any]) -> list[dict]:
     """Per-completion example dicts from trl-style columns.
 
-    trl passes every dataset column as a list aligned with ``completions`` plus batch-level
-    objects (``trainer_state``, ``log_metric``, ``log_extra``, ...). Aligned lists become
-    fields of each example; other values are not per-item data and are left out.
+    trl passes every dataset column as a list aligned with ``completions`` (and
+    ``completion_ids``; grpo adds ``truncated``) plus batch-level objects (``trainer_state``,
+    ``log_metric``, ``log_extra``). Aligned lists become fields of each example; batch-level
+    objects are not per-item data and are left out.
     """
-    aligned = {k: v for k, v in columns.items() if isinstance(v, (list, tuple)) and len(v) == n}
+    aligned = {k: v for k, v in columns.items()
+               if k not in BATCH_KEYWORDS and isinstance(v, (list, tuple)) and len(v) == n}
     examples = [{k: v[i] for k, v in aligned.items()} for i in range(n)]
     if prompts is not None:
         if len(prompts) != n:
@@ -145,6 +208,8 @@ def score_one(reward: Reward, completion: str | None, example: Mapping[str, Any]
     """
     try:
         return reward.score_with_reason(completion, **example)
+    except NotApplicable as na:  # from a subclass's own score_with_reason
+        return ScoreResult.not_applicable(na.reason)
     except Exception as e:  # noqa: BLE001 -- the boundary: reported as status "error", never 0.0
         return ScoreResult.unscorable(f"{type(e).__name__}: {e}"[:500], ERROR)
 
@@ -152,22 +217,25 @@ def score_one(reward: Reward, completion: str | None, example: Mapping[str, Any]
 class Reward:
     """Base class of every reward. Subclass it and implement :meth:`score`.
 
-    Class attributes a subclass may set:
+    Class attributes a subclass may set (and the constructor overrides per instance):
 
     * ``name``: the metric key (default: the class name in snake_case).
     * ``parallel``: score batches in the shared process pool (default False: in-process).
       Set it for slow or hostile-input verifiers (math-verify, code execution).
-    * ``time_limit``: seconds one item may take in the pool before its worker is killed and
-      the item is reported with status ``"timeout"``.
+    * ``time_limit``: seconds one item may take. In the pool its worker is then killed; in
+      process its thread is abandoned (``grpo.rewards.deadline``). Status ``"timeout"``.
+    * ``applies_to``: None (every row), a field name (rows where that field is present and not
+      None) or a predicate ``f(example) -> bool``. Other rows get status ``"n/a"`` without
+      being scored. Honoured by ``evaluate`` and ``__call__`` (what trainers call).
 
-    The constructor accepts the same three as keyword arguments to override them per instance.
-    Subclasses that define ``__init__`` should call ``super().__init__(...)``, but a subclass
-    that does not still works with the class defaults.
+    Subclasses that define ``__init__`` should call ``super().__init__(**kwargs)``, but a
+    subclass that does not still works with the class defaults.
     """
 
     name: str = "reward"  # set per subclass by __init_subclass__
     parallel: bool = False
     time_limit: float = 30.0
+    applies_to: str | Callable[[Mapping[str, Any]], bool] | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -177,6 +245,7 @@ class Reward:
     def __init__(
         self, *, name: str | None = None, parallel: bool | None = None,
         time_limit: float | None = None,
+        applies_to: str | Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
         if name is not None:
             self.name = name  # type: ignore[misc]  # per-instance override of the class default
@@ -186,6 +255,11 @@ class Reward:
             if not time_limit > 0:
                 raise ValueError(f"time_limit must be > 0, got {time_limit}")
             self.time_limit = time_limit
+        if applies_to is not None:
+            if not (isinstance(applies_to, str) or callable(applies_to)):
+                raise TypeError(
+                    f"applies_to must be a field name or a predicate, got {applies_to!r}")
+            self.applies_to = applies_to
 
     # trl names reward functions by ``__name__`` (trl.trainer.utils.get_callable_name); the
     # property makes trl's metric key ``rewards/<name>/mean`` use our ``name``.
@@ -194,66 +268,101 @@ class Reward:
         return self.name
 
     # ------------------------------------------------------------------ per item
-    def score(self, completion: str, **example: Any) -> float | None:
-        """Score one completion. ``example`` holds the dataset row's fields.
+    def score(self, completion: str, **example: Any) -> float:
+        """Score one completion. ``example`` holds the dataset row's fields (and, from a
+        trainer, ``prompt``, ``completion_ids`` and ``truncated``).
 
-        Return a float, or None / raise :class:`Unscorable` when it cannot be scored.
+        Return a float; raise :class:`Unscorable` when it cannot be told, or
+        :class:`NotApplicable` when this reward is not for this row.
         """
         raise NotImplementedError(f"{type(self).__name__} must implement score()")
 
     def score_with_reason(self, completion: str | None, **example: Any) -> ScoreResult:
-        """``score`` as a :class:`ScoreResult`. Exceptions other than Unscorable propagate."""
+        """``score`` as a :class:`ScoreResult`. Exceptions other than Unscorable and
+        NotApplicable propagate (batch scoring turns them into ``"error"``)."""
         if completion is None:
             return ScoreResult.unscorable("completion is None")
+        who = f"{type(self).__name__}.score"
         try:
             value = self.score(completion, **example)
         except Unscorable as u:
             return ScoreResult.unscorable(u.reason)
+        except NotApplicable as na:
+            return ScoreResult.not_applicable(na.reason)
         if value is None:
-            return ScoreResult.unscorable(f"{type(self).__name__}.score returned None")
-        value = float(value)
-        if math.isnan(value):
-            return ScoreResult.unscorable(f"{type(self).__name__}.score returned NaN")
-        return ScoreResult(value)
+            return ScoreResult.unscorable(
+                f"{who} returned None; raise Unscorable(reason) when a row cannot be scored, "
+                "NotApplicable(reason) when the reward is not for this row")
+        return checked_value(value, who)
+
+    def applies(self, example: Mapping[str, Any]) -> bool:
+        """Whether this reward is for this row (``applies_to``)."""
+        rule = self.applies_to
+        if rule is None:
+            return True
+        if isinstance(rule, str):
+            return example.get(rule) is not None
+        return bool(rule(example))
+
+    def _not_for_row(self) -> str:
+        rule = self.applies_to
+        if isinstance(rule, str):
+            return f"no {rule!r} in this row (applies_to={rule!r})"
+        return f"applies_to={getattr(rule, '__name__', rule)} is false for this row"
 
     # ------------------------------------------------------------------ batches
     def score_batch(
         self, completions: Sequence[str | None], examples: Sequence[Mapping[str, Any]] | None = None
     ) -> list[ScoreResult]:
-        """Score a batch, in order. Parallel rewards go to the shared process pool."""
+        """Score a batch, in order: parallel rewards in the shared process pool, others on a
+        watchdog thread; both with the per-item ``time_limit``."""
         if examples is None:
             examples = [{} for _ in completions]
         if len(examples) != len(completions):
             raise ValueError(f"{len(examples)} examples for {len(completions)} completions")
-        if self.parallel and len(completions) > 0:
+        if not completions:
+            return []
+        if self.parallel:
             from grpo.rewards.pool import get_pool
 
             return get_pool().map(self, completions, examples, time_limit=self.time_limit)
-        return [score_one(self, c, ex) for c, ex in zip(completions, examples, strict=True)]
+        from grpo.rewards.deadline import run_items
+
+        return run_items(
+            lambda i: score_one(self, completions[i], examples[i]), len(completions),
+            time_limit=self.time_limit, owner=self.name,
+        )
 
     def evaluate(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
     ) -> list[ScoreResult]:
-        """trl-style inputs (string or chat completions, aligned columns) -> ScoreResults."""
+        """trl-style inputs (string or chat completions, aligned columns) -> ScoreResults.
+        Rows outside ``applies_to`` are ``"n/a"`` and not scored."""
         texts = [completion_text(c) for c in completions]
-        results = self.score_batch(texts, batch_examples(len(texts), prompts, columns))
-        _warn_errors(self.name, results)
+        examples = batch_examples(len(texts), prompts, columns)
+        keep = [i for i, ex in enumerate(examples) if self.applies(ex)]
+        results = [ScoreResult.not_applicable(self._not_for_row())] * len(texts)
+        if keep:
+            scored = self.score_batch([texts[i] for i in keep], [examples[i] for i in keep])
+            for i, r in zip(keep, scored, strict=True):
+                results[i] = r
+        warn_failures(self.name, results)
         return results
 
     def __call__(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
     ) -> list[float | None]:
-        """trl's reward-function convention: one float (or None) per completion.
+        """trl's reward-function convention: one float (or None: not scored) per completion.
 
         The full records stay in ``self.last_results`` (per thread) for logging. When trl
-        passes its ``log_metric`` callback, the fraction of unscorable items is logged as
-        ``<name>/unscorable_frac``.
+        passes its ``log_metric`` callback, the fraction of items that could not be scored
+        (``n/a`` excluded) is logged as ``<name>/unscorable_frac``.
         """
         results = self.evaluate(prompts=prompts, completions=completions, **columns)
         self._last.results = results
         log_metric = columns.get("log_metric")
         if callable(log_metric) and results:
-            log_metric(f"{self.name}/unscorable_frac", unscorable_fraction(results))
+            log_metric(f"{self.name}/unscorable_frac", failed_fraction(results))
         return [r.value for r in results]
 
     @property
@@ -270,87 +379,27 @@ class Reward:
         return local
 
     def __getstate__(self) -> dict[str, Any]:
-        # rewards are pickled to pool workers; the per-thread results are not picklable
+        # Rewards are pickled to pool workers. The per-thread results are not picklable, and
+        # applies_to is decided here before items are sent (a lambda would not pickle).
         state = self.__dict__.copy()
         state.pop("_last_local", None)
+        state.pop("applies_to", None)
         return state
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def unscorable_fraction(results: Sequence[ScoreResult]) -> float:
-    return sum(not r.scored for r in results) / max(len(results), 1)
+def failed_fraction(results: Sequence[ScoreResult]) -> float:
+    """Share of items that could not be scored (statuses in ``FAILED``; ``n/a`` is not)."""
+    return sum(r.failed for r in results) / max(len(results), 1)
 
 
-def _warn_errors(name: str, results: Sequence[ScoreResult]) -> None:
-    errors = [r for r in results if r.status in (ERROR, CRASHED)]
-    if errors:
+def warn_failures(name: str, results: Sequence[ScoreResult]) -> None:
+    """Log a warning naming the reward when items raised, timed out or crashed."""
+    bad = [r for r in results if r.status in (ERROR, TIMEOUT, CRASHED)]
+    if bad:
         log.warning(
             "reward %r: %d/%d items failed (%s); first: %s",
-            name, len(errors), len(results), errors[0].status, errors[0].reason,
+            name, len(bad), len(results), bad[0].status, bad[0].reason,
         )
-
-
-class FunctionReward(Reward):
-    """A trl-style reward function ``f(prompts=..., completions=..., **kw) -> list[float|None]``
-    used as a :class:`Reward` (see :func:`as_reward`).
-
-    The function is called once per batch with the *raw* completions (strings or chat
-    messages, as trl would give them) and every column, so open-r1-style functions work as
-    they are. Being a batch function, it cannot be isolated per item: an exception it raises
-    propagates.
-    """
-
-    def __init__(self, fn: Callable[..., Sequence[float | None]], *, name: str | None = None):
-        if not callable(fn):
-            raise TypeError(f"as_reward needs a callable, got {fn!r}")
-        inner = fn
-        while hasattr(inner, "func"):  # functools.partial
-            inner = inner.func
-        super().__init__(name=name or getattr(inner, "__name__", type(inner).__name__))
-        self.fn = fn
-
-    def evaluate(
-        self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
-    ) -> list[ScoreResult]:
-        if prompts is not None:
-            columns = {"prompts": prompts, **columns}
-        values = self.fn(completions=completions, **columns)
-        if len(values) != len(completions):
-            raise ValueError(
-                f"reward function {self.name!r} returned {len(values)} values "
-                f"for {len(completions)} completions"
-            )
-        out = []
-        for v in values:
-            if v is None or (isinstance(v, float) and math.isnan(v)):
-                out.append(ScoreResult.unscorable(f"reward function {self.name!r} returned {v}"))
-            else:
-                out.append(ScoreResult(float(v)))
-        return out
-
-    def score(self, completion: str, **example: Any) -> float | None:
-        prompt = example.pop("prompt", None)
-        columns = {k: [v] for k, v in example.items()}
-        prompts = None if prompt is None else [prompt]
-        (result,) = self.evaluate(prompts=prompts, completions=[completion], **columns)
-        return result.value
-
-    def __repr__(self) -> str:
-        return f"as_reward({getattr(self.fn, '__name__', self.fn)!r})"
-
-
-def as_reward(
-    fn: Reward | Callable[..., Sequence[float | None]], *, name: str | None = None
-) -> Reward:
-    """Wrap a plain trl-style reward function as a :class:`Reward` (a Reward passes through).
-
-    >>> def short(completions, **kwargs):
-    ...     return [float(len(c) < 4) for c in completions]
-    >>> as_reward(short)(prompts=["q", "q"], completions=["abc", "abcdef"])
-    [1.0, 0.0]
-    """
-    if isinstance(fn, Reward):
-        return fn
-    return FunctionReward(fn, name=name)

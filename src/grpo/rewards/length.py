@@ -21,8 +21,15 @@
   ``max_penalty * (1 - distinct n-grams / n-grams)`` over whitespace words. Deviation: one
   sequence-level value (as in open-r1), not the paper's per-token penalty.
 
-Token counts: trl passes every reward a ``completion_ids`` column; those are used when
-present (exact). Otherwise pass ``tokenizer=`` (a Hugging Face tokenizer) or ``length_fn=``.
+Token counts: trl passes every reward a ``completion_ids`` column (so does grpo's trainer);
+those are used when present (exact). Otherwise pass ``tokenizer=`` (a Hugging Face tokenizer)
+or ``length_fn=``; with none of them an item is unscorable.
+
+Truncation: grpo's trainer also passes ``truncated`` (the completion was cut by the generation
+length limit, no end-of-sequence token). A truncated response is longer than the limit, so its
+true length is unknown but above it: both rewards then give their "too long" value (``-1`` for
+DAPO's L > L_max, ``r_exceed`` for the cosine reward), whatever the token count. Without the
+flag (trl) the count decides, which agrees when the generation limit equals ``max_length``.
 """
 
 from __future__ import annotations
@@ -31,7 +38,14 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from grpo.rewards.base import Reward, ScoreResult, Unscorable
+from grpo.rewards.base import (
+    CRASHED,
+    ERROR,
+    NOT_APPLICABLE,
+    Reward,
+    ScoreResult,
+    Unscorable,
+)
 
 
 class _TokenLength:
@@ -39,6 +53,11 @@ class _TokenLength:
 
     tokenizer: Any = None
     length_fn: Callable[[str], int] | None = None
+
+    @staticmethod
+    def truncated(example: Mapping[str, Any]) -> bool:
+        """Whether the trainer says this completion was cut by the length limit."""
+        return bool(example.get("truncated", False))
 
     def num_tokens(self, completion: str, example: Mapping[str, Any]) -> int:
         ids = example.get("completion_ids")
@@ -78,6 +97,8 @@ class OverlongPenalty(_TokenLength, Reward):
         self.length_fn = length_fn
 
     def score(self, completion: str, **example: Any) -> float:
+        if self.truncated(example):
+            return -1.0  # cut at the generation limit: L > L_max
         n = self.num_tokens(completion, example)
         threshold = self.max_length - self.cache_length
         if n <= threshold:
@@ -162,6 +183,10 @@ class CosineLengthReward(_TokenLength, Reward):
     def _shaped(
         self, verdict: ScoreResult, completion: str, example: Mapping[str, Any]
     ) -> ScoreResult:
+        if verdict.status in (NOT_APPLICABLE, ERROR, CRASHED):  # a verifier's bug stays visible
+            return verdict
+        if self.truncated(example):  # exceeded the length limit: correctness does not matter
+            return ScoreResult(self.r_exceed, reason="truncated at the length limit")
         if not verdict.scored:
             return verdict
         try:

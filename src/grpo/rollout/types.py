@@ -60,6 +60,15 @@ class Rollout:
     """Index of its prompt in the ``generate()`` call, i.e. its group."""
     sample_index: int
     """0..n-1 inside the group."""
+    loss_mask: list[int] | None = None
+    """Per completion token: 1 if the policy chose it and it is trained on, 0 if not (tool or
+    environment output appended to a trajectory, tokens forced by a template). None = all 1."""
+    group_id: int | None = None
+    """Identity of its prompt's group within a training step, set by the rollout source (not a
+    position: records may be filtered or reordered, rewards are joined to them by this id)."""
+    policy_version: int = 0
+    """The optimizer step whose weights sampled it (the trainer's step counter at generation),
+    so that staleness can be measured and bounded."""
 
     @property
     def truncated(self) -> bool:
@@ -70,6 +79,13 @@ class Rollout:
         if len(self.logprobs) != len(self.completion_ids):
             raise ValueError(
                 f"logprobs ({len(self.logprobs)}) and completion_ids ({len(self.completion_ids)}) "
+                "must have the same length"
+            )
+        if self.loss_mask is None:
+            object.__setattr__(self, "loss_mask", [1] * len(self.completion_ids))
+        elif len(self.loss_mask) != len(self.completion_ids):
+            raise ValueError(
+                f"loss_mask ({len(self.loss_mask)}) and completion_ids ({len(self.completion_ids)}) "
                 "must have the same length"
             )
 
@@ -143,3 +159,7 @@ class Generator(Protocol):
     def close(self) -> None:
         """Release the engine; idempotent."""
         ...
+
+    # Optional, looked up by the trainer: a generator with ``sleep_enabled = True`` and
+    # ``sleep()`` / ``wake_up()`` methods is put to sleep while the learner trains (vLLM's sleep
+    # mode frees the engine's GPU memory), whoever built it.

@@ -1,0 +1,102 @@
+"""Guards that keep a run from misleading its user: each turns a silent failure into an error or
+a loud warning that names the culprit and the fix.
+
+* :func:`check_output_dir`: a fresh run in a folder holding another run's checkpoints would
+  mix the two (``resume_from="latest"`` resumes the old run; ``save_total_limit`` deletes the new
+  run's checkpoints first).
+* :func:`set_torch_threads`: torch's default of one thread per core collapses (0.16 s -> 20+ s a
+  step measured on 2 cores) when the scoring pool and the generator compete for those cores.
+* :class:`LearningWatch`: a run where nearly every group has no reward spread, or nearly every
+  completion is cut at ``max_completion_length``, trains on (almost) nothing; trl users hit
+  this in the quick start (completions truncated before any answer, every reward 0).
+* :func:`check_prompt_lengths`: ``max_prompt_length`` is enforced on every sampled prompt,
+  naming the dataset row.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def check_output_dir(output_dir: str | Path, *, resume_from: str | None, overwrite: bool, is_main: bool) -> None:
+    """Refuse a fresh run in a folder holding another run's checkpoints, unless asked to
+    overwrite (then its checkpoints are deleted) or to resume."""
+    from grpo.checkpoint import list_checkpoints
+
+    if resume_from:
+        return
+    found = list_checkpoints(output_dir)
+    if not found:
+        return
+    if not overwrite:
+        raise FileExistsError(
+            f"output_dir {str(output_dir)!r} holds checkpoints of another run (step_{found[-1][0]}): set "
+            "resume_from='latest' to continue it, overwrite_output_dir=True to start over (its checkpoints are "
+            "deleted), or choose another output_dir")
+    if is_main:
+        shutil.rmtree(Path(output_dir) / "checkpoints", ignore_errors=True)
+
+
+def set_torch_threads(threads: int | None, *, cuda: bool, local_processes: int = 1) -> int:
+    """Set torch's intra-op threads: ``threads``, or on a CPU-only machine half the cores this
+    process may use, split among the local processes (at least 1). Returns the number set (0
+    when left as it is: a GPU run with ``threads`` None)."""
+    import torch
+
+    if threads is None:
+        if cuda:
+            return 0
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = max(1, cores // (2 * max(1, local_processes)))
+    torch.set_num_threads(threads)
+    return threads
+
+
+class LearningWatch:
+    """Counts consecutive steps on which the run learns (almost) nothing; :meth:`update`
+    returns a warning the first time a streak reaches ``patience`` steps, and again every
+    ``patience`` steps while it lasts."""
+
+    def __init__(self, *, max_completion_length: int, threshold: float = 0.9, patience: int = 3):
+        self.max_len, self.threshold, self.patience = max_completion_length, threshold, patience
+        self.streak = 0
+
+    def update(self, step: int, metrics: dict[str, float]) -> str | None:
+        dead = metrics.get("adv/zero_std_frac", 0.0)
+        cut = metrics.get("completions/truncated_frac", 0.0)
+        if dead < self.threshold and cut < self.threshold:
+            self.streak = 0
+            return None
+        self.streak += 1
+        if self.streak % self.patience:
+            return None
+        causes = []
+        if cut >= self.threshold:
+            causes.append(f"{cut:.0%} of completions were cut at max_completion_length={self.max_len} (raise it, "
+                          "or check that the model can end its answer: eos token, stop strings)")
+        if dead >= self.threshold:
+            causes.append(f"{dead:.0%} of groups had no reward spread, so their advantages are 0 (check the rewards "
+                          "on a few completions in completions.jsonl; consider dynamic_sampling=True, more "
+                          "num_generations, or easier prompts)")
+        return (f"step {step}: the run is learning almost nothing for {self.streak} steps: " + "; ".join(causes))
+
+
+def check_prompt_lengths(prompt_ids: Sequence[Sequence[int]], rows: Sequence[int], max_prompt_length: int,
+                         context: int | None = None) -> None:
+    """Raise naming the first dataset row whose prompt exceeds ``max_prompt_length`` tokens."""
+    for ids, row in zip(prompt_ids, rows, strict=True):
+        if len(ids) > max_prompt_length:
+            extra = f" (the model's context is {context} tokens)" if context else ""
+            raise ValueError(
+                f"the prompt of dataset row {row} has {len(ids)} tokens, more than max_prompt_length="
+                f"{max_prompt_length}{extra}: raise max_prompt_length or drop prompts that long from the dataset")
+
+
+def model_context(model: Any) -> int | None:
+    """The model's maximum sequence length from its config, if it says."""
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None)

@@ -1,0 +1,137 @@
+"""The learner: frozen log-probs, minibatch passes of the policy loss, optimizer steps.
+
+Given one step's batch (:class:`grpo.batch.RolloutBatch`), DeepSeekMath Algorithm 1 lines 8-10:
+
+1. the frozen log-probs: the old policy's (none when fully on-policy: one pass over one
+   minibatch, where pi_old = the detached current policy) and the reference model's (beta > 0);
+2. mu = ``num_iterations`` passes; each splits the step's completions into
+   ``minibatches_per_step`` minibatches by their *global* position (completion ``i`` of the step
+   goes to minibatch ``i mod n``), so a minibatch is the same set of completions whatever the
+   number of processes; each minibatch is one optimizer step, accumulated over micro-batches;
+3. the loss of a micro-batch is normalised by the aggregation's denominator over the whole
+   global minibatch (:func:`grpo.loss.aggregation_denominator`, summed over micro-batches and
+   processes: :meth:`grpo.parallel.Parallelism.normalizer`), so that accumulation and data parallelism give the full-batch gradient.
+
+It knows nothing about generation or rewards: any source of scored batches can feed it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any
+
+import torch
+
+from grpo.batch import RolloutBatch
+from grpo.loss import aggregation_denominator, policy_loss
+from grpo.metrics import StatAccumulator, logprob_gap, masked_mean
+from grpo.parallel import Parallelism
+from grpo.policy import completion_logprobs, reference_model
+
+
+class Learner:
+    """Owns the model's training side; see the module docstring."""
+
+    def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, optimizer: Any,
+                 scheduler: Any, parallel: Parallelism, config: Any, autocast: Any):
+        self.model, self.ref_model = model, ref_model
+        self.optimizer, self.scheduler = optimizer, scheduler
+        self.parallel, self.config, self.autocast = parallel, config, autocast
+        self.params = [p for p in model.parameters() if p.requires_grad]
+
+    # ------------------------------------------------------------------ frozen log-probs
+    @property
+    def on_policy(self) -> bool:
+        """One pass over one minibatch: the old policy is the current one (no extra forward)."""
+        cfg = self.config
+        return cfg.num_iterations == 1 and cfg.derived().minibatches_per_step == 1
+
+    def frozen_logprobs(self, batch: RolloutBatch | None) -> RolloutBatch | None:
+        """``batch`` with the old policy's and the reference's log-probs (those that are needed)."""
+        if batch is None:
+            return None
+        cfg = self.config
+        self.model.eval()
+        old = None if self.on_policy else self._logprobs_no_grad(self.model, batch)
+        ref = None
+        if cfg.beta > 0:
+            with reference_model(self.model, self.ref_model) as ref_model:
+                ref = self._logprobs_no_grad(ref_model, batch)
+        self.model.train()
+        return batch.with_logprobs(old=old, ref=ref)
+
+    @torch.no_grad()
+    def _logprobs_no_grad(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
+        out = torch.zeros_like(batch.rollout_logp)
+        micro = self.config.micro_batch_size
+        for s in range(0, len(batch), micro):
+            lp = self._forward(model, batch.select(slice(s, s + micro)), with_entropy=False).logp
+            out[s:s + micro, :lp.shape[1]] = lp
+        return out
+
+    def _forward(self, model: torch.nn.Module, batch: RolloutBatch, *, with_entropy: bool):
+        cfg = self.config
+        with self.autocast():
+            return completion_logprobs(model, batch, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
+                                       with_entropy=with_entropy, share_prompts=cfg.share_prompt_forward)
+
+    # ------------------------------------------------------------------ update
+    def update(self, batch: RolloutBatch | None, global_index: torch.Tensor) -> dict[str, float]:
+        """mu passes over the minibatches (module docstring); every process must call it, also
+        one that holds no completion this step (``batch`` None: it adds zero gradients)."""
+        cfg = self.config
+        n_mb = cfg.derived().minibatches_per_step
+        stats, gap = StatAccumulator(), StatAccumulator()
+        losses, norms, skipped = [], [], 0
+        tokens = int(batch.loss_mask.sum()) if batch is not None else 0
+        for it in range(cfg.num_iterations):
+            for j in range(n_mb):
+                rows = (global_index % n_mb == j).nonzero().squeeze(1) if batch is not None else global_index
+                local = aggregation_denominator(batch.loss_mask[rows], cfg.aggregation,
+                                                max_len=cfg.max_completion_length) if len(rows) else 0.0
+                normalizer = self.parallel.normalizer(local)
+                total = 0.0
+                if normalizer > 0 and batch is not None:
+                    for s in range(0, len(rows), cfg.micro_batch_size):
+                        m, loss = self._micro_step(batch.select(rows[s:s + cfg.micro_batch_size]), normalizer,
+                                                   first_pass=it == 0, gap=gap)
+                        stats.add(m, m.pop("loss/num_tokens"))
+                        total += loss
+                if normalizer > 0:
+                    self.parallel.reduce_grads(self.params)
+                    norms.append(self.parallel.clip_grad_norm(self.params, cfg.max_grad_norm))
+                    self.optimizer.step()
+                    losses.append(total)
+                else:  # no trainable token in this minibatch on any process: nothing to step on
+                    skipped += 1
+                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" when skipped
+                    warnings.simplefilter("ignore", UserWarning)
+                    self.scheduler.step()  # the schedule follows optimizer steps as planned
+                self.optimizer.zero_grad(set_to_none=True)
+        out = {**stats.result(), **gap.result(), "train/skipped_minibatches": float(skipped),
+               "train/tokens": float(tokens), "train/sequences": float(0 if batch is None else len(batch))}
+        if losses:
+            out["loss/loss"] = sum(losses) / len(losses)
+            out["optim/grad_norm"] = sum(norms) / len(norms)
+        return out
+
+    def _micro_step(self, sub: RolloutBatch, normalizer: float, *, first_pass: bool,
+                    gap: StatAccumulator) -> tuple[dict[str, float], float]:
+        cfg = self.config
+        lp = self._forward(self.model, sub, with_entropy=first_pass)
+        old = lp.logp.detach() if sub.old_logp is None else sub.old_logp
+        out = policy_loss(
+            lp.logp, old, sub.advantages, sub.loss_mask, ref_logp=sub.ref_logp, beta=cfg.beta,
+            eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, kl_estimator=cfg.kl_estimator,
+            aggregation=cfg.aggregation, ratio_level=cfg.ratio_level,
+            rollout_logp=sub.rollout_logp if cfg.use_tis else None, is_cap=cfg.is_cap,
+            normalizer=normalizer, max_len=cfg.max_completion_length, kl_ratio_correction=cfg.kl_ratio_correction)
+        out.loss.backward()
+        m = out.metrics()
+        m.pop("loss/loss"), m.pop("loss/pg_loss")
+        if first_pass:
+            m["policy/entropy"] = masked_mean(lp.entropy, sub.loss_mask)
+            g = logprob_gap(old, sub.rollout_logp, sub.loss_mask)
+            if g:
+                gap.add(g, g.pop("_count"))
+        return m, out.loss.item()

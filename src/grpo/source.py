@@ -1,0 +1,268 @@
+"""The rollout source: prompts -> G completions each -> rewards -> group-relative advantages.
+
+It owns everything before the learner: prompt sampling (a resumable, seeded sampler), seeded
+generation, scoring (on a thread, so that the learner's frozen log-prob passes overlap it),
+the join of rewards and advantages to completions, and DAPO dynamic sampling. It hands the
+learner :class:`Collected` steps; the synchronous trainer is ``learn(collect())``, and another
+source (a queue of scored steps from an asynchronous generator, a multi-turn generator) can
+take its place without touching the learner.
+
+Joins are by identity, never by position. Every completion carries the id of its group (its
+prompt within the step: ``round * prompts_per_step + global prompt position``) and its
+``sample_index``; rewards from all processes are gathered as ``(group, sample, total)``
+triples, sorted, checked (every group complete, each exactly once), turned into advantages by
+the configured estimator, and looked up again by ``(group, sample)``.
+
+DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2, Algorithm 1 line 6-8): a group whose rewards
+have no spread (:func:`grpo.advantages.groups_with_signal`) has advantage 0 for every member
+and only dilutes the batch. With ``dynamic_sampling`` the source drops such groups and samples
+``prompts_per_step`` fresh prompts per extra round until it holds ``prompts_per_step`` groups
+with signal (surplus groups of the last round, the highest ids, are dropped as DAPO does), or
+until ``dynamic_sampling_max_rounds`` rounds were made: then the step trains on what it has and
+the metrics say so (``dynamic/cap_hit``). Every process takes part in every round and keeps the
+same global set of groups, so the trained groups do not depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from grpo.advantages import ADVANTAGE_ESTIMATORS, groups_with_signal
+from grpo.data import PromptSampler, get_rows, reward_columns
+from grpo.guards import check_prompt_lengths
+from grpo.metrics import advantage_metrics, completion_metrics, reward_metrics
+from grpo.parallel import Parallelism
+from grpo.rewards import CombinedReward, RewardBreakdown
+from grpo.rollout import Rollout, SamplingConfig
+from grpo.rollout.tokens import encode_prompt
+
+
+@dataclass
+class ScoredStep:
+    """One step of this process, scored and joined: what the learner trains on and what is logged."""
+
+    rollouts: list[Rollout]  # the trained completions, group-contiguous, tagged with group and version
+    advantages: torch.Tensor  # [n] float32, one per trained rollout
+    global_index: torch.Tensor  # [n] long: each trained rollout's position in the step's global order
+    sampled: list[Rollout]  # everything this process sampled in the step (all rounds)
+    sampled_prompts: list[Any]  # the prompt of each sampled rollout
+    breakdown: RewardBreakdown  # every reward component's records, aligned with ``sampled``
+    sampled_advantages: list[float | None]  # None for a completion dropped by dynamic sampling
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Collected:
+    """A step's completions as soon as they are generated; their scores may still be coming.
+    The learner collates them and runs its frozen log-prob passes meanwhile, then calls
+    :meth:`result`, which waits for the scores and joins them (collectives run on the calling
+    thread, never on the scoring thread)."""
+
+    def __init__(self, rollouts: list[Rollout], finish):
+        self.rollouts = rollouts
+        self._finish = finish
+        self._done: ScoredStep | None = None
+
+    def result(self) -> ScoredStep:
+        if self._done is None:
+            self._done = self._finish()
+        return self._done
+
+
+@dataclass
+class _Round:
+    rollouts: list[Rollout]
+    prompts: list[Any]  # per rollout
+    scores: RewardBreakdown
+    table: torch.Tensor  # [N_global, 3] float64 (group, sample, total) of every process
+
+
+class RolloutSource:
+    """Synchronous GRPO rollouts (with optional dynamic sampling); see the module docstring."""
+
+    def __init__(self, *, generator: Any, reward: CombinedReward, dataset: Any, tokenizer: Any, config: Any,
+                 parallel: Parallelism, sampling: SamplingConfig, prompt_key: str = "prompt",
+                 accuracy_name: str | None = None, format_name: str | None = None, context: int | None = None):
+        self.generator, self.reward, self.dataset, self.tokenizer = generator, reward, dataset, tokenizer
+        self.context = context
+        self.config, self.parallel, self.sampling, self.prompt_key = config, parallel, sampling, prompt_key
+        self.accuracy_name, self.format_name = accuracy_name, format_name
+        self.sampler = PromptSampler(len(dataset), seed=config.seed)
+        self.estimator = ADVANTAGE_ESTIMATORS[config.advantage_estimator]
+        self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-scoring")
+
+    # ------------------------------------------------------------------ public
+    def collect(self, step: int) -> Collected:
+        """Step ``step``'s completions, sampled with the weights of optimizer step ``step``."""
+        cfg = self.config
+        if not cfg.dynamic_sampling:
+            rollouts, prompts, rows, gen_time = self._generate(step, 0)
+            pending = self._thread.submit(self._score_local, step, rollouts, prompts, rows)
+
+            def finish() -> ScoredStep:
+                scores, score_time = pending.result()
+                rnd = _Round(rollouts, _per_rollout(prompts, rollouts), scores,
+                             self._gather_totals(rollouts, scores))
+                return self._join([rnd], {"time/generate": gen_time, "time/score": score_time})
+            return Collected(rollouts, finish)
+        rounds: list[_Round] = []
+        times = {"time/generate": 0.0, "time/score": 0.0}
+        kept = 0
+        for r in range(cfg.dynamic_sampling_max_rounds):
+            rollouts, prompts, rows, gen_time = self._generate(step, r)
+            scores, score_time = self._score_local(step, rollouts, prompts, rows)
+            rnd = _Round(rollouts, _per_rollout(prompts, rollouts), scores, self._gather_totals(rollouts, scores))
+            rounds.append(rnd)
+            times["time/generate"] += gen_time
+            times["time/score"] += score_time
+            kept += int(groups_with_signal(_sorted(rnd.table, cfg.num_generations)[:, 2], cfg.num_generations,
+                                           tol=cfg.dynamic_sampling_tol).sum())
+            if kept >= cfg.prompts_per_step:
+                break
+        step_result = self._join(rounds, times)
+        return Collected(step_result.rollouts, lambda: step_result)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"sampler": self.sampler.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.sampler.load_state_dict(state["sampler"])
+
+    def close(self) -> None:
+        self._thread.shutdown(wait=True)
+
+    # ------------------------------------------------------------------ generation
+    def _generate(self, step: int, round_: int) -> tuple[list[Rollout], list, list[dict], float]:
+        """This process's slice of ``prompts_per_step`` fresh prompts, G samples each, tagged."""
+        t0 = time.perf_counter()
+        cfg, par = self.config, self.parallel
+        k = cfg.prompts_per_step // par.world
+        indices = self.sampler.take(cfg.prompts_per_step)  # the same global prompts on every process
+        first = par.rank * k
+        rows = get_rows(self.dataset, indices[first:first + k], self.prompt_key)
+        prompts = [r[self.prompt_key] for r in rows]
+        check_prompt_lengths([encode_prompt(self.tokenizer, p) for p in prompts], indices[first:first + k],
+                             cfg.max_prompt_length, self.context)
+        g = cfg.num_generations
+        # One call for the local prompts: sample j of local prompt i is seeded
+        # base + (first + i) * G + j, the same stream whichever process holds the prompt.
+        out = self.generator.generate(prompts, g, self._sampling(self.step_seed(step, round_, first)))
+        if len(out) != len(prompts) * g:
+            raise RuntimeError(f"the generator returned {len(out)} rollouts for {len(prompts)} prompts x {g}")
+        tagged = [replace(r, group_id=round_ * cfg.prompts_per_step + first + r.prompt_index,
+                          policy_version=step) for r in out]
+        return tagged, prompts, rows, time.perf_counter() - t0
+
+    def step_seed(self, step: int, round_: int, global_prompt: int) -> int:
+        """Seed of sample 0 of the step's prompt ``global_prompt`` (sample j: + j). A pure function
+        of (seed, step, round, prompt position): independent of process count and resumes."""
+        key = f"{self.config.seed}:{step}" + (f":{round_}" if round_ else "")
+        digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+        base = int.from_bytes(digest, "little") % 2**30  # + positions stays below vLLM's 2**31
+        return base + global_prompt * self.config.num_generations
+
+    def _sampling(self, seed: int) -> SamplingConfig:
+        return replace(self.sampling, seed=seed % 2**31)
+
+    # ------------------------------------------------------------------ scoring and joins
+    def _score_local(self, step: int, rollouts: list[Rollout], prompts: list, rows: list[dict]
+                     ) -> tuple[RewardBreakdown, float]:
+        """Score this process's rollouts (no collectives: this may run on the scoring thread)."""
+        from transformers import TrainerState
+
+        t0 = time.perf_counter()
+        state = TrainerState(global_step=step, max_steps=self.config.max_steps)
+        scores = self.reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, self.prompt_key),
+                                          trainer_state=state)
+        return scores, time.perf_counter() - t0
+
+    def _gather_totals(self, rollouts: list[Rollout], scores: RewardBreakdown) -> torch.Tensor:
+        totals = [math.nan if v is None else v for v in scores.values]
+        local = torch.tensor([[r.group_id, r.sample_index, v] for r, v in zip(rollouts, totals, strict=True)],
+                             dtype=torch.float64, device=self.parallel.device)
+        return self.parallel.gather(local).cpu()
+
+    def _join(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
+        """Advantages over the step's kept groups (every process's rewards), joined to this
+        process's rollouts by (group, sample)."""
+        cfg, g = self.config, self.config.num_generations
+        table = _sorted(torch.cat([r.table for r in rounds]), g)  # [N, 3] in (group, sample) order
+        signal_P = groups_with_signal(table[:, 2], g, tol=cfg.dynamic_sampling_tol)
+        keep_P = torch.ones_like(signal_P)
+        if cfg.dynamic_sampling:  # DAPO: groups with signal, the first prompts_per_step of them
+            keep_P = signal_P & (signal_P.cumsum(0) <= cfg.prompts_per_step)
+        kept_N3 = table[keep_P.repeat_interleave(g)]
+        adv = self.estimator(kept_N3[:, 2], g) if len(kept_N3) else None
+        position = {(int(gr), int(s)): i for i, (gr, s) in enumerate(kept_N3[:, :2].tolist())}
+
+        sampled = [r for rnd in rounds for r in rnd.rollouts]
+        pos = [position.get((r.group_id, r.sample_index)) for r in sampled]
+        trained = [i for i, p in enumerate(pos) if p is not None]
+        global_index = torch.tensor([pos[i] for i in trained], dtype=torch.long)
+        advantages = adv.advantages[global_index] if adv is not None else torch.zeros(0)
+        sampled_adv = [None if p is None else adv.advantages[p].item() for p in pos]
+        breakdown = _concat_breakdowns([r.scores for r in rounds])
+        metrics = {**reward_metrics(breakdown, self.accuracy_name, self.format_name),
+                   **completion_metrics(sampled), **times}
+        if adv is not None:
+            metrics.update(advantage_metrics(adv))
+        metrics["adv/zero_std_frac"] = 1.0 - signal_P.double().mean().item()  # every sampled group
+        if cfg.dynamic_sampling:
+            n_kept = int(keep_P.sum())
+            metrics.update({
+                "dynamic/rounds": float(len(rounds)), "dynamic/groups_sampled": float(len(signal_P)),
+                "dynamic/groups_kept": float(n_kept), "dynamic/prompts_consumed": float(len(signal_P)),
+                "dynamic/filtered_frac": 1.0 - n_kept / len(signal_P),
+                "dynamic/cap_hit": float(n_kept < cfg.prompts_per_step),
+            })
+        return ScoredStep([sampled[i] for i in trained], advantages.to(torch.float32), global_index, sampled,
+                          [p for rnd in rounds for p in rnd.prompts], breakdown, sampled_adv, metrics)
+
+
+def reward_inputs(rollouts: Sequence[Rollout], prompts: Sequence[Any], rows: Sequence[dict],
+                  prompt_key: str = "prompt") -> dict[str, Any]:
+    """The arguments trl gives reward functions, for rollouts of ``generate(prompts, G)``: chat
+    prompts get their completion as one assistant message, text prompts as text;
+    ``completion_ids`` always; every other dataset column aligned with the completions; and
+    grpo's ``truncated`` (True where the completion was cut by the length limit)."""
+    ordered_rows = [rows[r.prompt_index] for r in rollouts]
+    completions = [r.text if isinstance(prompts[r.prompt_index], str)
+                   else [{"role": "assistant", "content": r.text}] for r in rollouts]
+    return dict(prompts=[prompts[r.prompt_index] for r in rollouts], completions=completions,
+                completion_ids=[list(r.completion_ids) for r in rollouts],
+                truncated=[r.truncated for r in rollouts],
+                **reward_columns(ordered_rows, 1, prompt_key))
+
+
+def _per_rollout(prompts: Sequence[Any], rollouts: Sequence[Rollout]) -> list[Any]:
+    return [prompts[r.prompt_index] for r in rollouts]
+
+
+def _sorted(table_N3: torch.Tensor, g: int) -> torch.Tensor:
+    """Rows in (group, sample) order, checked to form complete groups: samples 0..G-1 once each."""
+    table_N3 = table_N3[torch.argsort(table_N3[:, 0] * g + table_N3[:, 1])]
+    n = table_N3.shape[0]
+    ok = n % g == 0
+    if ok:
+        groups_PG, samples_PG = table_N3[:, 0].view(-1, g), table_N3[:, 1].view(-1, g)
+        ok = bool((groups_PG == groups_PG[:, :1]).all()) and bool(
+            (samples_PG == torch.arange(g, dtype=samples_PG.dtype)).all())
+    if not ok:
+        raise RuntimeError(f"the step's completions do not form complete groups of {g} (group, sample) "
+                           "pairs: a generator returned a sample twice or a group incompletely")
+    return table_N3
+
+
+def _concat_breakdowns(parts: list[RewardBreakdown]) -> RewardBreakdown:
+    if len(parts) == 1:
+        return parts[0]
+    names = list(parts[0].components)
+    return replace(parts[0], total=[t for p in parts for t in p.total],
+                   components={n: [x for p in parts for x in p.components[n]] for n in names})
