@@ -144,6 +144,7 @@ def evaluate_recipe(recipe, model: str | None = None, *, by: list[str] | tuple[s
     import torch
 
     from grpo.evaluation import eval_sampling, evaluate
+    from grpo.guards import set_torch_threads
     from grpo.models import load_policy, make_generator
     from grpo.recipes import RecipeError, check_recipe, require_hub
     from grpo.rewards import CombinedReward
@@ -163,6 +164,7 @@ def evaluate_recipe(recipe, model: str | None = None, *, by: list[str] | tuple[s
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **recipe.lora)
+    set_torch_threads(cfg.torch_threads, cuda=torch.cuda.is_available())  # as the trainer: same arithmetic
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy, tokenizer, path = load_policy(model_path, None, peft_config, cfg, device)
     if checkpoint is not None:
