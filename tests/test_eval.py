@@ -160,3 +160,11 @@ def test_evaluate_errors_name_the_culprit():
         run_eval(by=["source"])
     with pytest.raises(ValueError, match="between 1 and k=4"):
         run_eval(pass_ks=[8])
+
+
+def test_module_doctests():
+    import doctest
+
+    import grpo.evaluation
+
+    assert doctest.testmod(grpo.evaluation).failed == 0
