@@ -212,6 +212,15 @@ def test_eval_model_that_is_no_model(tmp_path, capsys):
         assert code == 2 and message in err and len(err.splitlines()) == 1, err
 
 
+def test_trainer_refusals_are_one_line_errors(tmp_path, capsys):
+    run = tmp_path / "run"
+    (run / "checkpoints" / "step_3").mkdir(parents=True)  # another run's checkpoint
+    code, err = run_main(capsys, "train", recipe_file(tmp_path, BASE), f"trainer.output_dir={run}",
+                         "tiny.warmup_steps=0")
+    assert code == 2 and err.startswith("grpo: output_dir") and "resume_from" in err and len(err.splitlines()) == 1
+    assert not (run / "tiny_model").exists()  # refused before anything was built
+
+
 def test_help_config_documents_every_key_without_pydantic_internals(capsys):
     assert cli.main(["train", "--help-config"]) == 0
     text = capsys.readouterr().out

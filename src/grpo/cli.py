@@ -68,11 +68,15 @@ def _eval_rows(recipe) -> list[dict] | None:
 def build_trainer(recipe, model_override: str | None = None):
     """A :class:`grpo.GRPOTrainer` for the recipe (the model built or checked first)."""
     from grpo import GRPOTrainer
+    from grpo.guards import check_output_dir
     from grpo.recipes import check_recipe, prepare_model, require_hub
     from grpo.recipes.datasets import build_dataset
 
     rewards, weights = check_recipe(recipe)  # the quick checks first, the model (maybe built) last
     require_hub(recipe, model_override)
+    cfg = recipe.trainer
+    if not cfg.overwrite_output_dir:  # the trainer's refusal of another run's folder, before any build
+        check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=False, is_main=False)
     cfg = recipe.trainer.model_copy(update={"reward_weights": weights})
     ds = recipe.dataset
     train = build_dataset(ds.name, ds.split, ds.limit, **ds.kwargs)
@@ -189,7 +193,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     try:
         trainer = build_trainer(recipe)
-    except (ValueError, FileNotFoundError) as e:  # settings the trainer rejects at construction
+    except (ValueError, FileNotFoundError, FileExistsError) as e:  # what the trainer refuses at construction
         print(f"grpo: {e}", file=sys.stderr)
         return 2
     try:

@@ -142,8 +142,13 @@ def prepare_model(recipe: Recipe) -> str:
     """The path or hub id to train from. ``model: tiny`` builds the model (once) into
     ``<output_dir>/tiny_model``; a hub id is first checked for reachability (:func:`hub_problem`)."""
     if recipe.model == "tiny":
+        import torch
+
+        from grpo.guards import set_torch_threads
         from grpo.recipes.schema import TinyModelSpec
 
+        # the warm-up runs under the run's thread setting, as the trainer will
+        set_torch_threads(recipe.trainer.torch_threads, cuda=torch.cuda.is_available())
         return str(build_tiny_model(Path(recipe.trainer.output_dir) / TINY_MODEL_DIR, recipe.tiny or TinyModelSpec()))
     require_hub(recipe)
     return recipe.model
