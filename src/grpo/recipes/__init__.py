@@ -167,6 +167,9 @@ def build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
     wanted = spec.model_dump()
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return folder
+    if folder.exists() and not stamp.exists():
+        raise RecipeError(f"{folder} exists but was not built by grpo (no {stamp.name}); move it away, or set "
+                          "trainer.output_dir to another folder")
     tokenizer = build_char_tokenizer()
     torch.manual_seed(spec.seed)
     model = build_tiny_llama(tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
