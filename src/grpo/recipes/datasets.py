@@ -41,7 +41,11 @@ def gsm8k(split: str = "train") -> list[dict]:
 def _countdown_options() -> set[str]:
     import dataclasses
 
-    from reasoning_gym.factory import DATASETS as RG
+    try:
+        from reasoning_gym.factory import DATASETS as RG
+    except ImportError as e:
+        raise RecipeError("dataset 'countdown' needs reasoning-gym: pip install 'grpo-r1[recipes]' "
+                          "(or pip install reasoning-gym)") from e
 
     return {f.name for f in dataclasses.fields(RG["countdown"][1])} - {"size", "seed"}
 
