@@ -204,6 +204,15 @@ def test_eval_without_eval_dataset_and_report_of_a_missing_run(tmp_path, capsys)
     assert code == 2 and "is it a grpo run folder?" in err
 
 
+def test_eval_options_checked_before_any_generation(tmp_path, capsys):
+    body = BASE.rstrip(" ") + "    trainer: {output_dir: %s, eval_samples: 4}\n" % (tmp_path / "run")
+    code, err = run_main(capsys, "eval", recipe_file(tmp_path, body), "--pass-k", "8")
+    assert code == 2 and "--pass-k 8: pass@K needs 1 <= K <= trainer.eval_samples=4" in err
+    code, err = run_main(capsys, "eval", recipe_file(tmp_path, body), "tiny.warmup_steps=0", "--by", "difficulty")
+    assert code == 2 and "--by difficulty: the eval rows have no column 'difficulty' (columns: answer, prompt, terms)" \
+        in err.splitlines()[-1]
+
+
 def test_eval_model_that_is_no_model(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for model, message in ((tmp_path / "empty", "not a saved model (no config.json)"),

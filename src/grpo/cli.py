@@ -156,6 +156,10 @@ def evaluate_recipe(recipe, model: str | None = None, *, by: list[str] | tuple[s
     if recipe.eval_dataset is None:
         raise RecipeError("the recipe has no eval_dataset; add one, e.g. eval_dataset: {name: gsm8k, split: test}")
     cfg = recipe.trainer
+    for j in pass_ks or ():
+        if not 1 <= j <= cfg.eval_samples:
+            raise RecipeError(f"--pass-k {j}: pass@K needs 1 <= K <= trainer.eval_samples={cfg.eval_samples} "
+                              f"(the samples per prompt); add trainer.eval_samples={max(j, 1)}")
     rewards, weights = check_recipe(recipe)
     reward = CombinedReward(rewards, weights, missing="propagate")
     names = [r.name for r in reward.rewards]
@@ -163,6 +167,10 @@ def evaluate_recipe(recipe, model: str | None = None, *, by: list[str] | tuple[s
     require_hub(recipe, model_path)  # the datasets
     rows = _eval_rows(recipe)
     rows = rows[:cfg.eval_max_prompts] if cfg.eval_max_prompts else rows
+    for column in by:
+        if any(column not in row for row in rows):
+            raise RecipeError(f"--by {column}: the eval rows have no column {column!r} (columns: "
+                              f"{', '.join(sorted(rows[0]))})")
     peft_config = None
     if checkpoint is not None and recipe.lora:
         from peft import LoraConfig
