@@ -17,7 +17,10 @@ import importlib
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grpo.recipes.schema import Recipe
 
 # ---------------------------------------------------------------------------------------------
 # Extra subcommands. Each module listed here has ``register(subparsers)``, which adds its
@@ -50,7 +53,7 @@ def _config_help() -> str:
     return "\n".join(lines)
 
 
-def load_recipe(name_or_path: str, overrides: list[str]):
+def load_recipe(name_or_path: str, overrides: list[str]) -> Recipe:
     """The validated recipe (packaged name or path) with ``key=value`` overrides applied."""
     from grpo.recipes import find_recipe
     from grpo.recipes.schema import Recipe
@@ -58,14 +61,14 @@ def load_recipe(name_or_path: str, overrides: list[str]):
     return Recipe.from_yaml(find_recipe(name_or_path), overrides)
 
 
-def _eval_rows(recipe) -> list[dict] | None:
+def _eval_rows(recipe: Recipe) -> list[dict] | None:
     from grpo.recipes.datasets import build_dataset
 
     ev = recipe.eval_dataset
     return build_dataset(ev.name, ev.split, ev.limit, **ev.kwargs) if ev is not None else None
 
 
-def build_trainer(recipe, model_override: str | None = None):
+def build_trainer(recipe: Recipe, model_override: str | None = None):
     """A :class:`grpo.GRPOTrainer` for the recipe (the model built or checked first)."""
     from grpo import GRPOTrainer
     from grpo.guards import check_output_dir
@@ -91,7 +94,7 @@ def build_trainer(recipe, model_override: str | None = None):
 
 
 # ------------------------------------------------------------------------------ evaluation
-def resolve_eval_model(recipe, model: str | None) -> tuple[str, Path | None]:
+def resolve_eval_model(recipe: Recipe, model: str | None) -> tuple[str, Path | None]:
     """(model folder or hub id to load, checkpoint whose weights go on top, or None).
 
     ``model`` may be a saved model (``config.json``; ``adapter_config.json`` for unmerged LoRA),
@@ -140,7 +143,7 @@ def load_checkpoint_weights(model, checkpoint: Path) -> None:
             state[name].copy_(tensor)
 
 
-def evaluate_recipe(recipe, model: str | None = None, *, by: list[str] | tuple[str, ...] = (),
+def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: list[str] | tuple[str, ...] = (),
                     pass_ks: list[int] | None = None) -> dict[str, float]:
     """The recipe's held-out evaluation of ``model`` (see :func:`resolve_eval_model`), computed as
     the trainer does at its evaluation steps: the same rows (``eval_max_prompts``), generator,
