@@ -250,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train, parser=p)
 
     p = sub.add_parser("eval", help="evaluate a model or checkpoint on the recipe's eval set")
-    p.add_argument("recipe")
+    p.add_argument("recipe", help="the recipe the model was trained with (its eval_dataset, rewards, trainer settings)")
     p.add_argument("overrides", nargs="*", help="key=value, as for train (e.g. trainer.eval_samples=8)")
     p.add_argument("--model", help="a saved model folder (RUN/final), a checkpoint (RUN/checkpoints/step_N), "
                                    "a run folder (its final model), or a hub id; default: the recipe's model")

@@ -244,6 +244,6 @@ def hub_problem(recipe: Recipe, model: str | None = None, timeout: float = 5.0) 
     why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _probe(constants.ENDPOINT, timeout)
     if why is None:
         return None
-    return (f"this recipe downloads {' and '.join(needs)} from the Hugging Face Hub, but {why}. Download them "
-            "where the Hub is reachable (huggingface-cli download ...) and point model= at the local folder, "
+    return (f"this recipe downloads {' and '.join(needs)} from the Hugging Face Hub, but {why}. Download "
+            f"{'it' if len(needs) == 1 else 'them'} where the Hub is reachable (huggingface-cli download ...) and point model= at the local folder, "
             "or train the packaged offline CPU recipe: grpo train r1_zero_cpu")
