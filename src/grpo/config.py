@@ -231,18 +231,43 @@ class GRPOConfig(BaseModel):
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """``["a.b=3", "lr=1e-5"]`` -> nested dict updates; values are parsed with YAML."""
+    """``["a.b=3", "rewards.0.weight=2"]`` -> a copy of ``data`` with those values set.
+
+    Keys are dotted paths; a number selects a list entry (``rewards.0.weight``). Values are parsed
+    with YAML (``true``, ``1e-5``, ``[a, b]``, ``null``). Missing sections are created; stepping
+    into a value that is not a section, or past the end of a list, is a ``ValueError`` naming it.
+    """
+    import copy
+
     import yaml
 
-    data = dict(data)
+    data = copy.deepcopy(data)
     for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} is not key=value")
-        key, raw = item.split("=", 1)
-        node = data
-        *parents, leaf = key.strip().split(".")
-        for p in parents:
-            node[p] = dict(node.get(p) or {})
-            node = node[p]
-        node[leaf] = yaml.safe_load(raw)
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise ValueError(f"override {item!r} is not key=value with a dotted key (e.g. trainer.beta=0)")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({e})".replace("\n", " ")) from e
+        node: Any = data
+        for depth, part in enumerate(parts):
+            where = ".".join(parts[:depth]) or "the top level"
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ValueError(f"override {item!r}: {where} is a list of {len(node)} entries; use an index "
+                                     f"0..{len(node) - 1} (entries are added in the YAML file)")
+                index: int | str = int(part)
+            elif isinstance(node, dict):
+                index = part
+            else:
+                raise ValueError(f"override {item!r}: {where} is the value {node!r}, not a section")
+            if last:
+                node[index] = value
+            elif isinstance(node, dict) and node.get(index) is None:
+                node[index] = {}
+            if not last:
+                node = node[index]
     return data

@@ -21,6 +21,22 @@ from pathlib import Path
 from typing import Any
 
 
+def tracker_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+    """The run config as trackers accept it: nested sections flattened to ``a/b`` keys, and
+    lists, tuples and None written as text. tensorboard's hparams take only int, float, str,
+    bool (a list such as ``stop: []`` made it raise at the first log)."""
+    flat: dict[str, int | float | str | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(tracker_config(value, prefix=f"{name}/"))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
 def _clean(v: Any) -> Any:
     if isinstance(v, float) and not math.isfinite(v):
         return None if math.isnan(v) else str(v)
@@ -42,7 +58,7 @@ class RunLogger:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._trim_logs(start_step)
         if self.accelerator is not None:
-            self.accelerator.init_trackers("grpo", config=dict(config or {}))
+            self.accelerator.init_trackers("grpo", config=tracker_config(config or {}))
         if progress_bar:
             from tqdm.auto import tqdm
 
@@ -75,7 +91,7 @@ class RunLogger:
             return
         self._append("metrics.jsonl", {"step": step, **metrics})
         if self.accelerator is not None:
-            self.accelerator.log(dict(metrics), step=step)
+            self.accelerator.log(_numbers(metrics), step=step)
 
     def log_completions(self, step: int, records: list[Mapping[str, Any]]) -> None:
         if self.is_main and records:
@@ -87,7 +103,7 @@ class RunLogger:
             return
         self._append("eval.jsonl", {"step": step, **metrics})
         if self.accelerator is not None:
-            self.accelerator.log(dict(metrics), step=step)
+            self.accelerator.log(_numbers(metrics), step=step)
         if self._bar is not None:
             self._bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
 
@@ -113,6 +129,11 @@ class RunLogger:
             self._bar.close()
         if self.is_main and self.accelerator is not None:
             self.accelerator.end_training()
+
+
+def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
+    """The numeric entries, as floats (trackers plot scalars; None and text are skipped)."""
+    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

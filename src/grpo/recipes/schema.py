@@ -1,25 +1,31 @@
 """A recipe: model + data + rewards + GRPOConfig in one YAML file, for ``grpo train``.
 
 ```yaml
-model: Qwen/Qwen2.5-0.5B                  # path or hub id
-dataset: {name: gsm8k, split: train}      # a builder from grpo.recipes.datasets
+model: Qwen/Qwen2.5-0.5B                  # local folder, hub id, or "tiny" (built offline, see below)
+dataset: {name: gsm8k, split: train}      # a builder in grpo.recipes.datasets.DATASETS
 eval_dataset: {name: gsm8k, split: test, limit: 500}
-rewards:                                  # names from grpo.recipes.REWARDS, with weights and kwargs
-  - {name: math, weight: 1.0}
+rewards:                                  # a name (math, format, code, language, countdown) or a
+  - {name: math, weight: 1.0}             # dotted path to your own: mypkg.rewards:Brevity
   - {name: format, weight: 0.5}
 lora: {r: 16, lora_alpha: 32, target_modules: all-linear}   # optional (peft LoraConfig kwargs)
 trainer: {num_generations: 8, beta: 0.001, ...}              # GRPOConfig fields
 ```
+
+``model: tiny`` builds a tiny Llama with a character tokenizer (``grpo.tiny``) into
+``<trainer.output_dir>/tiny_model``, warmed up on the CPU demo's task; its size and warm-up are
+the optional ``tiny:`` section (:class:`TinyModelSpec`). Unknown keys are errors that name the
+closest known key.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from grpo.config import GRPOConfig, apply_overrides
+from grpo.recipes import RecipeError, did_you_mean
 
 
 class DatasetSpec(BaseModel):
@@ -27,32 +33,110 @@ class DatasetSpec(BaseModel):
     name: str = Field(description="Builder name in grpo.recipes.datasets.DATASETS.")
     split: str = Field("train", description="Split to build.")
     limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments (checked).")
 
 
 class RewardSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="Reward name in grpo.recipes.REWARDS.")
+    name: str = Field(description="A registry name (grpo.recipes.reward_registry) or 'package.module:Name'.")
     weight: float = Field(1.0, description="Weight in the total reward.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments (checked).")
+
+
+class TinyModelSpec(BaseModel):
+    """``model: tiny``: the CPU demo's model (examples/r1_zero_cpu.py), built offline."""
+
+    model_config = ConfigDict(extra="forbid")
+    hidden_size: int = Field(128, ge=8, description="Hidden size of the tiny Llama.")
+    num_layers: int = Field(2, ge=1, description="Transformer blocks.")
+    num_heads: int = Field(4, ge=1, description="Attention heads.")
+    head_dim: int = Field(32, ge=8, description="Head dimension (vLLM's CPU attention needs >= 32).")
+    seed: int = Field(0, description="Seed of the initial weights and of the warm-up.")
+    warmup_steps: int = Field(
+        800, ge=0, description="Supervised warm-up steps on the sloppy teacher of grpo.recipes.tiny_task "
+                               "(R1's cold start in miniature; 0 = random weights).")
 
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="Model path or hub id.")
-    dataset: DatasetSpec
-    eval_dataset: DatasetSpec | None = None
-    rewards: list[RewardSpec] = Field(min_length=1)
+    model: str = Field(description="Model folder, hub id, or 'tiny' (built offline into the run folder).")
+    tiny: TinyModelSpec | None = Field(None, description="Size and warm-up of model: tiny.")
+    dataset: DatasetSpec = Field(description="Training prompts: {name, split, limit, kwargs}.")
+    eval_dataset: DatasetSpec | None = Field(None, description="Held-out prompts for evaluation (optional).")
+    rewards: list[RewardSpec] = Field(min_length=1, description="Reward functions: [{name, weight, kwargs}, ...].")
     lora: dict[str, Any] | None = Field(None, description="peft LoraConfig arguments (None: full fine-tuning).")
     trainer: GRPOConfig = Field(default_factory=GRPOConfig)
 
+    @model_validator(mode="after")
+    def _tiny_only_with_tiny(self) -> Recipe:
+        if self.tiny is not None and self.model != "tiny":
+            raise ValueError(f"the 'tiny' section applies to model: tiny, but model is {self.model!r}; "
+                             "remove one of them")
+        return self
+
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
-        """Load a recipe; overrides are ``key=value`` with dotted keys (``trainer.beta=0``)."""
+        """Load a recipe; overrides are ``key=value`` with dotted keys (``trainer.beta=0``,
+        ``rewards.1.weight=0.5``). Mistakes raise :class:`RecipeError` naming the key."""
         import yaml
 
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"recipe {path} not found")
-        data = yaml.safe_load(path.read_text()) or {}
-        return cls(**apply_overrides(data, overrides or []))
+            raise RecipeError(f"recipe {path} not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise RecipeError(f"recipe {path} is not valid YAML: {e}".replace("\n", " ")) from e
+        if not isinstance(data, dict):
+            raise RecipeError(f"recipe {path} must be a mapping (model:, dataset:, rewards:, trainer:)")
+        try:
+            data = apply_overrides(data, overrides or [])
+        except ValueError as e:
+            raise RecipeError(str(e)) from e
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise RecipeError(f"{path}: {explain(e, cls)}") from e
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        if (found := _model_in(arg)) is not None:
+            return found
+    return None
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
+    """The pydantic model that holds the field at ``loc`` (list indices skipped)."""
+    model: type[BaseModel] | None = root
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if model is not None else None
+        model = _model_in(field.annotation) if field is not None else None
+    return model
+
+
+def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
+    """A pydantic error as one line per problem (joined by '; '), with "did you mean" for unknown keys."""
+    parts = []
+    for e in error.errors():
+        where = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parent, key = _model_at(root, e["loc"][:-1]), str(e["loc"][-1])
+            options = list(parent.model_fields) if parent is not None else []
+            prefix = where[: -len(key)]
+            hint = did_you_mean(key, options, prefix)
+            if parent is root and root is Recipe and key in GRPOConfig.model_fields:
+                hint = f"; did you mean 'trainer.{key}'? (GRPOConfig settings go under trainer:)"
+            listing = ("grpo train --help-config lists them" if parent is GRPOConfig
+                       else f"known: {', '.join(options)}")
+            parts.append(f"unknown key {where!r}{hint} ({listing})")
+        else:
+            msg = e["msg"].removeprefix("Value error, ")
+            got = e.get("input")
+            shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) and e["type"] != "missing" else ""
+            parts.append(f"{where}: {msg}{shown}" if where else msg)
+    return "; ".join(parts)

@@ -1,0 +1,59 @@
+"""Recipe plumbing on its own: key=value overrides (list indices included), the Hub check, the
+tiny model spec."""
+
+import pytest
+
+from grpo.config import apply_overrides
+from grpo.recipes import RecipeError, find_recipe, hub_problem
+from grpo.recipes.schema import Recipe
+
+DATA = {"model": "m", "rewards": [{"name": "math", "weight": 1.0}, {"name": "format"}], "trainer": {"beta": 0.1}}
+
+
+def test_overrides_set_nested_keys_and_list_entries_without_touching_the_input():
+    out = apply_overrides(DATA, ["rewards.0.weight=2", "rewards.1.kwargs.partial=true", "trainer.stop=[a, b]",
+                                 "trainer.minibatch_size=null", "lora.r=8", "model=x=y"])
+    assert out["rewards"] == [{"name": "math", "weight": 2}, {"name": "format", "kwargs": {"partial": True}}]
+    assert out["trainer"] == {"beta": 0.1, "stop": ["a", "b"], "minibatch_size": None}
+    assert out["lora"] == {"r": 8} and out["model"] == "x=y"  # only the first '=' splits
+    assert DATA["rewards"][0]["weight"] == 1.0 and "stop" not in DATA["trainer"]  # a copy was changed
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rewards.2.weight=1", "rewards is a list of 2 entries; use an index 0..1"),
+    ("rewards.name=x", "rewards is a list of 2 entries"),
+    ("trainer.beta.x=1", "trainer.beta is the value 0.1, not a section"),
+    ("beta", "is not key=value"),
+    ("trainer..beta=1", "is not key=value"),
+    ("trainer.stop=[a", "the value is not valid YAML"),
+])
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ValueError) as info:
+        apply_overrides(DATA, [override])
+    assert message in str(info.value)
+
+
+def test_the_hub_check_needs_nothing_for_local_and_tiny_models(tmp_path):
+    recipe = Recipe.from_yaml(find_recipe("r1_zero_cpu"))
+    assert hub_problem(recipe) is None  # tiny model, generated data
+    (tmp_path / "m").mkdir()
+    assert hub_problem(recipe, model=str(tmp_path / "m")) is None
+    assert "not a local folder" in hub_problem(recipe, model=str(tmp_path / "missing"))
+    assert "not a local folder" in hub_problem(recipe, model="not-an-org-slash-name")
+
+
+def test_the_hub_check_reports_offline_mode_for_what_is_not_cached(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    recipe = Recipe.from_yaml(find_recipe("r1_zero_gsm8k"))
+    problem = hub_problem(recipe)
+    assert "model Qwen/Qwen2.5-0.5B and dataset openai/gsm8k" in problem and "HF_HUB_OFFLINE is set" in problem
+
+
+def test_tiny_section_only_with_model_tiny():
+    r = Recipe.from_yaml(find_recipe("r1_zero_cpu"), ["tiny.warmup_steps=3"])
+    assert r.model == "tiny" and r.tiny.warmup_steps == 3 and r.tiny.hidden_size == 128
+    with pytest.raises(RecipeError, match="the 'tiny' section applies to model: tiny"):
+        Recipe.from_yaml(find_recipe("r1_zero_cpu"), ["model=Qwen/Qwen2.5-0.5B"])
