@@ -190,7 +190,8 @@ def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: list[str] |
         generator.sync_weights(policy)
         return evaluate(generator, rows, reward, accuracy=names[0],
                         format_name=next((n for n in names if n.startswith("format")), None),
-                        k=cfg.eval_samples, sampling=eval_sampling(cfg), by=by, pass_ks=pass_ks)
+                        k=cfg.eval_samples, sampling=eval_sampling(cfg), by=list(by or ()) or cfg.eval_by,
+                        pass_ks=pass_ks)
     finally:
         generator.close()
 

@@ -150,6 +150,9 @@ class GRPOConfig(BaseModel):
     # ---------------------------------------------------------------- evaluation, logging, checkpoints
     eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at start and end if eval data).")
     eval_samples: int = Field(4, ge=1, description="k: samples per eval prompt for mean accuracy over k.")
+    eval_by: list[str] = Field(
+        default_factory=list, description="Dataset columns to break evaluation down by "
+                                          "(eval/<metric>/<column>=<value>), e.g. [difficulty].")
     eval_max_prompts: int | None = Field(None, ge=1, description="Cap on eval prompts (None = all).")
     logging_steps: int = Field(1, ge=1, description="Log metrics every N steps.")
     log_completions: int = Field(4, ge=0, description="Completions per step written to completions.jsonl.")

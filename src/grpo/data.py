@@ -9,9 +9,12 @@ for each of the prompt's G completions (trl's convention).
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from grpo.rollout import Rollout
 
 
 class PromptSampler:
@@ -100,3 +103,18 @@ def reward_columns(rows: Sequence[Mapping[str, Any]], repeat: int, prompt_key: s
         raise ValueError(f"dataset field(s) {clash} collide with the keywords reward functions receive "
                          f"({sorted(RESERVED_COLUMNS)}); rename them in the dataset")
     return {k: [row.get(k) for row in rows for _ in range(repeat)] for k in keys}
+
+
+def reward_inputs(rollouts: Sequence[Rollout], prompts: Sequence[Any], rows: Sequence[dict],
+                  prompt_key: str = "prompt") -> dict[str, Any]:
+    """The arguments trl gives reward functions, for rollouts of ``generate(prompts, G)``: chat
+    prompts get their completion as one assistant message, text prompts as text;
+    ``completion_ids`` always; every other dataset column aligned with the completions; and
+    grpo's ``truncated`` (True where the completion was cut by the length limit)."""
+    ordered_rows = [rows[r.prompt_index] for r in rollouts]
+    completions = [r.text if isinstance(prompts[r.prompt_index], str)
+                   else [{"role": "assistant", "content": r.text}] for r in rollouts]
+    return dict(prompts=[prompts[r.prompt_index] for r in rollouts], completions=completions,
+                completion_ids=[list(r.completion_ids) for r in rollouts],
+                truncated=[r.truncated for r in rollouts],
+                **reward_columns(ordered_rows, 1, prompt_key))

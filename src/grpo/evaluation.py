@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from grpo.data import reward_columns
+from grpo.data import reward_inputs
 from grpo.rollout import SamplingConfig
 
 EVAL_SEED_OFFSET = 12345
@@ -58,7 +58,8 @@ def eval_sampling(config) -> SamplingConfig:
     top-p/k, min-p, length and stop strings, seeded with ``seed + EVAL_SEED_OFFSET``."""
     return SamplingConfig(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
                           min_p=config.min_p, max_tokens=config.max_completion_length,
-                          stop=tuple(config.stop), seed=(config.seed + EVAL_SEED_OFFSET) % 2**31)
+                          stop=tuple(config.stop), repetition_penalty=config.repetition_penalty,
+                          seed=(config.seed + EVAL_SEED_OFFSET) % 2**31)
 
 
 def _mean(values: Sequence[float | None]) -> float:
@@ -129,8 +130,7 @@ def evaluate(generator, rows: Sequence[dict[str, Any]], reward, *, accuracy: str
     named: dict[str, float] = {}
     for tag, n, samp, ks in (("greedy", 1, greedy, []), (f"mean@{k}", k, sampling, pass_ks)):
         rollouts = generator.generate(prompts, n, samp)
-        scores = reward.evaluate_all(prompts=[p for p in prompts for _ in range(n)],
-                                     completions=[r.text for r in rollouts], **reward_columns(rows, n, prompt_key))
+        scores = reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, prompt_key))
         acc = scores.component_values(accuracy)
         fmt = scores.component_values(format_name) if format_name is not None else None
         lengths = [len(r.completion_ids) for r in rollouts]

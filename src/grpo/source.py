@@ -21,6 +21,9 @@ with signal (surplus groups of the last round, the highest ids, are dropped as D
 until ``dynamic_sampling_max_rounds`` rounds were made: then the step trains on what it has and
 the metrics say so (``dynamic/cap_hit``). Every process takes part in every round and keeps the
 same global set of groups, so the trained groups do not depend on the number of processes.
+
+``reward_inputs`` (trl's reward-function arguments for a list of rollouts) lives in
+:mod:`grpo.data` and is re-exported here.
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from typing import Any
 import torch
 
 from grpo.advantages import ADVANTAGE_ESTIMATORS, groups_with_signal
-from grpo.data import PromptSampler, get_rows, reward_columns
+from grpo.data import PromptSampler, get_rows, reward_inputs
 from grpo.guards import check_prompt_lengths
 from grpo.metrics import advantage_metrics, completion_metrics, reward_metrics
 from grpo.parallel import Parallelism
@@ -243,21 +246,6 @@ def sampling_seed(seed: int, step: int, global_prompt: int, group_size: int, rou
     return base + global_prompt * group_size
 
 
-def reward_inputs(rollouts: Sequence[Rollout], prompts: Sequence[Any], rows: Sequence[dict],
-                  prompt_key: str = "prompt") -> dict[str, Any]:
-    """The arguments trl gives reward functions, for rollouts of ``generate(prompts, G)``: chat
-    prompts get their completion as one assistant message, text prompts as text;
-    ``completion_ids`` always; every other dataset column aligned with the completions; and
-    grpo's ``truncated`` (True where the completion was cut by the length limit)."""
-    ordered_rows = [rows[r.prompt_index] for r in rollouts]
-    completions = [r.text if isinstance(prompts[r.prompt_index], str)
-                   else [{"role": "assistant", "content": r.text}] for r in rollouts]
-    return dict(prompts=[prompts[r.prompt_index] for r in rollouts], completions=completions,
-                completion_ids=[list(r.completion_ids) for r in rollouts],
-                truncated=[r.truncated for r in rollouts],
-                **reward_columns(ordered_rows, 1, prompt_key))
-
-
 def _per_rollout(prompts: Sequence[Any], rollouts: Sequence[Rollout]) -> list[Any]:
     return [prompts[r.prompt_index] for r in rollouts]
 
@@ -283,3 +271,6 @@ def _concat_breakdowns(parts: list[RewardBreakdown]) -> RewardBreakdown:
     names = list(parts[0].components)
     return replace(parts[0], total=[t for p in parts for t in p.total],
                    components={n: [x for p in parts for x in p.components[n]] for n in names})
+
+
+__all__ = ["Collected", "RolloutSource", "ScoredStep", "reward_inputs", "sampling_seed"]

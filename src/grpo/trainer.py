@@ -34,7 +34,7 @@ from grpo.batch import RolloutBatch, collate_rollouts
 from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.data import check_dataset, get_rows
-from grpo.evaluation import evaluate
+from grpo.evaluation import eval_sampling, evaluate
 from grpo.guards import LearningWatch, check_output_dir, model_context, set_torch_threads
 from grpo.learner import Learner
 from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler, mixed_precision
@@ -296,7 +296,7 @@ class GRPOTrainer:
             rows = get_rows(self.eval_dataset, range(n), self.prompt_key)
             result = evaluate(self.generator, rows, self.reward, accuracy=self.accuracy_name,
                               format_name=self.format_name, k=cfg.eval_samples,
-                              sampling=self.source._sampling(cfg.seed + 12345), prompt_key=self.prompt_key)
+                              sampling=eval_sampling(cfg), prompt_key=self.prompt_key, by=cfg.eval_by)
             self.model.train()
         par.barrier()
         return result if par.is_main else {}
