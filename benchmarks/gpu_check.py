@@ -651,8 +651,10 @@ def main(argv=None) -> int:
         name = f"{impl}-{rollout}"
         if name in args.skip:
             rows[(impl, rollout)] = {"skipped": "skipped (--skip)"}
-        elif not importable(impl if impl == "trl" else "grpo") or (rollout == "vllm" and not importable("vllm")):
-            rows[(impl, rollout)] = {"skipped": f"skipped: {'vllm' if rollout == 'vllm' else impl} not importable"}
+        elif impl == "trl" and not (importable("trl") and importable("datasets")):
+            rows[(impl, rollout)] = {"skipped": "skipped: trl (with datasets) not importable"}
+        elif rollout == "vllm" and not importable("vllm"):
+            rows[(impl, rollout)] = {"skipped": "skipped: vllm not importable"}
         elif left() < 20:
             rows[(impl, rollout)] = {"skipped": f"skipped: --budget {args.budget:.0f} s spent"}
         else:
