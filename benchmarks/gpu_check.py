@@ -321,6 +321,7 @@ def _run_grpo(args, tokenizer, reward, rows, out: Path):
         save_final_model=False, progress_bar=False)
     trainer = Timed(args.model, [reward], rows, config, tokenizer=tokenizer)
     try:
+        expect_device(trainer.model, args)
         trainer.train()
     finally:
         trainer.close()
@@ -365,10 +366,20 @@ def _run_trl(args, tokenizer, reward, rows, out: Path):
         vllm_max_model_length=256 + args.max_completion_length)
     trainer = trl.GRPOTrainer(model=args.model, reward_funcs=[reward], train_dataset=Dataset.from_list(rows),
                               args=config, processing_class=tokenizer, callbacks=[StepEnds()])
+    expect_device(trainer.model, args)
     split = TrlSplit(trainer)
     start = time.perf_counter()
     trainer.train()
     return ends, metrics
+
+
+def expect_device(model, args) -> None:
+    """Stop if a trainer put the model anywhere but the GPU (or, in the dry run, the CPU)."""
+    want = "cpu" if args.cpu_dry_run else "cuda"
+    got = next(model.parameters()).device.type
+    if got != want:
+        raise RuntimeError(f"the trainer placed the model on {got!r}, expected {want!r}: refusing to measure "
+                           "a silent CPU fallback")
 
 
 def _patch_trl_colocate_sync_for_cpu() -> None:
@@ -551,7 +562,9 @@ def format_report(args, build: dict, rows: dict, logprobs: dict | None) -> str:
             out.append(f"\ngrpo/trl ({rollout}): step time {g['step_s'] / t['step_s']:.2f}x, "
                        f"peak memory {g['peak_alloc_gib'] / t['peak_alloc_gib']:.2f}x")
     out.append("\ntrl's split: generate = _generate (weight sync included), logprobs = the rest of "
-               "_generate_and_score_completions, train = the rest of the step; grpo's: its time/* metrics.")
+               "_generate_and_score_completions, train = the rest of the step; grpo's: its time/* metrics. "
+               "vLLM rows' peak memory includes the engine's preallocated KV cache (--vllm-memory x the "
+               "GPU's memory), so compare it only between vLLM rows.")
     if logprobs is not None:
         out += ["", "Log-probs, forward + backward, bf16 (extra peak = peak over the inputs, grads included):", "",
                 "| shape | H | V | B x T | method | seconds | extra peak GiB | chunked / naive memory |",

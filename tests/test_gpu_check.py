@@ -110,6 +110,13 @@ def test_reward_varies_within_a_group():
     assert reward(completions=["<unused_123>", "abcd", ""]) == [3 / 12, 0.0, 0.0]
 
 
+def test_a_model_off_the_gpu_stops_the_real_run():
+    model = torch.nn.Linear(2, 2)  # on the CPU
+    gpu_check.expect_device(model, gpu_check.parse_args(["--cpu-dry-run"]))  # the rehearsal wants the CPU
+    with pytest.raises(RuntimeError, match="silent CPU fallback"):
+        gpu_check.expect_device(model, gpu_check.parse_args([]))
+
+
 # ---------------------------------------------------------------------------------- report
 def test_report_table_rows_ratios_and_errors():
     args = gpu_check.parse_args([])
