@@ -47,7 +47,7 @@ with transformers); ``trl`` (+ ``datasets``) for the trl row. Fetch wheels on a 
 network, for the GPU machine's Python and platform, and install them there without an index::
 
     pip download -d wheels --only-binary=:all: --python-version 3.11 \\
-        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 pydantic datasets
+        --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 pydantic datasets psutil jinja2
     pip download -d wheels --no-deps trl          # trl alone: its deps would pull torch again
     # copy wheels/ to the GPU machine, then:
     pip install --no-index --find-links wheels pydantic trl datasets
