@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/bench_vs_trl.py                 # all rows, ~5-8 min on 2 CPU cores
     .venv/bin/python benchmarks/bench_vs_trl.py --rows hf,code --steps 10 --repeats 3
+    .venv/bin/python benchmarks/bench_vs_trl.py --scale compute --rows hf     # matmul-bound, ~6 min
 
 Same tiny model (``grpo.tiny.save_tiny_model``: Llama, hidden 128, 2 layers, 4 heads, head_dim
 32, char tokenizer), same data, same reward objects, same settings, N steps each. Rows:
@@ -34,12 +35,30 @@ Objective matching (trl 1.16 option -> grpo.GRPOConfig field):
 * fp32 weights, no gradient checkpointing, temperature 1, top-p 1, top-k off, no dropout;
 * trl ``log_completions=False`` / grpo ``log_completions=0``; both log metrics every step.
 
+Scales (``--scale``):
+
+* ``tiny`` (default): the model above, 32 new tokens; per-op overhead dominates.
+* ``compute``: a Llama where matrix products dominate on this CPU: hidden 512, 6 layers, 8 heads
+  of 64, MLP 2048 (25.3 M parameters, 25.2 M of them in matmuls), char tokenizer; 4 prompts x
+  G=8, 128 new tokens (a random model rarely stops early), micro-batch 16; 3 measured steps
+  after 1 warm-up. It adds a FLOP view: the child first measures this machine's float32 matmul
+  rate (``torch.mm`` 2048x512 @ 512x2048, best of 5, same thread count; again at the end, the
+  higher one counts), then reports each phase's achieved rate with FLOPs counted as
+  ``train = 6 x P x tokens x mu`` (forward + backward), ``logprobs = 2 x P x tokens x passes``
+  (reference pass when beta > 0, old-policy pass when off-policy), ``generate = 2 x P x tokens``,
+  where P = parameters used in matrix products (all but the input embedding) and tokens = the
+  step's completion tokens + each distinct prompt's tokens once (the work no implementation can
+  avoid; prompt lengths: mean over the data set). Attention's T^2 terms are left out (< 3% here).
+
 Measurements: each (row, trainer) runs in a fresh subprocess. Step time = median of the wall
 time between consecutive step ends after ``--warmup`` steps (it includes everything a step
 costs: data, generation, scoring, training, weight sync, logging). Peak memory = ``ru_maxrss``
 of that subprocess (the trainer; vLLM colocate runs in it too), plus the peak PSS of its whole
 process tree (reward-pool workers, sandboxes), sampled every 0.2 s. grpo's own time split is
-the median of ``time/*`` in ``RUN_DIR/metrics.jsonl`` over the same steps. ``--profile`` writes
+the median of ``time/*`` in ``RUN_DIR/metrics.jsonl`` over the same steps; trl's split times its
+methods (``gpu_check.TrlSplit``: ``_generate`` = generate with weight sync, ``_calculate_rewards``
+= score, the rest of ``_generate_and_score_completions`` = log-prob passes and bookkeeping, the
+rest of the step = train). ``--profile`` writes
 a cProfile of the measured steps next to the results.
 """
 
@@ -47,6 +66,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import random
 import statistics
@@ -66,6 +86,13 @@ ROWS = {
     "code": "HF generate, Math+Code",
 }
 IMPLS = ("trl", "grpo")
+# Model and work per scale; command-line values override the work settings.
+SCALES = {
+    "tiny": {"model": dict(hidden_size=128, num_layers=2, num_heads=4, head_dim=32),
+             "work": dict(steps=8, warmup=3, max_completion_length=32, micro_batch_size=16, timeout=300)},
+    "compute": {"model": dict(hidden_size=512, num_layers=6, num_heads=8, head_dim=64, intermediate_size=2048),
+                "work": dict(steps=3, warmup=1, max_completion_length=128, micro_batch_size=16, timeout=900)},
+}
 SPLIT = ("time/generate", "time/logprobs", "time/score", "time/score_wait", "time/train", "time/sync", "time/step")
 
 
@@ -181,13 +208,23 @@ def run_trl(args, row: str, out: Path) -> dict:
     from datasets import Dataset
     from transformers import TrainerCallback
 
+    from gpu_check import TrlSplit
+
     ends: list[float] = []
+    per_step: list[dict] = []  # one per generation: trl's split and completion tokens
+    n = args.prompts_per_step * args.num_generations
 
     class StepEnds(TrainerCallback):
         def on_step_end(self, a, state, control, **kw):
             ends.append((time.perf_counter(), time.process_time()))
+            if state.global_step % args.mu == 0:  # a generation's mu optimizer steps are done
+                prev = ends[-1 - args.mu][0] if len(ends) > args.mu else start
+                per_step.append(split.take(ends[-1][0] - prev))
 
-    n = args.prompts_per_step * args.num_generations
+        def on_log(self, a, state, control, logs=None, **kw):
+            if logs and "completions/mean_length" in logs and per_step:  # trl logs after on_step_end
+                per_step[-1]["completion_tokens"] = logs["completions/mean_length"] * n
+
     ga = n // args.micro_batch_size
     if row == "vllm":
         _patch_trl_colocate_sync()
@@ -212,10 +249,16 @@ def run_trl(args, row: str, out: Path) -> dict:
     trainer = trl.GRPOTrainer(model=str(args.model), reward_funcs=_rewards(row),
                               train_dataset=Dataset.from_list(data), args=config,
                               callbacks=[StepEnds()])
+    split = TrlSplit(trainer)
+    start = time.perf_counter()
     with _maybe_profile(args, out / f"{row}_trl.prof"):
         trainer.train()
     ends = ends[args.mu - 1::args.mu]  # one entry per generation (= per grpo step)
-    return {"step_ends": ends}
+    per_step = per_step[args.warmup:]
+    split = {k: statistics.median(m[k] for m in per_step) for k in ("generate", "logprobs", "score", "train")}
+    return {"step_ends": ends, "split": {f"time/{k}": v for k, v in split.items()},
+            "completion_tokens": statistics.median(m.get("completion_tokens", math.nan) for m in per_step),
+            "matmul_params": _matmul_params(trainer.model)}
 
 
 def _patch_trl_colocate_sync() -> None:
@@ -244,11 +287,14 @@ def run_grpo(args, row: str, out: Path) -> dict:
     from grpo.tracking import read_jsonl
 
     ends: list[float] = []
+    params: list[int] = []
 
     class Timed(GRPOTrainer):
         def train_step(self, log):
             metrics = super().train_step(log)
             ends.append((time.perf_counter(), time.process_time()))
+            if not params:
+                params.append(_matmul_params(self.model))
             return metrics
 
     data = code_rows() if row == "code" else math_rows()
@@ -273,7 +319,51 @@ def run_grpo(args, row: str, out: Path) -> dict:
     metrics = read_jsonl(run_dir / "metrics.jsonl")[args.warmup:]
     split = {k: statistics.median(m[k] for m in metrics)
              for k in SPLIT}
-    return {"step_ends": ends, "split": split}
+    n = args.prompts_per_step * args.num_generations
+    return {"step_ends": ends, "split": split, "matmul_params": params[0],
+            "completion_tokens": statistics.median(m["completions/mean_length"] * n for m in metrics)}
+
+
+def _matmul_params(model) -> int:
+    """Parameters used in matrix products: all but the input embedding (a lookup)."""
+    embed = model.get_input_embeddings().weight
+    return sum(p.numel() for p in model.parameters() if p is not embed)
+
+
+def matmul_flops_per_s(hidden: int = 512, repeats: int = 5) -> float:
+    """This machine's float32 matmul rate now: [2048, H] @ [H, 4H], best of ``repeats``."""
+    import torch
+
+    a, b = torch.randn(2048, hidden), torch.randn(hidden, 4 * hidden)
+    c = torch.empty(2048, 4 * hidden)
+    torch.mm(a, b, out=c)
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        torch.mm(a, b, out=c)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048 * hidden * 4 * hidden / best
+
+
+def prompt_tokens(model: Path, rows: list[dict]) -> float:
+    """Mean chat-templated prompt length (tokens) over the data set."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model))
+    lengths = [len(tok.apply_chat_template(r["prompt"], add_generation_prompt=True, tokenize=True,
+                                           return_dict=True)["input_ids"]) for r in rows]
+    return sum(lengths) / len(lengths)
+
+
+def flop_rates(args, res: dict, prompt_len: float) -> dict:
+    """Achieved FLOP/s per phase (module docstring: what is counted)."""
+    p = res["matmul_params"]
+    tokens = res["completion_tokens"] + args.prompts_per_step * prompt_len
+    on_policy = args.mu == 1  # both trainers: one minibatch per step here
+    passes = (args.beta > 0) + (not on_policy)
+    work = {"train": 6 * p * tokens * args.mu, "logprobs": 2 * p * tokens * passes, "generate": 2 * p * tokens}
+    split = res["split"]
+    return {f"{k}_flops": (w / split[f"time/{k}"] if split.get(f"time/{k}") else None) for k, w in work.items()}
 
 
 class _maybe_profile:
@@ -301,10 +391,15 @@ def child(args) -> None:
     # a hung run prints every thread's stack to stderr (saved by the parent) before it is killed
     faulthandler.dump_traceback_later(max(10, args.timeout - 15), exit=True)
     torch.set_num_threads(args.threads)
+    hidden = SCALES[args.scale]["model"]["hidden_size"]
+    peak_before = matmul_flops_per_s(hidden)
     monitor = MemoryMonitor()
     out = Path(args.workdir)
     t0 = time.perf_counter()
     result = (run_trl if args.impl == "trl" else run_grpo)(args, args.row, out)
+    rows = code_rows() if args.row == "code" else math_rows()
+    result.update(flop_rates(args, result, prompt_tokens(Path(args.model), rows)),
+                  matmul_peak_flops=max(peak_before, matmul_flops_per_s(hidden)))
     ends = result.pop("step_ends")[args.warmup - 1:]  # the last warm-up step's end starts the clock
     steps = [b[0] - a[0] for a, b in zip(ends, ends[1:])]
     cpu = [b[1] - a[1] for a, b in zip(ends, ends[1:])]
@@ -322,7 +417,7 @@ def spawn(args, impl: str, row: str, model: Path, work: Path) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impl", impl, "--row", row,
            "--model", str(model), "--workdir", str(work)]
     for k in ("steps", "warmup", "num_generations", "prompts_per_step", "max_completion_length",
-              "max_prompt_length", "micro_batch_size", "mu", "beta", "lr", "seed", "threads", "timeout"):
+              "max_prompt_length", "micro_batch_size", "mu", "beta", "lr", "seed", "threads", "timeout", "scale"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     if args.profile:
         cmd.append("--profile")
@@ -366,7 +461,8 @@ def report(args, results: dict) -> tuple[str, dict]:
     lines = [
         f"G={args.num_generations}, {args.prompts_per_step} prompts/step ({args.num_generations * args.prompts_per_step}"
         f" completions), max {args.max_completion_length} new tokens, mu={args.mu}, beta={args.beta}, "
-        f"lr={args.lr}, micro-batch {args.micro_batch_size}, fp32, {args.threads} torch thread(s); "
+        f"lr={args.lr}, micro-batch {args.micro_batch_size}, fp32, {args.threads} torch thread(s), "
+        f"scale {args.scale} (model {SCALES[args.scale]['model']}); "
         f"{args.steps} measured steps after {args.warmup} warm-up, {args.repeats} run(s) per cell.",
         "",
         "s/step: median wall time per step (median over runs); best: fastest step; CPU: trainer-process "
@@ -377,7 +473,7 @@ def report(args, results: dict) -> tuple[str, dict]:
         "| trl RSS MiB | grpo RSS MiB | grpo/trl | trl PSS MiB | grpo PSS MiB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    errors, splits = [], []
+    errors, splits, flops = [], [], []
     for row in args.rows:
         t, g = results[row]["trl"], results[row]["grpo"]
         m = {k: (median_of(t, k), median_of(g, k))
@@ -394,13 +490,29 @@ def report(args, results: dict) -> tuple[str, dict]:
                 if "error" in r and r["error"] not in seen:
                     seen.add(r["error"])
                     errors.append(f"- {ROWS[row]}, {impl}: {r['error']}")
-        if median_of(g, "step_s") is not None:
-            splits.append(f"| {ROWS[row]} | " + " | ".join(fmt(median_of(g, "split", k)) for k in SPLIT) + " |")
-    lines += ["", "grpo's own split (median s/step, from RUN_DIR/metrics.jsonl):", "",
-              "| row | " + " | ".join(k.split("/")[1] for k in SPLIT) + " |", "|---" * (len(SPLIT) + 1) + "|",
-              *splits,
-              "", "score runs on a thread during logprobs (reference / old-policy passes); score_wait is "
+        for impl, runs in (("trl", t), ("grpo", g)):
+            if median_of(runs, "step_s") is None:
+                continue
+            splits.append(f"| {ROWS[row]} | {impl} | " + " | ".join(
+                fmt(median_of([r for r in runs if k in r.get("split", {})], "split", k)) for k in SPLIT) + " |")
+            peak = median_of(runs, "matmul_peak_flops")
+            rates = [median_of(runs, f"{k}_flops") for k in ("train", "logprobs", "generate")]
+            cells = " | ".join(f"{fmt(r / 1e9 if r else None, '.1f')} | {ratio(r, peak, '.0%')}" for r in rates)
+            flops.append(f"| {ROWS[row]} | {impl} | {fmt(peak / 1e9 if peak else None, '.1f')} | {cells} "
+                         f"| {fmt(median_of(runs, 'matmul_params') / 1e6, '.1f')} M "
+                         f"| {fmt(median_of(runs, 'completion_tokens'), '.0f')} completion |")
+    lines += ["", "Split (median s/step; grpo: its time/* metrics in RUN_DIR/metrics.jsonl; trl: its timed "
+              "methods, sync inside generate):", "",
+              "| row | trainer | " + " | ".join(k.split("/")[1] for k in SPLIT) + " |",
+              "|---" * (len(SPLIT) + 2) + "|", *splits,
+              "", "grpo scores on a thread during logprobs (reference / old-policy passes); score_wait is "
               "what the step still waited for it."]
+    if args.scale == "compute":
+        lines += ["", "Achieved FLOP/s per phase against this machine's float32 matmul rate measured in the same "
+                  "run (GFLOP/s; % = share of that rate; FLOPs counted as in the module docstring):", "",
+                  "| row | trainer | matmul GFLOP/s | train GFLOP/s | train % | logprobs GFLOP/s | logprobs % "
+                  "| generate GFLOP/s | generate % | matmul params | tokens/step |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|", *flops]
     if errors:
         lines += ["", "Errors:", *errors]
     raw = {row: {impl: results[row][impl] for impl in IMPLS} for row in args.rows}
@@ -409,15 +521,18 @@ def report(args, results: dict) -> tuple[str, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", default="hf,vllm,code", help="comma list of: " + ", ".join(ROWS))
-    p.add_argument("--steps", type=int, default=8, help="measured steps per run")
-    p.add_argument("--warmup", type=int, default=3, help="warm-up steps, not measured")
+    p.add_argument("--scale", choices=list(SCALES), default="tiny",
+                   help="tiny: overhead-bound 0.5 M-parameter model; compute: matmul-bound 25 M (module docstring)")
+    p.add_argument("--rows", default=None, help="comma list of: " + ", ".join(ROWS)
+                   + " (default: all for tiny, hf for compute)")
+    p.add_argument("--steps", type=int, default=None, help="measured steps per run (default: 8 tiny, 3 compute)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps, not measured (3 tiny, 1 compute)")
     p.add_argument("--repeats", type=int, default=1, help="runs per (row, trainer); medians reported")
     p.add_argument("--num-generations", type=int, default=8)
     p.add_argument("--prompts-per-step", type=int, default=4)
-    p.add_argument("--max-completion-length", type=int, default=32)
+    p.add_argument("--max-completion-length", type=int, default=None, help="32 tiny, 128 compute")
     p.add_argument("--max-prompt-length", type=int, default=160)
-    p.add_argument("--micro-batch-size", type=int, default=16)
+    p.add_argument("--micro-batch-size", type=int, default=None, help="16")
     p.add_argument("--mu", type=int, default=1, help="num_iterations")
     p.add_argument("--beta", type=float, default=0.001)
     p.add_argument("--lr", type=float, default=1e-5)
@@ -425,7 +540,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch/OpenMP threads per run (1: on a shared, loaded 2-core machine 2 threads "
                         "spin against other jobs and are 10-30x slower and noisy)")
-    p.add_argument("--timeout", type=int, default=300, help="seconds per configuration subprocess")
+    p.add_argument("--timeout", type=int, default=None, help="seconds per configuration subprocess "
+                                                           "(300 tiny, 900 compute)")
     p.add_argument("--profile", action="store_true", help="cProfile each run (slower; for diagnosis)")
     p.add_argument("--keep", default=None, help="folder for runs, logs and profiles (default: temporary)")
     p.add_argument("--json", default=None, help="also write all raw results here")
@@ -436,10 +552,14 @@ def main() -> None:
     p.add_argument("--model", help=argparse.SUPPRESS)
     p.add_argument("--workdir", help=argparse.SUPPRESS)
     args = p.parse_args()
+    for k, v in SCALES[args.scale]["work"].items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
     if args.child:
         child(args)
         return
-    args.rows = [r.strip() for r in args.rows.split(",") if r.strip()]
+    args.rows = [r.strip() for r in (args.rows or ("hf,vllm,code" if args.scale == "tiny" else "hf")).split(",")
+                 if r.strip()]
     for r in args.rows:
         if r not in ROWS:
             p.error(f"unknown row {r!r}; choose from {', '.join(ROWS)}")
@@ -452,7 +572,7 @@ def main() -> None:
     root.mkdir(parents=True, exist_ok=True)
     from grpo.tiny import save_tiny_model
 
-    model = save_tiny_model(root / "tiny", hidden_size=128, num_layers=2, num_heads=4, head_dim=32)
+    model = save_tiny_model(root / f"model_{args.scale}", **SCALES[args.scale]["model"])
     load = os.getloadavg()
     print(f"# {os.cpu_count()} CPUs, load average {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f} at start; "
           f"runs in {root}", flush=True)
