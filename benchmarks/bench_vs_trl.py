@@ -26,7 +26,7 @@ Objective matching (trl 1.16 option -> grpo.GRPOConfig field):
   generation, i.e. per ``mu`` trl optimizer steps;
 * ``loss_type="dapo"`` (sum over all tokens of the generation batch / its token count) =
   ``aggregation="token_mean"`` with grpo's global normalizer;
-* ``scale_rewards="group"`` = ``advantage_scale="group"`` (both Bessel std; eps 1e-4 vs 1e-6);
+* ``scale_rewards="group"`` = ``advantage_estimator="grpo"`` (both Bessel std; eps 1e-4 vs 1e-6);
 * ``epsilon=0.2`` (epsilon_high defaults to it) = ``eps_low = eps_high = 0.2``;
 * ``beta`` and the k3 KL: trl ``use_bias_correction_kl=False`` (trl's default multiplies the KL by
   the ratio; grpo's k3 is DeepSeekMath eq. 4 as is);
@@ -304,7 +304,7 @@ def run_grpo(args, row: str, out: Path) -> dict:
         num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
         rollout="vllm" if row == "vllm" else "hf", vllm_enforce_eager=True,
         max_prompt_length=args.max_prompt_length, max_completion_length=args.max_completion_length,
-        temperature=1.0, advantage_scale="group", beta=args.beta, kl_estimator="k3", eps_low=0.2, eps_high=0.2,
+        temperature=1.0, advantage_estimator="grpo", beta=args.beta, kl_estimator="k3", eps_low=0.2, eps_high=0.2,
         aggregation="token_mean", use_tis=False, learning_rate=args.lr, weight_decay=0.0,
         adam_betas=(0.9, 0.99), lr_schedule="constant", warmup_steps=0, max_grad_norm=1.0,
         num_iterations=args.mu, micro_batch_size=args.micro_batch_size, gradient_checkpointing=False,
