@@ -39,6 +39,8 @@ def completion_metrics(rollouts: Sequence) -> dict[str, float]:
         "completions/mean_length": sum(lengths) / len(lengths),
         "completions/max_length": float(max(lengths)),
         "completions/min_length": float(min(lengths)),
+        "completions/tokens": float(sum(lengths)),
+        "completions/prompt_tokens": float(sum(len(r.prompt_ids) for r in rollouts)),
         "completions/truncated_frac": fraction([r.truncated for r in rollouts]),
         "completions/reflection_rate": fraction([has_reflection(t) for t in texts]),
         "completions/language_mixing_rate": fraction([is_language_mixed(t) for t in texts]),

@@ -49,7 +49,8 @@ def metric_reduction(key: str) -> str:
     return "mean"
 
 
-SUMMED_METRICS = frozenset({"loss/loss", "train/tokens", "train/sequences"})
+SUMMED_METRICS = frozenset({"loss/loss", "train/tokens", "train/sequences", "completions/tokens",
+                            "completions/prompt_tokens"})
 TOKEN_WEIGHTED_PREFIXES = ("loss/", "policy/", "rollout/")
 
 

@@ -149,6 +149,7 @@ class GRPOTrainer:
         self.learner = Learner(self.model, self.ref_model, self.optimizer, self.scheduler, par, cfg,
                                self.accelerator.autocast)
         self.step = 0
+        self.tokens_seen = 0  # prompt + completion tokens sampled so far (trl's num_tokens)
         if cfg.resume_from:
             self._resume(resolve_checkpoint(cfg.resume_from, cfg.output_dir))
 
@@ -230,6 +231,10 @@ class GRPOTrainer:
         metrics = {**scored.metrics, **train_metrics, **timer.times,
                    "time/step": time.perf_counter() - t0, "optim/lr": self.scheduler.get_last_lr()[0]}
         metrics = self.parallel.reduce_metrics(metrics)
+        self.tokens_seen += int(metrics["completions/tokens"] + metrics["completions/prompt_tokens"])
+        metrics.update({"throughput/generated_tokens_per_s": metrics["completions/tokens"] / metrics["time/step"],
+                        "throughput/trained_tokens_per_s": metrics["train/tokens"] / metrics["time/step"],
+                        "throughput/tokens_seen": float(self.tokens_seen)})
         self._log_completions(log, scored)
         # a reward that scored nothing for `reward_failure_patience` steps stops the run, on every
         # process at once (decided on the reduced metrics), naming it and its first reason
@@ -305,7 +310,8 @@ class GRPOTrainer:
     def save_checkpoint(self) -> Path:
         par = self.parallel
         return save_checkpoint(self.config.output_dir, self.step, model=self.model, optimizer=self.optimizer,
-                               scheduler=self.scheduler, trainer_state=self.source.state_dict(),
+                               scheduler=self.scheduler,
+                               trainer_state={**self.source.state_dict(), "tokens_seen": self.tokens_seen},
                                rank=par.rank, is_main=par.is_main, keep=self.config.save_total_limit,
                                barrier=par.barrier, sharded=par.sharded)
 
@@ -314,6 +320,7 @@ class GRPOTrainer:
         state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
                                 rank=par.rank, sharded=par.sharded)
         self.step = int(state["step"])
+        self.tokens_seen = int(state.get("tokens_seen", 0))
         self.source.load_state_dict(state)
         self.generator.sync_weights(self.model)
         if hasattr(self.source, "push_weights"):
