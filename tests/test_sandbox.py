@@ -2,8 +2,10 @@
 
 Each test runs hostile code and checks three things: the host and this (scoring) process are
 unaffected, the outcome is a failure (or the true result), and the call returns within its
-limit. Tests run in the mode this host supports ("namespaces" here and in CI); the core
-properties are also run in the fallback "rlimits" mode.
+limit. Tests run in the mode this host supports ("namespaces" here and in CI), on the default
+pre-forked path; the core properties also run on the per-run path and in the fallback
+"rlimits" mode. What pre-forking must add (nothing of one run reaches the next, the zygote is
+out of reach) is tested in ``test_sandbox_prefork.py``.
 """
 
 from __future__ import annotations
@@ -29,7 +31,12 @@ from grpo.rewards.sandbox import (
 )
 
 MODE = sandbox_mode()
-BOTH_MODES = sorted({MODE, "rlimits"})
+PATHS = {  # how a run starts: run_python / run_tests keyword arguments
+    "prefork": {"mode": "namespaces", "prefork": True},
+    "per-run": {"mode": "namespaces", "prefork": False},
+    "rlimits": {"mode": "rlimits", "prefork": False},
+}
+ALL_PATHS = [p for p in PATHS if MODE == "namespaces" or p == "rlimits"]
 FAST = SandboxLimits(wall_time_s=3.0, cpu_time_s=3.0, memory_mb=256, max_processes=8)
 SANDBOX_UID_MIN = 2_000_000_000
 REPO = Path(__file__).resolve().parents[1]
@@ -71,34 +78,53 @@ def timed(fn, *args, **kwargs):
 # ------------------------------------------------------------------------------ basics
 def test_layers_match_mode():
     layers = sandbox_layers()
-    for layer in ("wall-timeout", "process-group", "rlimits", "scrubbed-env", "temp-workdir"):
+    for layer in ("wall-timeout", "process-group", "rlimits", "scrubbed-env", "temp-workdir",
+                  "no-keyring"):
         assert layer in layers
-    ns = {"pid-namespace", "net-namespace", "mount-namespace"}
+    ns = {"pid-namespace", "net-namespace", "ipc-namespace", "mount-namespace"}
     assert ns <= set(layers) if MODE == "namespaces" else not ns & set(layers)
-    assert not ns & set(sandbox_layers("rlimits"))
+    assert ("pre-forked" in layers) == (MODE == "namespaces")  # the default where possible
+    assert "pre-forked" not in sandbox_layers(prefork=False)
+    assert not (ns | {"pre-forked"}) & set(sandbox_layers("rlimits"))
+    with pytest.raises(ValueError, match="namespaces"):
+        sandbox_layers("rlimits", prefork=True)
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_runs_a_program_with_stdin(mode):
-    res = run_python("print(sum(map(int, input().split())))", stdin="2 3 4", mode=mode)
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_kernel_keyring_is_refused(path):
+    # keys are not namespaced: one stored under a run's uid would outlive the run
+    probe = code("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        nr = {"x86_64": 248, "aarch64": 217}[os.uname().machine]  # add_key
+        r = libc.syscall(nr, b"user", b"grpo-test", b"secret", 6, -4)  # the user keyring
+        print(r, os.strerror(ctypes.get_errno()) if r < 0 else "stored")
+    """)
+    res = run_python(probe, limits=FAST, **PATHS[path])
+    assert res.ok and res.stdout == "-1 Operation not permitted\n"
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_runs_a_program_with_stdin(path):
+    res = run_python("print(sum(map(int, input().split())))", stdin="2 3 4", **PATHS[path])
     assert res.ok and res.stdout == "9\n"
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_assert_tests_report_each_result(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_assert_tests_report_each_result(path):
     run = run_tests(
         "def sq(x): return x * x",
         ["assert sq(3) == 9", "assert sq(2) == 5", "assert sq(-1) == 1"],
-        mode=mode,
+        **PATHS[path],
     )
     assert run.passed == (True, False, True) and not run.tampered
 
 
 # ------------------------------------------------------------------------------ time
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_infinite_loop_is_killed_at_the_wall_limit(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_infinite_loop_is_killed_at_the_wall_limit(path):
     limits = SandboxLimits(wall_time_s=1.5, cpu_time_s=30)
-    res, took = timed(run_python, "while True:\n    pass\n", limits=limits, mode=mode)
+    res, took = timed(run_python, "while True:\n    pass\n", limits=limits, **PATHS[path])
     assert res.timed_out and not res.ok
     assert took < 1.5 + 1.5
 
@@ -133,8 +159,8 @@ def test_each_assert_test_has_its_own_time_limit():
 
 
 # ------------------------------------------------------------------------------ processes
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_fork_bomb_is_contained(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_fork_bomb_is_contained(path):
     bomb = code("""
         import os
         while True:
@@ -144,15 +170,15 @@ def test_fork_bomb_is_contained(mode):
                 pass
     """)
     res, took = timed(
-        run_python, bomb, limits=SandboxLimits(wall_time_s=2, max_processes=8), mode=mode
+        run_python, bomb, limits=SandboxLimits(wall_time_s=2, max_processes=8), **PATHS[path]
     )
     assert not res.ok and took < 4.5
     assert sandbox_processes() == []  # every fork died with the run
     assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_detached_daemon_does_not_survive_the_run(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_detached_daemon_does_not_survive_the_run(path):
     daemon = code("""
         import os, time
         if os.fork() == 0:
@@ -162,13 +188,13 @@ def test_detached_daemon_does_not_survive_the_run(mode):
             os._exit(0)
         print("parent done")
     """)
-    res = run_python(daemon, limits=FAST, mode=mode)
+    res = run_python(daemon, limits=FAST, **PATHS[path])
     assert res.ok and res.stdout == "parent done\n"
     assert sandbox_processes() == []
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_cannot_kill_the_scoring_process(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_cannot_kill_the_scoring_process(path):
     me = os.getpid()
     attack = code(f"""
         import os, signal
@@ -183,7 +209,7 @@ def test_cannot_kill_the_scoring_process(mode):
         except OSError as e:
             print("refused pgid", type(e).__name__)
     """)
-    res = run_python(attack, limits=FAST, mode=mode)
+    res = run_python(attack, limits=FAST, **PATHS[path])
     assert f"refused {me}" in res.stdout or MODE == "namespaces" and f"sent {me}" not in res.stdout
     assert os.getpid() == me  # still alive to check
 
@@ -198,11 +224,11 @@ def test_pid_namespace_hides_host_processes():
 
 
 # ------------------------------------------------------------------------------ memory, output
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_memory_bomb_fails_inside_the_sandbox(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_memory_bomb_fails_inside_the_sandbox(path):
     bomb = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2**20))\n"
     res, took = timed(
-        run_python, bomb, limits=SandboxLimits(wall_time_s=5, memory_mb=256), mode=mode
+        run_python, bomb, limits=SandboxLimits(wall_time_s=5, memory_mb=256), **PATHS[path]
     )
     assert not res.ok and not res.timed_out and "MemoryError" in res.stderr
     assert took < 5
@@ -259,8 +285,8 @@ def test_cannot_read_host_files():
         assert "/etc/passwd refused" in res.stdout  # not even world-readable files
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_cannot_write_or_delete_host_files(tmp_path, mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_cannot_write_or_delete_host_files(tmp_path, path):
     tmp_path.chmod(0o755)
     canary = tmp_path / "canary.txt"
     canary.write_text("original")
@@ -284,7 +310,7 @@ def test_cannot_write_or_delete_host_files(tmp_path, mode):
         except OSError:
             print("rmtree refused")
     """)
-    res = run_python(attack, limits=FAST, mode=mode)
+    res = run_python(attack, limits=FAST, **PATHS[path])
     assert res.ok and "done" not in res.stdout
     assert canary.read_text() == "original" and project_file.read_bytes() == before
     assert (REPO / "src" / "grpo" / "rewards" / "sandbox.py").exists()
@@ -308,8 +334,8 @@ def test_world_writable_host_files_are_out_of_reach():
         shared.rmdir()
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_work_folder_starts_empty_and_is_removed(mode, monkeypatch):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_work_folder_starts_empty_and_is_removed(path, monkeypatch):
     import tempfile
 
     import grpo.rewards._sandbox_process as process
@@ -320,7 +346,7 @@ def test_work_folder_starts_empty_and_is_removed(mode, monkeypatch):
     monkeypatch.setattr(process, "_scratch_dir", lambda: str(scratch))
     try:
         program = "import os\nprint(os.listdir('.'))\nopen('left.txt', 'w').write('x')\n"
-        res = run_python(program, limits=FAST, mode=mode)
+        res = run_python(program, limits=FAST, **PATHS[path])
         assert res.ok and res.stdout == "[]\n"
         assert list(scratch.iterdir()) == []  # the run's private folder is gone
     finally:
@@ -351,11 +377,11 @@ def test_no_network_connections():
     assert res.ok and "connected" not in res.stdout and res.stdout.count("refused") == 3
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_environment_is_scrubbed(monkeypatch, mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_environment_is_scrubbed(monkeypatch, path):
     monkeypatch.setenv("GRPO_TEST_SECRET", "hunter2")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    res = run_python("import os\nprint(sorted(os.environ.items()))\n", limits=FAST, mode=mode)
+    res = run_python("import os\nprint(sorted(os.environ.items()))\n", limits=FAST, **PATHS[path])
     assert res.ok
     assert "hunter2" not in res.stdout and "hf_secret" not in res.stdout
     assert set(eval(res.stdout)) <= {
@@ -364,17 +390,17 @@ def test_environment_is_scrubbed(monkeypatch, mode):
 
 
 # ------------------------------------------------------------------------------ test hacking
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_sys_exit_zero_before_the_tests_passes_nothing(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_sys_exit_zero_before_the_tests_passes_nothing(path):
     program = "import sys\ndef f(x):\n    return 0\nsys.exit(0)\n"
-    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, mode=mode)
+    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, **PATHS[path])
     assert run.passed == (False, False) and run.program_error == "SystemExit"
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_os_exit_zero_before_the_tests_passes_nothing(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_os_exit_zero_before_the_tests_passes_nothing(path):
     program = "import os\ndef f(x):\n    return 0\nos._exit(0)\n"
-    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, mode=mode)
+    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, **PATHS[path])
     assert run.result.returncode == 0  # the exit status alone would have said "success"
     assert run.passed == (False, False)
 
@@ -462,15 +488,17 @@ def test_runs_in_parallel():
     assert time.monotonic() - t < 1.95  # one after the other: >= 2 s of sleeping alone
 
 
-def test_setup_failure_is_reported_not_mistaken_for_a_failing_program(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_setup_failure_is_reported_not_mistaken_for_a_failing_program(tmp_path, monkeypatch, path):
     assert sandbox_mode() == MODE  # probed with the real interpreter, before the fake one
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexit 0\n")  # exits "successfully" without running anything
     fake.chmod(0o755)
     tmp_path.chmod(0o755)
     monkeypatch.setenv("GRPO_SANDBOX_PYTHON", str(fake))
-    res = run_python("print(1)", limits=FAST)
+    res = run_python("print(1)", limits=FAST, **PATHS[path])
     assert res.setup_failed and not res.ok
+    assert "setup failed" in res.describe()
 
 
 def test_sandbox_never_runs_code_in_this_process(tmp_path):
