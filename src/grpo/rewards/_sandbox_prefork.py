@@ -3,7 +3,7 @@
 Private to :mod:`grpo.rewards.sandbox` (its docstring states what pre-forking changes in the
 threat model). The zygote (``_sandbox_zygote.py``) is started on first use as
 ``unshare --mount --net --pid --ipc --fork [--user --map-root-user] python -I -S -B
-_sandbox_zygote.py CTRL_FD`` in its own session, with the scrubbed environment; it builds the
+_sandbox_zygote.py BOOT_FD`` in its own session, with the scrubbed environment; it builds the
 read-only root once and then forks each run's process tree inside fresh namespaces.
 
 One run = six memfds/pipe ends (job, stdin, stdout, stderr, verdicts, done) sent to the zygote
@@ -71,7 +71,11 @@ class _Zygote:
         self._ids = itertools.count()
         self.proc: subprocess.Popen | None = None
         self.start_error = ""
-        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        # The control socket reaches the zygote through a bootstrap socket, not by inheritance:
+        # ``unshare`` (its parent) would keep an inherited copy open, and then the zygote's
+        # death would not hang it up before the runs it takes down report their end.
+        self.sock, ctrl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        boot, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._stderr = os.memfd_create("grpo-zygote-stderr")
         newroot = tempfile.mkdtemp(prefix="grpo-zygote-", dir=_scratch_dir())
         cmd = [_unshare(), "--mount", "--net", "--pid", "--ipc", "--fork", "--kill-child"]
@@ -85,14 +89,19 @@ class _Zygote:
                 env=_env("/work", "/tmp"), cwd="/", pass_fds=(theirs.fileno(),),
                 start_new_session=True,
             )
-            theirs.close()  # so that the zygote's death reads as end of file here
-            self.sock.sendall(marshal.dumps({"newroot": newroot, "ro_binds": _ro_binds(python)}))
+            theirs.close()  # from here on, every copy of the zygote's ends is in its process
+            plan = marshal.dumps({"newroot": newroot, "ro_binds": _ro_binds(python)})
+            boot.sendmsg([plan], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                   array.array("i", [ctrl.fileno()]))])
+            boot.close()
+            ctrl.close()
             ready = (_wait_readable(self.sock.fileno(), START_TIMEOUT_S)
                      and self.sock.recv(16) == b"ready")
         except OSError as e:
             self.start_error = f"{type(e).__name__}: {e}"
         finally:
-            theirs.close()
+            for sock in (ctrl, boot, theirs):
+                sock.close()
             os.rmdir(newroot)  # the zygote's root is a tmpfs mounted there in its own namespace
         if not ready:
             self.sock.close()
@@ -158,7 +167,7 @@ class _Zygote:
                 self.sock.sendmsg([b"run %d" % run_id],
                                   [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
             except OSError as e:
-                raise ZygoteDied(str(e)) from e
+                raise ZygoteDied(f"sending the run failed: {e}") from e
             for fd in (job_fd, in_fd, done_w):  # the zygote holds them now
                 os.close(fd)
             job_fd = in_fd = done_w = -1
@@ -173,7 +182,7 @@ class _Zygote:
                           timed_out=not finished, wall=wall, returncode=-9 if not finished
                           else None)
             if res.returncode is None and not self.alive():
-                raise ZygoteDied("it died during the run")
+                raise ZygoteDied("its socket hung up before the run reported")
             return res
         finally:
             for fd in (job_fd, in_fd, out_fd, err_fd, verdict_fd, done_r, done_w):

@@ -1,15 +1,17 @@
 """Sandbox zygote: a sandboxed interpreter that forks one isolated process tree per run.
 
 Started once per scoring process by ``grpo.rewards._sandbox_prefork`` as
-``unshare --mount --net --pid --ipc --fork python -I -S -B <this file> CTRL_FD`` (plus
+``unshare --mount --net --pid --ipc --fork python -I -S -B <this file> BOOT_FD`` (plus
 ``--user --map-root-user`` when not root). Standard library only. It never runs untrusted code
 and never reads a job: it only forks, so every run starts from the same state, its own.
 
-Start-up: read the root file-system plan (a marshalled dict) from CTRL_FD, build the root
-(``_sandbox_harness._build_root``: read-only /usr and Python, a minimal /dev, bare mount points
-/work and /tmp) and ``pivot_root`` into it, make itself non-dumpable, send ``ready``.
+Start-up: read the root file-system plan (a marshalled dict) and the control socket CTRL from
+BOOT_FD (so CTRL's only copy outside the scoring process is here: ``unshare`` holds BOOT_FD),
+build the root (``_sandbox_harness._build_root``: read-only /usr and Python, a minimal /dev,
+bare mount points /work and /tmp), ``pivot_root`` into it, make itself non-dumpable, send
+``ready``.
 
-Then, per message on CTRL_FD (a SOCK_SEQPACKET socket; messages are tiny, data travels in fds):
+Then, per message on CTRL (a SOCK_SEQPACKET socket; messages are tiny, data travels in fds):
 
 * ``run ID`` with six fds (job, stdin, stdout, stderr, verdicts, done): fork the run's first
   process C (its own process group, id = its pid) and close the fds here. C keeps only the
@@ -47,8 +49,12 @@ RUN_FDS = 6  # job, stdin, stdout, stderr, verdicts, done
 
 
 def main():
-    ctrl = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, int(sys.argv[1]))
-    fs = marshal.loads(ctrl.recv(1 << 20))
+    boot = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, int(sys.argv[1]))
+    msg, ancillary, _, _ = boot.recvmsg(1 << 20, _socket.CMSG_SPACE(4))
+    boot.close()
+    [ctrl_fd] = _received_fds(ancillary)
+    ctrl = _socket.socket(_socket.AF_UNIX, _socket.SOCK_SEQPACKET, 0, ctrl_fd)
+    fs = marshal.loads(msg)
     harness._build_root(fs, scratch=False)
     # Not dumpable: even a process of the same uid cannot ptrace it or open its /proc files.
     harness._libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
