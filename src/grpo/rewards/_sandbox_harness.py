@@ -28,6 +28,7 @@ harness could forge lines: see the limits in ``sandbox.py``'s docstring.)
 import _signal
 import builtins
 import ctypes
+import gc
 import marshal
 import os
 import resource
@@ -39,8 +40,14 @@ def _fail_setup(msg):
     os._exit(121)
 
 
+_LIBC = None
+
+
 def _libc():
-    return ctypes.CDLL(None, use_errno=True)
+    global _LIBC
+    if _LIBC is None:  # once per interpreter: a zygote's forks inherit it ready to use
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -163,6 +170,20 @@ def _deny_keyrings(libc):
     """Seccomp filter: add_key, request_key and keyctl fail with EPERM, as does any syscall of
     another ABI (i386 via int 0x80, x32). The kernel keyring is not namespaced: a key a run
     stores under its uid would outlive the run and be readable by a later run of that uid."""
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, _keyring_filter(), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "seccomp filter: " + os.strerror(err))
+
+
+_KEYRING_FILTER = None
+
+
+def _keyring_filter():
+    """The BPF program (a ``struct sock_fprog`` reference), built once per interpreter."""
+    global _KEYRING_FILTER
+    if _KEYRING_FILTER is not None:
+        return _KEYRING_FILTER
     arch, numbers = KEYRING_SYSCALLS[os.uname().machine]
     LD_ABS, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
     allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
@@ -180,11 +201,10 @@ def _deny_keyrings(libc):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
 
     insns = (Insn * len(prog))(*[Insn(*i) for i in prog])
-    PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
-    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(Prog(len(prog), insns)),
-                  0, 0) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, "seccomp filter: " + os.strerror(err))
+    fprog = Prog(len(prog), insns)
+    fprog.keep = insns  # the array must live as long as the struct that points to it
+    _KEYRING_FILTER = ctypes.byref(fprog)
+    return _KEYRING_FILTER
 
 
 class _TestTimeout(BaseException):
@@ -221,6 +241,7 @@ def _fork_program(job, verdict_fd, done_fd):
     if pid:
         _supervise(pid, verdict_fd, done_fd, job["token"], job.get("backstop_s"))
     os.close(done_fd)  # only the supervisor may say "done"
+    gc.enable()  # whatever the parent did: the program gets the usual collector
     try:
         _set_limits(job["limits"])
         _drop_privileges(job["uid"], job["drop_caps"], job["deny_keyrings"])

@@ -33,11 +33,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 
 from grpo.rewards._sandbox_process import (
+    KEYRING_FILTER,
     SandboxLimits,
     SandboxResult,
     _complete_job,
@@ -55,6 +57,8 @@ from grpo.rewards._sandbox_process import (
 log = logging.getLogger("grpo.rewards.sandbox")
 
 _ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_zygote.py")
+# the zygote's clone(2) syscall number is known on these (``_sandbox_zygote.SYS_CLONE``)
+SUPPORTED = sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
 START_TIMEOUT_S = 60.0  # a loaded machine may take seconds to start an interpreter
 BACKSTOP_S = 2.0  # the run's PID 1 ends it this long after the wall limit, whatever happens
 
@@ -90,7 +94,8 @@ class _Zygote:
                 start_new_session=True,
             )
             theirs.close()  # from here on, every copy of the zygote's ends is in its process
-            plan = marshal.dumps({"newroot": newroot, "ro_binds": _ro_binds(python)})
+            plan = marshal.dumps({"newroot": newroot, "ro_binds": _ro_binds(python),
+                                  "deny_keyrings": KEYRING_FILTER})
             boot.sendmsg([plan], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
                                    array.array("i", [ctrl.fileno()]))])
             boot.close()

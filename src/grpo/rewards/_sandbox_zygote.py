@@ -13,28 +13,28 @@ bare mount points /work and /tmp), ``pivot_root`` into it, make itself non-dumpa
 
 Then, per message on CTRL (a SOCK_SEQPACKET socket; messages are tiny, data travels in fds):
 
-* ``run ID`` with six fds (job, stdin, stdout, stderr, verdicts, done): fork the run's first
-  process C (its own process group, id = its pid) and close the fds here. C keeps only the
-  run's fds, reads the job, ``unshare``s a new mount, PID, IPC and network namespace and forks
-  P, PID 1 of the new PID namespace. P mounts the run's fresh tmpfs /work and /tmp and a
-  /proc of its namespace, then forks the program's process Q exactly as the one-run harness
-  does (limits, uid, seccomp, ``_run``) and supervises it; P ends the run at ``wall + 2 s``
-  even if the scoring process hangs. When P exits, the kernel kills everything left in its
-  namespace.
-* ``kill ID``: SIGKILL to the run's process group (C and P; P's death takes the rest).
+* ``run ID`` with six fds (job, stdin, stdout, stderr, verdicts, done): clone the run's first
+  process P straight into a new mount, PID, IPC and network namespace (PID 1 there) and close
+  the fds here. P keeps only the run's fds, reads the job, mounts the run's fresh tmpfs /work
+  and /tmp and a /proc of its namespace, then forks the program's process Q exactly as the
+  one-run harness does (limits, uid, seccomp, ``_run``) and supervises it; P ends the run at
+  ``wall + 2 s`` even if the scoring process hangs. When P exits, the kernel kills everything
+  left in its namespace.
+* ``kill ID``: SIGKILL to the run's P (its death takes the rest).
 * end of file (the scoring process is gone): kill every run, exit. Being PID 1 of its own
   namespace, the zygote's exit also kills anything that could be left.
 """
 
 import _signal
 import _socket
+import gc
 import marshal
 import os
 import select
 import sys
 
-import ctypes  # noqa: F401  (imported before sys.path changes below; the harness needs it)
-import resource  # noqa: F401
+import ctypes
+import resource  # noqa: F401  (imported before sys.path changes below; the harness needs it)
 
 # The harness sits next to this file. Import it, then drop the folder from sys.path at once:
 # it holds modules (code.py, math.py) that would shadow the standard library for programs.
@@ -44,8 +44,14 @@ import _sandbox_harness as harness  # noqa: E402
 del sys.path[0]
 
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x20000, 0x8000000, 0x20000000, 0x40000000
+CLONE_RUN = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNET  # a run's own namespaces
+SYS_CLONE = {"x86_64": 56, "aarch64": 220}
 PR_SET_DUMPABLE = 4
 RUN_FDS = 6  # job, stdin, stdout, stderr, verdicts, done
+MAX_FD = 1 << 20
+
+
+_PYTHON_API = ctypes.PyDLL(None, use_errno=True)  # calls that keep the GIL, like os.fork
 
 
 def main():
@@ -58,12 +64,22 @@ def main():
     harness._build_root(fs, scratch=False)
     # Not dumpable: even a process of the same uid cannot ptrace it or open its /proc files.
     harness._libc().prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+    for name in ("mount", "prctl", "capset", "syscall"):
+        getattr(harness._libc(), name)  # resolved once here, not in every run
+    for name in ("PyOS_BeforeFork", "PyOS_AfterFork_Child", "PyOS_AfterFork_Parent", "syscall"):
+        getattr(_PYTHON_API, name)
+    if fs["deny_keyrings"]:
+        harness._keyring_filter()
+    # Forks share the zygote's memory until they write to it. The collector would write to
+    # every object it walks, so the zygote's objects are moved out of its reach (gc.freeze).
+    gc.collect()
+    gc.freeze()
     ctrl.send(b"ready")
     _serve(ctrl)
 
 
 def _serve(ctrl):
-    runs = {}  # run id -> pid of its first process (the leader of its process group)
+    runs = {}  # run id -> pid of its first process (P, its PID namespace's init)
     poller = select.poll()
     poller.register(ctrl.fileno(), select.POLLIN)
     fd_space = _socket.CMSG_SPACE(4 * RUN_FDS)
@@ -76,7 +92,7 @@ def _serve(ctrl):
         fds = _received_fds(ancillary)
         if not msg and not fds:  # end of file: the scoring process closed or died
             for pid in runs.values():
-                _kill_group(pid)
+                _kill(pid)
             os._exit(0)
         words = msg.split()
         if len(words) == 2 and words[1].isdigit():
@@ -86,7 +102,7 @@ def _serve(ctrl):
                 if pid:
                     runs[run_id] = pid
             elif kind == b"kill" and run_id in runs:  # reaped runs are gone: no pid reuse
-                _kill_group(runs[run_id])
+                _kill(runs[run_id])
         for fd in fds:
             os.close(fd)
 
@@ -113,62 +129,50 @@ def _reap(runs):
                 del runs[run_id]
 
 
-def _kill_group(pgid):
+def _kill(pid):
     try:
-        os.killpg(pgid, _signal.SIGKILL)
+        os.kill(pid, _signal.SIGKILL)  # P is the init of the run's PID namespace: all die
     except OSError:
         pass
 
 
 def _start_run(ctrl, fds):
-    try:
-        pid = os.fork()
-    except OSError as e:
-        os.write(fds[3], ("grpo-sandbox setup failed: fork: %s\n" % e).encode())
-        return None
+    """Clone P, the run's first process, straight into new namespaces (``clone(2)`` with
+    CLONE_NEW*: one fork where ``os.fork`` + ``unshare`` + ``os.fork`` would take two), with
+    the interpreter's fork hooks around it as ``os.fork`` does."""
+    api = _PYTHON_API
+    api.PyOS_BeforeFork()
+    pid = api.syscall(SYS_CLONE[os.uname().machine], CLONE_RUN | _signal.SIGCHLD, 0, 0, 0, 0)
     if pid == 0:
+        api.PyOS_AfterFork_Child()
         try:
-            _run_process(ctrl, fds)
+            _init_process(ctrl, fds)
         except BaseException as e:  # never return into the zygote's loop
             harness._fail_setup("%s: %s" % (type(e).__name__, e))
         os._exit(121)
-    try:
-        os.setpgid(pid, pid)  # also done by the child: whichever runs first
-    except OSError:
-        pass
+    err = ctypes.get_errno()
+    api.PyOS_AfterFork_Parent()
+    if pid < 0:
+        os.write(fds[3], ("grpo-sandbox setup failed: clone: %s\n" % os.strerror(err)).encode())
+        return None
     return pid
 
 
-def _run_process(ctrl, fds):
-    """C: the run's first process. Keeps only its fds, enters new namespaces, forks P."""
-    os.setpgid(0, 0)
+def _init_process(ctrl, fds):
+    """P: PID 1 of the run's namespaces. Keeps only the run's fds, mounts its fresh writable
+    places and /proc, then forks the program and supervises it."""
+    gc.disable()  # P allocates little and lives briefly; the program gets it back
+    ctrl.detach()
     job_fd, stdin, stdout, stderr, verdict_fd, done_fd = fds
     for target, fd in enumerate((stdin, stdout, stderr)):
         os.dup2(fd, target)
-    keep = {0, 1, 2, job_fd, verdict_fd, done_fd}
-    ctrl.detach()
-    for name in os.listdir("/proc/self/fd"):  # the zygote's socket, its stderr, ...
-        if int(name) not in keep:
-            try:
-                os.close(int(name))
-            except OSError:
-                pass  # the directory's own fd, already closed
+    low = 3  # close everything else (the zygote's socket, its stderr, ...): close_range(2)
+    for fd in sorted((job_fd, verdict_fd, done_fd)):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, MAX_FD)
     job = harness._read_job(job_fd)
     libc = harness._libc()
-    if libc.unshare(CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        harness._fail_setup("unshare: " + os.strerror(err))
-    pid = os.fork()
-    if pid:
-        os.close(verdict_fd)
-        os.close(done_fd)
-        os.waitpid(pid, 0)
-        os._exit(0)
-    _init_process(libc, job, verdict_fd, done_fd)
-
-
-def _init_process(libc, job, verdict_fd, done_fd):
-    """P: PID 1 of the run's namespaces. Fresh writable places, a backstop, then the program."""
     try:
         harness._mount_scratch(libc, "", job["fs"])
         harness._mount(libc, "proc", "/proc", "proc",

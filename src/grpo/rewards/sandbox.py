@@ -107,6 +107,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from grpo.rewards._sandbox_prefork import SUPPORTED as PREFORK_SUPPORTED
 from grpo.rewards._sandbox_prefork import launch_prefork
 from grpo.rewards._sandbox_process import (
     KEYRING_FILTER,
@@ -174,16 +175,19 @@ def _detect_mode() -> str:
 
 def sandbox_prefork(mode: str | None = None, prefork: bool | None = None) -> bool:
     """Whether runs in ``mode`` are pre-forked: ``prefork`` if given, else
-    ``GRPO_SANDBOX_PREFORK`` (``1`` by default, ``0`` for the per-run path); only the
-    "namespaces" mode can pre-fork (asking for it in "rlimits" mode raises ValueError)."""
+    ``GRPO_SANDBOX_PREFORK`` (``1`` by default, ``0`` for the per-run path). Only the
+    "namespaces" mode on x86-64 or arm64 Linux can pre-fork (asking for it elsewhere raises
+    ValueError; by default those use the per-run path)."""
     mode = mode or sandbox_mode()
     if prefork is None:
         env = os.environ.get("GRPO_SANDBOX_PREFORK", "1")
         if env not in ("0", "1"):
             raise ValueError(f"GRPO_SANDBOX_PREFORK must be 0 or 1, got {env!r}")
-        return env == "1" and mode == "namespaces"
+        return env == "1" and mode == "namespaces" and PREFORK_SUPPORTED
     if prefork and mode != "namespaces":
         raise ValueError(f"prefork=True needs the 'namespaces' sandbox mode, not {mode!r}")
+    if prefork and not PREFORK_SUPPORTED:
+        raise ValueError(f"prefork=True is not supported on {os.uname().machine}")
     return bool(prefork)
 
 
