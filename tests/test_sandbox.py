@@ -512,7 +512,7 @@ def test_sandbox_never_runs_code_in_this_process(tmp_path):
 
 # ------------------------------------------------------------------------------ unprivileged host
 NONROOT_SCRIPT = """
-import json, os, sys
+import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 from grpo.rewards.sandbox import SandboxLimits, run_python, sandbox_layers, sandbox_mode
 out = {"uid": os.getuid(), "mode": sandbox_mode(), "layers": sandbox_layers()}
@@ -521,6 +521,23 @@ out["passwd"] = run_python(probe).stdout.strip()
 bomb = "import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n        pass\\n"
 res = run_python(bomb, limits=SandboxLimits(wall_time_s=1.5, max_processes=8))
 out["bomb_ok"] = res.ok
+# every run has this one uid here: a run must still not reach a concurrent one (kill(0)
+# signals the caller's process group; kill(-1) every process it may signal)
+import threading
+slow = run_python("import time\\ntime.sleep(0.5)\\nprint('alive')")  # start the zygote
+results = {}
+victim = threading.Thread(target=lambda: results.update(victim=run_python(
+    "import time\\ntime.sleep(1.5)\\nprint('alive')")))
+victim.start()
+time.sleep(0.5)
+attack = "import os, signal\\nfor pid in (0, -1):\\n    try:\\n        os.kill(pid, signal.SIGKILL)\\n"
+attack += "    except OSError:\\n        pass\\n"
+results["attacker"] = run_python(attack)
+victim.join()
+out["victim"] = results["victim"].stdout
+out["layers_prefork"] = "pre-forked" in sandbox_layers()
+from grpo.rewards._sandbox_prefork import STATS
+out["zygotes"] = STATS  # a zygote taken down would be replaced (and its run rerun): count
 os.environ["GRPO_SANDBOX"] = "rlimits"
 import grpo.rewards.sandbox as sb
 sb._MODE = None
@@ -569,3 +586,5 @@ def test_unprivileged_user_gets_user_namespace_and_dropped_capabilities():
         pytest.skip("unprivileged user namespaces are disabled on this host")
     assert "cap-drop" in out["layers"] and "mount-namespace" in out["layers"]
     assert out["passwd"] == "refused"
+    assert out["layers_prefork"] and out["victim"] == "alive\n"
+    assert out["zygotes"] == {"started": 1, "died": 0}

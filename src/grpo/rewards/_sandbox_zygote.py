@@ -162,6 +162,10 @@ def _init_process(ctrl, fds):
     """P: PID 1 of the run's namespaces. Keeps only the run's fds, mounts its fresh writable
     places and /proc, then forks the program and supervises it."""
     gc.disable()  # P allocates little and lives briefly; the program gets it back
+    # A session and process group of the run's own, as on the per-run path: kill(0, ...) from
+    # the program must not reach the zygote's group (where every run shares one uid, in a
+    # user namespace, it would reach ``unshare`` and the programs of concurrent runs).
+    os.setsid()
     ctrl.detach()
     job_fd, stdin, stdout, stderr, verdict_fd, done_fd = fds
     for target, fd in enumerate((stdin, stdout, stderr)):

@@ -41,31 +41,34 @@ Modes, tried in order at first use (a probe run must succeed) and cached per pro
 (no namespaces: no network isolation, the file system is protected only by file permissions
 and, as root, the uid drop). Force one with ``GRPO_SANDBOX=namespaces|rlimits``.
 
-Pre-forked runs (the default in "namespaces" mode; ``prefork=False`` or
+Pre-forked runs (the default in "namespaces" mode on x86-64 and arm64; ``prefork=False`` or
 ``GRPO_SANDBOX_PREFORK=0`` for the per-run path). Per run, the per-run path starts
-``timeout``, ``unshare`` and a fresh ``python -I -S -B`` that builds the root file system: most
-of a run's cost for short programs. Pre-forked, each scoring process starts one *zygote* once:
-that interpreter enters its own mount, PID, IPC and network namespaces, builds the read-only
-root and then only forks. Each run is a fork of it that enters *new* mount, PID, IPC and
-network namespaces of its own, mounts a fresh /work, /tmp and /proc, and then sets its limits,
-drops to a fresh uid and installs the seccomp filter exactly as the per-run path does. What
-the zygote changes, and why each run still starts from the same clean state:
+``timeout``, ``unshare`` and a fresh ``python -I -S -B`` that builds the root file system:
+about 20 ms of CPU, most of a short program's cost. Pre-forked, each scoring process starts
+one *zygote* on first use: that interpreter enters its own mount, PID, IPC and network
+namespaces, builds the read-only root once and then only clones. Per run it clones one
+process straight into *new* mount, PID, IPC and network namespaces of the run's own, where it
+is PID 1 and the leader of its own session; it mounts a fresh /work, /tmp and /proc, then
+forks the program's process, which sets its limits, drops to a fresh uid and installs the
+seccomp filter exactly as on the per-run path. What the zygote changes, and why each run
+still starts from the same clean state:
 
-* the zygote never runs untrusted code and never reads a job (data reaches a run's own
-  process through its own fds), so what every run inherits is the zygote's pristine state;
-  a program's changes to builtins, modules, signal handlers, the environment, limits or the
-  working folder live in its own copy-on-write process and die with it;
-* a run cannot reach the zygote: it is outside the run's PID namespace (no pid to signal or
-  ptrace, no /proc entry; the run's /proc is its own), runs as root or with every capability
-  while the program has none, is not dumpable, and shares no writable file or memory with it;
-  the control socket is closed before the run's namespaces are entered;
+* the zygote never runs untrusted code and never reads a job (a run's data reaches the run's
+  own processes through its own fds), so what every run inherits is the zygote's pristine
+  state; a program's changes to builtins, modules, signal handlers, the environment, limits or
+  the working folder live in its own copy-on-write process and die with it;
+* a run cannot reach the zygote: the zygote is outside the run's PID namespace (no pid to
+  signal or ptrace, no /proc entry: the run's /proc is its own) and its session, runs as root
+  or with every capability while the program has none, is not dumpable, and shares no
+  writable file or memory with it; the run closes every fd but its own before anything else;
 * nothing written survives a run: /work and /tmp are the run's own tmpfs, System V IPC and
-  message queues its own namespace, abstract unix sockets its own network namespace; every
-  process of the run dies with its PID 1; keys are refused (``no-keyring``);
-* a run that hangs is killed (its process group, whose PID 1 takes every descendant with it
-  when it dies); if the zygote dies, the next run starts a new one (logged as a warning) and
-  a run it took down is run once more; a zygote that cannot start makes the run a setup
-  failure (unscorable), never a silent fallback.
+  message queues its own namespace, abstract unix sockets its own network namespace (also
+  between runs that overlap in time: several threads may share one zygote); every process of
+  the run dies with its PID 1; keys are refused (``no-keyring``);
+* a run that hangs is killed (SIGKILL to its PID 1 takes every descendant with it); if the
+  zygote dies, the next run starts a new one (logged as a warning) and a run it took down is
+  run once more; a zygote that cannot start makes the run a setup failure (unscorable),
+  never a silent fallback to the per-run path.
 
 What pre-forking gives up (use the per-run path if it matters to you): every run's
 interpreter is a copy of the zygote's, so all runs of one zygote share its address-space
