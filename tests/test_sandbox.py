@@ -538,6 +538,10 @@ out["victim"] = results["victim"].stdout
 out["layers_prefork"] = "pre-forked" in sandbox_layers()
 from grpo.rewards._sandbox_prefork import STATS
 out["zygotes"] = STATS  # a zygote taken down would be replaced (and its run rerun): count
+# the program's uid owns the root's tmpfs mounts here: none of them may be writable
+places = ("/", "/dev", "/usr", "/proc")
+probe = f"for d in {places!r}:\\n    try:\\n        open(d + '/leak', 'w')\\n        print(d)\\n"
+out["writable"] = run_python(probe + "    except OSError:\\n        pass\\n").stdout
 os.environ["GRPO_SANDBOX"] = "rlimits"
 import grpo.rewards.sandbox as sb
 sb._MODE = None
@@ -588,3 +592,4 @@ def test_unprivileged_user_gets_user_namespace_and_dropped_capabilities():
     assert out["passwd"] == "refused"
     assert out["layers_prefork"] and out["victim"] == "alive\n"
     assert out["zygotes"] == {"started": 1, "died": 0}
+    assert out["writable"] == ""

@@ -93,6 +93,9 @@ def _build_root(fs, scratch=True):
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, root + "/dev/" + name)
+    # read-only (its device nodes are bind mounts of their own and stay writable): without
+    # uid drop the program's uid owns this tmpfs, and a zygote's runs all share it
+    _mount(libc, None, root + "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
     os.makedirs(root + "/proc")
     _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.makedirs(root + "/.old")
