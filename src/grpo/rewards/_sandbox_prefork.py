@@ -183,9 +183,9 @@ class _Zygote:
                     self.sock.send(b"kill %d" % run_id)
                 except OSError:
                     pass  # a dead zygote took the run with it
+            returncode = None if finished else -9  # unless the supervisor reported one
             res = _result(job["token"], out_fd, err_fd, verdict_fd, limits,
-                          timed_out=not finished, wall=wall, returncode=-9 if not finished
-                          else None)
+                          timed_out=not finished, wall=wall, returncode=returncode)
             if res.returncode is None and not self.alive():
                 raise ZygoteDied("its socket hung up before the run reported")
             return res

@@ -73,8 +73,8 @@ still starts from the same clean state:
 What pre-forking gives up (use the per-run path if it matters to you): every run's
 interpreter is a copy of the zygote's, so all runs of one zygote share its address-space
 layout (ASLR) and its string-hash seed (``PYTHONHASHSEED``: set iteration order is the same
-from run to run), and start with the modules the harness imported (``os``, ``ctypes``,
-``marshal``, ``resource``) already in ``sys.modules``. None of these carries data from one
+from run to run), and start with the modules the zygote imported (``os``, ``ctypes``,
+``marshal``, ``select``, ...) already in ``sys.modules``. None of these carries data from one
 run to the next. Not available in "rlimits" mode (no namespaces to isolate forks from each
 other): that mode always uses the per-run path.
 
