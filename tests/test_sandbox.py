@@ -43,8 +43,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def sandbox_processes(settle_s: float = 3.0) -> list[tuple[int, str, bytes]]:
-    """(pid, state, command) of live (not zombie) processes owned by sandbox uids, after
+    """(pid, state, command) of live (not zombie) processes owned by this process's sandbox
+    uids (2e9 + (pid x 4096 + n) mod 2^30: not those of other processes on the machine), after
     letting SIGKILLed ones finish dying for up to ``settle_s`` seconds. None after a run."""
+    base = SANDBOX_UID_MIN + (os.getpid() * 4096) % 2**30
     end = time.monotonic() + settle_s
     while True:
         pids = []
@@ -52,7 +54,7 @@ def sandbox_processes(settle_s: float = 3.0) -> list[tuple[int, str, bytes]]:
             if not entry.name.isdigit():
                 continue
             try:
-                if entry.stat().st_uid < SANDBOX_UID_MIN:
+                if not 0 <= entry.stat().st_uid - base < 4096:
                     continue
                 state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except (FileNotFoundError, ProcessLookupError, IndexError):

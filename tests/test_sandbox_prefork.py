@@ -52,14 +52,17 @@ def zygote():
     return z
 
 
-def sandbox_processes(settle_s: float = 3.0) -> list[int]:
-    """Live processes of sandbox uids, once SIGKILLed ones had ``settle_s`` s to die."""
+def sandbox_processes(settle_s: float = 3.0, owner: int | None = None) -> list[int]:
+    """Live processes of this test process's sandbox uids (``owner``: of that process's),
+    once SIGKILLed ones had ``settle_s`` s to die. Uids are 2e9 + (pid x 4096 + n) mod 2^30:
+    sandboxes of other processes on the machine are not counted."""
+    base = SANDBOX_UID_MIN + ((owner or os.getpid()) * 4096) % 2**30
     end = time.monotonic() + settle_s
     while True:
         pids = []
         for entry in os.scandir("/proc"):
             try:
-                if entry.name.isdigit() and entry.stat().st_uid >= SANDBOX_UID_MIN:
+                if entry.name.isdigit() and 0 <= entry.stat().st_uid - base < 4096:
                     state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1]
                     if state.split()[0] not in ("Z", "X"):
                         pids.append(int(entry.name))
@@ -68,6 +71,20 @@ def sandbox_processes(settle_s: float = 3.0) -> list[int]:
         if not pids or time.monotonic() > end:
             return pids
         time.sleep(0.05)
+
+
+def children(pid: int) -> list[int]:
+    try:
+        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    except FileNotFoundError:
+        return []
+
+
+def wait_for(condition, timeout_s: float = 20.0) -> None:
+    end = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < end, "timed out"
+        time.sleep(0.02)
 
 
 def alive(pid: int) -> bool:
@@ -391,13 +408,16 @@ def test_a_dead_zygote_is_replaced_with_a_warning(caplog):
 
 def test_a_run_cut_short_by_the_zygote_s_death_runs_again(caplog):
     z = zygote()
-    zygote_pid = int(subprocess.check_output(["pgrep", "-P", str(z.pid)]).split()[0])
-    killer = threading.Timer(0.5, os.kill, (zygote_pid, signal.SIGKILL))
-    killer.start()
+    [zygote_pid] = children(z.pid)
+    out = []
+    runner = threading.Thread(target=lambda: out.append(run_python(
+        "import time\ntime.sleep(1)\nprint('done')", limits=FAST, prefork=True)))
     with caplog.at_level(logging.WARNING, logger="grpo.rewards.sandbox"):
-        res = run_python("import time\ntime.sleep(1)\nprint('done')", limits=FAST, prefork=True)
-    killer.join()
-    assert res.ok and res.stdout == "done\n"
+        runner.start()
+        wait_for(lambda: children(zygote_pid) != [])  # the run is under way
+        os.kill(zygote_pid, signal.SIGKILL)
+        runner.join()
+    assert out[0].ok and out[0].stdout == "done\n"
     assert "running it again on a new one" in caplog.text
 
 
@@ -436,10 +456,10 @@ def test_runs_end_when_the_scoring_process_dies_or_hangs(how):
                             stdout=subprocess.PIPE, text=True)
     try:
         zygote_pid = int(proc.stdout.readline())
-        time.sleep(0.5)  # the run is running now
-        assert sandbox_processes(settle_s=0) != []
+        wait_for(lambda: sandbox_processes(settle_s=0, owner=proc.pid) != [])  # it runs
         os.kill(proc.pid, signal.SIGKILL if how == "dies" else signal.SIGSTOP)
-        assert sandbox_processes(settle_s=prefork.BACKSTOP_S + wall + 3) == []
+        settle = prefork.BACKSTOP_S + wall + 3
+        assert sandbox_processes(settle_s=settle, owner=proc.pid) == []
         if how == "dies":  # the zygote exited too (its launcher may linger as a zombie)
             time.sleep(0.5)
             assert not alive(zygote_pid)
