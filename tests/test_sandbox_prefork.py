@@ -455,14 +455,14 @@ def test_runs_end_when_the_scoring_process_dies_or_hangs(how):
     proc = subprocess.Popen([sys.executable, "-c", ORPHAN_SCRIPT, str(REPO / "src"), str(wall)],
                             stdout=subprocess.PIPE, text=True)
     try:
-        zygote_pid = int(proc.stdout.readline())
+        launcher_pid = int(proc.stdout.readline())  # the zygote's ``unshare``
         wait_for(lambda: sandbox_processes(settle_s=0, owner=proc.pid) != [])  # it runs
         os.kill(proc.pid, signal.SIGKILL if how == "dies" else signal.SIGSTOP)
         settle = prefork.BACKSTOP_S + wall + 3
         assert sandbox_processes(settle_s=settle, owner=proc.pid) == []
-        if how == "dies":  # the zygote exited too (its launcher may linger as a zombie)
+        if how == "dies":  # the zygote exited, so did ``unshare --fork`` (which waits for it)
             time.sleep(0.5)
-            assert not alive(zygote_pid)
+            assert not alive(launcher_pid)
     finally:
         proc.kill()
         proc.wait()
