@@ -75,6 +75,9 @@ class _Zygote:
         self._ids = itertools.count()
         self.proc: subprocess.Popen | None = None
         self.start_error = ""
+        cmd = [_unshare(), "--mount", "--net", "--pid", "--ipc", "--fork", "--kill-child"]
+        if not root:
+            cmd += ["--user", "--map-root-user"]
         # The control socket reaches the zygote through a bootstrap socket, not by inheritance:
         # ``unshare`` (its parent) would keep an inherited copy open, and then the zygote's
         # death would not hang it up before the runs it takes down report their end.
@@ -82,9 +85,6 @@ class _Zygote:
         boot, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         self._stderr = os.memfd_create("grpo-zygote-stderr")
         newroot = tempfile.mkdtemp(prefix="grpo-zygote-", dir=_scratch_dir())
-        cmd = [_unshare(), "--mount", "--net", "--pid", "--ipc", "--fork", "--kill-child"]
-        if not root:
-            cmd += ["--user", "--map-root-user"]
         cmd += [python, "-I", "-S", "-B", _ZYGOTE, str(theirs.fileno())]
         ready = False
         try:
