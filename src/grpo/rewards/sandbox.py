@@ -31,8 +31,8 @@ layer                     what it does
                           memory segment would otherwise outlive the run)
 ``mount-namespace``       a fresh root (``pivot_root``): read-only /usr and the Python
                           install, a size-capped tmpfs /work and /tmp of its own, a minimal
-                          /dev, its own /proc; host files (the project, /etc, /root, /home)
-                          are not reachable at all
+                          read-only /dev, its own /proc; host files (the project, /etc, /root,
+                          /home) are not reachable at all
 ``pre-forked``            (not a layer: how runs start) see below
 ========================  ===================================================================
 
