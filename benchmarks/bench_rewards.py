@@ -1,7 +1,8 @@
 """Verifier throughput: process pool vs one-at-a-time, math and sandboxed code.
 
-    python benchmarks/bench_rewards.py            # full table (math 64-512, code 64-512)
-    python benchmarks/bench_rewards.py --quick    # smaller batches
+    python benchmarks/bench_rewards.py              # full table (math 64-512, code 64-512)
+    python benchmarks/bench_rewards.py --quick      # smaller batches
+    python benchmarks/bench_rewards.py --code-only  # the sandbox rows only
 
 * math: GRPO-shaped batches (16 completions per gold answer, 16 distinct golds per 256): half
   GSM8K-like integer answers, half MATH-like fractions in varied forms (LaTeX, a/b, decimals,
@@ -10,7 +11,9 @@
   parse + verify (exact literals decided without sympy: ``literal_verdict``).
 * code: each completion is a Python function in a fenced block with 5 assert tests (correct
   and buggy solutions mixed); one test-run = one completion's program + its 5 tests in one
-  sandboxed process.
+  sandboxed process. Two rows per batch size: the sandbox's per-run path (a fresh interpreter
+  and namespaces per run, ``prefork=False``) and the pre-forked path (forked from a zygote
+  already inside the isolation, the default); their batches alternate.
 * "pool": ``reward.score_batch`` in the shared ScoringPool (one worker per core);
   "one-at-a-time": the same reward with ``parallel=False``, scored in this process in a loop.
 
@@ -186,39 +189,67 @@ def startup() -> None:
     )
 
 
+def compare_code(sizes: list[int], repeats: int) -> None:
+    """Code rows, per-run vs pre-forked sandbox path: per repeat, each path's pool batch, then
+    each path's one-at-a-time batch, so that a change in load hits both paths alike."""
+    paths = {"per-run": False, "pre-forked": True}
+    rewards = {name: (CodeReward(prefork=pf), CodeReward(prefork=pf, parallel=False))
+               for name, pf in paths.items()}
+    for name, (pool_r, seq_r) in rewards.items():  # warm: workers' zygotes, the probe
+        timed_batch(pool_r, code_batch, 8, seed=-1)
+        timed_batch(seq_r, code_batch, 2, seed=-2)
+    rates: dict[str, list[float]] = {}
+    for n in sizes:
+        times: dict[tuple[str, str], list[float]] = {}
+        for r in range(repeats):
+            for side in ("pool", "seq"):
+                for name, pair in rewards.items():
+                    reward = pair[0] if side == "pool" else pair[1]
+                    took = timed_batch(reward, code_batch, n, seed=1000 * n + 2 * r)
+                    times.setdefault((name, side), []).append(took)
+        for name in paths:
+            p, s = (statistics.median(times[name, side]) for side in ("pool", "seq"))
+            rates.setdefault(name, []).append(n / p)
+            print(f"| code, {name} (5 asserts) | {n} | {n / p:.1f} | {n / s:.1f} | "
+                  f"{s / p:.2f}x | {p:.2f} |")
+    ratios = [f / r for f, r in zip(rates["pre-forked"], rates["per-run"], strict=True)]
+    print("\npre-forked / per-run pool throughput: "
+          + ", ".join(f"{n}: {x:.1f}x" for n, x in zip(sizes, ratios, strict=True)))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--quick", action="store_true", help="batches of 64 and 256 only")
     ap.add_argument("--repeats", type=int, default=5, help="math batches per size and side")
+    ap.add_argument("--code-repeats", type=int, default=1, help="code batches per size and side")
+    ap.add_argument("--code-only", action="store_true", help="skip the math rows")
     args = ap.parse_args()
     sizes = [64, 256] if args.quick else [64, 128, 256, 512]
     print(
         f"cpus={os.cpu_count()} pool workers={default_workers()} "
-        f"load average={os.getloadavg()[0]:.2f} sandbox layers={','.join(sandbox_layers())}"
+        f"load average={os.getloadavg()[0]:.2f}\n"
+        f"sandbox layers={','.join(sandbox_layers(prefork=True))}"
     )
     get_pool().start()
     math_pool, math_seq = MathReward(), MathReward(parallel=False)
-    code_pool = CodeReward()
-    code_seq = CodeReward(parallel=False)
-    # warm both sides: imports, math-verify's grammar, sympy caches, the sandbox probe
-    timed_batch(math_pool, math_batch, 64, seed=-1)
-    timed_batch(math_seq, math_batch, 64, seed=-2)
-    timed_batch(code_pool, code_batch, 8, seed=-1)
-    timed_batch(code_seq, code_batch, 2, seed=-2)
+    if not args.code_only:  # warm: imports, math-verify's grammar, sympy caches
+        timed_batch(math_pool, math_batch, 64, seed=-1)
+        timed_batch(math_seq, math_batch, 64, seed=-2)
     print(
         "\n| verifier | batch | pool (items/s) | one-at-a-time (items/s) | speed-up |"
         " pool batch time (s) |"
     )
     print("|---|---:|---:|---:|---:|---:|")
-    for n in sizes:
-        p, s, pt = compare(math_pool, math_seq, math_batch, n, args.repeats)
-        print(f"| math | {n} | {p:.0f} | {s:.0f} | {p / s:.2f}x | {pt:.2f} |")
-    for n in sizes:
-        p, s, pt = compare(code_pool, code_seq, code_batch, n, 1)
-        print(f"| code (5 asserts) | {n} | {p:.1f} | {s:.1f} | {p / s:.2f}x | {pt:.2f} |")
-    startup()
+    if not args.code_only:
+        for n in sizes:
+            p, s, pt = compare(math_pool, math_seq, math_batch, n, args.repeats)
+            print(f"| math | {n} | {p:.0f} | {s:.0f} | {p / s:.2f}x | {pt:.2f} |")
+    compare_code(sizes, args.code_repeats)
+    print(f"load average at the end={os.getloadavg()[0]:.2f}")
+    if not args.code_only:
+        startup()
 
 
 if __name__ == "__main__":

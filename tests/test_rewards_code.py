@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
+from pathlib import Path
 
 import pytest
 
-from grpo.rewards import OK, UNSCORABLE, CodeReward, SandboxLimits, extract_code
+from grpo.rewards import (
+    OK,
+    UNSCORABLE,
+    CodeReward,
+    SandboxLimits,
+    ScoringPool,
+    extract_code,
+    set_pool,
+)
 from grpo.rewards.code import normalize_output, parse_tests
 from grpo.rewards.sandbox import sandbox_mode
 
@@ -132,7 +143,11 @@ HACKS = {
 }
 
 
-def test_hacks_through_code_reward_score_zero_and_do_not_hang(reward):
+@pytest.mark.parametrize("prefork", [True, False], ids=["prefork", "per-run"])
+def test_hacks_through_code_reward_score_zero_and_do_not_hang(prefork):
+    if prefork and sandbox_mode() != "namespaces":
+        pytest.skip("pre-forking needs the namespaces mode")
+    reward = CodeReward(limits=LIMITS, test_timeout_s=1.0, prefork=prefork)
     honest = fenced("def add(a, b):\n    return a + b")
     completions = [fenced(src) for src in HACKS.values()] + [honest]
     t = time.monotonic()
@@ -152,3 +167,40 @@ def test_runs_in_parallel_across_workers():
     res = r.score_batch([slow] * 4, [{"tests": ADD_TESTS[:1]}] * 4)
     assert [x.value for x in res] == [1.0] * 4
     assert time.monotonic() - t < 3.95  # one at a time: >= 4 s of sleeping alone
+
+
+def zygotes_of(pid: int) -> list[int]:
+    """Children of ``pid`` that launch a sandbox zygote."""
+    found = []
+    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
+        try:
+            if b"_sandbox_zygote.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+                found.append(int(child))
+        except FileNotFoundError:
+            continue
+    return found
+
+
+def test_each_pool_worker_has_a_zygote_that_dies_with_it():
+    if sandbox_mode() != "namespaces":
+        pytest.skip("pre-forking needs the namespaces mode")
+    pool = ScoringPool(workers=2)
+    set_pool(pool)
+    try:
+        r = CodeReward(limits=LIMITS, prefork=True)
+        right = fenced("def add(a, b):\n    return a + b")
+        rows = [{"tests": ADD_TESTS}] * 8
+        assert [x.value for x in r.score_batch([right] * 8, rows)] == [1.0] * 8
+        zygotes = {w: zygotes_of(w) for w in pool.pids}  # each worker started its own
+        assert all(len(z) == 1 for z in zygotes.values()), zygotes
+        victim = pool.pids[0]
+        os.kill(victim, signal.SIGKILL)  # as the pool does to a worker past its time limit
+        [zygote] = zygotes[victim]
+        stat = Path(f"/proc/{zygote}/stat")
+        end = time.monotonic() + 5  # its socket closed: it kills its runs and exits
+        while stat.exists() and stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < end, "the zygote outlived its worker"
+            time.sleep(0.05)
+        assert [x.value for x in r.score_batch([right] * 8, rows)] == [1.0] * 8  # a new one
+    finally:
+        set_pool(None)

@@ -2,8 +2,10 @@
 
 Each test runs hostile code and checks three things: the host and this (scoring) process are
 unaffected, the outcome is a failure (or the true result), and the call returns within its
-limit. Tests run in the mode this host supports ("namespaces" here and in CI); the core
-properties are also run in the fallback "rlimits" mode.
+limit. Tests run in the mode this host supports ("namespaces" here and in CI), on the default
+pre-forked path; the core properties also run on the per-run path and in the fallback
+"rlimits" mode. What pre-forking must add (nothing of one run reaches the next, the zygote is
+out of reach) is tested in ``test_sandbox_prefork.py``.
 """
 
 from __future__ import annotations
@@ -29,15 +31,22 @@ from grpo.rewards.sandbox import (
 )
 
 MODE = sandbox_mode()
-BOTH_MODES = sorted({MODE, "rlimits"})
+PATHS = {  # how a run starts: run_python / run_tests keyword arguments
+    "prefork": {"mode": "namespaces", "prefork": True},
+    "per-run": {"mode": "namespaces", "prefork": False},
+    "rlimits": {"mode": "rlimits", "prefork": False},
+}
+ALL_PATHS = [p for p in PATHS if MODE == "namespaces" or p == "rlimits"]
 FAST = SandboxLimits(wall_time_s=3.0, cpu_time_s=3.0, memory_mb=256, max_processes=8)
 SANDBOX_UID_MIN = 2_000_000_000
 REPO = Path(__file__).resolve().parents[1]
 
 
 def sandbox_processes(settle_s: float = 3.0) -> list[tuple[int, str, bytes]]:
-    """(pid, state, command) of live (not zombie) processes owned by sandbox uids, after
+    """(pid, state, command) of live (not zombie) processes owned by this process's sandbox
+    uids (2e9 + (pid x 4096 + n) mod 2^30: not those of other processes on the machine), after
     letting SIGKILLed ones finish dying for up to ``settle_s`` seconds. None after a run."""
+    base = SANDBOX_UID_MIN + (os.getpid() * 4096) % 2**30
     end = time.monotonic() + settle_s
     while True:
         pids = []
@@ -45,7 +54,7 @@ def sandbox_processes(settle_s: float = 3.0) -> list[tuple[int, str, bytes]]:
             if not entry.name.isdigit():
                 continue
             try:
-                if entry.stat().st_uid < SANDBOX_UID_MIN:
+                if not 0 <= entry.stat().st_uid - base < 4096:
                     continue
                 state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
             except (FileNotFoundError, ProcessLookupError, IndexError):
@@ -71,34 +80,57 @@ def timed(fn, *args, **kwargs):
 # ------------------------------------------------------------------------------ basics
 def test_layers_match_mode():
     layers = sandbox_layers()
-    for layer in ("wall-timeout", "process-group", "rlimits", "scrubbed-env", "temp-workdir"):
+    for layer in ("wall-timeout", "process-group", "rlimits", "scrubbed-env", "temp-workdir",
+                  "no-keyring"):
         assert layer in layers
-    ns = {"pid-namespace", "net-namespace", "mount-namespace"}
+    ns = {"pid-namespace", "net-namespace", "ipc-namespace", "mount-namespace"}
     assert ns <= set(layers) if MODE == "namespaces" else not ns & set(layers)
-    assert not ns & set(sandbox_layers("rlimits"))
+    assert ("pre-forked" in layers) == (MODE == "namespaces")  # the default where possible
+    assert "pre-forked" not in sandbox_layers(prefork=False)
+    assert not (ns | {"pre-forked"}) & set(sandbox_layers("rlimits"))
+    with pytest.raises(ValueError, match="namespaces"):
+        sandbox_layers("rlimits", prefork=True)
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_runs_a_program_with_stdin(mode):
-    res = run_python("print(sum(map(int, input().split())))", stdin="2 3 4", mode=mode)
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_kernel_keyring_is_refused(path):
+    # keys are not namespaced: one stored under a run's uid would outlive the run
+    probe = code("""
+        import ctypes, os
+        libc = ctypes.CDLL(None, use_errno=True)
+        nr = {"x86_64": 248, "aarch64": 217}[os.uname().machine]  # add_key
+        r = libc.syscall(nr, b"user", b"grpo-test", b"secret", 6, -4)  # the user keyring
+        print(r, os.strerror(ctypes.get_errno()) if r < 0 else "stored")
+        if os.uname().machine == "x86_64":  # the x32 ABI's getpid: refused by the filter
+            r = libc.syscall(0x40000000 + 39)  # (the kernel alone would say ENOSYS)
+            print(r, os.strerror(ctypes.get_errno()) if r < 0 else "ran")
+    """)
+    res = run_python(probe, limits=FAST, **PATHS[path])
+    assert res.ok and res.stdout.startswith("-1 Operation not permitted\n")
+    assert res.stdout.count("-1 Operation not permitted\n") == res.stdout.count("\n")
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_runs_a_program_with_stdin(path):
+    res = run_python("print(sum(map(int, input().split())))", stdin="2 3 4", **PATHS[path])
     assert res.ok and res.stdout == "9\n"
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_assert_tests_report_each_result(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_assert_tests_report_each_result(path):
     run = run_tests(
         "def sq(x): return x * x",
         ["assert sq(3) == 9", "assert sq(2) == 5", "assert sq(-1) == 1"],
-        mode=mode,
+        **PATHS[path],
     )
     assert run.passed == (True, False, True) and not run.tampered
 
 
 # ------------------------------------------------------------------------------ time
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_infinite_loop_is_killed_at_the_wall_limit(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_infinite_loop_is_killed_at_the_wall_limit(path):
     limits = SandboxLimits(wall_time_s=1.5, cpu_time_s=30)
-    res, took = timed(run_python, "while True:\n    pass\n", limits=limits, mode=mode)
+    res, took = timed(run_python, "while True:\n    pass\n", limits=limits, **PATHS[path])
     assert res.timed_out and not res.ok
     assert took < 1.5 + 1.5
 
@@ -133,8 +165,8 @@ def test_each_assert_test_has_its_own_time_limit():
 
 
 # ------------------------------------------------------------------------------ processes
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_fork_bomb_is_contained(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_fork_bomb_is_contained(path):
     bomb = code("""
         import os
         while True:
@@ -144,15 +176,15 @@ def test_fork_bomb_is_contained(mode):
                 pass
     """)
     res, took = timed(
-        run_python, bomb, limits=SandboxLimits(wall_time_s=2, max_processes=8), mode=mode
+        run_python, bomb, limits=SandboxLimits(wall_time_s=2, max_processes=8), **PATHS[path]
     )
     assert not res.ok and took < 4.5
     assert sandbox_processes() == []  # every fork died with the run
     assert subprocess.run(["true"]).returncode == 0  # the host can still start processes
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_detached_daemon_does_not_survive_the_run(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_detached_daemon_does_not_survive_the_run(path):
     daemon = code("""
         import os, time
         if os.fork() == 0:
@@ -162,13 +194,13 @@ def test_detached_daemon_does_not_survive_the_run(mode):
             os._exit(0)
         print("parent done")
     """)
-    res = run_python(daemon, limits=FAST, mode=mode)
+    res = run_python(daemon, limits=FAST, **PATHS[path])
     assert res.ok and res.stdout == "parent done\n"
     assert sandbox_processes() == []
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_cannot_kill_the_scoring_process(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_cannot_kill_the_scoring_process(path):
     me = os.getpid()
     attack = code(f"""
         import os, signal
@@ -183,7 +215,7 @@ def test_cannot_kill_the_scoring_process(mode):
         except OSError as e:
             print("refused pgid", type(e).__name__)
     """)
-    res = run_python(attack, limits=FAST, mode=mode)
+    res = run_python(attack, limits=FAST, **PATHS[path])
     assert f"refused {me}" in res.stdout or MODE == "namespaces" and f"sent {me}" not in res.stdout
     assert os.getpid() == me  # still alive to check
 
@@ -198,11 +230,11 @@ def test_pid_namespace_hides_host_processes():
 
 
 # ------------------------------------------------------------------------------ memory, output
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_memory_bomb_fails_inside_the_sandbox(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_memory_bomb_fails_inside_the_sandbox(path):
     bomb = "chunks = []\nwhile True:\n    chunks.append(bytearray(50 * 2**20))\n"
     res, took = timed(
-        run_python, bomb, limits=SandboxLimits(wall_time_s=5, memory_mb=256), mode=mode
+        run_python, bomb, limits=SandboxLimits(wall_time_s=5, memory_mb=256), **PATHS[path]
     )
     assert not res.ok and not res.timed_out and "MemoryError" in res.stderr
     assert took < 5
@@ -259,8 +291,8 @@ def test_cannot_read_host_files():
         assert "/etc/passwd refused" in res.stdout  # not even world-readable files
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_cannot_write_or_delete_host_files(tmp_path, mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_cannot_write_or_delete_host_files(tmp_path, path):
     tmp_path.chmod(0o755)
     canary = tmp_path / "canary.txt"
     canary.write_text("original")
@@ -284,7 +316,7 @@ def test_cannot_write_or_delete_host_files(tmp_path, mode):
         except OSError:
             print("rmtree refused")
     """)
-    res = run_python(attack, limits=FAST, mode=mode)
+    res = run_python(attack, limits=FAST, **PATHS[path])
     assert res.ok and "done" not in res.stdout
     assert canary.read_text() == "original" and project_file.read_bytes() == before
     assert (REPO / "src" / "grpo" / "rewards" / "sandbox.py").exists()
@@ -308,8 +340,8 @@ def test_world_writable_host_files_are_out_of_reach():
         shared.rmdir()
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_work_folder_starts_empty_and_is_removed(mode, monkeypatch):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_work_folder_starts_empty_and_is_removed(path, monkeypatch):
     import tempfile
 
     import grpo.rewards._sandbox_process as process
@@ -320,7 +352,7 @@ def test_work_folder_starts_empty_and_is_removed(mode, monkeypatch):
     monkeypatch.setattr(process, "_scratch_dir", lambda: str(scratch))
     try:
         program = "import os\nprint(os.listdir('.'))\nopen('left.txt', 'w').write('x')\n"
-        res = run_python(program, limits=FAST, mode=mode)
+        res = run_python(program, limits=FAST, **PATHS[path])
         assert res.ok and res.stdout == "[]\n"
         assert list(scratch.iterdir()) == []  # the run's private folder is gone
     finally:
@@ -351,11 +383,11 @@ def test_no_network_connections():
     assert res.ok and "connected" not in res.stdout and res.stdout.count("refused") == 3
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_environment_is_scrubbed(monkeypatch, mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_environment_is_scrubbed(monkeypatch, path):
     monkeypatch.setenv("GRPO_TEST_SECRET", "hunter2")
     monkeypatch.setenv("HF_TOKEN", "hf_secret")
-    res = run_python("import os\nprint(sorted(os.environ.items()))\n", limits=FAST, mode=mode)
+    res = run_python("import os\nprint(sorted(os.environ.items()))\n", limits=FAST, **PATHS[path])
     assert res.ok
     assert "hunter2" not in res.stdout and "hf_secret" not in res.stdout
     assert set(eval(res.stdout)) <= {
@@ -364,17 +396,17 @@ def test_environment_is_scrubbed(monkeypatch, mode):
 
 
 # ------------------------------------------------------------------------------ test hacking
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_sys_exit_zero_before_the_tests_passes_nothing(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_sys_exit_zero_before_the_tests_passes_nothing(path):
     program = "import sys\ndef f(x):\n    return 0\nsys.exit(0)\n"
-    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, mode=mode)
+    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, **PATHS[path])
     assert run.passed == (False, False) and run.program_error == "SystemExit"
 
 
-@pytest.mark.parametrize("mode", BOTH_MODES)
-def test_os_exit_zero_before_the_tests_passes_nothing(mode):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_os_exit_zero_before_the_tests_passes_nothing(path):
     program = "import os\ndef f(x):\n    return 0\nos._exit(0)\n"
-    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, mode=mode)
+    run = run_tests(program, ["assert f(1) == 1", "assert f(2) == 2"], limits=FAST, **PATHS[path])
     assert run.result.returncode == 0  # the exit status alone would have said "success"
     assert run.passed == (False, False)
 
@@ -462,15 +494,17 @@ def test_runs_in_parallel():
     assert time.monotonic() - t < 1.95  # one after the other: >= 2 s of sleeping alone
 
 
-def test_setup_failure_is_reported_not_mistaken_for_a_failing_program(tmp_path, monkeypatch):
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_setup_failure_is_reported_not_mistaken_for_a_failing_program(tmp_path, monkeypatch, path):
     assert sandbox_mode() == MODE  # probed with the real interpreter, before the fake one
     fake = tmp_path / "python"
     fake.write_text("#!/bin/sh\nexit 0\n")  # exits "successfully" without running anything
     fake.chmod(0o755)
     tmp_path.chmod(0o755)
     monkeypatch.setenv("GRPO_SANDBOX_PYTHON", str(fake))
-    res = run_python("print(1)", limits=FAST)
+    res = run_python("print(1)", limits=FAST, **PATHS[path])
     assert res.setup_failed and not res.ok
+    assert "setup failed" in res.describe()
 
 
 def test_sandbox_never_runs_code_in_this_process(tmp_path):
@@ -484,7 +518,7 @@ def test_sandbox_never_runs_code_in_this_process(tmp_path):
 
 # ------------------------------------------------------------------------------ unprivileged host
 NONROOT_SCRIPT = """
-import json, os, sys
+import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
 from grpo.rewards.sandbox import SandboxLimits, run_python, sandbox_layers, sandbox_mode
 out = {"uid": os.getuid(), "mode": sandbox_mode(), "layers": sandbox_layers()}
@@ -493,6 +527,27 @@ out["passwd"] = run_python(probe).stdout.strip()
 bomb = "import os\\nwhile True:\\n    try:\\n        os.fork()\\n    except OSError:\\n        pass\\n"
 res = run_python(bomb, limits=SandboxLimits(wall_time_s=1.5, max_processes=8))
 out["bomb_ok"] = res.ok
+# every run has this one uid here: a run must still not reach a concurrent one (kill(0)
+# signals the caller's process group; kill(-1) every process it may signal)
+import threading
+slow = run_python("import time\\ntime.sleep(0.5)\\nprint('alive')")  # start the zygote
+results = {}
+victim = threading.Thread(target=lambda: results.update(victim=run_python(
+    "import time\\ntime.sleep(1.5)\\nprint('alive')")))
+victim.start()
+time.sleep(0.5)
+attack = "import os, signal\\nfor pid in (0, -1):\\n    try:\\n        os.kill(pid, signal.SIGKILL)\\n"
+attack += "    except OSError:\\n        pass\\n"
+results["attacker"] = run_python(attack)
+victim.join()
+out["victim"] = results["victim"].stdout
+out["layers_prefork"] = "pre-forked" in sandbox_layers()
+from grpo.rewards._sandbox_prefork import STATS
+out["zygotes"] = STATS  # a zygote taken down would be replaced (and its run rerun): count
+# the program's uid owns the root's tmpfs mounts here: none of them may be writable
+places = ("/", "/dev", "/usr", "/proc")
+probe = f"for d in {places!r}:\\n    try:\\n        open(d + '/leak', 'w')\\n        print(d)\\n"
+out["writable"] = run_python(probe + "    except OSError:\\n        pass\\n").stdout
 os.environ["GRPO_SANDBOX"] = "rlimits"
 import grpo.rewards.sandbox as sb
 sb._MODE = None
@@ -541,3 +596,6 @@ def test_unprivileged_user_gets_user_namespace_and_dropped_capabilities():
         pytest.skip("unprivileged user namespaces are disabled on this host")
     assert "cap-drop" in out["layers"] and "mount-namespace" in out["layers"]
     assert out["passwd"] == "refused"
+    assert out["layers_prefork"] and out["victim"] == "alive\n"
+    assert out["zygotes"] == {"started": 1, "died": 0}
+    assert out["writable"] == ""

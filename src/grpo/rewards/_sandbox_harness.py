@@ -1,7 +1,8 @@
 """Sandbox harness: the first (trusted) code run inside a sandboxed interpreter.
 
 Run by ``grpo.rewards.sandbox`` as ``python -I -S -B <this file> JOB_FD VERDICT_FD DONE_FD``
-(``-I`` keeps this file's folder out of ``sys.path``).
+(``-I`` keeps this file's folder out of ``sys.path``) for one run; its functions are also the
+building blocks of the pre-forked path (``_sandbox_zygote.py``).
 Standard library only, and only cheap modules (``marshal`` and ``_signal`` are built in; json,
 signal and traceback would add ~40 ms to every run).
 
@@ -11,12 +12,12 @@ Steps, in this order, before any untrusted code runs:
 2. if asked, build a fresh root file system in the private mount namespace made by
    ``unshare`` and ``pivot_root`` into it (read-only /usr and Python, a tmpfs /work and /tmp,
    a minimal /dev, a /proc of the new PID namespace; the host's files are detached);
-3. (in the child, see 5) set resource limits (CPU, address space, file size, processes, open
-   files, no core);
-4. (in the child) drop privileges: to a dedicated uid/gid when started as real root, else drop every
-   capability; set no_new_privs;
-5. fork: the child writes ``ready`` to VERDICT_FD, then runs the program (and, in "assert"
-   mode, each test); the parent stays as a supervisor that reports the child's exit status.
+3. fork: the child (the program's process) writes ``ready`` to VERDICT_FD, then runs the
+   program (and, in "assert" mode, each test); the parent stays as a supervisor that reports
+   the child's exit status;
+4. in the child, before that: resource limits (CPU, address space, file size, processes, open
+   files, no core); privileges dropped (to a dedicated uid/gid when started as real root, else
+   every capability); no_new_privs; a seccomp filter that refuses the kernel keyring calls.
 
 Verdict lines carry a per-run token and are written only by this harness, after the code they
 report on has run: a program that exits early, prints fake results or patches builtins gets
@@ -27,6 +28,7 @@ harness could forge lines: see the limits in ``sandbox.py``'s docstring.)
 import _signal
 import builtins
 import ctypes
+import gc
 import marshal
 import os
 import resource
@@ -38,8 +40,14 @@ def _fail_setup(msg):
     os._exit(121)
 
 
+_LIBC = None
+
+
 def _libc():
-    return ctypes.CDLL(None, use_errno=True)
+    global _LIBC
+    if _LIBC is None:  # once per interpreter: a zygote's forks inherit it ready to use
+        _LIBC = ctypes.CDLL(None, use_errno=True)
+    return _LIBC
 
 
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 1, 2, 4, 8
@@ -55,8 +63,9 @@ def _mount(libc, src, target, fstype, flags, data=None):
         raise OSError(err, "mount %s on %s: %s" % (src, target, os.strerror(err)))
 
 
-def _build_root(fs):
-    """Make fs["newroot"] the root: read-only binds of fs["ro_binds"], tmpfs /work and /tmp."""
+def _build_root(fs, scratch=True):
+    """Make fs["newroot"] the root: read-only binds of fs["ro_binds"], a /proc, a minimal /dev,
+    and (``scratch``) tmpfs /work and /tmp; without ``scratch`` they are bare mount points."""
     libc = _libc()
     root = fs["newroot"]
     _mount(libc, None, "/", None, MS_REC | MS_PRIVATE)
@@ -72,13 +81,10 @@ def _build_root(fs):
         os.makedirs(target, exist_ok=True)
         _mount(libc, path, target, None, MS_BIND | MS_REC)
         _mount(libc, None, target, None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
-    owner = "" if fs["uid"] is None else ",uid=%d,gid=%d" % (fs["uid"], fs["uid"])
     os.makedirs(root + "/work")
-    _mount(libc, "tmpfs", root + "/work", "tmpfs", MS_NOSUID | MS_NODEV,
-           "size=%dm,mode=700%s" % (fs["work_mb"], owner))
     os.makedirs(root + "/tmp")
-    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-           "size=%dm,mode=1777" % fs["tmp_mb"])
+    if scratch:
+        _mount_scratch(libc, root, fs)
     os.makedirs(root + "/dev")
     _mount(libc, "tmpfs", root + "/dev", "tmpfs", MS_NOSUID, "size=64k,mode=755")
     for dev in ("null", "zero", "full", "random", "urandom"):
@@ -87,6 +93,9 @@ def _build_root(fs):
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, root + "/dev/" + name)
+    # read-only (its device nodes are bind mounts of their own and stay writable): without
+    # uid drop the program's uid owns this tmpfs, and a zygote's runs all share it
+    _mount(libc, None, root + "/dev", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID)
     os.makedirs(root + "/proc")
     _mount(libc, "proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     os.makedirs(root + "/.old")
@@ -105,6 +114,15 @@ def _build_root(fs):
     _mount(libc, None, "/", None, MS_REMOUNT | MS_BIND | MS_RDONLY | MS_NOSUID | MS_NODEV)
 
 
+def _mount_scratch(libc, root, fs):
+    """The run's writable places: a tmpfs /work owned by its uid and a tmpfs /tmp."""
+    owner = "" if fs["uid"] is None else ",uid=%d,gid=%d" % (fs["uid"], fs["uid"])
+    _mount(libc, "tmpfs", root + "/work", "tmpfs", MS_NOSUID | MS_NODEV,
+           "size=%dm,mode=700%s" % (fs["work_mb"], owner))
+    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
+           "size=%dm,mode=1777" % fs["tmp_mb"])
+
+
 def _set_limits(lim):
     def cap(which, soft, hard=None):
         resource.setrlimit(which, (soft, soft if hard is None else hard))
@@ -117,7 +135,7 @@ def _set_limits(lim):
     cap(resource.RLIMIT_CORE, 0)
 
 
-def _drop_privileges(uid, drop_caps):
+def _drop_privileges(uid, drop_caps, deny_keyrings):
     libc = _libc()
     if uid is not None:
         os.setgroups([])
@@ -142,6 +160,54 @@ def _drop_privileges(uid, drop_caps):
     PR_SET_NO_NEW_PRIVS = 38
     if libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(NO_NEW_PRIVS)")
+    if deny_keyrings:
+        _deny_keyrings(libc)
+
+
+# (audit arch, syscall numbers of add_key, request_key, keyctl)
+KEYRING_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)),
+                    "aarch64": (0xC00000B7, (217, 218, 219))}
+
+
+def _deny_keyrings(libc):
+    """Seccomp filter: add_key, request_key and keyctl fail with EPERM, as does any syscall of
+    another ABI (i386 via int 0x80, x32). The kernel keyring is not namespaced: a key a run
+    stores under its uid would outlive the run and be readable by a later run of that uid."""
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER = 22, 2
+    if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, _keyring_filter(), 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, "seccomp filter: " + os.strerror(err))
+
+
+_KEYRING_FILTER = None
+
+
+def _keyring_filter():
+    """The BPF program (a ``struct sock_fprog`` reference), built once per interpreter."""
+    global _KEYRING_FILTER
+    if _KEYRING_FILTER is not None:
+        return _KEYRING_FILTER
+    arch, numbers = KEYRING_SYSCALLS[os.uname().machine]
+    LD_ABS, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
+    allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
+    n = len(numbers)
+    prog = [(LD_ABS, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, deny),  # foreign ABI: deny
+            (LD_ABS, 0, 0, 0), (JGE, n + 1, 0, 0x40000000)]  # x32 numbers: deny
+    prog += [(JEQ, n - i, 0, nr) for i, nr in enumerate(numbers)]
+    prog += [(RET, 0, 0, allow), (RET, 0, 0, deny)]
+
+    class Insn(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class Prog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]
+
+    insns = (Insn * len(prog))(*[Insn(*i) for i in prog])
+    fprog = Prog(len(prog), insns)
+    fprog.keep = insns  # the array must live as long as the struct that points to it
+    _KEYRING_FILTER = ctypes.byref(fprog)
+    return _KEYRING_FILTER
 
 
 class _TestTimeout(BaseException):
@@ -150,6 +216,16 @@ class _TestTimeout(BaseException):
 
 def _main():
     job_fd, verdict_fd, done_fd = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
+    job = _read_job(job_fd)
+    try:
+        if job["fs"] is not None:
+            _build_root(job["fs"])
+    except OSError as e:
+        _fail_setup("%s: %s" % (type(e).__name__, e))
+    _fork_program(job, verdict_fd, done_fd)
+
+
+def _read_job(job_fd):
     chunks = []
     while True:
         chunk = os.read(job_fd, 1 << 20)
@@ -157,33 +233,42 @@ def _main():
             break
         chunks.append(chunk)
     os.close(job_fd)
-    job = marshal.loads(b"".join(chunks))
-    try:
-        if job["fs"] is not None:
-            _build_root(job["fs"])
-    except OSError as e:
-        _fail_setup("%s: %s" % (type(e).__name__, e))
+    return marshal.loads(b"".join(chunks))
+
+
+def _fork_program(job, verdict_fd, done_fd):
+    """Fork the program's process; this one becomes its supervisor and never returns. Returns
+    (or raises the program's SystemExit) in the program's process once a script-mode program
+    ends: the interpreter's exit then flushes its output."""
     pid = os.fork()
     if pid:
-        _supervise(pid, verdict_fd, done_fd, job["token"])
+        _supervise(pid, verdict_fd, done_fd, job["token"], job.get("backstop_s"))
     os.close(done_fd)  # only the supervisor may say "done"
+    gc.enable()  # whatever the parent did: the program gets the usual collector
     try:
         _set_limits(job["limits"])
-        _drop_privileges(job["uid"], job["drop_caps"])
+        _drop_privileges(job["uid"], job["drop_caps"], job["deny_keyrings"])
         os.chdir(job["cwd"])
     except OSError as e:
         _fail_setup("%s: %s" % (type(e).__name__, e))
     _run(job, verdict_fd)
 
 
-def _supervise(pid, verdict_fd, done_fd, token):
+def _supervise(pid, verdict_fd, done_fd, token, backstop_s=None):
     """Wait for the program's process and report how it ended.
 
     The supervisor keeps its privileges (it runs no untrusted code and only waits), so the
-    program cannot signal it. It reaps orphans too: in a PID namespace it is PID 1. Its own
-    exit status says nothing (``unshare --fork`` loses the signal of a killed child), hence
-    the report line.
+    program cannot signal it. It reaps orphans too: in a PID namespace it is PID 1, and as
+    such gets only the signals it handles from inside: none (Python's SIGINT handler is
+    removed, or a same-uid program could raise KeyboardInterrupt in it). Its own exit status
+    says nothing (``unshare --fork`` loses the signal of a killed child), hence the report line.
+    ``backstop_s``: it exits after that many seconds, whatever the launcher does (as PID 1 it
+    would ignore a default-action SIGALRM, hence the handler; the program cannot send it one).
     """
+    _signal.signal(_signal.SIGINT, _signal.SIG_DFL)
+    if backstop_s:
+        _signal.signal(_signal.SIGALRM, lambda signum, frame: os._exit(0))
+        _signal.alarm(backstop_s)
     while True:
         try:
             wpid, status = os.waitpid(-1, 0)

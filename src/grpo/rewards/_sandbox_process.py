@@ -1,6 +1,8 @@
 """Process mechanics of the sandbox: host facts, the command line, launching, waiting, cleanup.
 
 Private to :mod:`grpo.rewards.sandbox` (read its docstring for what the layers protect against).
+This is the per-run path (``prefork=False``); ``_sandbox_prefork`` is the pre-forked one and
+shares the job format and result parsing defined here.
 One run = a private scratch folder (job, stdin, stdout, stderr, verdicts: root-owned, 0600), the
 command ``timeout -s KILL <wall+2> [unshare ...] python -I -S -B _sandbox_harness.py JOB VERDICTS
 DONE`` in its own session, a wait (up to the wall limit) for the harness's supervisor to report
@@ -11,6 +13,7 @@ is reaped later: tearing down a mount namespace waits for RCU grace periods (ten
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import marshal
@@ -76,6 +79,8 @@ class SandboxResult:
 
 # ---------------------------------------------------------------------------- host facts
 _RUN_COUNTER = itertools.count()
+# machines whose syscall numbers the harness's keyring seccomp filter knows
+KEYRING_FILTER = sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
 
 
 def _unique_uid() -> int:
@@ -188,13 +193,7 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
             if uid is not None:
                 os.chown(workdir, uid, uid)
             nproc = limits.max_processes + (0 if uid is not None else _nproc_base() + 64)
-        job.update(
-            token=token, uid=uid, drop_caps=(mode == "namespaces" and not root),
-            limits={"cpu_s": max(1, int(limits.cpu_time_s + 0.999)),
-                    "memory_bytes": limits.memory_mb * 2**20,
-                    "file_bytes": int(limits.max_file_mb * 2**20),
-                    "nproc": nproc, "nofile": limits.max_open_files},
-        )
+        _complete_job(job, token, uid, mode == "namespaces" and not root, limits, nproc)
         # Files the program must not open by path (job holds the token): root-owned, 0600.
         paths = {k: os.path.join(base, k) for k in ("job", "stdin", "stdout", "stderr", "verdicts")}
         _private_write(paths["job"], marshal.dumps(job))
@@ -203,8 +202,7 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
             _private_write(paths[k], b"")
         if mode == "rlimits" and uid is not None:
             os.chmod(base, 0o711)  # the dropped uid may traverse to its workdir, not list base
-        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": home if
-               mode == "rlimits" else "/tmp", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+        env = _env(home, home if mode == "rlimits" else "/tmp")
         done_r, done_w = os.pipe()  # the supervisor writes a byte here once it has reported
         try:
             with open(paths["job"], "rb") as jf, open(paths["verdicts"], "wb") as vf, \
@@ -229,26 +227,55 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
                 os.close(done_w)
         if mode == "rlimits" and uid is not None:
             _kill_uid(uid)  # daemons that left the process group (setsid)
-        out, out_trunc = _read_capped(paths["stdout"], limits.max_output_bytes)
-        err, err_trunc = _read_capped(paths["stderr"], limits.max_output_bytes)
-        verdict_bytes, _ = _read_capped(paths["verdicts"], 1 << 20)
-        lines = verdict_bytes.decode("utf-8", "replace").splitlines()
-        ready = bool(lines) and lines[0] == f"{token} ready"
-        if lines and lines[-1].startswith(f"{token} exit "):  # the supervisor's report
-            returncode = int(lines.pop()[len(token) + 6:])
+        with open(paths["stdout"], "rb") as so, open(paths["stderr"], "rb") as se, \
+                open(paths["verdicts"], "rb") as vf:
+            res = _result(token, so.fileno(), se.fileno(), vf.fileno(), limits,
+                          timed_out=timed_out, wall=wall, returncode=None)
+        if res.returncode is not None:  # the supervisor reported
             _reap_later(proc)  # killed; namespace teardown may take tens of ms: not our wait
-        else:  # it died before reporting (setup failure, killed at the wall limit)
-            returncode = proc.wait()
-        verdicts = tuple(lines)
-        return SandboxResult(
-            returncode=returncode, stdout=out.decode("utf-8", "replace"),
-            stderr=err.decode("utf-8", "replace"), timed_out=timed_out, wall_s=wall,
-            output_truncated=out_trunc or err_trunc, setup_failed=not ready and not timed_out,
-            verdicts=tuple(v[len(token) + 1:] if v.startswith(token + " ") else "\0" + v
-                           for v in verdicts),
-        )
+            return res
+        # it died before reporting (setup failure, killed at the wall limit)
+        return dataclasses.replace(res, returncode=proc.wait())
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def _complete_job(job: dict, token: str, uid: int | None, drop_caps: bool,
+                  limits: SandboxLimits, nproc: int) -> None:
+    """Fill in the job fields that both paths share (read by ``_sandbox_harness``)."""
+    job.update(
+        token=token, uid=uid, drop_caps=drop_caps, deny_keyrings=KEYRING_FILTER,
+        limits={"cpu_s": max(1, int(limits.cpu_time_s + 0.999)),
+                "memory_bytes": limits.memory_mb * 2**20,
+                "file_bytes": int(limits.max_file_mb * 2**20),
+                "nproc": nproc, "nofile": limits.max_open_files},
+    )
+
+
+def _env(home: str, tmpdir: str) -> dict[str, str]:
+    """The whole environment of sandboxed code: nothing inherited."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": tmpdir,
+            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+
+
+def _result(token: str, out_fd: int, err_fd: int, verdict_fd: int, limits: SandboxLimits, *,
+            timed_out: bool, wall: float, returncode: int | None) -> SandboxResult:
+    """Read a finished run's outputs and verdict lines. ``returncode``: the status to report
+    if the supervisor did not (None: unknown)."""
+    out, out_trunc = _read_capped(out_fd, limits.max_output_bytes)
+    err, err_trunc = _read_capped(err_fd, limits.max_output_bytes)
+    verdict_bytes, _ = _read_capped(verdict_fd, 1 << 20)
+    lines = verdict_bytes.decode("utf-8", "replace").splitlines()
+    ready = bool(lines) and lines[0] == f"{token} ready"
+    if lines and lines[-1].startswith(f"{token} exit "):  # the supervisor's report
+        returncode = int(lines.pop()[len(token) + 6:])
+    return SandboxResult(
+        returncode=returncode, stdout=out.decode("utf-8", "replace"),
+        stderr=err.decode("utf-8", "replace"), timed_out=timed_out, wall_s=wall,
+        output_truncated=out_trunc or err_trunc, setup_failed=not ready and not timed_out,
+        verdicts=tuple(v[len(token) + 1:] if v.startswith(token + " ") else "\0" + v
+                       for v in lines),
+    )
 
 
 def _command(mode: str, root: bool, limits: SandboxLimits) -> list[str]:
@@ -260,7 +287,7 @@ def _command(mode: str, root: bool, limits: SandboxLimits) -> list[str]:
         unshare = shutil.which("unshare")
         if unshare is None:
             raise FileNotFoundError("unshare (util-linux) not found")
-        cmd += [unshare, "--mount", "--net", "--pid", "--fork", "--kill-child"]
+        cmd += [unshare, "--mount", "--net", "--pid", "--ipc", "--fork", "--kill-child"]
         if not root:
             cmd += ["--user", "--map-root-user"]
     return cmd
@@ -312,7 +339,14 @@ def _kill_uid(uid: int) -> None:
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
 
 
-def _read_capped(path: str, cap: int) -> tuple[bytes, bool]:
-    with open(path, "rb") as f:
-        data = f.read(cap + 1)
+def _read_capped(fd: int, cap: int) -> tuple[bytes, bool]:
+    """The first ``cap`` bytes of the file open at ``fd``, and whether it holds more."""
+    chunks, size = [], 0
+    while size <= cap:
+        chunk = os.pread(fd, cap + 1 - size, size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    data = b"".join(chunks)
     return data[:cap], len(data) > cap

@@ -111,6 +111,9 @@ class CodeReward(Reward):
             case for stdin/stdout tests).
         test_timeout_s: per-test time limit inside an assert-style run.
         after_think: ignore code inside a closed ``<think>`` block.
+        prefork: False runs each program through the sandbox's per-run path (a fresh
+            interpreter and namespaces per run) instead of forking it from a zygote; None: the
+            sandbox's default (:func:`~grpo.rewards.sandbox.sandbox_prefork`).
 
     Sandbox failures (the sandbox could not be built) are unscorable, never 0.0.
     """
@@ -120,7 +123,8 @@ class CodeReward(Reward):
     def __init__(
         self, tests_key: str = "tests", *, language: str = "python",
         mode: Literal["fraction", "all"] = "fraction", limits: SandboxLimits | None = None,
-        test_timeout_s: float = 5.0, after_think: bool = True, **kwargs: Any,
+        test_timeout_s: float = 5.0, after_think: bool = True, prefork: bool | None = None,
+        **kwargs: Any,
     ) -> None:
         if language != "python":
             raise ValueError("only Python programs can be executed by grpo's sandbox")
@@ -132,6 +136,7 @@ class CodeReward(Reward):
         self.limits = limits or SandboxLimits()
         self.test_timeout_s = test_timeout_s
         self.after_think = after_think
+        self.prefork = prefork
         # pool backstop: generous, the sandbox's own wall limit normally ends a run first
         kwargs.setdefault("time_limit", 8 * self.limits.wall_time_s + 10)
         super().__init__(**kwargs)
@@ -160,7 +165,8 @@ class CodeReward(Reward):
         return self._score_io(program, cases)
 
     def _score_asserts(self, program: str, tests: list[str]) -> ScoreResult:
-        run = run_tests(program, tests, limits=self.limits, test_timeout_s=self.test_timeout_s)
+        run = run_tests(program, tests, limits=self.limits, test_timeout_s=self.test_timeout_s,
+                        prefork=self.prefork)
         if run.result.setup_failed:
             raise Unscorable(run.result.describe())
         passed = sum(run.passed)
@@ -176,7 +182,7 @@ class CodeReward(Reward):
     def _score_io(self, program: str, cases: list[tuple[str, str]]) -> ScoreResult:
         passed, first_failure = 0, None
         for i, (stdin, expected) in enumerate(cases):
-            res = run_python(program, stdin=stdin, limits=self.limits)
+            res = run_python(program, stdin=stdin, limits=self.limits, prefork=self.prefork)
             if res.setup_failed:
                 raise Unscorable(res.describe())
             if res.ok and normalize_output(res.stdout) == normalize_output(expected):

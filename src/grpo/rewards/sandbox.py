@@ -1,33 +1,39 @@
 """Run untrusted Python (model-written code) in a sandboxed process.
 
-Model code is hostile by default: it is never executed in the scoring process. Each run is a
-fresh interpreter (``python -I -S -B``, standard library only) started through these layers,
-the strongest the host allows (:func:`sandbox_layers` says which are active):
+Model code is hostile by default: it is never executed in the scoring process. Each run gets
+these layers, the strongest the host allows (:func:`sandbox_layers` says which are active):
 
 ========================  ===================================================================
 layer                     what it does
 ========================  ===================================================================
-``wall-timeout``          the run is killed (SIGKILL to its whole process group) after
-                          ``wall_time_s``; ``timeout(1)`` wraps it too, so it dies even if
-                          the scoring process dies first
+``wall-timeout``          the run is killed (SIGKILL to all its processes) after
+                          ``wall_time_s``; a backstop kills it 2 s later even if the scoring
+                          process hangs or dies (``timeout(1)`` per run; pre-forked: the
+                          run's own PID 1, and the zygote when its scoring process is gone)
 ``process-group``         own session and process group, killed as a whole
 ``rlimits``               CPU seconds, address space, file size (also caps stdout/stderr),
                           process count (RLIMIT_NPROC), open files, no core dumps
 ``scrubbed-env``          environment rebuilt from scratch: no secrets, no PYTHON* variables
 ``temp-workdir``          an empty working folder, removed afterwards
 ``no-new-privs``          setuid binaries cannot regain privileges
+``no-keyring``            seccomp: add_key/request_key/keyctl fail (the kernel keyring is not
+                          namespaced: a key stored under a uid would outlive the run), as
+                          does every syscall of a foreign ABI (i386, x32)
 ``uid-drop``              started as root: the program runs as its own unused uid/gid (so
                           RLIMIT_NPROC applies, it cannot signal other processes or write
                           root-owned files)
 ``cap-drop``              started as a normal user inside a user namespace: every capability
                           is dropped
-``pid-namespace``         ``unshare --pid``: it sees and can signal only its own processes;
-                          all of them die with it
-``net-namespace``         ``unshare --net``: no network interface but a down loopback
-``mount-namespace``       ``unshare --mount`` + ``pivot_root`` into a fresh root: read-only
-                          /usr and the Python install, a size-capped tmpfs /work and /tmp, a
-                          minimal /dev, its own /proc; host files (the project, /etc, /root,
+``pid-namespace``         its own PID namespace: it sees and can signal only its own
+                          processes; all of them die with it
+``net-namespace``         its own network namespace: no interface but a down loopback
+``ipc-namespace``         its own System V IPC / POSIX message queue namespace (a shared
+                          memory segment would otherwise outlive the run)
+``mount-namespace``       a fresh root (``pivot_root``): read-only /usr and the Python
+                          install, a size-capped tmpfs /work and /tmp of its own, a minimal
+                          read-only /dev, its own /proc; host files (the project, /etc, /root,
                           /home) are not reachable at all
+``pre-forked``            (not a layer: how runs start) see below
 ========================  ===================================================================
 
 Modes, tried in order at first use (a probe run must succeed) and cached per process:
@@ -35,13 +41,52 @@ Modes, tried in order at first use (a probe run must succeed) and cached per pro
 (no namespaces: no network isolation, the file system is protected only by file permissions
 and, as root, the uid drop). Force one with ``GRPO_SANDBOX=namespaces|rlimits``.
 
+Pre-forked runs (the default in "namespaces" mode on x86-64 and arm64; ``prefork=False`` or
+``GRPO_SANDBOX_PREFORK=0`` for the per-run path). Per run, the per-run path starts
+``timeout``, ``unshare`` and a fresh ``python -I -S -B`` that builds the root file system:
+about 20 ms of CPU, most of a short program's cost. Pre-forked, each scoring process starts
+one *zygote* on first use: that interpreter enters its own mount, PID, IPC and network
+namespaces, builds the read-only root once and then only clones. Per run it clones one
+process straight into *new* mount, PID, IPC and network namespaces of the run's own, where it
+is PID 1 and the leader of its own session; it mounts a fresh /work, /tmp and /proc, then
+forks the program's process, which sets its limits, drops to a fresh uid and installs the
+seccomp filter exactly as on the per-run path. What the zygote changes, and why each run
+still starts from the same clean state:
+
+* the zygote never runs untrusted code and never reads a job (a run's data reaches the run's
+  own processes through its own fds), so what every run inherits is the zygote's pristine
+  state; a program's changes to builtins, modules, signal handlers, the environment, limits or
+  the working folder live in its own copy-on-write process and die with it;
+* a run cannot reach the zygote: the zygote is outside the run's PID namespace (no pid to
+  signal or ptrace, no /proc entry: the run's /proc is its own) and its session, runs as root
+  or with every capability while the program has none, is not dumpable, and shares no
+  writable file or memory with it; the run closes every fd but its own before anything else;
+* nothing written survives a run: /work and /tmp are the run's own tmpfs, System V IPC and
+  message queues its own namespace, abstract unix sockets its own network namespace (also
+  between runs that overlap in time: several threads may share one zygote); every process of
+  the run dies with its PID 1; keys are refused (``no-keyring``);
+* a run that hangs is killed (SIGKILL to its PID 1 takes every descendant with it); if the
+  zygote dies, the next run starts a new one (logged as a warning) and a run it took down is
+  run once more; a zygote that cannot start makes the run a setup failure (unscorable),
+  never a silent fallback to the per-run path.
+
+What pre-forking gives up (use the per-run path if it matters to you): every run's
+interpreter is a copy of the zygote's, so all runs of one zygote share its address-space
+layout (ASLR) and its string-hash seed (``PYTHONHASHSEED``: set iteration order is the same
+from run to run), and start with the modules the zygote imported (``os``, ``ctypes``,
+``marshal``, ``select``, ...) already in ``sys.modules``. None of these carries data from one
+run to the next. Not available in "rlimits" mode (no namespaces to isolate forks from each
+other): that mode always uses the per-run path.
+
 What it protects against: infinite loops, fork bombs, memory bombs, unbounded output, disk
 filling, reading/writing/deleting files outside the working folder, network access, reading
-the parent's environment, signalling or killing the parent, leftover processes.
+the parent's environment, signalling or killing the parent, leftover processes, one run
+leaving state (files, processes, IPC objects, keys) for a later one.
 
 What it does NOT protect against:
 
-* kernel exploits (no seccomp filter; use a VM or gVisor for truly adversarial code);
+* kernel exploits (the seccomp filter only refuses the keyring calls; use a VM or gVisor for
+  truly adversarial code);
 * CPU-time side channels and other runs' timing;
 * in "assert" mode the program and the tests share one interpreter (tests call the program's
   functions). The harness binds what it needs before the program runs, restores pristine
@@ -51,7 +96,8 @@ What it does NOT protect against:
   written to introspect the harness (frames, ``gc``, audit hooks) and forge its report, nor
   objects whose ``__eq__`` always returns True. Untrusted *policies* do find such hacks in
   long RL runs: watch pass rates that rise without better answers.
-* with the "rlimits" mode only: network access, and reading world-readable files.
+* with the "rlimits" mode only: network access, reading world-readable files, and leaving
+  files in world-writable host folders (/tmp, /dev/shm) for a later run.
 """
 
 from __future__ import annotations
@@ -64,7 +110,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from grpo.rewards._sandbox_prefork import SUPPORTED as PREFORK_SUPPORTED
+from grpo.rewards._sandbox_prefork import launch_prefork
 from grpo.rewards._sandbox_process import (
+    KEYRING_FILTER,
     SandboxLimits,
     SandboxResult,
     _is_root,
@@ -73,14 +122,14 @@ from grpo.rewards._sandbox_process import (
 )
 
 __all__ = ["MODES", "SandboxLimits", "SandboxResult", "TestRun", "run_python", "run_tests",
-           "sandbox_layers", "sandbox_mode"]
+           "sandbox_layers", "sandbox_mode", "sandbox_prefork"]
 
 log = logging.getLogger(__name__)
 
 MODES = ("namespaces", "rlimits")
 _COMMON_LAYERS = ("wall-timeout", "process-group", "rlimits", "scrubbed-env", "temp-workdir",
-                  "no-new-privs")
-_NS_LAYERS = ("pid-namespace", "net-namespace", "mount-namespace")
+                  "no-new-privs") + (("no-keyring",) if KEYRING_FILTER else ())
+_NS_LAYERS = ("pid-namespace", "net-namespace", "ipc-namespace", "mount-namespace")
 
 
 @dataclass(frozen=True)
@@ -127,34 +176,64 @@ def _detect_mode() -> str:
     return "rlimits"
 
 
-def sandbox_layers(mode: str | None = None) -> tuple[str, ...]:
-    """Names of the isolation layers active in ``mode`` (default: this process's mode)."""
+def sandbox_prefork(mode: str | None = None, prefork: bool | None = None) -> bool:
+    """Whether runs in ``mode`` are pre-forked: ``prefork`` if given, else
+    ``GRPO_SANDBOX_PREFORK`` (``1`` by default, ``0`` for the per-run path). Only the
+    "namespaces" mode on x86-64 or arm64 Linux can pre-fork (asking for it elsewhere raises
+    ValueError; by default those use the per-run path)."""
+    mode = mode or sandbox_mode()
+    if prefork is None:
+        env = os.environ.get("GRPO_SANDBOX_PREFORK", "1")
+        if env not in ("0", "1"):
+            raise ValueError(f"GRPO_SANDBOX_PREFORK must be 0 or 1, got {env!r}")
+        return env == "1" and mode == "namespaces" and PREFORK_SUPPORTED
+    if prefork and mode != "namespaces":
+        raise ValueError(f"prefork=True needs the 'namespaces' sandbox mode, not {mode!r}")
+    if prefork and not PREFORK_SUPPORTED:
+        raise ValueError(f"prefork=True is not supported on {os.uname().machine}")
+    return bool(prefork)
+
+
+def sandbox_layers(mode: str | None = None, prefork: bool | None = None) -> tuple[str, ...]:
+    """Names of the isolation layers active in ``mode`` (default: this process's mode), plus
+    ``"pre-forked"`` when runs start from a zygote (:func:`sandbox_prefork`)."""
     mode = mode or sandbox_mode()
     layers = _COMMON_LAYERS + (("uid-drop",) if _plan(mode)[1] else ())
     if mode == "namespaces":
         layers += (() if _is_root() else ("cap-drop",)) + _NS_LAYERS
+    if sandbox_prefork(mode, prefork):
+        layers += ("pre-forked",)
     return layers
+
+
+def _launch_job(job: dict, stdin: bytes | None, limits: SandboxLimits | None, mode: str | None,
+                prefork: bool | None) -> SandboxResult:
+    mode = mode or sandbox_mode()
+    limits = limits or SandboxLimits()
+    if sandbox_prefork(mode, prefork):
+        return launch_prefork(job, stdin, limits)
+    return _launch(job, stdin, limits, mode)
 
 
 # ---------------------------------------------------------------------------- public runs
 def run_python(
     program: str, *, stdin: str | bytes = b"", limits: SandboxLimits | None = None,
-    mode: str | None = None,
+    mode: str | None = None, prefork: bool | None = None,
 ) -> SandboxResult:
-    """Run ``program`` as ``__main__`` in the sandbox, feeding it ``stdin``.
+    """Run ``program`` as ``__main__`` in the sandbox, feeding it ``stdin``. ``prefork``:
+    False for the per-run path (see the module docstring; default :func:`sandbox_prefork`).
 
     >>> run_python("print(input()[::-1])", stdin="abc").stdout
     'cba\\n'
     """
     if isinstance(stdin, str):
         stdin = stdin.encode()
-    return _launch({"mode": "script", "program": program}, stdin, limits or SandboxLimits(),
-                   mode or sandbox_mode())
+    return _launch_job({"mode": "script", "program": program}, stdin, limits, mode, prefork)
 
 
 def run_tests(
     program: str, tests: Sequence[str], *, limits: SandboxLimits | None = None,
-    test_timeout_s: float = 5.0, mode: str | None = None,
+    test_timeout_s: float = 5.0, mode: str | None = None, prefork: bool | None = None,
 ) -> TestRun:
     """Load ``program`` as a module, then run each test (assert-style Python) in its namespace.
 
@@ -167,9 +246,8 @@ def run_tests(
     (True, False)
     """
     tests = list(tests)
-    res = _launch({"mode": "assert", "program": program, "tests": tests,
-                   "test_timeout_s": test_timeout_s}, None, limits or SandboxLimits(),
-                  mode or sandbox_mode())
+    res = _launch_job({"mode": "assert", "program": program, "tests": tests,
+                       "test_timeout_s": test_timeout_s}, None, limits, mode, prefork)
     passed = [False] * len(tests)
     tampered = any(v.startswith("\0") for v in res.verdicts)
     program_error = None
