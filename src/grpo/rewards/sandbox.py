@@ -141,10 +141,6 @@ class TestRun:
     program_error: str | None = None  # exception the program raised while loading, if any
     tampered: bool = False  # the verdict channel held lines the harness did not write
 
-    @property
-    def fraction(self) -> float:
-        return sum(self.passed) / len(self.passed) if self.passed else 0.0
-
 
 # ---------------------------------------------------------------------------- mode detection
 _MODE: str | None = None
