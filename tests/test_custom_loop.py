@@ -107,13 +107,14 @@ def update_gap(setup, weights) -> float:
     """|custom update - trainer update| / |trainer update|, over all parameters after STEPS steps.
 
     Adam's first step is ~lr * sign(g) per element, so float noise in a tiny gradient element
-    can flip it by 2 lr; 1e-3 allows a few such flips in 100k parameters. Measured: the example
-    gives exactly 0 (bit-identical weights); each loop mistake below gives 6 to 71 %."""
+    can move it by 2 lr instead of 0: the gap is then ~2 sqrt(flips / parameters), so GAP_TOL
+    tolerates ~2 flips among the model's ~80k parameters. Measured: the example gives exactly 0
+    (bit-identical weights); each loop mistake below gives 6 to 71 % (more than 3 x GAP_TOL)."""
     start = _weights(setup["model"])
     return float((weights - setup["trained"]).norm() / (setup["trained"] - start).norm())
 
 
-GAP_TOL = 1e-3
+GAP_TOL = 1e-2
 
 
 def test_custom_loop_matches_trainer(setup):
@@ -157,7 +158,7 @@ def test_comparison_catches_loop_mistakes(setup, mistake):
     name, wrong = MISTAKES[mistake]
     setattr(module, name, wrong)  # the example's own step, with one piece done wrong
     weights, _ = run_custom_loop(setup, module)
-    assert update_gap(setup, weights) > 10 * GAP_TOL, mistake
+    assert update_gap(setup, weights) > 3 * GAP_TOL, mistake
 
 
 # ------------------------------------------------------------------- docs/custom_loop.md runs
