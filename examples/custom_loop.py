@@ -111,9 +111,10 @@ def grpo_step(step: int, *, model, tokenizer, generator, reward: CombinedReward,
     optimizer.zero_grad(set_to_none=True)
     generator.sync_weights(model)  # a no-op for HFGenerator; a vLLM engine copies the weights here
 
+    total = [v for v in scores.values if v is not None]  # means over the scored completions
     right = [v for v in scores.component_values("math_reward") if v is not None]
-    return {"reward": sum(v for v in scores.values if v is not None) / len(rollouts),
-            "accuracy": sum(right) / max(len(right), 1), "loss": loss_sum, "grad_norm": float(grad_norm),
+    return {"reward": sum(total) / max(len(total), 1), "accuracy": sum(right) / max(len(right), 1),
+            "loss": loss_sum, "grad_norm": float(grad_norm),
             "entropy": entropy_sum / max(normalizer, 1.0),
             "length": sum(len(r.completion_ids) for r in rollouts) / len(rollouts)}
 
