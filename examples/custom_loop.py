@@ -93,6 +93,7 @@ def grpo_step(step: int, *, model, tokenizer, generator, reward: CombinedReward,
     batch = collate_rollouts(rollouts, adv_N, tokenizer.pad_token_id)
     normalizer = aggregation_denominator(batch.loss_mask, "token_mean")
     model.train()
+    optimizer.zero_grad(set_to_none=True)  # backward adds to .grad: start from nothing (the warm-up left some)
     loss_sum, entropy_sum = 0.0, 0.0
     for start in range(0, len(batch), s.micro_batch_size):
         mb = batch.select(slice(start, start + s.micro_batch_size))
@@ -108,7 +109,6 @@ def grpo_step(step: int, *, model, tokenizer, generator, reward: CombinedReward,
     params = [p for p in model.parameters() if p.requires_grad]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, s.max_grad_norm)
     optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
     generator.sync_weights(model)  # a no-op for HFGenerator; a vLLM engine copies the weights here
 
     total = [v for v in scores.values if v is not None]  # means over the scored completions

@@ -92,6 +92,8 @@ def _weights(model):
 def run_custom_loop(setup, module):
     torch.set_num_threads(1)  # what GRPOConfig(torch_threads=1) sets in the trainer
     model = copy.deepcopy(setup["model"])
+    for p in model.parameters():  # gradients left by earlier work, as the example's warm-up leaves them
+        p.grad = torch.randn_like(p)
     s = module.Settings(**SETTINGS)
     generator = HFGenerator(model, setup["tokenizer"])
     reward = CombinedReward(rewards(), weights=[1.0, 0.1, 1.0])
@@ -109,7 +111,7 @@ def update_gap(setup, weights) -> float:
     Adam's first step is ~lr * sign(g) per element, so float noise in a tiny gradient element
     can move it by 2 lr instead of 0: the gap is then ~2 sqrt(flips / parameters), so GAP_TOL
     tolerates ~2 flips among the model's ~80k parameters. Measured: the example gives exactly 0
-    (bit-identical weights); each loop mistake below gives 6 to 71 % (more than 3 x GAP_TOL)."""
+    (bit-identical weights); each loop mistake below gives 6 to 165 % (more than 3 x GAP_TOL)."""
     start = _weights(setup["model"])
     return float((weights - setup["trained"]).norm() / (setup["trained"] - start).norm())
 
@@ -143,12 +145,21 @@ def _loss_with(**override):
     return loss
 
 
-MISTAKES = {
-    "logprobs_at_another_temperature": ("completion_logprobs", _logprobs_at(1.0)),
-    "normalised_per_micro_batch": ("policy_loss", _loss_with(normalizer=None)),
-    "advantages_over_padding": ("policy_loss", _loss_with(mask_padding=True)),
-    "sequence_mean_not_token_mean": ("policy_loss", _loss_with(aggregation="seq_mean_token_mean",
-                                                               normalizer=2 * 4)),
+def _without_zero_grad(make_optimizer):
+    def make(model, s):
+        optimizer = make_optimizer(model, s)
+        optimizer.zero_grad = lambda set_to_none=True: None
+        return optimizer
+    return make
+
+
+MISTAKES = {  # name -> (the example's name to replace, the replacement given the module)
+    "logprobs_at_another_temperature": ("completion_logprobs", lambda m: _logprobs_at(1.0)),
+    "normalised_per_micro_batch": ("policy_loss", lambda m: _loss_with(normalizer=None)),
+    "advantages_over_padding": ("policy_loss", lambda m: _loss_with(mask_padding=True)),
+    "sequence_mean_not_token_mean": ("policy_loss", lambda m: _loss_with(aggregation="seq_mean_token_mean",
+                                                                         normalizer=2 * 4)),
+    "gradients_not_zeroed": ("make_optimizer", lambda m: _without_zero_grad(m.make_optimizer)),
 }
 
 
@@ -156,7 +167,7 @@ MISTAKES = {
 def test_comparison_catches_loop_mistakes(setup, mistake):
     module = load_example()
     name, wrong = MISTAKES[mistake]
-    setattr(module, name, wrong)  # the example's own step, with one piece done wrong
+    setattr(module, name, wrong(module))  # the example's own step, with one piece done wrong
     weights, _ = run_custom_loop(setup, module)
     assert update_gap(setup, weights) > 3 * GAP_TOL, mistake
 
