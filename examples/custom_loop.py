@@ -76,7 +76,7 @@ def grpo_step(step: int, *, model, tokenizer, generator, reward: CombinedReward,
     # 2. rollout: P*G records, prompt-major (sample j of prompt p at p*G + j), each with its
     #    prompt_ids / completion_ids exactly as sampled; sample j of prompt p is seeded
     #    sampling_seed(...) + p*G + j, so a step's samples do not depend on the batching
-    seed = sampling_seed(s.seed, step, 0, s.group_size) % 2**31
+    seed = sampling_seed(s.seed, step, 0, s.group_size)
     sampling = SamplingConfig(temperature=s.temperature, max_tokens=s.max_tokens, seed=seed)
     rollouts = generator.generate(prompts, s.group_size, sampling)
 

@@ -294,3 +294,22 @@ def test_a_registered_estimator_is_selected_by_the_config(tiny_dir, tmp_path):
         del ADVANTAGE_ESTIMATORS["test_sign"]
     with pytest.raises(ValueError, match="dr_grpo"):
         GRPOConfig(advantage_estimator="test_sign")
+
+
+def test_gradients_left_on_a_model_do_not_leak_into_the_first_step(tiny_dir, tmp_path):
+    """A model object handed over with .grad set (e.g. straight from a warm-up loop) trains
+    exactly like a clean one."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    out = []
+    for name, stale in (("clean", False), ("stale", True)):
+        model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+        if stale:
+            for p in model.parameters():
+                p.grad = torch.randn_like(p)
+        trainer = GRPOTrainer(model, [Checksum()], rows(4), cfg(tmp_path, name), tokenizer=tok)
+        trainer.train()
+        trainer.close()
+        out.append({n: p.detach().clone() for n, p in model.named_parameters()})
+    assert_same(out[0], out[1], atol=0)

@@ -147,3 +147,6 @@ def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None, pad_id
     batch = RolloutBatch(input_ids, attn, input_ids[:, p:], comp_mask, loss_mask, rollout_logp,
                          torch.zeros(b), group_ids, versions, p)
     return batch if advantages is None else batch.with_advantages(advantages)
+
+
+__all__ = ["RolloutBatch", "collate_rollouts"]

@@ -118,3 +118,6 @@ def reward_inputs(rollouts: Sequence[Rollout], prompts: Sequence[Any], rows: Seq
                 completion_ids=[list(r.completion_ids) for r in rollouts],
                 truncated=[r.truncated for r in rollouts],
                 **reward_columns(ordered_rows, 1, prompt_key))
+
+
+__all__ = ["PromptSampler", "RESERVED_COLUMNS", "check_dataset", "get_rows", "reward_columns", "reward_inputs"]

@@ -91,6 +91,7 @@ class Learner:
         stats, gap = StatAccumulator(), StatAccumulator()
         losses, norms, skipped = [], [], 0
         tokens = int(batch.loss_mask.sum()) if batch is not None else 0
+        self.optimizer.zero_grad(set_to_none=True)  # a model handed over with .grad set must not leak it in
         for it in range(cfg.num_iterations):
             for j in range(n_mb):
                 rows = (global_index % n_mb == j).nonzero().squeeze(1) if batch is not None else global_index

@@ -133,3 +133,6 @@ def reference_model(model: torch.nn.Module, ref: torch.nn.Module | None):
             yield model
     else:
         raise ValueError("beta > 0 needs a reference: pass a reference model or use a peft model")
+
+
+__all__ = ["completion_logprobs", "reference_model"]

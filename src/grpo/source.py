@@ -174,7 +174,7 @@ class RolloutSource:
         return sampling_seed(self.config.seed, step, global_prompt, self.config.num_generations, round_)
 
     def _sampling(self, seed: int) -> SamplingConfig:
-        return replace(self.sampling, seed=seed % 2**31)
+        return replace(self.sampling, seed=seed)
 
     # ------------------------------------------------------------------ scoring and joins
     def _score_local(self, step: int, rollouts: list[Rollout], prompts: list, rows: list[dict]
@@ -243,7 +243,7 @@ def sampling_seed(seed: int, step: int, global_prompt: int, group_size: int, rou
     key = f"{seed}:{step}" + (f":{round_}" if round_ else "")
     digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
     base = int.from_bytes(digest, "little") % 2**30  # + positions stays below vLLM's 2**31
-    return base + global_prompt * group_size
+    return (base + global_prompt * group_size) % 2**31  # ready for SamplingConfig(seed=...)
 
 
 def _per_rollout(prompts: Sequence[Any], rollouts: Sequence[Rollout]) -> list[Any]:
