@@ -174,6 +174,7 @@ class MultiTurnGenerator:
         self._rows_by_prompt = {_key(r[prompt_key]): r for r in dataset} if dataset is not None else None
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpo-env")
         self._template_checked = False
+        self._closed = False
         self._warned_mismatch = False
 
     # -- Generator protocol ------------------------------------------------------------------
@@ -191,6 +192,8 @@ class MultiTurnGenerator:
         self.generator.sync_weights(model)
 
     def close(self) -> None:
+        """Close the wrapped generator and the environment threads; idempotent."""
+        self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
         self.generator.close()
 
@@ -205,6 +208,8 @@ class MultiTurnGenerator:
                  rows: Sequence[dict] | None = None) -> list[Trajectory]:
         """``len(prompts) * n`` trajectories, prompt-major; ``rows`` (one per prompt) go to the
         environments' ``reset`` (default: looked up in ``dataset``, else ``{"prompt": prompt}``)."""
+        if self._closed:
+            raise RuntimeError("this MultiTurnGenerator is closed")
         if isinstance(prompts, (str, bytes)) or not isinstance(n, int) or n < 1 or len(prompts) == 0:
             raise ValueError(f"generate needs a non-empty list of prompts and n >= 1, got {type(prompts).__name__}, "
                              f"n={n!r}")
