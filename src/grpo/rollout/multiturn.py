@@ -102,7 +102,8 @@ class _State:
     calls: list[ToolCall] = field(default_factory=list)
     info: dict = field(default_factory=dict)
     turns: int = 0
-    last_turn: str = ""
+    last_turn: str = ""  # the text of the last sampled turn (special tokens skipped)
+    last_start: int = 0  # where the last assistant message's tokens begin in ``ids``
     stop_reason: str | None = None
     stop_detail: str = ""
     length_cut: bool = False
@@ -273,9 +274,14 @@ class MultiTurnGenerator:
         turn_ids, n = list(ids[:ending.length]), ending.length
         s.append(turn_ids, logp[:n])
         s.turns += 1
-        content = self.tokenizer.decode(turn_ids, skip_special_tokens=True)
-        s.stream_text += self.tokenizer.decode(turn_ids, skip_special_tokens=False)
-        s.last_turn = content
+        # The message keeps any special token sampled mid-turn (the template re-renders it as the
+        # same token); only the closing eos is left for the template to write.
+        raw = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
+        body = turn_ids[:-1] if turn_ids and turn_ids[-1] in self.engine.eos_ids else turn_ids
+        content = self.tokenizer.decode(body, skip_special_tokens=False)
+        s.stream_text += raw
+        s.last_turn = self.tokenizer.decode(turn_ids, skip_special_tokens=True)
+        s.last_start = len(s.ids) - n if self.observations == "messages" else 0
         if self.observations == "inline" and s.messages:
             s.messages[-1]["content"] += content
         else:
@@ -332,7 +338,7 @@ class MultiTurnGenerator:
         s.append(env_ids, None)
 
     def _record(self, s: _State) -> Trajectory:
-        text = next((m["content"] for m in reversed(s.messages) if m["role"] == "assistant"), "")
+        text = self.tokenizer.decode(s.ids[s.last_start:], skip_special_tokens=True) if s.turns else ""
         return Trajectory(
             prompt_ids=list(s.prompt_ids), completion_ids=list(s.ids), logprobs=list(s.logp), text=text,
             finish_reason="length" if s.length_cut else "stop", prompt_index=s.p, sample_index=s.k,
