@@ -328,3 +328,13 @@ def test_rewards_read_the_trajectory_grpo_and_trl_style():
     scores = CombinedReward([UsedTool(), tool_messages]).evaluate_all(**inputs)
     assert scores.component_values("used_tool") == [1.0, 1.0]
     assert scores.component_values("tool_messages") == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("module", ["grpo.rollout.tools", "grpo.rollout.trajectory", "grpo.rollout.multiturn",
+                                    "grpo.rollout.recipe"])
+def test_module_doctests(module):
+    import doctest
+    import importlib
+
+    result = doctest.testmod(importlib.import_module(module))
+    assert result.failed == 0 and result.attempted > 0
