@@ -216,7 +216,9 @@ class MultiTurnGenerator:
                              f"n={n!r}")
         if rows is not None and len(rows) != len(prompts):
             raise ValueError(f"{len(rows)} rows for {len(prompts)} prompts")
-        states = [self._start(p, k, prompt, n, sampling, rows[p] if rows is not None else self._row(prompt))
+        encoded = [self._encode(prompt) for prompt in prompts]
+        states = [self._start(p, k, prompt, encoded[p], n, sampling,
+                              rows[p] if rows is not None else self._row(prompt))
                   for p, prompt in enumerate(prompts) for k in range(n)]
         stop = tuple(dict.fromkeys(tuple(sampling.stop) + self.stops))
         turn_sampling = replace(sampling, stop=stop, seed=None)
@@ -235,16 +237,24 @@ class MultiTurnGenerator:
         return [self._record(s) for s in states]
 
     # -- one trajectory --------------------------------------------------------------------
-    def _start(self, p: int, k: int, prompt: Prompt, n: int, sampling: SamplingConfig, row: dict) -> _State:
+    def encode_prompt(self, prompt: Prompt) -> list[int]:
+        """The prompt's ids as trajectories start from them (chat prompts: rendered with the
+        tools' schemas when ``render_tools``); a prompt-length check should use these."""
+        return self._encode(prompt)[0]
+
+    def _encode(self, prompt: Prompt) -> tuple[list[int], str]:
         if isinstance(prompt, str):
-            ids, text = encode_prompt(self.tokenizer, prompt), prompt
             if self.observations != "inline":
                 raise ValueError("text prompts need observations='inline' (tool messages need a chat conversation)")
-        else:
-            if not self._template_checked:
-                self.check_template()
-            text = render(self.tokenizer, prompt, generation_prompt=True, tools=self.tool_schemas)
-            ids = encode_text(self.tokenizer, text)
+            return encode_prompt(self.tokenizer, prompt), prompt
+        if not self._template_checked:
+            self.check_template()
+        text = render(self.tokenizer, prompt, generation_prompt=True, tools=self.tool_schemas)
+        return encode_text(self.tokenizer, text), text
+
+    def _start(self, p: int, k: int, prompt: Prompt, encoded: tuple[list[int], str], n: int,
+               sampling: SamplingConfig, row: dict) -> _State:
+        ids, text = encoded
         ctx = self.engine.max_context
         if not ids or (ctx is not None and len(ids) >= ctx):
             raise ValueError(f"prompt {p} has {len(ids)} tokens; the context holds {ctx}: no room for a completion")
