@@ -320,7 +320,8 @@ def test_rewards_read_the_trajectory_grpo_and_trl_style():
         def score(self, completion, **example):
             return float(any(c.status == "ok" for c in example["trajectory"].tool_calls))
 
-    def tool_messages(completions, **kwargs):  # trl style: completions are the message lists
+    def tool_messages(completions, environments, **kwargs):  # trl style: message lists, environments
+        assert all(env.turn == 2 for env in environments)  # ToolEnvironment counted two turns with calls
         return [float(sum(m["role"] == "tool" for m in c)) for c in completions]
 
     rows = [{"prompt": PROMPT, "answer": "42"}]

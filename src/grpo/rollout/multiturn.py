@@ -353,7 +353,8 @@ class MultiTurnGenerator:
             prompt_ids=list(s.prompt_ids), completion_ids=list(s.ids), logprobs=list(s.logp), text=text,
             finish_reason="length" if s.length_cut else "stop", prompt_index=s.p, sample_index=s.k,
             loss_mask=list(s.mask), messages=tuple(s.messages), tool_calls=tuple(s.calls), turns=s.turns,
-            stop_reason=s.stop_reason or MAX_TURNS, stop_detail=s.stop_detail, info=dict(s.info))
+            stop_reason=s.stop_reason or MAX_TURNS, stop_detail=s.stop_detail, info=dict(s.info),
+            environment=s.env)
 
     def _row(self, prompt: Prompt) -> dict:
         if self._rows_by_prompt is not None:

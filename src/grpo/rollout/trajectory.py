@@ -49,6 +49,9 @@ class Trajectory(Rollout):
     stop_detail: str = ""
     info: Mapping[str, Any] = field(default_factory=dict)
     """What the environment reported (``EnvStep.info``, merged over the turns)."""
+    environment: Any = field(default=None, repr=False, compare=False)
+    """The trajectory's environment object after its last step (trl passes these to reward
+    functions as ``environments``), e.g. for a reward that reads the final state."""
 
     @property
     def env_tokens(self) -> int:
@@ -59,15 +62,18 @@ class Trajectory(Rollout):
 def trajectory_columns(rollouts: Sequence[Rollout], prompts: Sequence[Any]) -> dict[str, list]:
     """Reward keywords that show the trajectories, to merge over :func:`grpo.source.reward_inputs`
     (``prompts`` as given to ``generate``): chat-prompt ``completions`` become the full message
-    list (trl's multi-turn convention; grpo rewards read the assistant messages' text) and
-    ``trajectory`` is the record itself (None for a single-turn rollout)."""
+    list (trl's multi-turn convention; grpo rewards read the assistant messages' text),
+    ``trajectory`` is the record itself (None for a single-turn rollout) and ``environments``
+    its environment object (trl's keyword for them)."""
     def completion(r: Rollout) -> Any:
         if isinstance(prompts[r.prompt_index], str):
             return r.text
         return list(r.messages) if isinstance(r, Trajectory) else [{"role": "assistant", "content": r.text}]
 
     completions = [completion(r) for r in rollouts]
-    return {"completions": completions, "trajectory": [r if isinstance(r, Trajectory) else None for r in rollouts]}
+    trajectories = [r if isinstance(r, Trajectory) else None for r in rollouts]
+    return {"completions": completions, "trajectory": trajectories,
+            "environments": [None if t is None else t.environment for t in trajectories]}
 
 
 def multiturn_metrics(rollouts: Sequence[Rollout], totals: Sequence[float | None] | None = None) -> dict[str, float]:
