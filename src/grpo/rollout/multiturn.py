@@ -178,6 +178,9 @@ class MultiTurnGenerator:
         self._closed = False
         self._warned_mismatch = False
 
+    accepts_rows = True
+    """``generate`` takes the prompts' dataset rows (``rows=``) for the environments' ``reset``."""
+
     # -- Generator protocol ------------------------------------------------------------------
     @property
     def sleep_enabled(self) -> bool:
