@@ -44,7 +44,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from grpo.rollout.chat import TemplateError, check_prefix_preserving, encode_text, observation_delta, render
+from grpo.rollout.chat import (
+    TemplateError,
+    check_prefix_preserving,
+    encode_text,
+    observation_delta,
+    render,
+)
 from grpo.rollout.engines import token_engine
 from grpo.rollout.tokens import encode_prompt, find_ending
 from grpo.rollout.tools import (
@@ -141,14 +147,17 @@ class MultiTurnGenerator:
     """
 
     def __init__(self, generator: Any, *, tools: Sequence[Callable] | None = None,
-                 environment: Callable[[], Environment] | None = None, parser: ToolCallParser | None = None,
-                 max_turns: int = 4, max_turn_tokens: int | None = None, tool_timeout_s: float = 10.0,
-                 env_timeout_s: float = 60.0, max_tool_output_chars: int = 2000, observations: str = "messages",
-                 inline_format: str = "\n```output\n{}\n```\n", stop_at_call: bool = True,
-                 render_tools: bool = True, dataset: Sequence[dict] | None = None, prompt_key: str = "prompt",
+                 environment: Callable[[], Environment] | None = None,
+                 parser: ToolCallParser | None = None, max_turns: int = 4,
+                 max_turn_tokens: int | None = None, tool_timeout_s: float = 10.0,
+                 env_timeout_s: float = 60.0, max_tool_output_chars: int = 2000,
+                 observations: str = "messages", inline_format: str = "\n```output\n{}\n```\n",
+                 stop_at_call: bool = True, render_tools: bool = True,
+                 dataset: Sequence[dict] | None = None, prompt_key: str = "prompt",
                  max_workers: int = 8):
         if (tools is None) == (environment is None):
-            raise ValueError("give exactly one of tools=[...] (functions) or environment=Class (stateful)")
+            raise ValueError("give exactly one of tools=[...] (functions) or "
+                             "environment=Class (stateful)")
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         if max_turn_tokens is not None and max_turn_tokens < 1:
@@ -170,9 +179,11 @@ class MultiTurnGenerator:
             self.make_env = environment
         self.stops = tuple(parser.stop) if (parser is not None and stop_at_call) else ()
         self.max_turns, self.max_turn_tokens = max_turns, max_turn_tokens
-        self.env_timeout_s, self.observations, self.inline_format = env_timeout_s, observations, inline_format
+        self.env_timeout_s = env_timeout_s
+        self.observations, self.inline_format = observations, inline_format
         self.prompt_key = prompt_key
-        self._rows_by_prompt = {_key(r[prompt_key]): r for r in dataset} if dataset is not None else None
+        self._rows_by_prompt = (None if dataset is None
+                                else {_key(r[prompt_key]): r for r in dataset})
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpo-env")
         self._template_checked = False
         self._closed = False
@@ -230,8 +241,9 @@ class MultiTurnGenerator:
             if not running:
                 break
             limits = [self._room(s, sampling) for s in running]
-            raw = self.engine.sample([s.prompt_ids + s.ids for s in running], [turn_seed(s.seed, turn) for s in running],
-                                     limits, turn_sampling)
+            contexts = [s.prompt_ids + s.ids for s in running]  # token-in: ids, never text
+            seeds = [turn_seed(s.seed, turn) for s in running]
+            raw = self.engine.sample(contexts, seeds, limits, turn_sampling)
             for s, (ids, logp), limit in zip(running, raw, limits, strict=True):
                 self._take_turn(s, ids, logp, limit, stop, sampling)
             stepping = [s for s in running if s.stop_reason is None]
@@ -260,7 +272,8 @@ class MultiTurnGenerator:
         ids, text = encoded
         ctx = self.engine.max_context
         if not ids or (ctx is not None and len(ids) >= ctx):
-            raise ValueError(f"prompt {p} has {len(ids)} tokens; the context holds {ctx}: no room for a completion")
+            raise ValueError(f"prompt {p} has {len(ids)} tokens; the context holds {ctx}: "
+                             "no room for a completion")
         env = self.make_env()
         env.reset(**row)  # a failing reset is a bug in the environment or the data: it raises
         seed = None if sampling.seed is None else sampling.seed + p * n + k
@@ -282,15 +295,18 @@ class MultiTurnGenerator:
             return CONTEXT
         return TOKEN_BUDGET if len(s.ids) >= sampling.max_tokens else TURN_LENGTH
 
-    def _take_turn(self, s: _State, ids, logp, limit: int, stop: tuple[str, ...], sampling: SamplingConfig) -> None:
-        ending = find_ending(self.tokenizer, ids, eos_ids=self.engine.eos_ids, stop=stop, limit=limit)
+    def _take_turn(self, s: _State, ids, logp, limit: int, stop: tuple[str, ...],
+                   sampling: SamplingConfig) -> None:
+        ending = find_ending(self.tokenizer, ids, eos_ids=self.engine.eos_ids, stop=stop,
+                             limit=limit)
         turn_ids, n = list(ids[:ending.length]), ending.length
         s.append(turn_ids, logp[:n])
         s.turns += 1
         # The message keeps any special token sampled mid-turn (the template re-renders it as the
         # same token); only the closing eos is left for the template to write.
         raw = self.tokenizer.decode(turn_ids, skip_special_tokens=False)
-        body = turn_ids[:-1] if turn_ids and turn_ids[-1] in self.engine.eos_ids else turn_ids
+        ended_by_eos = bool(turn_ids) and turn_ids[-1] in self.engine.eos_ids
+        body = turn_ids[:-1] if ended_by_eos else turn_ids
         content = self.tokenizer.decode(body, skip_special_tokens=False)
         s.stream_text += raw
         s.last_turn = self.tokenizer.decode(turn_ids, skip_special_tokens=True)
@@ -300,10 +316,8 @@ class MultiTurnGenerator:
         else:
             s.messages.append({"role": "assistant", "content": content})
         if ending.finish_reason == "length":
-            full = len(s.ids) >= sampling.max_tokens or (self.engine.max_context is not None and
-                                                         len(s.prompt_ids) + len(s.ids) >= self.engine.max_context)
-            s.end(self._length_reason(s, sampling) if full else TURN_LENGTH, length=True)
-        elif self.observations == "inline" and turn_ids and turn_ids[-1] in self.engine.eos_ids:
+            s.end(self._length_reason(s, sampling), length=True)
+        elif self.observations == "inline" and ended_by_eos:
             s.end(DONE)  # inline: eos closes the one assistant message
 
     def _step(self, s: _State) -> tuple[str, Any]:
@@ -344,14 +358,14 @@ class MultiTurnGenerator:
         else:
             s.messages += observations
         ctx = self.engine.max_context
-        if len(s.ids) + len(env_ids) > sampling.max_tokens or (
-                ctx is not None and len(s.prompt_ids) + len(s.ids) + len(env_ids) >= ctx):
-            over_ctx = ctx is not None and len(s.prompt_ids) + len(s.ids) + len(env_ids) >= ctx
-            return s.end(CONTEXT if over_ctx else TOKEN_BUDGET, "the observation does not fit", length=True)
+        if ctx is not None and len(s.prompt_ids) + len(s.ids) + len(env_ids) >= ctx:
+            return s.end(CONTEXT, "the observation does not fit", length=True)
+        if len(s.ids) + len(env_ids) > sampling.max_tokens:
+            return s.end(TOKEN_BUDGET, "the observation does not fit", length=True)
         s.append(env_ids, None)
 
     def _record(self, s: _State) -> Trajectory:
-        text = self.tokenizer.decode(s.ids[s.last_start:], skip_special_tokens=True) if s.turns else ""
+        text = self.tokenizer.decode(s.ids[s.last_start:], skip_special_tokens=True)
         return Trajectory(
             prompt_ids=list(s.prompt_ids), completion_ids=list(s.ids), logprobs=list(s.logp), text=text,
             finish_reason="length" if s.length_cut else "stop", prompt_index=s.p, sample_index=s.k,
@@ -363,7 +377,8 @@ class MultiTurnGenerator:
         if self._rows_by_prompt is not None:
             row = self._rows_by_prompt.get(_key(prompt))
             if row is None:
-                raise KeyError(f"prompt {str(prompt)[:80]!r} is not in the dataset given to MultiTurnGenerator")
+                raise KeyError(f"prompt {str(prompt)[:80]!r} is not in the dataset given to "
+                               "MultiTurnGenerator")
             return dict(row)
         return {self.prompt_key: prompt}
 
