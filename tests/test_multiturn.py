@@ -339,3 +339,26 @@ def test_module_doctests(module):
 
     result = doctest.testmod(importlib.import_module(module))
     assert result.failed == 0 and result.attempted > 0
+
+
+def test_the_docs_stateful_environment():
+    class GuessTheNumber:  # as in docs/tools.md
+        def reset(self, secret, **row):
+            self.secret = int(secret)
+
+        def step(self, message):
+            guess = int(message.strip() or -1)
+            if guess == self.secret:
+                return None
+            return "higher" if guess < self.secret else "lower"
+
+    tok = build_char_tokenizer()
+
+    def policy(ctx):  # binary search over what the environment said
+        return {0: "5", 1: "8" if ctx.endswith("higher<|assistant|>") else "2"}.get(ctx.count("<|tool|>"), "7")
+    prompt = [{"role": "user", "content": "guess"}]
+    gen = MultiTurnGenerator(Scripted(tok, policy), environment=GuessTheNumber,
+                             dataset=[{"prompt": prompt, "secret": "7"}])
+    (t,) = gen.generate([prompt], 1, SAMPLING)
+    assert [m["content"] for m in t.messages] == ["5", "higher", "8", "lower", "7"]
+    assert t.stop_reason == "done" and t.environment.secret == 7 and t.tool_calls == ()
