@@ -310,8 +310,12 @@ def test_metrics_worked_by_hand():
 
 
 def test_rewards_read_the_trajectory_grpo_and_trl_style():
+    import grpo.data
+    import grpo.source
     from grpo.rewards import CombinedReward, Reward
-    from grpo.source import reward_inputs
+
+    # the trainer's own reward keywords (grpo.source.reward_inputs, moving to grpo.data)
+    reward_inputs = getattr(grpo.data, "reward_inputs", None) or grpo.source.reward_inputs
 
     tok = build_char_tokenizer()
     out = MultiTurnGenerator(Scripted(tok, calls_then_answers), tools=[multiply]).generate([PROMPT], 2, SAMPLING)
@@ -362,3 +366,20 @@ def test_the_docs_stateful_environment():
     (t,) = gen.generate([prompt], 1, SAMPLING)
     assert [m["content"] for m in t.messages] == ["5", "higher", "8", "lower", "7"]
     assert t.stop_reason == "done" and t.environment.secret == 7 and t.tool_calls == ()
+
+
+def test_the_generators_chat_template_kwargs_are_rendered_every_turn():
+    tok = chatml_tokenizer(CHATML.replace("'\\n' + m['content'] + '<|im_end|>", "'\\n' + (mark if m['role'] == 'user' "
+                                          "else '') + m['content'] + '<|im_end|>"))
+    engine = Scripted(tok, calls_then_answers)
+    engine.chat_template_kwargs = {"mark": "!"}  # HFGenerator(chat_template_kwargs=...) carries these
+    (t,) = MultiTurnGenerator(engine, tools=[multiply]).generate([PROMPT], 1, SAMPLING)
+    assert "<|im_start|>user\n!6*7?" in tok.decode(t.prompt_ids) and t.stop_reason == "done"
+
+
+def test_a_generation_prompt_the_messages_do_not_repeat_is_refused():
+    # Qwen3's enable_thinking=False writes "<think>\n\n</think>" in the generation prompt only
+    tok = chatml_tokenizer(CHATML.replace("{{ '<|im_start|>assistant\\n' }}{% endif %}",
+                                          "{{ '<|im_start|>assistant\\n<think></think>' }}{% endif %}"))
+    with pytest.raises(TemplateError, match="not prefix-preserving"):
+        check_prefix_preserving(tok, [tok.eos_token_id])

@@ -86,7 +86,11 @@ class HFEngine:
                                   pad_token_id=pad, stop_strings=list(sampling.stop) or None, num_beams=1,
                                   return_dict_in_generate=True)
         recorder = _SampledTokenLogprobs()
-        processors = [*_warpers(sampling), recorder]
+        if getattr(sampling, "repetition_penalty", 1.0) != 1.0:  # it needs each row's first real column
+            warpers = _warpers(sampling, torch.tensor([width - len(c) for c in contexts]))
+        else:
+            warpers = _warpers(sampling)
+        processors = [*warpers, recorder]
         if not sampling.greedy:
             gens = None
             if any(s is not None for s in seeds):
@@ -115,8 +119,11 @@ class VLLMEngine:
     def sample(self, contexts, seeds, limits, sampling):
         from vllm import SamplingParams
 
+        extra = {}
+        if getattr(sampling, "repetition_penalty", 1.0) != 1.0:
+            extra["repetition_penalty"] = sampling.repetition_penalty
         params = [SamplingParams(
-            n=1, temperature=sampling.temperature, top_p=sampling.top_p,
+            **extra, n=1, temperature=sampling.temperature, top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k_enabled else 0, min_p=sampling.min_p, max_tokens=limit,
             stop=list(sampling.stop) or None, stop_token_ids=list(self.eos_ids), include_stop_str_in_output=True,
             logprobs=0, seed=seed, detokenize=bool(sampling.stop)) for seed, limit in zip(seeds, limits, strict=True)]

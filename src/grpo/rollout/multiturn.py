@@ -168,6 +168,8 @@ class MultiTurnGenerator:
             raise ValueError(f"inline_format needs a '{{}}' for the observation, got {inline_format!r}")
         self.generator, self.engine = generator, token_engine(generator)
         self.tokenizer = self.engine.tokenizer
+        # extra chat-template variables the wrapped generator renders prompts with (enable_thinking)
+        self.template_kwargs = dict(getattr(generator, "chat_template_kwargs", None) or {})
         if tools is not None:
             tools = list(tools)
             parser = parser or _default_parser()
@@ -216,7 +218,8 @@ class MultiTurnGenerator:
         """Raise :class:`grpo.rollout.chat.TemplateError` if the tokenizer's chat template is not
         prefix-preserving for tool conversations (done once, before the first chat rollout)."""
         if self.observations == "messages":
-            check_prefix_preserving(self.tokenizer, self.engine.eos_ids, tools=self.tool_schemas)
+            check_prefix_preserving(self.tokenizer, self.engine.eos_ids, tools=self.tool_schemas,
+                                    **self.template_kwargs)
         self._template_checked = True
 
     def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig,
@@ -264,7 +267,8 @@ class MultiTurnGenerator:
             return encode_prompt(self.tokenizer, prompt), prompt
         if not self._template_checked:
             self.check_template()
-        text = render(self.tokenizer, prompt, generation_prompt=True, tools=self.tool_schemas)
+        text = render(self.tokenizer, prompt, generation_prompt=True, tools=self.tool_schemas,
+                      **self.template_kwargs)
         return encode_text(self.tokenizer, text), text
 
     def _start(self, p: int, k: int, prompt: Prompt, encoded: tuple[list[int], str], n: int,
@@ -344,8 +348,8 @@ class MultiTurnGenerator:
             delta = "".join(self.inline_format.format(o["content"]) for o in observations)
         else:
             try:
-                delta = observation_delta(self.tokenizer, [*s.prompt, *s.messages, *observations], s.stream_text,
-                                          tools=self.tool_schemas)
+                delta = observation_delta(self.tokenizer, [*s.prompt, *s.messages, *observations],
+                                          s.stream_text, tools=self.tool_schemas, **self.template_kwargs)
             except TemplateError as e:
                 if not self._warned_mismatch:
                     self._warned_mismatch = True
