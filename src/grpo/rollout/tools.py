@@ -281,6 +281,17 @@ class ToolEnvironment:
 
 
 # ---------------------------------------------------------------------------- the Python tool
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    import warnings
+
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
 _DISPLAY_HARNESS = """\
 import ast as _ast, sys as _sys
 _src = {source!r}
@@ -330,6 +341,8 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
             raise TypeError(f"code must be a string, got {type(code).__name__}")
         program = _DISPLAY_HARNESS.format(source=code) if display_last_expression else code
         res = run_python(program, limits=limits)
+        if res.setup_failed:  # the host's fault, not the model's: say so loudly, once
+            _warn_once(f"python tool: {res.describe()}; every call will fail until the sandbox works")
         parts = [res.stdout.rstrip("\n"), res.stderr.rstrip("\n")]
         if res.output_truncated:
             parts.append("[output truncated]")
