@@ -191,7 +191,9 @@ def _recording_generator():
     class Recording(MultiTurnGenerator):
         """Keeps the tool metrics of every training-step call (the trainer does not log them yet)."""
 
-        log: list[dict] = []
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.log: list[dict] = []
 
         def generate(self, prompts, n, sampling, rows=None):
             out = super().generate(prompts, n, sampling, rows)
