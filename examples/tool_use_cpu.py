@@ -12,8 +12,8 @@ CodeReward) does the multiplying::
 
 1. Build the model and a character tokenizer offline (``grpo.tiny``; ``<python>``, ``</python>``
    and ``<|tool|>`` added as tokens).
-2. Warm-up, stated plainly: supervised steps on a *sloppy teacher* that calls the tool only
-   ``--tool-p`` (30%) of the time and otherwise guesses a number; the loss skips the tool's
+2. Warm-up, stated plainly: 900 supervised steps on a *sloppy teacher* that calls the tool only
+   ``--tool-p`` (40%) of the time and otherwise guesses a number; the loss skips the tool's
    tokens, as in RL. It teaches the format, not the habit of using it: greedy decoding guesses.
 3. GRPO (``MultiTurnGenerator`` on the HF generator, up to 2 turns) with one reward, the exact
    answer: the tool path wins its groups, so the tool-call rate and held-out accuracy rise.
@@ -125,8 +125,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-dir", default=None, help="run folder (default runs/tool_use_cpu_seed<N>)")
     ap.add_argument("--steps", type=int, default=60, help="GRPO steps")
-    ap.add_argument("--warmup-steps", type=int, default=600)
-    ap.add_argument("--tool-p", type=float, default=0.3, help="how often the warm-up teacher calls the tool")
+    ap.add_argument("--warmup-steps", type=int, default=900)
+    ap.add_argument("--tool-p", type=float, default=0.4, help="how often the warm-up teacher calls the tool")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--eval-prompts", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
