@@ -88,7 +88,7 @@ def get_rows(dataset: Any, indices: Sequence[int], prompt_key: str = "prompt") -
 
 
 RESERVED_COLUMNS = frozenset({"prompts", "completions", "completion_ids", "truncated", "trainer_state",
-                              "log_extra", "log_metric"})
+                              "log_extra", "log_metric", "trajectory", "environments"})
 """Keywords the trainer itself passes to reward functions (trl's, plus grpo's ``truncated``)."""
 
 
@@ -114,10 +114,15 @@ def reward_inputs(rollouts: Sequence[Rollout], prompts: Sequence[Any], rows: Seq
     ordered_rows = [rows[r.prompt_index] for r in rollouts]
     completions = [r.text if isinstance(prompts[r.prompt_index], str)
                    else [{"role": "assistant", "content": r.text}] for r in rollouts]
-    return dict(prompts=[prompts[r.prompt_index] for r in rollouts], completions=completions,
-                completion_ids=[list(r.completion_ids) for r in rollouts],
-                truncated=[r.truncated for r in rollouts],
-                **reward_columns(ordered_rows, 1, prompt_key))
+    out = dict(prompts=[prompts[r.prompt_index] for r in rollouts], completions=completions,
+               completion_ids=[list(r.completion_ids) for r in rollouts],
+               truncated=[r.truncated for r in rollouts],
+               **reward_columns(ordered_rows, 1, prompt_key))
+    if any(hasattr(r, "messages") for r in rollouts):  # multi-turn: rewards see the whole trajectory
+        from grpo.rollout.trajectory import trajectory_columns
+
+        out.update(trajectory_columns(rollouts, prompts))
+    return out
 
 
 __all__ = ["PromptSampler", "RESERVED_COLUMNS", "check_dataset", "get_rows", "reward_columns", "reward_inputs"]

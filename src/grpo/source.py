@@ -46,6 +46,7 @@ from grpo.parallel import Parallelism
 from grpo.rewards import CombinedReward, RewardBreakdown
 from grpo.rollout import Rollout, SamplingConfig
 from grpo.rollout.tokens import encode_prompt
+from grpo.rollout.trajectory import multiturn_metrics
 
 
 @dataclass
@@ -151,13 +152,16 @@ class RolloutSource:
         first = par.rank * k
         rows = get_rows(self.dataset, indices[first:first + k], self.prompt_key)
         prompts = [r[self.prompt_key] for r in rows]
-        check_prompt_lengths([encode_prompt(self.tokenizer, p, cfg.chat_template_kwargs) for p in prompts],
-                             indices[first:first + k],
+        # a generator that renders more than the prompt (tool schemas) says how it encodes one
+        encode = getattr(self.generator, "encode_prompt", None) or (
+            lambda p: encode_prompt(self.tokenizer, p, cfg.chat_template_kwargs))
+        check_prompt_lengths([encode(p) for p in prompts], indices[first:first + k],
                              cfg.max_prompt_length, self.context)
         g = cfg.num_generations
         # One call for the local prompts: sample j of local prompt i is seeded
         # base + (first + i) * G + j, the same stream whichever process holds the prompt.
-        out = self.generator.generate(prompts, g, self._sampling(self.step_seed(step, round_, first)))
+        extra = {"rows": rows} if getattr(self.generator, "accepts_rows", False) else {}  # environments' rows
+        out = self.generator.generate(prompts, g, self._sampling(self.step_seed(step, round_, first)), **extra)
         if len(out) != len(prompts) * g:
             raise RuntimeError(f"the generator returned {len(out)} rollouts for {len(prompts)} prompts x {g}")
         # a generator with its own weights (asynchronous rollouts) says which version sampled
@@ -215,7 +219,7 @@ class RolloutSource:
         sampled_adv = [None if p is None else adv.advantages[p].item() for p in pos]
         breakdown = _concat_breakdowns([r.scores for r in rounds])
         metrics = {**reward_metrics(breakdown, self.accuracy_name, self.format_name),
-                   **completion_metrics(sampled), **times}
+                   **completion_metrics(sampled), **multiturn_metrics(sampled, breakdown.values), **times}
         if adv is not None:
             metrics.update(advantage_metrics(adv))
         metrics["adv/zero_std_frac"] = 1.0 - signal_P.double().mean().item()  # every sampled group

@@ -134,7 +134,8 @@ class GRPOTrainer:
         self.optimizer, self.scheduler = make_optimizer_and_scheduler(
             [p for p in self.model.parameters() if p.requires_grad], cfg)
         self.generator = generator or make_generator(cfg, self.model, self.tokenizer, self.model_path)
-        if cfg.use_tis and type(self.generator).__name__ == "HFGenerator":
+        sampler = getattr(self.generator, "generator", self.generator)  # a multi-turn wrapper's engine
+        if cfg.use_tis and type(sampler).__name__ in ("HFGenerator", "HFEngine"):
             raise ValueError("use_tis corrects for a separate rollout engine's numerics; the HF generator samples "
                              "with the trained model itself. Set use_tis=False or rollout='vllm'.")
         self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,

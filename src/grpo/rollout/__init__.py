@@ -9,7 +9,9 @@ generators are imported lazily, so ``import grpo.rollout`` pulls in neither torc
 * :class:`VLLMServerGenerator` (``grpo.rollout.server``): a separately started
   ``trl vllm-serve`` server, through trl's ``VLLMClient``;
 * :class:`ProcessGenerator` (``grpo.rollout.process``): an HF generator in a child process with
-  its own copy of the weights (shared memory), for asynchronous rollouts.
+  its own copy of the weights (shared memory), for asynchronous rollouts;
+* :class:`MultiTurnGenerator` (``grpo.rollout.multiturn``): multi-turn tool use over an HF or
+  vLLM engine, token-exact trajectories with loss mask 0 on tool output (docs/tools.md).
 
 See docs/rollout.md.
 """
@@ -23,6 +25,7 @@ from grpo.rollout.types import FinishReason, Generator, Prompt, Rollout, Samplin
 
 if TYPE_CHECKING:
     from grpo.rollout.hf import HFGenerator
+    from grpo.rollout.multiturn import MultiTurnGenerator
     from grpo.rollout.process import ProcessGenerator
     from grpo.rollout.server import VLLMServerGenerator
     from grpo.rollout.tokens import encode_prompt
@@ -30,6 +33,7 @@ if TYPE_CHECKING:
 
 _LAZY = {
     "HFGenerator": "grpo.rollout.hf",
+    "MultiTurnGenerator": "grpo.rollout.multiturn",
     "ProcessGenerator": "grpo.rollout.process",
     "VLLMGenerator": "grpo.rollout.vllm",
     "VLLMServerGenerator": "grpo.rollout.server",
@@ -37,7 +41,7 @@ _LAZY = {
 }
 
 __all__ = [
-    "FinishReason", "Generator", "HFGenerator", "ProcessGenerator", "Prompt", "Rollout", "SamplingConfig",
+    "FinishReason", "Generator", "HFGenerator", "MultiTurnGenerator", "ProcessGenerator", "Prompt", "Rollout", "SamplingConfig",
     "VLLMGenerator", "VLLMServerGenerator", "encode_prompt",
 ]
 

@@ -1,0 +1,143 @@
+"""MultiTurnGenerator on the real HF generator: a tiny model taught (a few seconds of supervised
+steps) to call a Python tool, sampled for real, its trajectories checked token by token against
+the model's own log-probs and the chat template, and trained on by GRPOTrainer unchanged."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from grpo.rollout import HFGenerator, SamplingConfig
+from grpo.rollout.chat import encode_text, render
+from grpo.rollout.multiturn import MultiTurnGenerator
+from grpo.rollout.tools import CodeBlockParser
+from grpo.rollout.trajectory import Trajectory
+from grpo.tiny import build_char_tokenizer, build_tiny_llama
+
+PROMPTS = [[{"role": "user", "content": f"{a}*{b}"}] for a, b in [(2, 3), (4, 5), (6, 7), (8, 9)]]
+
+
+def python(code: str) -> str:
+    """Evaluates a product of two integers (a stand-in for the sandboxed tool, which
+    tests/test_tools.py covers).
+
+    Args:
+        code: "a*b"
+    """
+    a, b = code.split("*")
+    return str(int(a) * int(b))
+
+
+@pytest.fixture(scope="module")
+def taught():
+    """A tiny model that writes <python>a*b</python>, then copies the result into <answer>."""
+    torch.manual_seed(0)
+    tok = build_char_tokenizer()
+    model = build_tiny_llama(tok, hidden_size=64, num_layers=2, num_heads=2, head_dim=32, seed=0)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    rng = random.Random(0)
+    for _ in range(150):
+        xs, ys = [], []
+        for _ in range(16):
+            a, b = rng.randint(1, 9), rng.randint(1, 9)
+            prompt = render(tok, [{"role": "user", "content": f"{a}*{b}"}], generation_prompt=True)
+            parts = [(prompt, False), (f"<python>{a}*{b}</python>", True), (f"<eos><|tool|>{a * b}<|assistant|>", False),
+                     (f"<answer>{a * b}</answer><eos>", True)]
+            x = [i for text, _ in parts for i in encode_text(tok, text)]
+            y = [i if train else -100 for text, train in parts for i in encode_text(tok, text)]
+            xs.append(x)
+            ys.append(y)
+        t = max(map(len, xs))
+        x = torch.tensor([s + [tok.pad_token_id] * (t - len(s)) for s in xs])
+        y = torch.tensor([s + [-100] * (t - len(s)) for s in ys])
+        logits = model(input_ids=x).logits
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    return model.eval(), tok
+
+
+def make(model, tok, **kw):
+    return MultiTurnGenerator(HFGenerator(model, tok, share_prompt_prefill=False), tools=[python],
+                              parser=CodeBlockParser(), max_turns=3, render_tools=False, **kw)
+
+
+def test_greedy_trajectories_call_the_tool_and_match_the_template(taught):
+    model, tok = taught
+    out = make(model, tok).generate(PROMPTS, 1, SamplingConfig(temperature=0.0, max_tokens=60))
+    ok = [t for t in out if t.tool_calls and t.tool_calls[0].status == "ok"]
+    assert len(ok) >= 3, [tok.decode(t.completion_ids) for t in out]
+    for t, prompt in zip(out, PROMPTS):
+        assert isinstance(t, Trajectory) and t.stop_reason in ("done", "token_budget")
+        # rendered once, the conversation is the stream (+ the <eos> a cut last turn did not reach)
+        full = encode_text(tok, render(tok, [*prompt, *t.messages], generation_prompt=False))
+        stream = t.prompt_ids + t.completion_ids
+        assert full[:len(stream)] == stream and len(full) - len(stream) == (t.stop_reason == "token_budget")
+
+
+def test_sampled_logprobs_are_the_models_and_observations_are_masked(taught):
+    model, tok = taught
+    out = make(model, tok).generate(PROMPTS, 2, SamplingConfig(temperature=1.0, max_tokens=60, seed=5))
+    assert any(t.env_tokens for t in out)
+    for t in out:
+        ids = torch.tensor([t.prompt_ids + t.completion_ids])
+        with torch.no_grad():
+            logp_T = torch.log_softmax(model(input_ids=ids).logits[0, len(t.prompt_ids) - 1:-1].float(), -1)
+        expected = logp_T.gather(1, torch.tensor(t.completion_ids)[:, None]).squeeze(1)
+        mask = torch.tensor(t.loss_mask, dtype=torch.bool)
+        got = torch.tensor(t.logprobs)
+        torch.testing.assert_close(got[mask], expected[mask], atol=2e-4, rtol=0)
+        assert (got[~mask] == 0).all()
+
+
+def test_first_turn_is_the_single_turn_sample_and_rows_are_independent(taught):
+    model, tok = taught
+    sampling = SamplingConfig(temperature=1.0, max_tokens=60, seed=11)
+    out = make(model, tok).generate(PROMPTS[:2], 2, sampling)
+    single = HFGenerator(model, tok, share_prompt_prefill=False).generate(
+        PROMPTS[:2], 2, SamplingConfig(temperature=1.0, max_tokens=60, seed=11, stop=("</python>",)))
+    for t, s in zip(out, single):
+        assert t.completion_ids[:len(s.completion_ids)] == s.completion_ids
+    # prompt 1's group alone, seeded where it was in the pair: the same trajectories
+    again = make(model, tok).generate(PROMPTS[1:2], 2, SamplingConfig(temperature=1.0, max_tokens=60, seed=11 + 2))
+    assert [t.completion_ids for t in again] == [t.completion_ids for t in out[2:]]
+    assert [t.completion_ids for t in make(model, tok).generate(PROMPTS[:2], 2, sampling)] == \
+        [t.completion_ids for t in out]
+
+
+def test_grpo_trainer_trains_on_trajectories_unchanged(taught, tmp_path):
+    import copy
+
+    from grpo import GRPOConfig, GRPOTrainer
+    from grpo.batch import collate_rollouts
+
+    model, tok = taught
+    model = copy.deepcopy(model).train()
+    rows = [{"prompt": p, "answer": python(p[0]["content"])} for p in PROMPTS]
+
+    def exact(completions, answer, **kwargs):
+        return [float(f"<answer>{a}</answer>" in c[-1]["content"]) for c, a in zip(completions, answer)]
+
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), num_generations=4, prompts_per_step=2, max_steps=2,
+                        max_completion_length=60, learning_rate=1e-3, beta=0.0, micro_batch_size=8,
+                        progress_bar=False, save_final_model=False, seed=0)
+    trainer = GRPOTrainer(model, [exact], rows, config, tokenizer=tok, generator=make(model, tok))
+    try:
+        collected = trainer.source.collect(0)
+        trajs = collected.rollouts
+        assert len(trajs) == 8 and all(isinstance(t, Trajectory) and t.group_id is not None for t in trajs)
+        batch = collate_rollouts(trajs, None, tok.pad_token_id)
+        for i, t in enumerate(trajs):  # environment tokens are real tokens, but not trained on
+            n = len(t.completion_ids)
+            assert batch.completion_mask[i, :n].all()
+            assert batch.loss_mask[i, :n].tolist() == [bool(m) for m in t.loss_mask]
+        metrics = trainer.train()
+    finally:
+        trainer.close()
+    assert torch.isfinite(torch.tensor(metrics["loss/loss"])) and 0 <= metrics["reward/total/mean"] <= 1
