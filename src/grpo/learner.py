@@ -42,10 +42,12 @@ class Learner:
     # ------------------------------------------------------------------ frozen log-probs
     @property
     def on_policy(self) -> bool:
-        """One pass over one minibatch of fresh samples: the old policy is the current one (no
-        extra forward). Never with asynchronous rollouts, whose sampler is older."""
+        """One pass over one minibatch: the old (proximal) policy is the current one, whose
+        detached log-probs need no extra forward. This holds with asynchronous rollouts too:
+        there the *behaviour* policy is older, and it enters through ``rollout_logp`` (the
+        decoupled objective's weight), not through ``old_logp``."""
         cfg = self.config
-        return cfg.num_iterations == 1 and cfg.derived().minibatches_per_step == 1 and not cfg.async_staleness
+        return cfg.num_iterations == 1 and cfg.derived().minibatches_per_step == 1
 
     @property
     def behaviour_correction(self) -> bool:
