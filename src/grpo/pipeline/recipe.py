@@ -61,7 +61,9 @@ class DataSpec(BaseModel):
     limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
     kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments.")
     prompt_column: str | None = Field(
-        None, description="Build the 'prompt' (R1 system instruction + this column as the user turn).")
+        None, description="Build each row's 'prompt' from this column: the user turn, after `system`.")
+    system: str | None = Field(
+        None, description="System message of built prompts (default: the R1-Zero template instruction; '' none).")
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:

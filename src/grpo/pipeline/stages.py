@@ -41,12 +41,14 @@ def load_rows(spec: dict[str, Any]) -> list[dict]:
     rows = rows[:spec["limit"]] if spec.get("limit") else rows
     column = spec.get("prompt_column")
     if column:
-        from grpo.recipes.datasets import r1_zero_prompt
+        from grpo.recipes.datasets import R1_ZERO_SYSTEM
 
+        system = R1_ZERO_SYSTEM if spec.get("system") is None else spec["system"]
+        head = [{"role": "system", "content": system}] if system else []
         missing = [i for i, r in enumerate(rows) if column not in r]
         if missing:
             raise KeyError(f"prompt_column {column!r} is missing from row {missing[0]} (fields: {sorted(rows[missing[0]])})")
-        rows = [{**r, "prompt": r1_zero_prompt(str(r[column]))} for r in rows]
+        rows = [{**r, "prompt": head + [{"role": "user", "content": str(r[column])}]} for r in rows]
     if not rows:
         raise ValueError(f"the data {spec} has no rows")
     return rows
