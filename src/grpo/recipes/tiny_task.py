@@ -100,7 +100,7 @@ def warmup_sft(model, tokenizer, rows: Sequence[dict], *, steps: int = 800, batc
         result = sft(model, data, tmp, tokenizer=tokenizer, save=False, per_device_train_batch_size=batch_size,
                      num_train_epochs=1, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=20,
                      weight_decay=0.0, max_grad_norm=1.0, seed=seed, logging_steps=log_every or steps,
-                     disable_tqdm=True, dataloader_num_workers=0)
+                     disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=False)
     for record in result.log_history:
         if "loss" in record:
             print(f"[warm-up] step {record['step']}/{steps} loss {record['loss']:.3f}", flush=True)
