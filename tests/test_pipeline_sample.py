@@ -65,7 +65,7 @@ def warm(tmp_path_factory):
     model = build_tiny_llama(tok, hidden_size=64, num_heads=2, head_dim=32)
     sft(model, teacher_rows(make_problems(), 32 * 100, think_p=0.8), tmp_path_factory.mktemp("warm"), tokenizer=tok,
         save=False, per_device_train_batch_size=32, num_train_epochs=1, learning_rate=1e-2, warmup_steps=10,
-        disable_tqdm=True)
+        disable_tqdm=True, gradient_checkpointing=False)
     return model, tok, make_problems(size=12, seed=1)
 
 

@@ -22,7 +22,7 @@ def engine(tmp_path_factory):
     base = save_tiny_model(root / "base", hidden_size=64, num_heads=2, head_dim=32)
     warm = sft(str(base), teacher_rows(make_problems(), 32 * 100, think_p=0.8), root / "warm",
                per_device_train_batch_size=32, num_train_epochs=1, learning_rate=1e-2, warmup_steps=10,
-               disable_tqdm=True).model_dir
+               disable_tqdm=True, gradient_checkpointing=False).model_dir
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
         mp.setenv("VLLM_CACHE_ROOT", str(root / "vllm_cache"))

@@ -28,7 +28,7 @@ def test_loss_on_completion_tokens_only(tmp_path):
     model = build_tiny_llama(tok, hidden_size=64, num_heads=2, head_dim=32)
     result = sft(model, [{"prompt": PROMPT, "completion": COMPLETION}] * 64, tmp_path, tokenizer=tok,
                  per_device_train_batch_size=8, num_train_epochs=5, learning_rate=1e-2, logging_steps=8,
-                 disable_tqdm=True)
+                 disable_tqdm=True, gradient_checkpointing=False)
     prompt_ids = tok(tok.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True),
                      add_special_tokens=False)["input_ids"]
     full = tok(tok.apply_chat_template(PROMPT + COMPLETION, tokenize=False), add_special_tokens=False)["input_ids"]

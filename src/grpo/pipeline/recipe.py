@@ -108,7 +108,8 @@ class SampleStage(_Stage):
     n: int = Field(8, ge=1, description="Samples per prompt.")
     sampling: dict[str, Any] = Field(default_factory=dict, description="grpo.rollout.SamplingConfig fields.")
     keep: KeepRule = Field(default_factory=KeepRule)
-    rl_pass_rate: tuple[float, float] | None = Field(None, description="Also output prompts with low < pass rate < high.")
+    rl_pass_rate: tuple[float, float] | None = Field(
+        None, description="Also output the prompts with low < pass rate < high.")
     batch_size: int = Field(16, ge=1, description="Prompts per generate call (the resume unit).")
     seed: int = 0
     rollout: Literal["hf", "vllm"] = Field("hf", description="Generator: transformers or a vLLM engine.")

@@ -44,7 +44,8 @@ def stage_folder(run_dir: Path, index: int, name: str) -> Path:
 
 def _expected_outputs(folder: Path, stage_type: str) -> dict[str, str]:
     if stage_type == "sample":
-        return {"sft": str(folder / "samples" / "sft.jsonl"), "rl_prompts": str(folder / "samples" / "rl_prompts.jsonl")}
+        return {"sft": str(folder / "samples" / "sft.jsonl"),
+                "rl_prompts": str(folder / "samples" / "rl_prompts.jsonl")}
     return {"model": str(folder / "model")}
 
 

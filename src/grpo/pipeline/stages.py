@@ -47,7 +47,8 @@ def load_rows(spec: dict[str, Any]) -> list[dict]:
         head = [{"role": "system", "content": system}] if system else []
         missing = [i for i, r in enumerate(rows) if column not in r]
         if missing:
-            raise KeyError(f"prompt_column {column!r} is missing from row {missing[0]} (fields: {sorted(rows[missing[0]])})")
+            raise KeyError(f"prompt_column {column!r} is missing from row {missing[0]} "
+                           f"(fields: {sorted(rows[missing[0]])})")
         rows = [{**r, "prompt": head + [{"role": "user", "content": str(r[column])}]} for r in rows]
     if not rows:
         raise ValueError(f"the data {spec} has no rows")
@@ -82,11 +83,11 @@ def run_grpo(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict
     trainer = GRPOTrainer(cfg["model"], rewards, load_rows(cfg["data"]), config, eval_dataset=eval_rows,
                           peft_config=peft_config)
     try:
-        metrics = trainer.train()
+        metrics = trainer.train() or {}
         trainer.save_model(stage_dir / "model")
     finally:
         trainer.close()
-    summary: dict[str, Any] = {k: v for k, v in metrics.items() if k in ("reward/total/mean", "train/accuracy")}
+    summary: dict[str, Any] = {k: v for k, v in dict(metrics).items() if k in ("reward/total/mean", "train/accuracy")}
     evals = run_dir / "eval.jsonl"
     if evals.exists():
         last = [json.loads(line) for line in evals.read_text().splitlines() if line.strip()][-1]

@@ -25,7 +25,6 @@ import itertools
 import random
 from collections.abc import Sequence
 
-
 N_TERMS = 3
 HELD_OUT = 200  # problems kept out of training (disjoint from the train split)
 
@@ -93,15 +92,20 @@ def warmup_sft(model, tokenizer, rows: Sequence[dict], *, steps: int = 800, batc
     """
     import tempfile
 
+    import datasets
+
     from grpo.pipeline.finetune import sft
 
     data = teacher_rows(rows, steps * batch_size, seed=seed, think_p=think_p, noformat_p=noformat_p)
-    with tempfile.TemporaryDirectory(prefix="grpo-warmup-") as tmp:
-        result = sft(model, data, tmp, tokenizer=tokenizer, save=False, per_device_train_batch_size=batch_size,
-                     num_train_epochs=1, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=20,
-                     weight_decay=0.0, max_grad_norm=1.0, seed=seed, logging_steps=log_every or steps,
-                     disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=False)
-    for record in result.log_history:
-        if "loss" in record:
-            print(f"[warm-up] step {record['step']}/{steps} loss {record['loss']:.3f}", flush=True)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # trl's tokenizing passes over 51k rows: noise in the demo's output
+    try:
+        with tempfile.TemporaryDirectory(prefix="grpo-warmup-") as tmp:
+            result = sft(model, data, tmp, tokenizer=tokenizer, save=False, per_device_train_batch_size=batch_size,
+                         num_train_epochs=1, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=20,
+                         weight_decay=0.0, max_grad_norm=1.0, seed=seed, logging_steps=log_every or steps,
+                         disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=False)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
     return [r["loss"] for r in result.log_history if "loss" in r]
