@@ -43,7 +43,8 @@ class RewardModelReward(Reward):
         device: where to run (default: CUDA if available, else CPU).
         name: metric key (default ``"reward_model"``).
 
-    >>> # RewardModelReward("OpenAssistant/reward-model-deberta-v3-large-v2")  # doctest: +SKIP
+    >>> rm = RewardModelReward("OpenAssistant/reward-model-deberta-v3-large-v2")  # doctest: +SKIP
+    >>> value = rm.score("Paris.", prompt=[{"role": "user", "content": "Capital of France?"}])  # doctest: +SKIP
     """
 
     name = "reward_model"
