@@ -169,3 +169,25 @@ def test_cli_sample_sft_pipeline(setup, tmp_path, capsys):
     assert _error_line(capsys).startswith("grpo pipeline: pipeline recipe is invalid: stage 1 ('a'): model refers "
                                           "to stage 'b'")
     assert _cli(["pipeline", str(RECIPES / "distill_qwen2.5_1.5b.yaml"), "--check"]) == 0
+
+
+def test_data_specs_columns_and_built_prompts(tmp_path):
+    from grpo.pipeline.stages import load_rows
+
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps({"problem": f"{i}+1", "answer": str(i + 1), "generations": ["long"] * 3}) + "\n"
+                            for i in range(5)))
+    rows = load_rows({"path": str(path), "limit": 2, "columns": ["problem", "answer"], "prompt_column": "problem",
+                      "system": "Think."})
+    assert rows == [{"problem": "0+1", "answer": "1", "prompt": [{"role": "system", "content": "Think."},
+                                                                  {"role": "user", "content": "0+1"}]},
+                    {"problem": "1+1", "answer": "2", "prompt": [{"role": "system", "content": "Think."},
+                                                                  {"role": "user", "content": "1+1"}]}]
+    assert load_rows({"path": str(path), "prompt_column": "problem", "system": ""})[0]["prompt"] == \
+        [{"role": "user", "content": "0+1"}]
+    with pytest.raises(KeyError, match=r"columns \['question'\] are not in the data"):
+        load_rows({"path": str(path), "columns": ["question"]})
+    with pytest.raises(KeyError, match="prompt_column 'question' is missing from row 0"):
+        load_rows({"path": str(path), "prompt_column": "question"})
+    with pytest.raises(ValueError, match="exactly one of from / builder / hub / path"):
+        PipelineRecipe(model="m", stages=[{"name": "a", "type": "sft", "data": {"path": "x", "builder": "y"}}])

@@ -59,7 +59,9 @@ class DataSpec(BaseModel):
     config: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split (builder, hub).")
     limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments.")
+    columns: list[str] | None = Field(
+        None, description="Keep only these columns (before anything is loaded into memory, for hub data).")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder / load_dataset arguments.")
     prompt_column: str | None = Field(
         None, description="Build each row's 'prompt' from this column: the user turn, after `system`.")
     system: str | None = Field(

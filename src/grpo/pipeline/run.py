@@ -63,7 +63,7 @@ def resolve(recipe: PipelineRecipe, run_dir: Path) -> list[dict[str, Any]]:
                 continue
             if spec.stage is not None:
                 cfg[key] = {"path": outputs[spec.stage][spec.output or "sft"], "limit": spec.limit,
-                            "prompt_column": spec.prompt_column, "system": spec.system}
+                            "columns": spec.columns, "prompt_column": spec.prompt_column, "system": spec.system}
             else:
                 cfg[key] = spec.model_dump(mode="json", exclude={"stage", "output"})
         outputs[stage.name] = _expected_outputs(stage_folder(run_dir, i, stage.name).resolve(), stage.type)

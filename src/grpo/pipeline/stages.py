@@ -35,10 +35,17 @@ def load_rows(spec: dict[str, Any]) -> list[dict]:
         from datasets import load_dataset
 
         ds = load_dataset(spec["hub"], spec.get("config"), split=spec.get("split", "train"), **spec.get("kwargs", {}))
+        if spec.get("columns"):
+            ds = ds.select_columns(spec["columns"])  # e.g. drop OpenR1-Math's multi-trace `generations`
         if spec.get("limit"):
             ds = ds.select(range(min(spec["limit"], len(ds))))
         rows = [dict(r) for r in ds]
     rows = rows[:spec["limit"]] if spec.get("limit") else rows
+    if spec.get("columns"):
+        missing = sorted(set(spec["columns"]) - set(rows[0] if rows else ()))
+        if missing:
+            raise KeyError(f"columns {missing} are not in the data (fields: {sorted(rows[0])})")
+        rows = [{k: r[k] for k in spec["columns"]} for r in rows]
     column = spec.get("prompt_column")
     if column:
         from grpo.recipes.datasets import R1_ZERO_SYSTEM
