@@ -25,9 +25,6 @@ import itertools
 import random
 from collections.abc import Sequence
 
-import torch
-import torch.nn.functional as F
-
 N_TERMS = 3
 HELD_OUT = 200  # problems kept out of training (disjoint from the train split)
 
@@ -71,47 +68,44 @@ def teacher_completion(terms: Sequence[int], rng: random.Random, think_p: float 
     return f"<think></think><answer>{guess}</answer>"
 
 
-def _sft_batch(tokenizer, rows: Sequence[dict], completions: Sequence[str]):
-    ids, labels = [], []
-    for row, c in zip(rows, completions):
-        p = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
-        p_ids = tokenizer(p, add_special_tokens=False)["input_ids"]
-        c_ids = tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-        ids.append(p_ids + c_ids)
-        labels.append([-100] * len(p_ids) + c_ids)  # loss on the completion (and its eos) only
-    t = max(map(len, ids))
-    pad = tokenizer.pad_token_id
-    x = torch.tensor([s + [pad] * (t - len(s)) for s in ids])
-    y = torch.tensor([s + [-100] * (t - len(s)) for s in labels])
-    m = torch.tensor([[1] * len(s) + [0] * (t - len(s)) for s in ids])
-    return x, y, m
+def teacher_rows(rows: Sequence[dict], count: int, *, seed: int = 0, think_p: float = 0.4,
+                 noformat_p: float = 0.1) -> list[dict]:
+    """``count`` SFT rows (prompt + sloppy-teacher completion) drawn with replacement from ``rows``."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(count):
+        row = rng.choice(rows)
+        text = teacher_completion(row["terms"], rng, think_p, noformat_p)
+        out.append({"prompt": row["prompt"], "completion": [{"role": "assistant", "content": text}]})
+    return out
 
 
 def warmup_sft(model, tokenizer, rows: Sequence[dict], *, steps: int = 800, batch_size: int = 64,
                lr: float = 5e-3, seed: int = 0, think_p: float = 0.4, noformat_p: float = 0.1,
                log_every: int = 100) -> list[float]:
-    """Supervised warm-up on sloppy-teacher completions; returns the loss curve.
+    """Supervised warm-up on sloppy-teacher completions (trains ``model`` in place); returns the
+    logged loss curve.
 
-    Plain next-token cross-entropy on the completion tokens, AdamW with 20 warm-up steps and
-    linear decay. For real models use trl's ``SFTTrainer`` on real long chain-of-thought data.
+    A use of :func:`grpo.pipeline.sft` (trl's ``SFTTrainer``, loss on the completion and its
+    eos): ``steps x batch_size`` fresh teacher rows, one epoch, AdamW, 20 warm-up steps then
+    linear decay, gradient clipping at 1.0.
     """
-    rng = random.Random(seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 20) * max(0.0, 1 - s / steps))
-    model.train()
-    losses = []
-    for step in range(steps):
-        batch = [rng.choice(rows) for _ in range(batch_size)]
-        comps = [teacher_completion(r["terms"], rng, think_p, noformat_p) for r in batch]
-        x, y, m = _sft_batch(tokenizer, batch, comps)
-        logits = model(input_ids=x, attention_mask=m).logits
-        loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), y[:, 1:].reshape(-1))
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-        if log_every and (step % log_every == 0 or step == steps - 1):
-            print(f"[warm-up] step {step + 1}/{steps} loss {loss.item():.3f}", flush=True)
-    return losses
+    import tempfile
+
+    import datasets
+
+    from grpo.pipeline.finetune import sft
+
+    data = teacher_rows(rows, steps * batch_size, seed=seed, think_p=think_p, noformat_p=noformat_p)
+    bars = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()  # trl's tokenizing passes over 51k rows: noise in the demo's output
+    try:
+        with tempfile.TemporaryDirectory(prefix="grpo-warmup-") as tmp:
+            result = sft(model, data, tmp, tokenizer=tokenizer, save=False, per_device_train_batch_size=batch_size,
+                         num_train_epochs=1, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=20,
+                         weight_decay=0.0, max_grad_norm=1.0, seed=seed, logging_steps=log_every or steps,
+                         disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=False)
+    finally:
+        if bars:
+            datasets.enable_progress_bars()
+    return [r["loss"] for r in result.log_history if "loss" in r]

@@ -1,0 +1,42 @@
+"""DeepSeek-R1's pipeline beyond R1-Zero (arXiv:2501.12948 sec. 2.3-2.4), as library pieces.
+
+==============================  ==============================================================
+``rejection_sample``            n samples per prompt -> rewards -> keep rule -> SFT rows + pass
+                                rates (+ RL prompts by pass rate); resumable (``grpo sample``)
+``KeepRule``                    what is kept: verifiers / threshold, language, length, dedup, k
+``sft``                         cold start / distillation SFT through trl's SFTTrainer (``grpo sft``)
+``run_pipeline``                a multi-stage recipe (sft, grpo, sample, ...) (``grpo pipeline``)
+``distill``                     on-policy distillation advantages (pure tensor functions)
+==============================  ==============================================================
+
+Importing this package is cheap: trl, transformers and datasets load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from grpo.pipeline.keep import KeepRule
+    from grpo.pipeline.run import run_pipeline
+    from grpo.pipeline.sample import NothingKeptError, SampleResult, rejection_sample
+    from grpo.pipeline.finetune import SFTResult, sft
+
+_LAZY = {
+    "KeepRule": "grpo.pipeline.keep",
+    "NothingKeptError": "grpo.pipeline.sample",
+    "SampleResult": "grpo.pipeline.sample",
+    "rejection_sample": "grpo.pipeline.sample",
+    "SFTResult": "grpo.pipeline.finetune",
+    "sft": "grpo.pipeline.finetune",
+    "run_pipeline": "grpo.pipeline.run",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,88 @@
+"""On-policy distillation (OPD) as a per-token GRPO advantage: pure tensor functions.
+
+The student samples a completion, the teacher scores the *same* tokens, and every sampled
+token gets the advantage
+
+    A_t = -coef * (log pi_student(o_t | q, o_<t) - log pi_teacher(o_t | q, o_<t))     (1)
+
+i.e. the negative per-token reverse-KL estimate ``log p_s - log p_t`` on the sampled token
+(the k1 estimator of KL(student || teacher)). Plugged into the usual importance-sampled
+policy-gradient loss it minimises the reverse KL to the teacher on the student's own
+distribution (Agarwal et al. 2024, "On-Policy Distillation of Language Models", GKD; Gu et al.
+2024, MiniLLM). This is the form of thinking-machines-lab/tinker-cookbook
+``tinker_cookbook/distillation/train_on_policy.py::incorporate_kl_penalty`` (``kl_penalty_coef``,
+with its ``kl_discount_factor`` = 0) and of THUDM/slime's ``--use-opd`` (``A_t - lambda_opd * d_t``,
+docs/en/advanced/on-policy-distillation.md): added to a task advantage it combines OPD with
+GRPO; with the task reward at 0 it is pure distillation.
+
+Shapes: ``[B, T]`` = completions x completion tokens, as everywhere in ``grpo`` (docs/shapes.md).
+The advantage is a constant for the loss: the inputs are expected to be detached log-probs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def distillation_advantages(student_logp: torch.Tensor,  # [B, T] log pi_student of sampled tokens
+                            teacher_logp: torch.Tensor,  # [B, T] log pi_teacher of the same tokens
+                            mask: torch.Tensor,          # [B, T] 1 on completion tokens, 0 on padding
+                            coef: float = 1.0) -> torch.Tensor:  # [B, T]
+    """Per-token advantages of eq. (1): ``-coef * (student_logp - teacher_logp)``, 0 at padding.
+
+    >>> s = torch.tensor([[-1.0, -2.0]]); t = torch.tensor([[-0.5, -3.0]])
+    >>> distillation_advantages(s, t, torch.tensor([[1, 0]]), coef=2.0)
+    tensor([[1., 0.]])
+    """
+    _check_shapes(student_logp, teacher_logp, mask)
+    diff_BT = (student_logp - teacher_logp).detach()
+    # where() rather than multiply: a padding position may hold -inf log-probs (inf * 0 = nan)
+    return torch.where(mask.bool(), -coef * diff_BT, torch.zeros_like(diff_BT))
+
+
+def reverse_kl_metric(student_logp: torch.Tensor,  # [B, T]
+                      teacher_logp: torch.Tensor,  # [B, T]
+                      mask: torch.Tensor) -> torch.Tensor:  # [B, T] -> scalar
+    """Per-token mean of ``student_logp - teacher_logp`` over the mask: the k1 Monte-Carlo
+    estimate of KL(student || teacher) per token (the metric tinker-cookbook logs as
+    ``teacher_kl``). NaN when the mask is empty.
+
+    >>> reverse_kl_metric(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-0.5, -3.0]]), torch.ones(1, 2))
+    tensor(0.2500)
+    """
+    _check_shapes(student_logp, teacher_logp, mask)
+    m = mask.bool()
+    diff = (student_logp - teacher_logp).detach()[m]
+    return diff.sum() / m.sum()  # 0/0 = nan for an empty mask, on purpose
+
+
+def check_same_tokenizer(student_tok, teacher_tok) -> None:
+    """Raise ValueError unless both tokenizers map the same strings to the same ids.
+
+    Eq. (1) compares the two models' log-probs of the *same token id*; with different
+    vocabularies that id names different strings in the two models and the "KL" is meaningless
+    (cross-tokenizer distillation needs a token alignment, e.g. trl's GOLD / ULD loss).
+    """
+    s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
+    if s_vocab == t_vocab:
+        return
+    only_s = sorted(set(s_vocab) - set(t_vocab))
+    only_t = sorted(set(t_vocab) - set(s_vocab))
+    moved = sorted(k for k in set(s_vocab) & set(t_vocab) if s_vocab[k] != t_vocab[k])
+    detail = []
+    if only_s:
+        detail.append(f"{len(only_s)} tokens only in the student's (e.g. {only_s[:3]})")
+    if only_t:
+        detail.append(f"{len(only_t)} only in the teacher's (e.g. {only_t[:3]})")
+    if moved:
+        detail.append(f"{len(moved)} with different ids (e.g. {moved[:3]})")
+    raise ValueError(
+        f"student and teacher tokenizers differ (vocab sizes {len(s_vocab)} vs {len(t_vocab)}: "
+        f"{'; '.join(detail)}). On-policy distillation compares log-probs of the same token ids; "
+        "use a teacher from the student's model family (same tokenizer).")
+
+
+def _check_shapes(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor) -> None:
+    if not (student_logp.shape == teacher_logp.shape == mask.shape) or student_logp.dim() != 2:
+        raise ValueError(f"student_logp {tuple(student_logp.shape)}, teacher_logp {tuple(teacher_logp.shape)} "
+                         f"and mask {tuple(mask.shape)} must all be [B, T]")

@@ -1,0 +1,156 @@
+"""Running one pipeline stage from its *resolved* config (every reference replaced by a path).
+
+Each runner takes the stage folder and the resolved config (a plain dict, the one saved as
+``config.yaml`` there) and returns ``(outputs, summary)``: ``outputs`` maps output names to
+paths (``model`` -> a saved HF folder, datasets -> JSONL files), ``summary`` holds the few
+numbers shown on the pipeline's index page. Only public APIs are used: ``grpo.GRPOTrainer``
+(constructor, ``train``, ``save_model``, ``close``), :func:`grpo.pipeline.sft`,
+:func:`grpo.pipeline.rejection_sample`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from grpo.pipeline.pages import write_sample_report, write_sft_report
+from grpo.recipes.schema import RewardSpec
+
+
+def load_rows(spec: dict[str, Any]) -> list[dict]:
+    """Rows of a resolved data spec (``path`` / ``builder`` / ``hub``), limited, prompts built."""
+    if spec.get("path"):
+        from grpo.pipeline.sample import read_jsonl
+
+        path = Path(spec["path"])
+        if not path.exists():
+            raise FileNotFoundError(f"data file {path} does not exist")
+        rows = read_jsonl(path)
+    elif spec.get("builder"):
+        from grpo.recipes.datasets import build_dataset
+
+        rows = build_dataset(spec["builder"], spec.get("split", "train"), None, **spec.get("kwargs", {}))
+    else:
+        from datasets import load_dataset
+
+        ds = load_dataset(spec["hub"], spec.get("config"), split=spec.get("split", "train"), **spec.get("kwargs", {}))
+        if spec.get("columns"):
+            ds = ds.select_columns(spec["columns"])  # e.g. drop OpenR1-Math's multi-trace `generations`
+        if spec.get("limit"):
+            ds = ds.select(range(min(spec["limit"], len(ds))))
+        rows = [dict(r) for r in ds]
+    rows = rows[:spec["limit"]] if spec.get("limit") else rows
+    if spec.get("columns"):
+        missing = sorted(set(spec["columns"]) - set(rows[0] if rows else ()))
+        if missing:
+            raise KeyError(f"columns {missing} are not in the data (fields: {sorted(rows[0])})")
+        rows = [{k: r[k] for k in spec["columns"]} for r in rows]
+    column = spec.get("prompt_column")
+    if column:
+        from grpo.recipes.datasets import R1_ZERO_SYSTEM
+
+        system = R1_ZERO_SYSTEM if spec.get("system") is None else spec["system"]
+        head = [{"role": "system", "content": system}] if system else []
+        missing = [i for i, r in enumerate(rows) if column not in r]
+        if missing:
+            raise KeyError(f"prompt_column {column!r} is missing from row {missing[0]} "
+                           f"(fields: {sorted(rows[missing[0]])})")
+        rows = [{**r, "prompt": head + [{"role": "user", "content": str(r[column])}]} for r in rows]
+    if not rows:
+        raise ValueError(f"the data {spec} has no rows")
+    return rows
+
+
+def run_sft(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    from grpo.pipeline.finetune import sft
+
+    result = sft(cfg["model"], load_rows(cfg["data"]), stage_dir, **cfg.get("sft", {}))
+    losses = [r["loss"] for r in result.log_history if "loss" in r]
+    report = write_sft_report(stage_dir, result.log_history)
+    summary = {"first loss": losses[0] if losses else None, "last loss": losses[-1] if losses else None,
+               "seconds": round(result.seconds, 1), "report": report}
+    return {"model": str(result.model_dir)}, summary
+
+
+def run_grpo(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    from grpo import GRPOConfig, GRPOTrainer
+    from grpo.pipeline.recipe import build_rewards
+
+    rewards, weights = build_rewards([RewardSpec(**r) for r in cfg["rewards"]])
+    run_dir = stage_dir / "grpo"
+    config = GRPOConfig(**{**cfg.get("trainer", {}), "output_dir": str(run_dir), "reward_weights": weights,
+                           "save_final_model": False})
+    eval_rows = load_rows(cfg["eval_data"]) if cfg.get("eval_data") else None
+    peft_config = None
+    if cfg.get("lora"):
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg["lora"])
+    trainer = GRPOTrainer(cfg["model"], rewards, load_rows(cfg["data"]), config, eval_dataset=eval_rows,
+                          peft_config=peft_config)
+    try:
+        metrics = trainer.train() or {}
+        trainer.save_model(stage_dir / "model")
+    finally:
+        trainer.close()
+    summary: dict[str, Any] = {k: v for k, v in dict(metrics).items() if k in ("reward/total/mean", "train/accuracy")}
+    evals = run_dir / "eval.jsonl"
+    if evals.exists():
+        last = [json.loads(line) for line in evals.read_text().splitlines() if line.strip()][-1]
+        summary.update({k: v for k, v in last.items() if k.endswith("accuracy")})
+    try:
+        from grpo.report import write_report
+
+        summary["report"] = str(write_report(run_dir).relative_to(stage_dir))
+    except FileNotFoundError:  # nothing logged (e.g. logging_steps > max_steps): no curves to draw
+        summary["report"] = None
+    return {"model": str(stage_dir / "model")}, summary
+
+
+def run_sample(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
+    from grpo.pipeline.keep import KeepRule
+    from grpo.pipeline.recipe import build_rewards
+    from grpo.pipeline.sample import rejection_sample
+    from grpo.rewards import CombinedReward
+    from grpo.rollout import SamplingConfig
+
+    rewards, weights = build_rewards([RewardSpec(**r) for r in cfg["rewards"]])
+    sampling = SamplingConfig(**{k: tuple(v) if k == "stop" else v for k, v in cfg.get("sampling", {}).items()})
+    generator = make_generator(cfg["model"], cfg.get("rollout", "hf"), cfg.get("vllm", {}))
+    try:
+        result = rejection_sample(
+            generator, load_rows(cfg["data"]), CombinedReward(rewards, weights), output_dir=stage_dir / "samples",
+            n=cfg.get("n", 8), sampling=sampling, keep=KeepRule(**cfg.get("keep", {})), seed=cfg.get("seed", 0),
+            batch_size=cfg.get("batch_size", 16), rl_pass_rate=cfg.get("rl_pass_rate"), model_name=cfg["model"])
+    finally:
+        generator.close()
+    outputs = {"sft": str(result.sft_path)}
+    if result.rl_prompts_path is not None:
+        outputs["rl_prompts"] = str(result.rl_prompts_path)
+    scored = [r for r in result.pass_rates if r is not None]
+    summary = {"kept rows": result.counts["kept"], "prompts": len(result.pass_rates),
+               "mean pass rate": sum(scored) / len(scored) if scored else None,
+               "report": write_sample_report(stage_dir, result)}
+    return outputs, summary
+
+
+def make_generator(model_path: str, rollout: str, vllm_kwargs: dict[str, Any]):
+    """An HF or vLLM generator for a saved model."""
+    if rollout == "vllm":
+        from grpo.rollout import VLLMGenerator
+
+        return VLLMGenerator(model_path, **vllm_kwargs)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo.rollout import HFGenerator
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(model_path)
+    return HFGenerator(model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer)
+
+
+RUNNERS = {"sft": run_sft, "grpo": run_grpo, "sample": run_sample}
