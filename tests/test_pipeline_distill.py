@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grpo.pipeline.distill import check_same_tokenizer, distillation_advantages, reverse_kl_metric
+from grpo.distill import check_same_tokenizer, distillation_advantages, reverse_kl_metric
 
 
 def test_advantages_by_hand():

@@ -23,6 +23,7 @@ field                 shape        meaning
 ``rollout_logp``      ``[B, T]``   the sampler's log-probs (0 at padding)
 ``old_logp``          ``[B, T]``   the old policy's log-probs, once computed (None: on-policy)
 ``ref_logp``          ``[B, T]``   the reference model's log-probs, once computed (None: beta 0)
+``teacher_logp``      ``[B, T]``   on-policy distillation's teacher log-probs (None: no teacher)
 ``advantages``        ``[B]`` or   per sequence (broadcast over tokens) or per token
                       ``[B, T]``
 ``group_ids``         ``[B]``      the group (prompt) each row belongs to within the step
@@ -37,7 +38,8 @@ from dataclasses import dataclass, replace
 
 import torch
 
-_TOKEN_FIELDS = ("completion_ids", "completion_mask", "loss_mask", "rollout_logp", "old_logp", "ref_logp")
+_TOKEN_FIELDS = ("completion_ids", "completion_mask", "loss_mask", "rollout_logp", "old_logp", "ref_logp",
+                 "teacher_logp")
 _ROW_FIELDS = ("group_ids", "policy_versions")
 
 
@@ -57,6 +59,7 @@ class RolloutBatch:
     prompt_len: int
     old_logp: torch.Tensor | None = None  # [B, T]
     ref_logp: torch.Tensor | None = None  # [B, T]
+    teacher_logp: torch.Tensor | None = None  # [B, T] on-policy distillation's teacher
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -73,14 +76,16 @@ class RolloutBatch:
                              f"got {tuple(advantages.shape)}")
         return replace(self, advantages=advantages.to(self.input_ids.device, torch.float32))
 
-    def with_logprobs(self, *, old: torch.Tensor | None = None, ref: torch.Tensor | None = None) -> RolloutBatch:
-        """The same batch carrying the frozen old-policy and/or reference log-probs ``[B, T]``."""
-        for name, t in (("old", old), ("ref", ref)):
+    def with_logprobs(self, *, old: torch.Tensor | None = None, ref: torch.Tensor | None = None,
+                      teacher: torch.Tensor | None = None) -> RolloutBatch:
+        """The same batch carrying frozen old-policy, reference and/or teacher log-probs ``[B, T]``."""
+        for name, t in (("old", old), ("ref", ref), ("teacher", teacher)):
             if t is not None and t.shape != self.completion_ids.shape:
                 raise ValueError(f"{name} log-probs have shape {tuple(t.shape)}, expected "
                                  f"{tuple(self.completion_ids.shape)}")
         return replace(self, old_logp=self.old_logp if old is None else old,
-                       ref_logp=self.ref_logp if ref is None else ref)
+                       ref_logp=self.ref_logp if ref is None else ref,
+                       teacher_logp=self.teacher_logp if teacher is None else teacher)
 
     def to(self, device: torch.device | str) -> RolloutBatch:
         moved = {name: getattr(self, name) for name in (*_TOKEN_FIELDS, *_ROW_FIELDS, "input_ids",

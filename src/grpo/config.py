@@ -114,6 +114,11 @@ class GRPOConfig(BaseModel):
     use_tis: bool = Field(False, description="Truncated importance sampling against the rollout engine's log-probs.")
     is_cap: float = Field(2.0, gt=0, description="TIS truncation C.")
     reward_weights: list[float] | None = Field(None, description="Weight per reward function (default: all 1).")
+    teacher_model: str | None = Field(
+        None, description="On-policy distillation: a teacher (path or hub id) with the student's tokenizer; every "
+                          "sampled token's advantage gets -distill_coef x (log pi_student - log pi_teacher) added "
+                          "(tinker-cookbook, slime). With no reward functions it is pure distillation.")
+    distill_coef: float = Field(1.0, ge=0, description="lambda of the on-policy distillation term.")
     reward_failure_patience: int = Field(
         3, ge=1, description="Stop the run when one reward fails (error / unscorable) on every item for this many "
                              "consecutive steps, naming it and its first reason.")

@@ -61,12 +61,14 @@ class LearningWatch:
     returns a warning the first time a streak reaches ``patience`` steps, and again every
     ``patience`` steps while it lasts."""
 
-    def __init__(self, *, max_completion_length: int, threshold: float = 0.9, patience: int = 3):
+    def __init__(self, *, max_completion_length: int, threshold: float = 0.9, patience: int = 3,
+                 rewards_carry_signal: bool = True):
         self.max_len, self.threshold, self.patience = max_completion_length, threshold, patience
+        self.rewards_carry_signal = rewards_carry_signal  # False: e.g. on-policy distillation's teacher does
         self.streak = 0
 
     def update(self, step: int, metrics: dict[str, float]) -> str | None:
-        dead = metrics.get("adv/zero_std_frac", 0.0)
+        dead = metrics.get("adv/zero_std_frac", 0.0) if self.rewards_carry_signal else 0.0
         cut = metrics.get("completions/truncated_frac", 0.0)
         if dead < self.threshold and cut < self.threshold:
             self.streak = 0

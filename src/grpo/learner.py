@@ -33,8 +33,9 @@ class Learner:
     """Owns the model's training side; see the module docstring."""
 
     def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, optimizer: Any,
-                 scheduler: Any, parallel: Parallelism, config: Any, autocast: Any):
-        self.model, self.ref_model = model, ref_model
+                 scheduler: Any, parallel: Parallelism, config: Any, autocast: Any,
+                 teacher: torch.nn.Module | None = None):
+        self.model, self.ref_model, self.teacher = model, ref_model, teacher
         self.optimizer, self.scheduler = optimizer, scheduler
         self.parallel, self.config, self.autocast = parallel, config, autocast
         self.params = [p for p in model.parameters() if p.requires_grad]
@@ -66,8 +67,24 @@ class Learner:
         if cfg.beta > 0:
             with reference_model(self.model, self.ref_model) as ref_model:
                 ref = self._logprobs_no_grad(ref_model, batch)
+        teacher = None if self.teacher is None else self._logprobs_no_grad(self.teacher, batch)
         self.model.train()
-        return batch.with_logprobs(old=old, ref=ref)
+        return batch.with_logprobs(old=old, ref=ref, teacher=teacher)
+
+    def with_distillation(self, batch: RolloutBatch | None) -> tuple[RolloutBatch | None, dict[str, float]]:
+        """On-policy distillation (:mod:`grpo.distill`): the per-token term
+        ``-distill_coef * (log pi_student - log pi_teacher)`` added to every sampled token's
+        advantage (the student's log-probs are the sampler's, at the sampling temperature, as
+        the teacher's are). Returns the batch with ``[B, T]`` advantages and the reverse KL."""
+        if batch is None or batch.teacher_logp is None:
+            return batch, {}
+        from grpo.distill import distillation_advantages, reverse_kl_metric
+
+        student = batch.rollout_logp if batch.old_logp is None else batch.old_logp
+        extra_BT = distillation_advantages(student, batch.teacher_logp, batch.loss_mask, self.config.distill_coef)
+        adv_BT = batch.advantages[:, None] + extra_BT if batch.advantages.dim() == 1 else batch.advantages + extra_BT
+        kl = reverse_kl_metric(student, batch.teacher_logp, batch.loss_mask)
+        return batch.with_advantages(adv_BT), ({"distill/reverse_kl": kl.item()} if torch.isfinite(kl) else {})
 
     @torch.no_grad()
     def _logprobs_no_grad(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:

@@ -13,7 +13,7 @@ from grpo.parallel import is_sharded
 from grpo.rollout.weights import is_peft_model
 
 
-def _dtype(cfg: GRPOConfig) -> torch.dtype:
+def model_dtype(cfg: GRPOConfig) -> torch.dtype:
     if cfg.dtype == "auto":
         return torch.float32  # fp32 master weights; bf16 compute comes from autocast (mixed_precision)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[cfg.dtype]
@@ -30,7 +30,7 @@ def load_policy(model: str | torch.nn.Module, tokenizer: Any, peft_config: Any, 
         looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
         if looks_local and not Path(path).expanduser().exists():
             raise FileNotFoundError(f"model {path!r} is not a local folder (and not an 'org/name' hub id)")
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=_dtype(cfg))
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(cfg))
     elif not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a path or a torch.nn.Module, got {type(model).__name__}")
     if tokenizer is None:

@@ -37,7 +37,8 @@ from grpo.data import check_dataset, get_rows
 from grpo.evaluation import eval_sampling, evaluate
 from grpo.guards import LearningWatch, check_output_dir, model_context, set_torch_threads
 from grpo.learner import Learner
-from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler, mixed_precision
+from grpo.models import (load_policy, make_generator, make_optimizer_and_scheduler, mixed_precision,
+                         model_dtype)
 from grpo.parallel import make_parallelism
 from grpo.rewards import CombinedReward, Reward, RewardMonitor
 from grpo.rollout import SamplingConfig
@@ -71,6 +72,8 @@ class GRPOTrainer:
             with adapters disabled (no second copy).
         generator: a ready :class:`grpo.rollout.Generator` instead of the one ``config.rollout`` names.
         prompt_key: the dataset field holding the prompt (default ``"prompt"``).
+        teacher: a loaded teacher model for on-policy distillation (instead of ``config.teacher_model``);
+            it must share the student's tokenizer.
         accuracy_reward: name of the reward reported as accuracy (default: the first reward).
         format_reward: name of the reward reported as format rate (default: one named "format*").
     """
@@ -79,7 +82,7 @@ class GRPOTrainer:
                  train_dataset: Any, config: GRPOConfig | None = None, *, eval_dataset: Any = None,
                  tokenizer: Any = None, peft_config: Any = None, generator: Any = None,
                  accuracy_reward: str | None = None, format_reward: str | None = None,
-                 prompt_key: str = "prompt"):
+                 prompt_key: str = "prompt", teacher: torch.nn.Module | None = None):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -99,8 +102,11 @@ class GRPOTrainer:
         set_torch_threads(cfg.torch_threads, cuda=torch.cuda.is_available(),
                           local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         set_seed(cfg.seed)
-        if not reward_funcs:
-            raise ValueError("reward_funcs is empty: give at least one reward function")
+        if not reward_funcs and not (cfg.teacher_model or teacher is not None):
+            raise ValueError("reward_funcs is empty: give at least one reward function (or a teacher_model for "
+                             "pure on-policy distillation)")
+        if not reward_funcs:  # pure distillation: no task reward, the teacher's term is the signal
+            reward_funcs = [no_task_reward]
         # The total is unscorable as soon as a component that applies is: an item whose correctness
         # is unknown is excluded from its group (advantage 0), not trained on as if it were wrong.
         # Components that do not apply to a row (trl's None) are left out of its sum.
@@ -147,12 +153,30 @@ class GRPOTrainer:
                                     accuracy_name=self.accuracy_name, format_name=self.format_name)
         if cfg.async_staleness:
             self.source = self._async_source(self.source)
+        self.teacher = self._load_teacher(teacher)
         self.learner = Learner(self.model, self.ref_model, self.optimizer, self.scheduler, par, cfg,
-                               self.accelerator.autocast)
+                               self.accelerator.autocast, teacher=self.teacher)
         self.step = 0
         self.tokens_seen = 0  # prompt + completion tokens sampled so far (trl's num_tokens)
         if cfg.resume_from:
             self._resume(resolve_checkpoint(cfg.resume_from, cfg.output_dir))
+
+    def _load_teacher(self, teacher: torch.nn.Module | None) -> torch.nn.Module | None:
+        """On-policy distillation's teacher, frozen, on this process's device, with the student's vocabulary."""
+        from grpo.distill import check_same_tokenizer
+
+        cfg = self.config
+        if teacher is None and cfg.teacher_model is None:
+            return None
+        if teacher is None:
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            check_same_tokenizer(self.tokenizer, AutoTokenizer.from_pretrained(cfg.teacher_model))
+            teacher = AutoModelForCausalLM.from_pretrained(cfg.teacher_model, dtype=model_dtype(cfg))
+        elif teacher.get_input_embeddings().num_embeddings != self.model.get_input_embeddings().num_embeddings:
+            raise ValueError("the teacher's vocabulary size differs from the student's: on-policy distillation "
+                             "compares log-probs of the same token ids; use a teacher with the student's tokenizer")
+        return teacher.to(self.accelerator.device).eval().requires_grad_(False)
 
     def _async_source(self, inner: RolloutSource):
         """The rollout source with a generator process of its own (see grpo.async_source)."""
@@ -198,7 +222,8 @@ class GRPOTrainer:
         if self.parallel.is_main:
             cfg.to_yaml(Path(cfg.output_dir) / "config.yaml")
         metrics: dict[str, float] = {}
-        watch = LearningWatch(max_completion_length=cfg.max_completion_length)
+        watch = LearningWatch(max_completion_length=cfg.max_completion_length,
+                              rewards_carry_signal=self.teacher is None)
         if self.eval_dataset is not None and self.step == 0:
             log.log_eval(0, self.evaluate())
         while self.step < cfg.max_steps:
@@ -254,8 +279,9 @@ class GRPOTrainer:
         with timer("score_wait"):
             scored = collected.result()
         batch = self._join(batch, collected.rollouts, scored)
+        batch, distill_metrics = self.learner.with_distillation(batch)
         with timer("train"):
-            train_metrics = self.learner.update(batch, scored.global_index)
+            train_metrics = {**self.learner.update(batch, scored.global_index), **distill_metrics}
         with timer("sync"):
             if pause:
                 self.generator.wake_up()
@@ -345,3 +371,8 @@ class GRPOTrainer:
         """Shut the generator down (vLLM engines hold processes and memory) and the scoring thread."""
         self.generator.close()
         self.source.close()
+
+
+def no_task_reward(completions, **kwargs) -> list[float]:
+    """The reward of pure on-policy distillation: none (0 for every completion)."""
+    return [0.0] * len(completions)

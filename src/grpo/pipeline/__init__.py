@@ -6,7 +6,7 @@
 ``KeepRule``                    what is kept: verifiers / threshold, language, length, dedup, k
 ``sft``                         cold start / distillation SFT through trl's SFTTrainer (``grpo sft``)
 ``run_pipeline``                a multi-stage recipe (sft, grpo, sample, ...) (``grpo pipeline``)
-``distill``                     on-policy distillation advantages (pure tensor functions)
+``grpo.distill``                on-policy distillation advantages (pure tensor functions, below the trainer)
 ==============================  ==============================================================
 
 Importing this package is cheap: trl, transformers and datasets load on first use.
