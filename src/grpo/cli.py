@@ -1,4 +1,4 @@
-"""``grpo`` command line: train, eval, report.
+"""``grpo`` command line: train, eval, report; the R1 pipeline's sample, sft, pipeline.
 
     grpo train RECIPE [key=value ...]           e.g. trainer.beta=0 rewards.1.weight=0.5
     grpo train r1_zero_cpu                      the packaged offline CPU recipe (tiny model)
@@ -6,6 +6,7 @@
     grpo eval RECIPE --model RUN/checkpoints/step_N     checkpoint (same numbers as in training)
     grpo report RUN_DIR                         PNG curves + report.html
     grpo train --help-config                    every recipe key and GRPOConfig field, documented
+    grpo sample / grpo sft / grpo pipeline RECIPE   rejection sampling, SFT, multi-stage R1 (docs/pipeline.md)
 
 A mistake in a recipe or an override prints one line saying what to change, and exits with 2.
 """
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------
 # Extra subcommands. Each module listed here has ``register(subparsers)``, which adds its
 # parsers with ``set_defaults(func=handler)``, ``handler(args) -> int`` (the exit code).
-SUBCOMMAND_MODULES: tuple[str, ...] = ()
+SUBCOMMAND_MODULES: tuple[str, ...] = ("grpo.pipeline.commands",)
 # ---------------------------------------------------------------------------------------------
 
 
