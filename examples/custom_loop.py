@@ -95,8 +95,10 @@ def grpo_step(step: int, *, model, tokenizer, generator, reward: CombinedReward,
     model.train()
     optimizer.zero_grad(set_to_none=True)  # backward adds to .grad: start from nothing (the warm-up left some)
     loss_sum, entropy_sum = 0.0, 0.0
+    # rows by completion length, so that each micro-batch pads to a similar length (as the trainer)
+    order = batch.completion_mask.sum(1).argsort(stable=True)
     for start in range(0, len(batch), s.micro_batch_size):
-        mb = batch.select(slice(start, start + s.micro_batch_size))
+        mb = batch.select(order[start:start + s.micro_batch_size])
         lp = completion_logprobs(model, mb, temperature=s.temperature, with_entropy=True)  # [B, T]
         out = policy_loss(lp.logp, lp.logp.detach(),  # on-policy: pi_old = pi_theta, ratio 1
                           mb.advantages, mb.loss_mask, eps_low=s.eps_low, eps_high=s.eps_high,

@@ -91,7 +91,7 @@ def test_rewards_and_advantages_follow_their_completion_when_the_order_is_shuffl
     shuffled = GRPOTrainer(str(tiny_dir), [Checksum()], data, config.model_copy(update={"output_dir": str(tmp_path / "s")}))
     shuffled.source.generator = Wrapped(shuffled.generator, lambda rs: random.Random(1).sample(rs, len(rs)))
     a, b = plain.source.collect(0).result(), shuffled.source.collect(0).result()
-    assert [(r.group_id, r.sample_index) for r in b.rollouts] != [(r.group_id, r.sample_index) for r in a.rollouts]
+    assert [(r.group_id, r.sample_index) for r in b.sampled] != [(r.group_id, r.sample_index) for r in a.sampled]
     adv_a = {(r.group_id, r.sample_index): (r.text, v) for r, v in zip(a.rollouts, a.advantages.tolist())}
     adv_b = {(r.group_id, r.sample_index): (r.text, v) for r, v in zip(b.rollouts, b.advantages.tolist())}
     assert adv_a == adv_b

@@ -90,9 +90,11 @@ class Learner:
     def _logprobs_no_grad(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
         out = torch.zeros_like(batch.rollout_logp)
         micro = self.config.micro_batch_size
+        order = _by_length(batch, torch.arange(len(batch)))
         for s in range(0, len(batch), micro):
-            lp = self._forward(model, batch.select(slice(s, s + micro)), with_entropy=False).logp
-            out[s:s + micro, :lp.shape[1]] = lp
+            idx = order[s:s + micro]
+            lp = self._forward(model, batch.select(idx), with_entropy=False).logp
+            out[idx, :lp.shape[1]] = lp
         return out
 
     def _forward(self, model: torch.nn.Module, batch: RolloutBatch, *, with_entropy: bool):
@@ -114,6 +116,8 @@ class Learner:
         for it in range(cfg.num_iterations):
             for j in range(n_mb):
                 rows = (global_index % n_mb == j).nonzero().squeeze(1) if batch is not None else global_index
+                if batch is not None:
+                    rows = _by_length(batch, rows)
                 local = aggregation_denominator(batch.loss_mask[rows], cfg.aggregation,
                                                 max_len=cfg.max_completion_length) if len(rows) else 0.0
                 normalizer = self.parallel.normalizer(local)
@@ -162,3 +166,13 @@ class Learner:
             if g:
                 gap.add(g, g.pop("_count"))
         return m, out.loss.item()
+
+
+def _by_length(batch: RolloutBatch, rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` ordered by completion length (stable), so that micro-batches cut from them hold
+    completions of similar length: a micro-batch is padded to its longest row, and in group
+    order nearly every one holds a long completion. Measured at the compute scale
+    (benchmarks/README.md): 8% less forward+backward time, 7% less in the no-grad passes. The
+    update is a sum over rows, so the order changes only float rounding."""
+    lengths = batch.completion_mask[rows].sum(1)
+    return rows[lengths.argsort(stable=True)]

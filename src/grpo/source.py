@@ -53,7 +53,7 @@ from grpo.rollout.trajectory import multiturn_metrics
 class ScoredStep:
     """One step of this process, scored and joined: what the learner trains on and what is logged."""
 
-    rollouts: list[Rollout]  # the trained completions, group-contiguous, tagged with group and version
+    rollouts: list[Rollout]  # the trained completions in (group, sample) order, tagged with group and version
     advantages: torch.Tensor  # [n] float32, one per trained rollout
     global_index: torch.Tensor  # [n] long: each trained rollout's position in the step's global order
     sampled: list[Rollout]  # everything this process sampled in the step (all rounds)
@@ -213,7 +213,7 @@ class RolloutSource:
 
         sampled = [r for rnd in rounds for r in rnd.rollouts]
         pos = [position.get((r.group_id, r.sample_index)) for r in sampled]
-        trained = [i for i, p in enumerate(pos) if p is not None]
+        trained = sorted((i for i, p in enumerate(pos) if p is not None), key=lambda i: pos[i])  # (group, sample) order
         global_index = torch.tensor([pos[i] for i in trained], dtype=torch.long)
         advantages = adv.advantages[global_index] if adv is not None else torch.zeros(0)
         sampled_adv = [None if p is None else adv.advantages[p].item() for p in pos]

@@ -292,18 +292,21 @@ class GRPOTrainer:
 
     # ------------------------------------------------------------------------------ joins
     def _collate(self, rollouts: Sequence) -> RolloutBatch | None:
+        """The batch in canonical (group, sample) order, whatever order the generator used."""
         if not rollouts:
             return None
-        return collate_rollouts(rollouts, None, self.tokenizer.pad_token_id).to(self.accelerator.device)
+        ordered = sorted(rollouts, key=lambda r: (r.group_id, r.sample_index))
+        return collate_rollouts(ordered, None, self.tokenizer.pad_token_id).to(self.accelerator.device)
 
     @staticmethod
     def _join(batch: RolloutBatch | None, collated: Sequence, scored: ScoredStep) -> RolloutBatch | None:
         """The trained rows of ``batch`` (collated from ``collated``) with their advantages."""
         if not scored.rollouts:
             return None
-        row = {id(r): i for i, r in enumerate(collated)}
+        ordered = sorted(collated, key=lambda r: (r.group_id, r.sample_index))  # as _collate laid them out
+        row = {id(r): i for i, r in enumerate(ordered)}
         idx = [row[id(r)] for r in scored.rollouts]
-        if idx != list(range(len(collated))):
+        if idx != list(range(len(ordered))):
             batch = batch.select(idx)
         return batch.with_advantages(scored.advantages)
 
