@@ -191,3 +191,22 @@ def test_data_specs_columns_and_built_prompts(tmp_path):
         load_rows({"path": str(path), "prompt_column": "question"})
     with pytest.raises(ValueError, match="exactly one of from / builder / hub / path"):
         PipelineRecipe(model="m", stages=[{"name": "a", "type": "sft", "data": {"path": "x", "builder": "y"}}])
+
+
+def test_failed_sample_stage_is_marked_and_rerun_refilters_without_sampling(setup, tmp_path):
+    root, model, cold = setup
+    recipe = {"output_dir": str(tmp_path / "run"), "model": str(model), "stages": [
+        {"name": "rejection", "type": "sample", "data": {"builder": "tiny_arithmetic", "limit": 4},
+         "rewards": [{"name": "math"}], "n": 2, "sampling": {"max_tokens": 3}, "batch_size": 2}]}
+    from grpo.pipeline import NothingKeptError
+
+    with pytest.raises(NothingKeptError):
+        run_pipeline(PipelineRecipe(**recipe))
+    run = tmp_path / "run"
+    assert "<td>rejection</td><td>sample</td><td>failed</td>" in (run / "index.html").read_text()
+    samples = run / "stages" / "01_rejection" / "samples" / "samples.jsonl"
+    before = (samples.read_bytes(), samples.stat().st_mtime_ns)
+    recipe["stages"][0]["keep"] = {"verifiers": [], "drop_truncated": False}  # loosen the rule, run again
+    result = run_pipeline(PipelineRecipe(**recipe))
+    assert result.ran == ["rejection"] and (samples.read_bytes(), samples.stat().st_mtime_ns) == before
+    assert len(Path(result.outputs["rejection"]["sft"]).read_text().splitlines()) > 0

@@ -241,9 +241,10 @@ def _finished_records(path: Path, n_rows: int, batch_size: int) -> list[dict]:
     """Records of the chunks finished before an interruption; the file is cut back to them."""
     if not path.exists():
         return []
-    records = []
+    records, lines = [], 0
     with open(path, encoding="utf-8") as f:
         for line in f:
+            lines += 1
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError:  # a line cut by the interruption
@@ -252,5 +253,6 @@ def _finished_records(path: Path, n_rows: int, batch_size: int) -> list[dict]:
     records = records[:done]
     if [r["index"] for r in records] != list(range(done)):
         raise ValueError(f"{path} is not a sample file of this run (prompt indices out of order)")
-    _write_jsonl(path, records)
+    if done != lines:  # drop the unfinished chunk's lines
+        _write_jsonl(path, records)
     return records
