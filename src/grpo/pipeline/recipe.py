@@ -157,14 +157,15 @@ def model_source(recipe: PipelineRecipe, index: int) -> str | Ref:
 
 
 def build_rewards(specs: list[RewardSpec]) -> tuple[list[Any], list[float]]:
-    """Reward objects (by registry name, ``grpo.recipes.reward_registry``) and their weights."""
-    from grpo.recipes import reward_registry
+    """Reward objects (a ``grpo.recipes.reward_registry`` name or ``package.module:Name``, as in
+    ``grpo train`` recipes) and their weights."""
+    from grpo.recipes import resolve_reward
 
-    registry = reward_registry()
     rewards = []
     for spec in specs:
+        make = resolve_reward(spec.name)
         try:
-            rewards.append(registry[spec.name](**spec.kwargs))
+            rewards.append(make(**spec.kwargs) if isinstance(make, type) else make)
         except TypeError as e:
             raise ValueError(f"reward {spec.name!r}: bad kwargs {spec.kwargs}: {e}") from None
     return rewards, [spec.weight for spec in specs]
@@ -216,11 +217,14 @@ def _check_settings(stage: _Stage) -> list[str]:
 
     problems = []
     if isinstance(stage, (GRPOStage, SampleStage)):
-        from grpo.recipes import reward_registry
+        from grpo.recipes import RecipeError, resolve_reward
 
-        registry = reward_registry()
-        unknown = [f"unknown reward {r.name!r}; known: {sorted(registry)}" for r in stage.rewards
-                   if r.name not in registry]
+        unknown = []
+        for r in stage.rewards:
+            try:
+                resolve_reward(r.name)
+            except RecipeError as e:
+                unknown.append(str(e))
         problems += unknown
         if not unknown:
             try:

@@ -63,7 +63,8 @@ def reward_registry() -> dict[str, Callable[..., Any]]:
     from grpo.recipes.countdown import CountdownReward
 
     return {"math": rewards.MathReward, "format": rewards.FormatReward, "code": rewards.CodeReward,
-            "language": rewards.LanguageReward, "countdown": CountdownReward}
+            "language": rewards.LanguageReward, "countdown": CountdownReward,
+            "reward_model": rewards.RewardModelReward}
 
 
 def resolve_reward(name: str) -> Any:

@@ -14,6 +14,7 @@
 ``OverlongPenalty``           DAPO soft overlong punishment (by tokens)
 ``CosineLengthReward``        cosine length-scaled correctness (Yeo et al. 2025)
 ``RepetitionPenalty``         n-gram repetition penalty
+``RewardModelReward``         a HF sequence-classification reward model (R1 all-scenario RL)
 ``ScoringPool``, ``get_pool``  the persistent process pool parallel rewards score in
 ============================  ===============================================================
 
@@ -44,13 +45,14 @@ from grpo.rewards.length import CosineLengthReward, OverlongPenalty, RepetitionP
 from grpo.rewards.math import MathReward, extract_answer
 from grpo.rewards.monitor import RewardFailure, RewardMonitor
 from grpo.rewards.pool import ScoringPool, get_pool, set_pool, shutdown_pool
+from grpo.rewards.reward_model import RewardModelReward
 from grpo.rewards.sandbox import SandboxLimits, run_python, run_tests, sandbox_layers
 
 __all__ = [
     "CRASHED", "ERROR", "FAILED", "NOT_APPLICABLE", "OK", "STATUSES", "TIMEOUT", "UNSCORABLE",
     "CodeReward", "CombinedReward", "CosineLengthReward", "FormatReward", "FunctionReward",
     "LanguageReward", "MathReward", "NotApplicable", "OverlongPenalty", "RepetitionPenalty",
-    "Reward", "RewardBreakdown", "RewardFailure", "RewardMonitor", "SandboxLimits", "ScoreResult",
+    "Reward", "RewardBreakdown", "RewardFailure", "RewardModelReward", "RewardMonitor", "SandboxLimits", "ScoreResult",
     "ScoringPool", "Unscorable", "as_reward", "completion_text", "extract_answer", "extract_code",
     "get_pool", "run_python", "run_tests", "sandbox_layers", "set_pool", "shutdown_pool",
 ]
