@@ -144,3 +144,20 @@ def test_weights_pushed_reach_the_generator(tiny_dir):
 def test_async_settings_are_checked(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="rollout='hf'"):
         cfg(tmp_path, rollout="vllm")
+
+
+def test_async_run_resumes_from_a_checkpoint(tiny_dir, tmp_path):
+    """Checkpoints save the data position the learner consumed (prefetched steps are sampled
+    again); a resumed async run continues from there. Not bit-identical (module docstring)."""
+    first = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path, max_steps=2, save_steps=2))
+    first.train()
+    consumed = first.source.state_dict()
+    first.close()
+    second = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path, max_steps=4, save_steps=2,
+                                                                     resume_from="latest"))
+    assert second.step == 2 and second.source.state_dict() == consumed
+    second.train()
+    second.close()
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(m["async/staleness_max"] <= 1 for m in metrics)

@@ -112,7 +112,7 @@ class AsyncRolloutSource:
         if self._thread is not None:
             raise RuntimeError("load the state before the first collect")
         self.inner.load_state_dict(state)
-        self._consumed_state = state
+        self._consumed_state = self.inner.state_dict()
 
     def start_at(self, step: int) -> None:
         """Resume: the next step to produce and the generator's version."""
