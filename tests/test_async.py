@@ -12,21 +12,11 @@ import torch
 
 from grpo import GRPOConfig, GRPOTrainer
 from grpo.loss import policy_loss
-from grpo.rewards import Reward
 from grpo.rollout import ProcessGenerator, SamplingConfig
 from grpo.source import RolloutSource
-from grpo.tiny import save_tiny_model
 from grpo.tracking import read_jsonl
 
-
-class Checksum(Reward):
-    def score(self, completion, **example):
-        return sum(map(ord, completion)) % 13 / 13
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_heads=2, head_dim=32)
+from conftest import Checksum
 
 
 def rows(n):

@@ -12,15 +12,8 @@ from grpo import GRPOConfig, GRPOTrainer
 from grpo.advantages import ADVANTAGE_ESTIMATORS, compute_group_advantages, register_advantage_estimator
 from grpo.batch import collate_rollouts
 from grpo.rewards import Reward
-from grpo.tiny import save_tiny_model
 
-
-class Checksum(Reward):
-    """Dense and arbitrary (a checksum of the text): almost every completion of a random tiny
-    model scores differently, so every group carries signal. For mechanics, not learning."""
-
-    def score(self, completion, **example):
-        return sum(map(ord, completion)) % 13 / 13
+from conftest import Checksum
 
 
 class ConstantOnFlat(Reward):
@@ -45,11 +38,6 @@ class Wrapped:
 
     def close(self):
         self.inner.close()
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_heads=2, head_dim=32)
 
 
 def rows(n, flat=()):

@@ -5,14 +5,10 @@ import pytest
 import torch
 
 from grpo import GRPOConfig, GRPOTrainer
-from grpo.rewards import Reward
 from grpo.tiny import build_char_tokenizer, build_tiny_llama
 from grpo.tracking import read_jsonl
 
-
-class Checksum(Reward):
-    def score(self, completion, **example):
-        return sum(map(ord, completion)) % 13 / 13
+from conftest import Checksum
 
 
 @pytest.fixture(scope="module")
