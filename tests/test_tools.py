@@ -163,9 +163,17 @@ def test_python_errors_come_back_as_text():
 
 
 def test_python_infinite_loop_times_out():
+    """Whichever of the two limits (3 s wall, 3 s CPU) stops the loop first, it is a timeout."""
     t0 = time.monotonic()
     status, out = run("while True: pass")
-    assert status == "timeout" and "timed out" in out and time.monotonic() - t0 < 8
+    assert status == "timeout" and ("timed out" in out or "SIGXCPU" in out) and time.monotonic() - t0 < 8
+
+
+def test_python_cpu_limit_is_a_timeout():
+    env = ToolEnvironment([python_tool(SandboxLimits(wall_time_s=20.0, cpu_time_s=1.0, memory_mb=256))],
+                          CodeBlockParser(), timeout_s=30)
+    step = env.step("<python>while True: pass</python>")
+    assert step.tool_calls[0].status == "timeout" and "SIGXCPU" in step.observations[0]["content"]
 
 
 def test_python_megabytes_of_output_are_cut():

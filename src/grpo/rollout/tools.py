@@ -35,6 +35,8 @@ code can never see another's. Code that needs earlier results recomputes them.
 
 from __future__ import annotations
 
+import signal
+
 import json
 import re
 import threading
@@ -350,7 +352,9 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
             parts.append(f"[{res.describe()}]")
         text = clip_output("\n".join(p for p in parts if p), max_output_chars)
         if not res.ok:
-            raise ToolError(text, TIMEOUT if res.timed_out else ERROR)
+            # out of wall time, or out of CPU time (RLIMIT_CPU's SIGXCPU): both are the call's time limit
+            out_of_time = res.timed_out or res.returncode == -signal.SIGXCPU
+            raise ToolError(text, TIMEOUT if out_of_time else ERROR)
         return text
 
     python.__name__ = name
