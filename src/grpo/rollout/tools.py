@@ -35,10 +35,9 @@ code can never see another's. Code that needs earlier results recomputes them.
 
 from __future__ import annotations
 
-import signal
-
 import json
 import re
+import signal
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
