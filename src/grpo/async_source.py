@@ -13,8 +13,8 @@ PipelineRL, prime-rl):
   rollout carries the version that sampled it (``Rollout.policy_version``);
 * **a staleness bound** ``k`` (``async_staleness``): step ``s`` trains only on rollouts of
   version ``>= s - k``. The producer does not start step ``s`` before version ``s - k`` is in
-  the generator, and the queue holds at most ``k`` steps; a batch that is still too old when
-  taken (it cannot be, by construction) would be dropped, regenerated and counted.
+  the generator, and the queue holds at most ``k`` steps, so no sample is ever too old when
+  taken; the bound is still checked on every step, and a violation is an error.
   ``k = 0`` is the synchronous trainer itself (this class is not used);
 * **the off-policy correction**: AReaL's decoupled PPO objective (arXiv:2505.24298 eq. 5): the
   clip is taken against the *proximal* policy (the learner's weights before this step's update,
@@ -60,7 +60,6 @@ class AsyncRolloutSource:
         self._error: BaseException | None = None
         self._stop = False
         self._generator_idle = 0.0
-        self._dropped = 0
         self._thread: threading.Thread | None = None
 
     # ------------------------------------------------------------------ learner side
@@ -83,8 +82,7 @@ class AsyncRolloutSource:
         if made_for != step:
             raise RuntimeError(f"rollouts made for step {made_for} handed to step {step}")
         versions = [r.policy_version for r in scored.rollouts]
-        if versions and step - min(versions) > self.staleness:  # not reachable by construction
-            self._dropped += 1
+        if versions and step - min(versions) > self.staleness:  # an invariant: the producer's gate prevents it
             raise RuntimeError(f"step {step} got rollouts of version {min(versions)}, beyond the bound "
                                f"{self.staleness}")
         self._consumed_state = state
@@ -92,7 +90,7 @@ class AsyncRolloutSource:
         scored.metrics.update({
             "async/staleness_mean": sum(lags) / len(lags), "async/staleness_max": float(max(lags)),
             "async/queue_depth": float(depth), "async/learner_idle": time.perf_counter() - t0,
-            "async/generator_idle": generator_idle, "async/dropped": float(self._dropped),
+            "async/generator_idle": generator_idle,
         })
         return Collected(scored.rollouts, lambda: scored)
 

@@ -295,15 +295,14 @@ class GRPOTrainer:
         """The batch in canonical (group, sample) order, whatever order the generator used."""
         if not rollouts:
             return None
-        ordered = sorted(rollouts, key=lambda r: (r.group_id, r.sample_index))
-        return collate_rollouts(ordered, None, self.tokenizer.pad_token_id).to(self.accelerator.device)
+        return collate_rollouts(_canonical(rollouts), None, self.tokenizer.pad_token_id).to(self.accelerator.device)
 
     @staticmethod
     def _join(batch: RolloutBatch | None, collated: Sequence, scored: ScoredStep) -> RolloutBatch | None:
         """The trained rows of ``batch`` (collated from ``collated``) with their advantages."""
         if not scored.rollouts:
             return None
-        ordered = sorted(collated, key=lambda r: (r.group_id, r.sample_index))  # as _collate laid them out
+        ordered = _canonical(collated)  # as _collate laid them out
         row = {id(r): i for i, r in enumerate(ordered)}
         idx = [row[id(r)] for r in scored.rollouts]
         if idx != list(range(len(ordered))):
@@ -374,6 +373,11 @@ class GRPOTrainer:
         """Shut the generator down (vLLM engines hold processes and memory) and the scoring thread."""
         self.generator.close()
         self.source.close()
+
+
+def _canonical(rollouts: Sequence) -> list:
+    """Rollouts in (group, sample) order: the batch layout, whatever order the generator used."""
+    return sorted(rollouts, key=lambda r: (r.group_id, r.sample_index))
 
 
 def no_task_reward(completions, **kwargs) -> list[float]:
