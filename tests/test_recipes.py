@@ -57,3 +57,37 @@ def test_tiny_section_only_with_model_tiny():
     assert r.model == "tiny" and r.tiny.warmup_steps == 3 and r.tiny.hidden_size == 128
     with pytest.raises(RecipeError, match="the 'tiny' section applies to model: tiny"):
         Recipe.from_yaml(find_recipe("r1_zero_cpu"), ["model=Qwen/Qwen2.5-0.5B"])
+
+
+def test_bilingual_teacher_steps_and_their_tokens():
+    import random
+
+    from grpo.recipes.tiny_task import BILINGUAL_TOKENS, teacher_completion, teacher_rows
+    from grpo.textstats import is_language_mixed
+    from grpo.tiny import build_char_tokenizer
+
+    tok = build_char_tokenizer(BILINGUAL_TOKENS)
+    en, zh = "<think>4 plus 3 is 7,7 plus 9 is 16</think>", "<think>4加3得7,7加9得16</think>"
+    # the two languages cost the same number of tokens, each word one token, and decode back
+    assert len(tok(en)["input_ids"]) == len(tok(zh)["input_ids"]) == 2 + 2 * 5 + 1 + 1
+    assert tok.decode(tok(en + zh)["input_ids"]) == en + zh
+    assert len(tok) == len(build_char_tokenizer()) + len(BILINGUAL_TOKENS)
+    with pytest.raises(ValueError, match="already tokens"):
+        build_char_tokenizer(["a"])
+    # steps draw their language independently: a two-step CoT mixes half of the time
+    rng = random.Random(0)
+    cots = [t for t in (teacher_completion([4, 3, 9], rng, think_p=1.0, noformat_p=0.0, languages=("en", "zh"))
+                        for _ in range(2000))]
+    assert 0.45 < sum(map(is_language_mixed, cots)) / len(cots) < 0.55
+    assert {c for c in cots if not is_language_mixed(c)} == {en + "<answer>16</answer>", zh + "<answer>16</answer>"}
+    # one language draws no language at all (two draws per completion, as before languages existed),
+    # so the R1-Zero demo's warm-up data is unchanged
+    used, fresh = random.Random(5), random.Random(5)
+    assert teacher_completion([1, 2, 3], used, think_p=1.0, noformat_p=0.0) == \
+        "<think>1+2=3,3+3=6</think><answer>6</answer>"
+    fresh.random(), fresh.randint(0, 27)
+    assert used.random() == fresh.random()
+    assert teacher_rows([{"prompt": "p", "terms": [1, 2]}], 5, seed=3) == \
+        teacher_rows([{"prompt": "p", "terms": [1, 2]}], 5, seed=3, languages=("symbols",))
+    with pytest.raises(ValueError, match="STEP_LANGUAGES"):
+        teacher_completion([1, 2], rng, languages=("fr",))
