@@ -1,6 +1,8 @@
 """Recipe plumbing on its own: key=value overrides (list indices included), the Hub check, the
 tiny model spec."""
 
+from pathlib import Path
+
 import pytest
 
 from grpo.config import apply_overrides
@@ -91,3 +93,33 @@ def test_bilingual_teacher_steps_and_their_tokens():
         teacher_rows([{"prompt": "p", "terms": [1, 2]}], 5, seed=3, languages=("symbols",))
     with pytest.raises(ValueError, match="STEP_LANGUAGES"):
         teacher_completion([1, 2], rng, languages=("fr",))
+
+
+def _build_in_child(folder: str, out: str) -> None:
+    from grpo.recipes import build_tiny_model
+    from grpo.recipes.schema import TinyModelSpec
+
+    try:
+        build_tiny_model(Path(folder), TinyModelSpec(hidden_size=64, num_heads=2, warmup_steps=3))
+        Path(out).write_text("ok")
+    except Exception as e:  # noqa: BLE001 - reported to the test
+        Path(out).write_text(f"{type(e).__name__}: {e}")
+
+
+def test_processes_of_one_run_build_the_tiny_model_once(tmp_path):
+    """torchrun starts every process of a `model: tiny` run at once: they must not build into the
+    same folder together (one builds, the others wait and reuse it)."""
+    import multiprocessing as mp
+
+    from transformers import AutoModelForCausalLM
+
+    ctx = mp.get_context("spawn")
+    folder = tmp_path / "run" / "tiny_model"
+    procs = [ctx.Process(target=_build_in_child, args=(str(folder), str(tmp_path / f"out{i}"))) for i in range(3)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=300)
+    assert [(tmp_path / f"out{i}").read_text() for i in range(3)] == ["ok"] * 3
+    assert AutoModelForCausalLM.from_pretrained(folder).config.hidden_size == 64
+    assert not folder.with_name("tiny_model.tmp").exists()
