@@ -291,14 +291,15 @@ def write_report(run: Path, results: list[dict]) -> Path:
     plt.close(fig)
 
     links = []
-    for r in results:
-        folder = Path("stages") / r["folder"]
-        summary = json.loads((run / folder / "done.json").read_text())["summary"]
-        report = f" <a href='{html.escape(str(folder / summary['report']))}'>report</a>" if summary.get("report") else ""
-        links.append(f"<li>{html.escape(r['stage'])}: <a href='{html.escape(str(folder))}/miniature.json'>"
-                     f"numbers</a>{report}</li>")
-    body = (f"<p>Every stage, with its status and resolved config: <a href='index.html'>pipeline index</a>. "
-            f"Rejection-sampling reports (kept / dropped counts, pass rates) are linked there.</p>"
+    for done in sorted((run / "stages").glob("*/done.json")):
+        folder = done.parent.relative_to(run)
+        summary = json.loads(done.read_text())["summary"]
+        items = [f"<a href='{html.escape(str(folder / summary['report']))}'>report</a>"] if summary.get("report") else []
+        if (done.parent / "miniature.json").exists():
+            items.append(f"<a href='{html.escape(str(folder / 'miniature.json'))}'>held-out numbers</a>")
+        items.append(f"<a href='{html.escape(str(folder / 'config.yaml'))}'>config</a>")
+        links.append(f"<li>{html.escape(folder.name)}: {', '.join(items)}</li>")
+    body = (f"<p>The pipeline's own page (status and numbers of every stage): <a href='index.html'>index</a>.</p>"
             f"<pre>{html.escape(table(results))}</pre><img src='stages.png' width='100%'>"
             f"<h2>GRPO stages</h2><img src='curves.png' width='100%'><h2>Stages</h2><ul>{''.join(links)}</ul>")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>R1 in miniature: {html.escape(run.name)}"

@@ -116,4 +116,4 @@ def test_r1_pipeline_example_runs_every_stage_and_regenerates_its_table(tmp_path
     links = [chunk.split("'")[0] for chunk in report.split("href='")[1:]]
     assert "index.html" in links and all((run / link).exists() for link in links)
     stage_reports = [link for link in links if link.endswith("report.html")]
-    assert len(stage_reports) == 13  # 8 GRPO + 5 SFT stages (the sample stages: via the index)
+    assert len(stage_reports) == 15  # 8 GRPO, 5 SFT and 2 rejection-sampling stages
