@@ -84,9 +84,10 @@ def _forward_kwargs(model: nn.Module) -> dict:
 
 
 def _prefill(model, ids_BL, mask_BL, share_B):
-    """Last-column float32 logits ``[B, V]`` and the key/value cache of every row's whole prompt;
-    rows with equal ``share_B`` are computed once and copied (vLLM's prefix caching does the same),
-    or every row separately when ``share_B`` is None."""
+    """Last-column float32 logits ``[B, V]``, the key/value cache of the prompts and the row of
+    that cache each batch row reads (``[B]``, or None: row b is row b): rows with equal
+    ``share_B`` are computed once (vLLM's prefix caching does the same), or every row separately
+    when ``share_B`` is None."""
     if share_B is not None:
         _, row_to_unique_B = torch.unique(share_B, return_inverse=True)
         first_U = torch.stack([(row_to_unique_B == u).nonzero()[0, 0]
@@ -99,23 +100,28 @@ def _prefill(model, ids_BL, mask_BL, share_B):
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 **_forward_kwargs(model))
     logits_BV, cache = out.logits[:, -1].float(), out.past_key_values
-    if share_B is not None:
-        index = row_to_unique_B.to(ids_BL.device)
-        logits_BV = logits_BV[index]
-        cache.batch_select_indices(index)
-    return logits_BV, cache
+    if share_B is None:
+        return logits_BV, cache, None
+    index_B = row_to_unique_B.to(ids_BL.device)
+    return logits_BV[index_B], cache, index_B
 
 
-def _preallocate(cache, capacity: int) -> bool:
-    """Swap every plain full-attention layer for a preallocated one (sliding-window and other
-    layer kinds keep their own update); True if every layer can drop rows."""
+def _preallocate(cache, capacity: int, index_B: torch.Tensor | None):
+    """The batch's cache (row b = prefill row ``index_B[b]``) with every plain full-attention
+    layer preallocated to ``capacity`` columns (sliding-window and other layer kinds keep their
+    own update), and whether every layer can drop rows. A cache without layers is only expanded."""
     layers = getattr(cache, "layers", None)
     if layers is None:
-        return False
+        if index_B is not None:
+            cache.batch_select_indices(index_B)
+        return cache, False
     for i, layer in enumerate(layers):
         if type(layer) is DynamicLayer and layer.keys is not None and layer.keys.numel() > 0:
-            layers[i] = _PreallocatedLayer(layer.keys, layer.values, capacity)
-    return all(hasattr(layer, "batch_select_indices") for layer in layers)
+            keys, values = (layer.keys, layer.values) if index_B is None else (layer.keys[index_B], layer.values[index_B])
+            layers[i] = _PreallocatedLayer(keys, values, capacity)
+        elif index_B is not None:
+            layer.batch_select_indices(index_B)
+    return cache, all(hasattr(layer, "batch_select_indices") for layer in layers)
 
 
 @torch.no_grad()
@@ -146,8 +152,8 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
     ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
     starts_B = torch.tensor([width - len(c) for c in contexts])
     share_B = torch.tensor(list(share)) if share is not None else None
-    logits_BV, cache = _prefill(model, ids_BT[:, :width], mask_BT[:, :width], share_B)
-    can_compact = _preallocate(cache, width + max_new)
+    logits_BV, cache, index_B = _prefill(model, ids_BT[:, :width], mask_BT[:, :width], share_B)
+    cache, can_compact = _preallocate(cache, width + max_new, index_B)
 
     eos = torch.tensor(list(eos_ids), device=device)
     limits_B = torch.tensor(list(limits), device=device)
