@@ -42,7 +42,7 @@ def assert_same(own, hf):
     SamplingConfig(max_tokens=16, seed=1, temperature=0.7, top_k=5, top_p=0.9, min_p=0.05),
     SamplingConfig(max_tokens=16, temperature=0.0),
     SamplingConfig(max_tokens=16, seed=2, temperature=0.8, repetition_penalty=1.5),
-    SamplingConfig(max_tokens=24, seed=5, stop=("A", "E", "1")),  # rows end at different steps
+    SamplingConfig(max_tokens=24, seed=5, stop=("a", "e", "1")),  # rows end at different steps
 ], ids=["plain", "truncated", "greedy", "penalty", "stop"])
 @pytest.mark.parametrize("share", [True, False], ids=["shared-prefill", "row-prefill"])
 def test_own_loop_gives_generates_rollouts(tiny, sampling, share):
@@ -55,14 +55,15 @@ def test_own_loop_gives_generates_rollouts(tiny, sampling, share):
         assert len({tuple(r.completion_ids) for r in own[:3]}) > 1
 
 
-def test_a_stop_string_inside_a_special_tokens_name_does_not_stop(tiny):
+@pytest.mark.parametrize("use_generate", [False, True])
+def test_a_stop_string_inside_a_special_tokens_name_does_not_stop(tiny, use_generate):
     """The rollout's text skips special tokens, so a sampled ``<pad>`` or ``<|user|>`` does not
-    complete the stop strings "a" or "e": the row goes on. (transformers' StopStringCriteria
-    matches stop strings against token names, so ``use_generate`` stops such a row there, pads it,
-    and the rollout reads as a 'length' finish shorter than max_tokens.)"""
+    complete the stop strings "a" or "e": the row goes on. (transformers' own ``stop_strings``
+    criterion matches token names: with it, generate stopped such a row there and padded it, and
+    the rollout read as a 'length' finish shorter than max_tokens.)"""
     model, tok = tiny
     sampling = SamplingConfig(max_tokens=24, seed=5, stop=("a", "e", "1"))
-    out = HFGenerator(model, tok).generate(PROMPTS, 3, sampling)
+    out = HFGenerator(model, tok, use_generate=use_generate).generate(PROMPTS, 3, sampling)
     special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
     names = [tok.convert_ids_to_tokens(i) for r in out for i in r.completion_ids[:-1] if i in special]
     assert any("a" in name or "e" in name for name in names)  # the case under test did occur

@@ -248,7 +248,9 @@ class HFGenerator:
 
     def _generate_with_hf(self, model, prompts, rows, n, sampling, eos_ids, max_ctx, pad):
         """Each row's sampled ids and log-probs from one ``model.generate`` call."""
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        from grpo.rollout.hf_decode import _StopInText
 
         device = _device(model)
         width = max(len(ids) for ids in prompts)
@@ -265,7 +267,6 @@ class HFGenerator:
             max_new_tokens=max_new,
             eos_token_id=list(eos_ids),
             pad_token_id=pad,
-            stop_strings=list(sampling.stop) or None,
             num_beams=1,
             return_dict_in_generate=True,
         )
@@ -284,7 +285,8 @@ class HFGenerator:
                 past_key_values=cache,
                 generation_config=config,
                 logits_processor=processors,
-                tokenizer=self.tokenizer if sampling.stop else None,
+                stopping_criteria=StoppingCriteriaList(
+                    [_StopInText(self.tokenizer, sampling.stop, width)] if sampling.stop else []),
                 synced_gpus=self.synced_gpus,
             )
         sampled_BT = out.sequences[:, width:].cpu()

@@ -31,6 +31,7 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from transformers import StoppingCriteria
 from transformers.cache_utils import DynamicLayer
 
 from grpo.rollout.tokens import _first_stop_end
@@ -68,6 +69,26 @@ class _PreallocatedLayer(DynamicLayer):
         length = self.keys.shape[-2]
         self._keys, self._values = self._keys[indices], self._values[indices]
         self._view(length)
+
+
+def _stop_hits(tokenizer, completions_BT: torch.Tensor, stop: Sequence[str]) -> torch.Tensor:
+    """``[B]`` bool: the text of row b's completion so far (special tokens skipped, as in the
+    rollout's text) contains a stop string, i.e. :func:`grpo.rollout.tokens.find_ending` cuts it
+    at or before its last token."""
+    texts = tokenizer.batch_decode(completions_BT.cpu(), skip_special_tokens=True)
+    return torch.tensor([_first_stop_end(text, stop) is not None for text in texts], device=completions_BT.device)
+
+
+class _StopInText(StoppingCriteria):
+    """``generate``'s stopping criterion for stop strings, by :func:`_stop_hits`. transformers'
+    own ``stop_strings`` matches token *names*, so a sampled special token such as ``<pad>``
+    would end a row on the stop string "a" that the rollout's text never contains."""
+
+    def __init__(self, tokenizer, stop: Sequence[str], width: int) -> None:
+        self.tokenizer, self.stop, self.width = tokenizer, tuple(stop), width
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+        return _stop_hits(self.tokenizer, input_ids[:, self.width:], self.stop)
 
 
 def _should_compact(finished: int, batch: int) -> bool:
@@ -175,9 +196,7 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
         tokens_BT[live_B, t], logp_BT[live_B, t] = choice_B.cpu(), chosen_logp_B.cpu()
         ending_B = torch.isin(choice_B, eos) | (t + 1 >= limits_B)
         if sampling.stop:
-            texts = tokenizer.batch_decode(ids_BT[:, width:width + t + 1].cpu(), skip_special_tokens=True)
-            hits = [_first_stop_end(text, sampling.stop) is not None for text in texts]
-            ending_B |= torch.tensor(hits, device=device)
+            ending_B |= _stop_hits(tokenizer, ids_BT[:, width:width + t + 1], sampling.stop)
         for i in (running_B & ending_B).nonzero()[:, 0].tolist():
             lengths[live_B[i]] = t + 1
         running_B &= ~ending_B
