@@ -150,3 +150,25 @@ def test_preallocated_layer_writes_in_place():
     assert torch.equal(layer.keys, want_k[[2, 0]]) and torch.equal(layer.values, want_v[[2, 0]])
     with pytest.raises(RuntimeError, match="holds 8 columns"):
         layer.update(nk[:2], nv[:2])
+
+
+def test_sliding_window_layers(tiny):
+    """A Qwen2 whose first layer attends to a window of 6 tokens and whose second is full
+    attention: the sliding layer keeps transformers' own cache update, the full one is
+    preallocated; the rollouts are generate's, and the window really changes them."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    _, tok = tiny
+    config = dict(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                  pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(0)
+    windowed = Qwen2ForCausalLM(Qwen2Config(**config, use_sliding_window=True, sliding_window=6,
+                                            layer_types=["sliding_attention", "full_attention"])).eval()
+    full = Qwen2ForCausalLM(Qwen2Config(**config)).eval()
+    full.load_state_dict(windowed.state_dict())
+    sampling = SamplingConfig(max_tokens=12, seed=4)
+    own, hf = both_paths(windowed, tok, PROMPTS, 2, sampling)
+    assert_same(own, hf)
+    unwindowed = HFGenerator(full, tok).generate(PROMPTS, 2, sampling)
+    assert [r.logprobs for r in own] != [r.logprobs for r in unwindowed]

@@ -130,12 +130,11 @@ def _prefill(model, ids_BL, mask_BL, share_B):
 def _preallocate(cache, capacity: int, index_B: torch.Tensor | None):
     """The batch's cache (row b = prefill row ``index_B[b]``) with every plain full-attention
     layer preallocated to ``capacity`` columns (sliding-window and other layer kinds keep their
-    own update), and whether every layer can drop rows. A cache without layers is only expanded."""
+    own update), and whether every layer can drop rows."""
     layers = getattr(cache, "layers", None)
     if layers is None:
-        if index_B is not None:
-            cache.batch_select_indices(index_B)
-        return cache, False
+        raise TypeError(f"the model's forward returned a {type(cache).__name__} cache, not a transformers Cache "
+                        "with layers; decode with HFGenerator(..., use_generate=True)")
     for i, layer in enumerate(layers):
         if type(layer) is DynamicLayer and layer.keys is not None and layer.keys.numel() > 0:
             keys, values = (layer.keys, layer.values) if index_B is None else (layer.keys[index_B], layer.values[index_B])
