@@ -34,7 +34,8 @@ def assert_same(own, hf):
     assert [r.completion_ids for r in own] == [r.completion_ids for r in hf]
     assert [(r.finish_reason, r.text) for r in own] == [(r.finish_reason, r.text) for r in hf]
     for a, b in zip(own, hf, strict=True):
-        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=ATOL)
+        torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs),
+                                   rtol=0, atol=ATOL)
 
 
 @pytest.mark.parametrize("sampling", [
@@ -50,7 +51,8 @@ def test_own_loop_gives_generates_rollouts(tiny, sampling, share):
     assert_same(own, hf)
     if sampling.stop:
         reasons = [r.finish_reason for r in own]
-        assert "stop" in reasons and len({len(r.completion_ids) for r in own}) > 2  # a real test of early ends
+        # a real test of early ends: rows stop at different steps
+        assert "stop" in reasons and len({len(r.completion_ids) for r in own}) > 2
     if not sampling.greedy:
         assert len({tuple(r.completion_ids) for r in own[:3]}) > 1
 
@@ -64,8 +66,10 @@ def test_a_stop_string_inside_a_special_tokens_name_does_not_stop(tiny, use_gene
     model, tok = tiny
     sampling = SamplingConfig(max_tokens=24, seed=5, stop=("a", "e", "1"))
     out = HFGenerator(model, tok, use_generate=use_generate).generate(PROMPTS, 3, sampling)
-    special = set(tok.all_special_ids) | {i for i, t in tok.added_tokens_decoder.items() if t.special}
-    names = [tok.convert_ids_to_tokens(i) for r in out for i in r.completion_ids[:-1] if i in special]
+    special = {i for i, t in tok.added_tokens_decoder.items() if t.special}
+    special |= set(tok.all_special_ids)
+    names = [tok.convert_ids_to_tokens(i) for r in out for i in r.completion_ids[:-1]
+             if i in special]
     assert any("a" in name or "e" in name for name in names)  # the case under test did occur
     for r in out:
         if r.finish_reason == "length":
@@ -83,20 +87,25 @@ def test_finished_rows_leave_the_batch(tiny):
     small = copy.deepcopy(model)
     small.config.max_position_embeddings = 40
     sampling = SamplingConfig(max_tokens=100, seed=7)
-    sizes = []
-    hook = small.register_forward_pre_hook(lambda m, a, kw: sizes.append(tuple(kw["input_ids"].shape)),
-                                           with_kwargs=True)
+    sizes, caches = [], []
+
+    def record(module, args, kw):
+        sizes.append(tuple(kw["input_ids"].shape))
+        caches.append({type(layer) for layer in getattr(kw.get("past_key_values"), "layers", [])})
+    hook = small.register_forward_pre_hook(record, with_kwargs=True)
     try:
         own = HFGenerator(small, tok).generate([PROMPTS[0], PROMPTS[2]], 4, sampling)
-        own_sizes = list(sizes)
+        own_sizes, own_caches = list(sizes), list(caches)
         sizes.clear()
-        hf = HFGenerator(small, tok, use_generate=True).generate([PROMPTS[0], PROMPTS[2]], 4, sampling)
+        hf = HFGenerator(small, tok, use_generate=True).generate([PROMPTS[0], PROMPTS[2]], 4,
+                                                                 sampling)
     finally:
         hook.remove()
     assert_same(own, hf)
     lengths = [len(r.completion_ids) for r in own]
     assert max(lengths[4:]) <= 15 < max(lengths[:4])
     assert own_sizes[0] == (2, 25)  # one prefill per distinct prompt
+    assert all(kinds == {_PreallocatedLayer} for kinds in own_caches[1:])  # decode: in place
     decode_rows = [b for b, cols in own_sizes[1:]]
     assert all(cols == 1 for _, cols in own_sizes[1:])
     # the forward after token t feeds the rows that go on to a token t+1
@@ -163,8 +172,9 @@ def test_sliding_window_layers(tiny):
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
                   pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
     torch.manual_seed(0)
-    windowed = Qwen2ForCausalLM(Qwen2Config(**config, use_sliding_window=True, sliding_window=6,
-                                            layer_types=["sliding_attention", "full_attention"])).eval()
+    windowed = Qwen2ForCausalLM(Qwen2Config(
+        **config, use_sliding_window=True, sliding_window=6,
+        layer_types=["sliding_attention", "full_attention"])).eval()
     full = Qwen2ForCausalLM(Qwen2Config(**config)).eval()
     full.load_state_dict(windowed.state_dict())
     sampling = SamplingConfig(max_tokens=12, seed=4)

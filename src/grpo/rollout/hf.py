@@ -17,9 +17,9 @@ left-padded; each row is cut after its own eos / stop string
 
 Seeded sampling is per row, like vLLM's per-request seeds: sample ``k`` of prompt ``p`` draws
 from its own ``torch.Generator`` seeded ``seed + p*n + k`` (:class:`_RowSampler`, an exponential
-race, i.e. Gumbel-max). A row's tokens then do not depend on which other rows share the
-batch (or leave it early), so a whole step can be one batched call and still give every prompt the same
-samples in 1 process or N (up to float rounding of differently padded batches).
+race, i.e. Gumbel-max). A row's tokens then do not depend on which other rows share the batch
+(or leave it early), so a whole step can be one batched call and still give every prompt the
+same samples in 1 process or N (up to float rounding of differently padded batches).
 """
 
 from __future__ import annotations
@@ -230,20 +230,22 @@ class HFGenerator:
 
     def _generate_rows(self, model, encoded, rows, n, sampling, eos_ids, max_ctx) -> list[Rollout]:
         prompts = [encoded[p] for p, _ in rows]
-        limits = [sampling.max_tokens if max_ctx is None else min(sampling.max_tokens, max_ctx - len(ids))
-                  for ids in prompts]
+        limits = [sampling.max_tokens if max_ctx is None
+                  else min(sampling.max_tokens, max_ctx - len(ids)) for ids in prompts]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
         if self.use_generate:
-            sampled = self._generate_with_hf(model, prompts, rows, n, sampling, eos_ids, max_ctx, pad)
+            sampled = self._generate_with_hf(model, prompts, rows, n, sampling, eos_ids, max_ctx,
+                                             pad)
         else:
             from grpo.rollout.hf_decode import decode
 
-            gens = None if sampling.greedy else _row_generators(sampling.seed, rows, n, _device(model))
+            gens = None if sampling.greedy else _row_generators(sampling.seed, rows, n,
+                                                                 _device(model))
             sampled = decode(model, self.tokenizer, prompts, limits=limits, sampling=sampling,
                              eos_ids=eos_ids, pad_id=pad, generators=gens,
                              share=[p for p, _ in rows] if self.share_prompt_prefill else None)
-        return [make_rollout(self.tokenizer, prompts[i], ids, logps, prompt_index=p, sample_index=k,
-                             eos_ids=eos_ids, sampling=sampling, limit=limits[i])
+        return [make_rollout(self.tokenizer, prompts[i], ids, logps, prompt_index=p,
+                             sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limits[i])
                 for i, ((p, k), (ids, logps)) in enumerate(zip(rows, sampled, strict=True))]
 
     def _generate_with_hf(self, model, prompts, rows, n, sampling, eos_ids, max_ctx, pad):
@@ -277,7 +279,9 @@ class HFGenerator:
             processors.append(_RowSampler(_row_generators(sampling.seed, rows, n, device)))
         processors = LogitsProcessorList(processors)
         input_ids_BL, mask_BL = input_ids_BL.to(device), mask_BL.to(device)
-        cache = _shared_prefill(model, input_ids_BL, mask_BL, rows) if self.share_prompt_prefill else None
+        cache = None
+        if self.share_prompt_prefill:
+            cache = _shared_prefill(model, input_ids_BL, mask_BL, rows)
         with _without_model_generation_defaults(model):
             out = model.generate(
                 input_ids=input_ids_BL,

@@ -47,7 +47,8 @@ class _PreallocatedLayer(DynamicLayer):
         super().__init__()
         b, h, length, d = keys_BHLD.shape
         self._keys = keys_BHLD.new_empty((b, h, capacity, d))
-        self._values = values_BHLD.new_empty((b, values_BHLD.shape[1], capacity, values_BHLD.shape[3]))
+        self._values = values_BHLD.new_empty((b, values_BHLD.shape[1], capacity,
+                                              values_BHLD.shape[3]))
         self._keys[:, :, :length] = keys_BHLD
         self._values[:, :, :length] = values_BHLD
         self.dtype, self.device, self.is_initialized = keys_BHLD.dtype, keys_BHLD.device, True
@@ -59,7 +60,8 @@ class _PreallocatedLayer(DynamicLayer):
     def update(self, key_states, value_states, *args, **kwargs):
         start, stop = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
         if stop > self._keys.shape[-2]:
-            raise RuntimeError(f"preallocated cache holds {self._keys.shape[-2]} columns, asked for {stop}")
+            raise RuntimeError(
+                f"preallocated cache holds {self._keys.shape[-2]} columns, asked for {stop}")
         self._keys[:, :, start:stop] = key_states
         self._values[:, :, start:stop] = value_states
         self._view(stop)
@@ -76,7 +78,8 @@ def _stop_hits(tokenizer, completions_BT: torch.Tensor, stop: Sequence[str]) -> 
     rollout's text) contains a stop string, i.e. :func:`grpo.rollout.tokens.find_ending` cuts it
     at or before its last token."""
     texts = tokenizer.batch_decode(completions_BT.cpu(), skip_special_tokens=True)
-    return torch.tensor([_first_stop_end(text, stop) is not None for text in texts], device=completions_BT.device)
+    hits = [_first_stop_end(text, stop) is not None for text in texts]
+    return torch.tensor(hits, device=completions_BT.device)
 
 
 class _StopInText(StoppingCriteria):
@@ -87,7 +90,8 @@ class _StopInText(StoppingCriteria):
     def __init__(self, tokenizer, stop: Sequence[str], width: int) -> None:
         self.tokenizer, self.stop, self.width = tokenizer, tuple(stop), width
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs) -> torch.BoolTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
+                 **kwargs) -> torch.BoolTensor:
         return _stop_hits(self.tokenizer, input_ids[:, self.width:], self.stop)
 
 
@@ -101,7 +105,8 @@ def _should_compact(finished: int, batch: int) -> bool:
 def _forward_kwargs(model: nn.Module) -> dict:
     """``logits_to_keep=1`` where the model takes it: the prefill needs the last column only."""
     target = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(target.forward).parameters else {}
+    takes_it = "logits_to_keep" in inspect.signature(target.forward).parameters
+    return {"logits_to_keep": 1} if takes_it else {}
 
 
 def _prefill(model, ids_BL, mask_BL, share_B):
@@ -133,11 +138,14 @@ def _preallocate(cache, capacity: int, index_B: torch.Tensor | None):
     own update), and whether every layer can drop rows."""
     layers = getattr(cache, "layers", None)
     if layers is None:
-        raise TypeError(f"the model's forward returned a {type(cache).__name__} cache, not a transformers Cache "
-                        "with layers; decode with HFGenerator(..., use_generate=True)")
+        raise TypeError(f"the model's forward returned a {type(cache).__name__} cache, not a "
+                        "transformers Cache with layers; decode with "
+                        "HFGenerator(..., use_generate=True)")
     for i, layer in enumerate(layers):
         if type(layer) is DynamicLayer and layer.keys is not None and layer.keys.numel() > 0:
-            keys, values = (layer.keys, layer.values) if index_B is None else (layer.keys[index_B], layer.values[index_B])
+            keys, values = layer.keys, layer.values
+            if index_B is not None:
+                keys, values = keys[index_B], values[index_B]
             layers[i] = _PreallocatedLayer(keys, values, capacity)
         elif index_B is not None:
             layer.batch_select_indices(index_B)
@@ -172,7 +180,8 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
     ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
     starts_B = torch.tensor([width - len(c) for c in contexts])
     share_B = torch.tensor(list(share)) if share is not None else None
-    logits_BV, cache, index_B = _prefill(model, ids_BT[:, :width], mask_BT[:, :width], share_B)
+    logits_BV, cache, index_B = _prefill(model, ids_BT[:, :width], mask_BT[:, :width],
+                                         share_B)
     cache, can_compact = _preallocate(cache, width + max_new, index_B)
 
     eos = torch.tensor(list(eos_ids), device=device)
@@ -202,15 +211,16 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
         if not running_B.any():
             break
         if can_compact and _should_compact(int((~running_B).sum()), len(running_B)):
-            keep = running_B.nonzero()[:, 0]
+            keep = running_B.nonzero()[:, 0]  # drop the finished rows, cache rows included
             cache.batch_select_indices(keep)
-            ids_BT, mask_BT, positions_B, limits_B = ids_BT[keep], mask_BT[keep], positions_B[keep], limits_B[keep]
-            choice_B, starts_B, running_B = choice_B[keep], starts_B[keep.cpu()], running_B[keep]
-            live_B = live_B[keep.cpu()]
+            ids_BT, mask_BT, positions_B = ids_BT[keep], mask_BT[keep], positions_B[keep]
+            limits_B, choice_B, running_B = limits_B[keep], choice_B[keep], running_B[keep]
+            starts_B, live_B = starts_B[keep.cpu()], live_B[keep.cpu()]
             gens = [gens[i] for i in keep.tolist()] if gens is not None else None
             warpers = _warpers(sampling, starts_B)
         out = model(input_ids=choice_B[:, None], attention_mask=mask_BT[:, :width + t + 1],
-                    position_ids=(positions_B + t)[:, None], past_key_values=cache, use_cache=True)
+                    position_ids=(positions_B + t)[:, None], past_key_values=cache,
+                    use_cache=True)
         logits_BV = out.logits[:, -1].float()
         cache = out.past_key_values
-    return [(tokens_BT[i, :lengths[i]].tolist(), logp_BT[i, :lengths[i]].tolist()) for i in range(b)]
+    return [(tokens_BT[i, :n].tolist(), logp_BT[i, :n].tolist()) for i, n in enumerate(lengths)]
