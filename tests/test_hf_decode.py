@@ -57,6 +57,29 @@ def test_own_loop_gives_generates_rollouts(tiny, sampling, share):
         assert len({tuple(r.completion_ids) for r in own[:3]}) > 1
 
 
+def test_cache_that_grows_during_decoding(tiny, monkeypatch):
+    """Room for 2 completion columns at first: the cache is regrown while rows are also being
+    dropped, and the rollouts are still generate's."""
+    from grpo.rollout import hf_decode
+
+    model, tok = tiny
+    monkeypatch.setattr(hf_decode, "_FIRST_RESERVE", 2)
+    grown, rows = [], []
+    real = hf_decode._PreallocatedLayer._reserve
+    monkeypatch.setattr(hf_decode._PreallocatedLayer, "_reserve",
+                        lambda self, length, cap: (grown.append(cap), real(self, length, cap)))
+    hook = model.register_forward_pre_hook(
+        lambda m, a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True)
+    sampling = SamplingConfig(max_tokens=60, seed=3, stop=("1",))
+    try:
+        own = HFGenerator(model, tok).generate(PROMPTS, 3, sampling)
+    finally:
+        hook.remove()
+    assert_same(own, HFGenerator(model, tok, use_generate=True).generate(PROMPTS, 3, sampling))
+    assert sorted(set(grown)) == [27, 54, 85]  # 25 prompt columns + 2, doubled, then the limit
+    assert rows[1] == 9 and min(rows[1:]) < 9  # and rows were dropped on the way
+
+
 @pytest.mark.parametrize("use_generate", [False, True])
 def test_a_stop_string_inside_a_special_tokens_name_does_not_stop(tiny, use_generate):
     """The rollout's text skips special tokens, so a sampled ``<pad>`` or ``<|user|>`` does not
@@ -142,22 +165,24 @@ def test_synced_gpus_keeps_generate(tiny):
     assert not HFGenerator(*tiny).use_generate
 
 
-def test_preallocated_layer_writes_in_place():
+def test_preallocated_layer_writes_in_place_and_grows_by_doubling():
     g = torch.Generator().manual_seed(0)
     k, v = torch.randn(3, 2, 5, 4, generator=g), torch.randn(3, 2, 5, 4, generator=g)
-    layer = _PreallocatedLayer(k, v, capacity=8)
-    buffer = layer.keys.data_ptr()
-    want_k, want_v = k, v
-    for _ in range(3):
+    layer = _PreallocatedLayer(k, v, capacity=6, limit=14)
+    want_k, want_v, buffers = k, v, []
+    for _ in range(9):  # 5 -> 14 columns: room for 6, then 12, then 14 (the limit)
         nk, nv = torch.randn(3, 2, 1, 4, generator=g), torch.randn(3, 2, 1, 4, generator=g)
         keys, values = layer.update(nk, nv)
         want_k, want_v = torch.cat([want_k, nk], -2), torch.cat([want_v, nv], -2)
         assert torch.equal(keys, want_k) and torch.equal(values, want_v)
-        assert keys.data_ptr() == buffer  # a view of the same buffer: nothing was copied
-    assert layer.get_seq_length() == 8 and layer.get_mask_sizes(1) == (9, 0)
+        buffers.append((keys.data_ptr(), layer._keys.shape[-2]))
+    # a view of one buffer until it is full: only 2 copies for 9 new columns
+    assert [cap for _, cap in buffers] == [6] + [12] * 6 + [14] * 2
+    assert len({ptr for ptr, _ in buffers}) == 3
+    assert layer.get_seq_length() == 14 and layer.get_mask_sizes(1) == (15, 0)
     layer.batch_select_indices(torch.tensor([2, 0]))
     assert torch.equal(layer.keys, want_k[[2, 0]]) and torch.equal(layer.values, want_v[[2, 0]])
-    with pytest.raises(RuntimeError, match="holds 8 columns"):
+    with pytest.raises(RuntimeError, match="holds 14 columns"):
         layer.update(nk[:2], nv[:2])
 
 

@@ -1,5 +1,5 @@
 """HFGenerator's own decode loop: one forward per new token, over the rows still running, into
-a key/value cache allocated once.
+a key/value cache that is written in place.
 
 ``model.generate`` spends generation time on two things that produce no token:
 
@@ -8,16 +8,16 @@ a key/value cache allocated once.
 * it keeps decoding every row until the last one ends, so a row that sampled eos early still
   costs a full row of each later forward.
 
-This loop writes each new key/value column into a buffer sized ``prompt width + max_new``
-(:class:`_PreallocatedLayer`) and drops finished rows from the batch, their cache rows with them,
-whenever enough have finished (:func:`_should_compact`); vLLM does both (paged KV cache,
-continuous batching). The sampling is unchanged: the same warpers in vLLM's order, the same
-per-row exponential race (:func:`grpo.rollout.hf._race`) drawing from the row's own seeded
-generator, ``log_softmax`` of the warped float32 scores recorded at the drawn token. A row's draws
-depend only on its own generator, so removing other rows from the batch does not change its
-tokens (only the float rounding of a differently shaped forward, as with any batching).
-Unseeded sampling draws one ``[B, V]`` block from the global RNG per step, so its stream, unlike a
-seeded one, depends on which rows are still running.
+This loop writes each new key/value column into a buffer with room for it
+(:class:`_PreallocatedLayer`, grown by doubling) and drops finished rows from the batch, their
+cache rows with them, whenever enough have finished (:func:`_should_compact`); vLLM does both
+(paged KV cache, continuous batching). The sampling is unchanged: the same warpers in vLLM's
+order, the same per-row exponential race (:func:`grpo.rollout.hf._race`) drawing from the row's
+own seeded generator, ``log_softmax`` of the warped float32 scores recorded at the drawn token.
+A row's draws depend only on its own generator, so removing other rows from the batch does not
+change its tokens (only the float rounding of a differently shaped forward, as with any
+batching). Unseeded sampling draws one ``[B, V]`` block from the global RNG per step, so its
+stream, unlike a seeded one, depends on which rows are still running.
 
 A row is finished when it samples an eos id, reaches its length limit, or when the text of its
 completion so far contains a stop string: exactly the prefixes
@@ -39,19 +39,30 @@ from grpo.rollout.types import SamplingConfig
 
 
 class _PreallocatedLayer(DynamicLayer):
-    """A full-attention cache layer whose keys/values are views of buffers of ``capacity``
+    """A full-attention cache layer whose keys/values are views of buffers with room for more
     columns: ``update`` writes the new columns in place instead of concatenating (transformers'
-    ``DynamicLayer.update`` copies the whole layer cache for every new token)."""
+    ``DynamicLayer.update`` copies the whole layer cache for every new token).
 
-    def __init__(self, keys_BHLD: torch.Tensor, values_BHLD: torch.Tensor, capacity: int) -> None:
+    The buffers start with ``capacity`` columns and, when full, are reallocated at twice the size
+    (at most ``limit``): O(log T) copies instead of T, and never more than twice the columns in
+    use, so a large ``max_tokens`` with short completions does not reserve memory it never uses.
+    """
+
+    def __init__(self, keys_BHLD: torch.Tensor, values_BHLD: torch.Tensor, capacity: int,
+                 limit: int) -> None:
         super().__init__()
-        b, h, length, d = keys_BHLD.shape
-        self._keys = keys_BHLD.new_empty((b, h, capacity, d))
-        self._values = values_BHLD.new_empty((b, values_BHLD.shape[1], capacity,
-                                              values_BHLD.shape[3]))
-        self._keys[:, :, :length] = keys_BHLD
-        self._values[:, :, :length] = values_BHLD
+        self.limit = limit
         self.dtype, self.device, self.is_initialized = keys_BHLD.dtype, keys_BHLD.device, True
+        self._keys, self._values = keys_BHLD, values_BHLD
+        self._reserve(keys_BHLD.shape[-2], capacity)
+
+    def _reserve(self, length: int, capacity: int) -> None:
+        """Buffers of ``capacity`` columns holding the first ``length`` columns of the old ones."""
+        old_k, old_v = self._keys, self._values
+        self._keys = old_k.new_empty((*old_k.shape[:2], capacity, old_k.shape[3]))
+        self._values = old_v.new_empty((*old_v.shape[:2], capacity, old_v.shape[3]))
+        self._keys[:, :, :length] = old_k[:, :, :length]
+        self._values[:, :, :length] = old_v[:, :, :length]
         self._view(length)
 
     def _view(self, length: int) -> None:
@@ -59,9 +70,10 @@ class _PreallocatedLayer(DynamicLayer):
 
     def update(self, key_states, value_states, *args, **kwargs):
         start, stop = self.keys.shape[-2], self.keys.shape[-2] + key_states.shape[-2]
+        if stop > self.limit:
+            raise RuntimeError(f"preallocated cache holds {self.limit} columns, asked for {stop}")
         if stop > self._keys.shape[-2]:
-            raise RuntimeError(
-                f"preallocated cache holds {self._keys.shape[-2]} columns, asked for {stop}")
+            self._reserve(start, min(self.limit, max(stop, 2 * self._keys.shape[-2])))
         self._keys[:, :, start:stop] = key_states
         self._values[:, :, start:stop] = value_states
         self._view(stop)
@@ -93,6 +105,9 @@ class _StopInText(StoppingCriteria):
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
                  **kwargs) -> torch.BoolTensor:
         return _stop_hits(self.tokenizer, input_ids[:, self.width:], self.stop)
+
+
+_FIRST_RESERVE = 256  # completion columns reserved before the cache first has to grow
 
 
 def _should_compact(finished: int, batch: int) -> bool:
@@ -132,10 +147,10 @@ def _prefill(model, ids_BL, mask_BL, share_B):
     return logits_BV[index_B], cache, index_B
 
 
-def _preallocate(cache, capacity: int, index_B: torch.Tensor | None):
+def _preallocate(cache, capacity: int, limit: int, index_B: torch.Tensor | None):
     """The batch's cache (row b = prefill row ``index_B[b]``) with every plain full-attention
-    layer preallocated to ``capacity`` columns (sliding-window and other layer kinds keep their
-    own update), and whether every layer can drop rows."""
+    layer preallocated (:class:`_PreallocatedLayer`; sliding-window and other layer kinds keep
+    their own update), and whether every layer can drop rows."""
     layers = getattr(cache, "layers", None)
     if layers is None:
         raise TypeError(f"the model's forward returned a {type(cache).__name__} cache, not a "
@@ -146,7 +161,7 @@ def _preallocate(cache, capacity: int, index_B: torch.Tensor | None):
             keys, values = layer.keys, layer.values
             if index_B is not None:
                 keys, values = keys[index_B], values[index_B]
-            layers[i] = _PreallocatedLayer(keys, values, capacity)
+            layers[i] = _PreallocatedLayer(keys, values, capacity, limit)
         elif index_B is not None:
             layer.batch_select_indices(index_B)
     return cache, all(hasattr(layer, "batch_select_indices") for layer in layers)
@@ -182,7 +197,8 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
     share_B = torch.tensor(list(share)) if share is not None else None
     logits_BV, cache, index_B = _prefill(model, ids_BT[:, :width], mask_BT[:, :width],
                                          share_B)
-    cache, can_compact = _preallocate(cache, width + max_new, index_B)
+    cache, can_compact = _preallocate(cache, width + min(max_new, _FIRST_RESERVE),
+                                      width + max_new, index_B)
 
     eos = torch.tensor(list(eos_ids), device=device)
     limits_B = torch.tensor(list(limits), device=device)
