@@ -1,6 +1,6 @@
 """HFGenerator's decode paths side by side: transformers' ``generate`` vs the own loop.
 
-    PYTHONPATH=src .venv/bin/python benchmarks/bench_hf_generate.py            # ~1 min
+    PYTHONPATH=src .venv/bin/python benchmarks/bench_hf_generate.py            # ~1.5 min
     PYTHONPATH=src .venv/bin/python benchmarks/bench_hf_generate.py --repeats 3 --threads 2
 
 The work of one GRPO step at ``bench_vs_trl.py --scale compute``: the same 25 M-parameter Llama
@@ -73,8 +73,8 @@ def main() -> None:
              "own": lambda m, t: HFGenerator(m, t)}
     times = {k: [] for k in paths}
     stats = {k: {"tokens": 0, "row_forwards": 0, "same_rows": 0, "rows": 0, "max_dlogp": 0.0} for k in paths}
-    for make in paths.values():  # warm-up: one short call per path
-        make(model, tok).generate(prompts, args.n, SamplingConfig(max_tokens=8, seed=0))
+    for make in paths.values():  # warm-up: one full call per path (generate's first is ~1.5x slower)
+        make(model, tok).generate(prompts, args.n, SamplingConfig(max_tokens=args.max_tokens, seed=99))
     for r in range(args.repeats):
         sampling = SamplingConfig(max_tokens=args.max_tokens, seed=r)
         outs = {}
