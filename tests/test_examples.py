@@ -83,3 +83,37 @@ def test_r1_zero_cpu_demo_quick(tmp_path):
     assert "held-out greedy accuracy" in out.stdout
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["grpo_steps"] == 2 and (tmp_path / "run" / "report" / "report.html").exists()
+
+
+def test_r1_pipeline_example_runs_every_stage_and_regenerates_its_table(tmp_path):
+    """The R1 miniature with tiny settings: every stage runs, each model stage's numbers land in
+    its folder as JSON, the table comes back from them, and the report links every stage."""
+    script = str(ROOT / "examples" / "r1_pipeline_cpu.py")
+    run = tmp_path / "run"
+    out = subprocess.run([sys.executable, script, "--quick", "--output-dir", str(run)], capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    models = ["warmup", "r1_zero", "r1_zero_lang", "cold_start", "reasoning_rl", "sft_base", "final_rl",
+              "student_warmup", "student_distill", "student_rl", "student_opd", "student_rl_x10", "student_opd_x10"]
+    results = json.loads((run / "results.json").read_text())["stages"]
+    assert [r["stage"] for r in results] == models
+    for r in results:
+        assert 0 <= r["greedy_accuracy"] <= 1 and 0 <= r["mixing_rate"] <= 1 and r["mean_length"] > 0
+        assert json.loads((run / "stages" / r["folder"] / "miniature.json").read_text()) == r
+    assert results[-1]["parameters"] * 3 < results[0]["parameters"]  # the student is several times smaller
+    # the student's RL stages ran under the distillation stage's wall time
+    budget = max(1.0, json.loads((run / "stages" / "11_student_distill" / "done.json").read_text())["summary"]["seconds"])
+    for folder, factor in (("12_student_rl", 1), ("13_student_opd", 1), ("14_student_rl_x10", 10),
+                           ("15_student_opd_x10", 10)):
+        cfg = json.loads((run / "stages" / folder / "done.json").read_text())["config"]
+        assert cfg["trainer"]["max_seconds"] == pytest.approx(factor * budget)
+    assert "distill/reverse_kl" in (run / "stages" / "13_student_opd" / "grpo" / "metrics.jsonl").read_text()
+    table = out.stdout[out.stdout.index("| stage |"):].split("\n\n")[0].strip()
+    again = subprocess.run([sys.executable, script, "--table", str(run)], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and again.stdout.strip() == table
+    # one page links the pipeline index and every stage's report; every link resolves
+    report = (run / "report.html").read_text()
+    links = [chunk.split("'")[0] for chunk in report.split("href='")[1:]]
+    assert "index.html" in links and all((run / link).exists() for link in links)
+    stage_reports = [link for link in links if link.endswith("report.html")]
+    assert len(stage_reports) == 13  # 8 GRPO + 5 SFT stages (the sample stages: via the index)

@@ -114,6 +114,32 @@ def test_bad_reference_fails_before_anything_runs(setup, tmp_path):
     assert "completion tokens only" in msg and "num_generations" in msg
 
 
+def test_teacher_stage_is_on_policy_distillation_from_an_earlier_stage(setup, tmp_path):
+    root, model, cold = setup
+    stages = [
+        {"name": "teacher_sft", "type": "sft", "data": {"path": str(cold)},
+         "sft": {"max_steps": 2, "per_device_train_batch_size": 8, "logging_steps": 1, "learning_rate": 1.0e-3}},
+        {"name": "opd", "type": "grpo", "model": {"from": "base"}, "teacher": {"from": "teacher_sft"},
+         "data": {"builder": "tiny_arithmetic", "limit": 4}, "rewards": [{"name": "math", "weight": 0.0}],
+         "trainer": TINY_GRPO},
+    ]
+    result = run_pipeline(PipelineRecipe(output_dir=str(tmp_path / "run"), model=str(model), stages=stages))
+    folder = tmp_path / "run" / "stages" / "02_opd"
+    teacher = str((tmp_path / "run" / "stages" / "01_teacher_sft" / "model").resolve())
+    assert yaml.safe_load((folder / "config.yaml").read_text())["teacher"] == teacher
+    assert yaml.safe_load((folder / "grpo" / "config.yaml").read_text())["teacher_model"] == teacher
+    metrics = [json.loads(line) for line in (folder / "grpo" / "metrics.jsonl").read_text().splitlines()]
+    assert len(metrics) == 2 and all(m["distill/reverse_kl"] > 0 for m in metrics)  # the teacher's term is there
+    assert result.ran == ["teacher_sft", "opd"]
+    # a teacher must be an earlier stage's model, given once
+    bad = [dict(stages[0]), {**stages[1], "teacher": {"from": "later"}},
+           {**stages[1], "name": "twice", "trainer": {**TINY_GRPO, "teacher_model": "x"}}]
+    with pytest.raises(ValueError) as e:
+        check_recipe(PipelineRecipe(output_dir=str(tmp_path / "bad"), model=str(model), stages=bad))
+    assert "stage 2 ('opd'): teacher refers to stage 'later', which no earlier stage is" in str(e.value)
+    assert "stage 3 ('twice'): give the teacher once" in str(e.value)
+
+
 def test_packaged_gpu_recipes_load_and_validate():
     paths = sorted(RECIPES.glob("*.yaml"))
     assert {p.stem for p in paths} >= {"r1_qwen2.5_math", "distill_qwen2.5_1.5b"}

@@ -108,3 +108,13 @@ def test_language_unscorable_cases():
     assert res[0].status == UNSCORABLE and "unknown target language" in res[0].reason
     with pytest.raises(ValueError, match="unknown target language"):
         LanguageReward("klingon")
+
+
+def test_language_no_words_score_is_explicit():
+    empty = ["<think></think><answer>7</answer>", "<think>3+4=7</think><answer>7</answer>"]
+    assert LanguageReward("en", no_words=0.0)(completions=empty) == [0.0, 0.0]
+    assert LanguageReward("en", no_words=1.0)(completions=empty) == [1.0, 1.0]
+    # a CoT with words is scored as usual whatever no_words says
+    assert LanguageReward("en", no_words=1.0)(completions=["<think>3 加 4 is 7</think>"]) == [0.5]
+    with pytest.raises(ValueError, match="no_words"):
+        LanguageReward("en", no_words=2.0)

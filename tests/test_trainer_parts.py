@@ -183,6 +183,12 @@ def test_shared_prompt_forward_edge_cases():
 def test_text_stats():
     assert has_reflection("so 12. Wait, let me re-check that") and not has_reflection("12 is waiting")
     assert is_language_mixed("answer 答案") and not is_language_mixed("答案")
+    # tags are not words: a CoT wholly in one script is not mixed, whatever the template adds
+    assert not is_language_mixed("<think>4加3得7,7加9得16</think><answer>16</answer>")
+    assert not is_language_mixed("<think>4 plus 3 is 7</think><answer>7</answer>")
+    assert is_language_mixed("<think>4 plus 3 is 7,7加9得16</think><answer>16</answer>")
+    # only the chain of thought counts when there is one
+    assert not is_language_mixed("<think>4 plus 3 is 7</think><answer>七</answer>")
 
 
 def test_report_draws_curves_from_a_run_folder(tmp_path):

@@ -98,3 +98,21 @@ def test_datasets_the_trainer_cannot_sample_are_refused(tiny_dir, tmp_path):
         GRPOTrainer(str(tiny_dir), [Checksum()], rows(2), cfg(tmp_path), eval_dataset=[])
     with pytest.raises(KeyError, match="prompt_key="):
         GRPOTrainer(str(tiny_dir), [Checksum()], [{"question": "a"}], cfg(tmp_path))
+
+
+def test_max_seconds_stops_after_the_step_that_passes_it(tiny_dir, tmp_path, capsys):
+    # a budget already spent when the first step ends: exactly one step, then the usual ending
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4),
+                          cfg(tmp_path / "a", max_steps=50, max_seconds=1e-6, save_final_model=True))
+    trainer.train()
+    trainer.close()
+    assert [m["step"] for m in read_jsonl(tmp_path / "a" / "run" / "metrics.jsonl")] == [1]
+    assert trainer.step == 1 and (tmp_path / "a" / "run" / "final" / "config.json").exists()
+    assert "max_seconds=1e-06 reached after step 1 of max_steps=50" in capsys.readouterr().out
+    # a budget that is never reached changes nothing
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path / "b", max_steps=3, max_seconds=3600))
+    trainer.train()
+    trainer.close()
+    assert [m["step"] for m in read_jsonl(tmp_path / "b" / "run" / "metrics.jsonl")] == [1, 2, 3]
+    with pytest.raises(ValueError, match="max_seconds"):
+        cfg(tmp_path, max_seconds=0)

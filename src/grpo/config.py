@@ -45,6 +45,11 @@ class GRPOConfig(BaseModel):
     num_train_epochs: float | None = Field(
         None, gt=0, description="Train for this many passes over the training prompts instead of max_steps: "
                                 "max_steps = ceil(epochs x len(train_dataset) / prompts_per_step), set by the trainer.")
+    max_seconds: float | None = Field(
+        None, gt=0, description="Also stop after the step during which this much wall time of training has passed "
+                                "(seconds since train() started, evaluations included; a resumed run counts "
+                                "afresh), e.g. to compare methods at equal wall time. The learning-rate "
+                                "schedule still spans max_steps.")
 
     # ---------------------------------------------------------------- rollout
     num_generations: int = Field(16, ge=2, description="G: completions sampled per prompt (R1: 16).")

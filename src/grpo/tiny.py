@@ -10,7 +10,9 @@ The tokenizer has one token per printable ASCII character plus:
 * special tokens ``<pad>``, ``<eos>`` and the chat-role markers ``<|system|>``, ``<|user|>``,
   ``<|assistant|>`` (a chat template uses them, so prompts can be chat messages);
 * the R1 template tags ``<think>``, ``</think>``, ``<answer>``, ``</answer>`` as single, *non*
-  special tokens: they survive ``decode(skip_special_tokens=True)`` and cost one step each.
+  special tokens: they survive ``decode(skip_special_tokens=True)`` and cost one step each;
+* optionally ``extra_tokens``: more single, non-special tokens (whole words, or characters of
+  another script), matched before the text is split into characters.
 
 vLLM's CPU attention supports head_dim 32, 64, 80, 96, 112, 128, ... (not 16), hence the defaults.
 """
@@ -18,6 +20,7 @@ vLLM's CPU attention supports head_dim 32, 64, 80, 96, 112, 128, ... (not 16), h
 from __future__ import annotations
 
 import string
+from collections.abc import Sequence
 from pathlib import Path
 
 SPECIAL_TOKENS = ["<pad>", "<eos>", "<|system|>", "<|user|>", "<|assistant|>"]
@@ -33,17 +36,25 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_char_tokenizer():
-    """A character-level ``PreTrainedTokenizerFast`` with a chat template, eos and pad."""
+def build_char_tokenizer(extra_tokens: Sequence[str] = ()):
+    """A character-level ``PreTrainedTokenizerFast`` with a chat template, eos and pad.
+
+    ``extra_tokens`` are added after the characters, each one token (e.g. ``(" plus ", "加")``:
+    a word in one step, or a character outside printable ASCII, which would otherwise be
+    unknown)."""
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TAG_TOKENS + CHARS)}
+    extra = list(dict.fromkeys(extra_tokens))
+    clash = [t for t in extra if t in SPECIAL_TOKENS + TAG_TOKENS + CHARS or not t]
+    if clash:
+        raise ValueError(f"extra_tokens {clash} are empty or already tokens of the char tokenizer")
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS + TAG_TOKENS + CHARS + extra)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
     core.pre_tokenizer = pre_tokenizers.Split(pattern="", behavior="isolated")
     core.decoder = decoders.Fuse()
     core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS])
+    core.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS + extra])
     tok = PreTrainedTokenizerFast(
         tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>",
         model_max_length=2048,
@@ -88,10 +99,10 @@ def build_tiny_llama(
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model(path: str | Path, *, seed: int = 0, **model_kwargs) -> Path:
+def save_tiny_model(path: str | Path, *, seed: int = 0, extra_tokens: Sequence[str] = (), **model_kwargs) -> Path:
     """Build the tiny model and tokenizer and ``save_pretrained`` both into ``path``."""
     path = Path(path)
-    tokenizer = build_char_tokenizer()
+    tokenizer = build_char_tokenizer(extra_tokens)
     model = build_tiny_llama(tokenizer, seed=seed, **model_kwargs)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id

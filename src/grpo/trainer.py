@@ -224,6 +224,7 @@ class GRPOTrainer:
         metrics: dict[str, float] = {}
         watch = LearningWatch(max_completion_length=cfg.max_completion_length,
                               rewards_carry_signal=self.teacher is None)
+        started = time.perf_counter()
         if self.eval_dataset is not None and self.step == 0:
             log.log_eval(0, self.evaluate())
         while self.step < cfg.max_steps:
@@ -241,12 +242,21 @@ class GRPOTrainer:
                 log.log_eval(self.step, self.evaluate())
             if cfg.save_steps and self.step % cfg.save_steps == 0:
                 self.save_checkpoint()
+            if cfg.max_seconds is not None and self.step < cfg.max_steps and self._out_of_time(started):
+                log.message(f"max_seconds={cfg.max_seconds:g} reached after step {self.step} of "
+                            f"max_steps={cfg.max_steps}: stopping")
+                break
         if self.eval_dataset is not None:
             log.log_eval(self.step, self.evaluate())
         if cfg.save_final_model:
             self.save_model(Path(cfg.output_dir) / "final")
         log.close()
         return metrics
+
+    def _out_of_time(self, started: float) -> bool:
+        """max_seconds has passed on some process (every process then stops after the same step)."""
+        over = time.perf_counter() - started >= self.config.max_seconds
+        return self.parallel.global_sum(float(over)) > 0
 
     def train_step(self, log: RunLogger) -> dict[str, float]:
         """One GRPO step: collect (rollout -> score -> advantages), learn, push weights. Returns metrics."""

@@ -18,8 +18,11 @@ earlier stage's output *by the stage's name*::
          n: 8, rl_pass_rate: [0.2, 0.8]}
       - {name: sft_2, type: sft, model: {from: base}, data: {from: rejection}}   # output "sft"
       - {name: final_rl, type: grpo, data: {from: rejection, output: rl_prompts}, rewards: [{name: math}]}
+      - {name: student_opd, type: grpo, model: path/of/a/small/model, teacher: {from: final_rl},
+         data: {builder: tiny_arithmetic}, rewards: [{name: math, weight: 0.0}]}   # on-policy distillation
 
-Outputs: ``sft`` and ``grpo`` stages produce a ``model``; ``sample`` stages produce the
+A ``grpo`` stage's ``teacher`` (a path or ``{from: stage}``) makes it on-policy distillation
+(:mod:`grpo.distill`). Outputs: ``sft`` and ``grpo`` stages produce a ``model``; ``sample`` stages produce the
 dataset ``sft`` (kept rows) and, with ``rl_pass_rate``, ``rl_prompts``. :func:`check_recipe`
 rejects, before anything runs, a reference to an output that no earlier stage produces, an
 unknown reward name, and settings their config classes refuse.
@@ -98,6 +101,9 @@ class GRPOStage(_Stage):
     type: Literal["grpo"]
     eval_data: DataSpec | None = None
     rewards: list[RewardSpec] = Field(min_length=1)
+    teacher: str | Ref | None = Field(
+        None, description="On-policy distillation: the teacher model (path / hub id, or {from: stage}); "
+                          "sets trainer.teacher_model (grpo.distill).")
     lora: dict[str, Any] | None = Field(None, description="peft LoraConfig arguments.")
     trainer: dict[str, Any] = Field(default_factory=dict, description="GRPOConfig fields (output_dir is set).")
 
@@ -184,6 +190,11 @@ def check_recipe(recipe: PipelineRecipe) -> None:
         src = model_source(recipe, i)
         if isinstance(src, Ref):
             problems += _check_ref(where, "model", src.stage, src.output or "model", produced, recipe)
+        teacher = getattr(stage, "teacher", None)
+        if isinstance(teacher, Ref):
+            problems += _check_ref(where, "teacher", teacher.stage, teacher.output or "model", produced, recipe)
+        if teacher is not None and "teacher_model" in getattr(stage, "trainer", {}):
+            problems.append(f"{where}: give the teacher once, as `teacher` (not also trainer.teacher_model)")
         for key in ("data", "eval_data"):
             spec = getattr(stage, key, None)
             if spec is not None and spec.stage is not None:
@@ -207,8 +218,9 @@ def _check_ref(where: str, key: str, stage: str, output: str, produced: dict[str
         return [f"{where}: {key} wants output {output!r} of stage {stage!r}, which produces only "
                 f"{sorted(produced[stage]) or 'nothing'}" +
                 (" (set rl_pass_rate on it to get rl_prompts)" if output == "rl_prompts" else "")]
-    kind_ok = (output == "model") == (key == "model")
-    return [] if kind_ok else [f"{where}: {key} needs a {'model' if key == 'model' else 'dataset'}, "
+    wants_model = key in ("model", "teacher")
+    kind_ok = (output == "model") == wants_model
+    return [] if kind_ok else [f"{where}: {key} needs a {'model' if wants_model else 'dataset'}, "
                                f"but {stage}.{output} is {'a model' if output == 'model' else 'a dataset'}"]
 
 

@@ -159,6 +159,17 @@ def build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
     """Build the tiny Llama + character tokenizer of ``spec`` (``grpo.tiny``), warm it up on the
     CPU demo's sloppy teacher (``grpo.recipes.tiny_task``, R1's cold start in miniature) and save
     both with ``save_pretrained``. Reused when ``folder`` already holds the same spec."""
+    import fcntl
+
+    # several processes of one run (torchrun) reach here at once: one builds, the others wait for
+    # its lock and then find the finished folder
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(folder.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_tiny_model(folder, spec)
+
+
+def _build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
     import torch
 
     from grpo.recipes.tiny_task import make_problems, warmup_sft

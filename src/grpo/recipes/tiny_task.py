@@ -17,6 +17,12 @@ while sampling at temperature 1 takes the worked path ~40% of the time (pass@8 ~
 the rule rewards (exact answer + format) then turns pass@k into pass@1: the policy learns to
 *think before answering*, and responses grow from ~7 to ~19 tokens, R1's Fig. 3 in miniature. Honest reading: the arithmetic
 itself is learned in the warm-up; what GRPO learns is to *choose* the worked path.
+
+Languages: a worked step is written in one of :data:`STEP_LANGUAGES`, by default ``"symbols"``
+(``4+3=7``). The R1 miniature (``examples/r1_pipeline_cpu.py``) gives the teacher two languages
+of the same length in tokens, English ``4 plus 3 is 7`` and Chinese ``4加3得7``, each step's
+drawn at random: its chains of thought mix languages the way R1-Zero's did (R1 sec. 2.3.2).
+Their words are single tokens of the tokenizer built with ``extra_tokens=BILINGUAL_TOKENS``.
 """
 
 from __future__ import annotations
@@ -27,6 +33,10 @@ from collections.abc import Sequence
 
 N_TERMS = 3
 HELD_OUT = 200  # problems kept out of training (disjoint from the train split)
+STEP_LANGUAGES = {"symbols": "{a}+{b}={c}", "en": "{a} plus {b} is {c}", "zh": "{a}加{b}得{c}"}
+"""How one worked step ``a + b = c`` is written, per language."""
+BILINGUAL_TOKENS = (" plus ", " is ", "加", "得")
+"""The words of the "en" and "zh" steps, one token each (``grpo.tiny.build_char_tokenizer``)."""
 
 
 def _space(seed: int = 1234) -> list[tuple[int, ...]]:
@@ -53,8 +63,12 @@ def make_problems(size: int | None = None, seed: int = 0, split: str = "train") 
 
 
 def teacher_completion(terms: Sequence[int], rng: random.Random, think_p: float = 0.4,
-                       noformat_p: float = 0.1) -> str:
-    """One sloppy-teacher completion (see the module docstring)."""
+                       noformat_p: float = 0.1, languages: Sequence[str] = ("symbols",)) -> str:
+    """One sloppy-teacher completion (see the module docstring); each worked step is written in
+    one of ``languages`` (keys of :data:`STEP_LANGUAGES`), drawn uniformly per step."""
+    unknown = sorted(set(languages) - set(STEP_LANGUAGES))
+    if unknown or not languages:
+        raise ValueError(f"languages must be keys of STEP_LANGUAGES {sorted(STEP_LANGUAGES)}, got {list(languages)}")
     u = rng.random()
     guess = rng.randint(0, 9 * len(terms))
     if u < noformat_p:
@@ -62,20 +76,21 @@ def teacher_completion(terms: Sequence[int], rng: random.Random, think_p: float 
     if u < noformat_p + think_p:
         steps, acc = [], terms[0]
         for x in terms[1:]:
-            steps.append(f"{acc}+{x}={acc + x}")
+            language = languages[0] if len(languages) == 1 else rng.choice(languages)
+            steps.append(STEP_LANGUAGES[language].format(a=acc, b=x, c=acc + x))
             acc += x
         return f"<think>{','.join(steps)}</think><answer>{acc}</answer>"
     return f"<think></think><answer>{guess}</answer>"
 
 
 def teacher_rows(rows: Sequence[dict], count: int, *, seed: int = 0, think_p: float = 0.4,
-                 noformat_p: float = 0.1) -> list[dict]:
+                 noformat_p: float = 0.1, languages: Sequence[str] = ("symbols",)) -> list[dict]:
     """``count`` SFT rows (prompt + sloppy-teacher completion) drawn with replacement from ``rows``."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         row = rng.choice(rows)
-        text = teacher_completion(row["terms"], rng, think_p, noformat_p)
+        text = teacher_completion(row["terms"], rng, think_p, noformat_p, languages)
         out.append({"prompt": row["prompt"], "completion": [{"role": "assistant", "content": text}]})
     return out
 
