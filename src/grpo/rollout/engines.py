@@ -4,9 +4,9 @@ A multi-turn trajectory continues from its own tokens (token-in, token-out): the
 sampled from ``prompt + everything so far`` as ids, never from re-tokenized text. The single-turn
 generators take prompts, so :func:`token_engine` adapts them:
 
-* :class:`HFEngine` on an :class:`grpo.rollout.HFGenerator`: the same ``generate`` call, warpers
-  (vLLM's order), sampled-token log-prob recorder and per-row exponential-race sampler as the
-  generator (:mod:`grpo.rollout.hf`), but each row with its *own* seed and context;
+* :class:`HFEngine` on an :class:`grpo.rollout.HFGenerator`: the generator's own
+  :meth:`~grpo.rollout.HFGenerator.sample_tokens` (its decode loop, warpers in vLLM's order,
+  per-row exponential-race sampler), each row with its *own* seed and context;
 * :class:`VLLMEngine` on a :class:`grpo.rollout.VLLMGenerator`: one request per row with
   ``prompt_token_ids`` and its seed (vLLM's per-request seeds).
 
@@ -35,7 +35,7 @@ class TokenEngine(Protocol):
 
 
 class HFEngine:
-    """Per-row seeded sampling with ``transformers.generate`` (see :mod:`grpo.rollout.hf`)."""
+    """Per-row seeded sampling with the generator's :meth:`~grpo.rollout.HFGenerator.sample_tokens`."""
 
     def __init__(self, generator: Any):
         from grpo.rollout.tokens import eos_token_ids
@@ -48,63 +48,15 @@ class HFEngine:
         self.eos_ids = eos_token_ids(self.tokenizer, getattr(model, "generation_config", None))
 
     def sample(self, contexts, seeds, limits, sampling):
-        from grpo.rollout.weights import unwrap_model
-
-        model = unwrap_model(self.generator.model)
+        if any(s is not None for s in seeds) and any(s is None for s in seeds):
+            raise ValueError("seeds must be all None or all ints")
+        seeded = seeds[0] is not None if len(seeds) else False
         step = self.generator.max_batch_size or len(contexts)
-        was_training = model.training
-        model.eval()
-        try:
-            out = []
-            for s in range(0, len(contexts), step):
-                out += self._sample(model, contexts[s:s + step], seeds[s:s + step], limits[s:s + step], sampling)
-            return out
-        finally:
-            model.train(was_training)
-
-    def _sample(self, model, contexts, seeds, limits, sampling):
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList
-
-        from grpo.rollout.hf import (
-            _device,
-            _RowSampler,
-            _SampledTokenLogprobs,
-            _warpers,
-            _without_model_generation_defaults,
-        )
-
-        device = _device(model)
-        width = max(len(c) for c in contexts)
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_ids[0]
-        ids_BL = torch.full((len(contexts), width), pad, dtype=torch.long)
-        mask_BL = torch.zeros((len(contexts), width), dtype=torch.long)
-        for i, c in enumerate(contexts):  # left padding
-            ids_BL[i, width - len(c):] = torch.tensor(c)
-            mask_BL[i, width - len(c):] = 1
-        config = GenerationConfig(do_sample=False, max_new_tokens=max(limits), eos_token_id=list(self.eos_ids),
-                                  pad_token_id=pad, stop_strings=list(sampling.stop) or None, num_beams=1,
-                                  return_dict_in_generate=True)
-        recorder = _SampledTokenLogprobs()
-        if getattr(sampling, "repetition_penalty", 1.0) != 1.0:  # it needs each row's first real column
-            warpers = _warpers(sampling, torch.tensor([width - len(c) for c in contexts]))
-        else:
-            warpers = _warpers(sampling)
-        processors = [*warpers, recorder]
-        if not sampling.greedy:
-            gens = None
-            if any(s is not None for s in seeds):
-                if any(s is None for s in seeds):
-                    raise ValueError("seeds must be all None or all ints")
-                gens = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
-            processors.append(_RowSampler(gens))
-        with _without_model_generation_defaults(model):
-            out = model.generate(input_ids=ids_BL.to(device), attention_mask=mask_BL.to(device),
-                                 generation_config=config, logits_processor=LogitsProcessorList(processors),
-                                 tokenizer=self.tokenizer if sampling.stop else None)
-        sampled_BT = out.sequences[:, width:].cpu()
-        logp_BT = recorder.result(out.sequences[:, -1]).cpu()
-        return [(sampled_BT[i, :limits[i]].tolist(), logp_BT[i, :limits[i]].tolist()) for i in range(len(contexts))]
+        out = []
+        for s in range(0, len(contexts), step):
+            out += self.generator.sample_tokens(contexts[s:s + step], limits[s:s + step], sampling,
+                                                seeds=seeds[s:s + step] if seeded else None)
+        return out
 
 
 class VLLMEngine:

@@ -92,14 +92,6 @@ def _race(scores_BV: torch.Tensor, generators: list[torch.Generator] | None) -> 
     return (scores_BV.double() + gumbel_BV).argmax(dim=-1)
 
 
-def _row_generators(seed: int | None, rows: Sequence[tuple[int, int]], n: int,
-                    device: torch.device) -> list[torch.Generator] | None:
-    """Generator of row ``(p, k)`` seeded ``seed + p*n + k`` (the vLLM generators' scheme)."""
-    if seed is None:
-        return None
-    return [torch.Generator(device=device).manual_seed(seed + p * n + k) for p, k in rows]
-
-
 class _RepetitionPenalty:
     """vLLM's repetition penalty over each row's prompt and completion so far: the logit of a
     token already seen is divided by ``penalty`` if positive, multiplied if not. Left padding
@@ -228,60 +220,83 @@ class HFGenerator:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def sample_tokens(self, contexts: Sequence[list[int]], limits: Sequence[int], sampling: SamplingConfig, *,
+                      seeds: Sequence[int] | None = None, share: Sequence[int] | None = None
+                      ) -> list[tuple[list[int], list[float]]]:
+        """Sampled ids and their log-probs after each token context: the layer under
+        :meth:`generate`, also used by multi-turn engines (whole conversations as contexts).
+
+        Args:
+            contexts: token ids to continue, one row each (any lengths; left-padded here).
+            limits: the most new tokens per row.
+            sampling: how to sample (its ``seed`` is ignored: see ``seeds``).
+            seeds: row ``i`` draws from its own stream seeded ``seeds[i]``; None: the global RNG.
+            share: rows with equal ``share[i]`` have equal contexts: their prefill runs once
+                (with ``share_prompt_prefill``).
+
+        Returns, per row, the ids up to where it finished (eos, stop string or its limit) or
+        beyond, to be cut with :func:`grpo.rollout.tokens.find_ending`.
+        """
+        model = unwrap_model(self.model)
+        eos_ids = eos_token_ids(self.tokenizer, getattr(model, "generation_config", None))
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
+        gens = None
+        if seeds is not None and not sampling.greedy:
+            gens = [torch.Generator(device=_device(model)).manual_seed(int(s)) for s in seeds]
+        share = share if self.share_prompt_prefill else None
+        was_training = model.training
+        model.eval()
+        try:
+            if self.use_generate:
+                return self._generate_with_hf(model, contexts, limits, sampling, eos_ids, pad, gens, share)
+            from grpo.rollout.hf_decode import decode
+
+            return decode(model, self.tokenizer, contexts, limits=limits, sampling=sampling, eos_ids=eos_ids,
+                          pad_id=pad, generators=gens, share=share)
+        finally:
+            model.train(was_training)
+
     def _generate_rows(self, model, encoded, rows, n, sampling, eos_ids, max_ctx) -> list[Rollout]:
         prompts = [encoded[p] for p, _ in rows]
         limits = [sampling.max_tokens if max_ctx is None
                   else min(sampling.max_tokens, max_ctx - len(ids)) for ids in prompts]
-        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_ids[0]
-        if self.use_generate:
-            sampled = self._generate_with_hf(model, prompts, rows, n, sampling, eos_ids, max_ctx,
-                                             pad)
-        else:
-            from grpo.rollout.hf_decode import decode
-
-            gens = None if sampling.greedy else _row_generators(sampling.seed, rows, n,
-                                                                 _device(model))
-            sampled = decode(model, self.tokenizer, prompts, limits=limits, sampling=sampling,
-                             eos_ids=eos_ids, pad_id=pad, generators=gens,
-                             share=[p for p, _ in rows] if self.share_prompt_prefill else None)
+        seeds = None if sampling.seed is None else [sampling.seed + p * n + k for p, k in rows]  # vLLM's scheme
+        sampled = self.sample_tokens(prompts, limits, sampling, seeds=seeds, share=[p for p, _ in rows])
         return [make_rollout(self.tokenizer, prompts[i], ids, logps, prompt_index=p,
                              sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limits[i])
                 for i, ((p, k), (ids, logps)) in enumerate(zip(rows, sampled, strict=True))]
 
-    def _generate_with_hf(self, model, prompts, rows, n, sampling, eos_ids, max_ctx, pad):
+    def _generate_with_hf(self, model, contexts, limits, sampling, eos_ids, pad, generators, share):
         """Each row's sampled ids and log-probs from one ``model.generate`` call."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
         from grpo.rollout.hf_decode import _StopInText
 
         device = _device(model)
-        width = max(len(ids) for ids in prompts)
-        input_ids_BL = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask_BL = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, ids in enumerate(prompts):  # left padding
+        width = max(len(ids) for ids in contexts)
+        input_ids_BL = torch.full((len(contexts), width), pad, dtype=torch.long)
+        mask_BL = torch.zeros((len(contexts), width), dtype=torch.long)
+        for i, ids in enumerate(contexts):  # left padding
             input_ids_BL[i, width - len(ids):] = torch.tensor(ids)
             mask_BL[i, width - len(ids):] = 1
-        max_new = sampling.max_tokens
-        if max_ctx is not None:  # rows with shorter prompts may go further; cut per row below
-            max_new = min(max_new, max_ctx - min(len(ids) for ids in prompts))
         config = GenerationConfig(
             do_sample=False,  # greedy over the scores _RowSampler leaves: its pick
-            max_new_tokens=max_new,
+            max_new_tokens=max(limits),  # rows with lower limits are cut below
             eos_token_id=list(eos_ids),
             pad_token_id=pad,
             num_beams=1,
             return_dict_in_generate=True,
         )
         recorder = _SampledTokenLogprobs()
-        starts_B = torch.tensor([width - len(ids) for ids in prompts])
+        starts_B = torch.tensor([width - len(ids) for ids in contexts])
         processors = [*_warpers(sampling, starts_B), recorder]
         if not sampling.greedy:
-            processors.append(_RowSampler(_row_generators(sampling.seed, rows, n, device)))
+            processors.append(_RowSampler(generators))
         processors = LogitsProcessorList(processors)
         input_ids_BL, mask_BL = input_ids_BL.to(device), mask_BL.to(device)
         cache = None
-        if self.share_prompt_prefill:
-            cache = _shared_prefill(model, input_ids_BL, mask_BL, rows)
+        if share is not None:
+            cache = _shared_prefill(model, input_ids_BL, mask_BL, share)
         with _without_model_generation_defaults(model):
             out = model.generate(
                 input_ids=input_ids_BL,
@@ -295,18 +310,18 @@ class HFGenerator:
             )
         sampled_BT = out.sequences[:, width:].cpu()
         logp_BT = recorder.result(out.sequences[:, -1]).cpu()
-        return list(zip(sampled_BT.tolist(), logp_BT.tolist(), strict=True))
+        return [(sampled_BT[i, :n].tolist(), logp_BT[i, :n].tolist()) for i, n in enumerate(limits)]
 
 
 @torch.no_grad()
 def _shared_prefill(model: nn.Module, input_ids_BL: torch.Tensor, mask_BL: torch.Tensor,
-                    rows: Sequence[tuple[int, int]]):
-    """Key/value cache of every row's prompt but its last token, each distinct prompt computed
-    once (``generate`` then runs that last token itself, so the first sampled token's scores go
-    through the logits processors as usual). None when no prompt repeats."""
-    prompt_B = torch.tensor([p for p, _ in rows])
+                    share: Sequence[int]):
+    """Key/value cache of every row's prompt but its last token, each distinct prompt (equal
+    ``share``) computed once (``generate`` then runs that last token itself, so the first sampled
+    token's scores go through the logits processors as usual). None when no prompt repeats."""
+    prompt_B = torch.tensor(list(share))
     unique_U, row_to_unique_B = torch.unique(prompt_B, return_inverse=True)
-    if len(unique_U) == len(rows) or input_ids_BL.shape[1] < 2:
+    if len(unique_U) == len(prompt_B) or input_ids_BL.shape[1] < 2:
         return None
     first_row_U = torch.stack([(prompt_B == p).nonzero()[0, 0] for p in unique_U])
     ids_UL, mask_UL = input_ids_BL[first_row_U, :-1], mask_BL[first_row_U, :-1]
