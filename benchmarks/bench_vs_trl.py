@@ -306,10 +306,11 @@ def run_grpo(args, row: str, out: Path) -> dict:
         rollout="vllm" if row == "vllm" else "hf", vllm_enforce_eager=True,
         max_prompt_length=args.max_prompt_length, max_completion_length=args.max_completion_length,
         temperature=1.0, advantage_estimator="grpo", beta=args.beta, kl_estimator="k3", eps_low=0.2, eps_high=0.2,
-        aggregation="token_mean", use_tis=False, learning_rate=args.lr, weight_decay=0.0,
+        aggregation="token_mean", learning_rate=args.lr, weight_decay=0.0,
         adam_betas=(0.9, 0.99), lr_schedule="constant", warmup_steps=0, max_grad_norm=1.0,
         num_iterations=args.mu, micro_batch_size=args.micro_batch_size, gradient_checkpointing=False,
         dtype="float32", logging_steps=1, log_completions=0, save_final_model=False, progress_bar=False,
+        use_tis=False, async_staleness=args.grpo_async,
     )
     trainer = Timed(str(args.model), _rewards(row), data, config)
     try:
@@ -418,7 +419,8 @@ def spawn(args, impl: str, row: str, model: Path, work: Path) -> dict:
     cmd = [sys.executable, os.path.abspath(__file__), "--child", "--impl", impl, "--row", row,
            "--model", str(model), "--workdir", str(work)]
     for k in ("steps", "warmup", "num_generations", "prompts_per_step", "max_completion_length",
-              "max_prompt_length", "micro_batch_size", "mu", "beta", "lr", "seed", "threads", "timeout", "scale"):
+              "max_prompt_length", "micro_batch_size", "mu", "beta", "lr", "seed", "threads", "timeout", "scale",
+              "grpo_async"):
         cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
     if args.profile:
         cmd.append("--profile")
@@ -543,6 +545,9 @@ def main() -> None:
                         "spin against other jobs and are 10-30x slower and noisy)")
     p.add_argument("--timeout", type=int, default=None, help="seconds per configuration subprocess "
                                                            "(300 tiny, 900 compute)")
+    p.add_argument("--grpo-async", type=int, default=0, metavar="K",
+                   help="grpo side only: asynchronous rollouts with staleness K (generation and scoring of the "
+                        "next step overlap training; one-step off-policy, so NOT the same algorithm as trl's)")
     p.add_argument("--profile", action="store_true", help="cProfile each run (slower; for diagnosis)")
     p.add_argument("--keep", default=None, help="folder for runs, logs and profiles (default: temporary)")
     p.add_argument("--json", default=None, help="also write all raw results here")
