@@ -265,7 +265,8 @@ def write_report(run: Path, results: list[dict]) -> Path:
     plt.close(fig)
 
     # GRPO curves: the teacher's stages by step; the student's by wall time (their budgets are time)
-    curves = [("train/accuracy", "train accuracy"), ("completions/language_mixing_rate", "mixing rate (all completions)"),
+    curves = [("train/accuracy", "train accuracy"),
+              ("completions/language_mixing_rate", "mixing rate (all completions)"),
               ("completions/mean_length", "mean length (tokens)"),
               ("reward/language_reward/mean", "language reward (share of English words)")]
     fig, axes = plt.subplots(2, len(curves), figsize=(18, 6.4))
@@ -294,7 +295,9 @@ def write_report(run: Path, results: list[dict]) -> Path:
     for done in sorted((run / "stages").glob("*/done.json")):
         folder = done.parent.relative_to(run)
         summary = json.loads(done.read_text())["summary"]
-        items = [f"<a href='{html.escape(str(folder / summary['report']))}'>report</a>"] if summary.get("report") else []
+        items = []
+        if summary.get("report"):
+            items.append(f"<a href='{html.escape(str(folder / summary['report']))}'>report</a>")
         if (done.parent / "miniature.json").exists():
             items.append(f"<a href='{html.escape(str(folder / 'miniature.json'))}'>held-out numbers</a>")
         items.append(f"<a href='{html.escape(str(folder / 'config.yaml'))}'>config</a>")

@@ -102,7 +102,8 @@ def test_r1_pipeline_example_runs_every_stage_and_regenerates_its_table(tmp_path
         assert json.loads((run / "stages" / r["folder"] / "miniature.json").read_text()) == r
     assert results[-1]["parameters"] * 3 < results[0]["parameters"]  # the student is several times smaller
     # the student's RL stages ran under the distillation stage's wall time
-    budget = max(1.0, json.loads((run / "stages" / "11_student_distill" / "done.json").read_text())["summary"]["seconds"])
+    distill = json.loads((run / "stages" / "11_student_distill" / "done.json").read_text())
+    budget = max(1.0, distill["summary"]["seconds"])
     for folder, factor in (("12_student_rl", 1), ("13_student_opd", 1), ("14_student_rl_x10", 10),
                            ("15_student_opd_x10", 10)):
         cfg = json.loads((run / "stages" / folder / "done.json").read_text())["config"]

@@ -22,8 +22,8 @@ earlier stage's output *by the stage's name*::
          data: {builder: tiny_arithmetic}, rewards: [{name: math, weight: 0.0}]}   # on-policy distillation
 
 A ``grpo`` stage's ``teacher`` (a path or ``{from: stage}``) makes it on-policy distillation
-(:mod:`grpo.distill`). Outputs: ``sft`` and ``grpo`` stages produce a ``model``; ``sample`` stages produce the
-dataset ``sft`` (kept rows) and, with ``rl_pass_rate``, ``rl_prompts``. :func:`check_recipe`
+(:mod:`grpo.distill`). Outputs: ``sft`` and ``grpo`` stages produce a ``model``; ``sample``
+stages produce the dataset ``sft`` (kept rows) and, with ``rl_pass_rate``, ``rl_prompts``. :func:`check_recipe`
 rejects, before anything runs, a reference to an output that no earlier stage produces, an
 unknown reward name, and settings their config classes refuse.
 """
