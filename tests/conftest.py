@@ -19,3 +19,16 @@ def tiny_dir(tmp_path_factory):
     from grpo.tiny import save_tiny_model
 
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_heads=2, head_dim=32)
+
+
+class CrashAfter:
+    """A real generator that dies on its (k+1)-th ``generate`` call, as an interrupted run would."""
+
+    def __init__(self, inner, k):
+        self.inner, self.k, self.calls = inner, k, 0
+
+    def generate(self, prompts, n, sampling):
+        self.calls += 1
+        if self.calls > self.k:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.inner.generate(prompts, n, sampling)

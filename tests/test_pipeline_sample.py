@@ -10,6 +10,8 @@ from grpo.pipeline.keep import Sample, select
 from grpo.rewards import FormatReward, MathReward
 from grpo.rollout import HFGenerator, SamplingConfig
 
+from conftest import CrashAfter
+
 
 def _s(text="<think>a</think><answer>1</answer>", n_tokens=5, truncated=False, math=1.0, fmt=1.0):
     return Sample(text=text, n_tokens=n_tokens, truncated=truncated, total=None if math is None else math + fmt,
@@ -69,19 +71,6 @@ def warm(tmp_path_factory):
     return model, tok, make_problems(size=12, seed=1)
 
 
-class _CrashAfter:
-    """A real HFGenerator that dies on its (k+1)-th call, as an interrupted run would."""
-
-    def __init__(self, inner, k):
-        self.inner, self.k, self.calls = inner, k, 0
-
-    def generate(self, prompts, n, sampling):
-        self.calls += 1
-        if self.calls > self.k:
-            raise KeyboardInterrupt("simulated interruption")
-        return self.inner.generate(prompts, n, sampling)
-
-
 def _run(gen, rows, out, **kw):
     return rejection_sample(gen, rows, [MathReward(parallel=False), FormatReward()], output_dir=out, n=4,
                             sampling=SamplingConfig(temperature=1.0, max_tokens=24), batch_size=4, seed=3,
@@ -112,12 +101,12 @@ def test_end_to_end_rows_pass_rates_and_rl_prompts(warm, tmp_path):
 def test_resumed_run_equals_uninterrupted_run(warm, tmp_path):
     model, tok, rows = warm
     _run(HFGenerator(model, tok), rows, tmp_path / "full")
-    crashing = _CrashAfter(HFGenerator(model, tok), k=1)
+    crashing = CrashAfter(HFGenerator(model, tok), k=1)
     with pytest.raises(KeyboardInterrupt):
         _run(crashing, rows, tmp_path / "resumed")
     with open(tmp_path / "resumed" / "samples.jsonl", "a") as f:
         f.write('{"index": 4, "row": {"prom')  # a line cut by the interruption
-    resuming = _CrashAfter(HFGenerator(model, tok), k=99)
+    resuming = CrashAfter(HFGenerator(model, tok), k=99)
     _run(resuming, rows, tmp_path / "resumed")
     assert resuming.calls == 2  # 3 chunks of 4 prompts; the first was not redone
     for name in ("samples.jsonl", "sft.jsonl", "pass_rates.jsonl", "summary.json"):

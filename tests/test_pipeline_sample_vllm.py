@@ -8,6 +8,8 @@ from grpo.pipeline import KeepRule, rejection_sample
 from grpo.rewards import FormatReward, MathReward
 from grpo.rollout import SamplingConfig
 
+from conftest import CrashAfter
+
 pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
@@ -31,17 +33,6 @@ def engine(tmp_path_factory):
         gen.close()
 
 
-class _CrashAfter:
-    def __init__(self, inner, k):
-        self.inner, self.k, self.calls = inner, k, 0
-
-    def generate(self, prompts, n, sampling):
-        self.calls += 1
-        if self.calls > self.k:
-            raise KeyboardInterrupt("simulated interruption")
-        return self.inner.generate(prompts, n, sampling)
-
-
 def test_vllm_rejection_sampling_and_resume(engine, tmp_path):
     from grpo.recipes.tiny_task import make_problems
 
@@ -57,8 +48,8 @@ def test_vllm_rejection_sampling_and_resume(engine, tmp_path):
     kept = [json.loads(line) for line in full.sft_path.read_text().splitlines()]
     assert all(r["completion"][0]["content"].startswith("<think>") for r in kept)
     with pytest.raises(KeyboardInterrupt):
-        run(_CrashAfter(engine, 2), tmp_path / "resumed")
-    resuming = _CrashAfter(engine, 99)
+        run(CrashAfter(engine, 2), tmp_path / "resumed")
+    resuming = CrashAfter(engine, 99)
     run(resuming, tmp_path / "resumed")
     assert resuming.calls == 1
     for name in ("samples.jsonl", "sft.jsonl", "pass_rates.jsonl", "rl_prompts.jsonl"):
