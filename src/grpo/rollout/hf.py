@@ -319,11 +319,11 @@ def _shared_prefill(model: nn.Module, input_ids_BL: torch.Tensor, mask_BL: torch
     """Key/value cache of every row's prompt but its last token, each distinct prompt (equal
     ``share``) computed once (``generate`` then runs that last token itself, so the first sampled
     token's scores go through the logits processors as usual). None when no prompt repeats."""
-    prompt_B = torch.tensor(list(share))
-    unique_U, row_to_unique_B = torch.unique(prompt_B, return_inverse=True)
-    if len(unique_U) == len(prompt_B) or input_ids_BL.shape[1] < 2:
+    from grpo.rollout.hf_decode import distinct_rows
+
+    first_row_U, row_to_unique_B = distinct_rows(torch.tensor(list(share)))
+    if len(first_row_U) == len(share) or input_ids_BL.shape[1] < 2:
         return None
-    first_row_U = torch.stack([(prompt_B == p).nonzero()[0, 0] for p in unique_U])
     ids_UL, mask_UL = input_ids_BL[first_row_U, :-1], mask_BL[first_row_U, :-1]
     positions_UL = (mask_UL.cumsum(-1) - 1).masked_fill(mask_UL == 0, 1)  # generate's convention
     cache = model(input_ids=ids_UL, attention_mask=mask_UL, position_ids=positions_UL,

@@ -124,15 +124,23 @@ def _forward_kwargs(model: nn.Module) -> dict:
     return {"logits_to_keep": 1} if takes_it else {}
 
 
+def distinct_rows(share_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows labelled ``share_B`` (equal label = equal prompt): the first row of each distinct
+    label ``[U]`` and each row's distinct-label index ``[B]`` (what a shared prefill computes once
+    and then indexes out)."""
+    _, row_to_unique_B = torch.unique(share_B, return_inverse=True)
+    first_U = torch.stack([(row_to_unique_B == u).nonzero()[0, 0]
+                           for u in range(int(row_to_unique_B.max()) + 1)])
+    return first_U, row_to_unique_B
+
+
 def _prefill(model, ids_BL, mask_BL, share_B):
     """Last-column float32 logits ``[B, V]``, the key/value cache of the prompts and the row of
     that cache each batch row reads (``[B]``, or None: row b is row b): rows with equal
     ``share_B`` are computed once (vLLM's prefix caching does the same), or every row separately
     when ``share_B`` is None."""
     if share_B is not None:
-        _, row_to_unique_B = torch.unique(share_B, return_inverse=True)
-        first_U = torch.stack([(row_to_unique_B == u).nonzero()[0, 0]
-                               for u in range(int(row_to_unique_B.max()) + 1)])
+        first_U, row_to_unique_B = distinct_rows(share_B)
         if len(first_U) == len(share_B):
             share_B = None
     rows = first_U if share_B is not None else slice(None)
