@@ -130,10 +130,11 @@ def test_custom_loop_matches_trainer(setup):
     assert metrics["grad_norm"] == pytest.approx(setup["last"]["optim/grad_norm"], rel=1e-4)
 
 
-def _logprobs_at(temperature):
+def _logprobs_at(temperature, **override):
     from grpo.policy import completion_logprobs
 
-    return lambda model, batch, **kw: completion_logprobs(model, batch, **{**kw, "temperature": temperature})
+    return lambda model, batch, **kw: completion_logprobs(model, batch, **{**kw, "temperature": temperature,
+                                                                            **override})
 
 
 def _loss_with(**override):
@@ -155,21 +156,24 @@ def _without_zero_grad(make_optimizer):
     return make
 
 
-MISTAKES = {  # name -> (the example's name to replace, the replacement given the module)
-    "logprobs_at_another_temperature": ("completion_logprobs", lambda m: _logprobs_at(1.0)),
-    "normalised_per_micro_batch": ("policy_loss", lambda m: _loss_with(normalizer=None)),
-    "advantages_over_padding": ("policy_loss", lambda m: _loss_with(mask_padding=True)),
-    "sequence_mean_not_token_mean": ("policy_loss", lambda m: _loss_with(aggregation="seq_mean_token_mean",
-                                                                         normalizer=2 * 4)),
-    "gradients_not_zeroed": ("make_optimizer", lambda m: _without_zero_grad(m.make_optimizer)),
+MISTAKES = {  # name -> [(the example's name to replace, the replacement given the module)]
+    "logprobs_at_another_temperature": [("completion_logprobs", lambda m: _logprobs_at(1.0))],
+    "normalised_per_micro_batch": [("policy_loss", lambda m: _loss_with(normalizer=None))],
+    # padded log-probs: the packed forward leaves 0 (no gradient) at padding, which hides this mistake
+    "advantages_over_padding": [("completion_logprobs", lambda m: _logprobs_at(SETTINGS["temperature"],
+                                                                               padding_free=False)),
+                                ("policy_loss", lambda m: _loss_with(mask_padding=True))],
+    "sequence_mean_not_token_mean": [("policy_loss", lambda m: _loss_with(aggregation="seq_mean_token_mean",
+                                                                          normalizer=2 * 4))],
+    "gradients_not_zeroed": [("make_optimizer", lambda m: _without_zero_grad(m.make_optimizer))],
 }
 
 
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
 def test_comparison_catches_loop_mistakes(setup, mistake):
     module = load_example()
-    name, wrong = MISTAKES[mistake]
-    setattr(module, name, wrong(module))  # the example's own step, with one piece done wrong
+    for name, wrong in MISTAKES[mistake]:
+        setattr(module, name, wrong(module))  # the example's own step, with one piece done wrong
     weights, _ = run_custom_loop(setup, module)
     assert update_gap(setup, weights) > 3 * GAP_TOL, mistake
 

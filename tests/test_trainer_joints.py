@@ -151,7 +151,8 @@ def test_collate_keeps_loss_mask_group_and_version():
 @pytest.mark.parametrize("aggregation", ["token_mean", "seq_mean_token_mean", "seq_sum_max_len"])
 def test_micro_batch_size_does_not_change_the_update(tiny_dir, tmp_path, aggregation):
     """The gradient of every optimizer step is the same with micro-batches of 4, 1 and 3 (+1):
-    the aggregation's denominator covers the whole minibatch, not the micro-batch. (Gradients,
+    the aggregation's denominator covers the whole minibatch, not the micro-batch; and the same
+    padded as packed (``padding_free``). (Gradients,
     not weights: Adam's first step is ~ lr * sign(g), which turns float noise in a zero
     gradient into a full step.)"""
     from grpo.learner import Learner
@@ -162,20 +163,22 @@ def test_micro_batch_size_does_not_change_the_update(tiny_dir, tmp_path, aggrega
     batch = trainer.learner.frozen_logprobs(trainer._collate(scored.rollouts)).with_advantages(scored.advantages)
     assert scored.advantages.abs().sum() > 0
 
-    def grads(micro):
+    def grads(micro, padding_free=True):
         learner = Learner(trainer.model, trainer.ref_model, trainer.optimizer, trainer.scheduler, trainer.parallel,
-                          config.model_copy(update={"micro_batch_size": micro}), trainer.accelerator.autocast)
+                          config.model_copy(update={"micro_batch_size": micro, "padding_free": padding_free}),
+                          trainer.accelerator.autocast)
         seen = []
         learner.optimizer.step = lambda: seen.append([p.grad.clone() for p in learner.params])
         learner.update(batch, scored.global_index)
         return seen
 
-    whole, single, ragged = grads(4), grads(1), grads(3)
+    whole, single, ragged, padded = grads(4), grads(1), grads(3), grads(3, padding_free=False)
     assert len(whole) == 4  # 2 passes x 2 minibatches
-    for a, b, c in zip(whole, single, ragged):
-        for x, y, z in zip(a, b, c):
+    for a, b, c, d in zip(whole, single, ragged, padded):
+        for x, y, z, w in zip(a, b, c, d):
             torch.testing.assert_close(y, x, atol=1e-7, rtol=1e-4)
             torch.testing.assert_close(z, x, atol=1e-7, rtol=1e-4)
+            torch.testing.assert_close(w, x, atol=1e-7, rtol=1e-4)
     trainer.close()
 
 

@@ -95,8 +95,9 @@ def test_collate_layout_by_hand():
     assert sub.input_ids.tolist() == [[4, 5, 6, 1]] and sub.prompt_len == 3
 
 
-def test_completion_logprobs_match_unpadded_forward():
-    """Left padding + right padding give the same log-probs as each sequence alone."""
+@pytest.mark.parametrize("padding_free", [True, False])
+def test_completion_logprobs_match_unpadded_forward(padding_free):
+    """Left padding + right padding give the same log-probs as each sequence alone (packed or padded)."""
     from grpo.tiny import build_tiny_llama
 
     torch.manual_seed(0)
@@ -104,7 +105,7 @@ def test_completion_logprobs_match_unpadded_forward():
     rs = [_R([11, 12], [13, 14, 15], [0.0] * 3), _R([21, 22, 23, 24], [25], [0.0])]
     b = collate_rollouts(rs, None, pad_id=0)
     with torch.no_grad():
-        got = completion_logprobs(model, b, temperature=0.8).logp
+        got = completion_logprobs(model, b, temperature=0.8, padding_free=padding_free).logp
         for i, r in enumerate(rs):
             ids = torch.tensor([r.prompt_ids + r.completion_ids])
             logits = model(ids).logits[0, len(r.prompt_ids) - 1:-1] / 0.8
@@ -145,7 +146,8 @@ def test_shared_prompt_forward_matches_the_one_pass_forward(lora):
     for share in (False, True):
         seen.clear()
         model.zero_grad()
-        lp = completion_logprobs(model, b, temperature=0.9, with_entropy=True, share_prompts=share)
+        lp = completion_logprobs(model, b, temperature=0.9, with_entropy=True, share_prompts=share,
+                                 padding_free=False)
         (lp.logp * b.completion_mask).sum().backward()
         grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
         out[share] = (lp.logp.detach(), lp.entropy.detach(), grads, list(seen))
@@ -173,9 +175,9 @@ def test_shared_prompt_forward_edge_cases():
     with torch.no_grad():
         for b, want_calls in ((distinct, [3]), (one_token, [1])):
             calls.clear()
-            shared = completion_logprobs(model, b, share_prompts=True).logp
+            shared = completion_logprobs(model, b, share_prompts=True, padding_free=False).logp
             assert calls == want_calls
-            plain = completion_logprobs(model, b, share_prompts=False).logp
+            plain = completion_logprobs(model, b, share_prompts=False, padding_free=False).logp
             torch.testing.assert_close(shared[b.completion_mask], plain[b.completion_mask], atol=1e-5, rtol=0)
 
 

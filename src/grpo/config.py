@@ -148,6 +148,10 @@ class GRPOConfig(BaseModel):
         True, description="Run each distinct prompt of a micro-batch once and give its key/value cache to its "
                           "completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). Skipped "
                           "under gradient checkpointing.")
+    padding_free: bool = Field(
+        True, description="Pack each micro-batch's real tokens into one row for the log-prob passes, so no "
+                          "matrix product runs on padding (exact up to float rounding; grpo.packing). Llama, "
+                          "Qwen2/3 and Mistral-style decoders; other models run padded, with a warning.")
     gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
     fsdp: bool = Field(
         False, description="Shard weights, gradients and optimizer state over the processes with FSDP2 "

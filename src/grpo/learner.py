@@ -101,7 +101,8 @@ class Learner:
         cfg = self.config
         with self.autocast():
             return completion_logprobs(model, batch, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
-                                       with_entropy=with_entropy, share_prompts=cfg.share_prompt_forward)
+                                       with_entropy=with_entropy, share_prompts=cfg.share_prompt_forward,
+                                       padding_free=cfg.padding_free)
 
     # ------------------------------------------------------------------ update
     def update(self, batch: RolloutBatch | None, global_index: torch.Tensor) -> dict[str, float]:

@@ -6,16 +6,22 @@ completions right-padded; :mod:`grpo.batch`), so the hidden state at column
 tokens, so left padding does not shift positions (the numbers match an unpadded forward).
 Log-probs come from :func:`grpo.logprobs.token_logprobs_and_entropy` on the backbone's last
 hidden states, so the ``[B, L, V]`` float32 logits never exist.
+
+By default the padded batch does not reach the model at all: its real tokens are packed into one
+row (:mod:`grpo.packing`), so no matrix product runs on padding; the padded forward remains for
+models the packed attention does not support.
 """
 
 from __future__ import annotations
 
+import warnings
 from contextlib import contextmanager
 
 import torch
 
 from grpo.batch import RolloutBatch
 from grpo.logprobs import TokenLogprobs, token_logprobs_and_entropy
+from grpo.packing import pack_batch, packed_forward, unsupported_reason
 from grpo.parallel import is_sharded
 from grpo.rollout.weights import is_peft_model
 
@@ -41,6 +47,7 @@ def completion_logprobs(
     chunk_size: int | None = None,
     with_entropy: bool = False,
     share_prompts: bool = True,
+    padding_free: bool = True,
 ) -> TokenLogprobs:
     """Per-token log-probs ``[B, T]`` of the batch's completions under ``model``.
 
@@ -51,15 +58,29 @@ def completion_logprobs(
     not depend on what follows, and the gradient of the shared keys/values sums over the rows,
     as it would over G copies. Equal to the one-pass forward up to float rounding; it is used
     only when the decoder can return a cache under autograd (not with gradient checkpointing).
+
+    With ``padding_free`` (and a model :mod:`grpo.packing` supports; otherwise a warning, once
+    per reason) the real tokens are packed into one row: no work on padding, and the shared
+    prompts are part of the same single forward. Log-probs at padding positions are 0. Not
+    under gradient checkpointing: its recomputation in backward runs after the packed
+    attention has been deselected.
     """
     decoder, weight = _backbone_and_head(model)
     sharded = is_sharded(model)
+    checkpointing = getattr(decoder, "gradient_checkpointing", False)
+    if padding_free and not checkpointing and _packable(decoder):
+        packed = pack_batch(batch, share_prompts=share_prompts)
+        if packed is not None:
+            return _packed_logprobs(model, decoder, weight, batch, packed, sharded, temperature=temperature,
+                                    chunk_size=chunk_size, with_entropy=with_entropy)
     hidden_BTH = None
-    if share_prompts and not sharded and not getattr(decoder, "gradient_checkpointing", False):
+    if share_prompts and not sharded and not checkpointing:
         hidden_BTH = _shared_prompt_hidden(decoder, batch)
     if hidden_BTH is None:
         if sharded:
-            hidden_BLH, weight = _sharded_forward(model, decoder, batch)
+            hidden_BLH, weight = _sharded_forward(model, decoder, lambda call: call(
+                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                position_ids=_position_ids(batch.attention_mask), use_cache=False))
         else:
             hidden_BLH = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                  position_ids=_position_ids(batch.attention_mask), use_cache=False).last_hidden_state
@@ -71,13 +92,44 @@ def completion_logprobs(
                                       with_entropy=with_entropy)
 
 
+_warned: set[str] = set()
+
+
+def _packable(decoder: torch.nn.Module) -> bool:
+    reason = unsupported_reason(decoder.config)
+    if reason is not None and reason not in _warned:
+        _warned.add(reason)
+        warnings.warn(f"padding-free forward off for this model ({reason}): batches run padded, which is exact "
+                      "but spends compute on padding. Pass padding_free=False (GRPOConfig.padding_free) to "
+                      "silence this.", stacklevel=3)
+    return reason is None
+
+
+def _packed_logprobs(model, decoder, weight, batch: RolloutBatch, packed, sharded: bool, *, temperature: float,
+                     chunk_size: int | None, with_entropy: bool) -> TokenLogprobs:
+    """:func:`completion_logprobs` on the packed row: log-probs of the real completion tokens
+    only (the LM head runs on no padding either), scattered back to ``[B, T]``."""
+    if sharded:
+        hidden_1NH, weight = _sharded_forward(model, decoder, lambda call: packed_forward(call, decoder.config, packed))
+    else:
+        hidden_1NH = packed_forward(decoder, decoder.config, packed).last_hidden_state
+    real_BT = batch.completion_mask.bool()
+    hidden_1MH = hidden_1NH[:, packed.predictor]
+    lp = token_logprobs_and_entropy(hidden_1MH, weight.to(hidden_1MH.dtype), batch.completion_ids[real_BT][None],
+                                    temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy)
+    zeros_BT = torch.zeros(real_BT.shape, dtype=lp.logp.dtype, device=lp.logp.device)
+    return TokenLogprobs(logp=zeros_BT.masked_scatter(real_BT, lp.logp[0]),
+                         entropy=zeros_BT.masked_scatter(real_BT, lp.entropy[0]) if with_entropy else zeros_BT)
+
+
 def _position_ids(mask: torch.Tensor) -> torch.Tensor:
     """Positions counting only real tokens (left padding does not shift them), 0 at padding."""
     return (mask.cumsum(-1) - 1).clamp(min=0)
 
 
-def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, batch: RolloutBatch):
-    """(last hidden states ``[B, L, H]``, LM-head weight ``[V, H]``) of an FSDP2-sharded model.
+def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, run):
+    """(last hidden states, LM-head weight ``[V, H]``) of an FSDP2-sharded model, whose forward
+    ``run(call)`` makes with the inputs it wants (padded or packed).
 
     The root module must run (its hooks gather the embeddings, final norm and LM head, and
     arrange their gradient reduction), so the whole model is called, with ``logits_to_keep``
@@ -87,9 +139,8 @@ def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, batch: Ro
     caught: dict[str, torch.Tensor] = {}
     hook = decoder.register_forward_hook(lambda mod, args, out: caught.update(h=out.last_hidden_state))
     try:
-        model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-              position_ids=_position_ids(batch.attention_mask), use_cache=False,
-              logits_to_keep=torch.empty(0, dtype=torch.long, device=batch.input_ids.device))
+        no_logits = torch.empty(0, dtype=torch.long, device=next(model.parameters()).device)
+        run(lambda **inputs: model(**inputs, logits_to_keep=no_logits))
     finally:
         hook.remove()
     weight = model.get_output_embeddings().weight
