@@ -37,8 +37,8 @@ from grpo.data import check_dataset, get_rows
 from grpo.evaluation import eval_sampling, evaluate
 from grpo.guards import LearningWatch, check_output_dir, model_context, set_torch_threads
 from grpo.learner import Learner
-from grpo.models import (load_policy, make_generator, make_optimizer_and_scheduler, mixed_precision,
-                         model_dtype)
+from grpo.models import (keep_freed_cpu_memory, load_policy, make_generator, make_optimizer_and_scheduler,
+                         mixed_precision, model_dtype)
 from grpo.parallel import make_parallelism
 from grpo.rewards import CombinedReward, Reward, RewardMonitor
 from grpo.rollout import SamplingConfig
@@ -96,6 +96,8 @@ class GRPOTrainer:
         self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.report_to or None,
                                        project_dir=cfg.output_dir, mixed_precision=mixed_precision(cfg))
         self.parallel = par = make_parallelism(self.accelerator, cfg.fsdp)
+        if cfg.cpu_keep_freed_memory and self.accelerator.device.type == "cpu":
+            keep_freed_cpu_memory()
         self._check_layout(cfg, par.world, peft_config)
         check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=cfg.overwrite_output_dir,
                          is_main=par.is_main)
