@@ -1,4 +1,4 @@
-"""Latency of scoring one GRPO step's code batch: the 32 sandboxed programs of ``bench_vs_trl --rows code``.
+"""Latency of one GRPO step's code batch: the 32 sandboxed programs of bench_vs_trl --rows code.
 
     python benchmarks/bench_code_batch.py                 # 20 batches through the scoring pool
     python benchmarks/bench_code_batch.py --repeats 50 --workers 2

@@ -294,11 +294,18 @@ def _run(job, verdict_fd):
     setitimer, sigsignal, sigmask = _signal.setitimer, _signal.signal, _signal.pthread_sigmask
     itimer, sigalrm, sig_setmask = _signal.ITIMER_REAL, _signal.SIGALRM, _signal.SIG_SETMASK
     flush_out, flush_err = sys.stdout.flush, sys.stderr.flush
+    exc_info = sys.exc_info
 
-    def print_exc():  # stderr is for humans only, so importing late is harmless
-        import traceback
+    def print_exc():  # stderr is for humans only: a late import or a broken print is harmless
+        kind, value, tb = exc_info()
+        try:
+            import traceback
 
-        traceback.print_exc()
+            # The program's frames only, as python prints them: the harness's own frame (a host
+            # path) says nothing, and without it a SyntaxError costs no stack walk.
+            traceback.print_exception(kind, value, tb.tb_next)
+        except base_exc:
+            pass
 
     def report(line):
         write(verdict_fd, (token + " " + line + "\n").encode())

@@ -74,9 +74,9 @@ What pre-forking gives up (use the per-run path if it matters to you): every run
 interpreter is a copy of the zygote's, so all runs of one zygote share its address-space
 layout (ASLR) and its string-hash seed (``PYTHONHASHSEED``: set iteration order is the same
 from run to run), and start with the modules the zygote imported (``os``, ``ctypes``,
-``marshal``, ``select``, ...) already in ``sys.modules``. None of these carries data from one
-run to the next. Not available in "rlimits" mode (no namespaces to isolate forks from each
-other): that mode always uses the per-run path.
+``marshal``, ``select``, ``traceback`` and its ``re``, ...) already in ``sys.modules``. None
+of these carries data from one run to the next. Not available in "rlimits" mode (no
+namespaces to isolate forks from each other): that mode always uses the per-run path.
 
 What it protects against: infinite loops, fork bombs, memory bombs, unbounded output, disk
 filling, reading/writing/deleting files outside the working folder, network access, reading
