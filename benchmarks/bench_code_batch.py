@@ -13,7 +13,9 @@ Prints, per repeat kind, the median and the min/max of:
 * ``pool``: ``reward.score_batch`` of the 32 items in a ScoringPool (``--workers``, default 2,
   as in the trainer on this machine): what a training step waits for;
 * ``in-process``: the same 32 items scored one after another in this process (no pool): the
-  sandbox's own latency per run, times 32.
+  sandbox's own latency per run, times 32;
+* ``pool, math + code`` (``--math``): MathReward then the code reward, both in the pool, as a
+  trainer step of that benchmark scores them.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench_vs_trl, also f
 
 from bench_vs_trl import OpenFenceCodeReward, code_rows  # noqa: E402
 
-from grpo.rewards import ScoringPool, sandbox_layers, set_pool  # noqa: E402
+from grpo.rewards import MathReward, ScoringPool, sandbox_layers, set_pool  # noqa: E402
 
 ALPHABET = string.ascii_letters + string.digits + string.punctuation + " " * 10 + "\n" * 3
 
@@ -40,17 +42,17 @@ def garbage_batch(rows: list[dict], seed: int, length: int = 32) -> tuple[list[s
     """One completion per row, like a random character-level model's."""
     rng = random.Random(seed)
     completions = ["".join(rng.choice(ALPHABET) for _ in range(length)) for _ in rows]
-    return completions, [{"tests": r["tests"]} for r in rows]
+    return completions, [{"tests": r["tests"], "answer": r["answer"]} for r in rows]
 
 
-def timed(reward, completions, examples) -> float:
+def timed(rewards, completions, examples) -> float:
     t = time.perf_counter()
-    results = reward.score_batch(completions, examples)
-    took = time.perf_counter() - t
-    bad = [r for r in results if not r.scored]
-    if bad:
-        raise RuntimeError(f"{len(bad)} unscorable results, e.g. {bad[0]}")
-    return took
+    for reward in rewards:
+        results = reward.score_batch(completions, examples)
+        bad = [r for r in results if not r.scored]
+        if bad:
+            raise RuntimeError(f"{reward.name}: {len(bad)} unscorable results, e.g. {bad[0]}")
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -59,21 +61,24 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--n", type=int, default=32, help="programs per batch")
     ap.add_argument("--no-in-process", action="store_true", help="skip the in-process rows")
+    ap.add_argument("--math", action="store_true", help="add the math + code row")
     args = ap.parse_args()
     rows = code_rows(args.n)
     set_pool(ScoringPool(args.workers).start())
-    pooled = OpenFenceCodeReward()
-    local = OpenFenceCodeReward(parallel=False)
-    sides = {"pool": pooled} if args.no_in_process else {"pool": pooled, "in-process": local}
-    for reward in sides.values():  # warm: workers, their zygotes, the mode probe
-        timed(reward, *garbage_batch(rows, seed=-1))
+    sides = {"pool": [OpenFenceCodeReward()]}
+    if not args.no_in_process:
+        sides["in-process"] = [OpenFenceCodeReward(parallel=False)]
+    if args.math:
+        sides["pool, math + code"] = [MathReward(), OpenFenceCodeReward()]
+    for rewards in sides.values():  # warm: workers, their zygotes, the mode probe, math-verify
+        timed(rewards, *garbage_batch(rows, seed=-1))
     times: dict[str, list[float]] = {name: [] for name in sides}
     for r in range(args.repeats):
-        for name, reward in sides.items():
-            times[name].append(timed(reward, *garbage_batch(rows, seed=r)))
+        for name, rewards in sides.items():
+            times[name].append(timed(rewards, *garbage_batch(rows, seed=r)))
     print(f"layers: {', '.join(sandbox_layers())}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
-    print(f"| side | batch | median (s) | min (s) | max (s) | per program (ms) |")
+    print("| side | batch | median (s) | min (s) | max (s) | per program (ms) |")
     print("|---|---:|---:|---:|---:|---:|")
     for name, ts in times.items():
         med = statistics.median(ts)

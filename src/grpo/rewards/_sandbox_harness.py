@@ -226,9 +226,9 @@ def _main():
 
 
 def _read_job(job_fd):
-    chunks = []
+    chunks, size = [], os.fstat(job_fd).st_size + 1  # a buffer of the job's size, not 1 MB
     while True:
-        chunk = os.read(job_fd, 1 << 20)
+        chunk = os.read(job_fd, size)
         if not chunk:
             break
         chunks.append(chunk)
