@@ -210,6 +210,12 @@ def _keyring_filter():
     return _KEYRING_FILTER
 
 
+# The builtins every assert-mode test starts with, as (name, object) pairs: immutable, so a
+# program that reaches them (through the harness's frame) cannot change what its tests get. A
+# zygote takes them once; its forks then need not touch every builtin to copy them.
+PRISTINE_BUILTINS = ()
+
+
 class _TestTimeout(BaseException):
     pass
 
@@ -288,7 +294,7 @@ def _run(job, verdict_fd):
     write, encode_exit = os.write, os._exit
     exec_, compile_, type_ = builtins.exec, builtins.compile, builtins.type
     base_exc, range_, len_ = BaseException, range, len
-    pristine = dict(builtins.__dict__)
+    pristine = PRISTINE_BUILTINS or tuple(builtins.__dict__.items())
     bdict_clear, bdict_update = builtins.__dict__.clear, builtins.__dict__.update
     settrace, setprofile = sys.settrace, sys.setprofile
     setitimer, sigsignal, sigmask = _signal.setitimer, _signal.signal, _signal.pthread_sigmask

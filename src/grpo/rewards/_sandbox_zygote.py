@@ -27,6 +27,7 @@ Then, per message on CTRL (a SOCK_SEQPACKET socket; messages are tiny, data trav
 
 import _signal
 import _socket
+import builtins
 import gc
 import marshal
 import os
@@ -73,6 +74,7 @@ def main():
         getattr(_PYTHON_API, name)
     if fs["deny_keyrings"]:
         harness._keyring_filter()
+    harness.PRISTINE_BUILTINS = tuple(vars(builtins).items())  # what every test starts with
     # Forks share the zygote's memory until they write to it. The collector would write to
     # every object it walks, so the zygote's objects are moved out of its reach (gc.freeze).
     gc.collect()

@@ -90,8 +90,8 @@ What it does NOT protect against:
 * CPU-time side channels and other runs' timing;
 * in "assert" mode the program and the tests share one interpreter (tests call the program's
   functions). The harness binds what it needs before the program runs, restores pristine
-  builtins before each test, reports over a private channel with a per-run token, and counts a
-  test only if it reported ``pass`` *after* running it. That defeats early ``sys.exit(0)`` /
+  builtins (from an immutable copy) before each test, reports over a private channel with a
+  per-run token, and counts a test only if it reported ``pass`` *after* running it. That defeats early ``sys.exit(0)`` /
   ``os._exit(0)``, printing fake results, and patching ``builtins``; it does not stop a program
   written to introspect the harness (frames, ``gc``, audit hooks) and forge its report, nor
   objects whose ``__eq__`` always returns True. Untrusted *policies* do find such hacks in
