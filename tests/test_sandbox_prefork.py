@@ -463,9 +463,10 @@ def test_a_run_cut_short_by_the_zygote_s_death_runs_again(caplog):
     out = []
     runner = threading.Thread(target=lambda: out.append(run_python(
         "import time\ntime.sleep(1)\nprint('done')", limits=FAST, prefork=True)))
+    earlier = set(children(zygote_pid))  # runs of earlier tests it has not reaped yet
     with caplog.at_level(logging.WARNING, logger="grpo.rewards.sandbox"):
         runner.start()
-        wait_for(lambda: children(zygote_pid) != [])  # the run is under way
+        wait_for(lambda: set(children(zygote_pid)) - earlier)  # this run is under way
         os.kill(zygote_pid, signal.SIGKILL)
         runner.join()
     assert out[0].ok and out[0].stdout == "done\n"
