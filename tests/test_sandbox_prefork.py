@@ -347,7 +347,8 @@ def test_runs_that_end_out_of_order_keep_their_own_results():
     results: dict[int, object] = {}
 
     def one(i):
-        program = f"import time\ntime.sleep({(12 - i) * 0.03})\nprint({i})\ndef f():\n    return {i}"
+        program = f"import time\ntime.sleep({(12 - i) * 0.03})\nprint({i})\n"
+        program += f"def f():\n    return {i}\n"
         results[i] = run_tests(program, [f"assert f() == {i}", f"assert f() != {i}"],
                                limits=FAST, prefork=True)
 

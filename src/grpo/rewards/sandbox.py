@@ -91,11 +91,12 @@ What it does NOT protect against:
 * in "assert" mode the program and the tests share one interpreter (tests call the program's
   functions). The harness binds what it needs before the program runs, restores pristine
   builtins (from an immutable copy) before each test, reports over a private channel with a
-  per-run token, and counts a test only if it reported ``pass`` *after* running it. That defeats early ``sys.exit(0)`` /
-  ``os._exit(0)``, printing fake results, and patching ``builtins``; it does not stop a program
-  written to introspect the harness (frames, ``gc``, audit hooks) and forge its report, nor
-  objects whose ``__eq__`` always returns True. Untrusted *policies* do find such hacks in
-  long RL runs: watch pass rates that rise without better answers.
+  per-run token, and counts a test only if it reported ``pass`` *after* running it. That
+  defeats early ``sys.exit(0)`` / ``os._exit(0)``, printing fake results, and patching
+  ``builtins``; it does not stop a program written to introspect the harness (frames, ``gc``,
+  audit hooks) and forge its report, nor objects whose ``__eq__`` always returns True.
+  Untrusted *policies* do find such hacks in long RL runs: watch pass rates that rise without
+  better answers.
 * with the "rlimits" mode only: network access, reading world-readable files, and leaving
   files in world-writable host folders (/tmp, /dev/shm) for a later run.
 """
