@@ -169,6 +169,16 @@ def test_runs_in_parallel_across_workers():
     assert time.monotonic() - t < 3.95  # one at a time: >= 4 s of sleeping alone
 
 
+def test_results_go_to_their_own_items_when_runs_end_out_of_order():
+    # item i sleeps less the larger i is; even items' tests match their program, odd ones not
+    n = 8
+    completions = [fenced(f"import time\ntime.sleep({(n - i) * 0.05})\ndef f():\n    return {i}")
+                   for i in range(n)]
+    rows = [{"tests": [f"assert f() == {i if i % 2 == 0 else i + 100}"]} for i in range(n)]
+    res = CodeReward(limits=LIMITS).score_batch(completions, rows)
+    assert [x.value for x in res] == [1.0 - i % 2 for i in range(n)]
+
+
 def zygotes_of(pid: int) -> list[int]:
     """Children of ``pid`` that launch a sandbox zygote."""
     found = []

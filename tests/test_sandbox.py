@@ -126,6 +126,27 @@ def test_assert_tests_report_each_result(path):
     assert run.passed == (True, False, True) and not run.tampered
 
 
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_a_traceback_shows_the_program_s_frames_as_python_prints_them(path):
+    res = run_python("def g():\n    raise KeyError(1)\ng()\n", limits=FAST, **PATHS[path])
+    assert res.returncode == 1 and res.stderr == (
+        'Traceback (most recent call last):\n  File "program.py", line 3, in <module>\n'
+        '  File "program.py", line 2, in g\nKeyError: 1\n')  # no harness frame, no host path
+    run = run_tests("x = (1 +\n", ["assert True"], limits=FAST, **PATHS[path])
+    assert run.program_error == "SyntaxError" and run.result.stderr == (
+        '  File "solution.py", line 1\n    x = (1 +\n        ^\n'
+        "SyntaxError: '(' was never closed\n")
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_a_program_that_breaks_traceback_printing_still_gets_its_verdict(path):
+    program = "import traceback\ntraceback.print_exception = None\nraise KeyError(1)\n"
+    res = run_python(program, limits=FAST, **PATHS[path])
+    assert (res.returncode, res.stderr, res.setup_failed) == (1, "", False)
+    run = run_tests(program, ["assert True"], limits=FAST, **PATHS[path])
+    assert run.program_error == "KeyError" and not run.result.setup_failed
+
+
 # ------------------------------------------------------------------------------ time
 @pytest.mark.parametrize("path", ALL_PATHS)
 def test_infinite_loop_is_killed_at_the_wall_limit(path):
@@ -436,6 +457,26 @@ def test_patching_builtins_does_not_make_tests_pass():
         limits=FAST,
     )
     assert run.passed == (False, False, True)  # only the true statement passes
+
+
+@pytest.mark.parametrize("path", ALL_PATHS)
+def test_the_builtins_tests_are_restored_from_cannot_be_patched(path):
+    # through the harness's frame (the program is exec'd from it) or its module, if imported
+    program = code("""
+        import builtins, sys
+        fake = lambda *a, **k: [1, 2, 3]
+        builtins.sorted = fake
+        pristine = sys._getframe(1).f_locals.get("pristine")
+        try:
+            pristine["sorted"] = fake
+        except TypeError:
+            print("immutable")
+        harness = sys.modules.get("_sandbox_harness")
+        if harness is not None:
+            harness.PRISTINE_BUILTINS = tuple({**vars(builtins), "sorted": fake}.items())
+    """)
+    run = run_tests(program, ["assert sorted([3, 1]) == [1, 2, 3]"], limits=FAST, **PATHS[path])
+    assert run.passed == (False,) and run.result.stdout == "immutable\n"
 
 
 def test_overriding_assert_in_the_tested_function_does_not_help():

@@ -342,6 +342,58 @@ def test_concurrent_runs_do_not_mix():
     assert len(results) == 24
 
 
+def test_runs_that_end_out_of_order_keep_their_own_results():
+    # run i sleeps longer the smaller i is: they end in the reverse of the order they started
+    results: dict[int, object] = {}
+
+    def one(i):
+        program = f"import time\ntime.sleep({(12 - i) * 0.03})\nprint({i})\n"
+        program += f"def f():\n    return {i}\n"
+        results[i] = run_tests(program, [f"assert f() == {i}", f"assert f() != {i}"],
+                               limits=FAST, prefork=True)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == list(range(12))
+    for i, run in results.items():
+        assert (run.passed, run.result.stdout, run.tampered) == ((True, False), f"{i}\n", False)
+
+
+def test_concurrent_runs_cannot_see_or_touch_each_other():
+    # A leaves files and a live process, then B (running meanwhile) looks and kills all it can
+    a = code("""
+        import os, time
+        for path in ("/work/mark", "/tmp/mark"):
+            open(path, "w").write("a")
+        child = os.fork()
+        if child == 0:
+            time.sleep(3)
+            os._exit(0)
+        time.sleep(1.5)
+        print(os.listdir("/work"), os.listdir("/tmp"), os.waitpid(child, os.WNOHANG) == (0, 0))
+    """)
+    b = code("""
+        import os, signal
+        pids = sorted(int(p) for p in os.listdir("/proc") if p.isdigit())
+        print(os.listdir("/work"), os.listdir("/tmp"), pids, os.getuid() >= 2_000_000_000)
+        try:
+            os.kill(-1, signal.SIGKILL)  # every process it may signal but itself
+        except OSError as e:
+            print(type(e).__name__)  # there is none
+    """)
+    out = {}
+    first = threading.Thread(target=lambda: out.update(a=run_python(a, limits=FAST, prefork=True)))
+    first.start()
+    time.sleep(0.5)  # A has written its files and forked its child by now
+    out["b"] = run_python(b, limits=FAST, prefork=True)
+    first.join()
+    assert out["b"].stdout == "[] [] [1, 2] True\nProcessLookupError\n", out["b"]
+    assert out["a"].stdout == "['mark'] ['mark'] True\n", out["a"]  # untouched by B
+
+
 def test_concurrent_runs_cannot_talk_over_abstract_sockets():
     listener = code("""
         import socket, time
@@ -412,9 +464,10 @@ def test_a_run_cut_short_by_the_zygote_s_death_runs_again(caplog):
     out = []
     runner = threading.Thread(target=lambda: out.append(run_python(
         "import time\ntime.sleep(1)\nprint('done')", limits=FAST, prefork=True)))
+    earlier = set(children(zygote_pid))  # runs of earlier tests it has not reaped yet
     with caplog.at_level(logging.WARNING, logger="grpo.rewards.sandbox"):
         runner.start()
-        wait_for(lambda: children(zygote_pid) != [])  # the run is under way
+        wait_for(lambda: set(children(zygote_pid)) - earlier)  # this run is under way
         os.kill(zygote_pid, signal.SIGKILL)
         runner.join()
     assert out[0].ok and out[0].stdout == "done\n"

@@ -210,6 +210,12 @@ def _keyring_filter():
     return _KEYRING_FILTER
 
 
+# The builtins every assert-mode test starts with, as (name, object) pairs: immutable, so a
+# program that reaches them (through the harness's frame) cannot change what its tests get. A
+# zygote takes them once; its forks then need not touch every builtin to copy them.
+PRISTINE_BUILTINS = ()
+
+
 class _TestTimeout(BaseException):
     pass
 
@@ -226,9 +232,9 @@ def _main():
 
 
 def _read_job(job_fd):
-    chunks = []
+    chunks, size = [], os.fstat(job_fd).st_size + 1  # a buffer of the job's size, not 1 MB
     while True:
-        chunk = os.read(job_fd, 1 << 20)
+        chunk = os.read(job_fd, size)
         if not chunk:
             break
         chunks.append(chunk)
@@ -288,17 +294,24 @@ def _run(job, verdict_fd):
     write, encode_exit = os.write, os._exit
     exec_, compile_, type_ = builtins.exec, builtins.compile, builtins.type
     base_exc, range_, len_ = BaseException, range, len
-    pristine = dict(builtins.__dict__)
+    pristine = PRISTINE_BUILTINS or tuple(builtins.__dict__.items())
     bdict_clear, bdict_update = builtins.__dict__.clear, builtins.__dict__.update
     settrace, setprofile = sys.settrace, sys.setprofile
     setitimer, sigsignal, sigmask = _signal.setitimer, _signal.signal, _signal.pthread_sigmask
     itimer, sigalrm, sig_setmask = _signal.ITIMER_REAL, _signal.SIGALRM, _signal.SIG_SETMASK
     flush_out, flush_err = sys.stdout.flush, sys.stderr.flush
+    exc_info = sys.exc_info
 
-    def print_exc():  # stderr is for humans only, so importing late is harmless
-        import traceback
+    def print_exc():  # stderr is for humans only: a late import or a broken print is harmless
+        kind, value, tb = exc_info()
+        try:
+            import traceback
 
-        traceback.print_exc()
+            # The program's frames only, as python prints them: the harness's own frame (a host
+            # path) says nothing, and without it a SyntaxError costs no stack walk.
+            traceback.print_exception(kind, value, tb.tb_next)
+        except base_exc:
+            pass
 
     def report(line):
         write(verdict_fd, (token + " " + line + "\n").encode())

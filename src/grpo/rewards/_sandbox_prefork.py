@@ -61,6 +61,8 @@ _ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_zyg
 SUPPORTED = sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
 START_TIMEOUT_S = 60.0  # a loaded machine may take seconds to start an interpreter
 BACKSTOP_S = 2.0  # the run's PID 1 ends it this long after the wall limit, whatever happens
+ZYGOTE_DEATH_WATCH_S = 1.0  # see _Zygote.run: only for runs killed without a report
+SETUP_FAILED = "grpo-sandbox setup failed"  # how the harness and the zygote report one
 
 
 class ZygoteDied(Exception):
@@ -119,12 +121,14 @@ class _Zygote:
         """Host process id of the zygote's launcher (``unshare``)."""
         return self.proc.pid if self.proc is not None else -1
 
-    def alive(self) -> bool:
+    def alive(self, watch_s: float = 0.0) -> bool:
+        """Whether it runs; ``watch_s``: seconds to watch for its death before saying yes."""
         if self.proc is None or self.proc.poll() is not None:
             return False
-        poller = select.poll()  # its end of the socket closes first when it dies
+        poller = select.poll()  # its end of the socket closes when it dies (it never writes)
         poller.register(self.sock, select.POLLIN)
-        return not any(ev & (select.POLLHUP | select.POLLERR) for _, ev in poller.poll(0))
+        events = poller.poll(watch_s * 1000)
+        return not any(ev & (select.POLLHUP | select.POLLERR) for _, ev in events)
 
     def describe_end(self) -> str:
         """How it ended: exit status and the tail of its stderr."""
@@ -186,7 +190,11 @@ class _Zygote:
             returncode = None if finished else -9  # unless the supervisor reported one
             res = _result(job["token"], out_fd, err_fd, verdict_fd, limits,
                           timed_out=not finished, wall=wall, returncode=returncode)
-            if res.returncode is None and not self.alive():
+            # Ended without its supervisor's report, and not by a setup failure of its own (that
+            # says so on stderr): killed. If the zygote died (taking the run with it), its socket
+            # may hang up a few ms after the run's end shows, so watch it for a while.
+            watch_s = 0.0 if res.stderr.startswith(SETUP_FAILED) else ZYGOTE_DEATH_WATCH_S
+            if res.returncode is None and not self.alive(watch_s):
                 raise ZygoteDied("its socket hung up before the run reported")
             return res
         finally:
@@ -270,5 +278,5 @@ def launch_prefork(job: dict, stdin: bytes | None, limits: SandboxLimits) -> San
 
 
 def _setup_failure(reason: str) -> SandboxResult:
-    return SandboxResult(returncode=None, stdout="", stderr=f"grpo-sandbox setup failed: {reason}",
+    return SandboxResult(returncode=None, stdout="", stderr=f"{SETUP_FAILED}: {reason}",
                          timed_out=False, wall_s=0.0, setup_failed=True)

@@ -27,6 +27,7 @@ Then, per message on CTRL (a SOCK_SEQPACKET socket; messages are tiny, data trav
 
 import _signal
 import _socket
+import builtins
 import gc
 import marshal
 import os
@@ -35,6 +36,9 @@ import sys
 
 import ctypes
 import resource  # noqa: F401  (imported before sys.path changes below; the harness needs it)
+# A program that fails to load (a young policy's usually do: SyntaxErrors) gets its traceback
+# printed; importing ``traceback`` (with re, enum, tokenize, ...) in each run would cost it ~8 ms.
+import traceback  # noqa: F401
 
 # The harness sits next to this file. Import it, then drop the folder from sys.path at once:
 # it holds modules (code.py, math.py) that would shadow the standard library for programs.
@@ -70,6 +74,7 @@ def main():
         getattr(_PYTHON_API, name)
     if fs["deny_keyrings"]:
         harness._keyring_filter()
+    harness.PRISTINE_BUILTINS = tuple(vars(builtins).items())  # what every test starts with
     # Forks share the zygote's memory until they write to it. The collector would write to
     # every object it walks, so the zygote's objects are moved out of its reach (gc.freeze).
     gc.collect()

@@ -74,9 +74,9 @@ What pre-forking gives up (use the per-run path if it matters to you): every run
 interpreter is a copy of the zygote's, so all runs of one zygote share its address-space
 layout (ASLR) and its string-hash seed (``PYTHONHASHSEED``: set iteration order is the same
 from run to run), and start with the modules the zygote imported (``os``, ``ctypes``,
-``marshal``, ``select``, ...) already in ``sys.modules``. None of these carries data from one
-run to the next. Not available in "rlimits" mode (no namespaces to isolate forks from each
-other): that mode always uses the per-run path.
+``marshal``, ``select``, ``traceback`` and its ``re``, ...) already in ``sys.modules``. None
+of these carries data from one run to the next. Not available in "rlimits" mode (no
+namespaces to isolate forks from each other): that mode always uses the per-run path.
 
 What it protects against: infinite loops, fork bombs, memory bombs, unbounded output, disk
 filling, reading/writing/deleting files outside the working folder, network access, reading
@@ -90,12 +90,13 @@ What it does NOT protect against:
 * CPU-time side channels and other runs' timing;
 * in "assert" mode the program and the tests share one interpreter (tests call the program's
   functions). The harness binds what it needs before the program runs, restores pristine
-  builtins before each test, reports over a private channel with a per-run token, and counts a
-  test only if it reported ``pass`` *after* running it. That defeats early ``sys.exit(0)`` /
-  ``os._exit(0)``, printing fake results, and patching ``builtins``; it does not stop a program
-  written to introspect the harness (frames, ``gc``, audit hooks) and forge its report, nor
-  objects whose ``__eq__`` always returns True. Untrusted *policies* do find such hacks in
-  long RL runs: watch pass rates that rise without better answers.
+  builtins (from an immutable copy) before each test, reports over a private channel with a
+  per-run token, and counts a test only if it reported ``pass`` *after* running it. That
+  defeats early ``sys.exit(0)`` / ``os._exit(0)``, printing fake results, and patching
+  ``builtins``; it does not stop a program written to introspect the harness (frames, ``gc``,
+  audit hooks) and forge its report, nor objects whose ``__eq__`` always returns True.
+  Untrusted *policies* do find such hacks in long RL runs: watch pass rates that rise without
+  better answers.
 * with the "rlimits" mode only: network access, reading world-readable files, and leaving
   files in world-writable host folders (/tmp, /dev/shm) for a later run.
 """
