@@ -57,11 +57,12 @@ def sandbox_processes(settle_s: float = 3.0) -> list[tuple[int, str, bytes]]:
                 if not 0 <= entry.stat().st_uid - base < 4096:
                     continue
                 state = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()[0]
-            except (FileNotFoundError, ProcessLookupError, IndexError):
-                continue
-            if state not in ("Z", "X"):
+                if state in ("Z", "X"):
+                    continue
                 cmd = Path(f"/proc/{entry.name}/cmdline").read_bytes()[:80]
-                pids.append((int(entry.name), state, cmd))
+            except (FileNotFoundError, ProcessLookupError, IndexError):  # it finished dying meanwhile
+                continue
+            pids.append((int(entry.name), state, cmd))
         if not pids or time.monotonic() > end:
             return pids
         time.sleep(0.05)
