@@ -124,6 +124,10 @@ def test_layout_positions_and_predictors():
     assert p.layout.prompts == ((0, 1), (1, 3)) and p.layout.rows == ((1, 4, 2), (1, 6, 0), (0, 6, 1))
     # token 0 of a row is predicted by its prompt's last token, token t by completion token t-1
     assert p.predictor.tolist() == [3, 4, 5, 3, 0, 6]
+    # attention rows [prompt; completion], right-padded: row 0 = 7 8 9 10 11, row 1 = 7 8 9, row 2 = 5 30
+    assert p.layout.gather.tolist() == [[1, 2, 3, 4, 5], [1, 2, 3, 0, 0], [0, 6, 0, 0, 0]]
+    # outputs: prompt [5] from row 2, prompt [7 8 9] from row 0 (the first holding each), completions from their rows
+    assert p.layout.scatter.tolist() == [10, 0, 1, 2, 3, 4, 11]
 
 
 def test_attention_implementation_restored_after_an_error():

@@ -15,11 +15,13 @@ Linear layers, norms and the MLP act on tokens independently, so they run on ``N
 padding. Only attention needs the structure: a prompt attends causally to itself; a row's
 completion attends to its prompt and causally to itself, with positions continuing from its
 prompt's length (position ids count real tokens only, as in :mod:`grpo.policy`'s padded path,
-so the numbers are those of an unpadded forward). Attention runs per segment
-(:func:`_packed_attention`, registered with transformers' ``AttentionInterface`` and selected
-for the duration of the forward only), the padding-free layout of trl's ``padding_free`` and
-verl's ``use_remove_padding`` (there with flash-attention's varlen kernels; here with
-``scaled_dot_product_attention`` per segment, which runs everywhere).
+so the numbers are those of an unpadded forward). :func:`_packed_attention` (registered with
+transformers' ``AttentionInterface`` and selected for the duration of the forward only) gathers
+each row's ``[prompt; completion]`` queries, keys and values into a right-padded batch for one
+``scaled_dot_product_attention`` call and gathers the outputs back: padding costs attention
+work only, not the matrix products around it. This is the padding-free layout of trl's
+``padding_free`` and verl's ``use_remove_padding`` (there with flash-attention's varlen
+kernels; here with a kernel that runs everywhere).
 
 A row's completion sharing its prompt's keys/values with the group's other rows is the shared
 prefix forward of :func:`grpo.policy.completion_logprobs` (Prefix Grouper, arXiv:2506.05433):
@@ -50,10 +52,15 @@ class PackedLayout:
 
     ``prompts[u] = (start, length)``; ``rows[r] = (prompt u, start, length)`` of the row's
     completion tokens that are inputs (all but the last real one: it predicts nothing).
+    ``gather[r, s]``: the packed position of token ``s`` of row r's sequence ``[prompt;
+    completion]`` (right-padded to the longest, padding pointing anywhere); ``scatter[j]``: where
+    packed position j's attention output lies in the flattened ``[R * S]`` rows.
     """
 
     prompts: tuple[tuple[int, int], ...]
     rows: tuple[tuple[int, int, int], ...]
+    gather: torch.Tensor  # [R, S] long
+    scatter: torch.Tensor  # [N] long
 
 
 @dataclass(frozen=True)
@@ -129,49 +136,68 @@ def pack_batch(batch, *, share_prompts: bool) -> PackedInputs | None:
             predictor.append(torch.arange(start, start + n_in))
         start += n_in
     device = batch.input_ids.device
+    gather, scatter = _row_indices(prompts, rows, start)
     return PackedInputs(
         input_ids=torch.cat(ids)[None],
         position_ids=torch.cat(pos)[None].to(device),
-        layout=PackedLayout(prompts=tuple(prompts), rows=tuple(rows)),
+        layout=PackedLayout(prompts=tuple(prompts), rows=tuple(rows), gather=gather.to(device),
+                            scatter=scatter.to(device)),
         predictor=(torch.cat(predictor) if predictor else torch.zeros(0, dtype=torch.long)).to(device),
     )
 
 
+def _row_indices(prompts, rows, n_packed):
+    """(gather ``[R, S]``, scatter ``[N]``) between the packed row and a right-padded batch of
+    sequences ``[prompt; completion]``, one per row (S = the longest). A prompt's own outputs are
+    read from the first row that holds it."""
+    width = max(prompts[u][1] + n for u, _, n in rows)
+    gather = torch.zeros(len(rows), width, dtype=torch.long)
+    scatter = torch.zeros(n_packed, dtype=torch.long)
+    seen = set()
+    for r, (u, s, n) in enumerate(rows):
+        ps, pn = prompts[u]
+        gather[r, :pn] = torch.arange(ps, ps + pn)
+        gather[r, pn:pn + n] = torch.arange(s, s + n)
+        scatter[s:s + n] = r * width + torch.arange(pn, pn + n)
+        if u not in seen:
+            seen.add(u)
+            scatter[ps:ps + pn] = r * width + torch.arange(pn)
+    return gather, scatter
+
+
 def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Attention over a packed row (``query`` ``[1, Hq, N, d]``, ``key``/``value`` ``[1, Hkv, N, d]``),
-    segment by segment; returns ``[1, N, Hq, d]`` as transformers' attention functions do."""
+    """Attention over a packed row (``query`` ``[1, Hq, N, d]``, ``key``/``value`` ``[1, Hkv, N, d]``;
+    returns ``[1, N, Hq, d]`` as transformers' attention functions do), in one call: q/k/v are
+    gathered into a right-padded batch of ``[prompt; completion]`` rows (a prompt's keys/values
+    into each of its rows; the gather's backward sums their gradients), attention is plain causal
+    (with right padding every key a real query sees is real), and the outputs are gathered back
+    to the packed order (a prompt's from the first row holding it).
+
+    One attention call per layer whatever the number of rows, where a loop over segments makes
+    one per row and prompt (the same speed on CPU, measured; on a GPU each is several kernel
+    launches). The attention scores of a row's prompt part are recomputed per row: (pn + n)^2 / 2
+    scores instead of n * pn + n^2 / 2, attention being a few percent of the FLOPs."""
     layout: PackedLayout | None = kwargs.get(_LAYOUT_KWARG)
     if layout is None:
         raise RuntimeError(f"attention implementation {IMPLEMENTATION!r} needs a {_LAYOUT_KWARG} argument; it is "
                            "selected only inside grpo.packing.packed_forward")
     if query.shape[0] != 1:
         raise ValueError(f"a packed forward has one row, got {query.shape[0]}")
-    # [1, H, N, d] throughout: the CPU flash kernel takes 4-d inputs only (3-d ones fall back to
-    # the unfused math path, ~2x slower here)
-    q_1HNd, k_1HNd, v_1HNd = query, key, value
-    if k_1HNd.shape[1] != q_1HNd.shape[1]:  # grouped-query attention: each kv head serves a group of query heads
-        rep = q_1HNd.shape[1] // k_1HNd.shape[1]
-        k_1HNd, v_1HNd = k_1HNd.repeat_interleave(rep, dim=1), v_1HNd.repeat_interleave(rep, dim=1)
-    # one split per tensor (its backward is one concatenation), not a slice per segment (each
-    # slice's backward writes a full-size zero gradient and the sum of all of them costs O(segments x N))
-    sizes = [n for _, n in layout.prompts] + [n for _, _, n in layout.rows]
-    q_parts, k_parts, v_parts = (t.split(sizes, dim=2) for t in (q_1HNd, k_1HNd, v_1HNd))
-    n_prompts = len(layout.prompts)
-    pieces = [F.scaled_dot_product_attention(q_parts[u], k_parts[u], v_parts[u], is_causal=True, scale=scaling,
-                                             dropout_p=dropout) for u in range(n_prompts)]
-    for i, (u, _, n) in enumerate(layout.rows):
-        if n == 0:
-            continue
-        j, pn = n_prompts + i, layout.prompts[u][1]
-        # [prompt ; completion] with plain causal masking, prompt queries included and their
-        # outputs dropped: the flash kernel's causal path, for (pn + n)^2 / 2 scores instead of
-        # n * pn + n^2 / 2 (the prompt's own outputs come from its segment above).
-        q = torch.cat([q_parts[u], q_parts[j]], dim=2)
-        k = torch.cat([k_parts[u], k_parts[j]], dim=2)
-        v = torch.cat([v_parts[u], v_parts[j]], dim=2)
-        pieces.append(F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scaling,
-                                                     dropout_p=dropout)[:, :, pn:])
-    return torch.cat(pieces, dim=2).transpose(1, 2), None
+    if key.shape[1] != query.shape[1]:
+        rep = query.shape[1] // key.shape[1]
+        key, value = key.repeat_interleave(rep, dim=1), value.repeat_interleave(rep, dim=1)
+    r, width = layout.gather.shape
+    flat = layout.gather.reshape(-1)
+
+    def to_rows(t_1HNd):  # [1, H, N, d] -> [R, H, S, d]
+        h, d = t_1HNd.shape[1], t_1HNd.shape[3]
+        return t_1HNd[0].index_select(1, flat).view(h, r, width, d).transpose(0, 1)
+
+    out_RHSd = F.scaled_dot_product_attention(to_rows(query), to_rows(key), to_rows(value), is_causal=True,
+                                              scale=scaling, dropout_p=dropout)
+    h, d = out_RHSd.shape[1], out_RHSd.shape[3]
+    out_HNd = out_RHSd.transpose(0, 1).reshape(h, r * width, d).index_select(1, layout.scatter)
+    return out_HNd.transpose(0, 1)[None], None
 
 
 def _register() -> None:
