@@ -29,8 +29,8 @@ the prompt's tokens run once, and the gradient of its keys/values sums over the 
 them. Without prompt sharing each row packs its own copy of its prompt.
 
 Supported: decoders whose attention goes through transformers' ``AttentionInterface`` with plain
-causal masking (:data:`PACKABLE_MODEL_TYPES`, no sliding window shorter than the sequence, no
-soft-capping). Anything else takes the padded path.
+causal masking (:data:`PACKABLE_MODEL_TYPES`, with no sliding window and no attention dropout;
+:func:`unsupported_reason`). Anything else takes the padded path.
 """
 
 from __future__ import annotations
