@@ -20,6 +20,8 @@ Rows, each in a fresh subprocess (so one run's GPU memory cannot leak into the n
 * ``grpo`` / vLLM colocate (when ``import vllm`` works): ``rollout="vllm"``, eager engine;
 * ``trl`` (when ``import trl`` works): ``trl.GRPOTrainer`` on the same model, data, reward and
   settings (bf16 weights, no autocast, DAPO token mean, same G, batch, lr, beta, clip);
+* ``grpo-padded`` / HF generate: the ``grpo`` row with ``padding_free=False`` (padded
+  log-prob passes), to show what the packed forward buys on a GPU (measured on CPU only so far);
 * log-probs: :func:`grpo.logprobs.token_logprobs` (chunked) against ``naive_token_logprobs``
   (full ``[B, T, V]`` float32 logits), forward + backward in bf16 at the LM-head shapes of
   Qwen2.5-0.5B (H=896) and 1.5B (H=1536), vocabulary 151,936: extra peak GPU memory and time.
@@ -87,7 +89,8 @@ DRY_SHAPES = {
     "1.5b": dict(hidden_size=192, intermediate_size=384, num_hidden_layers=2, num_attention_heads=3,
                  num_key_value_heads=1, vocab_size=1024, published_params=None),
 }
-ROWS = (("grpo", "hf"), ("grpo", "vllm"), ("trl", "hf"), ("trl", "vllm"))
+# grpo-padded: grpo with padding_free=False, to see what the packed forward buys on a GPU
+ROWS = (("grpo", "hf"), ("grpo", "vllm"), ("trl", "hf"), ("trl", "vllm"), ("grpo-padded", "hf"))
 SPLIT = ("generate", "logprobs", "score", "score_wait", "train", "sync")
 MISSING_EXIT, NO_CUDA_EXIT, FAILED_EXIT = 3, 2, 1
 
@@ -281,8 +284,8 @@ def _child_train(args) -> dict:
     rows = prompt_rows()
     out = Path(args.workdir)
     memory.reset()
-    if args.impl == "grpo":
-        ends, metrics = _run_grpo(args, tokenizer, reward, rows, out)
+    if args.impl in ("grpo", "grpo-padded"):
+        ends, metrics = _run_grpo(args, tokenizer, reward, rows, out, padding_free=args.impl == "grpo")
     else:
         ends, metrics = _run_trl(args, tokenizer, reward, rows, out)
     steps = [b - a for a, b in zip(ends[args.warmup - 1:], ends[args.warmup:])]
@@ -296,7 +299,7 @@ def _child_train(args) -> dict:
             "completions": n, **memory.peak()}
 
 
-def _run_grpo(args, tokenizer, reward, rows, out: Path):
+def _run_grpo(args, tokenizer, reward, rows, out: Path, *, padding_free: bool = True):
     from grpo import GRPOConfig, GRPOTrainer
 
     ends, metrics = [], []
@@ -318,7 +321,7 @@ def _run_grpo(args, tokenizer, reward, rows, out: Path):
         beta=args.beta, eps_low=0.2, eps_high=0.2, aggregation="token_mean", learning_rate=1e-6,
         adam_betas=(0.9, 0.99), max_grad_norm=1.0, micro_batch_size=args.micro_batch_size,
         gradient_checkpointing=False, dtype="bfloat16", logging_steps=1, log_completions=0,
-        save_final_model=False, progress_bar=False)
+        save_final_model=False, progress_bar=False, padding_free=padding_free)
     trainer = Timed(args.model, [reward], rows, config, tokenizer=tokenizer)
     try:
         expect_device(trainer.model, args)
@@ -561,6 +564,13 @@ def format_report(args, build: dict, rows: dict, logprobs: dict | None) -> str:
         if "step_s" in g and "step_s" in t:
             out.append(f"\ngrpo/trl ({rollout}): step time {g['step_s'] / t['step_s']:.2f}x, "
                        f"peak memory {g['peak_alloc_gib'] / t['peak_alloc_gib']:.2f}x")
+    packed, padded = rows.get(("grpo", "hf"), {}), rows.get(("grpo-padded", "hf"), {})
+    if "step_s" in packed and "step_s" in padded:
+        out.append(f"\ngrpo packed/padded (hf, padding_free=True/False): step time "
+                   f"{packed['step_s'] / padded['step_s']:.2f}x, train {_f(packed['split'].get('train'), '.3f')} vs "
+                   f"{_f(padded['split'].get('train'), '.3f')} s, logprobs {_f(packed['split'].get('logprobs'), '.3f')}"
+                   f" vs {_f(padded['split'].get('logprobs'), '.3f')} s, peak memory "
+                   f"{packed['peak_alloc_gib'] / padded['peak_alloc_gib']:.2f}x")
     out.append("\ntrl's split: generate = _generate (weight sync included), logprobs = the rest of "
                "_generate_and_score_completions, train = the rest of the step; grpo's: its time/* metrics. "
                "vLLM rows' peak memory includes the engine's preallocated KV cache (--vllm-memory x the "
@@ -597,13 +607,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vllm-memory", type=float, default=0.3, help="vLLM gpu_memory_utilization")
     p.add_argument("--logprob-sizes", nargs="+", default=None, help="B x T cases (default 8x1024; dry: 2x16)")
     p.add_argument("--skip", default="", help="comma list of rows to skip: grpo-hf, grpo-vllm, trl-hf, "
-                                              "trl-vllm, logprobs")
+                                              "trl-vllm, grpo-padded-hf, logprobs")
     p.add_argument("--budget", type=float, default=450.0, help="seconds for everything; later rows are "
                                                                "skipped when it runs out")
     p.add_argument("--workdir", default=None, help="folder for the model, runs and logs (default: temporary)")
     p.add_argument("--json", default=None, help="also write every result here")
     p.add_argument("--child", choices=["build", "train", "logprobs"], help=argparse.SUPPRESS)
-    p.add_argument("--impl", choices=["grpo", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=["grpo", "grpo-padded", "trl"], help=argparse.SUPPRESS)
     p.add_argument("--rollout", choices=["hf", "vllm"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

@@ -157,10 +157,11 @@ def test_cpu_dry_run_end_to_end(tmp_path):
                "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "DRY RUN" in out.stdout and "grpo/trl (hf): step time" in out.stdout
+    assert "grpo packed/padded (hf, padding_free=True/False): step time" in out.stdout
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["build"]["params"] == 128 * 1024 + 2 * (  # embedding (tied) + 2 layers
         (128 * 128 + 128) + 2 * (128 * 64 + 64) + 128 * 128 + 3 * 128 * 256 + 2 * 128) + 128
-    for row in ("grpo-hf", "trl-hf"):
+    for row in ("grpo-hf", "trl-hf", "grpo-padded-hf"):
         res = r["rows"][row]
         assert "error" not in res, res
         assert len(res["steps"]) == 3 and all(s > 0 for s in res["steps"])
@@ -176,7 +177,7 @@ def test_cpu_dry_run_end_to_end(tmp_path):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_cpu_dry_run_vllm_rows(tmp_path):
-    out = _run("--cpu-dry-run", "--skip", "grpo-hf,trl-hf,logprobs", "--workdir", str(tmp_path / "w"),
+    out = _run("--cpu-dry-run", "--skip", "grpo-hf,trl-hf,grpo-padded-hf,logprobs", "--workdir", str(tmp_path / "w"),
                "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
