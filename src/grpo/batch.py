@@ -69,6 +69,18 @@ class RolloutBatch:
         """T, the number of completion columns."""
         return self.completion_ids.shape[1]
 
+    def distinct_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the first row holding each distinct prompt ``[U]``, each row's prompt index ``[B]``),
+        prompts in ``torch.unique`` order of their (ids, mask) columns: a GRPO group's G rows
+        share one prompt, which the shared-prompt and packed forwards run once."""
+        p = self.prompt_len
+        key_BK = torch.cat([self.input_ids[:, :p], self.attention_mask[:, :p]], dim=1)
+        _, row_to_prompt_B = torch.unique(key_BK, dim=0, return_inverse=True)
+        rows_B = torch.arange(len(self), device=row_to_prompt_B.device)
+        first_U = torch.full((int(row_to_prompt_B.max()) + 1,), len(self), device=rows_B.device)
+        first_U.scatter_reduce_(0, row_to_prompt_B, rows_B, reduce="amin")
+        return first_U, row_to_prompt_B
+
     def with_advantages(self, advantages: torch.Tensor) -> RolloutBatch:
         """The same batch with per-sequence ``[B]`` or per-token ``[B, T]`` advantages."""
         if advantages.shape not in ((len(self),), (len(self), self.width)):

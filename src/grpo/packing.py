@@ -35,6 +35,7 @@ causal masking (:data:`PACKABLE_MODEL_TYPES`, with no sliding window and no atte
 
 from __future__ import annotations
 
+import functools
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -106,13 +107,8 @@ def pack_batch(batch, *, share_prompts: bool) -> PackedInputs | None:
     if bool((prompt_len_B == 0).any()):
         return None
     if share_prompts:
-        key_BK = torch.cat([batch.input_ids[:, :p], batch.attention_mask[:, :p]], dim=1)
-        _, row_to_prompt_B = torch.unique(key_BK, dim=0, return_inverse=True)
-        first_of = {}
-        for r, u in enumerate(row_to_prompt_B.tolist()):
-            first_of.setdefault(u, r)
-        prompt_rows = [first_of[u] for u in sorted(first_of)]
-        prompt_of_row = row_to_prompt_B.tolist()
+        first_U, row_to_prompt_B = batch.distinct_prompts()
+        prompt_rows, prompt_of_row = first_U.tolist(), row_to_prompt_B.tolist()
     else:
         prompt_rows, prompt_of_row = list(range(len(batch))), list(range(len(batch)))
     ids, pos, prompts, rows, predictor = [], [], [], [], []
@@ -200,6 +196,7 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     return out_HNd.transpose(0, 1)[None], None
 
 
+@functools.cache
 def _register() -> None:
     from transformers import AttentionInterface
 

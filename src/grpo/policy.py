@@ -153,11 +153,10 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torc
     """Hidden states ``[B, T, H]`` that predict the completion tokens, each distinct prompt run
     once; None when no prompt repeats (then one pass over everything is cheaper)."""
     p, t = batch.prompt_len, batch.completion_ids.shape[1]
-    key_BK = torch.cat([batch.input_ids[:, :p], batch.attention_mask[:, :p]], dim=1)
-    unique_UK, row_to_prompt_B = torch.unique(key_BK, dim=0, return_inverse=True)
-    if unique_UK.shape[0] == len(batch):
+    first_U, row_to_prompt_B = batch.distinct_prompts()
+    if len(first_U) == len(batch):
         return None
-    ids_UP, mask_UP = unique_UK[:, :p], unique_UK[:, p:]
+    ids_UP, mask_UP = batch.input_ids[first_U, :p], batch.attention_mask[first_U, :p]
     prompt = decoder(input_ids=ids_UP, attention_mask=mask_UP,
                      position_ids=_position_ids(mask_UP), use_cache=True)
     cache = prompt.past_key_values
