@@ -270,15 +270,11 @@ class HFGenerator:
         """Each row's sampled ids and log-probs from one ``model.generate`` call."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        from grpo.rollout.hf_decode import _StopInText
+        from grpo.rollout.hf_decode import _StopInText, left_pad
 
         device = _device(model)
         width = max(len(ids) for ids in contexts)
-        input_ids_BL = torch.full((len(contexts), width), pad, dtype=torch.long)
-        mask_BL = torch.zeros((len(contexts), width), dtype=torch.long)
-        for i, ids in enumerate(contexts):  # left padding
-            input_ids_BL[i, width - len(ids):] = torch.tensor(ids)
-            mask_BL[i, width - len(ids):] = 1
+        input_ids_BL, mask_BL = left_pad(contexts, pad)
         config = GenerationConfig(
             do_sample=False,  # greedy over the scores _RowSampler leaves: its pick
             max_new_tokens=max(limits),  # rows with lower limits are cut below

@@ -124,6 +124,20 @@ def _forward_kwargs(model: nn.Module) -> dict:
     return {"logits_to_keep": 1} if takes_it else {}
 
 
+def left_pad(contexts: Sequence[list[int]], pad_id: int, *, extra_columns: int = 0
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids and attention mask ``[B, W + extra_columns]`` (W = the longest context): each
+    context ends at column W, padding on its left; the extra columns, for the tokens to be
+    generated, hold ``pad_id`` and count as real in the mask."""
+    width = max(len(c) for c in contexts)
+    ids_BT = torch.full((len(contexts), width + extra_columns), pad_id, dtype=torch.long)
+    mask_BT = torch.zeros((len(contexts), width + extra_columns), dtype=torch.long)
+    for i, c in enumerate(contexts):
+        ids_BT[i, width - len(c):width] = torch.tensor(c)
+        mask_BT[i, width - len(c):] = 1
+    return ids_BT, mask_BT
+
+
 def distinct_rows(share_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """For rows labelled ``share_B`` (equal label = equal prompt): the first row of each distinct
     label ``[U]`` and each row's distinct-label index ``[B]`` (what a shared prefill computes once
@@ -195,11 +209,7 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
 
     device = next(model.parameters()).device
     b, width, max_new = len(contexts), max(len(c) for c in contexts), max(limits)
-    ids_BT = torch.full((b, width + max_new), pad_id, dtype=torch.long)
-    mask_BT = torch.zeros((b, width + max_new), dtype=torch.long)
-    for i, c in enumerate(contexts):  # left padding
-        ids_BT[i, width - len(c):width] = torch.tensor(c)
-        mask_BT[i, width - len(c):] = 1  # generated columns are real for every live row
+    ids_BT, mask_BT = left_pad(contexts, pad_id, extra_columns=max_new)
     ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
     starts_B = torch.tensor([width - len(c) for c in contexts])
     share_B = torch.tensor(list(share)) if share is not None else None
