@@ -27,9 +27,9 @@ def offline_env(tmp_path, **extra):
 # ------------------------------------------------------------------------------ end to end
 def test_packaged_cpu_recipe_trains_offline_and_eval_reproduces_the_training_evals(tmp_path):
     run = tmp_path / "run"
-    settings = ["tiny.warmup_steps=20", f"trainer.output_dir={run}", "trainer.eval_max_prompts=12"]
-    out = subprocess.run(CLI + ["train", "r1_zero_cpu", *settings, "trainer.max_steps=4", "trainer.eval_steps=2",
-                                "trainer.save_steps=2", "trainer.progress_bar=false"],
+    settings = ["tiny.warmup_steps=20", f"trainer.output_dir={run}", "trainer.eval.max_prompts=12"]
+    out = subprocess.run(CLI + ["train", "r1_zero_cpu", *settings, "trainer.max_steps=4", "trainer.eval.steps=2",
+                                "trainer.checkpoint.steps=2", "trainer.log.progress_bar=false"],
                          capture_output=True, text=True, timeout=600, env=offline_env(tmp_path))
     assert out.returncode == 0, out.stderr[-3000:]
     assert (run / "tiny_model" / "config.json").exists() and (run / "report" / "report.html").exists()
@@ -70,8 +70,9 @@ def test_lora_checkpoint_eval_reproduces_the_training_eval(tmp_path, monkeypatch
         eval_dataset: {{name: tiny_arithmetic, split: test, limit: 6}}
         rewards: [{{name: "dense:Short"}}, {{name: format, weight: 0.1}}]
         lora: {{r: 4, lora_alpha: 8, target_modules: [q_proj, v_proj]}}
-        trainer: {{output_dir: {run}, num_generations: 4, prompts_per_step: 2, max_steps: 2, save_steps: 2,
-                  max_completion_length: 12, learning_rate: 1.0e-2, beta: 0.0, eval_samples: 4, progress_bar: false}}
+        trainer: {{output_dir: {run}, max_steps: 2, rollout: {{num_generations: 4, prompts_per_step: 2}},
+                  sampling: {{max_tokens: 12}}, optim: {{learning_rate: 1.0e-2}}, loss: {{beta: 0.0}},
+                  checkpoint: {{steps: 2}}, eval: {{samples: 4}}, log: {{progress_bar: false}}}}
         """)
     assert cli.main(["train", recipe]) == 0
     in_training = {e["step"]: e for e in read_jsonl(run / "eval.jsonl")}
@@ -119,12 +120,12 @@ def run_main(capsys, *argv):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["trainer.betta=0"], "unknown key 'trainer.betta'; did you mean 'trainer.beta'?"),
-    (["beta=0"], "unknown key 'beta'; did you mean 'trainer.beta'?"),
+    (["trainer.betta=0"], "unknown key 'trainer.betta'; did you mean 'trainer.loss.beta'?"),
+    (["beta=0"], "unknown key 'beta'; did you mean 'trainer.loss.beta'?"),
     (["datset.name=x"], "unknown key 'datset'; did you mean 'dataset'?"),
     (["rewards.0.wieght=2"], "unknown key 'rewards.0.wieght'; did you mean 'rewards.0.weight'?"),
     (["rewards.5.weight=2"], "rewards is a list of 2 entries; use an index 0..1"),
-    (["trainer.num_generations=1"], "trainer.num_generations: Input should be greater than or equal to 2"),
+    (["trainer.rollout.num_generations=1"], "trainer.rollout.num_generations: Input should be greater than or equal to 2"),
     (["tiny.hiden_size=64"], "did you mean 'tiny.hidden_size'?"),
     (["model=Qwen/Qwen2.5-0.5B", "tiny.seed=1"], "the 'tiny' section applies to model: tiny"),
 ])
@@ -205,9 +206,9 @@ def test_eval_without_eval_dataset_and_report_of_a_missing_run(tmp_path, capsys)
 
 
 def test_eval_options_checked_before_any_generation(tmp_path, capsys):
-    body = BASE.rstrip(" ") + "    trainer: {output_dir: %s, eval_samples: 4}\n" % (tmp_path / "run")
+    body = BASE.rstrip(" ") + "    trainer: {output_dir: %s, eval: {samples: 4}}\n" % (tmp_path / "run")
     code, err = run_main(capsys, "eval", recipe_file(tmp_path, body), "--pass-k", "8")
-    assert code == 2 and "--pass-k 8: pass@K needs 1 <= K <= trainer.eval_samples=4" in err
+    assert code == 2 and "--pass-k 8: pass@K needs 1 <= K <= trainer.eval.samples=4" in err
     code, err = run_main(capsys, "eval", recipe_file(tmp_path, body), "tiny.warmup_steps=0", "--by", "difficulty")
     assert code == 2 and "--by difficulty: the eval rows have no column 'difficulty' (columns: answer, prompt, terms)" \
         in err.splitlines()[-1]
@@ -234,8 +235,10 @@ def test_help_config_documents_every_key_without_pydantic_internals(capsys):
     assert cli.main(["train", "--help-config"]) == 0
     text = capsys.readouterr().out
     assert "PydanticUndefined" not in text
-    assert "trainer.stop (default []): Extra stop strings" in text
-    assert "trainer.beta (default 0.001): KL coefficient" in text
+    assert "trainer.sampling.stop (default ()): Stop strings" in text
+    assert "trainer.sampling.max_tokens (default 1024): Most completion tokens" in text  # the trainer's default
+    assert "trainer.loss.beta (default 0.001): KL coefficient" in text
+    assert "\ntrainer.loss: The policy objective" in text  # one title per section
     assert "  model (required): " in text and "rewards.N.name (required)" in text and "tiny.warmup_steps" in text
 
 

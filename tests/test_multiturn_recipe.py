@@ -19,12 +19,12 @@ RECIPE = ROOT / "src" / "grpo" / "rollout" / "recipes" / "tool_math_qwen2.5.yaml
 
 def test_tool_math_recipe_loads_and_validates():
     recipe, tools = load_tool_recipe(RECIPE)
-    assert isinstance(recipe.trainer, GRPOConfig) and recipe.trainer.rollout == "vllm"
+    assert isinstance(recipe.trainer, GRPOConfig) and recipe.trainer.rollout.backend == "vllm"
     assert recipe.model.startswith("Qwen/Qwen2.5") and recipe.rewards[0].name == "math"
     assert tools.parser == "hermes" and tools.tools == ["python"] and tools.max_turns == 4
-    assert tools.max_turn_tokens <= recipe.trainer.max_completion_length
-    recipe, tools = load_tool_recipe(RECIPE, ["multiturn.max_turns=2", "trainer.beta=0.001"])
-    assert tools.max_turns == 2 and recipe.trainer.beta == 0.001
+    assert tools.max_turn_tokens <= recipe.trainer.sampling.max_tokens
+    recipe, tools = load_tool_recipe(RECIPE, ["multiturn.max_turns=2", "trainer.loss.beta=0.01"])
+    assert tools.max_turns == 2 and recipe.trainer.loss.beta == 0.01
     with pytest.raises(ValueError, match="max_turn_tokens"):
         load_tool_recipe(RECIPE, ["multiturn.max_turn_tokens=99999"])
     with pytest.raises(ValueError, match="extra|not permitted"):

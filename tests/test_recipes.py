@@ -5,26 +5,35 @@ from pathlib import Path
 
 import pytest
 
-from grpo.config import apply_overrides
+from grpo.config import FlatConfigWarning, apply_overrides
 from grpo.recipes import RecipeError, find_recipe, hub_problem
 from grpo.recipes.schema import Recipe
 
-DATA = {"model": "m", "rewards": [{"name": "math", "weight": 1.0}, {"name": "format"}], "trainer": {"beta": 0.1}}
+DATA = {"model": "m", "rewards": [{"name": "math", "weight": 1.0}, {"name": "format"}],
+        "trainer": {"loss": {"beta": 0.1}}}
 
 
 def test_overrides_set_nested_keys_and_list_entries_without_touching_the_input():
-    out = apply_overrides(DATA, ["rewards.0.weight=2", "rewards.1.kwargs.partial=true", "trainer.stop=[a, b]",
-                                 "trainer.minibatch_size=null", "lora.r=8", "model=x=y"])
+    out = apply_overrides(DATA, ["rewards.0.weight=2", "rewards.1.kwargs.partial=true", "trainer.sampling.stop=[a, b]",
+                                 "trainer.optim.minibatch_size=null", "lora.r=8", "model=x=y"])
     assert out["rewards"] == [{"name": "math", "weight": 2}, {"name": "format", "kwargs": {"partial": True}}]
-    assert out["trainer"] == {"beta": 0.1, "stop": ["a", "b"], "minibatch_size": None}
+    assert out["trainer"] == {"loss": {"beta": 0.1}, "sampling": {"stop": ["a", "b"]}, "optim": {"minibatch_size": None}}
     assert out["lora"] == {"r": 8} and out["model"] == "x=y"  # only the first '=' splits
-    assert DATA["rewards"][0]["weight"] == 1.0 and "stop" not in DATA["trainer"]  # a copy was changed
+    assert DATA["rewards"][0]["weight"] == 1.0 and "sampling" not in DATA["trainer"]  # a copy was changed
+
+
+def test_a_flat_key_below_trainer_is_read_as_its_sections_key_with_a_warning():
+    with pytest.warns(FlatConfigWarning, match=r"beta -> loss\.beta"):
+        out = apply_overrides(DATA, ["trainer.beta=0", "trainer.rollout=vllm"])
+    assert out["trainer"] == {"loss": {"beta": 0}, "rollout": {"backend": "vllm"}}
+    with pytest.warns(FlatConfigWarning):  # GRPOConfig.from_yaml's overrides: the config is the top level
+        assert apply_overrides({}, ["eps_high=0.28"], config_at="") == {"loss": {"eps_high": 0.28}}
 
 
 @pytest.mark.parametrize("override, message", [
     ("rewards.2.weight=1", "rewards is a list of 2 entries; use an index 0..1"),
     ("rewards.name=x", "rewards is a list of 2 entries"),
-    ("trainer.beta.x=1", "trainer.beta is the value 0.1, not a section"),
+    ("trainer.loss.beta.x=1", "trainer.loss.beta is the value 0.1, not a section"),
     ("beta", "is not key=value"),
     ("trainer..beta=1", "is not key=value"),
     ("trainer.stop=[a", "the value is not valid YAML"),

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from grpo.config import GRPOConfig
+from grpo.config import FlatConfigWarning, GRPOConfig
 from grpo.data import PromptSampler, reward_columns
 from grpo.batch import collate_rollouts
 from grpo.policy import completion_logprobs
@@ -16,19 +16,25 @@ from grpo.textstats import has_reflection, is_language_mixed
 # ------------------------------------------------------------------------------ config
 def test_config_defaults_follow_r1():
     cfg = GRPOConfig()
-    assert (cfg.num_generations, cfg.beta, cfg.temperature) == (16, 0.001, 1.0)
+    assert (cfg.rollout.num_generations, cfg.loss.beta, cfg.sampling.temperature) == (16, 0.001, 1.0)
     d = cfg.derived()
     assert d.completions_per_step == 8 * 16 and d.optimizer_steps_per_step == 1
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(prompts_per_step=3, num_generations=4, minibatch_size=5), "must divide prompts_per_step x num_generations"),
-    (dict(advantage_estimator="grpo_std"), "choose one of .*'dr_grpo'"),
-    (dict(num_generations=1), "num_generations"),
-    (dict(beta=-0.1), "beta"),
-    (dict(dynamic_sampling_max_rounds=0), "dynamic_sampling_max_rounds"),
-    (dict(rollout="sglang"), "rollout"),
+    (dict(rollout=dict(prompts_per_step=3, num_generations=4), optim=dict(minibatch_size=5)),
+     "must divide rollout.prompts_per_step x rollout.num_generations"),
+    (dict(rollout=dict(advantage_estimator="grpo_std")), "choose one of .*'dr_grpo'"),
+    (dict(rollout=dict(num_generations=1)), "num_generations"),
+    (dict(loss=dict(beta=-0.1)), "beta"),
+    (dict(rollout=dict(dynamic_sampling_max_rounds=0)), "dynamic_sampling_max_rounds"),
+    (dict(rollout=dict(backend="sglang")), "backend"),
+    (dict(sampling=dict(temperature=0.0)), "temperature > 0"),  # greedy is for evaluation
+    (dict(sampling=dict(seed=3)), "set seed instead"),  # the trainer seeds each step
     (dict(lerning_rate=1e-5), "lerning_rate"),  # typos are caught, not ignored
+    (dict(optim=dict(lerning_rate=1e-5)), "lerning_rate"),
+    (dict(sampling=dict(temprature=0.5)), "temprature"),
+    (dict(beta=0.0, loss=dict(beta=0.1)), "both given"),  # a flat key and its section's key
 ])
 def test_config_errors_say_what_to_change(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -36,18 +42,26 @@ def test_config_errors_say_what_to_change(kwargs, match):
 
 
 def test_config_yaml_round_trip_and_overrides(tmp_path):
-    cfg = GRPOConfig(num_generations=4, prompts_per_step=2, stop=["</answer>"])
+    cfg = GRPOConfig(rollout=dict(num_generations=4, prompts_per_step=2), sampling=dict(stop=["</answer>"]),
+                     **{"async": dict(timeout=5)})
     path = tmp_path / "c.yaml"
     cfg.to_yaml(path)
-    back = GRPOConfig.from_yaml(path, ["beta=0", "eps_high=0.28", "report_to=[tensorboard]"])
-    assert back.model_dump() == {**cfg.model_dump(), "beta": 0.0, "eps_high": 0.28, "report_to": ["tensorboard"]}
+    assert "async:" in path.read_text() and "async_" not in path.read_text()  # keyed as written
+    assert GRPOConfig.from_yaml(path) == cfg
+    back = GRPOConfig.from_yaml(path, ["loss.beta=0", "loss.eps_high=0.28", "log.report_to=[tensorboard]"])
+    want = cfg.to_dict()
+    want["loss"].update(beta=0.0, eps_high=0.28)
+    want["log"]["report_to"] = ["tensorboard"]
+    assert back.to_dict() == want
+    with pytest.warns(FlatConfigWarning):  # grpo 0.1's flat override still works
+        assert GRPOConfig.from_yaml(path, ["beta=0"]).loss.beta == 0.0
     with pytest.raises(ValueError, match="key=value"):
-        GRPOConfig.from_yaml(path, ["beta"])
+        GRPOConfig.from_yaml(path, ["loss.beta"])
 
 
 def test_derived_counts():
-    d = GRPOConfig(prompts_per_step=4, num_generations=4, minibatch_size=8, micro_batch_size=2,
-                   num_iterations=2).derived()
+    d = GRPOConfig(rollout=dict(prompts_per_step=4, num_generations=4), optim=dict(minibatch_size=8, num_iterations=2),
+                   forward=dict(micro_batch_size=2)).derived()
     # 16 completions / 8 per minibatch = 2 minibatches, x mu=2 passes = 4 optimizer steps
     assert (d.minibatches_per_step, d.optimizer_steps_per_step, d.micro_batches_per_minibatch) == (2, 4, 4)
 

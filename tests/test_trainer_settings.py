@@ -128,7 +128,7 @@ def test_keep_freed_cpu_memory_stops_refaulting_activations():
 
     script = """
 import resource, sys, torch
-from grpo.models import keep_freed_cpu_memory
+from grpo.guards import keep_freed_cpu_memory
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def rounds():

@@ -39,19 +39,54 @@ def _config_help() -> str:
     def fields(model, prefix: str) -> list[str]:
         out = []
         for name, field in model.model_fields.items():
+            if _section_type(field.annotation) is not None:
+                continue  # listed under its own title
             default = field.get_default(call_default_factory=True)
             shown = "required" if default is PydanticUndefined else f"default {default!r}"
-            out.append(f"  {prefix}{name} ({shown}): {field.description or ''}".rstrip(": "))
+            text = " ".join((field.description or "").split())
+            out.append(f"  {prefix}{name} ({shown}): {text}".rstrip(": "))
         return out
 
     sections = [("Recipe keys", Recipe, ""), ("dataset / eval_dataset", DatasetSpec, "dataset."),
                 ("each entry of rewards", RewardSpec, "rewards.N."), ("model: tiny", TinyModelSpec, "tiny."),
-                ("trainer (GRPOConfig)", GRPOConfig, "trainer.")]
+                ("trainer (GRPOConfig): the run", GRPOConfig, "trainer.")]
+    for name, field in GRPOConfig.model_fields.items():
+        section = _section_type(field.annotation)
+        if section is not None:
+            key = field.alias or name
+            sections.append((f"trainer.{key}: {' '.join((field.description or '').split())}",
+                             _as_model(section, field.get_default(call_default_factory=True)), f"trainer.{key}."))
     lines = []
     for title, model, prefix in sections:
-        lines += [f"{title}:", *(line for line in fields(model, prefix)
-                                 if not (model is Recipe and line.split()[0] in ("trainer", "tiny")))]
+        lines += [f"{title}", *(line for line in fields(model, prefix)
+                                if not (model is Recipe and line.split()[0] in ("trainer", "tiny")))]
     return "\n".join(lines)
+
+
+def _section_type(annotation):
+    """The section class of a GRPOConfig field (a pydantic model or a stdlib dataclass), or None."""
+    import dataclasses
+
+    from pydantic import BaseModel
+
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)):
+        return annotation
+    return None
+
+
+def _as_model(cls, default: Any):
+    """A pydantic model with the fields and descriptions of ``cls`` (a stdlib dataclass section
+    becomes one) and the defaults of the GRPOConfig's ``default`` instance of it."""
+    import dataclasses
+
+    if not dataclasses.is_dataclass(cls):
+        return cls
+    from pydantic import Field, TypeAdapter, create_model
+
+    props = TypeAdapter(cls).json_schema()["properties"]
+    return create_model(cls.__name__, **{
+        f.name: (Any, Field(getattr(default, f.name), description=props.get(f.name, {}).get("description")))
+        for f in dataclasses.fields(cls)})
 
 
 def load_recipe(name_or_path: str, overrides: list[str]) -> Recipe:
@@ -81,7 +116,7 @@ def build_trainer(recipe: Recipe, model_override: str | None = None):
     cfg = recipe.trainer
     if not cfg.overwrite_output_dir:  # the trainer's refusal of another run's folder, before any build
         check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=False, is_main=False)
-    cfg = recipe.trainer.model_copy(update={"reward_weights": weights})
+    cfg = recipe.trainer.model_copy(update={"reward": cfg.reward.model_copy(update={"weights": weights})})
     ds = recipe.dataset
     train = build_dataset(ds.name, ds.split, ds.limit, **ds.kwargs)
     eval_rows = _eval_rows(recipe)
@@ -147,7 +182,7 @@ def load_checkpoint_weights(model, checkpoint: Path) -> None:
 def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: list[str] | tuple[str, ...] = (),
                     pass_ks: list[int] | None = None) -> dict[str, float]:
     """The recipe's held-out evaluation of ``model`` (see :func:`resolve_eval_model`), computed as
-    the trainer does at its evaluation steps: the same rows (``eval_max_prompts``), generator,
+    the trainer does at its evaluation steps: the same rows (``eval.max_prompts``), generator,
     accuracy and format rewards, and seeded sampling (:func:`grpo.evaluation.eval_sampling`)."""
     import torch
 
@@ -161,16 +196,16 @@ def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: list[str] |
         raise RecipeError("the recipe has no eval_dataset; add one, e.g. eval_dataset: {name: gsm8k, split: test}")
     cfg = recipe.trainer
     for j in pass_ks or ():
-        if not 1 <= j <= cfg.eval_samples:
-            raise RecipeError(f"--pass-k {j}: pass@K needs 1 <= K <= trainer.eval_samples={cfg.eval_samples} "
-                              f"(the samples per prompt); add trainer.eval_samples={max(j, 1)}")
+        if not 1 <= j <= cfg.eval.samples:
+            raise RecipeError(f"--pass-k {j}: pass@K needs 1 <= K <= trainer.eval.samples={cfg.eval.samples} "
+                              f"(the samples per prompt); add trainer.eval.samples={max(j, 1)}")
     rewards, weights = check_recipe(recipe)
     reward = CombinedReward(rewards, weights, missing="propagate")
     names = [r.name for r in reward.rewards]
     model_path, checkpoint = resolve_eval_model(recipe, model)
     require_hub(recipe, model_path)  # the datasets
     rows = _eval_rows(recipe)
-    rows = rows[:cfg.eval_max_prompts] if cfg.eval_max_prompts else rows
+    rows = rows[:cfg.eval.max_prompts] if cfg.eval.max_prompts else rows
     for column in by:
         if any(column not in row for row in rows):
             raise RecipeError(f"--by {column}: the eval rows have no column {column!r} (columns: "
@@ -180,9 +215,9 @@ def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: list[str] |
         from peft import LoraConfig
 
         peft_config = LoraConfig(task_type="CAUSAL_LM", **recipe.lora)
-    set_torch_threads(cfg.torch_threads, cuda=torch.cuda.is_available())  # as the trainer: same arithmetic
+    set_torch_threads(cfg.forward.torch_threads, cuda=torch.cuda.is_available())  # as the trainer: same arithmetic
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    policy, tokenizer, path = load_policy(model_path, None, peft_config, cfg, device)
+    policy, tokenizer, path = load_policy(model_path, None, peft_config, cfg.forward, device)
     if checkpoint is not None:
         load_checkpoint_weights(policy, checkpoint)
     policy.eval()
@@ -191,7 +226,8 @@ def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: list[str] |
         generator.sync_weights(policy)
         return evaluate(generator, rows, reward, accuracy=names[0],
                         format_name=next((n for n in names if n.startswith("format")), None),
-                        k=cfg.eval_samples, sampling=eval_sampling(cfg), by=list(by or ()) or cfg.eval_by,
+                        k=cfg.eval.samples, sampling=eval_sampling(cfg.sampling, cfg.seed),
+                        by=list(by or ()) or cfg.eval.by,
                         pass_ks=pass_ks)
     finally:
         generator.close()

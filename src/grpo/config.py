@@ -1,16 +1,35 @@
 """``GRPOConfig``: every setting of a GRPO run, typed, documented and validated at construction.
 
+The root holds what identifies a run (folder, seed, length); everything else lives in typed
+sections, one per component that reads it, so that a component takes its section and nothing
+else (the learner ``loss``, ``optim`` and ``forward``; the rollout source ``rollout`` and
+``sampling``; the generator factory ``vllm``)::
+
+    GRPOConfig(
+        output_dir="runs/x", seed=0, max_steps=100,
+        rollout=RolloutConfig(num_generations=16, prompts_per_step=8, backend="vllm"),
+        sampling=SamplingConfig(temperature=1.0, max_tokens=1024),
+        loss=LossConfig(beta=0.001, eps_high=0.28),
+        optim=OptimConfig(learning_rate=1e-6),
+    )
+
+or, the same in YAML (``trainer:`` of a recipe) and on the command line
+(``trainer.loss.beta=0``). Sections may be given as dicts. The flat keys of grpo 0.1
+(``beta=0.001``, ``learning_rate=...``, ``rollout="vllm"``) still work until grpo 0.3, with a
+:class:`FlatConfigWarning` naming the new key; :data:`FLAT_KEYS` is the whole mapping.
+
 Defaults follow DeepSeek-R1 (arXiv:2501.12948, sec. 2.2 and the training details of its
 supplementary material) where they fit a general library:
 
-* ``num_generations`` G = 16, ``beta`` (KL coefficient) = 0.001, ``temperature`` = 1.0: R1.
-* ``eps_low`` = ``eps_high`` = 0.2: the PPO / DeepSeekMath clip range. DAPO's clip-higher
-  (0.2 / 0.28) is one setting away.
-* ``max_completion_length`` = 1024 departs from R1's 32,768 tokens (R1-Zero trained on
-  thousands of GPUs); raise it on real hardware.
-* ``learning_rate`` = 1e-6 (DeepSeekMath's GRPO used 1e-6; R1 reports 3e-6 for a 671B MoE):
-  small models often want 1e-6 to 3e-6 with full fine-tuning, 1e-5 to 1e-4 with LoRA.
-* ``aggregation`` = "token_mean" (DAPO) departs from the paper's per-sequence mean, whose
+* ``rollout.num_generations`` G = 16, ``loss.beta`` (KL coefficient) = 0.001,
+  ``sampling.temperature`` = 1.0: R1.
+* ``loss.eps_low`` = ``loss.eps_high`` = 0.2: the PPO / DeepSeekMath clip range. DAPO's
+  clip-higher (0.2 / 0.28) is one setting away.
+* ``sampling.max_tokens`` = 1024 (trl's ``max_completion_length``) departs from R1's 32,768
+  tokens (R1-Zero trained on thousands of GPUs); raise it on real hardware.
+* ``optim.learning_rate`` = 1e-6 (DeepSeekMath's GRPO used 1e-6; R1 reports 3e-6 for a 671B
+  MoE): small models often want 1e-6 to 3e-6 with full fine-tuning, 1e-5 to 1e-4 with LoRA.
+* ``loss.aggregation`` = "token_mean" (DAPO) departs from the paper's per-sequence mean, whose
   length bias Dr. GRPO and DAPO document; "seq_mean_token_mean" gives the paper's eq. (3).
 
 Derived values are computed in one place, :meth:`GRPOConfig.derived`.
@@ -18,10 +37,210 @@ Derived values are computed in one place, :meth:`GRPOConfig.derived`.
 
 from __future__ import annotations
 
+import dataclasses
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from grpo.loss import Aggregation, KLEstimator, RatioLevel
+from grpo.rollout.types import SamplingConfig
+
+__all__ = ["AsyncConfig", "CheckpointConfig", "DistillConfig", "EvalConfig", "FLAT_KEYS",
+           "FlatConfigWarning", "ForwardConfig", "GRPOConfig", "LogConfig", "LossConfig",
+           "OptimConfig", "RewardConfig", "RolloutConfig", "SamplingConfig", "VLLMConfig",
+           "apply_overrides"]
+
+
+class FlatConfigWarning(FutureWarning):
+    """A grpo 0.1 flat config key (``beta``) was used; it now lives in a section (``loss.beta``)."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class RolloutConfig(_Section):
+    """What is sampled each step and how it becomes advantages (read by the rollout source)."""
+
+    backend: Literal["hf", "vllm", "vllm_server"] = Field(
+        "hf", description="Generator: transformers (hf), a colocated vLLM engine (vllm), or a trl "
+                          "vllm-serve server (vllm_server).")
+    num_generations: int = Field(16, ge=2, description="G: completions sampled per prompt (R1: 16).")
+    prompts_per_step: int = Field(8, ge=1, description="Prompts per GRPO step, over all processes.")
+    max_prompt_length: int = Field(
+        512, ge=1, description="Prompts longer than this (in tokens) raise an error naming the dataset "
+                               "row (checked as they are sampled); vLLM engines are sized for "
+                               "max_prompt_length + sampling.max_tokens.")
+    chat_template_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra variables for the chat template, e.g. "
+                                          "{enable_thinking: false} for Qwen3 (trl's chat_template_kwargs).")
+    mask_truncated_completions: bool = Field(
+        False, description="Leave completions cut at sampling.max_tokens out of the loss (DAPO overlong "
+                           "filtering, arXiv:2503.14476 sec. 3.4; trl's mask_truncated_completions). "
+                           "Their rewards still count in their group's statistics.")
+    advantage_estimator: str = Field(
+        "grpo", description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
+                            "dr_grpo (no std), rloo (leave-one-out baseline), or one you registered.")
+    dynamic_sampling: bool = Field(
+        False, description="DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2): drop groups whose rewards "
+                           "have no spread and sample more prompts until the step has prompts_per_step "
+                           "groups with signal, or dynamic_sampling_max_rounds generation rounds were made.")
+    dynamic_sampling_max_rounds: int = Field(
+        4, ge=1, description="Cap on generation rounds per step with dynamic_sampling (each round samples "
+                             "prompts_per_step prompts); at the cap the step trains on the groups it has.")
+    dynamic_sampling_tol: float = Field(
+        1e-6, ge=0, description="A group has signal when max - min of its scorable rewards exceeds this "
+                                "(dynamic sampling, and the adv/zero_std_frac metric).")
+
+
+class AsyncConfig(_Section):
+    """Asynchronous rollouts (:mod:`grpo.async_source`); YAML and CLI key ``async``."""
+
+    staleness: int = Field(
+        0, ge=0, description="Sample the next steps in a generator process while the learner trains, on "
+                             "weights at most this many steps old (AReaL's decoupled PPO corrects for it). "
+                             "0 = synchronous. rollout.backend='hf' only, one process.")
+    timeout: float = Field(
+        600.0, gt=0, description="Seconds the asynchronous generator may take for one step before it "
+                                 "counts as stalled (an error, not a hang).")
+
+
+class VLLMConfig(_Section):
+    """The vLLM engine (rollout.backend='vllm') or server (rollout.backend='vllm_server')."""
+
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM's share of GPU memory (colocated).")
+    tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (colocated).")
+    enforce_eager: bool = Field(False, description="vLLM without CUDA graphs / torch.compile (faster start).")
+    sleep: bool = Field(False, description="Put the vLLM engine to sleep during training (frees GPU memory).")
+    dtype: str = Field("auto", description="vLLM engine dtype (auto: the model's; float32, bfloat16, ...).")
+    server_host: str = Field("127.0.0.1", description="Host of `trl vllm-serve` (rollout.backend=vllm_server).")
+    server_port: int = Field(8000, description="Port of `trl vllm-serve` (rollout.backend=vllm_server).")
+
+
+class LossConfig(_Section):
+    """The policy objective (:func:`grpo.loss.policy_loss`); read by the learner."""
+
+    beta: float = Field(0.001, ge=0, description="KL coefficient (R1: 0.001). 0 loads no reference model.")
+    kl_estimator: KLEstimator = Field("k3", description="KL estimator (k3: DeepSeekMath eq. 4).")
+    kl_ratio_correction: bool = Field(
+        False, description="Weight the KL term by the importance ratio pi/pi_old (trl's "
+                           "use_bias_correction_kl).")
+    eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip: ratio >= 1 - eps_low (trl's epsilon).")
+    eps_high: float = Field(0.2, ge=0, description="Upper clip: ratio <= 1 + eps_high (DAPO clip-higher: 0.28).")
+    dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c for negative advantages, or None.")
+    ratio_level: RatioLevel = Field("token", description="token: GRPO; sequence: GSPO.")
+    aggregation: Aggregation = Field(
+        "token_mean", description="Loss reduction (DAPO token mean / GRPO sequence mean / Dr. GRPO).")
+    use_tis: bool = Field(
+        False, description="Truncated importance sampling against a separate rollout engine's log-probs "
+                           "(rollout.backend vllm or vllm_server).")
+    is_cap: float = Field(
+        2.0, gt=0, description="C in the behaviour weight min(pi_old / pi_sampler, C) of the policy term: "
+                               "TIS's truncation, and the decoupled objective's cap with asynchronous rollouts.")
+
+
+class DistillConfig(_Section):
+    """On-policy distillation (:mod:`grpo.distill`)."""
+
+    teacher: str | None = Field(
+        None, description="A teacher (path or hub id) with the student's tokenizer: every sampled token's "
+                          "advantage gets -coef x (log pi_student - log pi_teacher) added (tinker-cookbook, "
+                          "slime). With no reward functions it is pure distillation. GRPOTrainer(teacher=...) "
+                          "takes a loaded model instead.")
+    coef: float = Field(1.0, ge=0, description="lambda of the on-policy distillation term.")
+
+
+class RewardConfig(_Section):
+    """How the reward functions are combined and watched."""
+
+    weights: list[float] | None = Field(None, description="Weight per reward function (default: all 1).")
+    failure_patience: int = Field(
+        3, ge=1, description="Stop the run when one reward fails (error / unscorable) on every item for this "
+                             "many consecutive steps, naming it and its first reason.")
+
+
+class OptimConfig(_Section):
+    """AdamW, its schedule, and how a step's completions are cut into optimizer steps."""
+
+    learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
+    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
+    warmup_ratio: float = Field(
+        0.0, ge=0, lt=1, description="Warm-up as a fraction of all optimizer steps (used when warmup_steps is 0).")
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Schedule after warm-up.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
+    num_iterations: int = Field(1, ge=1, description="mu: optimisation passes over each step's rollouts.")
+    minibatch_size: int | None = Field(
+        None, ge=1, description="Completions per optimizer step (default: the whole step's batch, fully "
+                                "on-policy).")
+
+
+class ForwardConfig(_Section):
+    """How the model runs: memory and speed knobs that do not change the update (up to rounding)."""
+
+    micro_batch_size: int = Field(
+        8, ge=1, description="Completions per forward/backward (gradient accumulation; a memory knob: the "
+                             "update does not depend on it, and it need not divide the minibatch).")
+    logprob_chunk_size: int | None = Field(None, ge=1, description="Rows per chunk in grpo.logprobs (None = auto).")
+    share_prompt_forward: bool = Field(
+        True, description="Run each distinct prompt of a micro-batch once and give its key/value cache to "
+                          "its completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). "
+                          "Skipped under gradient checkpointing.")
+    padding_free: bool = Field(
+        True, description="Pack each micro-batch's real tokens into one row for the log-prob passes, so no "
+                          "matrix product runs on padding (exact up to float rounding; grpo.packing). Llama, "
+                          "Qwen2/3 and Mistral-style decoders; other models run padded, with a warning.")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+    fsdp: bool = Field(
+        False, description="Shard weights, gradients and optimizer state over the processes with FSDP2 "
+                           "(one unit per transformer block), for models too large to replicate. Needs >= 2 "
+                           "processes; not with peft_config.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: float32 weights with bfloat16 autocast on a CUDA GPU that supports it, "
+                            "float32 on CPU; float32 / bfloat16 / float16: weights (and so compute) in that dtype.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch's matrix work. None: on a CPU-only machine, half the "
+                                "cores available to this process (divided among local processes), leaving the "
+                                "rest to the scoring pool and the generator (torch's default of all cores "
+                                "collapses when other processes compete for them); untouched with a GPU.")
+    cpu_keep_freed_memory: bool = Field(
+        True, description="Training on CPU: let glibc malloc keep freed memory for reuse (mallopt: blocks up "
+                          "to 1 GiB from the heap, no trimming below 1 GiB free), instead of page-faulting "
+                          "every activation in again each step (~5% of a CPU training pass). Process-wide; "
+                          "no effect on GPU memory or without glibc.")
+
+
+class EvalConfig(_Section):
+    """Held-out evaluation during training (:mod:`grpo.evaluation`)."""
+
+    steps: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at start and end if eval data).")
+    samples: int = Field(4, ge=1, description="k: samples per eval prompt for mean accuracy over k.")
+    by: list[str] = Field(
+        default_factory=list, description="Dataset columns to break evaluation down by "
+                                          "(eval/<metric>/<column>=<value>), e.g. [difficulty].")
+    max_prompts: int | None = Field(None, ge=1, description="Cap on eval prompts (None = all).")
+
+
+class LogConfig(_Section):
+    """Metrics, completion logs and trackers (:mod:`grpo.tracking`)."""
+
+    steps: int = Field(1, ge=1, description="Log metrics every N steps.")
+    completions: int = Field(4, ge=0, description="Completions per step written to completions.jsonl.")
+    report_to: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="Extra trackers through accelerate.")
+    progress_bar: bool = Field(True, description="Show a progress bar with step, ETA, reward and accuracy.")
+
+
+class CheckpointConfig(_Section):
+    """Resumable checkpoints and the final model (:mod:`grpo.checkpoint`)."""
+
+    steps: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0 = off).")
+    total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
+    final_model: bool = Field(True, description="Save the final model in HF format under output_dir/final.")
+    merge_lora: bool = Field(True, description="Merge LoRA adapters into the saved final model.")
 
 
 class Derived(BaseModel):
@@ -33,231 +252,280 @@ class Derived(BaseModel):
     micro_batches_per_minibatch: int
 
 
+def _default_sampling() -> SamplingConfig:
+    return SamplingConfig(max_tokens=1024)
+
+
 class GRPOConfig(BaseModel):
-    """Settings of a GRPO run. Field descriptions are the documentation (``grpo train --help``)."""
+    """Settings of a GRPO run: the run's identity at the root, the rest in typed sections (module
+    docstring). Field descriptions are the documentation (``grpo train --help-config``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
+                              validate_by_alias=True)
 
-    # ---------------------------------------------------------------- run
+    # ---------------------------------------------------------------- the run
     output_dir: str = Field("runs/grpo", description="Run folder: metrics, completions, checkpoints, report.")
     seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
     max_steps: int = Field(100, ge=1, description="GRPO steps (one step = generate, score, update).")
     num_train_epochs: float | None = Field(
         None, gt=0, description="Train for this many passes over the training prompts instead of max_steps: "
-                                "max_steps = ceil(epochs x len(train_dataset) / prompts_per_step), set by the trainer.")
+                                "max_steps = ceil(epochs x len(train_dataset) / rollout.prompts_per_step), set "
+                                "by the trainer.")
     max_seconds: float | None = Field(
-        None, gt=0, description="Also stop after the step during which this much wall time of training has passed "
-                                "(seconds since train() started, evaluations included; a resumed run counts "
-                                "afresh), e.g. to compare methods at equal wall time. The learning-rate "
+        None, gt=0, description="Also stop after the step during which this much wall time of training has "
+                                "passed (seconds since train() started, evaluations included; a resumed run "
+                                "counts afresh), e.g. to compare methods at equal wall time. The learning-rate "
                                 "schedule still spans max_steps.")
-
-    # ---------------------------------------------------------------- rollout
-    num_generations: int = Field(16, ge=2, description="G: completions sampled per prompt (R1: 16).")
-    prompts_per_step: int = Field(8, ge=1, description="Prompts per GRPO step, over all processes.")
-    rollout: Literal["hf", "vllm", "vllm_server"] = Field(
-        "hf", description="Generator: transformers.generate, a colocated vLLM engine, or a trl vllm-serve server.")
-    max_prompt_length: int = Field(
-        512, ge=1, description="Prompts longer than this (in tokens) raise an error naming the dataset row (checked "
-                               "as they are sampled); vLLM engines are sized for max_prompt_length + "
-                               "max_completion_length.")
-    max_completion_length: int = Field(1024, ge=1, description="Maximum sampled tokens per completion.")
-    temperature: float = Field(1.0, gt=0, description="Sampling temperature; log-probs are taken at the same temperature.")
-    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling (1.0 = off).")
-    top_k: int = Field(0, ge=0, description="Top-k sampling (0 = off).")
-    min_p: float = Field(0.0, ge=0, lt=1, description="Min-p sampling (0 = off).")
-    repetition_penalty: float = Field(
-        1.0, gt=0, description="vLLM's repetition penalty (1.0 = off), applied identically by the HF and vLLM "
-                               "generators. The sampler then draws from a penalised distribution, not the policy's: "
-                               "the loss treats the samples as the policy's (as trl does).")
-    stop: list[str] = Field(default_factory=list, description="Extra stop strings (the eos token always stops).")
-    chat_template_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra variables for the chat template, e.g. {enable_thinking: false} "
-                                          "for Qwen3 (trl's chat_template_kwargs).")
-    mask_truncated_completions: bool = Field(
-        False, description="Leave completions cut at max_completion_length out of the loss (DAPO overlong "
-                           "filtering, arXiv:2503.14476 sec. 3.4; trl's mask_truncated_completions). Their rewards "
-                           "still count in their group's statistics.")
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM's share of GPU memory (colocated).")
-    vllm_tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (colocated).")
-    vllm_enforce_eager: bool = Field(False, description="vLLM without CUDA graphs / torch.compile (faster start).")
-    vllm_sleep: bool = Field(False, description="Put the vLLM engine to sleep during training (frees GPU memory).")
-    vllm_dtype: str = Field("auto", description="vLLM engine dtype (auto: the model's; float32, bfloat16, ...).")
-    vllm_server_host: str = Field("127.0.0.1", description="Host of `trl vllm-serve` (rollout=vllm_server).")
-    vllm_server_port: int = Field(8000, description="Port of `trl vllm-serve` (rollout=vllm_server).")
-
-    async_staleness: int = Field(
-        0, ge=0, description="Asynchronous rollouts: sample the next steps in a generator process while the learner "
-                             "trains, on weights at most this many steps old (AReaL's decoupled PPO corrects for it). "
-                             "0 = synchronous (exactly today's trainer). rollout='hf' only, one process.")
-    async_timeout: float = Field(
-        600.0, gt=0, description="Seconds the asynchronous generator may take for one step before it counts as "
-                                 "stalled (an error, not a hang).")
-
-    # ---------------------------------------------------------------- advantages and loss
-    advantage_estimator: str = Field(
-        "grpo", description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
-                            "dr_grpo (no std), rloo (leave-one-out baseline), or one you registered.")
-    dynamic_sampling: bool = Field(
-        False, description="DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2): drop groups whose rewards have no "
-                           "spread and sample more prompts until the step has prompts_per_step groups with "
-                           "signal, or dynamic_sampling_max_rounds generation rounds were made.")
-    dynamic_sampling_max_rounds: int = Field(
-        4, ge=1, description="Cap on generation rounds per step with dynamic_sampling (each round samples "
-                             "prompts_per_step prompts); at the cap the step trains on the groups it has.")
-    dynamic_sampling_tol: float = Field(
-        1e-6, ge=0, description="A group has signal when max - min of its scorable rewards exceeds this.")
-    beta: float = Field(0.001, ge=0, description="KL coefficient (R1: 0.001). 0 loads no reference model.")
-    kl_estimator: Literal["k1", "k2", "k3"] = Field("k3", description="KL estimator (k3: DeepSeekMath eq. 4).")
-    kl_ratio_correction: bool = Field(
-        False, description="Weight the KL term by the importance ratio pi/pi_old (trl's use_bias_correction_kl).")
-    eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip: ratio >= 1 - eps_low.")
-    eps_high: float = Field(0.2, ge=0, description="Upper clip: ratio <= 1 + eps_high (DAPO clip-higher: 0.28).")
-    dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c for negative advantages, or None.")
-    ratio_level: Literal["token", "sequence"] = Field("token", description="token: GRPO; sequence: GSPO.")
-    aggregation: Literal["token_mean", "seq_mean_token_mean", "seq_sum_max_len"] = Field(
-        "token_mean", description="Loss reduction (DAPO token mean / GRPO sequence mean / Dr. GRPO).")
-    use_tis: bool = Field(False, description="Truncated importance sampling against the rollout engine's log-probs.")
-    is_cap: float = Field(2.0, gt=0, description="TIS truncation C.")
-    reward_weights: list[float] | None = Field(None, description="Weight per reward function (default: all 1).")
-    teacher_model: str | None = Field(
-        None, description="On-policy distillation: a teacher (path or hub id) with the student's tokenizer; every "
-                          "sampled token's advantage gets -distill_coef x (log pi_student - log pi_teacher) added "
-                          "(tinker-cookbook, slime). With no reward functions it is pure distillation.")
-    distill_coef: float = Field(1.0, ge=0, description="lambda of the on-policy distillation term.")
-    reward_failure_patience: int = Field(
-        3, ge=1, description="Stop the run when one reward fails (error / unscorable) on every item for this many "
-                             "consecutive steps, naming it and its first reason.")
-
-    # ---------------------------------------------------------------- optimisation
-    learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
-    adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
-    warmup_ratio: float = Field(
-        0.0, ge=0, lt=1, description="Warm-up as a fraction of all optimizer steps (used when warmup_steps is 0).")
-    lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Schedule after warm-up.")
-    max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
-    num_iterations: int = Field(1, ge=1, description="mu: optimisation passes over each step's rollouts.")
-    minibatch_size: int | None = Field(
-        None, ge=1, description="Completions per optimizer step (default: the whole step's batch, fully on-policy).")
-    micro_batch_size: int = Field(
-        8, ge=1, description="Completions per forward/backward (gradient accumulation; a memory knob: the update "
-                             "does not depend on it, and it need not divide the minibatch).")
-    logprob_chunk_size: int | None = Field(None, ge=1, description="Rows per chunk in grpo.logprobs (None = auto).")
-    share_prompt_forward: bool = Field(
-        True, description="Run each distinct prompt of a micro-batch once and give its key/value cache to its "
-                          "completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). Skipped "
-                          "under gradient checkpointing.")
-    padding_free: bool = Field(
-        True, description="Pack each micro-batch's real tokens into one row for the log-prob passes, so no "
-                          "matrix product runs on padding (exact up to float rounding; grpo.packing). Llama, "
-                          "Qwen2/3 and Mistral-style decoders; other models run padded, with a warning.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
-    cpu_keep_freed_memory: bool = Field(
-        True, description="Training on CPU: let glibc malloc keep freed memory for reuse (mallopt: blocks up to "
-                          "1 GiB from the heap, no trimming below 1 GiB free), instead of page-faulting every "
-                          "activation in again each step (~5% of a CPU training pass). Process-wide; no effect "
-                          "on GPU memory or without glibc.")
-    fsdp: bool = Field(
-        False, description="Shard weights, gradients and optimizer state over the processes with FSDP2 "
-                           "(one unit per transformer block), for models too large to replicate. Needs >= 2 "
-                           "processes; not with peft_config.")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 weights with bfloat16 autocast on a CUDA GPU that supports it, float32 "
-                "on CPU; float32 / bfloat16 / float16: weights (and so compute) in that dtype.")
-
-    # ---------------------------------------------------------------- evaluation, logging, checkpoints
-    eval_steps: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at start and end if eval data).")
-    eval_samples: int = Field(4, ge=1, description="k: samples per eval prompt for mean accuracy over k.")
-    eval_by: list[str] = Field(
-        default_factory=list, description="Dataset columns to break evaluation down by "
-                                          "(eval/<metric>/<column>=<value>), e.g. [difficulty].")
-    eval_max_prompts: int | None = Field(None, ge=1, description="Cap on eval prompts (None = all).")
-    logging_steps: int = Field(1, ge=1, description="Log metrics every N steps.")
-    log_completions: int = Field(4, ge=0, description="Completions per step written to completions.jsonl.")
-    report_to: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=list, description="Extra trackers through accelerate.")
-    save_steps: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0 = off).")
-    save_total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
-    save_final_model: bool = Field(True, description="Save the final model in HF format under output_dir/final.")
-    merge_lora_on_save: bool = Field(True, description="Merge LoRA adapters into the saved final model.")
     resume_from: str | None = Field(None, description="Checkpoint folder, or 'latest' in output_dir.")
     overwrite_output_dir: bool = Field(
         False, description="Start a fresh run in an output_dir that holds another run's checkpoints (they are "
                            "deleted). Without it such a run is refused: resume it or choose another folder.")
-    torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for torch's matrix work. None: on a CPU-only machine, half the cores "
-                                "available to this process (divided among local processes), leaving the rest to "
-                                "the scoring pool and the generator (torch's default of all cores collapses when "
-                                "other processes compete for them); untouched with a GPU.")
-    progress_bar: bool = Field(True, description="Show a progress bar with step, ETA, reward and accuracy.")
 
+    # ---------------------------------------------------------------- sections
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description=RolloutConfig.__doc__)
+    sampling: SamplingConfig = Field(
+        default_factory=_default_sampling,
+        description="How completions are sampled (grpo.rollout.SamplingConfig; max_tokens is trl's "
+                    "max_completion_length). The trainer seeds each step itself: seed stays None.")
+    async_: AsyncConfig = Field(default_factory=AsyncConfig, alias="async", description=AsyncConfig.__doc__)
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig, description=VLLMConfig.__doc__)
+    loss: LossConfig = Field(default_factory=LossConfig, description=LossConfig.__doc__)
+    distill: DistillConfig = Field(default_factory=DistillConfig, description=DistillConfig.__doc__)
+    reward: RewardConfig = Field(default_factory=RewardConfig, description=RewardConfig.__doc__)
+    optim: OptimConfig = Field(default_factory=OptimConfig, description=OptimConfig.__doc__)
+    forward: ForwardConfig = Field(default_factory=ForwardConfig, description=ForwardConfig.__doc__)
+    eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
+    log: LogConfig = Field(default_factory=LogConfig, description=LogConfig.__doc__)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description=CheckpointConfig.__doc__)
+
+    # ---------------------------------------------------------------- grpo 0.1's flat keys
+    @model_validator(mode="before")
+    @classmethod
+    def _nest_flat_keys(cls, data: Any) -> Any:
+        """Move grpo 0.1's flat keys into their sections, with one :class:`FlatConfigWarning`."""
+        if not isinstance(data, dict):
+            return data
+        data, moved = nest_flat_keys(data)
+        if moved:
+            warnings.warn(_flat_message(moved), FlatConfigWarning, stacklevel=_user_stacklevel())
+        return data
+
+    def __getattr__(self, name: str) -> Any:
+        path = FLAT_KEYS.get(name)
+        if path is None:
+            return super().__getattr__(name)  # type: ignore[misc]
+        warnings.warn(_flat_message([(name, path)]), FlatConfigWarning, stacklevel=2)
+        section, key = path
+        return getattr(getattr(self, _ATTR.get(section, section)), key)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        path = FLAT_KEYS.get(name)
+        if path is None or name in type(self).model_fields:
+            return super().__setattr__(name, value)
+        warnings.warn(_flat_message([(name, path)]), FlatConfigWarning, stacklevel=2)
+        section, key = path
+        attr = _ATTR.get(section, section)
+        if attr == "sampling":
+            self.sampling = dataclasses.replace(self.sampling, **{key: value})
+        else:
+            setattr(getattr(self, attr), key, value)
+
+    # ---------------------------------------------------------------- checks across sections
     @model_validator(mode="after")
     def _check(self) -> GRPOConfig:
         from grpo.advantages import ADVANTAGE_ESTIMATORS
 
-        n = self.prompts_per_step * self.num_generations
-        mb = self.minibatch_size or n
-        mb_text = (f"minibatch_size={mb}" if self.minibatch_size else
-                   f"minibatch_size (unset: the whole step, prompts_per_step x num_generations = {mb})")
+        ro, opt = self.rollout, self.optim
+        n = ro.prompts_per_step * ro.num_generations
+        mb = opt.minibatch_size or n
+        mb_text = (f"optim.minibatch_size={mb}" if opt.minibatch_size else
+                   f"optim.minibatch_size (unset: the whole step, prompts_per_step x num_generations = {mb})")
         if n % mb:
             raise ValueError(
-                f"{mb_text} must divide prompts_per_step x num_generations = "
-                f"{self.prompts_per_step} x {self.num_generations} = {n}; choose a divisor of {n}.")
-        if self.async_staleness and self.rollout != "hf":
-            raise ValueError(f"async_staleness={self.async_staleness} runs an HF generator in a child process; "
-                             f"rollout={self.rollout!r} is not supported asynchronously yet: set rollout='hf' or "
-                             "async_staleness=0")
-        if self.warmup_steps and self.warmup_ratio:
-            raise ValueError(f"warmup_steps={self.warmup_steps} and warmup_ratio={self.warmup_ratio} are both set; "
-                             "set one of them (the other 0)")
-        if self.advantage_estimator not in ADVANTAGE_ESTIMATORS:
+                f"{mb_text} must divide rollout.prompts_per_step x rollout.num_generations = "
+                f"{ro.prompts_per_step} x {ro.num_generations} = {n}; choose a divisor of {n}.")
+        if self.sampling.temperature <= 0:
+            raise ValueError(f"sampling.temperature={self.sampling.temperature}: training samples at a "
+                             "temperature > 0 (log-probs are taken at the same temperature); greedy "
+                             "decoding is for evaluation.")
+        if self.sampling.seed is not None:
+            raise ValueError(f"sampling.seed={self.sampling.seed}: the trainer seeds every step and prompt "
+                             "from the run's seed; set seed instead.")
+        if self.async_.staleness and ro.backend != "hf":
+            raise ValueError(f"async.staleness={self.async_.staleness} runs an HF generator in a child process; "
+                             f"rollout.backend={ro.backend!r} is not supported asynchronously yet: set "
+                             "rollout.backend='hf' or async.staleness=0")
+        if opt.warmup_steps and opt.warmup_ratio:
+            raise ValueError(f"optim.warmup_steps={opt.warmup_steps} and optim.warmup_ratio={opt.warmup_ratio} "
+                             "are both set; set one of them (the other 0)")
+        if ro.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
-                f"advantage_estimator={self.advantage_estimator!r} is not registered; choose one of "
+                f"rollout.advantage_estimator={ro.advantage_estimator!r} is not registered; choose one of "
                 f"{sorted(ADVANTAGE_ESTIMATORS)} or add yours with grpo.advantages.register_advantage_estimator.")
-        if self.reward_weights is not None and not self.reward_weights:
-            raise ValueError("reward_weights is empty; give one weight per reward function or None.")
-        if self.use_tis and self.rollout == "hf":
-            raise ValueError("use_tis corrects for a separate rollout engine's numerics; with rollout='hf' "
-                             "the sampler is the trained model itself. Set use_tis=False or rollout='vllm'.")
+        if self.reward.weights is not None and not self.reward.weights:
+            raise ValueError("reward.weights is empty; give one weight per reward function or None.")
+        if self.loss.use_tis and ro.backend == "hf":
+            raise ValueError("loss.use_tis corrects for a separate rollout engine's numerics; with "
+                             "rollout.backend='hf' the sampler is the trained model itself. Set "
+                             "loss.use_tis=False or rollout.backend='vllm'.")
         return self
 
-    # -------------------------------------------------------------------------------- derived
+    # ---------------------------------------------------------------- derived
     def derived(self) -> Derived:
         """All values computed from the settings, in one marked place."""
-        n = self.prompts_per_step * self.num_generations
-        mb = self.minibatch_size or n
+        n = self.rollout.prompts_per_step * self.rollout.num_generations
+        mb = self.optim.minibatch_size or n
         return Derived(
             completions_per_step=n,
             minibatches_per_step=n // mb,
-            optimizer_steps_per_step=(n // mb) * self.num_iterations,
-            micro_batches_per_minibatch=-(-mb // self.micro_batch_size),  # the last may be smaller
+            optimizer_steps_per_step=(n // mb) * self.optim.num_iterations,
+            micro_batches_per_minibatch=-(-mb // self.forward.micro_batch_size),  # the last may be smaller
         )
 
-    # -------------------------------------------------------------------------------- YAML
+    def step_sampling(self, seed: int | None) -> SamplingConfig:
+        """``sampling`` seeded with ``seed`` (the trainer seeds each step's rows itself)."""
+        return dataclasses.replace(self.sampling, seed=seed)
+
+    def updated(self, changes: dict[str, Any]) -> GRPOConfig:
+        """A validated copy with dotted keys changed: ``cfg.updated({"loss.beta": 0.0})``."""
+        data = self.to_dict()
+        return type(self)(**apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in changes.items()],
+                                            config_at=""))
+
+    # ---------------------------------------------------------------- dict / YAML
+    def to_dict(self) -> dict[str, Any]:
+        """Plain nested data (YAML / JSON types), keyed as in YAML (``async``, not ``async_``)."""
+        return self.model_dump(mode="json", by_alias=True)
+
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> GRPOConfig:
         """Load from YAML, then apply ``key=value`` overrides (values parsed as YAML)."""
         import yaml
 
         data = yaml.safe_load(Path(path).read_text()) or {}
-        return cls(**apply_overrides(data, overrides or []))
+        return cls(**apply_overrides(data, overrides or [], config_at=""))
 
     def to_yaml(self, path: str | Path | None = None) -> str:
         import yaml
 
-        text = yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
             Path(path).write_text(text)
         return text
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+# ----------------------------------------------------------------------------- the flat keys
+SECTIONS = ("rollout", "sampling", "async", "vllm", "loss", "distill", "reward", "optim", "forward", "eval",
+            "log", "checkpoint")
+"""The section names as written in YAML and on the command line."""
+
+_ATTR = {"async": "async_"}  # YAML name -> Python attribute, where they differ
+
+
+def _same(section: str, *names: str) -> dict[str, tuple[str, str]]:
+    return {n: (section, n) for n in names}
+
+
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "rollout": ("rollout", "backend"),  # a string: grpo 0.1's `rollout: vllm`
+    **_same("rollout", "num_generations", "prompts_per_step", "max_prompt_length", "chat_template_kwargs",
+            "mask_truncated_completions", "advantage_estimator", "dynamic_sampling",
+            "dynamic_sampling_max_rounds", "dynamic_sampling_tol"),
+    "max_completion_length": ("sampling", "max_tokens"),
+    **_same("sampling", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop"),
+    "async_staleness": ("async", "staleness"), "async_timeout": ("async", "timeout"),
+    **{f"vllm_{n}": ("vllm", n) for n in VLLMConfig.model_fields},
+    **_same("loss", *LossConfig.model_fields),
+    "teacher_model": ("distill", "teacher"), "distill_coef": ("distill", "coef"),
+    "reward_weights": ("reward", "weights"), "reward_failure_patience": ("reward", "failure_patience"),
+    **_same("optim", *OptimConfig.model_fields),
+    **_same("forward", *ForwardConfig.model_fields),
+    "eval_steps": ("eval", "steps"), "eval_samples": ("eval", "samples"), "eval_by": ("eval", "by"),
+    "eval_max_prompts": ("eval", "max_prompts"),
+    "logging_steps": ("log", "steps"), "log_completions": ("log", "completions"),
+    "report_to": ("log", "report_to"), "progress_bar": ("log", "progress_bar"),
+    "save_steps": ("checkpoint", "steps"), "save_total_limit": ("checkpoint", "total_limit"),
+    "save_final_model": ("checkpoint", "final_model"), "merge_lora_on_save": ("checkpoint", "merge_lora"),
+}
+"""grpo 0.1's flat key -> (section, key). Flat keys work until grpo 0.3, with a warning."""
+
+
+def nest_flat_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, tuple[str, str]]]]:
+    """``data`` with grpo 0.1's flat keys moved into their sections, and the keys moved.
+
+    >>> nest_flat_keys({"beta": 0.0, "loss": {"eps_high": 0.28}})[0]
+    {'loss': {'eps_high': 0.28, 'beta': 0.0}}
+    """
+    out = dict(data)
+    moved = []
+    for key in list(data):
+        path = FLAT_KEYS.get(key)
+        if path is None or (key == "rollout" and not isinstance(data[key], str)):
+            continue
+        section, name = path
+        value = out.pop(key)
+        given = [k for k in (section, _ATTR.get(section)) if k is not None and k in out]
+        holder = given[0] if given else section
+        body = out.get(holder)
+        if dataclasses.is_dataclass(body):
+            body = {f.name: getattr(body, f.name) for f in dataclasses.fields(body)}
+        elif isinstance(body, BaseModel):
+            body = body.model_dump(exclude_unset=True)
+        body = dict(body or {})
+        if name in body:
+            raise ValueError(f"{key!r} (grpo 0.1's flat key) and {section}.{name} are both given; keep "
+                             f"{section}.{name}")
+        body[name] = value
+        out[holder] = body
+        moved.append((key, path))
+    return out, moved
+
+
+def _flat_message(moved: list[tuple[str, tuple[str, str]]]) -> str:
+    pairs = ", ".join(f"{key} -> {section}.{name}" for key, (section, name) in moved)
+    section, name = moved[0][1]
+    return (f"GRPOConfig: flat keys are deprecated and stop working in grpo 0.3; use the sections: {pairs} "
+            f"(YAML: `{section}: {{{name}: ...}}`; command line: trainer.{section}.{name}=...; Python: "
+            f"GRPOConfig({_ATTR.get(section, section)}={{'{name}': ...}}))")
+
+
+def _user_stacklevel() -> int:
+    """The stack level of the first frame outside pydantic and this module (the user's call)."""
+    import sys
+
+    frame, level = sys._getframe(1), 1
+    while frame is not None and (frame.f_globals.get("__name__", "").startswith(("pydantic", __name__))):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _nest_flat_override(parts: list[str], config_at: str) -> list[str]:
+    """``[..., "trainer", "beta"]`` -> ``[..., "trainer", "loss", "beta"]`` (see apply_overrides)."""
+    here = [i for i, p in enumerate(parts[:-1]) if p == config_at] if config_at else [-1]
+    for i in here:
+        if i + 2 == len(parts) and parts[i + 1] in FLAT_KEYS:
+            path = FLAT_KEYS[parts[i + 1]]
+            warnings.warn(_flat_message([(parts[i + 1], path)]), FlatConfigWarning, stacklevel=3)
+            return [*parts[:i + 1], *path]
+    return parts
+
+
+def _yaml_value(value: Any) -> str:
+    import json
+
+    return json.dumps(value)  # JSON is YAML
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str], *, config_at: str = "trainer") -> dict[str, Any]:
     """``["a.b=3", "rewards.0.weight=2"]`` -> a copy of ``data`` with those values set.
 
     Keys are dotted paths; a number selects a list entry (``rewards.0.weight``). Values are parsed
     with YAML (``true``, ``1e-5``, ``[a, b]``, ``null``). Missing sections are created; stepping
     into a value that is not a section, or past the end of a list, is a ``ValueError`` naming it.
+
+    A grpo 0.1 flat key right below a ``config_at`` segment (a GRPOConfig: ``trainer`` in recipes,
+    ``""`` for the top level) is read as its section's key, with a :class:`FlatConfigWarning`:
+    ``trainer.beta=0`` sets ``trainer.loss.beta``.
     """
     import copy
 
@@ -268,7 +536,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ValueError(f"override {item!r} is not key=value with a dotted key (e.g. trainer.beta=0)")
+            raise ValueError(f"override {item!r} is not key=value with a dotted key (e.g. trainer.loss.beta=0)")
+        parts = _nest_flat_override(parts, config_at)
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:

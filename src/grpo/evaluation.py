@@ -22,6 +22,7 @@ numbers over the prompts whose column has one value, under ``<metric>/<column>=<
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from grpo.data import reward_inputs
@@ -53,13 +54,10 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - miss
 
 
-def eval_sampling(config) -> SamplingConfig:
-    """The sampling of ``mean@k`` / ``pass@k`` for a :class:`grpo.GRPOConfig`: its temperature,
-    top-p/k, min-p, length and stop strings, seeded with ``seed + EVAL_SEED_OFFSET``."""
-    return SamplingConfig(temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                          min_p=config.min_p, max_tokens=config.max_completion_length,
-                          stop=tuple(config.stop), repetition_penalty=config.repetition_penalty,
-                          seed=(config.seed + EVAL_SEED_OFFSET) % 2**31)
+def eval_sampling(sampling: SamplingConfig, seed: int) -> SamplingConfig:
+    """The sampling of ``mean@k`` / ``pass@k`` for a run: its ``sampling`` section (temperature,
+    top-p/k, min-p, length, stop strings), seeded with the run's ``seed + EVAL_SEED_OFFSET``."""
+    return replace(sampling, seed=(seed + EVAL_SEED_OFFSET) % 2**31)
 
 
 def _mean(values: Sequence[float | None]) -> float:

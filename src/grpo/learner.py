@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from grpo.batch import RolloutBatch
+from grpo.config import ForwardConfig, LossConfig, OptimConfig
 from grpo.loss import aggregation_denominator, policy_loss
 from grpo.metrics import StatAccumulator, logprob_gap, masked_mean
 from grpo.parallel import Parallelism
@@ -30,14 +31,27 @@ from grpo.policy import completion_logprobs, reference_model
 
 
 class Learner:
-    """Owns the model's training side; see the module docstring."""
+    """Owns the model's training side; see the module docstring.
+
+    It takes the config sections it reads (``loss``, ``optim``, ``forward``) and three values
+    from others: the sampling ``temperature`` (log-probs are taken at it), ``max_tokens`` (Dr.
+    GRPO's constant denominator) and ``minibatches_per_step``
+    (:meth:`grpo.GRPOConfig.derived`). ``behaviour_correction`` turns on the weight
+    min(pi_old / pi_sampler, is_cap) (TIS, or asynchronous rollouts); ``distill_coef`` scales
+    the teacher's term when a ``teacher`` is given.
+    """
 
     def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, optimizer: Any,
-                 scheduler: Any, parallel: Parallelism, config: Any, autocast: Any,
-                 teacher: torch.nn.Module | None = None):
+                 scheduler: Any, parallel: Parallelism, autocast: Any, *, loss: LossConfig,
+                 optim: OptimConfig, forward: ForwardConfig, temperature: float, max_tokens: int,
+                 minibatches_per_step: int, behaviour_correction: bool = False,
+                 teacher: torch.nn.Module | None = None, distill_coef: float = 1.0):
         self.model, self.ref_model, self.teacher = model, ref_model, teacher
         self.optimizer, self.scheduler = optimizer, scheduler
-        self.parallel, self.config, self.autocast = parallel, config, autocast
+        self.parallel, self.autocast = parallel, autocast
+        self.loss, self.optim, self.forward = loss, optim, forward
+        self.temperature, self.max_tokens, self.minibatches_per_step = temperature, max_tokens, minibatches_per_step
+        self.behaviour_correction, self.distill_coef = behaviour_correction, distill_coef
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     # ------------------------------------------------------------------ frozen log-probs
@@ -47,24 +61,16 @@ class Learner:
         detached log-probs need no extra forward. This holds with asynchronous rollouts too:
         there the *behaviour* policy is older, and it enters through ``rollout_logp`` (the
         decoupled objective's weight), not through ``old_logp``."""
-        cfg = self.config
-        return cfg.num_iterations == 1 and cfg.derived().minibatches_per_step == 1
-
-    @property
-    def behaviour_correction(self) -> bool:
-        """Weight the policy term by min(pi_old / pi_sampler, is_cap): TIS for a separate rollout
-        engine, AReaL's decoupled objective for asynchronous rollouts (pi_old = proximal)."""
-        return self.config.use_tis or self.config.async_staleness > 0
+        return self.optim.num_iterations == 1 and self.minibatches_per_step == 1
 
     def frozen_logprobs(self, batch: RolloutBatch | None) -> RolloutBatch | None:
         """``batch`` with the old policy's and the reference's log-probs (those that are needed)."""
         if batch is None:
             return None
-        cfg = self.config
         self.model.eval()
         old = None if self.on_policy else self._logprobs_no_grad(self.model, batch)
         ref = None
-        if cfg.beta > 0:
+        if self.loss.beta > 0:
             with reference_model(self.model, self.ref_model) as ref_model:
                 ref = self._logprobs_no_grad(ref_model, batch)
         teacher = None if self.teacher is None else self._logprobs_no_grad(self.teacher, batch)
@@ -81,7 +87,7 @@ class Learner:
         from grpo.distill import distillation_advantages, reverse_kl_metric
 
         student = batch.rollout_logp if batch.old_logp is None else batch.old_logp
-        extra_BT = distillation_advantages(student, batch.teacher_logp, batch.loss_mask, self.config.distill_coef)
+        extra_BT = distillation_advantages(student, batch.teacher_logp, batch.loss_mask, self.distill_coef)
         adv_BT = batch.advantages[:, None] + extra_BT if batch.advantages.dim() == 1 else batch.advantages + extra_BT
         kl = reverse_kl_metric(student, batch.teacher_logp, batch.loss_mask)
         return batch.with_advantages(adv_BT), ({"distill/reverse_kl": kl.item()} if torch.isfinite(kl) else {})
@@ -89,7 +95,7 @@ class Learner:
     @torch.no_grad()
     def _logprobs_no_grad(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
         out = torch.zeros_like(batch.rollout_logp)
-        micro = self.config.micro_batch_size
+        micro = self.forward.micro_batch_size
         order = _by_length(batch, torch.arange(len(batch)))
         for s in range(0, len(batch), micro):
             idx = order[s:s + micro]
@@ -98,40 +104,40 @@ class Learner:
         return out
 
     def _forward(self, model: torch.nn.Module, batch: RolloutBatch, *, with_entropy: bool):
-        cfg = self.config
+        fwd = self.forward
         with self.autocast():
-            return completion_logprobs(model, batch, temperature=cfg.temperature, chunk_size=cfg.logprob_chunk_size,
-                                       with_entropy=with_entropy, share_prompts=cfg.share_prompt_forward,
-                                       padding_free=cfg.padding_free)
+            return completion_logprobs(model, batch, temperature=self.temperature, chunk_size=fwd.logprob_chunk_size,
+                                       with_entropy=with_entropy, share_prompts=fwd.share_prompt_forward,
+                                       padding_free=fwd.padding_free)
 
     # ------------------------------------------------------------------ update
     def update(self, batch: RolloutBatch | None, global_index: torch.Tensor) -> dict[str, float]:
         """mu passes over the minibatches (module docstring); every process must call it, also
         one that holds no completion this step (``batch`` None: it adds zero gradients)."""
-        cfg = self.config
-        n_mb = cfg.derived().minibatches_per_step
+        opt, micro = self.optim, self.forward.micro_batch_size
+        n_mb = self.minibatches_per_step
         stats, gap = StatAccumulator(), StatAccumulator()
         losses, norms, skipped = [], [], 0
         tokens = int(batch.loss_mask.sum()) if batch is not None else 0
         self.optimizer.zero_grad(set_to_none=True)  # a model handed over with .grad set must not leak it in
-        for it in range(cfg.num_iterations):
+        for it in range(opt.num_iterations):
             for j in range(n_mb):
                 rows = (global_index % n_mb == j).nonzero().squeeze(1) if batch is not None else global_index
                 if batch is not None:
                     rows = _by_length(batch, rows)
-                local = aggregation_denominator(batch.loss_mask[rows], cfg.aggregation,
-                                                max_len=cfg.max_completion_length) if len(rows) else 0.0
+                local = aggregation_denominator(batch.loss_mask[rows], self.loss.aggregation,
+                                                max_len=self.max_tokens) if len(rows) else 0.0
                 normalizer = self.parallel.normalizer(local)
                 total = 0.0
                 if normalizer > 0 and batch is not None:
-                    for s in range(0, len(rows), cfg.micro_batch_size):
-                        m, loss = self._micro_step(batch.select(rows[s:s + cfg.micro_batch_size]), normalizer,
+                    for s in range(0, len(rows), micro):
+                        m, loss = self._micro_step(batch.select(rows[s:s + micro]), normalizer,
                                                    first_pass=it == 0, gap=gap)
                         stats.add(m, m.pop("loss/num_tokens"))
                         total += loss
                 if normalizer > 0:
                     self.parallel.reduce_grads(self.params)
-                    norms.append(self.parallel.clip_grad_norm(self.params, cfg.max_grad_norm))
+                    norms.append(self.parallel.clip_grad_norm(self.params, opt.max_grad_norm))
                     self.optimizer.step()
                     losses.append(total)
                 else:  # no trainable token in this minibatch on any process: nothing to step on
@@ -149,15 +155,15 @@ class Learner:
 
     def _micro_step(self, sub: RolloutBatch, normalizer: float, *, first_pass: bool,
                     gap: StatAccumulator) -> tuple[dict[str, float], float]:
-        cfg = self.config
+        lc = self.loss
         lp = self._forward(self.model, sub, with_entropy=first_pass)
         old = lp.logp.detach() if sub.old_logp is None else sub.old_logp
         out = policy_loss(
-            lp.logp, old, sub.advantages, sub.loss_mask, ref_logp=sub.ref_logp, beta=cfg.beta,
-            eps_low=cfg.eps_low, eps_high=cfg.eps_high, dual_clip=cfg.dual_clip, kl_estimator=cfg.kl_estimator,
-            aggregation=cfg.aggregation, ratio_level=cfg.ratio_level,
-            rollout_logp=sub.rollout_logp if self.behaviour_correction else None, is_cap=cfg.is_cap,
-            normalizer=normalizer, max_len=cfg.max_completion_length, kl_ratio_correction=cfg.kl_ratio_correction)
+            lp.logp, old, sub.advantages, sub.loss_mask, ref_logp=sub.ref_logp, beta=lc.beta,
+            eps_low=lc.eps_low, eps_high=lc.eps_high, dual_clip=lc.dual_clip, kl_estimator=lc.kl_estimator,
+            aggregation=lc.aggregation, ratio_level=lc.ratio_level,
+            rollout_logp=sub.rollout_logp if self.behaviour_correction else None, is_cap=lc.is_cap,
+            normalizer=normalizer, max_len=self.max_tokens, kl_ratio_correction=lc.kl_ratio_correction)
         out.loss.backward()
         m = out.metrics()
         m.pop("loss/loss"), m.pop("loss/pg_loss")

@@ -39,6 +39,7 @@ from typing import Any
 import torch
 
 from grpo.advantages import ADVANTAGE_ESTIMATORS, groups_with_signal
+from grpo.config import RolloutConfig
 from grpo.data import PromptSampler, get_rows, reward_inputs
 from grpo.guards import check_prompt_lengths
 from grpo.metrics import advantage_metrics, completion_metrics, reward_metrics
@@ -89,23 +90,29 @@ class _Round:
 
 
 class RolloutSource:
-    """Synchronous GRPO rollouts (with optional dynamic sampling); see the module docstring."""
+    """Synchronous GRPO rollouts (with optional dynamic sampling); see the module docstring.
 
-    def __init__(self, *, generator: Any, reward: CombinedReward, dataset: Any, tokenizer: Any, config: Any,
-                 parallel: Parallelism, sampling: SamplingConfig, prompt_key: str = "prompt",
-                 accuracy_name: str | None = None, format_name: str | None = None, context: int | None = None):
+    It takes the ``rollout`` and ``sampling`` sections of :class:`grpo.GRPOConfig`, the run's
+    ``seed`` (prompt order and per-step sampling seeds) and ``max_steps`` (the ``trainer_state``
+    reward functions see)."""
+
+    def __init__(self, *, generator: Any, reward: CombinedReward, dataset: Any, tokenizer: Any,
+                 rollout: RolloutConfig, sampling: SamplingConfig, seed: int, max_steps: int,
+                 parallel: Parallelism, prompt_key: str = "prompt", accuracy_name: str | None = None,
+                 format_name: str | None = None, context: int | None = None):
         self.generator, self.reward, self.dataset, self.tokenizer = generator, reward, dataset, tokenizer
         self.context = context
-        self.config, self.parallel, self.sampling, self.prompt_key = config, parallel, sampling, prompt_key
+        self.rollout, self.parallel, self.sampling, self.prompt_key = rollout, parallel, sampling, prompt_key
+        self.seed, self.max_steps = seed, max_steps
         self.accuracy_name, self.format_name = accuracy_name, format_name
-        self.sampler = PromptSampler(len(dataset), seed=config.seed)
-        self.estimator = ADVANTAGE_ESTIMATORS[config.advantage_estimator]
+        self.sampler = PromptSampler(len(dataset), seed=seed)
+        self.estimator = ADVANTAGE_ESTIMATORS[rollout.advantage_estimator]
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-scoring")
 
     # ------------------------------------------------------------------ public
     def collect(self, step: int) -> Collected:
         """Step ``step``'s completions, sampled with the weights of optimizer step ``step``."""
-        cfg = self.config
+        cfg = self.rollout
         if not cfg.dynamic_sampling:
             rollouts, prompts, rows, gen_time = self._generate(step, 0)
             pending = self._thread.submit(self._score_local, step, rollouts, prompts, rows)
@@ -146,7 +153,7 @@ class RolloutSource:
     def _generate(self, step: int, round_: int) -> tuple[list[Rollout], list, list[dict], float]:
         """This process's slice of ``prompts_per_step`` fresh prompts, G samples each, tagged."""
         t0 = time.perf_counter()
-        cfg, par = self.config, self.parallel
+        cfg, par = self.rollout, self.parallel
         k = cfg.prompts_per_step // par.world
         indices = self.sampler.take(cfg.prompts_per_step)  # the same global prompts on every process
         first = par.rank * k
@@ -175,7 +182,7 @@ class RolloutSource:
         return tagged, prompts, rows, time.perf_counter() - t0
 
     def step_seed(self, step: int, round_: int, global_prompt: int) -> int:
-        return sampling_seed(self.config.seed, step, global_prompt, self.config.num_generations, round_)
+        return sampling_seed(self.seed, step, global_prompt, self.rollout.num_generations, round_)
 
     def _sampling(self, seed: int) -> SamplingConfig:
         return replace(self.sampling, seed=seed)
@@ -187,7 +194,7 @@ class RolloutSource:
         from transformers import TrainerState
 
         t0 = time.perf_counter()
-        state = TrainerState(global_step=step, max_steps=self.config.max_steps)
+        state = TrainerState(global_step=step, max_steps=self.max_steps)
         scores = self.reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, self.prompt_key),
                                           trainer_state=state)
         return scores, time.perf_counter() - t0
@@ -201,7 +208,7 @@ class RolloutSource:
     def _join(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
         """Advantages over the step's kept groups (every process's rewards), joined to this
         process's rollouts by (group, sample)."""
-        cfg, g = self.config, self.config.num_generations
+        cfg, g = self.rollout, self.rollout.num_generations
         table = _sorted(torch.cat([r.table for r in rounds]), g)  # [N, 3] in (group, sample) order
         signal_P = groups_with_signal(table[:, 2], g, tol=cfg.dynamic_sampling_tol)
         keep_P = torch.ones_like(signal_P)

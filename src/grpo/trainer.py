@@ -35,13 +35,12 @@ from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.data import check_dataset, get_rows
 from grpo.evaluation import eval_sampling, evaluate
-from grpo.guards import LearningWatch, check_output_dir, model_context, set_torch_threads
+from grpo.guards import (LearningWatch, check_output_dir, keep_freed_cpu_memory, model_context,
+                         set_torch_threads)
 from grpo.learner import Learner
-from grpo.models import (keep_freed_cpu_memory, load_policy, make_generator, make_optimizer_and_scheduler,
-                         mixed_precision, model_dtype)
+from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler, mixed_precision, model_dtype
 from grpo.parallel import make_parallelism
 from grpo.rewards import CombinedReward, Reward, RewardMonitor
-from grpo.rollout import SamplingConfig
 from grpo.rollout.weights import is_peft_model
 from grpo.source import Collected, RolloutSource, ScoredStep
 from grpo.tracking import RunLogger
@@ -70,9 +69,10 @@ class GRPOTrainer:
         tokenizer: needed when ``model`` is a loaded model without a saved tokenizer path.
         peft_config: a peft ``LoraConfig``: train adapters; the reference is the base model
             with adapters disabled (no second copy).
-        generator: a ready :class:`grpo.rollout.Generator` instead of the one ``config.rollout`` names.
+        generator: a ready :class:`grpo.rollout.Generator` instead of the one ``config.rollout.backend``
+            names.
         prompt_key: the dataset field holding the prompt (default ``"prompt"``).
-        teacher: a loaded teacher model for on-policy distillation (instead of ``config.teacher_model``);
+        teacher: a loaded teacher model for on-policy distillation (instead of ``config.distill.teacher``);
             it must share the student's tokenizer.
         accuracy_reward: name of the reward reported as accuracy (default: the first reward).
         format_reward: name of the reward reported as format rate (default: one named "format*").
@@ -93,27 +93,27 @@ class GRPOTrainer:
                             f"{type(config).__name__} (a trl GRPOConfig?): build grpo.GRPOConfig(...) with the "
                             "same settings (`grpo train --help-config` lists them)")
         self.config = cfg = config if config is not None else GRPOConfig()
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.report_to or None,
-                                       project_dir=cfg.output_dir, mixed_precision=mixed_precision(cfg))
-        self.parallel = par = make_parallelism(self.accelerator, cfg.fsdp)
-        if cfg.cpu_keep_freed_memory and self.accelerator.device.type == "cpu":
+        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.log.report_to or None,
+                                       project_dir=cfg.output_dir, mixed_precision=mixed_precision(cfg.forward.dtype))
+        self.parallel = par = make_parallelism(self.accelerator, cfg.forward.fsdp)
+        if cfg.forward.cpu_keep_freed_memory and self.accelerator.device.type == "cpu":
             keep_freed_cpu_memory()
         self._check_layout(cfg, par.world, peft_config)
         check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=cfg.overwrite_output_dir,
                          is_main=par.is_main)
-        set_torch_threads(cfg.torch_threads, cuda=torch.cuda.is_available(),
+        set_torch_threads(cfg.forward.torch_threads, cuda=torch.cuda.is_available(),
                           local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
         set_seed(cfg.seed)
-        if not reward_funcs and not (cfg.teacher_model or teacher is not None):
-            raise ValueError("reward_funcs is empty: give at least one reward function (or a teacher_model for "
-                             "pure on-policy distillation)")
+        if not reward_funcs and not (cfg.distill.teacher or teacher is not None):
+            raise ValueError("reward_funcs is empty: give at least one reward function (or a teacher, "
+                             "distill.teacher, for pure on-policy distillation)")
         if not reward_funcs:  # pure distillation: no task reward, the teacher's term is the signal
             reward_funcs = [no_task_reward]
         # The total is unscorable as soon as a component that applies is: an item whose correctness
         # is unknown is excluded from its group (advantage 0), not trained on as if it were wrong.
         # Components that do not apply to a row (trl's None) are left out of its sum.
-        self.reward = CombinedReward(reward_funcs, cfg.reward_weights, missing="propagate")
-        self.reward_monitor = RewardMonitor(patience=cfg.reward_failure_patience)
+        self.reward = CombinedReward(reward_funcs, cfg.reward.weights, missing="propagate")
+        self.reward_monitor = RewardMonitor(patience=cfg.reward.failure_patience)
         names = [r.name for r in self.reward.rewards]
         self.accuracy_name = accuracy_reward or names[0]
         self.format_name = format_reward or next((n for n in names if n.startswith("format")), None)
@@ -127,37 +127,42 @@ class GRPOTrainer:
             check_dataset(eval_dataset, "eval_dataset", prompt_key)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         if cfg.num_train_epochs is not None:  # the one place max_steps is derived from the data
-            steps = math.ceil(cfg.num_train_epochs * len(train_dataset) / cfg.prompts_per_step)
+            steps = math.ceil(cfg.num_train_epochs * len(train_dataset) / cfg.rollout.prompts_per_step)
             self.config = cfg = cfg.model_copy(update={"max_steps": max(1, steps)})
         self.model, self.tokenizer, self.model_path = load_policy(
-            model, tokenizer, peft_config, cfg, self.accelerator.device)
+            model, tokenizer, peft_config, cfg.forward, self.accelerator.device)
         context = model_context(self.model)
-        if context and cfg.max_prompt_length + cfg.max_completion_length > context:
-            raise ValueError(f"max_prompt_length + max_completion_length = {cfg.max_prompt_length} + "
-                             f"{cfg.max_completion_length} exceeds the model's context of {context} tokens: lower them")
+        prompt_len, max_tokens = cfg.rollout.max_prompt_length, cfg.sampling.max_tokens
+        if context and prompt_len + max_tokens > context:
+            raise ValueError(f"rollout.max_prompt_length + sampling.max_tokens = {prompt_len} + {max_tokens} "
+                             f"exceeds the model's context of {context} tokens: lower them")
         self.ref_model = None  # LoRA: the base model with adapters disabled, no second copy
-        if cfg.beta > 0 and not is_peft_model(self.model):
+        if cfg.loss.beta > 0 and not is_peft_model(self.model):
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         par.prepare(self.model, self.ref_model)
         self.optimizer, self.scheduler = make_optimizer_and_scheduler(
-            [p for p in self.model.parameters() if p.requires_grad], cfg)
+            [p for p in self.model.parameters() if p.requires_grad], cfg.optim,
+            total_steps=cfg.max_steps * cfg.derived().optimizer_steps_per_step)
         self.generator = generator or make_generator(cfg, self.model, self.tokenizer, self.model_path)
         sampler = getattr(self.generator, "generator", self.generator)  # a multi-turn wrapper's engine
-        if cfg.use_tis and type(sampler).__name__ in ("HFGenerator", "HFEngine"):
-            raise ValueError("use_tis corrects for a separate rollout engine's numerics; the HF generator samples "
-                             "with the trained model itself. Set use_tis=False or rollout='vllm'.")
-        self.sampling = SamplingConfig(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                       min_p=cfg.min_p, max_tokens=cfg.max_completion_length,
-                                       stop=tuple(cfg.stop), repetition_penalty=cfg.repetition_penalty)
+        if cfg.loss.use_tis and type(sampler).__name__ in ("HFGenerator", "HFEngine"):
+            raise ValueError("loss.use_tis corrects for a separate rollout engine's numerics; the HF generator "
+                             "samples with the trained model itself. Set loss.use_tis=False or "
+                             "rollout.backend='vllm'.")
+        self.sampling = cfg.sampling
         self.source = RolloutSource(generator=self.generator, reward=self.reward, dataset=train_dataset,
-                                    tokenizer=self.tokenizer, config=cfg, parallel=par, sampling=self.sampling,
-                                    prompt_key=prompt_key, context=context,
-                                    accuracy_name=self.accuracy_name, format_name=self.format_name)
-        if cfg.async_staleness:
+                                    tokenizer=self.tokenizer, rollout=cfg.rollout, sampling=cfg.sampling,
+                                    seed=cfg.seed, max_steps=cfg.max_steps, parallel=par, prompt_key=prompt_key,
+                                    context=context, accuracy_name=self.accuracy_name, format_name=self.format_name)
+        if cfg.async_.staleness:
             self.source = self._async_source(self.source)
         self.teacher = self._load_teacher(teacher)
-        self.learner = Learner(self.model, self.ref_model, self.optimizer, self.scheduler, par, cfg,
-                               self.accelerator.autocast, teacher=self.teacher)
+        self.learner = Learner(self.model, self.ref_model, self.optimizer, self.scheduler, par,
+                               self.accelerator.autocast, loss=cfg.loss, optim=cfg.optim, forward=cfg.forward,
+                               temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens,
+                               minibatches_per_step=cfg.derived().minibatches_per_step,
+                               behaviour_correction=cfg.loss.use_tis or cfg.async_.staleness > 0,
+                               teacher=self.teacher, distill_coef=cfg.distill.coef)
         self.step = 0
         self.tokens_seen = 0  # prompt + completion tokens sampled so far (trl's num_tokens)
         if cfg.resume_from:
@@ -167,14 +172,14 @@ class GRPOTrainer:
         """On-policy distillation's teacher, frozen, on this process's device, with the student's vocabulary."""
         from grpo.distill import check_same_tokenizer
 
-        cfg = self.config
-        if teacher is None and cfg.teacher_model is None:
+        path = self.config.distill.teacher
+        if teacher is None and path is None:
             return None
         if teacher is None:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
-            check_same_tokenizer(self.tokenizer, AutoTokenizer.from_pretrained(cfg.teacher_model))
-            teacher = AutoModelForCausalLM.from_pretrained(cfg.teacher_model, dtype=model_dtype(cfg))
+            check_same_tokenizer(self.tokenizer, AutoTokenizer.from_pretrained(path))
+            teacher = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(self.config.forward.dtype))
         elif teacher.get_input_embeddings().num_embeddings != self.model.get_input_embeddings().num_embeddings:
             raise ValueError("the teacher's vocabulary size differs from the student's: on-policy distillation "
                              "compares log-probs of the same token ids; use a teacher with the student's tokenizer")
@@ -187,31 +192,32 @@ class GRPOTrainer:
 
         cfg = self.config
         if self.parallel.world > 1:
-            raise ValueError("async_staleness > 0 runs one generator process: not with several training "
-                             "processes yet; set async_staleness=0 for data-parallel runs")
-        inner.generator = ProcessGenerator(self.model, self.tokenizer, timeout=cfg.async_timeout,
-                                           chat_template_kwargs=cfg.chat_template_kwargs)
-        return AsyncRolloutSource(inner, inner.generator, staleness=cfg.async_staleness, max_steps=cfg.max_steps,
-                                  timeout=cfg.async_timeout)
+            raise ValueError("async.staleness > 0 runs one generator process: not with several training "
+                             "processes yet; set async.staleness=0 for data-parallel runs")
+        inner.generator = ProcessGenerator(self.model, self.tokenizer, timeout=cfg.async_.timeout,
+                                           chat_template_kwargs=cfg.rollout.chat_template_kwargs)
+        return AsyncRolloutSource(inner, inner.generator, staleness=cfg.async_.staleness, max_steps=cfg.max_steps,
+                                  timeout=cfg.async_.timeout)
 
     @staticmethod
     def _check_layout(cfg: GRPOConfig, world: int, peft_config: Any) -> None:
         """Settings that depend on the number of processes, checked before anything loads."""
-        if cfg.prompts_per_step % world:
-            raise ValueError(f"prompts_per_step={cfg.prompts_per_step} must be divisible by the number of "
+        ppp, fsdp = cfg.rollout.prompts_per_step, cfg.forward.fsdp
+        if ppp % world:
+            raise ValueError(f"rollout.prompts_per_step={ppp} must be divisible by the number of "
                              f"processes ({world}) so that each prompt's group stays in one process")
-        mb = cfg.minibatch_size or cfg.derived().completions_per_step
+        mb = cfg.optim.minibatch_size or cfg.derived().completions_per_step
         if mb % world:
-            raise ValueError(f"minibatch_size={mb} must be divisible by the number of processes ({world})")
-        if cfg.fsdp and peft_config is not None:
-            raise ValueError("fsdp=True with a peft_config is not supported: LoRA adapters are small, train them "
-                             "data parallel (fsdp=False)")
-        if cfg.fsdp and cfg.dynamic_sampling and world > 1:
-            raise ValueError("dynamic_sampling with fsdp=True is not supported yet (processes would keep "
-                             "different numbers of groups, and a sharded forward is a collective): use "
-                             "fsdp=False (data parallel) or dynamic_sampling=False")
-        if cfg.fsdp and world == 1:
-            warnings.warn("fsdp=True with one process: nothing to shard over, training unsharded "
+            raise ValueError(f"optim.minibatch_size={mb} must be divisible by the number of processes ({world})")
+        if fsdp and peft_config is not None:
+            raise ValueError("forward.fsdp=True with a peft_config is not supported: LoRA adapters are small, "
+                             "train them data parallel (forward.fsdp=False)")
+        if fsdp and cfg.rollout.dynamic_sampling and world > 1:
+            raise ValueError("rollout.dynamic_sampling with forward.fsdp=True is not supported yet (processes "
+                             "would keep different numbers of groups, and a sharded forward is a collective): "
+                             "use forward.fsdp=False (data parallel) or rollout.dynamic_sampling=False")
+        if fsdp and world == 1:
+            warnings.warn("forward.fsdp=True with one process: nothing to shard over, training unsharded "
                           "(launch with torchrun --nproc_per_node N)", stacklevel=3)
 
     # ------------------------------------------------------------------------------ the loop
@@ -219,12 +225,12 @@ class GRPOTrainer:
         """Run to ``max_steps``; returns the last step's metrics."""
         cfg = self.config
         log = RunLogger(cfg.output_dir, is_main=self.parallel.is_main, accelerator=self.accelerator,
-                        report_to=cfg.report_to, total_steps=cfg.max_steps, start_step=self.step,
-                        progress_bar=cfg.progress_bar, config=cfg.model_dump(mode="json"))
+                        report_to=cfg.log.report_to, total_steps=cfg.max_steps, start_step=self.step,
+                        progress_bar=cfg.log.progress_bar, config=cfg.to_dict())
         if self.parallel.is_main:
             cfg.to_yaml(Path(cfg.output_dir) / "config.yaml")
         metrics: dict[str, float] = {}
-        watch = LearningWatch(max_completion_length=cfg.max_completion_length,
+        watch = LearningWatch(max_completion_length=cfg.sampling.max_tokens,
                               rewards_carry_signal=self.teacher is None)
         started = time.perf_counter()
         if self.eval_dataset is not None and self.step == 0:
@@ -232,17 +238,17 @@ class GRPOTrainer:
         while self.step < cfg.max_steps:
             metrics = self.train_step(log)
             self.step += 1
-            if self.step % cfg.logging_steps == 0:
+            if self.step % cfg.log.steps == 0:
                 log.log_metrics(self.step, metrics)
             log.progress(metrics)
             warning = watch.update(self.step, metrics)
             if warning:
                 log.message("WARNING " + warning)
                 warnings.warn(warning, stacklevel=2)
-            if self.eval_dataset is not None and cfg.eval_steps and self.step % cfg.eval_steps == 0 \
+            if self.eval_dataset is not None and cfg.eval.steps and self.step % cfg.eval.steps == 0 \
                     and self.step < cfg.max_steps:
                 log.log_eval(self.step, self.evaluate())
-            if cfg.save_steps and self.step % cfg.save_steps == 0:
+            if cfg.checkpoint.steps and self.step % cfg.checkpoint.steps == 0:
                 self.save_checkpoint()
             if cfg.max_seconds is not None and self.step < cfg.max_steps and self._out_of_time(started):
                 log.message(f"max_seconds={cfg.max_seconds:g} reached after step {self.step} of "
@@ -250,7 +256,7 @@ class GRPOTrainer:
                 break
         if self.eval_dataset is not None:
             log.log_eval(self.step, self.evaluate())
-        if cfg.save_final_model:
+        if cfg.checkpoint.final_model:
             self.save_model(Path(cfg.output_dir) / "final")
         log.close()
         return metrics
@@ -322,7 +328,7 @@ class GRPOTrainer:
         return batch.with_advantages(scored.advantages)
 
     def _log_completions(self, log: RunLogger, scored: ScoredStep) -> None:
-        n = min(self.config.log_completions, len(scored.sampled))
+        n = min(self.config.log.completions, len(scored.sampled))
         b = scored.breakdown
         log.log_completions(self.step + 1, [
             {"prompt": scored.sampled_prompts[i], "completion": scored.sampled[i].text,
@@ -334,15 +340,16 @@ class GRPOTrainer:
     def evaluate(self) -> dict[str, float]:
         """Greedy and mean@k accuracy and format rate on the eval set (main process)."""
         cfg, par = self.config, self.parallel
-        n = len(self.eval_dataset) if cfg.eval_max_prompts is None else min(cfg.eval_max_prompts, len(self.eval_dataset))
+        n = len(self.eval_dataset) if cfg.eval.max_prompts is None else min(cfg.eval.max_prompts, len(self.eval_dataset))
         result: dict[str, float] = {}
         # A sharded model's forward is a collective: then every process generates (the same rows).
         if par.is_main or par.sharded:
             self.model.eval()
             rows = get_rows(self.eval_dataset, range(n), self.prompt_key)
             result = evaluate(self.generator, rows, self.reward, accuracy=self.accuracy_name,
-                              format_name=self.format_name, k=cfg.eval_samples,
-                              sampling=eval_sampling(cfg), prompt_key=self.prompt_key, by=cfg.eval_by)
+                              format_name=self.format_name, k=cfg.eval.samples,
+                              sampling=eval_sampling(cfg.sampling, cfg.seed), prompt_key=self.prompt_key,
+                              by=cfg.eval.by)
             self.model.train()
         par.barrier()
         return result if par.is_main else {}
@@ -353,7 +360,7 @@ class GRPOTrainer:
         return save_checkpoint(self.config.output_dir, self.step, model=self.model, optimizer=self.optimizer,
                                scheduler=self.scheduler,
                                trainer_state={**self.source.state_dict(), "tokens_seen": self.tokens_seen},
-                               rank=par.rank, is_main=par.is_main, keep=self.config.save_total_limit,
+                               rank=par.rank, is_main=par.is_main, keep=self.config.checkpoint.total_limit,
                                barrier=par.barrier, sharded=par.sharded)
 
     def _resume(self, path: Path) -> None:
@@ -369,14 +376,14 @@ class GRPOTrainer:
             self.source.push_weights(self.model, self.step)
 
     def save_model(self, path: str | Path) -> None:
-        """The trained model in HF format (LoRA merged if ``merge_lora_on_save``) and its tokenizer."""
+        """The trained model in HF format (LoRA merged if ``checkpoint.merge_lora``) and its tokenizer."""
         par = self.parallel
         par.barrier()
         state = par.full_state(self.model)  # a collective when sharded: every process calls it
         if not par.is_main:
             return
         model = self.model
-        if is_peft_model(model) and self.config.merge_lora_on_save:
+        if is_peft_model(model) and self.config.checkpoint.merge_lora:
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(path, state_dict=state)
         self.tokenizer.save_pretrained(path)

@@ -79,9 +79,9 @@ def run_grpo(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict
 
     rewards, weights = build_rewards([RewardSpec(**r) for r in cfg["rewards"]])
     run_dir = stage_dir / "grpo"
-    teacher = {"teacher_model": cfg["teacher"]} if cfg.get("teacher") else {}
-    config = GRPOConfig(**{**cfg.get("trainer", {}), **teacher, "output_dir": str(run_dir),
-                           "reward_weights": weights, "save_final_model": False})
+    teacher = {"distill.teacher": cfg["teacher"]} if cfg.get("teacher") else {}
+    config = GRPOConfig(**cfg.get("trainer", {})).updated(
+        {**teacher, "output_dir": str(run_dir), "reward.weights": weights, "checkpoint.final_model": False})
     eval_rows = load_rows(cfg["eval_data"]) if cfg.get("eval_data") else None
     peft_config = None
     if cfg.get("lora"):

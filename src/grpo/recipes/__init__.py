@@ -149,7 +149,7 @@ def prepare_model(recipe: Recipe) -> str:
         from grpo.recipes.schema import TinyModelSpec
 
         # the warm-up runs under the run's thread setting, as the trainer will
-        set_torch_threads(recipe.trainer.torch_threads, cuda=torch.cuda.is_available())
+        set_torch_threads(recipe.trainer.forward.torch_threads, cuda=torch.cuda.is_available())
         return str(build_tiny_model(Path(recipe.trainer.output_dir) / TINY_MODEL_DIR, recipe.tiny or TinyModelSpec()))
     require_hub(recipe)
     return recipe.model

@@ -19,12 +19,13 @@ closest known key.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from grpo.config import GRPOConfig, apply_overrides
+from grpo.config import FLAT_KEYS, GRPOConfig, apply_overrides
 from grpo.recipes import RecipeError, did_you_mean
 
 
@@ -99,8 +100,9 @@ class Recipe(BaseModel):
             raise RecipeError(f"{path}: {explain(e, cls)}") from e
 
 
-def _model_in(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+def _model_in(annotation: Any) -> type | None:
+    """The pydantic model (or stdlib dataclass, like GRPOConfig's ``sampling``) in ``annotation``."""
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)):
         return annotation
     for arg in get_args(annotation):
         if (found := _model_in(arg)) is not None:
@@ -108,15 +110,25 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def _model_at(root: type[BaseModel], loc: tuple) -> type[BaseModel] | None:
-    """The pydantic model that holds the field at ``loc`` (list indices skipped)."""
-    model: type[BaseModel] | None = root
+def _field_names(model: type) -> list[str]:
+    if dataclasses.is_dataclass(model):
+        return [f.name for f in dataclasses.fields(model)]
+    return [field.alias or name for name, field in model.model_fields.items()]
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> type | None:
+    """The pydantic model (or dataclass) that holds the field at ``loc`` (list indices skipped)."""
+    model: type | None = root
     for part in loc:
         if isinstance(part, int):
             continue
-        field = model.model_fields.get(part) if model is not None else None
+        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
+        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
         model = _model_in(field.annotation) if field is not None else None
     return model
+
+
+_SECTION_TYPES = {_model_in(f.annotation) for f in GRPOConfig.model_fields.values()} - {None}
 
 
 def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
@@ -124,15 +136,22 @@ def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
     parts = []
     for e in error.errors():
         where = ".".join(str(p) for p in e["loc"])
-        if e["type"] == "extra_forbidden":
+        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # the latter: a dataclass section
             parent, key = _model_at(root, e["loc"][:-1]), str(e["loc"][-1])
-            options = list(parent.model_fields) if parent is not None else []
+            options = _field_names(parent) if parent is not None else []
             prefix = where[: -len(key)]
             hint = did_you_mean(key, options, prefix)
-            if parent is root and root is Recipe and key in GRPOConfig.model_fields:
-                hint = f"; did you mean 'trainer.{key}'? (GRPOConfig settings go under trainer:)"
-            listing = ("grpo train --help-config lists them" if parent is GRPOConfig
-                       else f"known: {', '.join(options)}")
+            if parent is GRPOConfig and not hint:  # a section's key at the root: name it with its section
+                leaves = {name: f"{section}.{name}" for section, name in FLAT_KEYS.values()} | {
+                    k: f"{section}.{name}" for k, (section, name) in FLAT_KEYS.items()}
+                close = did_you_mean(key, leaves)
+                hint = close and f"; did you mean '{prefix}{leaves[close.split(chr(39))[1]]}'?"
+            if parent is root and root is Recipe and (key in GRPOConfig.model_fields or key in FLAT_KEYS):
+                section, name = FLAT_KEYS.get(key, (key, ""))
+                nested = f"trainer.{section}.{name}" if name else f"trainer.{key}"
+                hint = f"; did you mean '{nested}'? (GRPOConfig settings go under trainer:)"
+            in_config = parent is GRPOConfig or parent in _SECTION_TYPES
+            listing = "grpo train --help-config lists them" if in_config else f"known: {', '.join(options)}"
             parts.append(f"unknown key {where!r}{hint} ({listing})")
         else:
             msg = e["msg"].removeprefix("Value error, ")

@@ -72,7 +72,7 @@ def load_tool_recipe(path: str | Path, overrides: list[str] | None = None):
     data = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
     tools = ToolSettings(**(data.pop("multiturn", None) or {}))
     recipe = Recipe(**data)
-    if tools.max_turn_tokens is not None and tools.max_turn_tokens > recipe.trainer.max_completion_length:
-        raise ValueError(f"multiturn.max_turn_tokens={tools.max_turn_tokens} exceeds trainer.max_completion_length="
-                         f"{recipe.trainer.max_completion_length}, the budget of a whole trajectory")
+    if tools.max_turn_tokens is not None and tools.max_turn_tokens > recipe.trainer.sampling.max_tokens:
+        raise ValueError(f"multiturn.max_turn_tokens={tools.max_turn_tokens} exceeds trainer.sampling.max_tokens="
+                         f"{recipe.trainer.sampling.max_tokens}, the budget of a whole trajectory")
     return recipe, tools

@@ -93,7 +93,12 @@ class Rollout:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    """How to sample. Field semantics follow vLLM's ``SamplingParams``."""
+    """How to sample. Field semantics follow vLLM's ``SamplingParams``.
+
+    Also the ``sampling`` section of :class:`grpo.GRPOConfig` (pydantic validates it there: an
+    unknown key is an error, and these attribute docstrings are the field descriptions)."""
+
+    __pydantic_config__ = {"extra": "forbid", "use_attribute_docstrings": True}
 
     temperature: float = 1.0
     """Softmax temperature (> 0), or 0 for greedy decoding."""
