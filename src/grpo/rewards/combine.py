@@ -239,6 +239,8 @@ class CombinedReward(Reward):
     def evaluate(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
     ) -> list[ScoreResult]:
+        """The reward protocol: the totals of :meth:`evaluate_all` (kept, per thread, in
+        ``last_breakdown``)."""
         breakdown = self.evaluate_all(prompts=prompts, completions=completions, **columns)
         self._last.breakdown = breakdown
         return breakdown.total
@@ -247,15 +249,6 @@ class CombinedReward(Reward):
     def last_breakdown(self) -> RewardBreakdown | None:
         """This thread's last breakdown (from ``evaluate`` or a trl-style call)."""
         return getattr(self._last, "breakdown", None)
-
-    def score_with_reason(self, completion: Any, **example: Any) -> ScoreResult:
-        prompt = example.pop("prompt", None)
-        out = self.evaluate_all(prompts=None if prompt is None else [prompt],
-                                completions=[completion], **{k: [v] for k, v in example.items()})
-        return out.total[0]
-
-    def score(self, completion: str, **example: Any) -> float | None:
-        return self.score_with_reason(completion, **example).value
 
 
 def _check_names(names: list[str]) -> None:
