@@ -206,3 +206,13 @@ def test_a_function_reward_on_one_item_is_its_batch_of_one():
     assert r.score_with_reason("x", answer=None).status == NOT_APPLICABLE
     with pytest.raises(NotApplicable, match="returned None"):
         r.score("x", answer=None)
+
+
+def test_docs_rewards_md_examples_run():
+    """The ``>>>`` examples of docs/rewards.md (the protocol, both ways) stay true."""
+    import doctest
+    from pathlib import Path
+
+    page = Path(__file__).resolve().parents[1] / "docs" / "rewards.md"
+    result = doctest.testfile(str(page), module_relative=False, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0
