@@ -1,11 +1,13 @@
 """Rule-based rewards (verifiers) behind one API, usable alone, in ``grpo`` or in trl.
 
 ============================  ===============================================================
-``Reward``                    base class: implement ``score(completion, **example)``
+``Reward``                    base class: implement ``score(completion, **example)`` (per item)
+                              or ``evaluate(prompts=, completions=, **columns)`` (per batch);
+                              every caller uses ``evaluate`` (or trl's ``reward(...)``)
 ``ScoreResult``               a score with status (ok, n/a, unscorable, error, ...) and reason
 ``Unscorable``, ``NotApplicable``  raised in ``score``: "cannot be told" / "not for this row"
 ``as_reward``                 wrap a trl-style function ``f(completions, **kw) -> list``
-``CombinedReward``            weighted sum keeping each component (``RewardBreakdown``)
+``CombinedReward``            weighted sum; ``breakdown(...)`` keeps each component's records
 ``RewardMonitor``             raises ``RewardFailure`` when a reward scores nothing for k steps
 ``MathReward``                final answer vs gold with math-verify (R1 accuracy reward)
 ``CodeReward``                program vs tests in the sandbox (``grpo.rewards.sandbox``)

@@ -1,23 +1,34 @@
-"""The Reward API: one base class, typed results, and trl's calling convention.
+"""The Reward API: one protocol, typed results, and trl's calling convention.
 
 A reward answers one question per completion: how good is it, or *why can it not be told*, or
 *does it apply at all*.
 
-* Users subclass :class:`Reward` and implement ``score(completion, **example)``, returning a
-  ``float``, raising :class:`Unscorable` with a reason ("this row should be scored, but cannot
-  be told": no gold answer, verifier timeout), or raising :class:`NotApplicable` ("this reward
-  is not for this row", e.g. a math reward on a code row of a multi-task dataset). Returning
-  None counts as unscorable (its reason says how to be explicit). ``applies_to=`` (a field name
-  or a predicate) marks rows a reward does not apply to without touching its code.
-* ``score_with_reason`` turns that into a :class:`ScoreResult` record (value, status, reason).
-* ``score_batch`` scores many completions: in the shared process pool for rewards marked
-  ``parallel`` (math-verify's signal-based timeouts need a process's main thread; hostile
-  inputs need a process that can be killed), otherwise in-process on a watchdog thread with the
-  same per-item ``time_limit`` (``grpo.rewards.deadline``).
-* ``reward(prompts=..., completions=..., **columns)`` is trl's reward-function convention
-  (``trl.GRPOTrainer._calculate_rewards``), so a ``grpo`` reward drops into trl unchanged; it
-  returns ``list[float | None]`` (None: not scored, which trl skips) and keeps the full records
-  in ``reward.last_results``.
+**The protocol** is one method, ``reward.evaluate(prompts=..., completions=..., **columns) ->
+list[ScoreResult]``: trl-style inputs in (string or chat completions, dataset columns aligned
+with them), one :class:`ScoreResult` (value, status, reason) per completion out, in order.
+Everything that scores calls it: :class:`~grpo.rewards.CombinedReward` on its components, the
+trainer, held-out evaluation, rejection sampling. A reward implements it one of two ways:
+
+* **per item**, the usual way to write a verifier: subclass :class:`Reward` and implement
+  ``score(completion, **example)``, returning a ``float``, raising :class:`Unscorable` with a
+  reason ("this row should be scored, but cannot be told": no gold answer, verifier timeout),
+  or raising :class:`NotApplicable` ("this reward is not for this row", e.g. a math reward on
+  a code row of a multi-task dataset). Returning None counts as unscorable (its reason says
+  how to be explicit). The inherited ``evaluate`` leaves out rows outside ``applies_to=``
+  (status ``"n/a"``) and scores the others with ``score_batch``: in the shared process pool
+  for rewards marked ``parallel`` (math-verify's signal-based timeouts need a process's main
+  thread; hostile inputs need a process that can be killed), otherwise in-process on a
+  watchdog thread with the same per-item ``time_limit`` (``grpo.rewards.deadline``).
+  ``score_with_reason`` is one item as a ScoreResult.
+* **per batch**: implement ``evaluate`` itself (a trl function, ``as_reward``; a weighted
+  sum, ``CombinedReward``), or ``score_batch`` (a reward model's batched forward). The
+  per-item ``score`` and ``score_with_reason`` then score a batch of one through ``evaluate``
+  (one generic path, here in the base class).
+
+``reward(prompts=..., completions=..., **columns)`` is trl's reward-function convention
+(``trl.GRPOTrainer._calculate_rewards``), so a ``grpo`` reward drops into trl unchanged; it
+calls ``evaluate``, returns ``list[float | None]`` (None: not scored, which trl skips) and keeps
+the full records in ``reward.last_results``.
 
 A crash never looks like a wrong answer: an exception inside ``score``, or a value that is not
 a finite number, becomes a result with status ``"error"`` and the cause in its reason, never a
@@ -33,6 +44,17 @@ silent 0.0.
 [1.0, 0.0]
 >>> r(completions=[[{"role": "assistant", "content": "hi"}]], limit=[5])
 [1.0]
+>>> r.evaluate(completions=["hi"], limit=[5])   # the protocol: the full records
+[ScoreResult(value=1.0, status='ok', reason=None)]
+
+A reward that scores whole batches implements ``evaluate``; ``score`` still works on one item:
+
+>>> class Longest(Reward):
+...     def evaluate(self, *, prompts=None, completions, **columns):
+...         top = max(map(len, completions))
+...         return [ScoreResult(float(len(c) == top)) for c in completions]
+>>> Longest()(completions=["a", "abc", "ab"]), Longest().score("a")
+([0.0, 1.0, 0.0], 1.0)
 """
 
 from __future__ import annotations
@@ -130,7 +152,8 @@ def score_one(reward: Reward, completion: str | None, example: Mapping[str, Any]
 
 
 class Reward:
-    """Base class of every reward. Subclass it and implement :meth:`score`.
+    """Base class of every reward. Subclass it and implement :meth:`score` (one item) or
+    :meth:`evaluate` (a whole batch); callers use only ``evaluate`` and trl's ``__call__``.
 
     Class attributes a subclass may set (and the constructor overrides per instance):
 
@@ -182,77 +205,21 @@ class Reward:
     def __name__(self) -> str:  # type: ignore[override]
         return self.name
 
-    # ------------------------------------------------------------------ per item
-    def score(self, completion: str, **example: Any) -> float:
-        """Score one completion. ``example`` holds the dataset row's fields (and, from a
-        trainer, ``prompt``, ``completion_ids`` and ``truncated``).
-
-        Return a float; raise :class:`Unscorable` when it cannot be told, or
-        :class:`NotApplicable` when this reward is not for this row.
-        """
-        raise NotImplementedError(f"{type(self).__name__} must implement score()")
-
-    def score_with_reason(self, completion: str | None, **example: Any) -> ScoreResult:
-        """``score`` as a :class:`ScoreResult`. Exceptions other than Unscorable and
-        NotApplicable propagate (batch scoring turns them into ``"error"``)."""
-        if completion is None:
-            return ScoreResult.unscorable("completion is None")
-        who = f"{type(self).__name__}.score"
-        try:
-            value = self.score(completion, **example)
-        except Unscorable as u:
-            return ScoreResult.unscorable(u.reason)
-        except NotApplicable as na:
-            return ScoreResult.not_applicable(na.reason)
-        if value is None:
-            return ScoreResult.unscorable(
-                f"{who} returned None; raise Unscorable(reason) when a row cannot be scored, "
-                "NotApplicable(reason) when the reward is not for this row")
-        return checked_value(value, who)
-
-    def applies(self, example: Mapping[str, Any]) -> bool:
-        """Whether this reward is for this row (``applies_to``)."""
-        rule = self.applies_to
-        if rule is None:
-            return True
-        if isinstance(rule, str):
-            return example.get(rule) is not None
-        return bool(rule(example))
-
-    def _not_for_row(self) -> str:
-        rule = self.applies_to
-        if isinstance(rule, str):
-            return f"no {rule!r} in this row (applies_to={rule!r})"
-        return f"applies_to={getattr(rule, '__name__', rule)} is false for this row"
-
-    # ------------------------------------------------------------------ batches
-    def score_batch(
-        self, completions: Sequence[str | None], examples: Sequence[Mapping[str, Any]] | None = None
-    ) -> list[ScoreResult]:
-        """Score a batch, in order: parallel rewards in the shared process pool, others on a
-        watchdog thread; both with the per-item ``time_limit``."""
-        if examples is None:
-            examples = [{} for _ in completions]
-        if len(examples) != len(completions):
-            raise ValueError(f"{len(examples)} examples for {len(completions)} completions")
-        if not completions:
-            return []
-        if self.parallel:
-            from grpo.rewards.pool import get_pool
-
-            return get_pool().map(self, completions, examples, time_limit=self.time_limit)
-        from grpo.rewards.deadline import run_items
-
-        return run_items(
-            lambda i: score_one(self, completions[i], examples[i]), len(completions),
-            time_limit=self.time_limit, owner=self.name,
-        )
-
+    # ------------------------------------------------------------------ the protocol
     def evaluate(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
     ) -> list[ScoreResult]:
-        """trl-style inputs (string or chat completions, aligned columns) -> ScoreResults.
-        Rows outside ``applies_to`` are ``"n/a"`` and not scored."""
+        """The reward protocol: trl-style inputs (string or chat completions, columns aligned
+        with them, trl's batch-level keywords) -> one ScoreResult per completion, in order.
+
+        Override it to score whole batches. This default scores per item: rows outside
+        ``applies_to`` are ``"n/a"`` and not scored, the others go to :meth:`score_batch`.
+        """
+        if _scores_by_batch(type(self)) and type(self).score_batch is Reward.score_batch:
+            # score_batch would score each item through evaluate again, without end
+            raise NotImplementedError(
+                f"{type(self).__name__}.evaluate calls Reward.evaluate, which scores each item "
+                "with score(): implement score(), or score the batch in evaluate itself")
         texts = [completion_text(c) for c in completions]
         examples = batch_examples(len(texts), prompts, columns)
         keep = [i for i, ex in enumerate(examples) if self.applies(ex)]
@@ -280,6 +247,92 @@ class Reward:
             log_metric(f"{self.name}/unscorable_frac", failed_fraction(results))
         return [r.value for r in results]
 
+    # ------------------------------------------------------------------ per item
+    def score(self, completion: str, **example: Any) -> float:
+        """Score one completion. ``example`` holds the dataset row's fields (and, from a
+        trainer, ``prompt``, ``completion_ids`` and ``truncated``).
+
+        Return a float; raise :class:`Unscorable` when it cannot be told, or
+        :class:`NotApplicable` when this reward is not for this row. A reward that implements
+        ``evaluate`` (or ``score_batch``) instead gets this for free: its result for a batch of
+        one, the value of an ``"ok"`` result, else the matching exception with its reason.
+        """
+        if not _scores_by_batch(type(self)):
+            raise NotImplementedError(
+                f"{type(self).__name__} must implement score() (one item) or evaluate() "
+                "(a batch)")
+        return _value_or_raise(self._evaluate_one(completion, example))
+
+    def score_with_reason(self, completion: str | None, **example: Any) -> ScoreResult:
+        """One item as a :class:`ScoreResult`: ``score``'s value, or why there is none.
+        Exceptions other than Unscorable and NotApplicable propagate (batch scoring turns them
+        into ``"error"``). A reward that scores batches answers with a batch of one."""
+        if _scores_by_batch(type(self)):
+            return self._evaluate_one(completion, example)
+        if completion is None:
+            return ScoreResult.unscorable("completion is None")
+        who = f"{type(self).__name__}.score"
+        try:
+            value = self.score(completion, **example)
+        except Unscorable as u:
+            return ScoreResult.unscorable(u.reason)
+        except NotApplicable as na:
+            return ScoreResult.not_applicable(na.reason)
+        if value is None:
+            return ScoreResult.unscorable(
+                f"{who} returned None; raise Unscorable(reason) when a row cannot be scored, "
+                "NotApplicable(reason) when the reward is not for this row")
+        return checked_value(value, who)
+
+    def _evaluate_one(self, completion: Any, example: Mapping[str, Any]) -> ScoreResult:
+        """The per-item path of a reward that scores batches: ``evaluate`` on a batch of one
+        (the example's fields become one-value columns; ``prompt`` becomes ``prompts``)."""
+        columns = {k: v if k in BATCH_KEYWORDS else [v] for k, v in example.items()
+                   if k != "prompt"}
+        prompt = example.get("prompt")
+        (result,) = self.evaluate(prompts=None if prompt is None else [prompt],
+                                  completions=[completion], **columns)
+        return result
+
+    def applies(self, example: Mapping[str, Any]) -> bool:
+        """Whether this reward is for this row (``applies_to``)."""
+        rule = self.applies_to
+        if rule is None:
+            return True
+        if isinstance(rule, str):
+            return example.get(rule) is not None
+        return bool(rule(example))
+
+    def _not_for_row(self) -> str:
+        rule = self.applies_to
+        if isinstance(rule, str):
+            return f"no {rule!r} in this row (applies_to={rule!r})"
+        return f"applies_to={getattr(rule, '__name__', rule)} is false for this row"
+
+    # ------------------------------------------------------------------ default evaluate's items
+    def score_batch(
+        self, completions: Sequence[str | None], examples: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[ScoreResult]:
+        """Score items the default ``evaluate`` kept, in order: parallel rewards in the shared
+        process pool, others on a watchdog thread; both with the per-item ``time_limit``.
+        Override it for truly batched scoring that still wants ``applies_to`` handled."""
+        if examples is None:
+            examples = [{} for _ in completions]
+        if len(examples) != len(completions):
+            raise ValueError(f"{len(examples)} examples for {len(completions)} completions")
+        if not completions:
+            return []
+        if self.parallel:
+            from grpo.rewards.pool import get_pool
+
+            return get_pool().map(self, completions, examples, time_limit=self.time_limit)
+        from grpo.rewards.deadline import run_items
+
+        return run_items(
+            lambda i: score_one(self, completions[i], examples[i]), len(completions),
+            time_limit=self.time_limit, owner=self.name,
+        )
+
     @property
     def last_results(self) -> list[ScoreResult] | None:
         """The ScoreResults of this thread's last ``__call__``."""
@@ -303,6 +356,25 @@ class Reward:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _scores_by_batch(cls: type[Reward]) -> bool:
+    """Whether a reward class scores only batches: it implements ``evaluate`` or
+    ``score_batch`` but neither ``score`` nor ``score_with_reason``."""
+    def implements(method: str) -> bool:
+        return getattr(cls, method) is not getattr(Reward, method)
+
+    return ((implements("evaluate") or implements("score_batch"))
+            and not (implements("score") or implements("score_with_reason")))
+
+
+def _value_or_raise(result: ScoreResult) -> float:
+    """A result as ``score`` answers: its value, or the exception that says why there is none."""
+    if result.status == NOT_APPLICABLE:
+        raise NotApplicable(result.reason or "not applicable")
+    if not result.scored:
+        raise Unscorable(result.reason or result.status)
+    return result.value  # type: ignore[return-value]
 
 
 def failed_fraction(results: Sequence[ScoreResult]) -> float:

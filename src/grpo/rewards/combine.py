@@ -131,7 +131,7 @@ class CombinedReward(Reward):
 
     >>> from grpo.rewards import FormatReward, MathReward
     >>> combo = CombinedReward([MathReward(parallel=False), FormatReward()], weights=[1.0, 0.5])
-    >>> out = combo.evaluate_all(completions=["<think>..</think><answer>4</answer>"], answer=["4"])
+    >>> out = combo.breakdown(completions=["<think>..</think><answer>4</answer>"], answer=["4"])
     >>> out.values, out.component_values("format_reward")
     ([1.5], [1.0])
     """
@@ -170,15 +170,16 @@ class CombinedReward(Reward):
         self.weights = dict(zip(names, weights, strict=True))
         self.missing = missing
 
-    def evaluate_all(
+    def breakdown(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any],
         completion_ids: Sequence[Sequence[int]] | None = None, trainer_state: Any = None,
         log_extra: Callable[[str, list], None] | None = None,
         log_metric: Callable[[str, float], None] | None = None, **columns: Any,
     ) -> RewardBreakdown:
-        """Score with every component (each in its own way: pool or watchdog thread) and
-        combine. Takes trl's reward keywords (module docstring). Raises only for malformed
-        inputs (a trainer's bug); every failure of a reward is a status in the breakdown."""
+        """Score with every component (each through its ``evaluate``, in its own way: pool or
+        watchdog thread) and combine, keeping every component's records. Takes trl's reward
+        keywords (module docstring). Raises only for malformed inputs (a trainer's bug); every
+        failure of a reward is a status in the breakdown."""
         n = len(completions)
         for c in completions:
             completion_text(c)  # malformed completions are the caller's bug: raise now
@@ -207,22 +208,9 @@ class CombinedReward(Reward):
             call["prompts"] = prompts
         if completion_ids is not None:
             call["completion_ids"] = completion_ids
-        components = {r.name: self._evaluate_one(r, call, n) for r in self.rewards}
+        components = {r.name: _component_results(r, call, n) for r in self.rewards}
         total = [self._combine({name: rs[i] for name, rs in components.items()}) for i in range(n)]
         return RewardBreakdown(total, components, dict(self.weights), extra, logged)
-
-    @staticmethod
-    def _evaluate_one(reward: Reward, call: dict[str, Any], n: int) -> list[ScoreResult]:
-        try:
-            results = reward.evaluate(**call)
-        except Exception as e:  # noqa: BLE001 -- a reward's own evaluate/score_batch raised
-            return [ScoreResult.unscorable(
-                f"reward {reward.name!r} raised {type(e).__name__}: {e}"[:500], ERROR)] * n
-        if len(results) != n:
-            return [ScoreResult.unscorable(
-                f"reward {reward.name!r} returned {len(results)} results for {n} completions",
-                ERROR)] * n
-        return list(results)
 
     def _combine(self, row: Mapping[str, ScoreResult]) -> ScoreResult:
         applies = {n: r for n, r in row.items() if r.status != NOT_APPLICABLE}
@@ -239,23 +227,35 @@ class CombinedReward(Reward):
     def evaluate(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
     ) -> list[ScoreResult]:
-        breakdown = self.evaluate_all(prompts=prompts, completions=completions, **columns)
+        """The reward protocol: the totals of :meth:`breakdown` (kept, per thread, in
+        ``last_breakdown``)."""
+        breakdown = self.breakdown(prompts=prompts, completions=completions, **columns)
         self._last.breakdown = breakdown
         return breakdown.total
+
+    def evaluate_all(self, **inputs: Any) -> RewardBreakdown:
+        """The former name of :meth:`breakdown`, kept for existing callers."""
+        return self.breakdown(**inputs)
 
     @property
     def last_breakdown(self) -> RewardBreakdown | None:
         """This thread's last breakdown (from ``evaluate`` or a trl-style call)."""
         return getattr(self._last, "breakdown", None)
 
-    def score_with_reason(self, completion: Any, **example: Any) -> ScoreResult:
-        prompt = example.pop("prompt", None)
-        out = self.evaluate_all(prompts=None if prompt is None else [prompt],
-                                completions=[completion], **{k: [v] for k, v in example.items()})
-        return out.total[0]
 
-    def score(self, completion: str, **example: Any) -> float | None:
-        return self.score_with_reason(completion, **example).value
+def _component_results(reward: Reward, call: dict[str, Any], n: int) -> list[ScoreResult]:
+    """One component's ``evaluate`` on the batch; a raise or a wrong count is ``"error"`` on
+    every item, never an exception out of the combination."""
+    try:
+        results = reward.evaluate(**call)
+    except Exception as e:  # noqa: BLE001 -- a component's evaluate (or score_batch) raised
+        return [ScoreResult.unscorable(
+            f"reward {reward.name!r} raised {type(e).__name__}: {e}"[:500], ERROR)] * n
+    if len(results) != n:
+        return [ScoreResult.unscorable(
+            f"reward {reward.name!r} returned {len(results)} results for {n} completions",
+            ERROR)] * n
+    return list(results)
 
 
 def _check_names(names: list[str]) -> None:

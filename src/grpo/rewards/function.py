@@ -35,10 +35,8 @@ from typing import Any
 from grpo.rewards.base import (
     ERROR,
     TIMEOUT,
-    NotApplicable,
     Reward,
     ScoreResult,
-    Unscorable,
     batch_examples,
     checked_value,
     warn_failures,
@@ -56,7 +54,9 @@ class FunctionReward(Reward):
     """A trl-style reward function ``f(prompts=..., completions=..., **kw) -> list[float|None]``
     used as a :class:`Reward` (see :func:`as_reward`).
 
-    ``time_limit`` here is per call (the function scores the whole batch in one call).
+    It implements only ``evaluate`` (the function scores the whole batch in one call, so
+    ``time_limit`` here is per call); ``score`` and ``score_with_reason`` on one item call it
+    with a batch of one (``Reward``'s generic per-item path).
     """
 
     time_limit = 60.0
@@ -79,6 +79,8 @@ class FunctionReward(Reward):
     def evaluate(
         self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any], **columns: Any
     ) -> list[ScoreResult]:
+        """The reward protocol: one call of the function on the rows it applies to, under the
+        watchdog (``time_limit`` per call); what it returns, item by item, as ScoreResults."""
         n = len(completions)
         if n == 0:
             return []
@@ -129,20 +131,6 @@ class FunctionReward(Reward):
                 f"{who} returned {len(values)} values for {n} completions; {_FIX}", ERROR)] * n
         return [ScoreResult.not_applicable(f"{who} returned None") if v is None
                 else checked_value(v, f"{who} (item {i})") for i, v in enumerate(values)]
-
-    def score_with_reason(self, completion: Any, **example: Any) -> ScoreResult:
-        prompt = example.pop("prompt", None)
-        (result,) = self.evaluate(prompts=None if prompt is None else [prompt],
-                                  completions=[completion], **{k: [v] for k, v in example.items()})
-        return result
-
-    def score(self, completion: str, **example: Any) -> float:
-        result = self.score_with_reason(completion, **example)
-        if result.status == "n/a":
-            raise NotApplicable(result.reason or "returned None")
-        if not result.scored:
-            raise Unscorable(result.reason or result.status)
-        return result.value  # type: ignore[return-value]
 
     def __repr__(self) -> str:
         return f"as_reward({getattr(self.fn, '__name__', self.fn)!r})"

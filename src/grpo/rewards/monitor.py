@@ -19,8 +19,8 @@ local breakdown.
 
 >>> from grpo.rewards import CombinedReward, MathReward
 >>> combo, monitor = CombinedReward([MathReward(parallel=False)]), RewardMonitor(patience=2)
->>> monitor.update(combo.evaluate_all(completions=[r"\\boxed{4}"], solution=["4"]))
->>> monitor.update(combo.evaluate_all(completions=[r"\\boxed{4}"], solution=["4"]))
+>>> monitor.update(combo.breakdown(completions=[r"\\boxed{4}"], solution=["4"]))
+>>> monitor.update(combo.breakdown(completions=[r"\\boxed{4}"], solution=["4"]))
 Traceback (most recent call last):
 grpo.rewards.monitor.RewardFailure: reward 'math_reward' scored no completion for 2 ...
 """

@@ -7,8 +7,9 @@ the final summary, harmlessness on the whole response). :class:`RewardModelRewar
 ``RewardTrainer`` produces (one logit per sequence, read at its last non-padding token), so it
 sits beside rule rewards in :class:`grpo.rewards.CombinedReward`.
 
-Scoring is batched (``score_batch`` is overridden; one forward per ``batch_size`` items, each
-batch padded to its own longest item) and runs in this process under ``torch.no_grad`` (a model
+Scoring is batched (it implements ``score_batch``, which the inherited ``evaluate`` calls; one
+forward per ``batch_size`` items, each batch padded to its own longest item; ``score`` on one
+item is a batch of one) and runs in this process under ``torch.no_grad`` (a model
 is not sent to the reward process pool). Inputs are right-padded, so the classifier reads the
 last real token, which is where transformers' ``*ForSequenceClassification`` heads look
 (the last token that is not ``pad_token_id``).
@@ -94,9 +95,6 @@ class RewardModelReward(Reward):
             return prompt + completion
         messages = [*prompt, {"role": "assistant", "content": completion}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
-
-    def score(self, completion: str, **example: Any) -> float | None:
-        return self.score_batch([completion], [example])[0].value
 
     def score_batch(self, completions: Sequence[str | None],
                     examples: Sequence[Mapping[str, Any]] | None = None) -> list[ScoreResult]:
