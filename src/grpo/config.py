@@ -247,6 +247,7 @@ class Derived(BaseModel):
     """Quantities computed from the config (not settable)."""
 
     completions_per_step: int
+    minibatch_size: int  # optim.minibatch_size, or the whole step
     minibatches_per_step: int
     optimizer_steps_per_step: int
     micro_batches_per_minibatch: int
@@ -377,6 +378,7 @@ class GRPOConfig(BaseModel):
         mb = self.optim.minibatch_size or n
         return Derived(
             completions_per_step=n,
+            minibatch_size=mb,
             minibatches_per_step=n // mb,
             optimizer_steps_per_step=(n // mb) * self.optim.num_iterations,
             micro_batches_per_minibatch=-(-mb // self.forward.micro_batch_size),  # the last may be smaller

@@ -206,7 +206,7 @@ class GRPOTrainer:
         if ppp % world:
             raise ValueError(f"rollout.prompts_per_step={ppp} must be divisible by the number of "
                              f"processes ({world}) so that each prompt's group stays in one process")
-        mb = cfg.optim.minibatch_size or cfg.derived().completions_per_step
+        mb = cfg.derived().minibatch_size
         if mb % world:
             raise ValueError(f"optim.minibatch_size={mb} must be divisible by the number of processes ({world})")
         if fsdp and peft_config is not None:
