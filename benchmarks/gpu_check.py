@@ -16,11 +16,11 @@ memory are what is measured. The tokenizer is passed to both trainers as an obje
 
 Rows, each in a fresh subprocess (so one run's GPU memory cannot leak into the next):
 
-* ``grpo`` / HF generate: :class:`grpo.GRPOTrainer` with ``dtype="bfloat16"``, ``rollout="hf"``;
-* ``grpo`` / vLLM colocate (when ``import vllm`` works): ``rollout="vllm"``, eager engine;
+* ``grpo`` / HF generate: :class:`grpo.GRPOTrainer` with ``forward.dtype="bfloat16"``, ``rollout.backend="hf"``;
+* ``grpo`` / vLLM colocate (when ``import vllm`` works): ``rollout.backend="vllm"``, eager engine;
 * ``trl`` (when ``import trl`` works): ``trl.GRPOTrainer`` on the same model, data, reward and
   settings (bf16 weights, no autocast, DAPO token mean, same G, batch, lr, beta, clip);
-* ``grpo-padded`` / HF generate: the ``grpo`` row with ``padding_free=False`` (padded
+* ``grpo-padded`` / HF generate: the ``grpo`` row with ``forward.padding_free=False`` (padded
   log-prob passes), to show what the packed forward buys on a GPU (measured on CPU only so far);
 * log-probs: :func:`grpo.logprobs.token_logprobs` (chunked) against ``naive_token_logprobs``
   (full ``[B, T, V]`` float32 logits), forward + backward in bf16 at the LM-head shapes of
@@ -315,13 +315,15 @@ def _run_grpo(args, tokenizer, reward, rows, out: Path, *, padding_free: bool = 
 
     config = GRPOConfig(
         output_dir=str(out / "grpo_run"), seed=0, max_steps=args.warmup + args.steps,
-        num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
-        rollout=args.rollout, vllm_enforce_eager=True, vllm_gpu_memory_utilization=args.vllm_memory,
-        max_prompt_length=256, max_completion_length=args.max_completion_length, temperature=1.0,
-        beta=args.beta, eps_low=0.2, eps_high=0.2, aggregation="token_mean", learning_rate=1e-6,
-        adam_betas=(0.9, 0.99), max_grad_norm=1.0, micro_batch_size=args.micro_batch_size,
-        gradient_checkpointing=False, dtype="bfloat16", logging_steps=1, log_completions=0,
-        save_final_model=False, progress_bar=False, padding_free=padding_free)
+        rollout={"backend": args.rollout, "num_generations": args.num_generations,
+                 "prompts_per_step": args.prompts_per_step, "max_prompt_length": 256},
+        vllm={"enforce_eager": True, "gpu_memory_utilization": args.vllm_memory},
+        sampling={"max_tokens": args.max_completion_length, "temperature": 1.0},
+        loss={"beta": args.beta, "eps_low": 0.2, "eps_high": 0.2, "aggregation": "token_mean"},
+        optim={"learning_rate": 1e-6, "adam_betas": (0.9, 0.99), "max_grad_norm": 1.0},
+        forward={"micro_batch_size": args.micro_batch_size, "gradient_checkpointing": False,
+                 "dtype": "bfloat16", "padding_free": padding_free},
+        log={"steps": 1, "completions": 0, "progress_bar": False}, checkpoint={"final_model": False})
     trainer = Timed(args.model, [reward], rows, config, tokenizer=tokenizer)
     try:
         expect_device(trainer.model, args)

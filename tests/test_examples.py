@@ -55,8 +55,9 @@ eval_dataset: {{name: tiny_arithmetic, split: test, limit: 4}}
 rewards:
   - {{name: math, weight: 1.0}}
   - {{name: format, weight: 0.1}}
-trainer: {{output_dir: {run}, num_generations: 2, prompts_per_step: 2, max_steps: 5,
-           max_completion_length: 6, learning_rate: 1.0e-3, beta: 0.0, eval_samples: 2, progress_bar: false}}
+trainer: {{output_dir: {run}, max_steps: 5, rollout: {{num_generations: 2, prompts_per_step: 2}},
+           sampling: {{max_tokens: 6}}, optim: {{learning_rate: 1.0e-3}}, loss: {{beta: 0.0}},
+           eval: {{samples: 2}}, log: {{progress_bar: false}}}}
 """)
     cli = [sys.executable, "-m", "grpo.cli"]
     out = subprocess.run(cli + ["train", str(recipe), "trainer.max_steps=2"], capture_output=True, text=True,
@@ -69,11 +70,11 @@ trainer: {{output_dir: {run}, num_generations: 2, prompts_per_step: 2, max_steps
                          text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "eval/greedy_accuracy" in out.stdout
-    bad = subprocess.run(cli + ["train", str(recipe), "trainer.num_generations=1"], capture_output=True, text=True,
+    bad = subprocess.run(cli + ["train", str(recipe), "trainer.rollout.num_generations=1"], capture_output=True, text=True,
                          timeout=120)
     assert bad.returncode == 2 and "num_generations" in bad.stderr
     helptext = subprocess.run(cli + ["train", "--help-config"], capture_output=True, text=True, timeout=120)
-    assert "trainer.beta" in helptext.stdout and "KL coefficient" in helptext.stdout
+    assert "trainer.loss.beta" in helptext.stdout and "KL coefficient" in helptext.stdout
 
 
 def test_r1_zero_cpu_demo_quick(tmp_path):

@@ -127,17 +127,19 @@ def test_teacher_stage_is_on_policy_distillation_from_an_earlier_stage(setup, tm
     folder = tmp_path / "run" / "stages" / "02_opd"
     teacher = str((tmp_path / "run" / "stages" / "01_teacher_sft" / "model").resolve())
     assert yaml.safe_load((folder / "config.yaml").read_text())["teacher"] == teacher
-    assert yaml.safe_load((folder / "grpo" / "config.yaml").read_text())["teacher_model"] == teacher
+    assert yaml.safe_load((folder / "grpo" / "config.yaml").read_text())["distill"]["teacher"] == teacher
     metrics = [json.loads(line) for line in (folder / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["distill/reverse_kl"] > 0 for m in metrics)  # the teacher's term is there
     assert result.ran == ["teacher_sft", "opd"]
     # a teacher must be an earlier stage's model, given once
     bad = [dict(stages[0]), {**stages[1], "teacher": {"from": "later"}},
-           {**stages[1], "name": "twice", "trainer": {**TINY_GRPO, "teacher_model": "x"}}]
+           {**stages[1], "name": "twice", "trainer": {**TINY_GRPO, "distill": {"teacher": "x"}}},
+           {**stages[1], "name": "flat", "trainer": {**TINY_GRPO, "teacher_model": "x"}}]
     with pytest.raises(ValueError) as e:
         check_recipe(PipelineRecipe(output_dir=str(tmp_path / "bad"), model=str(model), stages=bad))
     assert "stage 2 ('opd'): teacher refers to stage 'later', which no earlier stage is" in str(e.value)
     assert "stage 3 ('twice'): give the teacher once" in str(e.value)
+    assert "stage 4 ('flat'): give the teacher once" in str(e.value)
 
 
 def test_packaged_gpu_recipes_load_and_validate():

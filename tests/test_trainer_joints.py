@@ -164,9 +164,11 @@ def test_micro_batch_size_does_not_change_the_update(tiny_dir, tmp_path, aggrega
     assert scored.advantages.abs().sum() > 0
 
     def grads(micro, padding_free=True):
+        forward = config.forward.model_copy(update={"micro_batch_size": micro, "padding_free": padding_free})
         learner = Learner(trainer.model, trainer.ref_model, trainer.optimizer, trainer.scheduler, trainer.parallel,
-                          config.model_copy(update={"micro_batch_size": micro, "padding_free": padding_free}),
-                          trainer.accelerator.autocast)
+                          trainer.accelerator.autocast, loss=config.loss, optim=config.optim, forward=forward,
+                          temperature=config.sampling.temperature, max_tokens=config.sampling.max_tokens,
+                          minibatches_per_step=config.derived().minibatches_per_step)
         seen = []
         learner.optimizer.step = lambda: seen.append([p.grad.clone() for p in learner.params])
         learner.update(batch, scored.global_index)

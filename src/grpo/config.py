@@ -457,10 +457,16 @@ def nest_flat_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str
 
     >>> nest_flat_keys({"beta": 0.0, "loss": {"eps_high": 0.28}})[0]
     {'loss': {'eps_high': 0.28, 'beta': 0.0}}
+    >>> nest_flat_keys({"num_generations": 4, "rollout": "vllm"})[0]
+    {'rollout': {'backend': 'vllm', 'num_generations': 4}}
     """
     out = dict(data)
     moved = []
-    for key in list(data):
+    keys = list(data)
+    if isinstance(data.get("rollout"), str):  # grpo 0.1's `rollout: vllm` names the section's key
+        keys.remove("rollout")
+        keys.insert(0, "rollout")
+    for key in keys:
         path = FLAT_KEYS.get(key)
         if path is None or (key == "rollout" and not isinstance(data[key], str)):
             continue

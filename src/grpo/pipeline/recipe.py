@@ -103,7 +103,7 @@ class GRPOStage(_Stage):
     rewards: list[RewardSpec] = Field(min_length=1)
     teacher: str | Ref | None = Field(
         None, description="On-policy distillation: the teacher model (path / hub id, or {from: stage}); "
-                          "sets trainer.teacher_model (grpo.distill).")
+                          "sets trainer.distill.teacher (grpo.distill).")
     lora: dict[str, Any] | None = Field(None, description="peft LoraConfig arguments.")
     trainer: dict[str, Any] = Field(default_factory=dict, description="GRPOConfig fields (output_dir is set).")
 
@@ -193,8 +193,9 @@ def check_recipe(recipe: PipelineRecipe) -> None:
         teacher = getattr(stage, "teacher", None)
         if isinstance(teacher, Ref):
             problems += _check_ref(where, "teacher", teacher.stage, teacher.output or "model", produced, recipe)
-        if teacher is not None and "teacher_model" in getattr(stage, "trainer", {}):
-            problems.append(f"{where}: give the teacher once, as `teacher` (not also trainer.teacher_model)")
+        trainer = getattr(stage, "trainer", {})
+        if teacher is not None and ("teacher_model" in trainer or "teacher" in (trainer.get("distill") or {})):
+            problems.append(f"{where}: give the teacher once, as `teacher` (not also trainer.distill.teacher)")
         for key in ("data", "eval_data"):
             spec = getattr(stage, key, None)
             if spec is not None and spec.stage is not None:
