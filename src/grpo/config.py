@@ -507,10 +507,12 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _nest_flat_override(parts: list[str], config_at: str) -> list[str]:
+def _nest_flat_override(parts: list[str], config_at: str, value: Any) -> list[str]:
     """``[..., "trainer", "beta"]`` -> ``[..., "trainer", "loss", "beta"]`` (see apply_overrides)."""
     here = [i for i, p in enumerate(parts[:-1]) if p == config_at] if config_at else [-1]
     for i in here:
+        if parts[i + 1] == "rollout" and not isinstance(value, str):
+            continue  # the section itself, given whole
         if i + 2 == len(parts) and parts[i + 1] in FLAT_KEYS:
             path = FLAT_KEYS[parts[i + 1]]
             warnings.warn(_flat_message([(parts[i + 1], path)]), FlatConfigWarning, stacklevel=3)
@@ -545,11 +547,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, config_at: st
         parts = key.strip().split(".")
         if not sep or not all(parts):
             raise ValueError(f"override {item!r} is not key=value with a dotted key (e.g. trainer.loss.beta=0)")
-        parts = _nest_flat_override(parts, config_at)
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
             raise ValueError(f"override {item!r}: the value is not valid YAML ({e})".replace("\n", " ")) from e
+        parts = _nest_flat_override(parts, config_at, value)
         node: Any = data
         for depth, part in enumerate(parts):
             where = ".".join(parts[:depth]) or "the top level"
