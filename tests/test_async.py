@@ -53,18 +53,18 @@ def test_rollouts_carry_the_version_that_sampled_them(tiny_dir, tmp_path):
     trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path))
     source = trainer.source
     first = source.collect(0).result()
-    assert {r.policy_version for r in first.rollouts} == {0}
+    assert {r.rollout.policy_version for r in first} == {0}
     deadline = time.monotonic() + 120
-    while len(source._queue) < 1 and time.monotonic() < deadline:  # step 1 made on version 0
+    while source.pending < 1 and time.monotonic() < deadline:  # step 1 made on version 0
         time.sleep(0.05)
     second = source.collect(1).result()
-    assert {r.policy_version for r in second.rollouts} == {0}
+    assert {r.rollout.policy_version for r in second} == {0}
     assert second.metrics["async/staleness_max"] == 1.0
     time.sleep(0.5)
-    assert len(source._queue) == 0  # step 2 waits for version >= 1
+    assert source.pending == 0  # step 2 waits for version >= 1
     source.push_weights(trainer.model, 1)
     third = source.collect(2).result()
-    assert {r.policy_version for r in third.rollouts} == {1}
+    assert {r.rollout.policy_version for r in third} == {1}
     trainer.close()
 
 
@@ -132,8 +132,8 @@ def test_weights_pushed_reach_the_generator(tiny_dir):
 
 
 def test_async_settings_are_checked(tiny_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"async.staleness=\d+ runs an HF generator(.|\n)*rollout.backend='hf'"):
-        cfg(tmp_path, rollout="vllm")
+    with pytest.raises(ValueError, match=r"async\.staleness=1 .*rollout\.backend='hf'"):
+        cfg(tmp_path, rollout={"backend": "vllm"})
 
 
 def test_async_run_resumes_from_a_checkpoint(tiny_dir, tmp_path):

@@ -8,6 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from grpo import GRPOConfig, GRPOTrainer
+from grpo.batch import collate_rollouts, join_scores
 from grpo.tiny import build_tiny_llama
 from grpo.tracking import read_jsonl
 
@@ -36,11 +37,12 @@ def test_distillation_term_by_hand(tiny_dir, tmp_path):
     teacher = teacher_model(tiny_dir)
     trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path, distill_coef=0.5), teacher=teacher)
     collected = trainer.source.collect(0)
-    batch = trainer.learner.frozen_logprobs(trainer._collate(collected.rollouts))
+    batch = collate_rollouts(collected.rollouts, None, trainer.tokenizer.pad_token_id)
+    batch = trainer.learner.frozen_logprobs(batch)
     scored = collected.result()
-    batch = trainer._join(batch, collected.rollouts, scored)
+    batch = join_scores(batch, scored)
     out, metrics = trainer.learner.with_distillation(batch)
-    r = scored.rollouts[0]
+    r = scored.trained[0].rollout
     ids = torch.tensor([r.prompt_ids + r.completion_ids])
     with torch.no_grad():
         logits = teacher(ids).logits[0, len(r.prompt_ids) - 1:-1]
@@ -62,7 +64,9 @@ def test_teacher_logprobs_take_the_reference_path(tiny_dir, tmp_path):
     student = AutoModelForCausalLM.from_pretrained(tiny_dir)
     trainer = GRPOTrainer(student, [Checksum()], rows(4), cfg(tmp_path, beta=0.1), teacher=copy.deepcopy(student),
                           tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
-    batch = trainer.learner.frozen_logprobs(trainer._collate(trainer.source.collect(0).rollouts))
+    rollouts = trainer.source.collect(0).rollouts
+    batch = collate_rollouts(rollouts, None, trainer.tokenizer.pad_token_id)
+    batch = trainer.learner.frozen_logprobs(batch)
     assert torch.equal(batch.teacher_logp, batch.ref_logp)
     trainer.close()
 

@@ -18,6 +18,7 @@ class _R:
     logprobs: list
     loss_mask: list | None = None
     group_id: int = 0
+    sample_index: int = 0
     policy_version: int = 0
 
 

@@ -1,4 +1,4 @@
-"""The joints between the trainer's layers: records joined by identity, loss masks, dynamic
+"""The joints between the trainer's layers: records joined by key, loss masks, dynamic
 sampling, accumulation invariance, the advantage-estimator table. Real tiny model, real HF
 generation, real rewards."""
 
@@ -10,7 +10,7 @@ import torch
 
 from grpo import GRPOConfig, GRPOTrainer
 from grpo.advantages import ADVANTAGE_ESTIMATORS, compute_group_advantages, register_advantage_estimator
-from grpo.batch import collate_rollouts
+from grpo.batch import collate_rollouts, join_scores
 from grpo.rewards import Reward
 
 from conftest import Checksum
@@ -69,7 +69,7 @@ def max_diff(a, b):
     return max((a[n] - b[n]).abs().max().item() for n in a)
 
 
-# ------------------------------------------------------------------------------ joins by identity
+# ------------------------------------------------------------------------------ joins by key
 def test_rewards_and_advantages_follow_their_completion_when_the_order_is_shuffled(tiny_dir, tmp_path):
     """A generator that returns its records in a random order changes nothing: rewards and
     advantages are joined by (group, sample), not by position."""
@@ -79,15 +79,19 @@ def test_rewards_and_advantages_follow_their_completion_when_the_order_is_shuffl
     shuffled = GRPOTrainer(str(tiny_dir), [Checksum()], data, config.model_copy(update={"output_dir": str(tmp_path / "s")}))
     shuffled.source.generator = Wrapped(shuffled.generator, lambda rs: random.Random(1).sample(rs, len(rs)))
     a, b = plain.source.collect(0).result(), shuffled.source.collect(0).result()
-    assert [(r.group_id, r.sample_index) for r in b.sampled] != [(r.group_id, r.sample_index) for r in a.sampled]
-    adv_a = {(r.group_id, r.sample_index): (r.text, v) for r, v in zip(a.rollouts, a.advantages.tolist())}
-    adv_b = {(r.group_id, r.sample_index): (r.text, v) for r, v in zip(b.rollouts, b.advantages.tolist())}
+    assert [r.key for r in b] != [r.key for r in a]
+    adv_a = {r.key: (r.rollout.text, r.reward, r.advantage, r.step_index) for r in a}
+    adv_b = {r.key: (r.rollout.text, r.reward, r.advantage, r.step_index) for r in b}
     assert adv_a == adv_b
+    assert [r.key for r in b.trained] == sorted(r.key for r in b)  # step order: (group, sample)
     # and by hand: each completion's advantage is its reward against its own group
-    for r, v in zip(b.rollouts, b.advantages.tolist()):
-        group = sorted((x for x in b.rollouts if x.group_id == r.group_id), key=lambda x: x.sample_index)
-        want = compute_group_advantages([Checksum().score(x.text) for x in group], 4).advantages
-        assert v == pytest.approx(want[r.sample_index].item(), abs=1e-6)
+    for r in b:
+        group = sorted((x for x in b if x.rollout.group_id == r.rollout.group_id),
+                       key=lambda x: x.key)
+        rewards = [Checksum().score(x.rollout.text) for x in group]
+        want = compute_group_advantages(rewards, 4).advantages
+        assert r.reward == pytest.approx(Checksum().score(r.rollout.text))
+        assert r.advantage == pytest.approx(want[r.rollout.sample_index].item(), abs=1e-6)
     plain.close(), shuffled.close()
 
 
@@ -160,18 +164,22 @@ def test_micro_batch_size_does_not_change_the_update(tiny_dir, tmp_path, aggrega
     config = cfg(tmp_path, aggregation=aggregation, beta=0.05, num_iterations=2, minibatch_size=4)
     trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), config)
     scored = trainer.source.collect(0).result()
-    batch = trainer.learner.frozen_logprobs(trainer._collate(scored.rollouts)).with_advantages(scored.advantages)
+    batch = collate_rollouts([r.rollout for r in scored], None, trainer.tokenizer.pad_token_id)
+    batch = join_scores(trainer.learner.frozen_logprobs(batch), scored)
     assert scored.advantages.abs().sum() > 0
 
     def grads(micro, padding_free=True):
-        forward = config.forward.model_copy(update={"micro_batch_size": micro, "padding_free": padding_free})
-        learner = Learner(trainer.model, trainer.ref_model, trainer.optimizer, trainer.scheduler, trainer.parallel,
-                          trainer.accelerator.autocast, loss=config.loss, optim=config.optim, forward=forward,
-                          temperature=config.sampling.temperature, max_tokens=config.sampling.max_tokens,
+        forward = config.forward.model_copy(update={"micro_batch_size": micro,
+                                                    "padding_free": padding_free})
+        learner = Learner(trainer.model, trainer.ref_model, trainer.optimizer, trainer.scheduler,
+                          trainer.parallel, trainer.accelerator.autocast, loss=config.loss,
+                          optim=config.optim, forward=forward,
+                          temperature=config.sampling.temperature,
+                          max_tokens=config.sampling.max_tokens,
                           minibatches_per_step=config.derived().minibatches_per_step)
         seen = []
         learner.optimizer.step = lambda: seen.append([p.grad.clone() for p in learner.params])
-        learner.update(batch, scored.global_index)
+        learner.update(batch)
         return seen
 
     whole, single, ragged, padded = grads(4), grads(1), grads(3), grads(3, padding_free=False)
@@ -188,9 +196,9 @@ def test_per_token_advantages_reach_the_loss(tiny_dir, tmp_path):
     """[B, T] advantages equal to the broadcast [B] ones give the same update; scaling the
     second half of every completion's advantages changes it."""
     trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path))
-    collected = trainer.source.collect(0)
-    scored = collected.result()
-    batch = trainer._collate(scored.rollouts)
+    scored = trainer.source.collect(0).result()
+    pad = trainer.tokenizer.pad_token_id
+    batch = collate_rollouts([r.rollout for r in scored.trained], None, pad)
     start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
     def update(adv):
@@ -198,7 +206,7 @@ def test_per_token_advantages_reach_the_loss(tiny_dir, tmp_path):
             for n, p in trainer.model.named_parameters():
                 p.copy_(start[n])
         trainer.optimizer.state.clear()
-        trainer.learner.update(batch.with_advantages(adv), scored.global_index)
+        trainer.learner.update(batch.with_advantages(adv))
         return {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
     per_seq = update(scored.advantages)
@@ -220,9 +228,10 @@ def test_dynamic_sampling_trains_only_groups_with_signal(tiny_dir, tmp_path):
         assert 1 <= m["dynamic/rounds"] <= 3
         assert m["dynamic/groups_sampled"] == 2 * m["dynamic/rounds"] == m["dynamic/prompts_consumed"]
         groups = {}
-        for r, tot in zip(scored.sampled, scored.breakdown.values):
-            groups.setdefault(r.group_id, []).append(tot)
-        trained = {r.group_id for r in scored.rollouts}
+        for r in scored:
+            groups.setdefault(r.rollout.group_id, []).append(r.reward)
+        trained = {r.rollout.group_id for r in scored.trained}
+        assert trained == {r.rollout.group_id for r in scored if r.advantage is not None}
         assert len(trained) == m["dynamic/groups_kept"] <= 2
         for g in trained:  # never a group without spread
             assert max(groups[g]) - min(groups[g]) > 1e-6

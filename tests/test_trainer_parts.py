@@ -95,6 +95,9 @@ class _R:  # the fields of grpo.rollout.Rollout that collation reads
     completion_ids: list
     logprobs: list
     prompt_index: int = 0
+    sample_index: int = 0
+    group_id: int | None = None
+    policy_version: int = 0
 
 
 def test_collate_layout_by_hand():

@@ -81,7 +81,8 @@ class AsyncRolloutSource:
             self._cond.notify_all()
         if made_for != step:
             raise RuntimeError(f"rollouts made for step {made_for} handed to step {step}")
-        versions = [r.policy_version for r in scored.rollouts]
+        trained = [r.rollout for r in scored.trained]
+        versions = [r.policy_version for r in trained]
         if versions and step - min(versions) > self.staleness:  # an invariant: the producer's gate prevents it
             raise RuntimeError(f"step {step} got rollouts of version {min(versions)}, beyond the bound "
                                f"{self.staleness}")
@@ -92,7 +93,14 @@ class AsyncRolloutSource:
             "async/queue_depth": float(depth), "async/learner_idle": time.perf_counter() - t0,
             "async/generator_idle": generator_idle,
         })
-        return Collected(scored.rollouts, lambda: scored)
+        return Collected(trained, lambda: scored)
+
+    @property
+    def pending(self) -> int:
+        """Scored steps made ahead of the learner, waiting to be collected (at most
+        ``staleness``)."""
+        with self._cond:
+            return len(self._queue)
 
     def push_weights(self, model: Any, version: int) -> None:
         """The learner's weights after ``version`` updates, to the generator (a memcpy)."""

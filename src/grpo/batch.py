@@ -10,7 +10,9 @@ column ``prompt_len - 1 + t`` predicts completion token ``t`` (see :mod:`grpo.po
 
 Every per-completion quantity lives *in* the batch, so selecting rows (a minibatch, a
 micro-batch, the groups that dynamic sampling keeps) moves them all together and nothing is
-re-joined by position later:
+re-joined by position later. Each row carries its completion's key, ``(group, sample)``
+(:func:`rollout_key`); :func:`join_scores` joins a step's scored records to the rows by that
+key, once, and refuses a key that is missing or repeated:
 
 ====================  ===========  ===================================================
 field                 shape        meaning
@@ -27,20 +29,30 @@ field                 shape        meaning
 ``advantages``        ``[B]`` or   per sequence (broadcast over tokens) or per token
                       ``[B, T]``
 ``group_ids``         ``[B]``      the group (prompt) each row belongs to within the step
+``sample_indices``    ``[B]``      the row's sample within its group: the key is
+                                   ``(group_ids[i], sample_indices[i])``
+``step_index``        ``[B]``      the row's position among the step's trained completions
+                                   (every process's, in (group, sample) order); the learner
+                                   puts it in minibatch ``step_index mod n``. Until
+                                   :func:`join_scores` sets it: the row's position
 ``policy_versions``   ``[B]``      the optimizer step whose weights sampled the row
 ====================  ===========  ===================================================
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import torch
 
-_TOKEN_FIELDS = ("completion_ids", "completion_mask", "loss_mask", "rollout_logp", "old_logp", "ref_logp",
-                 "teacher_logp")
-_ROW_FIELDS = ("group_ids", "policy_versions")
+_TOKEN_FIELDS = ("completion_ids", "completion_mask", "loss_mask", "rollout_logp", "old_logp",
+                 "ref_logp", "teacher_logp")
+_ROW_FIELDS = ("group_ids", "sample_indices", "step_index", "policy_versions")
+
+Key = tuple[int, int]
+"""A completion's identity within a step: (group, sample)."""
 
 
 @dataclass(frozen=True)
@@ -55,6 +67,8 @@ class RolloutBatch:
     rollout_logp: torch.Tensor  # [B, T]
     advantages: torch.Tensor  # [B] or [B, T]
     group_ids: torch.Tensor  # [B] long
+    sample_indices: torch.Tensor  # [B] long
+    step_index: torch.Tensor  # [B] long
     policy_versions: torch.Tensor  # [B] long
     prompt_len: int
     old_logp: torch.Tensor | None = None  # [B, T]
@@ -68,6 +82,10 @@ class RolloutBatch:
     def width(self) -> int:
         """T, the number of completion columns."""
         return self.completion_ids.shape[1]
+
+    def keys(self) -> list[Key]:
+        """Each row's ``(group, sample)`` key, the one :func:`rollout_key` gives its rollout."""
+        return list(zip(self.group_ids.tolist(), self.sample_indices.tolist(), strict=True))
 
     def distinct_prompts(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(the first row holding each distinct prompt ``[U]``, each row's prompt index ``[B]``),
@@ -120,22 +138,101 @@ class RolloutBatch:
         fields = {name: None if getattr(self, name) is None else getattr(self, name)[idx, :t]
                   for name in _TOKEN_FIELDS}
         fields["completion_ids"] = input_ids[:, self.prompt_len - first:]
+        fields.update({name: getattr(self, name)[idx] for name in _ROW_FIELDS})
         adv = self.advantages[idx]
         return RolloutBatch(
             input_ids=input_ids, attention_mask=mask[:, first:self.prompt_len + t],
             advantages=adv if adv.dim() == 1 else adv[:, :t],
-            group_ids=self.group_ids[idx], policy_versions=self.policy_versions[idx],
             prompt_len=self.prompt_len - first, **fields,
         )
 
 
-def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None, pad_id: int) -> RolloutBatch:
-    """Pad :class:`grpo.rollout.Rollout` records (prompt left, completion right) into a batch.
+def rollout_key(rollout: Any) -> Key:
+    """A rollout's key within a step, ``(group, sample)``: its ``group_id`` (set by the rollout
+    source; None: the ``prompt_index`` of its ``generate`` call) and its ``sample_index``.
 
-    ``advantages`` (``[B]`` or ``[B, T]``) may be None (zeros) when they are not known yet: the
-    trainer collates while rewards are still being scored, then sets them with
-    :meth:`RolloutBatch.with_advantages`. A rollout's ``loss_mask`` zeros become ``loss_mask``
-    False; its ``group_id`` (None: its ``prompt_index``) and ``policy_version`` are kept per row.
+    >>> from grpo.rollout import Rollout
+    >>> r = Rollout([1], [2], [0.0], "x", "stop", prompt_index=3, sample_index=1)
+    >>> rollout_key(r), rollout_key(replace(r, group_id=7))
+    ((3, 1), (7, 1))
+    """
+    group = rollout.prompt_index if rollout.group_id is None else rollout.group_id
+    return int(group), int(rollout.sample_index)
+
+
+class ScoredRecord(Protocol):
+    """What :func:`join_scores` reads of a scored completion
+    (:class:`grpo.source.ScoredRollout`)."""
+
+    @property
+    def key(self) -> Key: ...
+    @property
+    def advantage(self) -> float | None: ...
+    @property
+    def step_index(self) -> int | None: ...
+
+
+def join_scores(batch: RolloutBatch, scored: Iterable[ScoredRecord]) -> RolloutBatch:
+    """The rows of ``batch`` that are trained, with their advantages, joined to ``scored`` by key.
+
+    ``scored`` holds one record per completion of the step (a :class:`grpo.source.ScoredStep`
+    or its records): its ``key`` (:func:`rollout_key`), its ``advantage`` (None: not trained,
+    e.g. its group was dropped by DAPO dynamic sampling) and its ``step_index``. The result
+    holds the rows of the trained records in step order (by ``step_index``), whatever the order
+    of the rows and of the records, with ``advantages`` and ``step_index`` set; the rows of
+    untrained records are left out.
+
+    Raises ValueError, naming the key, when a key appears twice (among the rows or among the
+    records), when a row has no record, or when a trained record has no row.
+    """
+    rows: dict[Key, int] = {}
+    for i, key in enumerate(batch.keys()):
+        if key in rows:
+            raise ValueError(f"join_scores: batch rows {rows[key]} and {i} have the same key "
+                             f"(group, sample) = {key}; each completion must appear once")
+        rows[key] = i
+    seen: set[Key] = set()
+    trained: list[tuple[int, int, float]] = []  # (step index, row, advantage)
+    for record in scored:
+        key = record.key
+        if key in seen:
+            raise ValueError(f"join_scores: two scored records have the key (group, sample) = "
+                             f"{key}; each completion must be scored once")
+        seen.add(key)
+        if record.advantage is None:
+            continue
+        if key not in rows:
+            raise ValueError(f"join_scores: the trained completion (group, sample) = {key} has "
+                             "no row in the batch")
+        if record.step_index is None:
+            raise ValueError(f"join_scores: the trained completion {key} has no step_index")
+        trained.append((record.step_index, rows[key], record.advantage))
+    unscored = sorted(rows.keys() - seen)
+    if unscored:
+        more = " ..." if len(unscored) > 4 else ""
+        raise ValueError(f"join_scores: {len(unscored)} batch row(s) have no scored record, "
+                         f"keys (group, sample) {unscored[:4]}{more}")
+    trained.sort()
+    steps = [s for s, _, _ in trained]
+    if len(set(steps)) != len(steps):
+        raise ValueError("join_scores: two trained records have the same step_index")
+    idx = [row for _, row, _ in trained]
+    out = batch if idx == list(range(len(batch))) else batch.select(idx)
+    out = out.with_advantages(torch.tensor([a for _, _, a in trained], dtype=torch.float32))
+    step_index = torch.tensor(steps, dtype=torch.long, device=out.step_index.device)
+    return replace(out, step_index=step_index)
+
+
+def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None,
+                     pad_id: int) -> RolloutBatch:
+    """Pad :class:`grpo.rollout.Rollout` records (prompt left, completion right) into a batch,
+    row ``i`` from ``rollouts[i]``.
+
+    ``advantages`` (``[B]`` or ``[B, T]``, aligned with ``rollouts``) may be None (zeros) when
+    they are not known yet: the trainer collates while rewards are still being scored, then
+    joins the scores with :func:`join_scores`. A rollout's ``loss_mask`` zeros become
+    ``loss_mask`` False; its key (:func:`rollout_key`) and ``policy_version`` are kept per row;
+    ``step_index`` is the row's position.
     """
     if not rollouts:
         raise ValueError("collate_rollouts needs at least one rollout")
@@ -158,12 +255,14 @@ def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None, pad_id
             loss_mask[i, :n_c] = True if lm is None else torch.tensor(lm, dtype=torch.bool)
             if r.logprobs is not None:
                 rollout_logp[i, :n_c] = torch.tensor(r.logprobs, dtype=torch.float32)
-    group_ids = torch.tensor([r.prompt_index if getattr(r, "group_id", None) is None else r.group_id
-                              for r in rollouts], dtype=torch.long)
-    versions = torch.tensor([getattr(r, "policy_version", 0) for r in rollouts], dtype=torch.long)
-    batch = RolloutBatch(input_ids, attn, input_ids[:, p:], comp_mask, loss_mask, rollout_logp,
-                         torch.zeros(b), group_ids, versions, p)
+    groups, samples = zip(*(rollout_key(r) for r in rollouts), strict=True)
+    batch = RolloutBatch(
+        input_ids, attn, input_ids[:, p:], comp_mask, loss_mask, rollout_logp,
+        advantages=torch.zeros(b), group_ids=torch.tensor(groups, dtype=torch.long),
+        sample_indices=torch.tensor(samples, dtype=torch.long), step_index=torch.arange(b),
+        policy_versions=torch.tensor([r.policy_version for r in rollouts], dtype=torch.long),
+        prompt_len=p)
     return batch if advantages is None else batch.with_advantages(advantages)
 
 
-__all__ = ["RolloutBatch", "collate_rollouts"]
+__all__ = ["Key", "RolloutBatch", "ScoredRecord", "collate_rollouts", "join_scores", "rollout_key"]

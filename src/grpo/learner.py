@@ -5,9 +5,10 @@ Given one step's batch (:class:`grpo.batch.RolloutBatch`), DeepSeekMath Algorith
 1. the frozen log-probs: the old policy's (none when fully on-policy: one pass over one
    minibatch, where pi_old = the detached current policy) and the reference model's (beta > 0);
 2. mu = ``num_iterations`` passes; each splits the step's completions into
-   ``minibatches_per_step`` minibatches by their *global* position (completion ``i`` of the step
-   goes to minibatch ``i mod n``), so a minibatch is the same set of completions whatever the
-   number of processes; each minibatch is one optimizer step, accumulated over micro-batches;
+   ``minibatches_per_step`` minibatches by their *global* position (``batch.step_index``:
+   completion ``i`` of the step goes to minibatch ``i mod n``), so a minibatch is the same set
+   of completions whatever the number of processes and the order of the batch's rows; each
+   minibatch is one optimizer step, accumulated over micro-batches;
 3. the loss of a micro-batch is normalised by the aggregation's denominator over the whole
    global minibatch (:func:`grpo.loss.aggregation_denominator`, summed over micro-batches and
    processes: :meth:`grpo.parallel.Parallelism.normalizer`), so that accumulation and data parallelism give the full-batch gradient.
@@ -82,7 +83,7 @@ class Learner:
         ``-distill_coef * (log pi_student - log pi_teacher)`` added to every sampled token's
         advantage (the student's log-probs are the sampler's, at the sampling temperature, as
         the teacher's are). Returns the batch with ``[B, T]`` advantages and the reverse KL."""
-        if batch is None or batch.teacher_logp is None:
+        if batch is None or batch.teacher_logp is None or len(batch) == 0:
             return batch, {}
         from grpo.distill import distillation_advantages, reverse_kl_metric
 
@@ -111,20 +112,23 @@ class Learner:
                                        padding_free=fwd.padding_free)
 
     # ------------------------------------------------------------------ update
-    def update(self, batch: RolloutBatch | None, global_index: torch.Tensor) -> dict[str, float]:
+    def update(self, batch: RolloutBatch | None) -> dict[str, float]:
         """mu passes over the minibatches (module docstring); every process must call it, also
-        one that holds no completion this step (``batch`` None: it adds zero gradients)."""
+        one that holds no completion this step (``batch`` None or empty: it adds zero
+        gradients). Rows go to minibatches by ``batch.step_index``."""
         opt, micro = self.optim, self.forward.micro_batch_size
         n_mb = self.minibatches_per_step
         stats, gap = StatAccumulator(), StatAccumulator()
         losses, norms, skipped = [], [], 0
+        if batch is not None and len(batch) == 0:
+            batch = None
         tokens = int(batch.loss_mask.sum()) if batch is not None else 0
         self.optimizer.zero_grad(set_to_none=True)  # a model handed over with .grad set must not leak it in
         for it in range(opt.num_iterations):
             for j in range(n_mb):
-                rows = (global_index % n_mb == j).nonzero().squeeze(1) if batch is not None else global_index
+                rows = torch.zeros(0, dtype=torch.long)
                 if batch is not None:
-                    rows = _by_length(batch, rows)
+                    rows = _by_length(batch, (batch.step_index % n_mb == j).nonzero().squeeze(1))
                 local = aggregation_denominator(batch.loss_mask[rows], self.loss.aggregation,
                                                 max_len=self.max_tokens) if len(rows) else 0.0
                 normalizer = self.parallel.normalizer(local)
@@ -176,10 +180,12 @@ class Learner:
 
 
 def _by_length(batch: RolloutBatch, rows: torch.Tensor) -> torch.Tensor:
-    """``rows`` ordered by completion length (stable), so that micro-batches cut from them hold
-    completions of similar length: a micro-batch is padded to its longest row, and in group
-    order nearly every one holds a long completion. Measured at the compute scale
-    (benchmarks/README.md): 8% less forward+backward time, 7% less in the no-grad passes. The
-    update is a sum over rows, so the order changes only float rounding."""
-    lengths = batch.completion_mask[rows].sum(1)
-    return rows[lengths.argsort(stable=True)]
+    """``rows`` ordered by completion length, ties by key (group, sample), so that micro-batches
+    cut from them hold completions of similar length: a micro-batch is padded to its longest
+    row, and in group order nearly every one holds a long completion. Measured at the compute
+    scale (benchmarks/README.md): 8% less forward+backward time, 7% less in the no-grad passes.
+    The update is a sum over rows, so the order changes only float rounding; breaking ties by
+    key rather than by position makes even that independent of the order of the batch's rows."""
+    for column in (batch.sample_indices, batch.group_ids, batch.completion_mask.sum(1)):
+        rows = rows[column[rows].argsort(stable=True)]  # least significant first
+    return rows

@@ -2,16 +2,19 @@
 
 It owns everything before the learner: prompt sampling (a resumable, seeded sampler), seeded
 generation, scoring (on a thread, so that the learner's frozen log-prob passes overlap it),
-the join of rewards and advantages to completions, and DAPO dynamic sampling. It hands the
-learner :class:`Collected` steps; the synchronous trainer is ``learn(collect())``, and another
-source (a queue of scored steps from an asynchronous generator, a multi-turn generator) can
-take its place without touching the learner.
+advantages, and DAPO dynamic sampling. It hands the learner :class:`Collected` steps, whose
+result is a :class:`ScoredStep`: one :class:`ScoredRollout` per completion (its rollout,
+prompt, reward breakdown, advantage and position in the step). The synchronous trainer is
+``learn(collect())``, and another source (a queue of scored steps from an asynchronous
+generator, a multi-turn generator) can take its place without touching the learner.
 
-Joins are by identity, never by position. Every completion carries the id of its group (its
+Joins are by key, never by position. Every completion carries the id of its group (its
 prompt within the step: ``round * prompts_per_step + global prompt position``) and its
-``sample_index``; rewards from all processes are gathered as ``(group, sample, total)``
-triples, sorted, checked (every group complete, each exactly once), turned into advantages by
-the configured estimator, and looked up again by ``(group, sample)``.
+``sample_index``: its key ``(group, sample)`` (:func:`grpo.batch.rollout_key`). Rewards from
+all processes are gathered as ``(group, sample, total)`` triples, sorted, checked (every group
+complete, each exactly once) and turned into advantages by the configured estimator; each
+completion's record takes its advantage by key, and the learner's batch takes the records by
+key again (:func:`grpo.batch.join_scores`).
 
 DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2, Algorithm 1 line 6-8): a group whose rewards
 have no spread (:func:`grpo.advantages.groups_with_signal`) has advantage 0 for every member
@@ -31,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -39,6 +42,7 @@ from typing import Any
 import torch
 
 from grpo.advantages import ADVANTAGE_ESTIMATORS, groups_with_signal
+from grpo.batch import Key, rollout_key
 from grpo.config import RolloutConfig
 from grpo.data import PromptSampler, get_rows, reward_inputs
 from grpo.guards import check_prompt_lengths
@@ -50,25 +54,85 @@ from grpo.rollout.tokens import encode_prompt
 from grpo.rollout.trajectory import multiturn_metrics
 
 
+@dataclass(frozen=True)
+class ScoredRollout:
+    """One completion of a step, scored: what the learner trains on and what is logged of it."""
+
+    rollout: Rollout
+    """The completion, tagged by the source with its ``group_id`` and ``policy_version``."""
+    prompt: Any
+    """The prompt it answers (text or chat messages)."""
+    breakdown: RewardBreakdown
+    """Its scores, one item: the weighted total and every reward component's record."""
+    advantage: float | None = None
+    """Its advantage; None when it is not trained (DAPO dynamic sampling dropped its group)."""
+    step_index: int | None = None
+    """Its position among the step's trained completions of every process, in (group, sample)
+    order (None when not trained); the learner puts it in minibatch ``step_index mod n``."""
+
+    @property
+    def key(self) -> Key:
+        """``(group, sample)``: how the learner's batch finds it
+        (:func:`grpo.batch.join_scores`)."""
+        return rollout_key(self.rollout)
+
+    @property
+    def trained(self) -> bool:
+        return self.advantage is not None
+
+    @property
+    def reward(self) -> float | None:
+        """The weighted total (None: unscorable)."""
+        return self.breakdown.total[0].value
+
+    def log_record(self) -> dict[str, Any]:
+        """The JSON-ready line of the completions log."""
+        r = self.rollout
+        return {"prompt": self.prompt, "completion": r.text, "advantage": self.advantage,
+                "group": r.group_id, "policy_version": r.policy_version,
+                **self.breakdown.item_record(0)}
+
+
 @dataclass
 class ScoredStep:
-    """One step of this process, scored and joined: what the learner trains on and what is logged."""
+    """One step of this process, scored: a record per completion it sampled, and the metrics."""
 
-    rollouts: list[Rollout]  # the trained completions in (group, sample) order, tagged with group and version
-    advantages: torch.Tensor  # [n] float32, one per trained rollout
-    global_index: torch.Tensor  # [n] long: each trained rollout's position in the step's global order
-    sampled: list[Rollout]  # everything this process sampled in the step (all rounds)
-    sampled_prompts: list[Any]  # the prompt of each sampled rollout
-    breakdown: RewardBreakdown  # every reward component's records, aligned with ``sampled``
-    sampled_advantages: list[float | None]  # None for a completion dropped by dynamic sampling
+    records: list[ScoredRollout]
+    """Every completion this process sampled in the step (all dynamic-sampling rounds), in
+    sampling order; the trained ones have an advantage."""
     metrics: dict[str, float] = field(default_factory=dict)
+
+    def __iter__(self) -> Iterator[ScoredRollout]:
+        return iter(self.records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def trained(self) -> list[ScoredRollout]:
+        """The trained records, in step order (by ``step_index``)."""
+        return sorted((r for r in self.records if r.trained), key=lambda r: r.step_index)
+
+    @property
+    def advantages(self) -> torch.Tensor:
+        """``[n]`` float32: the advantages of :attr:`trained`, in its order."""
+        return torch.tensor([r.advantage for r in self.trained], dtype=torch.float32)
+
+    @property
+    def breakdown(self) -> RewardBreakdown:
+        """Every record's scores as one breakdown, in record order (what
+        :class:`grpo.rewards.RewardMonitor` reads; scalars logged by rewards are in
+        :attr:`metrics` under ``reward/logged/``)."""
+        return _concat_breakdowns([r.breakdown for r in self.records])
 
 
 class Collected:
     """A step's completions as soon as they are generated; their scores may still be coming.
-    The learner collates them and runs its frozen log-prob passes meanwhile, then calls
-    :meth:`result`, which waits for the scores and joins them (collectives run on the calling
-    thread, never on the scoring thread)."""
+    The trainer collates ``rollouts`` (those to train on, or more: the join leaves out the ones
+    without an advantage) and runs its frozen log-prob passes meanwhile, then calls
+    :meth:`result`, which waits for the scored records (collectives run on the calling thread,
+    never on the scoring thread) and joins them to the batch's rows by key
+    (:func:`grpo.batch.join_scores`)."""
 
     def __init__(self, rollouts: list[Rollout], finish):
         self.rollouts = rollouts
@@ -121,7 +185,7 @@ class RolloutSource:
                 scores, score_time = pending.result()
                 rnd = _Round(rollouts, _per_rollout(prompts, rollouts), scores,
                              self._gather_totals(rollouts, scores))
-                return self._join([rnd], {"time/generate": gen_time, "time/score": score_time})
+                return self._records([rnd], {"time/generate": gen_time, "time/score": score_time})
             return Collected(rollouts, finish)
         rounds: list[_Round] = []
         times = {"time/generate": 0.0, "time/score": 0.0}
@@ -137,8 +201,8 @@ class RolloutSource:
                                            tol=cfg.dynamic_sampling_tol).sum())
             if kept >= cfg.prompts_per_step:
                 break
-        step_result = self._join(rounds, times)
-        return Collected(step_result.rollouts, lambda: step_result)
+        step_result = self._records(rounds, times)
+        return Collected([r.rollout for r in step_result.trained], lambda: step_result)
 
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}
@@ -187,7 +251,7 @@ class RolloutSource:
     def _sampling(self, seed: int) -> SamplingConfig:
         return replace(self.sampling, seed=seed)
 
-    # ------------------------------------------------------------------ scoring and joins
+    # ------------------------------------------------------------------ scoring and records
     def _score_local(self, step: int, rollouts: list[Rollout], prompts: list, rows: list[dict]
                      ) -> tuple[RewardBreakdown, float]:
         """Score this process's rollouts (no collectives: this may run on the scoring thread)."""
@@ -205,9 +269,9 @@ class RolloutSource:
                              dtype=torch.float64, device=self.parallel.device)
         return self.parallel.gather(local).cpu()
 
-    def _join(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
-        """Advantages over the step's kept groups (every process's rewards), joined to this
-        process's rollouts by (group, sample)."""
+    def _records(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
+        """Advantages over the step's kept groups (every process's rewards), and one record per
+        completion of this process, which takes its advantage by key."""
         cfg, g = self.rollout, self.rollout.num_generations
         table = _sorted(torch.cat([r.table for r in rounds]), g)  # [N, 3] in (group, sample) order
         signal_P = groups_with_signal(table[:, 2], g, tol=cfg.dynamic_sampling_tol)
@@ -216,17 +280,21 @@ class RolloutSource:
             keep_P = signal_P & (signal_P.cumsum(0) <= cfg.prompts_per_step)
         kept_N3 = table[keep_P.repeat_interleave(g)]
         adv = self.estimator(kept_N3[:, 2], g) if len(kept_N3) else None
-        position = {(int(gr), int(s)): i for i, (gr, s) in enumerate(kept_N3[:, :2].tolist())}
-
-        sampled = [r for rnd in rounds for r in rnd.rollouts]
-        pos = [position.get((r.group_id, r.sample_index)) for r in sampled]
-        trained = sorted((i for i, p in enumerate(pos) if p is not None), key=lambda i: pos[i])  # (group, sample) order
-        global_index = torch.tensor([pos[i] for i in trained], dtype=torch.long)
-        advantages = adv.advantages[global_index] if adv is not None else torch.zeros(0)
-        sampled_adv = [None if p is None else adv.advantages[p].item() for p in pos]
+        # the trained completions' keys, in step order
+        step_index = {(int(gr), int(s)): i for i, (gr, s) in enumerate(kept_N3[:, :2].tolist())}
+        advantages = adv.advantages.tolist() if adv is not None else []
+        records = []
+        for rnd in rounds:
+            # the reward call scored rnd.rollouts in their order: item i is rollout i's
+            for i, r in enumerate(rnd.rollouts):
+                pos = step_index.get(rollout_key(r))
+                records.append(ScoredRollout(r, rnd.prompts[i], _item(rnd.scores, i),
+                                             None if pos is None else advantages[pos], pos))
         breakdown = _concat_breakdowns([r.scores for r in rounds])
+        sampled = [r.rollout for r in records]
         metrics = {**reward_metrics(breakdown, self.accuracy_name, self.format_name),
-                   **completion_metrics(sampled), **multiturn_metrics(sampled, breakdown.values), **times}
+                   **completion_metrics(sampled), **multiturn_metrics(sampled, breakdown.values),
+                   **times}
         if adv is not None:
             metrics.update(advantage_metrics(adv))
         metrics["adv/zero_std_frac"] = 1.0 - signal_P.double().mean().item()  # every sampled group
@@ -238,8 +306,7 @@ class RolloutSource:
                 "dynamic/filtered_frac": 1.0 - n_kept / len(signal_P),
                 "dynamic/cap_hit": float(n_kept < cfg.prompts_per_step),
             })
-        return ScoredStep([sampled[i] for i in trained], advantages.to(torch.float32), global_index, sampled,
-                          [p for rnd in rounds for p in rnd.prompts], breakdown, sampled_adv, metrics)
+        return ScoredStep(records, metrics)
 
 
 def sampling_seed(seed: int, step: int, global_prompt: int, group_size: int, round_: int = 0) -> int:
@@ -276,12 +343,26 @@ def _sorted(table_N3: torch.Tensor, g: int) -> torch.Tensor:
     return table_N3
 
 
+def _item(scores: RewardBreakdown, i: int) -> RewardBreakdown:
+    """Item ``i`` of a breakdown, as a breakdown of one (without the batch's logged scalars)."""
+    return RewardBreakdown([scores.total[i]], {n: [rs[i]] for n, rs in scores.components.items()},
+                           scores.weights, {c: [vals[i]] for c, vals in scores.extra.items()})
+
+
 def _concat_breakdowns(parts: list[RewardBreakdown]) -> RewardBreakdown:
+    """One breakdown of the parts' items in order (logged scalars: the first part's)."""
     if len(parts) == 1:
         return parts[0]
-    names = list(parts[0].components)
-    return replace(parts[0], total=[t for p in parts for t in p.total],
-                   components={n: [x for p in parts for x in p.components[n]] for n in names})
+    if not parts:
+        return RewardBreakdown([], {}, {})
+    first = parts[0]
+    columns = dict.fromkeys(c for p in parts for c in p.extra)  # every part's, in order
+    return replace(first, total=[t for p in parts for t in p.total],
+                   components={n: [x for p in parts for x in p.components[n]]
+                               for n in first.components},
+                   extra={c: [x for p in parts for x in p.extra.get(c, [None] * len(p.total))]
+                          for c in columns})
 
 
-__all__ = ["Collected", "RolloutSource", "ScoredStep", "reward_inputs", "sampling_seed"]
+__all__ = ["Collected", "RolloutSource", "ScoredRollout", "ScoredStep", "reward_inputs",
+           "sampling_seed"]

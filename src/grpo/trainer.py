@@ -5,10 +5,12 @@ One step (DeepSeekMath arXiv:2402.03300 Algorithm 1, as used by DeepSeek-R1 arXi
 1. **collect** (:class:`grpo.source.RolloutSource`): ``prompts_per_step`` prompts (each
    data-parallel process its own slice), G completions each from the generator (HF or vLLM),
    seeded per step and prompt; rewards (weighted sum) scored on a thread; group-relative
-   advantages over the whole step, joined to completions by (group, sample); with DAPO dynamic
-   sampling, groups without reward spread are replaced by fresh prompts;
+   advantages over the whole step; one scored record per completion
+   (:class:`grpo.source.ScoredRollout`); with DAPO dynamic sampling, groups without reward
+   spread are replaced by fresh prompts;
 2. **learn** (:class:`grpo.learner.Learner`): while the rewards are still being scored, the old
-   policy's log-probs (none when fully on-policy) and the reference's; then mu passes over
+   policy's log-probs (none when fully on-policy) and the reference's; the scored records
+   joined to the batch's rows by key (:func:`grpo.batch.join_scores`); then mu passes over
    minibatches of the policy loss, optimizer steps;
 3. push the new weights into the generator;
 4. log metrics, sampled completions, evaluation, checkpoints.
@@ -30,7 +32,7 @@ from typing import Any
 
 import torch
 
-from grpo.batch import RolloutBatch, collate_rollouts
+from grpo.batch import collate_rollouts, join_scores
 from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.data import check_dataset, get_rows
@@ -288,7 +290,10 @@ class GRPOTrainer:
     def learn(self, collected: Collected, timer: _Timer | None = None) -> tuple[ScoredStep, dict[str, float]]:
         """Frozen log-probs (overlapping the scoring), the policy update, the weight push."""
         timer = timer or _Timer()
-        batch = self._collate(collected.rollouts)
+        batch = None  # a process without completions this step still takes part in the update
+        if collected.rollouts:
+            batch = collate_rollouts(collected.rollouts, None, self.tokenizer.pad_token_id)
+            batch = batch.to(self.accelerator.device)
         pause = getattr(self.generator, "sleep_enabled", False)  # e.g. vLLM sleep mode: free its memory
         if pause:
             self.generator.sleep()
@@ -296,10 +301,11 @@ class GRPOTrainer:
             batch = self.learner.frozen_logprobs(batch)
         with timer("score_wait"):
             scored = collected.result()
-        batch = self._join(batch, collected.rollouts, scored)
+        if batch is not None:  # the trained rows, in step order, with their advantages
+            batch = join_scores(batch, scored)
         batch, distill_metrics = self.learner.with_distillation(batch)
         with timer("train"):
-            train_metrics = {**self.learner.update(batch, scored.global_index), **distill_metrics}
+            train_metrics = {**self.learner.update(batch), **distill_metrics}
         with timer("sync"):
             if pause:
                 self.generator.wake_up()
@@ -308,33 +314,9 @@ class GRPOTrainer:
                 self.source.push_weights(self.model, self.step + 1)
         return scored, train_metrics
 
-    # ------------------------------------------------------------------------------ joins
-    def _collate(self, rollouts: Sequence) -> RolloutBatch | None:
-        """The batch in canonical (group, sample) order, whatever order the generator used."""
-        if not rollouts:
-            return None
-        return collate_rollouts(_canonical(rollouts), None, self.tokenizer.pad_token_id).to(self.accelerator.device)
-
-    @staticmethod
-    def _join(batch: RolloutBatch | None, collated: Sequence, scored: ScoredStep) -> RolloutBatch | None:
-        """The trained rows of ``batch`` (collated from ``collated``) with their advantages."""
-        if not scored.rollouts:
-            return None
-        ordered = _canonical(collated)  # as _collate laid them out
-        row = {id(r): i for i, r in enumerate(ordered)}
-        idx = [row[id(r)] for r in scored.rollouts]
-        if idx != list(range(len(ordered))):
-            batch = batch.select(idx)
-        return batch.with_advantages(scored.advantages)
-
     def _log_completions(self, log: RunLogger, scored: ScoredStep) -> None:
-        n = min(self.config.log.completions, len(scored.sampled))
-        b = scored.breakdown
-        log.log_completions(self.step + 1, [
-            {"prompt": scored.sampled_prompts[i], "completion": scored.sampled[i].text,
-             "advantage": scored.sampled_advantages[i], "group": scored.sampled[i].group_id,
-             "policy_version": scored.sampled[i].policy_version, **b.item_record(i)}
-            for i in range(n)])
+        n = min(self.config.log.completions, len(scored.records))
+        log.log_completions(self.step + 1, [r.log_record() for r in scored.records[:n]])
 
     # ------------------------------------------------------------------------------ evaluation
     def evaluate(self) -> dict[str, float]:
@@ -392,11 +374,6 @@ class GRPOTrainer:
         """Shut the generator down (vLLM engines hold processes and memory) and the scoring thread."""
         self.generator.close()
         self.source.close()
-
-
-def _canonical(rollouts: Sequence) -> list:
-    """Rollouts in (group, sample) order: the batch layout, whatever order the generator used."""
-    return sorted(rollouts, key=lambda r: (r.group_id, r.sample_index))
 
 
 def no_task_reward(completions, **kwargs) -> list[float]:
