@@ -80,14 +80,14 @@ def test_stage_keys_are_checked_with_the_recipes_words(tmp_path):
              "rewards": [{"name": "math"}]}
     path = tmp_path / "p.yaml"
     for change, message in [
-        ({"trainer": {"loss": {"betta": 0}}}, "unknown key 'stages.0.trainer.loss.betta'; did "
-                                              "you mean 'stages.0.trainer.loss.beta'?"),
+        ({"trainer": {"loss": {"betta": 0}}}, ("unknown key 'stages.0.trainer.loss.betta'; did "
+                                               "you mean 'stages.0.trainer.loss.beta'?")),
         ({"beta": 0}, "unknown key 'stages.0.beta'; did you mean 'stages.0.trainer.loss.beta'?"),
         ({"multiturn": {"max_turnz": 2}}, "did you mean 'stages.0.multiturn.max_turns'?"),
-        ({"dataset": {"name": "tiny_arithmetic"}}, "exactly one of data (from / builder / hub / "
-                                                   "path) or dataset"),
-        ({"multiturn": {"max_turn_tokens": 4096}}, "multiturn.max_turn_tokens=4096 exceeds "
-                                                   "trainer.sampling.max_tokens=1024"),
+        ({"dataset": {"name": "tiny_arithmetic"}}, ("exactly one of data (from / builder / hub / "
+                                                    "path) or dataset")),
+        ({"multiturn": {"max_turn_tokens": 4096}}, ("multiturn.max_turn_tokens=4096 exceeds "
+                                                    "trainer.sampling.max_tokens=1024")),
     ]:
         path.write_text(yaml.safe_dump({"model": "m", "stages": [{**stage, **change}]}))
         with pytest.raises(RecipeError) as info:
@@ -132,7 +132,7 @@ def test_the_packaged_tool_recipe_trains_and_evaluates_with_grpo_train_and_eval(
     assert json.loads(out.read_text()) == {k: v for k, v in in_training[2].items() if k != "step"}
 
 
-# ------------------------------------------------------------------------------ one generator factory
+# ------------------------------------------------------------------------------ one generator facto
 def test_grpo_sample_and_grpo_eval_sample_what_build_generator_builds(tiny_dir, tmp_path):
     from grpo.config import VLLMConfig
     from grpo.evaluation import eval_sampling, evaluate, report_names, scoring_reward

@@ -31,12 +31,12 @@ def test_tool_math_recipe_loads_and_validates():
     assert recipe.multiturn.max_turns == 2 and recipe.trainer.loss.beta == 0.01
     assert Recipe.from_yaml(RECIPE, ["multiturn=null"]).multiturn is None  # single turn
     for overrides, message in [
-        (["multiturn.max_turn_tokens=99999"], "multiturn.max_turn_tokens=99999 exceeds "
-                                              "trainer.sampling.max_tokens=3072"),
-        (["multiturn.max_turnz=2"], "unknown key 'multiturn.max_turnz'; did you mean "
-                                    "'multiturn.max_turns'?"),
-        (["trainer.rollout.backend=vllm_server"], "trainer.rollout.backend='vllm_server' is not "
-                                                  "supported; use 'hf' or 'vllm'"),
+        (["multiturn.max_turn_tokens=99999"], ("multiturn.max_turn_tokens=99999 exceeds "
+                                               "trainer.sampling.max_tokens=3072")),
+        (["multiturn.max_turnz=2"], ("unknown key 'multiturn.max_turnz'; did you mean "
+                                     "'multiturn.max_turns'?")),
+        (["trainer.rollout.backend=vllm_server"], ("trainer.rollout.backend='vllm_server' is not "
+                                                   "supported; use 'hf' or 'vllm'")),
         (["trainer.rollout.backend=hf", "trainer.async.staleness=1"],
          "multiturn with trainer.async.staleness=1 is not supported yet"),
     ]:

@@ -131,7 +131,8 @@ def test_teacher_stage_is_on_policy_distillation_from_an_earlier_stage(setup, tm
     folder = tmp_path / "run" / "stages" / "02_opd"
     teacher = str((tmp_path / "run" / "stages" / "01_teacher_sft" / "model").resolve())
     assert yaml.safe_load((folder / "config.yaml").read_text())["teacher"] == teacher
-    assert yaml.safe_load((folder / "grpo" / "config.yaml").read_text())["distill"]["teacher"] == teacher
+    trained = yaml.safe_load((folder / "grpo" / "config.yaml").read_text())
+    assert trained["distill"]["teacher"] == teacher
     metrics = [json.loads(line) for line in (folder / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["distill/reverse_kl"] > 0 for m in metrics)  # the teacher's term is there
     assert result.ran == ["teacher_sft", "opd"]

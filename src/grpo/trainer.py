@@ -142,9 +142,10 @@ class GRPOTrainer:
             [p for p in self.model.parameters() if p.requires_grad], cfg.optim,
             total_steps=cfg.max_steps * cfg.derived().optimizer_steps_per_step)
         if wrap_generator is not None and cfg.async_.staleness:
-            raise ValueError("wrap_generator (e.g. multi-turn tool use) with async.staleness > 0 is "
-                             "not supported yet; set async.staleness=0")
-        self.generator = generator or trainer_generator(cfg, self.model, self.tokenizer, self.model_path)
+            raise ValueError("wrap_generator (e.g. multi-turn tool use) with async.staleness > 0 "
+                             "is not supported yet; set async.staleness=0")
+        self.generator = generator or trainer_generator(cfg, self.model, self.tokenizer,
+                                                        self.model_path)
         if wrap_generator is not None:
             self.generator = wrap_generator(self.generator)
         sampler = getattr(self.generator, "generator", self.generator)  # a multi-turn wrapper's engine

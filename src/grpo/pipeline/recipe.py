@@ -89,9 +89,9 @@ class DataSpec(BaseModel):
         return self
 
 
-_NAME = dict(pattern=r"^[A-Za-z0-9_\-]+$", description="Unique stage name (a folder name).")
-_MODEL = dict(description="Path / hub id, or {from: stage}; default: the last model produced "
-                          "before this stage (else the recipe's).")
+_NAME = {"pattern": r"^[A-Za-z0-9_\-]+$", "description": "Unique stage name (a folder name)."}
+_MODEL = {"description": "Path / hub id, or {from: stage}; default: the last model produced "
+                         "before this stage (else the recipe's)."}
 
 
 class _Stage(BaseModel):
@@ -256,7 +256,8 @@ def _check_ref(where: str, key: str, stage: str, output: str, produced: dict[str
 
 def _check_settings(stage: SFTStage | GRPOStage | SampleStage) -> list[str]:
     """What ``grpo train`` (a grpo stage), ``grpo sample`` or ``grpo sft`` would refuse."""
-    from grpo.recipes import build_rewards, check_recipe as check_train_recipe
+    from grpo.recipes import build_rewards
+    from grpo.recipes import check_recipe as check_train_recipe
     from grpo.recipes.datasets import check_dataset
 
     problems = []

@@ -72,8 +72,9 @@ def build_trainer(recipe: Recipe, *, train_rows: Sequence[dict] | None = None,
     rewards, weights = check_recipe(recipe)  # the quick checks first, the model (maybe built) last
     require_hub(recipe)
     cfg = recipe.trainer
-    if not cfg.overwrite_output_dir:  # the trainer's refusal of another run's folder, before any build
-        check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=False, is_main=False)
+    if not cfg.overwrite_output_dir:  # the trainer refuses another run's folder: before any build
+        check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=False,
+                         is_main=False)
     cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"weights": weights})})
     train = list(train_rows) if train_rows is not None else dataset_rows(recipe.dataset)
     if train is None:
@@ -124,8 +125,9 @@ def load_checkpoint_weights(model: Any, checkpoint: Path) -> None:
     wrong = [n for n, t in weights.items() if n in state and state[n].shape != t.shape]
     if unknown or missing or wrong:
         example = (unknown or missing or wrong)[:2]
-        raise RecipeError(f"checkpoint {checkpoint} does not fit the recipe's model ({len(unknown)} "
-                          f"unknown, {len(missing)} missing, {len(wrong)} mis-shaped weights, e.g. "
+        raise RecipeError(f"checkpoint {checkpoint} does not fit the recipe's model "
+                          f"({len(unknown)} unknown, {len(missing)} missing, {len(wrong)} "
+                          f"mis-shaped weights, e.g. "
                           f"{example}): evaluate it with the recipe (model:, lora:) it was trained "
                           "with")
     with torch.no_grad():

@@ -38,8 +38,8 @@ class MultiTurnSettings(BaseModel):
         ("```python\n", "```"), description="Open/close tags for parser=code_block.")
     max_turns: int = Field(4, ge=1, description="Most assistant turns per trajectory.")
     max_turn_tokens: int | None = Field(
-        None, ge=1, description="Most sampled tokens per turn (at most trainer.sampling.max_tokens, "
-                                "the budget of a whole trajectory).")
+        None, ge=1, description="Most sampled tokens per turn (at most "
+                                "trainer.sampling.max_tokens, the budget of a whole trajectory).")
     tool_timeout_s: float = Field(10.0, gt=0, description="Per tool call.")
     env_timeout_s: float = Field(
         60.0, gt=0, description="Per environment step (all of a message's calls).")

@@ -199,7 +199,8 @@ def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
                     k: f"{section}.{name}" for k, (section, name) in FLAT_KEYS.items()}
                 close = did_you_mean(key, leaves)
                 hint = close and f"; did you mean '{prefix}{leaves[close.split(chr(39))[1]]}'?"
-            at_recipe = isinstance(parent, type) and issubclass(parent, Recipe)  # or a pipeline stage
+            # at the top of a recipe or a pipeline's grpo stage (a Recipe too)
+            at_recipe = isinstance(parent, type) and issubclass(parent, Recipe)
             if at_recipe and (key in GRPOConfig.model_fields or key in FLAT_KEYS):
                 section, name = FLAT_KEYS.get(key, (key, ""))
                 nested = f"{prefix}trainer.{section}.{name}" if name else f"{prefix}trainer.{key}"
