@@ -176,3 +176,22 @@ def test_grpo_sample_and_grpo_eval_sample_what_build_generator_builds(tiny_dir, 
     finally:
         generator.close()
     assert json.loads(dump.read_text()) == expected
+
+
+@pytest.mark.vllm
+def test_grpo_sample_hands_the_vllm_section_to_the_engine(tiny_dir, tmp_path, monkeypatch):
+    """`--vllm KEY=VALUE` are the fields of GRPOConfig's vllm section (a pipeline sample stage's
+    `vllm:` too): here max_model_len caps prompt + completion at 24 tokens."""
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    monkeypatch.setenv("VLLM_CACHE_ROOT", str(tmp_path / "vllm_cache"))
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"prompt": f"{i}+1=", "answer": str(i + 1)}) + "\n"
+                            for i in range(4)))
+    out = tmp_path / "rs"
+    assert _pipeline_cli(["sample", "--model", str(tiny_dir), "--data-file", str(rows), "--n", "2",
+                          "--reward", "format", "--verifiers", "", "--keep-truncated",
+                          "--max-tokens", "64", "--rollout", "vllm", "--vllm", "enforce_eager=true",
+                          "--vllm", "dtype=float32", "--vllm", "max_model_len=24",
+                          "--output-dir", str(out)]) == 0
+    lengths = [s["n_tokens"] for rec in read_jsonl(out / "samples.jsonl") for s in rec["samples"]]
+    assert len(lengths) == 8 and max(lengths) == 24 - len("0+1=")  # not --max-tokens 64
