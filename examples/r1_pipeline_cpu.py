@@ -105,10 +105,13 @@ def stages(p: dict[str, Path], a: argparse.Namespace, student_seconds: float | N
                 seed=a.seed, logging_steps=2 if quick else 50, disable_tqdm=True, dataloader_num_workers=0)
     tune = dict(warm, per_device_train_batch_size=16, learning_rate=1e-3, warmup_steps=0,
                 num_train_epochs=1 if quick else 2, logging_steps=2 if quick else 10)
-    rl = dict(seed=a.seed, num_generations=8, prompts_per_step=8, max_completion_length=MAX_TOKENS,
-              temperature=1.0, learning_rate=1e-4, beta=0.0, eps_low=0.2, eps_high=0.28, aggregation="token_mean",
-              micro_batch_size=64, torch_threads=a.threads, eval_samples=EVAL_SAMPLES, logging_steps=1,
-              log_completions=8, overwrite_output_dir=True)
+    rl = {"seed": a.seed, "overwrite_output_dir": True,  # GRPOConfig, by section
+          "rollout": {"num_generations": 8, "prompts_per_step": 8},
+          "sampling": {"max_tokens": MAX_TOKENS, "temperature": 1.0},
+          "optim": {"learning_rate": 1e-4},
+          "loss": {"beta": 0.0, "eps_low": 0.2, "eps_high": 0.28, "aggregation": "token_mean"},
+          "forward": {"micro_batch_size": 64, "torch_threads": a.threads},
+          "eval": {"samples": EVAL_SAMPLES}, "log": {"steps": 1, "completions": 8}}
     math, fmt = {"name": "math"}, {"name": "format", "weight": 0.1}
     language = {"name": "language", "kwargs": {"language": "en", "no_words": 0.0}}
     watch_language = {**language, "weight": 0.0}  # logged (reward/language_reward/mean), not rewarded
@@ -122,7 +125,7 @@ def stages(p: dict[str, Path], a: argparse.Namespace, student_seconds: float | N
     sample = {"type": "sample", "rewards": [math, {**fmt, "weight": 1.0}], "n": 2 if quick else 4,
               "sampling": {"temperature": 1.0, "max_tokens": MAX_TOKENS}, "seed": a.seed, "batch_size": 64}
     steps = (lambda n: 2) if quick else (lambda n: n)
-    evals = {"eval_steps": 1 if quick else 25}
+    evals = {"eval": {**rl["eval"], "steps": 1 if quick else 25}}
     out = [
         {"name": "warmup", "type": "sft", "model": str(p["teacher_init"]), "data": {"path": str(p["warmup"])},
          "sft": warm},

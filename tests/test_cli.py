@@ -172,7 +172,7 @@ def test_rewards_by_registry_name_or_dotted_path(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(tmp_path))
     body = BASE.rstrip(" ") + "      - {name: 'my_rewards:Brevity', weight: 0.2, kwargs: {limit: 3}}\n" \
                   "      - {name: 'my_rewards:shouting'}\n"
-    made, weights = build_rewards(Recipe.from_yaml(recipe_file(tmp_path, body)))
+    made, weights = build_rewards(Recipe.from_yaml(recipe_file(tmp_path, body)).rewards)
     assert [type(r).__name__ for r in made[:3]] == ["MathReward", "FormatReward", "Brevity"]
     assert made[2].limit == 3 and made[2].score("abcd") == 0.0 and made[3](completions=["HI"]) == [1.0]
     assert weights == [1.0, 0.1, 0.2, 1.0]
@@ -187,7 +187,7 @@ def test_rewards_by_registry_name_or_dotted_path(tmp_path, monkeypatch, capsys):
         recipe = Recipe.from_yaml(recipe_file(tmp_path, BASE), [f"rewards.0.name={name}"] +
                                   [f"rewards.0.kwargs.{k}={v}" for k, v in kwargs.items()])
         with pytest.raises(RecipeError) as info:
-            build_rewards(recipe)
+            build_rewards(recipe.rewards)
         assert message in str(info.value), str(info.value)
 
 

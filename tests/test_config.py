@@ -137,8 +137,10 @@ def test_flat_rollout_string_beside_other_flat_keys():
 
 def test_overrides_flat_and_nested_reach_the_same_key():
     recipe = {"trainer": {"loss": {"beta": 0.1}}}
-    with pytest.warns(FlatConfigWarning, match=r"trainer\.loss\.beta"):
+    with pytest.warns(FlatConfigWarning) as record:
         flat = apply_overrides(recipe, ["trainer.beta=0.0", "trainer.rollout=vllm"])
+    assert [str(w.message).split("sections: ")[1].split(" (")[0] for w in record] == [
+        "beta -> loss.beta", "rollout -> rollout.backend"]
     with warnings.catch_warnings():
         warnings.simplefilter("error", FlatConfigWarning)
         nested = apply_overrides(recipe, ["trainer.loss.beta=0.0", "trainer.rollout.backend=vllm"])

@@ -336,7 +336,7 @@ def test_rewards_read_the_trajectory_grpo_and_trl_style():
 
 
 @pytest.mark.parametrize("module", ["grpo.rollout.tools", "grpo.rollout.trajectory", "grpo.rollout.multiturn",
-                                    "grpo.rollout.recipe"])
+                                    "grpo.recipes.multiturn"])
 def test_module_doctests(module):
     import doctest
     import importlib

@@ -1,5 +1,6 @@
-"""The GPU recipe for tool-integrated math loads and validates (model, data, rewards, GRPOConfig
-and the multiturn section), builds a MultiTurnGenerator, and the CPU demo runs (smoke test)."""
+"""The packaged GPU recipe for tool-integrated math is a plain recipe: it loads and validates
+(model, data, rewards, GRPOConfig and the multiturn section), its section builds a
+MultiTurnGenerator, and the CPU demo runs (smoke test)."""
 
 from __future__ import annotations
 
@@ -11,26 +12,39 @@ from pathlib import Path
 import pytest
 
 from grpo.config import GRPOConfig
-from grpo.rollout.recipe import ToolSettings, load_tool_recipe
+from grpo.recipes import RecipeError, find_recipe
+from grpo.recipes.multiturn import MultiTurnSettings
+from grpo.recipes.schema import Recipe
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "src" / "grpo" / "rollout" / "recipes" / "tool_math_qwen2.5.yaml"
+RECIPE = find_recipe("tool_math_qwen2.5")  # a packaged recipe: grpo train tool_math_qwen2.5
 
 
 def test_tool_math_recipe_loads_and_validates():
-    recipe, tools = load_tool_recipe(RECIPE)
+    recipe = Recipe.from_yaml(RECIPE)
+    tools = recipe.multiturn
     assert isinstance(recipe.trainer, GRPOConfig) and recipe.trainer.rollout.backend == "vllm"
     assert recipe.model.startswith("Qwen/Qwen2.5") and recipe.rewards[0].name == "math"
     assert tools.parser == "hermes" and tools.tools == ["python"] and tools.max_turns == 4
     assert tools.max_turn_tokens <= recipe.trainer.sampling.max_tokens
-    recipe, tools = load_tool_recipe(RECIPE, ["multiturn.max_turns=2", "trainer.loss.beta=0.01"])
-    assert tools.max_turns == 2 and recipe.trainer.loss.beta == 0.01
-    with pytest.raises(ValueError, match="max_turn_tokens"):
-        load_tool_recipe(RECIPE, ["multiturn.max_turn_tokens=99999"])
-    with pytest.raises(ValueError, match="extra|not permitted"):
-        load_tool_recipe(RECIPE, ["multiturn.max_turnz=2"])
+    recipe = Recipe.from_yaml(RECIPE, ["multiturn.max_turns=2", "trainer.loss.beta=0.01"])
+    assert recipe.multiturn.max_turns == 2 and recipe.trainer.loss.beta == 0.01
+    assert Recipe.from_yaml(RECIPE, ["multiturn=null"]).multiturn is None  # single turn
+    for overrides, message in [
+        (["multiturn.max_turn_tokens=99999"], ("multiturn.max_turn_tokens=99999 exceeds "
+                                               "trainer.sampling.max_tokens=3072")),
+        (["multiturn.max_turnz=2"], ("unknown key 'multiturn.max_turnz'; did you mean "
+                                     "'multiturn.max_turns'?")),
+        (["trainer.rollout.backend=vllm_server"], ("trainer.rollout.backend='vllm_server' is not "
+                                                   "supported; use 'hf' or 'vllm'")),
+        (["trainer.rollout.backend=hf", "trainer.async.staleness=1"],
+         "multiturn with trainer.async.staleness=1 is not supported yet"),
+    ]:
+        with pytest.raises(RecipeError) as info:
+            Recipe.from_yaml(RECIPE, overrides)
+        assert message in str(info.value), str(info.value)
     with pytest.raises(TypeError):
-        ToolSettings(sandbox={"wall_time": 5})  # not a SandboxLimits field
+        MultiTurnSettings(sandbox={"wall_time": 5})  # not a SandboxLimits field
 
 
 def test_settings_build_the_generator():
@@ -39,7 +53,7 @@ def test_settings_build_the_generator():
     from grpo.tiny import build_char_tokenizer, build_tiny_llama
 
     tok = build_char_tokenizer()
-    gen = ToolSettings(parser="code_block", code_tags=("<python>", "</python>"), max_turns=3,
+    gen = MultiTurnSettings(parser="code_block", code_tags=("<python>", "</python>"), max_turns=3,
                        sandbox={"wall_time_s": 2}).build(HFGenerator(build_tiny_llama(tok, hidden_size=64), tok))
     assert isinstance(gen, MultiTurnGenerator) and gen.max_turns == 3 and gen.stops == ("</python>",)
     gen.close()

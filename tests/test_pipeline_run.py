@@ -8,12 +8,14 @@ from pathlib import Path
 import pytest
 import yaml
 
+from grpo.config import FlatConfigWarning
 from grpo.pipeline import run_pipeline
 from grpo.pipeline.recipe import PipelineRecipe, check_recipe
 
 RECIPES = Path(__file__).resolve().parents[1] / "src" / "grpo" / "pipeline" / "recipes"
-TINY_GRPO = {"max_steps": 2, "num_generations": 2, "prompts_per_step": 2, "max_completion_length": 8, "beta": 0.0,
-             "progress_bar": False, "learning_rate": 1.0e-4}
+TINY_GRPO = {"max_steps": 2, "rollout": {"num_generations": 2, "prompts_per_step": 2},
+             "sampling": {"max_tokens": 8}, "loss": {"beta": 0.0}, "log": {"progress_bar": False},
+             "optim": {"learning_rate": 1.0e-4}}
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +107,16 @@ def test_bad_reference_fails_before_anything_runs(setup, tmp_path):
     recipe["stages"][1]["rewards"] = [{"name": "nope"}]
     recipe["stages"][2]["keep"] = {"verifiers": ["math_reward"]}
     recipe["stages"][3]["sft"] = {"completion_only_loss": False}
-    recipe["stages"][4]["trainer"] = {"num_generations": 1}
     with pytest.raises(ValueError) as e:
         check_recipe(PipelineRecipe(**recipe))
     msg = str(e.value)
     assert "model refers to stage 'rejection', which no earlier stage is (it comes later; stages run in order)" in msg
     assert "unknown reward 'nope'" in msg and "verifiers ['math_reward'] are not among the rewards" in msg
-    assert "completion tokens only" in msg and "num_generations" in msg
+    assert "completion tokens only" in msg
+    # a grpo stage's trainer is a GRPOConfig: refused when the recipe loads, as grpo train does
+    recipe["stages"][4]["trainer"] = {"rollout": {"num_generations": 1}}
+    with pytest.raises(ValueError, match="num_generations"):
+        PipelineRecipe(**recipe)
 
 
 def test_teacher_stage_is_on_policy_distillation_from_an_earlier_stage(setup, tmp_path):
@@ -127,7 +132,8 @@ def test_teacher_stage_is_on_policy_distillation_from_an_earlier_stage(setup, tm
     folder = tmp_path / "run" / "stages" / "02_opd"
     teacher = str((tmp_path / "run" / "stages" / "01_teacher_sft" / "model").resolve())
     assert yaml.safe_load((folder / "config.yaml").read_text())["teacher"] == teacher
-    assert yaml.safe_load((folder / "grpo" / "config.yaml").read_text())["distill"]["teacher"] == teacher
+    trained = yaml.safe_load((folder / "grpo" / "config.yaml").read_text())
+    assert trained["distill"]["teacher"] == teacher
     metrics = [json.loads(line) for line in (folder / "grpo" / "metrics.jsonl").read_text().splitlines()]
     assert len(metrics) == 2 and all(m["distill/reverse_kl"] > 0 for m in metrics)  # the teacher's term is there
     assert result.ran == ["teacher_sft", "opd"]
@@ -135,11 +141,11 @@ def test_teacher_stage_is_on_policy_distillation_from_an_earlier_stage(setup, tm
     bad = [dict(stages[0]), {**stages[1], "teacher": {"from": "later"}},
            {**stages[1], "name": "twice", "trainer": {**TINY_GRPO, "distill": {"teacher": "x"}}},
            {**stages[1], "name": "flat", "trainer": {**TINY_GRPO, "teacher_model": "x"}}]
-    with pytest.raises(ValueError) as e:
+    with pytest.raises(ValueError) as e, pytest.warns(FlatConfigWarning):
         check_recipe(PipelineRecipe(output_dir=str(tmp_path / "bad"), model=str(model), stages=bad))
     assert "stage 2 ('opd'): teacher refers to stage 'later', which no earlier stage is" in str(e.value)
     assert "stage 3 ('twice'): give the teacher once" in str(e.value)
-    assert "stage 4 ('flat'): give the teacher once" in str(e.value)
+    assert "stage 4 ('flat'): give the teacher once" in str(e.value)  # grpo 0.1's flat key too
 
 
 def test_packaged_gpu_recipes_load_and_validate():

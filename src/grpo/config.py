@@ -115,6 +115,9 @@ class VLLMConfig(_Section):
     enforce_eager: bool = Field(False, description="vLLM without CUDA graphs / torch.compile (faster start).")
     sleep: bool = Field(False, description="Put the vLLM engine to sleep during training (frees GPU memory).")
     dtype: str = Field("auto", description="vLLM engine dtype (auto: the model's; float32, bfloat16, ...).")
+    max_model_len: int | None = Field(
+        None, ge=1, description="vLLM's context length (None: rollout.max_prompt_length + "
+                                "sampling.max_tokens in training; the model's own in grpo sample).")
     server_host: str = Field("127.0.0.1", description="Host of `trl vllm-serve` (rollout.backend=vllm_server).")
     server_port: int = Field(8000, description="Port of `trl vllm-serve` (rollout.backend=vllm_server).")
 
@@ -436,7 +439,8 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "max_completion_length": ("sampling", "max_tokens"),
     **_same("sampling", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop"),
     "async_staleness": ("async", "staleness"), "async_timeout": ("async", "timeout"),
-    **{f"vllm_{n}": ("vllm", n) for n in VLLMConfig.model_fields},
+    **{f"vllm_{n}": ("vllm", n) for n in VLLMConfig.model_fields
+       if n != "max_model_len"},  # max_model_len is new in 0.2: no flat key
     **_same("loss", *LossConfig.model_fields),
     "teacher_model": ("distill", "teacher"), "distill_coef": ("distill", "coef"),
     "reward_weights": ("reward", "weights"), "reward_failure_patience": ("reward", "failure_patience"),

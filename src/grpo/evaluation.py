@@ -54,6 +54,32 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - miss
 
 
+def scoring_reward(reward_funcs: Sequence[Any], weights: Sequence[float] | None = None):
+    """The total reward of training and of ``grpo eval``: a :class:`grpo.rewards.CombinedReward`
+    that is unscorable as soon as a component that applies is (``missing="propagate"``). An item
+    whose correctness is unknown is excluded from its group (advantage 0), not trained on as if
+    it were wrong; components that do not apply to a row (trl's None) are left out of its sum."""
+    from grpo.rewards import CombinedReward
+
+    return CombinedReward(reward_funcs, weights, missing="propagate")
+
+
+def report_names(names: Sequence[str], accuracy: str | None = None,
+                 format_name: str | None = None) -> tuple[str, str | None]:
+    """(the reward reported as accuracy, the one reported as format rate) among the reward
+    ``names``: by default the first reward, and the first whose name starts with "format".
+
+    >>> report_names(["math_reward", "format_reward"])
+    ('math_reward', 'format_reward')
+    """
+    accuracy = accuracy or names[0]
+    format_name = format_name or next((n for n in names if n.startswith("format")), None)
+    for n in (accuracy, format_name):
+        if n is not None and n not in names:
+            raise ValueError(f"reward {n!r} not among the reward functions {list(names)}")
+    return accuracy, format_name
+
+
 def eval_sampling(sampling: SamplingConfig, seed: int) -> SamplingConfig:
     """The sampling of ``mean@k`` / ``pass@k`` for a run: its ``sampling`` section (temperature,
     top-p/k, min-p, length, stop strings), seeded with the run's ``seed + EVAL_SEED_OFFSET``."""

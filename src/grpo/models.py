@@ -8,15 +8,30 @@ from typing import Any
 
 import torch
 
-from grpo.config import ForwardConfig, GRPOConfig, OptimConfig
+from grpo.config import ForwardConfig, GRPOConfig, OptimConfig, VLLMConfig
 from grpo.parallel import is_sharded
 from grpo.rollout.weights import is_peft_model
+
 
 def model_dtype(dtype: str) -> torch.dtype:
     """The weights' dtype for ``forward.dtype`` (``"auto"``: float32 master weights)."""
     if dtype == "auto":
         return torch.float32  # fp32 master weights; bf16 compute comes from autocast (mixed_precision)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def check_model_path(path: str) -> str:
+    """``path`` itself, unless it looks like a local folder (not an ``org/name`` hub id) that
+    does not exist: then FileNotFoundError.
+
+    >>> check_model_path("Qwen/Qwen2.5-0.5B")
+    'Qwen/Qwen2.5-0.5B'
+    """
+    looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
+    if looks_local and not Path(path).expanduser().exists():
+        raise FileNotFoundError(
+            f"model {path!r} is not a local folder (and not an 'org/name' hub id)")
+    return path
 
 
 def load_policy(model: str | torch.nn.Module, tokenizer: Any, peft_config: Any, forward: ForwardConfig,
@@ -27,10 +42,7 @@ def load_policy(model: str | torch.nn.Module, tokenizer: Any, peft_config: Any, 
 
     path = None
     if isinstance(model, (str, Path)):
-        path = str(model)
-        looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
-        if looks_local and not Path(path).expanduser().exists():
-            raise FileNotFoundError(f"model {path!r} is not a local folder (and not an 'org/name' hub id)")
+        path = check_model_path(str(model))
         model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(forward.dtype))
     elif not isinstance(model, torch.nn.Module):
         raise TypeError(f"model must be a path or a torch.nn.Module, got {type(model).__name__}")
@@ -66,37 +78,70 @@ def make_optimizer_and_scheduler(params: list[torch.nn.Parameter], optim: OptimC
     return optimizer, scheduler
 
 
-def make_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, model_path: str | None):
-    """The generator ``cfg.rollout.backend`` names, set up from ``cfg.vllm``. vLLM engines load
-    from a path: a model given as an object is saved to a temporary folder first (its weights
-    are then kept in sync anyway)."""
+def build_generator(backend: str, vllm: VLLMConfig, model: str | torch.nn.Module,
+                    tokenizer: Any = None, *, model_path: str | None = None,
+                    max_model_len: int | None = None, seed: int = 0,
+                    chat_template_kwargs: dict[str, Any] | None = None) -> Any:
+    """The one generator factory: the engine ``backend`` names, set up from the ``vllm`` section,
+    for a model given as a path / hub id or as a loaded module (the trainer's policy).
+
+    * ``"hf"``: :class:`grpo.rollout.HFGenerator` samples with the model itself. A path is
+      loaded as the trainer loads its policy (:func:`load_policy`: float32 weights, the GPU if
+      there is one). A sharded model keeps every process stepping until all rows are done.
+    * ``"vllm"``: a colocated :class:`grpo.rollout.VLLMGenerator` loads from a path; a loaded
+      module (a peft model: its base) without ``model_path`` is saved to a temporary folder
+      first, its weights then kept in sync by the caller (``sync_weights``).
+    * ``"vllm_server"``: a running ``trl vllm-serve`` at ``vllm.server_host:server_port``.
+
+    ``max_model_len`` is vLLM's context when ``vllm.max_model_len`` is unset (None: the
+    model's); ``seed`` seeds the engine; ``chat_template_kwargs`` go to every chat template.
+    """
     from grpo.rollout import HFGenerator
 
-    backend, vllm, template = cfg.rollout.backend, cfg.vllm, cfg.rollout.chat_template_kwargs
+    template = dict(chat_template_kwargs or {})
+    if backend == "vllm_server":  # the model is the server's
+        from grpo.rollout import VLLMServerGenerator
+
+        return VLLMServerGenerator(host=vllm.server_host, port=vllm.server_port,
+                                   tokenizer=tokenizer, chat_template_kwargs=template)
+    if backend not in ("hf", "vllm"):
+        raise ValueError(f"unknown rollout backend {backend!r}; choose 'hf', 'vllm' or "
+                         "'vllm_server'")
+    if not isinstance(model, torch.nn.Module):
+        model_path = check_model_path(str(model))
     if backend == "hf":
+        if not isinstance(model, torch.nn.Module):
+            device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            model, tokenizer, _ = load_policy(model_path, tokenizer, None, ForwardConfig(), device)
         # Sharded models gather each layer's weights in forward: every process must run the same
         # number of forwards, so generation keeps stepping until all processes' rows are done.
         return HFGenerator(model, tokenizer, synced_gpus=is_sharded(model),
                            chat_template_kwargs=template)
-    if backend == "vllm":
-        from grpo.rollout import VLLMGenerator
+    from grpo.rollout import VLLMGenerator
 
-        path = model_path
-        if path is None or is_peft_model(model):
-            base = model.get_base_model() if is_peft_model(model) else model
-            path = model_path or tempfile.mkdtemp(prefix="grpo-vllm-init-")
-            if model_path is None:
-                base.save_pretrained(path)
-                tokenizer.save_pretrained(path)
-        return VLLMGenerator(path, tokenizer=tokenizer, gpu_memory_utilization=vllm.gpu_memory_utilization,
-                             tensor_parallel_size=vllm.tensor_parallel_size, enable_sleep_mode=vllm.sleep,
-                             enforce_eager=vllm.enforce_eager,
-                             max_model_len=cfg.rollout.max_prompt_length + cfg.sampling.max_tokens, seed=cfg.seed,
-                             dtype=vllm.dtype, chat_template_kwargs=template)
-    from grpo.rollout import VLLMServerGenerator
+    path = model_path
+    if isinstance(model, torch.nn.Module) and (path is None or is_peft_model(model)):
+        base = model.get_base_model() if is_peft_model(model) else model
+        path = model_path or tempfile.mkdtemp(prefix="grpo-vllm-init-")
+        if model_path is None:
+            base.save_pretrained(path)
+            tokenizer.save_pretrained(path)
+    return VLLMGenerator(path, tokenizer=tokenizer, seed=seed, dtype=vllm.dtype,
+                         gpu_memory_utilization=vllm.gpu_memory_utilization,
+                         tensor_parallel_size=vllm.tensor_parallel_size,
+                         enable_sleep_mode=vllm.sleep, enforce_eager=vllm.enforce_eager,
+                         max_model_len=vllm.max_model_len or max_model_len,
+                         chat_template_kwargs=template)
 
-    return VLLMServerGenerator(host=vllm.server_host, port=vllm.server_port, tokenizer=tokenizer,
-                               chat_template_kwargs=template)
+
+def trainer_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any,
+                      model_path: str | None) -> Any:
+    """:func:`build_generator` as the trainer (and ``grpo eval``, to reproduce its numbers) calls
+    it: ``cfg.rollout.backend`` and ``cfg.vllm``, a vLLM context of prompt + completion tokens,
+    the run's seed and chat-template variables."""
+    return build_generator(cfg.rollout.backend, cfg.vllm, model, tokenizer, model_path=model_path,
+                           max_model_len=cfg.rollout.max_prompt_length + cfg.sampling.max_tokens,
+                           seed=cfg.seed, chat_template_kwargs=cfg.rollout.chat_template_kwargs)
 
 
 def mixed_precision(dtype: str, *, cuda: bool | None = None, bf16_supported: bool | None = None) -> str:

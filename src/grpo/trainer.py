@@ -36,13 +36,14 @@ from grpo.batch import collate_rollouts, join_scores
 from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.data import check_dataset, get_rows
-from grpo.evaluation import eval_sampling, evaluate
+from grpo.evaluation import eval_sampling, evaluate, report_names, scoring_reward
 from grpo.guards import (LearningWatch, check_output_dir, keep_freed_cpu_memory, model_context,
                          set_torch_threads)
 from grpo.learner import Learner
-from grpo.models import load_policy, make_generator, make_optimizer_and_scheduler, mixed_precision, model_dtype
+from grpo.models import (load_policy, make_optimizer_and_scheduler, mixed_precision, model_dtype,
+                         trainer_generator)
 from grpo.parallel import make_parallelism
-from grpo.rewards import CombinedReward, Reward, RewardMonitor
+from grpo.rewards import Reward, RewardMonitor
 from grpo.rollout.weights import is_peft_model
 from grpo.source import Collected, RolloutSource, ScoredStep
 from grpo.tracking import RunLogger
@@ -73,6 +74,9 @@ class GRPOTrainer:
             with adapters disabled (no second copy).
         generator: a ready :class:`grpo.rollout.Generator` instead of the one ``config.rollout.backend``
             names.
+        wrap_generator: a function of the generator (given, or the one the config names) returning
+            the generator to use: ``MultiTurnSettings(...).build`` samples tool-using
+            trajectories on the trainer's own engine (:mod:`grpo.recipes.multiturn`).
         prompt_key: the dataset field holding the prompt (default ``"prompt"``).
         teacher: a loaded teacher model for on-policy distillation (instead of ``config.distill.teacher``);
             it must share the student's tokenizer.
@@ -84,7 +88,8 @@ class GRPOTrainer:
                  train_dataset: Any, config: GRPOConfig | None = None, *, eval_dataset: Any = None,
                  tokenizer: Any = None, peft_config: Any = None, generator: Any = None,
                  accuracy_reward: str | None = None, format_reward: str | None = None,
-                 prompt_key: str = "prompt", teacher: torch.nn.Module | None = None):
+                 prompt_key: str = "prompt", teacher: torch.nn.Module | None = None,
+                 wrap_generator: Callable[[Any], Any] | None = None):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -111,17 +116,10 @@ class GRPOTrainer:
                              "distill.teacher, for pure on-policy distillation)")
         if not reward_funcs:  # pure distillation: no task reward, the teacher's term is the signal
             reward_funcs = [no_task_reward]
-        # The total is unscorable as soon as a component that applies is: an item whose correctness
-        # is unknown is excluded from its group (advantage 0), not trained on as if it were wrong.
-        # Components that do not apply to a row (trl's None) are left out of its sum.
-        self.reward = CombinedReward(reward_funcs, cfg.reward.weights, missing="propagate")
+        self.reward = scoring_reward(reward_funcs, cfg.reward.weights)
         self.reward_monitor = RewardMonitor(patience=cfg.reward.failure_patience)
-        names = [r.name for r in self.reward.rewards]
-        self.accuracy_name = accuracy_reward or names[0]
-        self.format_name = format_reward or next((n for n in names if n.startswith("format")), None)
-        for n in (self.accuracy_name, self.format_name):
-            if n is not None and n not in names:
-                raise ValueError(f"reward {n!r} not among the reward functions {names}")
+        self.accuracy_name, self.format_name = report_names(
+            [r.name for r in self.reward.rewards], accuracy_reward, format_reward)
 
         self.prompt_key = prompt_key
         check_dataset(train_dataset, "train_dataset", prompt_key)
@@ -145,7 +143,13 @@ class GRPOTrainer:
         self.optimizer, self.scheduler = make_optimizer_and_scheduler(
             [p for p in self.model.parameters() if p.requires_grad], cfg.optim,
             total_steps=cfg.max_steps * cfg.derived().optimizer_steps_per_step)
-        self.generator = generator or make_generator(cfg, self.model, self.tokenizer, self.model_path)
+        if wrap_generator is not None and cfg.async_.staleness:
+            raise ValueError("wrap_generator (e.g. multi-turn tool use) with async.staleness > 0 "
+                             "is not supported yet; set async.staleness=0")
+        self.generator = generator or trainer_generator(cfg, self.model, self.tokenizer,
+                                                        self.model_path)
+        if wrap_generator is not None:
+            self.generator = wrap_generator(self.generator)
         sampler = getattr(self.generator, "generator", self.generator)  # a multi-turn wrapper's engine
         if cfg.loss.use_tis and type(sampler).__name__ in ("HFGenerator", "HFEngine"):
             raise ValueError("loss.use_tis corrects for a separate rollout engine's numerics; the HF generator "

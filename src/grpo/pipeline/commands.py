@@ -35,6 +35,16 @@ def _reward_spec(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"--reward wants NAME or NAME=WEIGHT, got {text!r}") from None
 
 
+def _setting(text: str) -> tuple[str, Any]:
+    """``key=value`` with the value parsed as YAML."""
+    import yaml
+
+    key, eq, raw = text.partition("=")
+    if not eq or not key:
+        raise ValueError(f"setting {text!r} is not key=value")
+    return key, yaml.safe_load(raw)
+
+
 def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
     given = [k for k in ("dataset", "data_file", "hub") if getattr(args, k)]
     if len(given) != 1:
@@ -46,10 +56,12 @@ def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
 def sample_command(args: argparse.Namespace) -> int:
     """Rejection sampling (grpo.pipeline.rejection_sample)."""
     try:
+        from grpo.config import VLLMConfig
+        from grpo.models import build_generator
         from grpo.pipeline.keep import KeepRule
-        from grpo.pipeline.recipe import build_rewards
         from grpo.pipeline.sample import rejection_sample
-        from grpo.pipeline.stages import load_rows, make_generator
+        from grpo.pipeline.stages import load_rows
+        from grpo.recipes import build_rewards
         from grpo.recipes.schema import RewardSpec
         from grpo.rewards import CombinedReward
         from grpo.rollout import SamplingConfig
@@ -63,7 +75,8 @@ def sample_command(args: argparse.Namespace) -> int:
                         max_per_prompt=args.max_per_prompt)
         sampling = SamplingConfig(temperature=args.temperature, top_p=args.top_p, max_tokens=args.max_tokens)
         rows = load_rows(_data_spec(args))
-        generator = make_generator(args.model, args.rollout, {})
+        vllm = VLLMConfig(**dict(_setting(s) for s in args.vllm))
+        generator = build_generator(args.rollout, vllm, args.model, seed=args.seed)
         try:
             result = rejection_sample(generator, rows, CombinedReward(rewards, weights), output_dir=args.output_dir,
                                       n=args.n, sampling=sampling, keep=keep, seed=args.seed,
@@ -146,7 +159,11 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-tokens", type=int, default=256, help="most tokens sampled per completion")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16, help="prompts per generate call")
-    p.add_argument("--rollout", choices=["hf", "vllm"], default="hf")
+    p.add_argument("--rollout", choices=["hf", "vllm", "vllm_server"], default="hf",
+                   help="the generator's backend (grpo.models.build_generator)")
+    p.add_argument("--vllm", action="append", default=[], metavar="KEY=VALUE",
+                   help="a field of the vLLM section, as in recipes' trainer.vllm (repeatable: "
+                        "--vllm gpu_memory_utilization=0.9 --vllm max_model_len=8192)")
     p.add_argument("--verifiers", help="comma-separated reward components that must pass (default: all; '' none)")
     p.add_argument("--min-reward", type=float, help="also require total reward >= this")
     p.add_argument("--language", help="chain of thought must be in this language ('en', 'zh', ...)")

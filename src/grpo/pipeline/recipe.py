@@ -13,19 +13,25 @@ earlier stage's output *by the stage's name*::
         type: grpo                            # model omitted: the previous stage's model
         data: {builder: tiny_arithmetic, limit: 256}
         rewards: [{name: math}, {name: format, weight: 0.1}]
-        trainer: {max_steps: 20, num_generations: 8}
+        trainer: {max_steps: 20, rollout: {num_generations: 8}}
       - {name: rejection, type: sample, data: {builder: tiny_arithmetic}, rewards: [{name: math}],
          n: 8, rl_pass_rate: [0.2, 0.8]}
       - {name: sft_2, type: sft, model: {from: base}, data: {from: rejection}}   # output "sft"
-      - {name: final_rl, type: grpo, data: {from: rejection, output: rl_prompts}, rewards: [{name: math}]}
+      - {name: final_rl, type: grpo, data: {from: rejection, output: rl_prompts},
+         rewards: [{name: math}]}
       - {name: student_opd, type: grpo, model: path/of/a/small/model, teacher: {from: final_rl},
          data: {builder: tiny_arithmetic}, rewards: [{name: math, weight: 0.0}]}   # on-policy distillation
 
-A ``grpo`` stage's ``teacher`` (a path or ``{from: stage}``) makes it on-policy distillation
-(:mod:`grpo.distill`). Outputs: ``sft`` and ``grpo`` stages produce a ``model``; ``sample``
-stages produce the dataset ``sft`` (kept rows) and, with ``rl_pass_rate``, ``rl_prompts``. :func:`check_recipe`
-rejects, before anything runs, a reference to an output that no earlier stage produces, an
-unknown reward name, and settings their config classes refuse.
+A ``grpo`` stage is a :class:`grpo.recipes.schema.Recipe` (:class:`GRPOStage`): every key of a
+``grpo train`` recipe works in it (``lora``, ``multiturn``, ``dataset``, ...), and it is built
+by the same :func:`grpo.recipes.assemble.build_trainer`. Its ``teacher`` (a path or
+``{from: stage}``) makes it on-policy distillation (:mod:`grpo.distill`). Outputs: ``sft`` and
+``grpo`` stages produce a ``model``; ``sample`` stages produce the dataset ``sft`` (kept rows)
+and, with ``rl_pass_rate``, ``rl_prompts``. Loading validates every stage's settings (its
+GRPOConfig, SamplingConfig, ...); :func:`check_recipe` then rejects, before anything runs, a
+reference to an output that no earlier stage produces, and what ``grpo train`` / ``grpo sample``
+/ ``grpo sft`` would refuse (reward names, options and kwargs; dataset options; SFT settings),
+with the same messages.
 """
 
 from __future__ import annotations
@@ -33,10 +39,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from grpo.config import VLLMConfig
 from grpo.pipeline.keep import KeepRule, check_verifiers
-from grpo.recipes.schema import RewardSpec
+from grpo.recipes import RecipeError
+from grpo.recipes.schema import DatasetSpec, Recipe, RewardSpec
+from grpo.rollout.types import SamplingConfig
 
 BASE = "base"
 OUTPUTS = {"sft": {"model"}, "grpo": {"model"}, "sample": {"sft", "rl_prompts"}}
@@ -80,11 +89,15 @@ class DataSpec(BaseModel):
         return self
 
 
+_NAME = {"pattern": r"^[A-Za-z0-9_\-]+$", "description": "Unique stage name (a folder name)."}
+_MODEL = {"description": "Path / hub id, or {from: stage}; default: the last model produced "
+                         "before this stage (else the recipe's)."}
+
+
 class _Stage(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(pattern=r"^[A-Za-z0-9_\-]+$", description="Unique stage name (a folder name).")
-    model: str | Ref | None = Field(None, description="Path / hub id, or {from: stage}; default: the last "
-                                                      "model produced before this stage (else the recipe's).")
+    name: str = Field(**_NAME)
+    model: str | Ref | None = Field(None, **_MODEL)
     data: DataSpec
 
 
@@ -95,17 +108,34 @@ class SFTStage(_Stage):
     sft: dict[str, Any] = Field(default_factory=dict, description="trl.SFTConfig fields.")
 
 
-class GRPOStage(_Stage):
-    """Reasoning / all-scenario RL with ``grpo.GRPOTrainer``."""
+class GRPOStage(Recipe):
+    """Reasoning / all-scenario RL: a :class:`grpo.recipes.schema.Recipe` (every key of a
+    ``grpo train`` recipe works: model, tiny, dataset, eval_dataset, rewards, lora, trainer,
+    multiturn), plus a name, the pipeline's data references and an optional teacher. Its
+    ``trainer.output_dir`` is set to the stage's folder."""
 
     type: Literal["grpo"]
-    eval_data: DataSpec | None = None
-    rewards: list[RewardSpec] = Field(min_length=1)
+    name: str = Field(**_NAME)
+    model: str | Ref | None = Field(None, **_MODEL)  # type: ignore[assignment]
+    dataset: DatasetSpec | None = Field(  # type: ignore[assignment]
+        None, description="Training prompts as in grpo train ({name, split, limit, kwargs}); "
+                          "or data.")
+    data: DataSpec | None = Field(
+        None, description="Training prompts: {from | builder | hub | path}; or dataset.")
+    eval_data: DataSpec | None = Field(
+        None, description="Held-out prompts, as data; or eval_dataset.")
     teacher: str | Ref | None = Field(
-        None, description="On-policy distillation: the teacher model (path / hub id, or {from: stage}); "
-                          "sets trainer.distill.teacher (grpo.distill).")
-    lora: dict[str, Any] | None = Field(None, description="peft LoraConfig arguments.")
-    trainer: dict[str, Any] = Field(default_factory=dict, description="GRPOConfig fields (output_dir is set).")
+        None, description="On-policy distillation: the teacher model (path / hub id, or "
+                          "{from: stage}); sets trainer.distill.teacher (grpo.distill).")
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> GRPOStage:
+        if (self.data is None) == (self.dataset is None):
+            raise ValueError("a grpo stage needs exactly one of data (from / builder / hub / "
+                             "path) or dataset (as in grpo train)")
+        if self.eval_data is not None and self.eval_dataset is not None:
+            raise ValueError("give eval_data or eval_dataset, not both")
+        return self
 
 
 class SampleStage(_Stage):
@@ -114,14 +144,18 @@ class SampleStage(_Stage):
     type: Literal["sample"]
     rewards: list[RewardSpec] = Field(min_length=1)
     n: int = Field(8, ge=1, description="Samples per prompt.")
-    sampling: dict[str, Any] = Field(default_factory=dict, description="grpo.rollout.SamplingConfig fields.")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig,
+                                     description="grpo.rollout.SamplingConfig fields.")
     keep: KeepRule = Field(default_factory=KeepRule)
     rl_pass_rate: tuple[float, float] | None = Field(
         None, description="Also output the prompts with low < pass rate < high.")
     batch_size: int = Field(16, ge=1, description="Prompts per generate call (the resume unit).")
     seed: int = 0
-    rollout: Literal["hf", "vllm"] = Field("hf", description="Generator: transformers or a vLLM engine.")
-    vllm: dict[str, Any] = Field(default_factory=dict, description="grpo.rollout.VLLMGenerator arguments.")
+    rollout: Literal["hf", "vllm", "vllm_server"] = Field(
+        "hf", description="The generator's backend (grpo.models.build_generator): transformers, "
+                          "a vLLM engine, or a vLLM server.")
+    vllm: VLLMConfig = Field(default_factory=VLLMConfig,
+                             description="The vLLM engine or server: GRPOConfig's vllm section.")
 
     @model_validator(mode="after")
     def _band(self) -> SampleStage:
@@ -144,11 +178,19 @@ class PipelineRecipe(BaseModel):
         import yaml
 
         from grpo.config import apply_overrides
+        from grpo.recipes.schema import explain
 
         path = Path(path)
         if not path.exists():
             raise FileNotFoundError(f"pipeline recipe {path} not found")
-        return cls(**apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or []))
+        try:
+            data = apply_overrides(yaml.safe_load(path.read_text()) or {}, overrides or [])
+        except ValueError as e:
+            raise RecipeError(str(e)) from e
+        try:
+            return cls(**data)
+        except ValidationError as e:
+            raise RecipeError(f"{path}: {explain(e, cls)}") from e
 
 
 def model_source(recipe: PipelineRecipe, index: int) -> str | Ref:
@@ -162,25 +204,11 @@ def model_source(recipe: PipelineRecipe, index: int) -> str | Ref:
     return Ref(**{"from": BASE})
 
 
-def build_rewards(specs: list[RewardSpec]) -> tuple[list[Any], list[float]]:
-    """Reward objects (a ``grpo.recipes.reward_registry`` name or ``package.module:Name``, as in
-    ``grpo train`` recipes) and their weights."""
-    from grpo.recipes import resolve_reward
-
-    rewards = []
-    for spec in specs:
-        make = resolve_reward(spec.name)
-        try:
-            rewards.append(make(**spec.kwargs) if isinstance(make, type) else make)
-        except TypeError as e:
-            raise ValueError(f"reward {spec.name!r}: bad kwargs {spec.kwargs}: {e}") from None
-    return rewards, [spec.weight for spec in specs]
-
-
 def check_recipe(recipe: PipelineRecipe) -> None:
     """Every reference names an output an earlier stage produces; every setting is valid.
 
-    Raises ValueError listing every problem found (nothing has run yet)."""
+    Raises :class:`grpo.recipes.RecipeError` listing every problem found (nothing has run yet);
+    a stage's own problems are those ``grpo train`` / ``grpo sample`` / ``grpo sft`` report."""
     problems: list[str] = []
     produced: dict[str, set[str]] = {BASE: {"model"}}
     for i, stage in enumerate(recipe.stages):
@@ -192,10 +220,11 @@ def check_recipe(recipe: PipelineRecipe) -> None:
             problems += _check_ref(where, "model", src.stage, src.output or "model", produced, recipe)
         teacher = getattr(stage, "teacher", None)
         if isinstance(teacher, Ref):
-            problems += _check_ref(where, "teacher", teacher.stage, teacher.output or "model", produced, recipe)
-        trainer = getattr(stage, "trainer", {})
-        if teacher is not None and ("teacher_model" in trainer or "teacher" in (trainer.get("distill") or {})):
-            problems.append(f"{where}: give the teacher once, as `teacher` (not also trainer.distill.teacher)")
+            problems += _check_ref(where, "teacher", teacher.stage, teacher.output or "model",
+                                   produced, recipe)
+        if teacher is not None and stage.trainer.distill.teacher is not None:
+            problems.append(f"{where}: give the teacher once, as `teacher` (not also "
+                            "trainer.distill.teacher)")
         for key in ("data", "eval_data"):
             spec = getattr(stage, key, None)
             if spec is not None and spec.stage is not None:
@@ -206,7 +235,7 @@ def check_recipe(recipe: PipelineRecipe) -> None:
             outputs.discard("rl_prompts")
         produced[stage.name] = outputs
     if problems:
-        raise ValueError("pipeline recipe is invalid:\n  " + "\n  ".join(problems))
+        raise RecipeError("pipeline recipe is invalid:\n  " + "\n  ".join(problems))
 
 
 def _check_ref(where: str, key: str, stage: str, output: str, produced: dict[str, set[str]],
@@ -225,44 +254,36 @@ def _check_ref(where: str, key: str, stage: str, output: str, produced: dict[str
                                f"but {stage}.{output} is {'a model' if output == 'model' else 'a dataset'}"]
 
 
-def _check_settings(stage: _Stage) -> list[str]:
-    from pydantic import ValidationError
+def _check_settings(stage: SFTStage | GRPOStage | SampleStage) -> list[str]:
+    """What ``grpo train`` (a grpo stage), ``grpo sample`` or ``grpo sft`` would refuse."""
+    from grpo.recipes import build_rewards
+    from grpo.recipes import check_recipe as check_train_recipe
+    from grpo.recipes.datasets import check_dataset
 
     problems = []
-    if isinstance(stage, (GRPOStage, SampleStage)):
-        from grpo.recipes import RecipeError, resolve_reward
-
-        unknown = []
-        for r in stage.rewards:
+    data = [getattr(stage, key, None) for key in ("data", "eval_data")]
+    for spec in data:
+        if spec is not None and spec.builder is not None:
             try:
-                resolve_reward(r.name)
+                check_dataset(spec.builder, spec.kwargs)
             except RecipeError as e:
-                unknown.append(str(e))
-        problems += unknown
-        if not unknown:
-            try:
-                names = [r.name for r in build_rewards(stage.rewards)[0]]
-                if len(set(names)) != len(names):
-                    problems.append(f"a reward is listed twice: {names}")
-                elif isinstance(stage, SampleStage):
-                    check_verifiers(stage.keep, names)
-            except (ValueError, TypeError) as e:
                 problems.append(str(e))
-    try:
-        if isinstance(stage, GRPOStage):
-            from grpo.config import GRPOConfig
+    if isinstance(stage, (GRPOStage, SampleStage)):
+        try:
+            rewards = (check_train_recipe(stage)[0] if isinstance(stage, GRPOStage)
+                       else build_rewards(stage.rewards)[0])
+            names = [r.name for r in rewards]
+            if len(set(names)) != len(names):
+                problems.append(f"a reward is listed twice: {names}")
+            elif isinstance(stage, SampleStage):
+                check_verifiers(stage.keep, names)
+        except ValueError as e:  # RecipeError, and the keep rule's
+            problems.append(str(e))
+    if isinstance(stage, SFTStage):
+        from grpo.pipeline.finetune import sft_config
 
-            GRPOConfig(**{**stage.trainer, "output_dir": "unused"})
-        elif isinstance(stage, SampleStage):
-            from grpo.rollout import SamplingConfig
-
-            SamplingConfig(**{k: tuple(v) if k == "stop" else v for k, v in stage.sampling.items()})
-        elif isinstance(stage, SFTStage):
-            from grpo.pipeline.finetune import sft_config
-
+        try:
             sft_config("unused", **stage.sft)
-    except (ValidationError, ValueError, TypeError) as e:
-        problems.append(f"bad settings: {str(e).splitlines()[0] if isinstance(e, ValidationError) else e}"
-                        + (f" ({e.errors()[0]['loc']}: {e.errors()[0]['msg']})" if isinstance(e, ValidationError)
-                           else ""))
+        except (ValueError, TypeError) as e:
+            problems.append(f"bad settings: {e}")
     return problems

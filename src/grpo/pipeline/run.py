@@ -54,12 +54,14 @@ def resolve(recipe: PipelineRecipe, run_dir: Path) -> list[dict[str, Any]]:
     outputs: dict[str, dict[str, str]] = {BASE: {"model": recipe.model}}
     resolved = []
     for i, stage in enumerate(recipe.stages):
-        cfg = stage.model_dump(mode="json", exclude={"model", "data", "eval_data", "teacher"})
+        cfg = stage.model_dump(mode="json", by_alias=True,
+                               exclude={"model", "data", "eval_data", "teacher"})
         src = model_source(recipe, i)
         cfg["model"] = outputs[src.stage][src.output or "model"] if isinstance(src, Ref) else src
         teacher = getattr(stage, "teacher", None)
         if teacher is not None:
-            cfg["teacher"] = outputs[teacher.stage][teacher.output or "model"] if isinstance(teacher, Ref) else teacher
+            cfg["teacher"] = (outputs[teacher.stage][teacher.output or "model"]
+                              if isinstance(teacher, Ref) else teacher)
         for key in ("data", "eval_data"):
             spec = getattr(stage, key, None)
             if spec is None:

@@ -3,9 +3,10 @@
 Each runner takes the stage folder and the resolved config (a plain dict, the one saved as
 ``config.yaml`` there) and returns ``(outputs, summary)``: ``outputs`` maps output names to
 paths (``model`` -> a saved HF folder, datasets -> JSONL files), ``summary`` holds the few
-numbers shown on the pipeline's index page. Only public APIs are used: ``grpo.GRPOTrainer``
-(constructor, ``train``, ``save_model``, ``close``), :func:`grpo.pipeline.sft`,
-:func:`grpo.pipeline.rejection_sample`.
+numbers shown on the pipeline's index page. The pieces are those of the commands: a grpo stage
+is built by :func:`grpo.recipes.assemble.build_trainer` (``grpo train``), a sample stage from
+:func:`grpo.recipes.build_rewards` and :func:`grpo.models.build_generator` (``grpo sample``),
+an sft stage by :func:`grpo.pipeline.sft` (``grpo sft``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from grpo.pipeline.pages import write_sample_report, write_sft_report
-from grpo.recipes.schema import RewardSpec
 
 
 def load_rows(spec: dict[str, Any]) -> list[dict]:
@@ -74,22 +74,20 @@ def run_sft(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[
 
 
 def run_grpo(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    from grpo import GRPOConfig, GRPOTrainer
-    from grpo.pipeline.recipe import build_rewards
+    """A grpo stage: the stage is a :class:`grpo.recipes.schema.Recipe`, built into a trainer by
+    :func:`grpo.recipes.assemble.build_trainer` (as ``grpo train`` builds one), with its rows
+    from ``data`` / ``eval_data`` when given, its run in ``<stage>/grpo``."""
+    from grpo.pipeline.recipe import GRPOStage
+    from grpo.recipes.assemble import build_trainer
 
-    rewards, weights = build_rewards([RewardSpec(**r) for r in cfg["rewards"]])
+    stage = GRPOStage.model_validate(cfg)
     run_dir = stage_dir / "grpo"
-    teacher = {"distill.teacher": cfg["teacher"]} if cfg.get("teacher") else {}
-    config = GRPOConfig(**cfg.get("trainer", {})).updated(
-        {**teacher, "output_dir": str(run_dir), "reward.weights": weights, "checkpoint.final_model": False})
-    eval_rows = load_rows(cfg["eval_data"]) if cfg.get("eval_data") else None
-    peft_config = None
-    if cfg.get("lora"):
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(task_type="CAUSAL_LM", **cfg["lora"])
-    trainer = GRPOTrainer(cfg["model"], rewards, load_rows(cfg["data"]), config, eval_dataset=eval_rows,
-                          peft_config=peft_config)
+    teacher = {"distill.teacher": stage.teacher} if stage.teacher else {}
+    trainer_cfg = stage.trainer.updated(
+        {**teacher, "output_dir": str(run_dir), "checkpoint.final_model": False})
+    stage = stage.model_copy(update={"trainer": trainer_cfg})
+    trainer = build_trainer(stage, train_rows=load_rows(cfg["data"]) if cfg.get("data") else None,
+                            eval_rows=load_rows(cfg["eval_data"]) if cfg.get("eval_data") else None)
     try:
         metrics = trainer.train() or {}
         trainer.save_model(stage_dir / "model")
@@ -110,20 +108,23 @@ def run_grpo(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict
 
 
 def run_sample(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    from grpo.pipeline.keep import KeepRule
-    from grpo.pipeline.recipe import build_rewards
+    """A sample stage: :func:`grpo.pipeline.rejection_sample` with the stage's rewards
+    (:func:`grpo.recipes.build_rewards`) and generator (:func:`grpo.models.build_generator`)."""
+    from grpo.models import build_generator
+    from grpo.pipeline.recipe import SampleStage
     from grpo.pipeline.sample import rejection_sample
+    from grpo.recipes import build_rewards
     from grpo.rewards import CombinedReward
-    from grpo.rollout import SamplingConfig
 
-    rewards, weights = build_rewards([RewardSpec(**r) for r in cfg["rewards"]])
-    sampling = SamplingConfig(**{k: tuple(v) if k == "stop" else v for k, v in cfg.get("sampling", {}).items()})
-    generator = make_generator(cfg["model"], cfg.get("rollout", "hf"), cfg.get("vllm", {}))
+    stage = SampleStage.model_validate(cfg)
+    rewards, weights = build_rewards(stage.rewards)
+    rows = load_rows(cfg["data"])
+    generator = build_generator(stage.rollout, stage.vllm, cfg["model"], seed=stage.seed)
     try:
         result = rejection_sample(
-            generator, load_rows(cfg["data"]), CombinedReward(rewards, weights), output_dir=stage_dir / "samples",
-            n=cfg.get("n", 8), sampling=sampling, keep=KeepRule(**cfg.get("keep", {})), seed=cfg.get("seed", 0),
-            batch_size=cfg.get("batch_size", 16), rl_pass_rate=cfg.get("rl_pass_rate"), model_name=cfg["model"])
+            generator, rows, CombinedReward(rewards, weights), output_dir=stage_dir / "samples",
+            n=stage.n, sampling=stage.sampling, keep=stage.keep, seed=stage.seed,
+            batch_size=stage.batch_size, rl_pass_rate=stage.rl_pass_rate, model_name=cfg["model"])
     finally:
         generator.close()
     outputs = {"sft": str(result.sft_path)}
@@ -134,24 +135,6 @@ def run_sample(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], di
                "mean pass rate": sum(scored) / len(scored) if scored else None,
                "report": write_sample_report(stage_dir, result)}
     return outputs, summary
-
-
-def make_generator(model_path: str, rollout: str, vllm_kwargs: dict[str, Any]):
-    """An HF or vLLM generator for a saved model."""
-    if rollout == "vllm":
-        from grpo.rollout import VLLMGenerator
-
-        return VLLMGenerator(model_path, **vllm_kwargs)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from grpo.rollout import HFGenerator
-
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModelForCausalLM.from_pretrained(model_path)
-    return HFGenerator(model.to("cuda" if torch.cuda.is_available() else "cpu"), tokenizer)
 
 
 RUNNERS = {"sft": run_sft, "grpo": run_grpo, "sample": run_sample}

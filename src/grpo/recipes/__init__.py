@@ -11,6 +11,9 @@ A recipe (:class:`grpo.recipes.schema.Recipe`) names a model, datasets, rewards 
   Llama built offline into the run folder (:func:`prepare_model`);
 * recipes by packaged name (``r1_zero_gsm8k``) or path (:func:`find_recipe`).
 
+:mod:`grpo.recipes.assemble` turns a resolved recipe into a trainer or an evaluation: the one
+assembly path behind ``grpo train``, ``grpo eval`` and ``grpo pipeline``'s stages.
+
 Mistakes in a recipe raise :class:`RecipeError`, a one-line message saying what to change.
 """
 
@@ -21,12 +24,12 @@ import importlib
 import inspect
 import json
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from grpo.recipes.schema import Recipe, TinyModelSpec
+    from grpo.recipes.schema import Recipe, RewardSpec, TinyModelSpec
 
 RECIPE_DIR = Path(__file__).parent
 TINY_MODEL_DIR = "tiny_model"
@@ -121,10 +124,12 @@ def make_reward(name: str, kwargs: dict[str, Any]) -> Any:
         raise RecipeError(f"reward {name!r} with kwargs {kwargs}: {e}") from e
 
 
-def build_rewards(recipe: Recipe) -> tuple[list[Any], list[float]]:
-    """(reward objects, weights) of the recipe, in order."""
-    made = [make_reward(spec.name, spec.kwargs) for spec in recipe.rewards]
-    return made, [spec.weight for spec in recipe.rewards]
+def build_rewards(specs: Sequence[RewardSpec]) -> tuple[list[Any], list[float]]:
+    """(reward objects, weights) of a recipe's ``rewards:`` list, in order: each one built by
+    :func:`make_reward` (unknown names, options and kwargs of a function are errors). The one
+    reward builder of ``grpo train``, ``grpo eval``, ``grpo sample`` and ``grpo pipeline``."""
+    made = [make_reward(spec.name, spec.kwargs) for spec in specs]
+    return made, [spec.weight for spec in specs]
 
 
 def check_recipe(recipe: Recipe) -> tuple[list[Any], list[float]]:
@@ -135,7 +140,7 @@ def check_recipe(recipe: Recipe) -> tuple[list[Any], list[float]]:
     for spec in (recipe.dataset, recipe.eval_dataset):
         if spec is not None:
             check_dataset(spec.name, spec.kwargs)
-    return build_rewards(recipe)
+    return build_rewards(recipe.rewards)
 
 
 # ------------------------------------------------------------------------------ the model

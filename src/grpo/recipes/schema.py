@@ -8,13 +8,15 @@ rewards:                                  # a name (math, format, code, language
   - {name: math, weight: 1.0}             # dotted path to your own: mypkg.rewards:Brevity
   - {name: format, weight: 0.5}
 lora: {r: 16, lora_alpha: 32, target_modules: all-linear}   # optional (peft LoraConfig kwargs)
-trainer: {num_generations: 8, beta: 0.001, ...}              # GRPOConfig fields
+trainer: {rollout: {num_generations: 8}, loss: {beta: 0.001}, ...}   # GRPOConfig sections
+multiturn: {tools: [python], max_turns: 4}                  # optional: tool use (recipes.multiturn)
 ```
 
 ``model: tiny`` builds a tiny Llama with a character tokenizer (``grpo.tiny``) into
 ``<trainer.output_dir>/tiny_model``, warmed up on the CPU demo's task; its size and warm-up are
 the optional ``tiny:`` section (:class:`TinyModelSpec`). Unknown keys are errors that name the
-closest known key.
+closest known key. A ``grpo`` stage of a pipeline (:mod:`grpo.pipeline.recipe`) is a
+:class:`Recipe` too, with a name and the pipeline's data references. docs/recipes.md has it all.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from grpo.config import FLAT_KEYS, GRPOConfig, apply_overrides
 from grpo.recipes import RecipeError, did_you_mean
+from grpo.recipes.multiturn import MultiTurnSettings
 
 
 class DatasetSpec(BaseModel):
@@ -60,19 +63,43 @@ class TinyModelSpec(BaseModel):
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(description="Model folder, hub id, or 'tiny' (built offline into the run folder).")
+    model: str = Field(
+        description="Model folder, hub id, or 'tiny' (built offline into the run folder).")
     tiny: TinyModelSpec | None = Field(None, description="Size and warm-up of model: tiny.")
     dataset: DatasetSpec = Field(description="Training prompts: {name, split, limit, kwargs}.")
-    eval_dataset: DatasetSpec | None = Field(None, description="Held-out prompts for evaluation (optional).")
-    rewards: list[RewardSpec] = Field(min_length=1, description="Reward functions: [{name, weight, kwargs}, ...].")
-    lora: dict[str, Any] | None = Field(None, description="peft LoraConfig arguments (None: full fine-tuning).")
+    eval_dataset: DatasetSpec | None = Field(
+        None, description="Held-out prompts for evaluation (optional).")
+    rewards: list[RewardSpec] = Field(
+        min_length=1, description="Reward functions: [{name, weight, kwargs}, ...].")
+    lora: dict[str, Any] | None = Field(
+        None, description="peft LoraConfig arguments (None: full fine-tuning).")
     trainer: GRPOConfig = Field(default_factory=GRPOConfig)
+    multiturn: MultiTurnSettings | None = Field(
+        None, description="Tool use during rollouts (grpo.recipes.multiturn; None: single turn).")
 
     @model_validator(mode="after")
     def _tiny_only_with_tiny(self) -> Recipe:
         if self.tiny is not None and self.model != "tiny":
-            raise ValueError(f"the 'tiny' section applies to model: tiny, but model is {self.model!r}; "
-                             "remove one of them")
+            raise ValueError(f"the 'tiny' section applies to model: tiny, but model is "
+                             f"{self.model!r}; remove one of them")
+        return self
+
+    @model_validator(mode="after")
+    def _multiturn_fits_the_trainer(self) -> Recipe:
+        mt, cfg = self.multiturn, self.trainer
+        if mt is None:
+            return self
+        if mt.max_turn_tokens is not None and mt.max_turn_tokens > cfg.sampling.max_tokens:
+            raise ValueError(f"multiturn.max_turn_tokens={mt.max_turn_tokens} exceeds "
+                             f"trainer.sampling.max_tokens={cfg.sampling.max_tokens}, the budget "
+                             "of a whole trajectory")
+        if cfg.rollout.backend not in ("hf", "vllm"):
+            raise ValueError(f"multiturn runs on the trainer's own engine: trainer.rollout.backend"
+                             f"={cfg.rollout.backend!r} is not supported; use 'hf' or 'vllm'")
+        if cfg.async_.staleness:
+            raise ValueError(f"multiturn with trainer.async.staleness={cfg.async_.staleness} is "
+                             "not supported yet (the asynchronous generator samples single "
+                             "turns); set trainer.async.staleness=0")
         return self
 
     @classmethod
@@ -100,14 +127,18 @@ class Recipe(BaseModel):
             raise RecipeError(f"{path}: {explain(e, cls)}") from e
 
 
+def _models_in(annotation: Any) -> list[type]:
+    """The pydantic models (or stdlib dataclasses, like GRPOConfig's ``sampling``) in
+    ``annotation``: one, or the members of a union (a pipeline's stages)."""
+    if isinstance(annotation, type) and (issubclass(annotation, BaseModel)
+                                         or dataclasses.is_dataclass(annotation)):
+        return [annotation]
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
 def _model_in(annotation: Any) -> type | None:
-    """The pydantic model (or stdlib dataclass, like GRPOConfig's ``sampling``) in ``annotation``."""
-    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)):
-        return annotation
-    for arg in get_args(annotation):
-        if (found := _model_in(arg)) is not None:
-            return found
-    return None
+    """The first of :func:`_models_in`, or None."""
+    return next(iter(_models_in(annotation)), None)
 
 
 def _field_names(model: type) -> list[str]:
@@ -116,16 +147,36 @@ def _field_names(model: type) -> list[str]:
     return [field.alias or name for name, field in model.model_fields.items()]
 
 
-def _model_at(root: type[BaseModel], loc: tuple) -> type | None:
-    """The pydantic model (or dataclass) that holds the field at ``loc`` (list indices skipped)."""
-    model: type | None = root
+def _tag(model: type) -> Any:
+    """The ``type`` a member of a tagged union is chosen by (``Literal["grpo"]``), or None."""
+    field = getattr(model, "model_fields", {}).get("type")
+    args = get_args(field.annotation) if field is not None else ()
+    return args[0] if len(args) == 1 else None
+
+
+def _model_at(root: type[BaseModel], loc: tuple) -> tuple[type | None, tuple]:
+    """(The pydantic model (or dataclass) that holds the field at ``loc``, ``loc`` without the
+    tags pydantic puts in it for tagged unions). List indices are skipped."""
+    models: list[type] = [root]
+    path = []
     for part in loc:
         if isinstance(part, int):
+            path.append(part)
             continue
-        fields = model.model_fields if isinstance(model, type) and issubclass(model, BaseModel) else {}
-        field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
-        model = _model_in(field.annotation) if field is not None else None
-    return model
+        tagged = [m for m in models if _tag(m) == part]
+        if tagged:  # pydantic's loc names the union member: ('stages', 1, 'grpo', 'trainer')
+            models = tagged
+            continue
+        path.append(part)
+        found: list[type] = []
+        for model in models:
+            fields = model.model_fields if issubclass(model, BaseModel) else {}
+            field = fields.get(part) or next((f for f in fields.values() if f.alias == part), None)
+            if field is not None:
+                found = _models_in(field.annotation)
+                break
+        models = found
+    return (models[0] if models else None), tuple(path)
 
 
 _SECTION_TYPES = {_model_in(f.annotation) for f in GRPOConfig.model_fields.values()} - {None}
@@ -135,9 +186,11 @@ def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
     """A pydantic error as one line per problem (joined by '; '), with "did you mean" for unknown keys."""
     parts = []
     for e in error.errors():
-        where = ".".join(str(p) for p in e["loc"])
+        parent, loc = _model_at(root, e["loc"][:-1])
+        loc += e["loc"][-1:]
+        where = ".".join(str(p) for p in loc)
         if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # the latter: a dataclass section
-            parent, key = _model_at(root, e["loc"][:-1]), str(e["loc"][-1])
+            key = str(e["loc"][-1])
             options = _field_names(parent) if parent is not None else []
             prefix = where[: -len(key)]
             hint = did_you_mean(key, options, prefix)
@@ -146,13 +199,16 @@ def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
                     k: f"{section}.{name}" for k, (section, name) in FLAT_KEYS.items()}
                 close = did_you_mean(key, leaves)
                 hint = close and f"; did you mean '{prefix}{leaves[close.split(chr(39))[1]]}'?"
-            if parent is root and root is Recipe and (key in GRPOConfig.model_fields or key in FLAT_KEYS):
+            # at the top of a recipe or a pipeline's grpo stage (a Recipe too)
+            at_recipe = isinstance(parent, type) and issubclass(parent, Recipe)
+            if at_recipe and (key in GRPOConfig.model_fields or key in FLAT_KEYS):
                 section, name = FLAT_KEYS.get(key, (key, ""))
-                nested = f"trainer.{section}.{name}" if name else f"trainer.{key}"
+                nested = f"{prefix}trainer.{section}.{name}" if name else f"{prefix}trainer.{key}"
                 hint = f"; did you mean '{nested}'? (GRPOConfig settings go under trainer:)"
             in_config = parent is GRPOConfig or parent in _SECTION_TYPES
-            listing = "grpo train --help-config lists them" if in_config else f"known: {', '.join(options)}"
-            parts.append(f"unknown key {where!r}{hint} ({listing})")
+            listing = ("grpo train --help-config lists them" if in_config
+                       else f"known: {', '.join(options)}" if options else "")
+            parts.append(f"unknown key {where!r}{hint}" + (f" ({listing})" if listing else ""))
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")

@@ -84,6 +84,9 @@ log = logging.getLogger(__name__)
 
 # Keywords trl passes every reward function that are one object per batch, not per completion.
 BATCH_KEYWORDS = ("trainer_state", "log_extra", "log_metric")
+# Keywords of a multi-turn rollout (grpo.rollout.trajectory.trajectory_columns) that hold live
+# objects (its record, with its environment and tools): in-process only, never sent to the pool.
+LIVE_KEYWORDS = ("trajectory", "environments")
 
 
 def _snake_case(name: str) -> str:
@@ -314,7 +317,9 @@ class Reward:
         self, completions: Sequence[str | None], examples: Sequence[Mapping[str, Any]] | None = None
     ) -> list[ScoreResult]:
         """Score items the default ``evaluate`` kept, in order: parallel rewards in the shared
-        process pool, others on a watchdog thread; both with the per-item ``time_limit``.
+        process pool (without the live ``LIVE_KEYWORDS``: a reward that reads a multi-turn
+        ``trajectory`` runs in-process), others on a watchdog thread; both with the per-item
+        ``time_limit``.
         Override it for truly batched scoring that still wants ``applies_to`` handled."""
         if examples is None:
             examples = [{} for _ in completions]
@@ -325,7 +330,8 @@ class Reward:
         if self.parallel:
             from grpo.rewards.pool import get_pool
 
-            return get_pool().map(self, completions, examples, time_limit=self.time_limit)
+            sent = [{k: v for k, v in e.items() if k not in LIVE_KEYWORDS} for e in examples]
+            return get_pool().map(self, completions, sent, time_limit=self.time_limit)
         from grpo.rewards.deadline import run_items
 
         return run_items(
