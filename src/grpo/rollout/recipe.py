@@ -32,19 +32,19 @@ class ToolSettings(BaseModel):
     inline_format: str = Field("\n```output\n{}\n```\n", description="Inline observation format ({} = text).")
     stop_at_call: bool = Field(True, description="End a turn right after a call's closing tag.")
     render_tools: bool = Field(True, description="Pass the tool schemas to the chat template.")
-    sandbox: dict[str, Any] = Field(default_factory=dict, description="grpo.rewards.sandbox.SandboxLimits fields.")
+    sandbox: dict[str, Any] = Field(default_factory=dict, description="grpo.sandbox.SandboxLimits fields.")
 
     @field_validator("sandbox")
     @classmethod
     def _limits(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from grpo.rewards.sandbox import SandboxLimits
+        from grpo.sandbox import SandboxLimits
 
         SandboxLimits(**v)  # unknown fields raise here, at load time
         return v
 
     def build(self, generator: Any):
         """The :class:`MultiTurnGenerator` on ``generator`` (HF or colocated vLLM)."""
-        from grpo.rewards.sandbox import SandboxLimits
+        from grpo.sandbox import SandboxLimits
         from grpo.rollout.multiturn import MultiTurnGenerator
         from grpo.rollout.tools import CodeBlockParser, HermesParser, python_tool
 

@@ -27,7 +27,7 @@ returns their results as ``tool`` messages; a message without a call ends the tr
 calls never raise: a malformed call, an unknown tool, a tool that raises or hangs gives the model
 an ``Error: ...`` result and a :class:`ToolCall` record with the status, and the run goes on.
 
-:func:`python_tool` runs model-written code in :func:`grpo.rewards.sandbox.run_python`, the
+:func:`python_tool` runs model-written code in :func:`grpo.sandbox.run_python`, the
 isolation CodeReward uses. There is no persistent interpreter session: each call is a fresh
 sandboxed process, so nothing (state, files, processes) survives a call, and one trajectory's
 code can never see another's. Code that needs earlier results recomputes them.
@@ -315,8 +315,8 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
                 max_output_chars: int = 2000, name: str = "python") -> Callable[[str], str]:
     """A ``python(code)`` tool running each call in a fresh sandboxed interpreter.
 
-    The code runs under :func:`grpo.rewards.sandbox.run_python` with ``limits``
-    (:class:`grpo.rewards.sandbox.SandboxLimits`; default 5 s wall and CPU time, 256 MB, 16 KB of
+    The code runs under :func:`grpo.sandbox.run_python` with ``limits``
+    (:class:`grpo.sandbox.SandboxLimits`; default 5 s wall and CPU time, 256 MB, 16 KB of
     output read back). The result is its stdout, then its stderr (a traceback), then a line
     saying why it stopped if it did not exit normally (timeout, killed); cut to
     ``max_output_chars``. A run that did not exit with status 0 raises :class:`ToolError` with
@@ -327,7 +327,7 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
     >>> python_tool()("print(2 + 3)")
     '5'
     """
-    from grpo.rewards.sandbox import SandboxLimits, run_python
+    from grpo.sandbox import SandboxLimits, run_python
 
     limits = limits or SandboxLimits(wall_time_s=5.0, cpu_time_s=5.0, memory_mb=256,
                                      max_output_bytes=16 * 1024)
