@@ -23,6 +23,7 @@ from grpo.batch import RolloutBatch
 from grpo.logprobs import TokenLogprobs, token_logprobs_and_entropy
 from grpo.packing import pack_batch, packed_forward, unsupported_reason
 from grpo.parallel import is_sharded
+from grpo.rollout.sampling import position_ids
 from grpo.rollout.weights import is_peft_model
 
 
@@ -80,10 +81,11 @@ def completion_logprobs(
         if sharded:
             hidden_BLH, weight = _sharded_forward(model, decoder, lambda call: call(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=_position_ids(batch.attention_mask), use_cache=False))
+                position_ids=position_ids(batch.attention_mask), use_cache=False))
         else:
             hidden_BLH = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=_position_ids(batch.attention_mask), use_cache=False).last_hidden_state
+                                 position_ids=position_ids(batch.attention_mask),
+                                 use_cache=False).last_hidden_state
         t = batch.completion_ids.shape[1]
         hidden_BTH = hidden_BLH[:, batch.prompt_len - 1:batch.prompt_len - 1 + t]  # column p-1+t predicts token t
     targets = batch.completion_ids.masked_fill(~batch.completion_mask, 0)
@@ -122,11 +124,6 @@ def _packed_logprobs(model, decoder, weight, batch: RolloutBatch, packed, sharde
                          entropy=zeros_BT.masked_scatter(real_BT, lp.entropy[0]) if with_entropy else zeros_BT)
 
 
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counting only real tokens (left padding does not shift them), 0 at padding."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
-
-
 def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, run):
     """(last hidden states, LM-head weight ``[V, H]``) of an FSDP2-sharded model, whose forward
     ``run(call)`` makes with the inputs it wants (padded or packed).
@@ -158,7 +155,7 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torc
         return None
     ids_UP, mask_UP = batch.input_ids[first_U, :p], batch.attention_mask[first_U, :p]
     prompt = decoder(input_ids=ids_UP, attention_mask=mask_UP,
-                     position_ids=_position_ids(mask_UP), use_cache=True)
+                     position_ids=position_ids(mask_UP), use_cache=True)
     cache = prompt.past_key_values
     if cache is None:  # a decoder without a cache
         return None
@@ -168,7 +165,8 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torc
     cache.reorder_cache(row_to_prompt_B)  # [U, ...] -> [B, ...]: each row gets its prompt's keys/values
     rest = decoder(  # completion tokens 0..T-2 predict tokens 1..T-1
         input_ids=batch.input_ids[:, p:p + t - 1], attention_mask=batch.attention_mask[:, :p + t - 1],
-        position_ids=_position_ids(batch.attention_mask)[:, p:p + t - 1], past_key_values=cache, use_cache=True,
+        position_ids=position_ids(batch.attention_mask)[:, p:p + t - 1], past_key_values=cache,
+        use_cache=True,
     ).last_hidden_state  # [B, T-1, H]
     return torch.cat([first_BH[:, None], rest], dim=1)
 

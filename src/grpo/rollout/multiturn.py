@@ -52,6 +52,7 @@ from grpo.rollout.chat import (
     render,
 )
 from grpo.rollout.engines import token_engine
+from grpo.rollout.sampling import row_seed
 from grpo.rollout.tokens import encode_prompt, find_ending
 from grpo.rollout.tools import (
     ERROR,
@@ -78,15 +79,16 @@ from grpo.rollout.trajectory import (
 from grpo.rollout.types import Prompt, SamplingConfig
 
 
-def turn_seed(row_seed: int | None, turn: int) -> int | None:
-    """Seed of turn ``turn`` of the trajectory whose first turn is seeded ``row_seed``.
+def turn_seed(seed: int | None, turn: int) -> int | None:
+    """Seed of turn ``turn`` of the trajectory whose first turn is seeded ``seed`` (its
+    :func:`~grpo.rollout.sampling.row_seed`).
 
     >>> turn_seed(7, 0), turn_seed(7, 1) == turn_seed(7, 1), turn_seed(None, 3)
     (7, True, None)
     """
-    if row_seed is None or turn == 0:
-        return row_seed
-    digest = hashlib.blake2b(f"{row_seed}:{turn}".encode(), digest_size=8).digest()
+    if seed is None or turn == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{turn}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % 2**31
 
 
@@ -280,7 +282,7 @@ class MultiTurnGenerator:
                              "no room for a completion")
         env = self.make_env()
         env.reset(**row)  # a failing reset is a bug in the environment or the data: it raises
-        seed = None if sampling.seed is None else sampling.seed + p * n + k
+        seed = row_seed(sampling.seed, p, n, k)
         return _State(p, k, prompt, ids, env, seed, text)
 
     def _room(self, s: _State, sampling: SamplingConfig) -> int:

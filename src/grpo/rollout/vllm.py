@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from grpo.rollout.sampling import row_seed
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import Prompt, Rollout, SamplingConfig
 from grpo.rollout.vllm_support import (
@@ -239,7 +240,7 @@ class VLLMGenerator:
                 stop_token_ids=list(self.eos_ids),
                 include_stop_str_in_output=True,
                 logprobs=0,  # the sampled token's only
-                seed=None if sampling.seed is None else sampling.seed + p * n,
+                seed=row_seed(sampling.seed, p, n),
                 detokenize=bool(sampling.stop),  # stop strings need text; we decode ourselves
             )
             for p in range(len(encoded))
