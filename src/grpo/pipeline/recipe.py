@@ -257,7 +257,7 @@ def _check_settings(stage: _Stage) -> list[str]:
 
             SamplingConfig(**{k: tuple(v) if k == "stop" else v for k, v in stage.sampling.items()})
         elif isinstance(stage, SFTStage):
-            from grpo.pipeline.finetune import sft_config
+            from grpo.sft import sft_config
 
             sft_config("unused", **stage.sft)
     except (ValidationError, ValueError, TypeError) as e:

@@ -16,6 +16,9 @@ model learns to stop). Rows are those :func:`grpo.pipeline.rejection_sample` wri
 (``prompt``/``completion`` as plain strings also work), or conversations
 ``{"messages": [..., {"role": "assistant", ...}]}`` such as OpenR1-Math-220k's, split before the
 last assistant turn. Any other column is dropped.
+
+A component below the recipes and the pipeline (both use it: ``grpo sft``, pipeline stages, the
+tiny model's warm-up), re-exported as ``grpo.pipeline.sft``; it imports no other grpo module.
 """
 
 from __future__ import annotations
