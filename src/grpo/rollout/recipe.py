@@ -44,9 +44,9 @@ class ToolSettings(BaseModel):
 
     def build(self, generator: Any):
         """The :class:`MultiTurnGenerator` on ``generator`` (HF or colocated vLLM)."""
-        from grpo.sandbox import SandboxLimits
         from grpo.rollout.multiturn import MultiTurnGenerator
         from grpo.rollout.tools import CodeBlockParser, HermesParser, python_tool
+        from grpo.sandbox import SandboxLimits
 
         limits = SandboxLimits(**self.sandbox) if self.sandbox else None
         tools = [python_tool(limits, max_output_chars=self.max_tool_output_chars) for _ in self.tools]
