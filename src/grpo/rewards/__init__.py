@@ -54,7 +54,8 @@ __all__ = [
     "CRASHED", "ERROR", "FAILED", "NOT_APPLICABLE", "OK", "STATUSES", "TIMEOUT", "UNSCORABLE",
     "CodeReward", "CombinedReward", "CosineLengthReward", "FormatReward", "FunctionReward",
     "LanguageReward", "MathReward", "NotApplicable", "OverlongPenalty", "RepetitionPenalty",
-    "Reward", "RewardBreakdown", "RewardFailure", "RewardModelReward", "RewardMonitor", "SandboxLimits", "ScoreResult",
+    "Reward", "RewardBreakdown", "RewardFailure", "RewardModelReward", "RewardMonitor",
+    "SandboxLimits", "ScoreResult",
     "ScoringPool", "Unscorable", "as_reward", "completion_text", "extract_answer", "extract_code",
     "get_pool", "run_python", "run_tests", "sandbox_layers", "set_pool", "shutdown_pool",
 ]

@@ -98,7 +98,8 @@ class VLLMServerGenerator:
         sample ``k`` of a request ``seed + k``), like :class:`VLLMGenerator`."""
         if self._closed:
             raise RuntimeError("this VLLMServerGenerator is closed")
-        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len, self.chat_template_kwargs)
+        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len,
+                                 self.chat_template_kwargs)
         if sampling.seed is None:
             batches = [(0, encoded, None)]
         else:

@@ -223,7 +223,8 @@ class VLLMGenerator:
         if self._weights_discarded:
             raise RuntimeError("the engine slept at level 2 (weights discarded): call "
                                "sync_weights(model) before generating")
-        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len, self.chat_template_kwargs)
+        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len,
+                                 self.chat_template_kwargs)
         if self._asleep:
             self.wake_up()
         n_req = 1 if sampling.greedy else n  # vLLM rejects n > 1 when greedy; all n agree anyway
