@@ -559,7 +559,7 @@ def test_sandbox_never_runs_code_in_this_process(tmp_path):
 
 
 def test_old_module_path_is_a_deprecated_alias():
-    """``grpo.rewards.sandbox`` (the home until grpo 0.1) still works for one release."""
+    """``grpo.rewards.sandbox`` (the home in grpo 0.1) still works until grpo 0.3."""
     sys.modules.pop("grpo.rewards.sandbox", None)
     with pytest.warns(DeprecationWarning, match="import from grpo.sandbox"):
         import grpo.rewards.sandbox as old

@@ -1,5 +1,5 @@
 """Deprecated alias of :mod:`grpo.sandbox`, the sandbox's home since it became its own package
-(code rewards and the Python tool both use it). Kept for one release: import from
+(code rewards and the Python tool both use it). Goes away in grpo 0.3: import from
 ``grpo.sandbox`` instead."""
 
 import warnings
@@ -19,5 +19,5 @@ from grpo.sandbox import (  # noqa: F401 -- re-exported
 __all__ = ["MODES", "SandboxLimits", "SandboxResult", "TestRun", "run_python", "run_tests",
            "sandbox_layers", "sandbox_mode", "sandbox_prefork"]
 
-warnings.warn("grpo.rewards.sandbox is deprecated: import from grpo.sandbox", DeprecationWarning,
-              stacklevel=2)
+warnings.warn("grpo.rewards.sandbox is deprecated and goes away in grpo 0.3: import from "
+              "grpo.sandbox", DeprecationWarning, stacklevel=2)

@@ -113,8 +113,8 @@ The package, used by code rewards (:class:`grpo.rewards.CodeReward`) and the Pyt
                     program and its tests
 ==================  =========================================================================
 
-``grpo.rewards.sandbox``, its home until grpo 0.1, is a deprecated alias of this package, kept
-for one release.
+``grpo.rewards.sandbox``, its home in grpo 0.1, is a deprecated alias of this package that goes
+away in grpo 0.3 (as grpo 0.1's flat config keys do).
 """
 
 from __future__ import annotations
