@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from grpo.pipeline import sft
-from grpo.pipeline.finetune import to_sft_rows
+from grpo.sft import to_sft_rows
 from grpo.tiny import build_char_tokenizer, build_tiny_llama, save_tiny_model
 
 PROMPT = [{"role": "user", "content": "qqqqqqqqqqqqqqqqqqqq"}]
@@ -74,7 +74,7 @@ def test_rows_without_completion_are_named():
 
 
 def test_settings_are_checked(tmp_path):
-    from grpo.pipeline.finetune import sft_config
+    from grpo.sft import sft_config
 
     with pytest.raises(ValueError, match="completion tokens only"):
         sft_config(tmp_path, completion_only_loss=False)

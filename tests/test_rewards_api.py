@@ -250,14 +250,14 @@ def test_combined_reward_validates_names_and_weights():
 
 @pytest.mark.parametrize(
     "module",
-    ["base", "code", "combine", "format", "function", "language", "length", "math", "monitor",
-     "sandbox"],
+    ["rewards.base", "rewards.code", "rewards.combine", "rewards.format", "rewards.function",
+     "rewards.language", "rewards.length", "rewards.math", "rewards.monitor", "sandbox"],
 )
 def test_docstring_examples(module):
     """The doctest-size examples in the verifiers' docstrings are run, so they stay true."""
     import doctest
     import importlib
 
-    mod = importlib.import_module(f"grpo.rewards.{module}")
+    mod = importlib.import_module(f"grpo.{module}")
     result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
     assert result.attempted > 0 and result.failed == 0

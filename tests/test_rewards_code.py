@@ -20,7 +20,7 @@ from grpo.rewards import (
     set_pool,
 )
 from grpo.rewards.code import normalize_output, parse_tests
-from grpo.rewards.sandbox import sandbox_mode
+from grpo.sandbox import sandbox_mode
 
 ADD_TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]
 LIMITS = SandboxLimits(wall_time_s=4, cpu_time_s=4, memory_mb=256)
@@ -184,7 +184,7 @@ def zygotes_of(pid: int) -> list[int]:
     found = []
     for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
         try:
-            if b"_sandbox_zygote.py" in Path(f"/proc/{child}/cmdline").read_bytes():
+            if b"sandbox/zygote.py" in Path(f"/proc/{child}/cmdline").read_bytes():
                 found.append(int(child))
         except FileNotFoundError:
             continue

@@ -155,13 +155,14 @@ def test_seeded_sampling_is_reproducible(tiny):
 def test_row_sampler_draws_from_the_softmax():
     """The exponential race picks token v with probability softmax(s)_v: chi-square of 20,000
     seeded draws against the exact probabilities (a masked token is never drawn)."""
-    from grpo.rollout.hf import _RowSampler
+    from grpo.rollout.sampling import RowSampler
 
     scores_V = torch.tensor([2.0, 1.0, 0.0, -1.0, -math.inf, 0.5])
     probs_V = torch.softmax(scores_V, -1)
     rows = 20_000
     gens = [torch.Generator().manual_seed(i) for i in range(rows)]
-    out_BV = _RowSampler(gens)(torch.zeros(rows, 1, dtype=torch.long), scores_V.expand(rows, -1).clone())
+    out_BV = RowSampler(gens)(torch.zeros(rows, 1, dtype=torch.long),
+                              scores_V.expand(rows, -1).clone())
     assert ((out_BV == 0).sum(-1) == 1).all() and torch.isinf(out_BV).sum() == rows * 5
     counts_V = torch.bincount(out_BV.argmax(-1), minlength=6).double()
     assert counts_V[4] == 0

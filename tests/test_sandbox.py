@@ -1,4 +1,4 @@
-"""Adversarial tests of grpo.rewards.sandbox, one property per test, on the real sandbox.
+"""Adversarial tests of grpo.sandbox, one property per test, on the real sandbox.
 
 Each test runs hostile code and checks three things: the host and this (scoring) process are
 unaffected, the outcome is a failure (or the true result), and the call returns within its
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from grpo.rewards.sandbox import (
+from grpo.sandbox import (
     SandboxLimits,
     run_python,
     run_tests,
@@ -341,7 +341,7 @@ def test_cannot_write_or_delete_host_files(tmp_path, path):
     res = run_python(attack, limits=FAST, **PATHS[path])
     assert res.ok and "done" not in res.stdout
     assert canary.read_text() == "original" and project_file.read_bytes() == before
-    assert (REPO / "src" / "grpo" / "rewards" / "sandbox.py").exists()
+    assert (REPO / "src" / "grpo" / "sandbox" / "__init__.py").exists()
 
 
 def test_world_writable_host_files_are_out_of_reach():
@@ -366,7 +366,7 @@ def test_world_writable_host_files_are_out_of_reach():
 def test_work_folder_starts_empty_and_is_removed(path, monkeypatch):
     import tempfile
 
-    import grpo.rewards._sandbox_process as process
+    import grpo.sandbox.process as process
 
     # a scratch root of our own (reachable by the run's uid), so other runs cannot interfere
     scratch = Path(tempfile.mkdtemp(prefix="grpo-test-", dir=process._scratch_dir()))
@@ -472,7 +472,7 @@ def test_the_builtins_tests_are_restored_from_cannot_be_patched(path):
             pristine["sorted"] = fake
         except TypeError:
             print("immutable")
-        harness = sys.modules.get("_sandbox_harness")
+        harness = sys.modules.get("harness")
         if harness is not None:
             harness.PRISTINE_BUILTINS = tuple({**vars(builtins), "sorted": fake}.items())
     """)
@@ -558,11 +558,22 @@ def test_sandbox_never_runs_code_in_this_process(tmp_path):
     assert "grpo_sandbox_flag" not in sys.modules
 
 
+def test_old_module_path_is_a_deprecated_alias():
+    """``grpo.rewards.sandbox`` (the home in grpo 0.1) still works until grpo 0.3."""
+    sys.modules.pop("grpo.rewards.sandbox", None)
+    with pytest.warns(DeprecationWarning, match="import from grpo.sandbox"):
+        import grpo.rewards.sandbox as old
+    import grpo.sandbox as new
+
+    assert old.run_python is new.run_python and old.SandboxLimits is new.SandboxLimits
+    assert set(old.__all__) == set(new.__all__)
+
+
 # ------------------------------------------------------------------------------ unprivileged host
 NONROOT_SCRIPT = """
 import json, os, sys, time
 sys.path.insert(0, sys.argv[1])
-from grpo.rewards.sandbox import SandboxLimits, run_python, sandbox_layers, sandbox_mode
+from grpo.sandbox import SandboxLimits, run_python, sandbox_layers, sandbox_mode
 out = {"uid": os.getuid(), "mode": sandbox_mode(), "layers": sandbox_layers()}
 probe = "try:\\n    open('/etc/passwd')\\n    print('read')\\nexcept OSError:\\n    print('refused')"
 out["passwd"] = run_python(probe).stdout.strip()
@@ -584,14 +595,14 @@ results["attacker"] = run_python(attack)
 victim.join()
 out["victim"] = results["victim"].stdout
 out["layers_prefork"] = "pre-forked" in sandbox_layers()
-from grpo.rewards._sandbox_prefork import STATS
+from grpo.sandbox.prefork import STATS
 out["zygotes"] = STATS  # a zygote taken down would be replaced (and its run rerun): count
 # the program's uid owns the root's tmpfs mounts here: none of them may be writable
 places = ("/", "/dev", "/usr", "/proc")
 probe = f"for d in {places!r}:\\n    try:\\n        open(d + '/leak', 'w')\\n        print(d)\\n"
 out["writable"] = run_python(probe + "    except OSError:\\n        pass\\n").stdout
 os.environ["GRPO_SANDBOX"] = "rlimits"
-import grpo.rewards.sandbox as sb
+import grpo.sandbox as sb
 sb._MODE = None
 out["rlimits_layers"] = sb.sandbox_layers()
 out["rlimits_run"] = run_python("import os; print(sorted(os.environ))").stdout.strip()

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import pytest
 
-from grpo.rewards import _sandbox_prefork as prefork
-from grpo.rewards.sandbox import (
+from grpo.sandbox import prefork
+from grpo.sandbox import (
     SandboxLimits,
     run_python,
     run_tests,
@@ -216,7 +216,7 @@ ATTACKS = {
         os.listdir = lambda *a: []
         marshal.loads = lambda *a: None
         sys.modules["json"] = types.ModuleType("json")
-        harness = sys.modules.get("_sandbox_harness")
+        harness = sys.modules.get("harness")
         if harness is not None:  # the harness the zygote imported: patch it in our copy
             harness._run = harness._supervise = lambda *a, **k: None
         sys.path.insert(0, "/work")
@@ -452,7 +452,7 @@ def test_a_dead_zygote_is_replaced_with_a_warning(caplog):
     z = zygote()
     os.kill(z.pid, signal.SIGKILL)  # its launcher: --kill-child takes the zygote along
     z.proc.wait()
-    with caplog.at_level(logging.WARNING, logger="grpo.rewards.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="grpo.sandbox"):
         res = run_python("print(6 * 7)", limits=FAST, prefork=True)
     assert res.ok and res.stdout == "42\n"
     assert zygote() is not z and "died" in caplog.text and "starting a new one" in caplog.text
@@ -465,7 +465,7 @@ def test_a_run_cut_short_by_the_zygote_s_death_runs_again(caplog):
     runner = threading.Thread(target=lambda: out.append(run_python(
         "import time\ntime.sleep(1)\nprint('done')", limits=FAST, prefork=True)))
     earlier = set(children(zygote_pid))  # runs of earlier tests it has not reaped yet
-    with caplog.at_level(logging.WARNING, logger="grpo.rewards.sandbox"):
+    with caplog.at_level(logging.WARNING, logger="grpo.sandbox"):
         runner.start()
         wait_for(lambda: set(children(zygote_pid)) - earlier)  # this run is under way
         os.kill(zygote_pid, signal.SIGKILL)
@@ -480,7 +480,7 @@ def test_a_zygote_that_cannot_start_is_a_loud_setup_failure(tmp_path, monkeypatc
     fake.chmod(0o755)
     tmp_path.chmod(0o755)
     monkeypatch.setenv("GRPO_SANDBOX_PYTHON", str(fake))
-    with caplog.at_level(logging.ERROR, logger="grpo.rewards.sandbox"):
+    with caplog.at_level(logging.ERROR, logger="grpo.sandbox"):
         res = run_tests("def f(): pass", ["assert f() is None"], limits=FAST, prefork=True)
     assert res.result.setup_failed and res.passed == (False,)
     assert "exit status 3" in res.result.stderr and "no interpreter here" in res.result.stderr
@@ -490,8 +490,8 @@ def test_a_zygote_that_cannot_start_is_a_loud_setup_failure(tmp_path, monkeypatc
 ORPHAN_SCRIPT = """
 import os, sys, time
 sys.path.insert(0, sys.argv[1])
-from grpo.rewards import _sandbox_prefork as prefork
-from grpo.rewards.sandbox import SandboxLimits, run_python
+from grpo.sandbox import prefork
+from grpo.sandbox import SandboxLimits, run_python
 run_python("pass", prefork=True)
 [z] = prefork._ZYGOTES.values()
 print(z.pid, flush=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from grpo.rewards.sandbox import SandboxLimits, sandbox_mode
+from grpo.sandbox import SandboxLimits, sandbox_mode
 from grpo.rollout.tools import (
     CodeBlockParser,
     EnvStep,

@@ -1,4 +1,5 @@
-"""The policy model as the trainer sees it: a :class:`grpo.batch.RolloutBatch` -> per-token log-probs.
+"""The policy model as the trainer sees it: a :class:`grpo.batch.RolloutBatch` -> per-token
+log-probs.
 
 In a batch every row's completion starts at the same column ``prompt_len`` (prompts left-padded,
 completions right-padded; :mod:`grpo.batch`), so the hidden state at column
@@ -23,6 +24,7 @@ from grpo.batch import RolloutBatch
 from grpo.logprobs import TokenLogprobs, token_logprobs_and_entropy
 from grpo.packing import pack_batch, packed_forward, unsupported_reason
 from grpo.parallel import is_sharded
+from grpo.rollout.sampling import position_ids
 from grpo.rollout.weights import is_peft_model
 
 
@@ -32,7 +34,10 @@ def _backbone_and_head(model: torch.nn.Module):
     Works for plain transformers models and peft-wrapped ones (whose LoRA layers stay active).
     """
     inner = model.get_base_model() if is_peft_model(model) else model
-    decoder = inner.get_decoder() if hasattr(inner, "get_decoder") else getattr(inner, "model", None)
+    if hasattr(inner, "get_decoder"):
+        decoder = inner.get_decoder()
+    else:
+        decoder = getattr(inner, "model", None)
     head = inner.get_output_embeddings()
     if decoder is None or head is None:
         raise TypeError(f"{type(inner).__name__} is not a causal LM with a decoder and an LM head")
@@ -71,8 +76,9 @@ def completion_logprobs(
     if padding_free and not checkpointing and _packable(decoder):
         packed = pack_batch(batch, share_prompts=share_prompts)
         if packed is not None:
-            return _packed_logprobs(model, decoder, weight, batch, packed, sharded, temperature=temperature,
-                                    chunk_size=chunk_size, with_entropy=with_entropy)
+            return _packed_logprobs(model, decoder, weight, batch, packed, sharded,
+                                    temperature=temperature, chunk_size=chunk_size,
+                                    with_entropy=with_entropy)
     hidden_BTH = None
     if share_prompts and not sharded and not checkpointing:
         hidden_BTH = _shared_prompt_hidden(decoder, batch)
@@ -80,12 +86,14 @@ def completion_logprobs(
         if sharded:
             hidden_BLH, weight = _sharded_forward(model, decoder, lambda call: call(
                 input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=_position_ids(batch.attention_mask), use_cache=False))
+                position_ids=position_ids(batch.attention_mask), use_cache=False))
         else:
             hidden_BLH = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=_position_ids(batch.attention_mask), use_cache=False).last_hidden_state
+                                 position_ids=position_ids(batch.attention_mask),
+                                 use_cache=False).last_hidden_state
         t = batch.completion_ids.shape[1]
-        hidden_BTH = hidden_BLH[:, batch.prompt_len - 1:batch.prompt_len - 1 + t]  # column p-1+t predicts token t
+        # column p-1+t predicts token t
+        hidden_BTH = hidden_BLH[:, batch.prompt_len - 1:batch.prompt_len - 1 + t]
     targets = batch.completion_ids.masked_fill(~batch.completion_mask, 0)
     return token_logprobs_and_entropy(hidden_BTH, weight.to(hidden_BTH.dtype), targets,
                                       temperature=temperature, chunk_size=chunk_size,
@@ -99,32 +107,30 @@ def _packable(decoder: torch.nn.Module) -> bool:
     reason = unsupported_reason(decoder.config)
     if reason is not None and reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"padding-free forward off for this model ({reason}): batches run padded, which is exact "
-                      "but spends compute on padding. Pass padding_free=False (GRPOConfig.padding_free) to "
-                      "silence this.", stacklevel=3)
+        warnings.warn(f"padding-free forward off for this model ({reason}): batches run padded, "
+                      "which is exact but spends compute on padding. Pass padding_free=False "
+                      "(GRPOConfig.padding_free) to silence this.", stacklevel=3)
     return reason is None
 
 
-def _packed_logprobs(model, decoder, weight, batch: RolloutBatch, packed, sharded: bool, *, temperature: float,
-                     chunk_size: int | None, with_entropy: bool) -> TokenLogprobs:
+def _packed_logprobs(model, decoder, weight, batch: RolloutBatch, packed, sharded: bool, *,
+                     temperature: float, chunk_size: int | None,
+                     with_entropy: bool) -> TokenLogprobs:
     """:func:`completion_logprobs` on the packed row: log-probs of the real completion tokens
     only (the LM head runs on no padding either), scattered back to ``[B, T]``."""
     if sharded:
-        hidden_1NH, weight = _sharded_forward(model, decoder, lambda call: packed_forward(call, decoder.config, packed))
+        hidden_1NH, weight = _sharded_forward(
+            model, decoder, lambda call: packed_forward(call, decoder.config, packed))
     else:
         hidden_1NH = packed_forward(decoder, decoder.config, packed).last_hidden_state
     real_BT = batch.completion_mask.bool()
     hidden_1MH = hidden_1NH[:, packed.predictor]
-    lp = token_logprobs_and_entropy(hidden_1MH, weight.to(hidden_1MH.dtype), batch.completion_ids[real_BT][None],
-                                    temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy)
+    lp = token_logprobs_and_entropy(hidden_1MH, weight.to(hidden_1MH.dtype),
+                                    batch.completion_ids[real_BT][None], temperature=temperature,
+                                    chunk_size=chunk_size, with_entropy=with_entropy)
     zeros_BT = torch.zeros(real_BT.shape, dtype=lp.logp.dtype, device=lp.logp.device)
-    return TokenLogprobs(logp=zeros_BT.masked_scatter(real_BT, lp.logp[0]),
-                         entropy=zeros_BT.masked_scatter(real_BT, lp.entropy[0]) if with_entropy else zeros_BT)
-
-
-def _position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions counting only real tokens (left padding does not shift them), 0 at padding."""
-    return (mask.cumsum(-1) - 1).clamp(min=0)
+    entropy_BT = zeros_BT.masked_scatter(real_BT, lp.entropy[0]) if with_entropy else zeros_BT
+    return TokenLogprobs(logp=zeros_BT.masked_scatter(real_BT, lp.logp[0]), entropy=entropy_BT)
 
 
 def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, run):
@@ -137,7 +143,8 @@ def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, run):
     keeps its weights gathered from forward to backward, so the head weight read afterwards is
     the full tensor that backward will reduce-scatter."""
     caught: dict[str, torch.Tensor] = {}
-    hook = decoder.register_forward_hook(lambda mod, args, out: caught.update(h=out.last_hidden_state))
+    hook = decoder.register_forward_hook(
+        lambda mod, args, out: caught.update(h=out.last_hidden_state))
     try:
         no_logits = torch.empty(0, dtype=torch.long, device=next(model.parameters()).device)
         run(lambda **inputs: model(**inputs, logits_to_keep=no_logits))
@@ -158,17 +165,20 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torc
         return None
     ids_UP, mask_UP = batch.input_ids[first_U, :p], batch.attention_mask[first_U, :p]
     prompt = decoder(input_ids=ids_UP, attention_mask=mask_UP,
-                     position_ids=_position_ids(mask_UP), use_cache=True)
+                     position_ids=position_ids(mask_UP), use_cache=True)
     cache = prompt.past_key_values
     if cache is None:  # a decoder without a cache
         return None
     first_BH = prompt.last_hidden_state[row_to_prompt_B, -1]  # last prompt position -> token 0
     if t == 1:
         return first_BH[:, None]
-    cache.reorder_cache(row_to_prompt_B)  # [U, ...] -> [B, ...]: each row gets its prompt's keys/values
+    # [U, ...] -> [B, ...]: each row gets its prompt's keys/values
+    cache.reorder_cache(row_to_prompt_B)
     rest = decoder(  # completion tokens 0..T-2 predict tokens 1..T-1
-        input_ids=batch.input_ids[:, p:p + t - 1], attention_mask=batch.attention_mask[:, :p + t - 1],
-        position_ids=_position_ids(batch.attention_mask)[:, p:p + t - 1], past_key_values=cache, use_cache=True,
+        input_ids=batch.input_ids[:, p:p + t - 1],
+        attention_mask=batch.attention_mask[:, :p + t - 1],
+        position_ids=position_ids(batch.attention_mask)[:, p:p + t - 1], past_key_values=cache,
+        use_cache=True,
     ).last_hidden_state  # [B, T-1, H]
     return torch.cat([first_BH[:, None], rest], dim=1)
 

@@ -21,15 +21,15 @@ if TYPE_CHECKING:
     from grpo.pipeline.keep import KeepRule
     from grpo.pipeline.run import run_pipeline
     from grpo.pipeline.sample import NothingKeptError, SampleResult, rejection_sample
-    from grpo.pipeline.finetune import SFTResult, sft
+    from grpo.sft import SFTResult, sft
 
 _LAZY = {
     "KeepRule": "grpo.pipeline.keep",
     "NothingKeptError": "grpo.pipeline.sample",
     "SampleResult": "grpo.pipeline.sample",
     "rejection_sample": "grpo.pipeline.sample",
-    "SFTResult": "grpo.pipeline.finetune",
-    "sft": "grpo.pipeline.finetune",
+    "SFTResult": "grpo.sft",
+    "sft": "grpo.sft",
     "run_pipeline": "grpo.pipeline.run",
 }
 

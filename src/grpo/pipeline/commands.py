@@ -100,7 +100,7 @@ def sft_command(args: argparse.Namespace) -> int:
     try:
         import yaml
 
-        from grpo.pipeline.finetune import sft, sft_config, to_sft_rows
+        from grpo.sft import sft, sft_config, to_sft_rows
         from grpo.pipeline.sample import read_jsonl
 
         settings = {}

@@ -280,7 +280,7 @@ def _check_settings(stage: SFTStage | GRPOStage | SampleStage) -> list[str]:
         except ValueError as e:  # RecipeError, and the keep rule's
             problems.append(str(e))
     if isinstance(stage, SFTStage):
-        from grpo.pipeline.finetune import sft_config
+        from grpo.sft import sft_config
 
         try:
             sft_config("unused", **stage.sft)

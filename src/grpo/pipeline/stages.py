@@ -63,7 +63,7 @@ def load_rows(spec: dict[str, Any]) -> list[dict]:
 
 
 def run_sft(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:
-    from grpo.pipeline.finetune import sft
+    from grpo.sft import sft
 
     result = sft(cfg["model"], load_rows(cfg["data"]), stage_dir, **cfg.get("sft", {}))
     losses = [r["loss"] for r in result.log_history if "loss" in r]

@@ -19,14 +19,15 @@ Mistakes in a recipe raise :class:`RecipeError`, a one-line message saying what 
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import inspect
 import json
 import shutil
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from grpo.recipes.errors import RecipeError, did_you_mean  # noqa: F401 -- re-exported
 
 if TYPE_CHECKING:
     from grpo.recipes.schema import Recipe, RewardSpec, TinyModelSpec
@@ -34,16 +35,6 @@ if TYPE_CHECKING:
 RECIPE_DIR = Path(__file__).parent
 TINY_MODEL_DIR = "tiny_model"
 """``model: tiny`` is built into ``<output_dir>/tiny_model``."""
-
-
-class RecipeError(ValueError):
-    """A mistake in a recipe or its overrides; the message says what to change."""
-
-
-def did_you_mean(word: str, options: Iterable[str], prefix: str = "") -> str:
-    """``"; did you mean 'beta'?"`` for the closest option, or ``""``."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
-    return f"; did you mean '{prefix}{close[0]}'?" if close else ""
 
 
 def find_recipe(name_or_path: str) -> Path:

@@ -24,10 +24,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from grpo.recipes import RecipeError
+from grpo.recipes.errors import RecipeError
 
 if TYPE_CHECKING:
-    from grpo import GRPOTrainer
+    from grpo.trainer import GRPOTrainer
     from grpo.recipes.schema import DatasetSpec, Recipe
 
 
@@ -65,7 +65,7 @@ def build_trainer(recipe: Recipe, *, train_rows: Sequence[dict] | None = None,
     ``train_rows`` / ``eval_rows`` replace the recipe's ``dataset`` / ``eval_dataset`` (a
     pipeline stage's ``data:``, resolved to rows). The rewards' weights become
     ``trainer.reward.weights``."""
-    from grpo import GRPOTrainer
+    from grpo.trainer import GRPOTrainer
     from grpo.guards import check_output_dir
     from grpo.recipes import check_recipe, prepare_model, require_hub
 

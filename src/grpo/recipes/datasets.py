@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from grpo.recipes import RecipeError, did_you_mean
+from grpo.recipes.errors import RecipeError, did_you_mean
 
 R1_ZERO_SYSTEM = (
     "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "

@@ -51,19 +51,19 @@ class MultiTurnSettings(BaseModel):
     stop_at_call: bool = Field(True, description="End a turn right after a call's closing tag.")
     render_tools: bool = Field(True, description="Pass the tool schemas to the chat template.")
     sandbox: dict[str, Any] = Field(
-        default_factory=dict, description="grpo.rewards.sandbox.SandboxLimits fields.")
+        default_factory=dict, description="grpo.sandbox.SandboxLimits fields.")
 
     @field_validator("sandbox")
     @classmethod
     def _limits(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from grpo.rewards.sandbox import SandboxLimits
+        from grpo.sandbox import SandboxLimits
 
         SandboxLimits(**v)  # unknown fields raise here, at load time
         return v
 
     def build(self, generator: Any) -> Any:
         """The :class:`MultiTurnGenerator` on ``generator`` (HF or colocated vLLM)."""
-        from grpo.rewards.sandbox import SandboxLimits
+        from grpo.sandbox import SandboxLimits
         from grpo.rollout.multiturn import MultiTurnGenerator
         from grpo.rollout.tools import CodeBlockParser, HermesParser, python_tool
 

@@ -28,7 +28,7 @@ from typing import Any, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from grpo.config import FLAT_KEYS, GRPOConfig, apply_overrides
-from grpo.recipes import RecipeError, did_you_mean
+from grpo.recipes.errors import RecipeError, did_you_mean
 from grpo.recipes.multiturn import MultiTurnSettings
 
 

@@ -109,7 +109,7 @@ def warmup_sft(model, tokenizer, rows: Sequence[dict], *, steps: int = 800, batc
 
     import datasets
 
-    from grpo.pipeline.finetune import sft
+    from grpo.sft import sft
 
     data = teacher_rows(rows, steps * batch_size, seed=seed, think_p=think_p, noformat_p=noformat_p)
     bars = datasets.is_progress_bar_enabled()

@@ -10,7 +10,7 @@
 ``CombinedReward``            weighted sum; ``breakdown(...)`` keeps each component's records
 ``RewardMonitor``             raises ``RewardFailure`` when a reward scores nothing for k steps
 ``MathReward``                final answer vs gold with math-verify (R1 accuracy reward)
-``CodeReward``                program vs tests in the sandbox (``grpo.rewards.sandbox``)
+``CodeReward``                program vs tests in the sandbox (``grpo.sandbox``)
 ``FormatReward``              R1-Zero ``<think>..</think><answer>..</answer>`` template
 ``LanguageReward``            R1 language consistency: share of CoT words in the target script
 ``OverlongPenalty``           DAPO soft overlong punishment (by tokens)
@@ -48,13 +48,14 @@ from grpo.rewards.math import MathReward, extract_answer
 from grpo.rewards.monitor import RewardFailure, RewardMonitor
 from grpo.rewards.pool import ScoringPool, get_pool, set_pool, shutdown_pool
 from grpo.rewards.reward_model import RewardModelReward
-from grpo.rewards.sandbox import SandboxLimits, run_python, run_tests, sandbox_layers
+from grpo.sandbox import SandboxLimits, run_python, run_tests, sandbox_layers
 
 __all__ = [
     "CRASHED", "ERROR", "FAILED", "NOT_APPLICABLE", "OK", "STATUSES", "TIMEOUT", "UNSCORABLE",
     "CodeReward", "CombinedReward", "CosineLengthReward", "FormatReward", "FunctionReward",
     "LanguageReward", "MathReward", "NotApplicable", "OverlongPenalty", "RepetitionPenalty",
-    "Reward", "RewardBreakdown", "RewardFailure", "RewardModelReward", "RewardMonitor", "SandboxLimits", "ScoreResult",
+    "Reward", "RewardBreakdown", "RewardFailure", "RewardModelReward", "RewardMonitor",
+    "SandboxLimits", "ScoreResult",
     "ScoringPool", "Unscorable", "as_reward", "completion_text", "extract_answer", "extract_code",
     "get_pool", "run_python", "run_tests", "sandbox_layers", "set_pool", "shutdown_pool",
 ]

@@ -2,7 +2,7 @@
 
 The code-RL counterpart of R1's accuracy reward (DeepSeek-R1, arXiv:2501.12948 §2.2.2: "for
 LeetCode problems, a compiler can be used to generate feedback based on predefined test
-cases"). The program never runs in this process: see :mod:`grpo.rewards.sandbox`.
+cases"). The program never runs in this process: see :mod:`grpo.sandbox`.
 
 Extraction: the last fenced code block whose language tag matches (```python, ```py, ...),
 else the last untagged block; text inside ``<think>...</think>`` is skipped when the
@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 from grpo.rewards.base import Reward, ScoreResult, Unscorable
-from grpo.rewards.sandbox import SandboxLimits, run_python, run_tests
+from grpo.sandbox import SandboxLimits, run_python, run_tests
 
 _FENCE_RE = re.compile(r"```[ \t]*([\w+#.-]*)[^\n]*\n(.*?)```", re.DOTALL)
 LANGUAGE_TAGS = {"python": {"python", "py", "python3", "py3"}}
@@ -113,7 +113,7 @@ class CodeReward(Reward):
         after_think: ignore code inside a closed ``<think>`` block.
         prefork: False runs each program through the sandbox's per-run path (a fresh
             interpreter and namespaces per run) instead of forking it from a zygote; None: the
-            sandbox's default (:func:`~grpo.rewards.sandbox.sandbox_prefork`).
+            sandbox's default (:func:`~grpo.sandbox.sandbox_prefork`).
 
     Sandbox failures (the sandbox could not be built) are unscorable, never 0.0.
     """

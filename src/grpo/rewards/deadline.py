@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from grpo.rewards.base import TIMEOUT, ScoreResult
+from grpo.rewards.result import TIMEOUT, ScoreResult
 
 log = logging.getLogger(__name__)
 

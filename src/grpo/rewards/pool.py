@@ -44,9 +44,12 @@ import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from grpo.rewards.base import CRASHED, ERROR, TIMEOUT, Reward, ScoreResult
+from grpo.rewards.result import CRASHED, ERROR, TIMEOUT, ScoreResult
+
+if TYPE_CHECKING:
+    from grpo.rewards.base import Reward  # base hands batches to the pool: imports go that way
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class ScoringPool:
     """Persistent pool of scoring processes, created lazily and reused across calls.
 
     ``map(reward, completions, examples, time_limit=...)`` returns one
-    :class:`~grpo.rewards.base.ScoreResult` per item, in order. An item that raises becomes
+    :class:`~grpo.rewards.result.ScoreResult` per item, in order. An item that raises becomes
     ``"error"``; one that runs past ``time_limit`` seconds becomes ``"timeout"`` (its worker is
     killed and replaced); one whose worker dies becomes ``"crashed"``. The rest of the batch is
     scored either way.

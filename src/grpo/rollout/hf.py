@@ -16,124 +16,34 @@ left-padded; each row is cut after its own eos / stop string
 (:func:`grpo.rollout.tokens.find_ending`), since ``generate`` pads rows that finished early.
 
 Seeded sampling is per row, like vLLM's per-request seeds: sample ``k`` of prompt ``p`` draws
-from its own ``torch.Generator`` seeded ``seed + p*n + k`` (:class:`_RowSampler`, an exponential
-race, i.e. Gumbel-max). A row's tokens then do not depend on which other rows share the batch
-(or leave it early), so a whole step can be one batched call and still give every prompt the
-same samples in 1 process or N (up to float rounding of differently padded batches).
+from its own ``torch.Generator`` seeded ``seed + p*n + k`` (:func:`~grpo.rollout.sampling.row_seed`;
+:class:`~grpo.rollout.sampling.RowSampler`, an exponential race, i.e. Gumbel-max). A row's
+tokens then do not depend on which other rows share the batch (or leave it early), so a whole
+step can be one batched call and still give every prompt the same samples in 1 process or N
+(up to float rounding of differently padded batches).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 from torch import nn
 
+from grpo.rollout.sampling import (
+    RowSampler,
+    SampledTokenLogprobs,
+    StopInText,
+    distinct_rows,
+    left_pad,
+    logits_warpers,
+    position_ids,
+    row_seed,
+)
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import Prompt, Rollout, SamplingConfig
 from grpo.rollout.weights import unwrap_model
-
-
-class _SampledTokenLogprobs:
-    """Last logits processor: ``log_softmax`` of the scores the sampler draws from, gathered at
-    the token it drew (visible one step later as ``input_ids[:, -1]``)."""
-
-    def __init__(self) -> None:
-        self.prev_BV: torch.Tensor | None = None
-        self.steps: list[torch.Tensor] = []  # each [B]
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        if self.prev_BV is not None:
-            self.steps.append(self.prev_BV.gather(1, input_ids[:, -1:]).squeeze(1))
-        self.prev_BV = torch.log_softmax(scores.float(), dim=-1)
-        return scores
-
-    def result(self, last_tokens_B: torch.Tensor) -> torch.Tensor:  # [B, T]
-        assert self.prev_BV is not None, "generate() sampled no token"
-        last = self.prev_BV.gather(1, last_tokens_B[:, None]).squeeze(1)
-        return torch.stack([*self.steps, last], dim=1)
-
-
-class _RowSampler:
-    """Last logits processor when sampling: picks each row's next token, from that row's own
-    random stream, and hands ``generate`` (run greedy) scores that are 0 at the pick, -inf
-    elsewhere.
-
-    The pick is the exponential race (Gumbel-max trick): with ``E_v ~ Exp(1)`` i.i.d.,
-    ``argmax_v (s_v - log E_v)`` is distributed as ``softmax(s)`` (``-log E`` is a standard
-    Gumbel variable; Gumbel 1954, as used for sampling by Maddison et al. 2014). ``s`` are the
-    warped scores, -inf outside the kept set, so truncation is respected. Noise is float64 and
-    clamped away from 0, so ``-log E`` is always finite.
-
-    Args:
-        generators: one seeded generator per row, or None to draw from the global torch RNG.
-    """
-
-    def __init__(self, generators: list[torch.Generator] | None) -> None:
-        self.generators = generators
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        choice_B1 = _race(scores, self.generators)[:, None]
-        return torch.full_like(scores, -math.inf).scatter_(1, choice_B1, 0.0)
-
-
-def _race(scores_BV: torch.Tensor, generators: list[torch.Generator] | None) -> torch.Tensor:
-    """Each row's pick ``[B]`` by the exponential race of :class:`_RowSampler`: row ``b`` draws
-    its ``V`` noises from ``generators[b]`` (None: one block from the global RNG)."""
-    noise_BV = torch.empty(scores_BV.shape, dtype=torch.float64, device=scores_BV.device)
-    if generators is None:
-        noise_BV.exponential_()
-    else:
-        for row_V, gen in zip(noise_BV, generators, strict=True):
-            row_V.exponential_(generator=gen)
-    gumbel_BV = -noise_BV.clamp_min_(torch.finfo(torch.float64).tiny).log_()
-    return (scores_BV.double() + gumbel_BV).argmax(dim=-1)
-
-
-class _RepetitionPenalty:
-    """vLLM's repetition penalty over each row's prompt and completion so far: the logit of a
-    token already seen is divided by ``penalty`` if positive, multiplied if not. Left padding
-    is not "seen" (``starts[b]`` is the first real column of row b)."""
-
-    def __init__(self, penalty: float, starts_B: torch.Tensor) -> None:
-        self.penalty, self.starts_B = penalty, starts_B
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        cols = torch.arange(input_ids.shape[1], device=input_ids.device)
-        real_BL = cols[None, :] >= self.starts_B.to(input_ids.device)[:, None]
-        counts_BV = torch.zeros(scores.shape, dtype=torch.int32, device=scores.device)
-        counts_BV.scatter_add_(1, input_ids, real_BL.to(torch.int32))  # occurrences in real columns
-        seen_BV = counts_BV > 0
-        penalized = torch.where(scores > 0, scores / self.penalty, scores * self.penalty)
-        return torch.where(seen_BV, penalized, scores)
-
-
-def _warpers(sampling: SamplingConfig, starts_B: torch.Tensor | None = None) -> list:
-    """vLLM's sampler order (vllm/v1/sample/sampler.py): penalties, temperature, min_p, top_k,
-    top_p."""
-    from transformers.generation.logits_process import (
-        MinPLogitsWarper,
-        TemperatureLogitsWarper,
-        TopKLogitsWarper,
-        TopPLogitsWarper,
-    )
-
-    out: list = []
-    if sampling.repetition_penalty != 1.0 and starts_B is not None:
-        out.append(_RepetitionPenalty(sampling.repetition_penalty, starts_B))
-    if sampling.greedy:
-        return out  # vLLM's greedy log-probs: no temperature, no masks
-    if sampling.temperature != 1.0:
-        out.append(TemperatureLogitsWarper(sampling.temperature))
-    if sampling.min_p > 0:
-        out.append(MinPLogitsWarper(sampling.min_p))
-    if sampling.top_k_enabled:
-        out.append(TopKLogitsWarper(sampling.top_k))
-    if sampling.top_p < 1.0:
-        out.append(TopPLogitsWarper(sampling.top_p))
-    return out
 
 
 class HFGenerator:
@@ -220,9 +130,9 @@ class HFGenerator:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def sample_tokens(self, contexts: Sequence[list[int]], limits: Sequence[int], sampling: SamplingConfig, *,
-                      seeds: Sequence[int] | None = None, share: Sequence[int] | None = None
-                      ) -> list[tuple[list[int], list[float]]]:
+    def sample_tokens(self, contexts: Sequence[list[int]], limits: Sequence[int],
+                      sampling: SamplingConfig, *, seeds: Sequence[int] | None = None,
+                      share: Sequence[int] | None = None) -> list[tuple[list[int], list[float]]]:
         """Sampled ids and their log-probs after each token context: the layer under
         :meth:`generate`, also used by multi-turn engines (whole conversations as contexts).
 
@@ -248,11 +158,12 @@ class HFGenerator:
         model.eval()
         try:
             if self.use_generate:
-                return self._generate_with_hf(model, contexts, limits, sampling, eos_ids, pad, gens, share)
+                return self._generate_with_hf(model, contexts, limits, sampling, eos_ids, pad,
+                                              gens, share)
             from grpo.rollout.hf_decode import decode
 
-            return decode(model, self.tokenizer, contexts, limits=limits, sampling=sampling, eos_ids=eos_ids,
-                          pad_id=pad, generators=gens, share=share)
+            return decode(model, self.tokenizer, contexts, limits=limits, sampling=sampling,
+                          eos_ids=eos_ids, pad_id=pad, generators=gens, share=share)
         finally:
             model.train(was_training)
 
@@ -260,8 +171,11 @@ class HFGenerator:
         prompts = [encoded[p] for p, _ in rows]
         limits = [sampling.max_tokens if max_ctx is None
                   else min(sampling.max_tokens, max_ctx - len(ids)) for ids in prompts]
-        seeds = None if sampling.seed is None else [sampling.seed + p * n + k for p, k in rows]  # vLLM's scheme
-        sampled = self.sample_tokens(prompts, limits, sampling, seeds=seeds, share=[p for p, _ in rows])
+        seeds = None
+        if sampling.seed is not None:
+            seeds = [row_seed(sampling.seed, p, n, k) for p, k in rows]
+        sampled = self.sample_tokens(prompts, limits, sampling, seeds=seeds,
+                                     share=[p for p, _ in rows])
         return [make_rollout(self.tokenizer, prompts[i], ids, logps, prompt_index=p,
                              sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limits[i])
                 for i, ((p, k), (ids, logps)) in enumerate(zip(rows, sampled, strict=True))]
@@ -270,24 +184,22 @@ class HFGenerator:
         """Each row's sampled ids and log-probs from one ``model.generate`` call."""
         from transformers import GenerationConfig, LogitsProcessorList, StoppingCriteriaList
 
-        from grpo.rollout.hf_decode import _StopInText, left_pad
-
         device = _device(model)
         width = max(len(ids) for ids in contexts)
         input_ids_BL, mask_BL = left_pad(contexts, pad)
         config = GenerationConfig(
-            do_sample=False,  # greedy over the scores _RowSampler leaves: its pick
+            do_sample=False,  # greedy over the scores RowSampler leaves: its pick
             max_new_tokens=max(limits),  # rows with lower limits are cut below
             eos_token_id=list(eos_ids),
             pad_token_id=pad,
             num_beams=1,
             return_dict_in_generate=True,
         )
-        recorder = _SampledTokenLogprobs()
+        recorder = SampledTokenLogprobs()
         starts_B = torch.tensor([width - len(ids) for ids in contexts])
-        processors = [*_warpers(sampling, starts_B), recorder]
+        processors = [*logits_warpers(sampling, starts_B), recorder]
         if not sampling.greedy:
-            processors.append(_RowSampler(generators))
+            processors.append(RowSampler(generators))
         processors = LogitsProcessorList(processors)
         input_ids_BL, mask_BL = input_ids_BL.to(device), mask_BL.to(device)
         cache = None
@@ -301,7 +213,7 @@ class HFGenerator:
                 generation_config=config,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList(
-                    [_StopInText(self.tokenizer, sampling.stop, width)] if sampling.stop else []),
+                    [StopInText(self.tokenizer, sampling.stop, width)] if sampling.stop else []),
                 synced_gpus=self.synced_gpus,
             )
         sampled_BT = out.sequences[:, width:].cpu()
@@ -315,13 +227,11 @@ def _shared_prefill(model: nn.Module, input_ids_BL: torch.Tensor, mask_BL: torch
     """Key/value cache of every row's prompt but its last token, each distinct prompt (equal
     ``share``) computed once (``generate`` then runs that last token itself, so the first sampled
     token's scores go through the logits processors as usual). None when no prompt repeats."""
-    from grpo.rollout.hf_decode import distinct_rows
-
     first_row_U, row_to_unique_B = distinct_rows(torch.tensor(list(share)))
     if len(first_row_U) == len(share) or input_ids_BL.shape[1] < 2:
         return None
     ids_UL, mask_UL = input_ids_BL[first_row_U, :-1], mask_BL[first_row_U, :-1]
-    positions_UL = (mask_UL.cumsum(-1) - 1).masked_fill(mask_UL == 0, 1)  # generate's convention
+    positions_UL = position_ids(mask_UL, pad=1)  # generate's convention
     cache = model(input_ids=ids_UL, attention_mask=mask_UL, position_ids=positions_UL,
                   use_cache=True).past_key_values
     if cache is None:

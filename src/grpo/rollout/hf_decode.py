@@ -11,9 +11,9 @@ a key/value cache that is written in place.
 This loop writes each new key/value column into a buffer with room for it
 (:class:`_PreallocatedLayer`, grown by doubling) and drops finished rows from the batch, their
 cache rows with them, whenever enough have finished (:func:`_should_compact`); vLLM does both
-(paged KV cache, continuous batching). The sampling is unchanged: the same warpers in vLLM's
-order, the same per-row exponential race (:func:`grpo.rollout.hf._race`) drawing from the row's
-own seeded generator, ``log_softmax`` of the warped float32 scores recorded at the drawn token.
+(paged KV cache, continuous batching). The sampling is unchanged (:mod:`grpo.rollout.sampling`):
+the same warpers in vLLM's order, the same per-row exponential race drawing from the row's own
+seeded generator, ``log_softmax`` of the warped float32 scores recorded at the drawn token.
 A row's draws depend only on its own generator, so removing other rows from the batch does not
 change its tokens (only the float rounding of a differently shaped forward, as with any
 batching). Unseeded sampling draws one ``[B, V]`` block from the global RNG per step, so its
@@ -31,10 +31,16 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
-from transformers import StoppingCriteria
 from transformers.cache_utils import DynamicLayer
 
-from grpo.rollout.tokens import _first_stop_end
+from grpo.rollout.sampling import (
+    distinct_rows,
+    exponential_race,
+    left_pad,
+    logits_warpers,
+    position_ids,
+    stop_hits,
+)
 from grpo.rollout.types import SamplingConfig
 
 
@@ -85,28 +91,6 @@ class _PreallocatedLayer(DynamicLayer):
         self._view(length)
 
 
-def _stop_hits(tokenizer, completions_BT: torch.Tensor, stop: Sequence[str]) -> torch.Tensor:
-    """``[B]`` bool: the text of row b's completion so far (special tokens skipped, as in the
-    rollout's text) contains a stop string, i.e. :func:`grpo.rollout.tokens.find_ending` cuts it
-    at or before its last token."""
-    texts = tokenizer.batch_decode(completions_BT.cpu(), skip_special_tokens=True)
-    hits = [_first_stop_end(text, stop) is not None for text in texts]
-    return torch.tensor(hits, device=completions_BT.device)
-
-
-class _StopInText(StoppingCriteria):
-    """``generate``'s stopping criterion for stop strings, by :func:`_stop_hits`. transformers'
-    own ``stop_strings`` matches token *names*, so a sampled special token such as ``<pad>``
-    would end a row on the stop string "a" that the rollout's text never contains."""
-
-    def __init__(self, tokenizer, stop: Sequence[str], width: int) -> None:
-        self.tokenizer, self.stop, self.width = tokenizer, tuple(stop), width
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
-                 **kwargs) -> torch.BoolTensor:
-        return _stop_hits(self.tokenizer, input_ids[:, self.width:], self.stop)
-
-
 _FIRST_RESERVE = 256  # completion columns reserved before the cache first has to grow
 
 
@@ -124,30 +108,6 @@ def _forward_kwargs(model: nn.Module) -> dict:
     return {"logits_to_keep": 1} if takes_it else {}
 
 
-def left_pad(contexts: Sequence[list[int]], pad_id: int, *, extra_columns: int = 0
-             ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids and attention mask ``[B, W + extra_columns]`` (W = the longest context): each
-    context ends at column W, padding on its left; the extra columns, for the tokens to be
-    generated, hold ``pad_id`` and count as real in the mask."""
-    width = max(len(c) for c in contexts)
-    ids_BT = torch.full((len(contexts), width + extra_columns), pad_id, dtype=torch.long)
-    mask_BT = torch.zeros((len(contexts), width + extra_columns), dtype=torch.long)
-    for i, c in enumerate(contexts):
-        ids_BT[i, width - len(c):width] = torch.tensor(c)
-        mask_BT[i, width - len(c):] = 1
-    return ids_BT, mask_BT
-
-
-def distinct_rows(share_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """For rows labelled ``share_B`` (equal label = equal prompt): the first row of each distinct
-    label ``[U]`` and each row's distinct-label index ``[B]`` (what a shared prefill computes once
-    and then indexes out)."""
-    _, row_to_unique_B = torch.unique(share_B, return_inverse=True)
-    first_U = torch.stack([(row_to_unique_B == u).nonzero()[0, 0]
-                           for u in range(int(row_to_unique_B.max()) + 1)])
-    return first_U, row_to_unique_B
-
-
 def _prefill(model, ids_BL, mask_BL, share_B):
     """Last-column float32 logits ``[B, V]``, the key/value cache of the prompts and the row of
     that cache each batch row reads (``[B]``, or None: row b is row b): rows with equal
@@ -159,7 +119,7 @@ def _prefill(model, ids_BL, mask_BL, share_B):
             share_B = None
     rows = first_U if share_B is not None else slice(None)
     ids, mask = ids_BL[rows], mask_BL[rows]
-    positions = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    positions = position_ids(mask)
     out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
                 **_forward_kwargs(model))
     logits_BV, cache = out.logits[:, -1].float(), out.past_key_values
@@ -205,8 +165,6 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
     Returns, per row, the sampled ids and their log-probs up to where that row finished (eos,
     stop string or limit), to be cut with :func:`grpo.rollout.tokens.find_ending`.
     """
-    from grpo.rollout.hf import _race, _warpers
-
     device = next(model.parameters()).device
     b, width, max_new = len(contexts), max(len(c) for c in contexts), max(limits)
     ids_BT, mask_BT = left_pad(contexts, pad_id, extra_columns=max_new)
@@ -227,18 +185,18 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
     tokens_BT = torch.full((b, max_new), pad_id, dtype=torch.long)
     logp_BT = torch.zeros((b, max_new))
     gens = generators
-    warpers = _warpers(sampling, starts_B)
+    warpers = logits_warpers(sampling, starts_B)
     for t in range(max_new):
         scores_BV = logits_BV
         for warp in warpers:
             scores_BV = warp(ids_BT[:, :width + t], scores_BV)
-        choice_B = scores_BV.argmax(-1) if sampling.greedy else _race(scores_BV, gens)
+        choice_B = scores_BV.argmax(-1) if sampling.greedy else exponential_race(scores_BV, gens)
         chosen_logp_B = torch.log_softmax(scores_BV, dim=-1).gather(1, choice_B[:, None])[:, 0]
         ids_BT[:, width + t] = choice_B
         tokens_BT[live_B, t], logp_BT[live_B, t] = choice_B.cpu(), chosen_logp_B.cpu()
         ending_B = torch.isin(choice_B, eos) | (t + 1 >= limits_B)
         if sampling.stop:
-            ending_B |= _stop_hits(tokenizer, ids_BT[:, width:width + t + 1], sampling.stop)
+            ending_B |= stop_hits(tokenizer, ids_BT[:, width:width + t + 1], sampling.stop)
         for i in (running_B & ending_B).nonzero()[:, 0].tolist():
             lengths[live_B[i]] = t + 1
         running_B &= ~ending_B
@@ -251,7 +209,7 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
             limits_B, choice_B, running_B = limits_B[keep], choice_B[keep], running_B[keep]
             starts_B, live_B = starts_B[keep.cpu()], live_B[keep.cpu()]
             gens = [gens[i] for i in keep.tolist()] if gens is not None else None
-            warpers = _warpers(sampling, starts_B)
+            warpers = logits_warpers(sampling, starts_B)
         out = model(input_ids=choice_B[:, None], attention_mask=mask_BT[:, :width + t + 1],
                     position_ids=(positions_B + t)[:, None], past_key_values=cache,
                     use_cache=True)

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -52,6 +51,7 @@ from grpo.rollout.chat import (
     render,
 )
 from grpo.rollout.engines import token_engine
+from grpo.rollout.sampling import row_seed
 from grpo.rollout.tokens import encode_prompt, find_ending
 from grpo.rollout.tools import (
     ERROR,
@@ -78,15 +78,16 @@ from grpo.rollout.trajectory import (
 from grpo.rollout.types import Prompt, SamplingConfig
 
 
-def turn_seed(row_seed: int | None, turn: int) -> int | None:
-    """Seed of turn ``turn`` of the trajectory whose first turn is seeded ``row_seed``.
+def turn_seed(seed: int | None, turn: int) -> int | None:
+    """Seed of turn ``turn`` of the trajectory whose first turn is seeded ``seed`` (its
+    :func:`~grpo.rollout.sampling.row_seed`).
 
     >>> turn_seed(7, 0), turn_seed(7, 1) == turn_seed(7, 1), turn_seed(None, 3)
     (7, True, None)
     """
-    if row_seed is None or turn == 0:
-        return row_seed
-    digest = hashlib.blake2b(f"{row_seed}:{turn}".encode(), digest_size=8).digest()
+    if seed is None or turn == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{turn}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") % 2**31
 
 
@@ -165,7 +166,8 @@ class MultiTurnGenerator:
         if observations not in ("messages", "inline"):
             raise ValueError(f"observations must be 'messages' or 'inline', got {observations!r}")
         if "{}" not in inline_format:
-            raise ValueError(f"inline_format needs a '{{}}' for the observation, got {inline_format!r}")
+            raise ValueError(f"inline_format needs a '{{}}' for the observation, "
+                             f"got {inline_format!r}")
         self.generator, self.engine = generator, token_engine(generator)
         self.tokenizer = self.engine.tokenizer
         # extra chat-template variables the wrapped generator renders prompts with (enable_thinking)
@@ -228,9 +230,10 @@ class MultiTurnGenerator:
         environments' ``reset`` (default: looked up in ``dataset``, else ``{"prompt": prompt}``)."""
         if self._closed:
             raise RuntimeError("this MultiTurnGenerator is closed")
-        if isinstance(prompts, (str, bytes)) or not isinstance(n, int) or n < 1 or len(prompts) == 0:
-            raise ValueError(f"generate needs a non-empty list of prompts and n >= 1, got {type(prompts).__name__}, "
-                             f"n={n!r}")
+        if (isinstance(prompts, (str, bytes)) or not isinstance(n, int) or n < 1
+                or len(prompts) == 0):
+            raise ValueError(f"generate needs a non-empty list of prompts and n >= 1, "
+                             f"got {type(prompts).__name__}, n={n!r}")
         if rows is not None and len(rows) != len(prompts):
             raise ValueError(f"{len(rows)} rows for {len(prompts)} prompts")
         encoded = [self._encode(prompt) for prompt in prompts]
@@ -263,7 +266,8 @@ class MultiTurnGenerator:
     def _encode(self, prompt: Prompt) -> tuple[list[int], str]:
         if isinstance(prompt, str):
             if self.observations != "inline":
-                raise ValueError("text prompts need observations='inline' (tool messages need a chat conversation)")
+                raise ValueError("text prompts need observations='inline' (tool messages need a "
+                                 "chat conversation)")
             return encode_prompt(self.tokenizer, prompt), prompt
         if not self._template_checked:
             self.check_template()
@@ -280,7 +284,7 @@ class MultiTurnGenerator:
                              "no room for a completion")
         env = self.make_env()
         env.reset(**row)  # a failing reset is a bug in the environment or the data: it raises
-        seed = None if sampling.seed is None else sampling.seed + p * n + k
+        seed = row_seed(sampling.seed, p, n, k)
         return _State(p, k, prompt, ids, env, seed, text)
 
     def _room(self, s: _State, sampling: SamplingConfig) -> int:
@@ -349,7 +353,8 @@ class MultiTurnGenerator:
         else:
             try:
                 delta = observation_delta(self.tokenizer, [*s.prompt, *s.messages, *observations],
-                                          s.stream_text, tools=self.tool_schemas, **self.template_kwargs)
+                                          s.stream_text, tools=self.tool_schemas,
+                                          **self.template_kwargs)
             except TemplateError as e:
                 if not self._warned_mismatch:
                     self._warned_mismatch = True
@@ -371,9 +376,10 @@ class MultiTurnGenerator:
     def _record(self, s: _State) -> Trajectory:
         text = self.tokenizer.decode(s.ids[s.last_start:], skip_special_tokens=True)
         return Trajectory(
-            prompt_ids=list(s.prompt_ids), completion_ids=list(s.ids), logprobs=list(s.logp), text=text,
-            finish_reason="length" if s.length_cut else "stop", prompt_index=s.p, sample_index=s.k,
-            loss_mask=list(s.mask), messages=tuple(s.messages), tool_calls=tuple(s.calls), turns=s.turns,
+            prompt_ids=list(s.prompt_ids), completion_ids=list(s.ids), logprobs=list(s.logp),
+            text=text, finish_reason="length" if s.length_cut else "stop", prompt_index=s.p,
+            sample_index=s.k, loss_mask=list(s.mask), messages=tuple(s.messages),
+            tool_calls=tuple(s.calls), turns=s.turns,
             stop_reason=s.stop_reason or MAX_TURNS, stop_detail=s.stop_detail, info=dict(s.info),
             environment=s.env)
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from grpo.rollout.sampling import row_seed
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import Prompt, Rollout, SamplingConfig
 from grpo.rollout.weights import inference_weights, weight_metadata
@@ -97,11 +98,12 @@ class VLLMServerGenerator:
         sample ``k`` of a request ``seed + k``), like :class:`VLLMGenerator`."""
         if self._closed:
             raise RuntimeError("this VLLMServerGenerator is closed")
-        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len, self.chat_template_kwargs)
+        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len,
+                                 self.chat_template_kwargs)
         if sampling.seed is None:
             batches = [(0, encoded, None)]
         else:
-            batches = [(p, [ids], sampling.seed + p * n) for p, ids in enumerate(encoded)]
+            batches = [(p, [ids], row_seed(sampling.seed, p, n)) for p, ids in enumerate(encoded)]
         n_req = 1 if sampling.greedy else n  # vLLM rejects n > 1 when greedy; all n agree anyway
         with ThreadPoolExecutor(max_workers=min(self.max_concurrent_requests, len(batches))) as ex:
             replies = list(ex.map(lambda b: self._request(b[1], n_req, sampling, b[2]), batches))

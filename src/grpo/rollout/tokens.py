@@ -93,7 +93,7 @@ def eos_token_ids(tokenizer, generation_config=None) -> list[int]:
     return ids
 
 
-def _first_stop_end(text: str, stop: Sequence[str]) -> int | None:
+def first_stop_end(text: str, stop: Sequence[str]) -> int | None:
     """End offset of the stop string that completes first in ``text``, or None."""
     ends = [i + len(s) for s in stop if (i := text.find(s)) >= 0]
     return min(ends) if ends else None
@@ -124,17 +124,17 @@ def find_ending(
             end, reason = t + 1, "stop"
             break
     text = tokenizer.decode(ids[:end], skip_special_tokens=True)
-    if stop and _first_stop_end(text, stop) is not None:
+    if stop and first_stop_end(text, stop) is not None:
         lo, hi = 1, end  # smallest k in [lo, hi] whose prefix text holds a stop string
         while lo < hi:
             mid = (lo + hi) // 2
-            if _first_stop_end(tokenizer.decode(ids[:mid], skip_special_tokens=True), stop) is None:
+            if first_stop_end(tokenizer.decode(ids[:mid], skip_special_tokens=True), stop) is None:
                 lo = mid + 1
             else:
                 hi = mid
         end, reason = lo, "stop"
         text = tokenizer.decode(ids[:end], skip_special_tokens=True)
-    if stop and (cut := _first_stop_end(text, stop)) is not None:
+    if stop and (cut := first_stop_end(text, stop)) is not None:
         text = text[:cut]  # the last token may run past the stop string: drop what follows
     return Ending(end, reason, text)
 

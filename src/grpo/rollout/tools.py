@@ -27,7 +27,7 @@ returns their results as ``tool`` messages; a message without a call ends the tr
 calls never raise: a malformed call, an unknown tool, a tool that raises or hangs gives the model
 an ``Error: ...`` result and a :class:`ToolCall` record with the status, and the run goes on.
 
-:func:`python_tool` runs model-written code in :func:`grpo.rewards.sandbox.run_python`, the
+:func:`python_tool` runs model-written code in :func:`grpo.sandbox.run_python`, the
 isolation CodeReward uses. There is no persistent interpreter session: each call is a fresh
 sandboxed process, so nothing (state, files, processes) survives a call, and one trajectory's
 code can never see another's. Code that needs earlier results recomputes them.
@@ -103,7 +103,8 @@ def as_env_step(result: EnvStep | str | None, role: str = "tool") -> EnvStep:
         return EnvStep(observations=[{"role": role, "content": result}])
     if isinstance(result, EnvStep):
         return result
-    raise TypeError(f"Environment.step must return an EnvStep, a str or None, got {type(result).__name__}")
+    raise TypeError(f"Environment.step must return an EnvStep, a str or None, "
+                    f"got {type(result).__name__}")
 
 
 # ---------------------------------------------------------------------------- parsing calls
@@ -128,7 +129,8 @@ class HermesParser:
     def __init__(self, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>"):
         self.open_tag, self.close_tag = open_tag, close_tag
         self.stop = (close_tag,)
-        self._block = re.compile(re.escape(open_tag) + r"(.*?)(?:" + re.escape(close_tag) + r"|\Z)", re.S)
+        self._block = re.compile(re.escape(open_tag) + r"(.*?)(?:" + re.escape(close_tag)
+                                 + r"|\Z)", re.S)
 
     def parse(self, message: str) -> list[ParsedCall]:
         calls = []
@@ -140,10 +142,12 @@ class HermesParser:
             try:
                 obj = json.loads(body)
             except json.JSONDecodeError as e:
-                calls.append(ParsedCall("", {}, f"tool call is not valid JSON ({e.msg} at char {e.pos})"))
+                calls.append(ParsedCall("", {}, f"tool call is not valid JSON ({e.msg} at char "
+                                                f"{e.pos})"))
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
-                calls.append(ParsedCall("", {}, 'a tool call must be {"name": str, "arguments": {...}}'))
+                calls.append(
+                    ParsedCall("", {}, 'a tool call must be {"name": str, "arguments": {...}}'))
                 continue
             args = obj.get("arguments", {})
             if isinstance(args, str):  # some models emit the arguments as a JSON string
@@ -152,7 +156,8 @@ class HermesParser:
                 except json.JSONDecodeError:
                     pass
             if not isinstance(args, dict):
-                calls.append(ParsedCall(obj["name"], {}, "tool call arguments must be a JSON object"))
+                calls.append(
+                    ParsedCall(obj["name"], {}, "tool call arguments must be a JSON object"))
                 continue
             calls.append(ParsedCall(obj["name"], args))
         return calls
@@ -164,11 +169,13 @@ class CodeBlockParser:
     uses a markdown fence ```` ```python ... ``` ````). ``CodeBlockParser()`` reads
     ``<python>...</python>`` as ``python(code=...)``."""
 
-    def __init__(self, tool: str = "python", open_tag: str = "<python>", close_tag: str = "</python>",
-                 argument: str = "code"):
-        self.tool, self.open_tag, self.close_tag, self.argument = tool, open_tag, close_tag, argument
+    def __init__(self, tool: str = "python", open_tag: str = "<python>",
+                 close_tag: str = "</python>", argument: str = "code"):
+        self.tool, self.open_tag, self.close_tag = tool, open_tag, close_tag
+        self.argument = argument
         self.stop = (close_tag,)
-        self._block = re.compile(re.escape(open_tag) + r"(.*?)(?:" + re.escape(close_tag) + r"|\Z)", re.S)
+        self._block = re.compile(re.escape(open_tag) + r"(.*?)(?:" + re.escape(close_tag)
+                                 + r"|\Z)", re.S)
 
     def parse(self, message: str) -> list[ParsedCall]:
         out = []
@@ -234,10 +241,12 @@ class ToolEnvironment:
     """
 
     def __init__(self, tools: Sequence[Callable], parser: ToolCallParser | None = None, *,
-                 timeout_s: float = 10.0, max_output_chars: int = 2000, max_calls_per_turn: int = 4):
+                 timeout_s: float = 10.0, max_output_chars: int = 2000,
+                 max_calls_per_turn: int = 4):
         self.tools = {getattr(t, "__name__", type(t).__name__): t for t in tools}
         if len(self.tools) != len(tools):
-            raise ValueError(f"tool names must be unique, got {[getattr(t, '__name__', t) for t in tools]}")
+            names = [getattr(t, "__name__", t) for t in tools]
+            raise ValueError(f"tool names must be unique, got {names}")
         self.parser = parser or HermesParser()
         self.timeout_s, self.max_output_chars = timeout_s, max_output_chars
         self.max_calls_per_turn = max_calls_per_turn
@@ -258,13 +267,16 @@ class ToolEnvironment:
             if call.error is not None:
                 status, output = MALFORMED, f"Error: malformed tool call: {call.error}"
             elif i >= self.max_calls_per_turn:
-                status, output = ERROR, f"Error: more than {self.max_calls_per_turn} tool calls in one message"
+                status, output = ERROR, (f"Error: more than {self.max_calls_per_turn} tool calls "
+                                         "in one message")
             elif call.name not in self.tools:
-                status, output = UNKNOWN_TOOL, (f"Error: unknown tool {call.name!r:.60}; available: "
-                                                f"{', '.join(sorted(self.tools))}")
+                available = ", ".join(sorted(self.tools))
+                status, output = UNKNOWN_TOOL, (f"Error: unknown tool {call.name!r:.60}; "
+                                                f"available: {available}")
             else:
                 fn = self.tools[call.name]
-                status, value = call_with_timeout(lambda fn=fn, a=call.arguments: fn(**a), self.timeout_s)
+                status, value = call_with_timeout(lambda fn=fn, a=call.arguments: fn(**a),
+                                                  self.timeout_s)
                 if status == OK:
                     output = str(value)
                 elif status == TIMEOUT:
@@ -315,8 +327,8 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
                 max_output_chars: int = 2000, name: str = "python") -> Callable[[str], str]:
     """A ``python(code)`` tool running each call in a fresh sandboxed interpreter.
 
-    The code runs under :func:`grpo.rewards.sandbox.run_python` with ``limits``
-    (:class:`grpo.rewards.sandbox.SandboxLimits`; default 5 s wall and CPU time, 256 MB, 16 KB of
+    The code runs under :func:`grpo.sandbox.run_python` with ``limits``
+    (:class:`grpo.sandbox.SandboxLimits`; default 5 s wall and CPU time, 256 MB, 16 KB of
     output read back). The result is its stdout, then its stderr (a traceback), then a line
     saying why it stopped if it did not exit normally (timeout, killed); cut to
     ``max_output_chars``. A run that did not exit with status 0 raises :class:`ToolError` with
@@ -327,7 +339,7 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
     >>> python_tool()("print(2 + 3)")
     '5'
     """
-    from grpo.rewards.sandbox import SandboxLimits, run_python
+    from grpo.sandbox import SandboxLimits, run_python
 
     limits = limits or SandboxLimits(wall_time_s=5.0, cpu_time_s=5.0, memory_mb=256,
                                      max_output_bytes=16 * 1024)
@@ -343,7 +355,8 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
         program = _DISPLAY_HARNESS.format(source=code) if display_last_expression else code
         res = run_python(program, limits=limits)
         if res.setup_failed:  # the host's fault, not the model's: say so loudly, once
-            _warn_once(f"python tool: {res.describe()}; every call will fail until the sandbox works")
+            _warn_once(f"python tool: {res.describe()}; every call will fail until the sandbox "
+                       "works")
         parts = [res.stdout.rstrip("\n"), res.stderr.rstrip("\n")]
         if res.output_truncated:
             parts.append("[output truncated]")
@@ -351,7 +364,8 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
             parts.append(f"[{res.describe()}]")
         text = clip_output("\n".join(p for p in parts if p), max_output_chars)
         if not res.ok:
-            # out of wall time, or out of CPU time (RLIMIT_CPU's SIGXCPU): both are the call's time limit
+            # out of wall time, or out of CPU time (RLIMIT_CPU's SIGXCPU): both are the call's
+            # time limit
             out_of_time = res.timed_out or res.returncode == -signal.SIGXCPU
             raise ToolError(text, TIMEOUT if out_of_time else ERROR)
         return text

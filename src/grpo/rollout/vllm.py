@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from grpo.rollout.sampling import row_seed
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import Prompt, Rollout, SamplingConfig
 from grpo.rollout.vllm_support import (
@@ -222,7 +223,8 @@ class VLLMGenerator:
         if self._weights_discarded:
             raise RuntimeError("the engine slept at level 2 (weights discarded): call "
                                "sync_weights(model) before generating")
-        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len, self.chat_template_kwargs)
+        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len,
+                                 self.chat_template_kwargs)
         if self._asleep:
             self.wake_up()
         n_req = 1 if sampling.greedy else n  # vLLM rejects n > 1 when greedy; all n agree anyway
@@ -239,7 +241,7 @@ class VLLMGenerator:
                 stop_token_ids=list(self.eos_ids),
                 include_stop_str_in_output=True,
                 logprobs=0,  # the sampled token's only
-                seed=None if sampling.seed is None else sampling.seed + p * n,
+                seed=row_seed(sampling.seed, p, n),
                 detokenize=bool(sampling.stop),  # stop strings need text; we decode ourselves
             )
             for p in range(len(encoded))

@@ -1,9 +1,9 @@
 """Host side of the pre-forked sandbox: one zygote per scoring process, respawned if it dies.
 
-Private to :mod:`grpo.rewards.sandbox` (its docstring states what pre-forking changes in the
-threat model). The zygote (``_sandbox_zygote.py``) is started on first use as
+Private to :mod:`grpo.sandbox` (its docstring states what pre-forking changes in the threat
+model). The zygote (``zygote.py``) is started on first use as
 ``unshare --mount --net --pid --ipc --fork [--user --map-root-user] python -I -S -B
-_sandbox_zygote.py BOOT_FD`` in its own session, with the scrubbed environment; it builds the
+zygote.py BOOT_FD`` in its own session, with the scrubbed environment; it builds the
 read-only root once and then forks each run's process tree inside fresh namespaces.
 
 One run = six memfds/pipe ends (job, stdin, stdout, stderr, verdicts, done) sent to the zygote
@@ -38,7 +38,7 @@ import tempfile
 import threading
 import time
 
-from grpo.rewards._sandbox_process import (
+from grpo.sandbox.process import (
     KEYRING_FILTER,
     SandboxLimits,
     SandboxResult,
@@ -54,10 +54,10 @@ from grpo.rewards._sandbox_process import (
     _wait_readable,
 )
 
-log = logging.getLogger("grpo.rewards.sandbox")
+log = logging.getLogger("grpo.sandbox")
 
-_ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_zygote.py")
-# the zygote's clone(2) syscall number is known on these (``_sandbox_zygote.SYS_CLONE``)
+_ZYGOTE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "zygote.py")
+# the zygote's clone(2) syscall number is known on these (``zygote.SYS_CLONE``)
 SUPPORTED = sys.platform.startswith("linux") and os.uname().machine in ("x86_64", "aarch64")
 START_TIMEOUT_S = 60.0  # a loaded machine may take seconds to start an interpreter
 BACKSTOP_S = 2.0  # the run's PID 1 ends it this long after the wall limit, whatever happens

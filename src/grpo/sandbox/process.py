@@ -1,10 +1,10 @@
 """Process mechanics of the sandbox: host facts, the command line, launching, waiting, cleanup.
 
-Private to :mod:`grpo.rewards.sandbox` (read its docstring for what the layers protect against).
-This is the per-run path (``prefork=False``); ``_sandbox_prefork`` is the pre-forked one and
+Private to :mod:`grpo.sandbox` (read its docstring for what the layers protect against).
+This is the per-run path (``prefork=False``); ``prefork.py`` is the pre-forked one and
 shares the job format and result parsing defined here.
 One run = a private scratch folder (job, stdin, stdout, stderr, verdicts: root-owned, 0600), the
-command ``timeout -s KILL <wall+2> [unshare ...] python -I -S -B _sandbox_harness.py JOB VERDICTS
+command ``timeout -s KILL <wall+2> [unshare ...] python -I -S -B harness.py JOB VERDICTS
 DONE`` in its own session, a wait (up to the wall limit) for the harness's supervisor to report
 the program's exit on the DONE pipe, a SIGKILL to the whole process group, and (without a PID
 namespace) a ``kill(-1)`` from the run's own uid for daemons that left the group. The launcher
@@ -30,9 +30,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-log = logging.getLogger("grpo.rewards.sandbox")
+log = logging.getLogger("grpo.sandbox")
 
-_HARNESS = str(Path(__file__).with_name("_sandbox_harness.py"))  # read by the interpreter as root
+_HARNESS = str(Path(__file__).with_name("harness.py"))  # read by the interpreter as root
 
 
 @dataclass(frozen=True)
@@ -242,7 +242,7 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
 
 def _complete_job(job: dict, token: str, uid: int | None, drop_caps: bool,
                   limits: SandboxLimits, nproc: int) -> None:
-    """Fill in the job fields that both paths share (read by ``_sandbox_harness``)."""
+    """Fill in the job fields that both paths share (read by ``harness.py``)."""
     job.update(
         token=token, uid=uid, drop_caps=drop_caps, deny_keyrings=KEYRING_FILTER,
         limits={"cpu_s": max(1, int(limits.cpu_time_s + 0.999)),

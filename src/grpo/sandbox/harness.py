@@ -1,8 +1,8 @@
 """Sandbox harness: the first (trusted) code run inside a sandboxed interpreter.
 
-Run by ``grpo.rewards.sandbox`` as ``python -I -S -B <this file> JOB_FD VERDICT_FD DONE_FD``
+Run by :mod:`grpo.sandbox` as ``python -I -S -B <this file> JOB_FD VERDICT_FD DONE_FD``
 (``-I`` keeps this file's folder out of ``sys.path``) for one run; its functions are also the
-building blocks of the pre-forked path (``_sandbox_zygote.py``).
+building blocks of the pre-forked path (``zygote.py``).
 Standard library only, and only cheap modules (``marshal`` and ``_signal`` are built in; json,
 signal and traceback would add ~40 ms to every run).
 
@@ -22,7 +22,7 @@ Steps, in this order, before any untrusted code runs:
 Verdict lines carry a per-run token and are written only by this harness, after the code they
 report on has run: a program that exits early, prints fake results or patches builtins gets
 no ``pass`` line for a test it did not pass. (A program that deliberately introspects this
-harness could forge lines: see the limits in ``sandbox.py``'s docstring.)
+harness could forge lines: see the limits in :mod:`grpo.sandbox`'s docstring.)
 """
 
 import _signal

@@ -16,6 +16,9 @@ model learns to stop). Rows are those :func:`grpo.pipeline.rejection_sample` wri
 (``prompt``/``completion`` as plain strings also work), or conversations
 ``{"messages": [..., {"role": "assistant", ...}]}`` such as OpenR1-Math-220k's, split before the
 last assistant turn. Any other column is dropped.
+
+A component below the recipes and the pipeline (both use it: ``grpo sft``, pipeline stages, the
+tiny model's warm-up), re-exported as ``grpo.pipeline.sft``; it imports no other grpo module.
 """
 
 from __future__ import annotations
@@ -51,19 +54,22 @@ class SFTResult:
 
 
 def to_sft_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """``prompt`` / ``completion`` pairs from SFT rows, checking each; ValueError names the bad row."""
+    """``prompt`` / ``completion`` pairs from SFT rows, checking each; ValueError names the bad
+    row."""
     out = []
     for i, row in enumerate(rows):
         if "messages" in row and "prompt" not in row:
             messages = list(row["messages"] or [])
             last = messages[-1] if messages else None
-            if not isinstance(last, Mapping) or last.get("role") != "assistant" or not last.get("content"):
-                raise ValueError(f"SFT row {i}: its 'messages' must end with a non-empty assistant turn, "
-                                 f"got {str(last)[:120]}")
+            if (not isinstance(last, Mapping) or last.get("role") != "assistant"
+                    or not last.get("content")):
+                raise ValueError(f"SFT row {i}: its 'messages' must end with a non-empty "
+                                 f"assistant turn, got {str(last)[:120]}")
             prompt, completion = messages[:-1], [dict(last)]
         else:
             if "prompt" not in row:
-                raise ValueError(f"SFT row {i} has no 'prompt' (nor 'messages'); fields: {sorted(row)}")
+                raise ValueError(f"SFT row {i} has no 'prompt' (nor 'messages'); "
+                                 f"fields: {sorted(row)}")
             prompt, completion = row["prompt"], row.get("completion")
         if not _has_text(completion):
             raise ValueError(f"SFT row {i} has no completion (completion={completion!r}); prompt: "
@@ -71,7 +77,8 @@ def to_sft_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if not prompt:
             raise ValueError(f"SFT row {i} has an empty prompt")
         if isinstance(prompt, str) != isinstance(completion, str):
-            raise ValueError(f"SFT row {i}: prompt and completion must both be text or both chat messages")
+            raise ValueError(f"SFT row {i}: prompt and completion must both be text or both "
+                             "chat messages")
         out.append({"prompt": prompt, "completion": completion})
     if not out:
         raise ValueError("the SFT dataset is empty")
@@ -82,8 +89,8 @@ def _has_text(completion: Any) -> bool:
     if isinstance(completion, str):
         return bool(completion)
     if isinstance(completion, Sequence) and completion:
-        return all(isinstance(m, Mapping) and m.get("role") == "assistant" for m in completion) and \
-            any(m.get("content") for m in completion)
+        return (all(isinstance(m, Mapping) and m.get("role") == "assistant" for m in completion)
+                and any(m.get("content") for m in completion))
     return False
 
 
@@ -98,8 +105,9 @@ def sft_config(output_dir: str | Path, **settings: Any):
 
     for key, value in _FORCED.items():
         if key in settings and settings[key] != value:
-            raise ValueError(f"{key}={settings[key]!r}: grpo's SFT trains on completion tokens only "
-                             f"({key}={value}); use trl's SFTTrainer directly for other losses")
+            raise ValueError(f"{key}={settings[key]!r}: grpo's SFT trains on completion tokens "
+                             f"only ({key}={value}); use trl's SFTTrainer directly for other "
+                             "losses")
     kwargs: dict[str, Any] = {**_DEFAULTS, **settings, **_FORCED, "output_dir": str(output_dir)}
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
@@ -110,8 +118,8 @@ def sft_config(output_dir: str | Path, **settings: Any):
         raise ValueError(f"bad SFT setting: {e} (settings are trl.SFTConfig fields)") from None
 
 
-def sft(model: Any, dataset: Any, output_dir: str | Path, *, tokenizer: Any = None, save: bool = True,
-        **settings: Any) -> SFTResult:
+def sft(model: Any, dataset: Any, output_dir: str | Path, *, tokenizer: Any = None,
+        save: bool = True, **settings: Any) -> SFTResult:
     """Fine-tune ``model`` on SFT rows with trl's ``SFTTrainer``; save it to ``output_dir/model``.
 
     Args:

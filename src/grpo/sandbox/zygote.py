@@ -1,13 +1,13 @@
 """Sandbox zygote: a sandboxed interpreter that forks one isolated process tree per run.
 
-Started once per scoring process by ``grpo.rewards._sandbox_prefork`` as
+Started once per scoring process by ``grpo.sandbox.prefork`` as
 ``unshare --mount --net --pid --ipc --fork python -I -S -B <this file> BOOT_FD`` (plus
 ``--user --map-root-user`` when not root). Standard library only. It never runs untrusted code
 and never reads a job: it only forks, so every run starts from the same state, its own.
 
 Start-up: read the root file-system plan (a marshalled dict) and the control socket CTRL from
 BOOT_FD (so CTRL's only copy outside the scoring process is here: ``unshare`` holds BOOT_FD),
-build the root (``_sandbox_harness._build_root``: read-only /usr and Python, a minimal /dev,
+build the root (``harness._build_root``: read-only /usr and Python, a minimal /dev,
 bare mount points /work and /tmp), ``pivot_root`` into it, make itself non-dumpable, send
 ``ready``.
 
@@ -41,9 +41,9 @@ import resource  # noqa: F401  (imported before sys.path changes below; the harn
 import traceback  # noqa: F401
 
 # The harness sits next to this file. Import it, then drop the folder from sys.path at once:
-# it holds modules (code.py, math.py) that would shadow the standard library for programs.
+# programs must not import the package's other files as top-level modules.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import _sandbox_harness as harness  # noqa: E402
+import harness  # noqa: E402
 
 del sys.path[0]
 
