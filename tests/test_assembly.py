@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import textwrap
 
 import pytest
@@ -32,17 +33,18 @@ def _pipeline_cli(argv):
 # ------------------------------------------------------------------------------ one schema
 def test_a_stage_with_a_bad_function_reward_kwarg_fails_as_grpo_train_does(tmp_path, monkeypatch,
                                                                          capsys):
-    (tmp_path / "my_rewards.py").write_text(textwrap.dedent("""
+    (tmp_path / "stage_rewards.py").write_text(textwrap.dedent("""
         def shouting(completions, **kw):
             return [float(c.isupper()) for c in completions]
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
-    rewards = [{"name": "my_rewards:shouting", "kwargs": {"loud": True}}]
+    monkeypatch.delitem(sys.modules, "stage_rewards", raising=False)  # another test's module of that name
+    rewards = [{"name": "stage_rewards:shouting", "kwargs": {"loud": True}}]
     recipe = {"model": "tiny", "dataset": {"name": "tiny_arithmetic"}, "rewards": rewards,
               "trainer": {"output_dir": str(tmp_path / "run")}}
     with pytest.raises(RecipeError) as train:
         check_recipe(Recipe(**recipe))  # what grpo train checks first (build_trainer)
-    assert "reward 'my_rewards:shouting' is a function: it takes no kwargs (got ['loud'])" \
+    assert "reward 'stage_rewards:shouting' is a function: it takes no kwargs (got ['loud'])" \
         in str(train.value)
     stage = {"name": "rl", "type": "grpo", "data": {"builder": "tiny_arithmetic"},
              "rewards": rewards}

@@ -170,6 +170,7 @@ def test_rewards_by_registry_name_or_dotted_path(tmp_path, monkeypatch, capsys):
             return [float(c.isupper()) for c in completions]
         """))
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "my_rewards", raising=False)  # another test's module of that name
     body = BASE.rstrip(" ") + "      - {name: 'my_rewards:Brevity', weight: 0.2, kwargs: {limit: 3}}\n" \
                   "      - {name: 'my_rewards:shouting'}\n"
     made, weights = build_rewards(Recipe.from_yaml(recipe_file(tmp_path, body)).rewards)
