@@ -154,7 +154,7 @@ def evaluate(generator, rows: Sequence[dict[str, Any]], reward, *, accuracy: str
     named: dict[str, float] = {}
     for tag, n, samp, ks in (("greedy", 1, greedy, []), (f"mean@{k}", k, sampling, pass_ks)):
         rollouts = generator.generate(prompts, n, samp)
-        scores = reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, prompt_key))
+        scores = reward.breakdown(**reward_inputs(rollouts, prompts, rows, prompt_key))
         acc = scores.component_values(accuracy)
         fmt = scores.component_values(format_name) if format_name is not None else None
         lengths = [len(r.completion_ids) for r in rollouts]

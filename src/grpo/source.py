@@ -259,7 +259,7 @@ class RolloutSource:
 
         t0 = time.perf_counter()
         state = TrainerState(global_step=step, max_steps=self.max_steps)
-        scores = self.reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, self.prompt_key),
+        scores = self.reward.breakdown(**reward_inputs(rollouts, prompts, rows, self.prompt_key),
                                           trainer_state=state)
         return scores, time.perf_counter() - t0
 

@@ -7,7 +7,7 @@ sampling from the checkpoint from the above RL training ... we only retain the c
 1. prompts are taken in fixed chunks of ``batch_size``; each chunk's ``n`` samples per prompt
    are generated with seed ``seed + first_prompt_index * n`` (so sample ``k`` of prompt ``i``
    always draws from the stream ``seed + i*n + k``, whatever was run before);
-2. the rewards score every sample (:meth:`grpo.rewards.CombinedReward.evaluate_all`);
+2. the rewards score every sample (:meth:`grpo.rewards.CombinedReward.breakdown`);
 3. the chunk's raw samples, scores and reasons are appended to ``samples.jsonl`` in one write;
 4. at the end the :class:`~grpo.pipeline.keep.KeepRule` selects rows from the stored samples.
 
@@ -151,7 +151,7 @@ def _sample_chunk(generator, reward: CombinedReward, rows: list[dict], start: in
     prompts = [r[prompt_key] for r in rows]
     assert sampling.seed is not None
     rollouts = generator.generate(prompts, n, replace(sampling, seed=sampling.seed + start * n))
-    scores = reward.evaluate_all(prompts=[p for p in prompts for _ in range(n)],
+    scores = reward.breakdown(prompts=[p for p in prompts for _ in range(n)],
                                  completions=[r.text for r in rollouts], **reward_columns(rows, n, prompt_key))
     records = []
     for p, row in enumerate(rows):

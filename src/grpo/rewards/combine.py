@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -234,7 +235,9 @@ class CombinedReward(Reward):
         return breakdown.total
 
     def evaluate_all(self, **inputs: Any) -> RewardBreakdown:
-        """The former name of :meth:`breakdown`, kept for existing callers."""
+        """Deprecated: grpo 0.1's name of :meth:`breakdown`; goes in grpo 0.3."""
+        warnings.warn("CombinedReward.evaluate_all is deprecated and goes in grpo 0.3; use "
+                      "CombinedReward.breakdown", FutureWarning, stacklevel=2)
         return self.breakdown(**inputs)
 
     @property
