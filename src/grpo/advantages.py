@@ -206,11 +206,13 @@ def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], Ad
     [1.0, -1.0]
     >>> del ADVANTAGE_ESTIMATORS["sign"]
     """
+
     def add(fn: AdvantageEstimator) -> AdvantageEstimator:
         if name in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[name] is not fn:
             raise ValueError(f"an advantage estimator named {name!r} is already registered")
         ADVANTAGE_ESTIMATORS[name] = fn
         return fn
+
     return add
 
 
