@@ -122,7 +122,8 @@ class RolloutBatch:
         ref: torch.Tensor | None = None,
         teacher: torch.Tensor | None = None,
     ) -> RolloutBatch:
-        """The same batch carrying frozen old-policy, reference and/or teacher log-probs ``[B, T]``."""
+        """The same batch carrying frozen old-policy, reference and/or teacher log-probs
+        ``[B, T]``."""
         for name, t in (("old", old), ("ref", ref), ("teacher", teacher)):
             if t is not None and t.shape != self.completion_ids.shape:
                 raise ValueError(

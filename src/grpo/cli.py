@@ -6,7 +6,8 @@
     grpo eval RECIPE --model RUN/checkpoints/step_N     checkpoint (same numbers as in training)
     grpo report RUN_DIR                         PNG curves + report.html
     grpo train --help-config                    every recipe key and GRPOConfig field, documented
-    grpo sample / grpo sft / grpo pipeline RECIPE   rejection sampling, SFT, multi-stage R1 (docs/pipeline.md)
+    grpo sample / grpo sft / grpo pipeline RECIPE   rejection sampling, SFT, multi-stage R1
+                                                (docs/pipeline.md)
 
 A mistake in a recipe or an override prints one line saying what to change, and exits with 2.
 """

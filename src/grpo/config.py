@@ -222,8 +222,8 @@ class DistillConfig(_Section):
 
     teacher: str | None = Field(
         None,
-        description="A teacher (path or hub id) with the student's tokenizer: every sampled token's "
-        "advantage gets -coef x (log pi_student - log pi_teacher) added (tinker-cookbook, "
+        description="A teacher (path or hub id) with the student's tokenizer: every sampled "
+        "token's advantage gets -coef x (log pi_student - log pi_teacher) added (tinker-cookbook, "
         "slime). With no reward functions it is pure distillation. GRPOTrainer(teacher=...) "
         "takes a loaded model instead.",
     )
@@ -239,8 +239,8 @@ class RewardConfig(_Section):
     failure_patience: int = Field(
         3,
         ge=1,
-        description="Stop the run when one reward fails (error / unscorable) on every item for this "
-        "many consecutive steps, naming it and its first reason.",
+        description="Stop the run when one reward fails (error / unscorable) on every item for "
+        "this many consecutive steps, naming it and its first reason.",
     )
 
 
@@ -288,14 +288,14 @@ class ForwardConfig(_Section):
     )
     share_prompt_forward: bool = Field(
         True,
-        description="Run each distinct prompt of a micro-batch once and give its key/value cache to "
-        "its completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). "
+        description="Run each distinct prompt of a micro-batch once and give its key/value cache "
+        "to its completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). "
         "Skipped under gradient checkpointing.",
     )
     padding_free: bool = Field(
         True,
-        description="Pack each micro-batch's real tokens into one row for the log-prob passes, so no "
-        "matrix product runs on padding (exact up to float rounding; grpo.packing). Llama, "
+        description="Pack each micro-batch's real tokens into one row for the log-prob passes, so "
+        "no matrix product runs on padding (exact up to float rounding; grpo.packing). Llama, "
         "Qwen2/3 and Mistral-style decoders; other models run padded, with a warning.",
     )
     gradient_checkpointing: bool = Field(
@@ -322,8 +322,8 @@ class ForwardConfig(_Section):
     )
     cpu_keep_freed_memory: bool = Field(
         True,
-        description="Training on CPU: let glibc malloc keep freed memory for reuse (mallopt: blocks up "
-        "to 1 GiB from the heap, no trimming below 1 GiB free), instead of page-faulting "
+        description="Training on CPU: let glibc malloc keep freed memory for reuse (mallopt: "
+        "blocks up to 1 GiB from the heap, no trimming below 1 GiB free), instead of page-faulting "
         "every activation in again each step (~5% of a CPU training pass). Process-wide; "
         "no effect on GPU memory or without glibc.",
     )
@@ -422,8 +422,8 @@ class GRPOConfig(BaseModel):
     )
     overwrite_output_dir: bool = Field(
         False,
-        description="Start a fresh run in an output_dir that holds another run's checkpoints (they are "
-        "deleted). Without it such a run is refused: resume it or choose another folder.",
+        description="Start a fresh run in an output_dir that holds another run's checkpoints (they "
+        "are deleted). Without it such a run is refused: resume it or choose another folder.",
     )
 
     # ---------------------------------------------------------------- sections
@@ -491,7 +491,8 @@ class GRPOConfig(BaseModel):
         mb_text = (
             f"optim.minibatch_size={mb}"
             if opt.minibatch_size
-            else f"optim.minibatch_size (unset: the whole step, prompts_per_step x num_generations = {mb})"
+            else "optim.minibatch_size (unset: the whole step, prompts_per_step x num_generations "
+            f"= {mb})"
         )
         if n % mb:
             raise ValueError(
@@ -522,8 +523,9 @@ class GRPOConfig(BaseModel):
             )
         if ro.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
-                f"rollout.advantage_estimator={ro.advantage_estimator!r} is not registered; choose one of "
-                f"{sorted(ADVANTAGE_ESTIMATORS)} or add yours with grpo.advantages.register_advantage_estimator."
+                f"rollout.advantage_estimator={ro.advantage_estimator!r} is not registered; choose "
+                f"one of {sorted(ADVANTAGE_ESTIMATORS)} or add yours with "
+                "grpo.advantages.register_advantage_estimator."
             )
         if self.reward.weights is not None and not self.reward.weights:
             raise ValueError(
@@ -700,9 +702,9 @@ def _flat_message(moved: list[tuple[str, tuple[str, str]]]) -> str:
     pairs = ", ".join(f"{key} -> {section}.{name}" for key, (section, name) in moved)
     section, name = moved[0][1]
     return (
-        f"GRPOConfig: flat keys are deprecated and stop working in grpo 0.3; use the sections: {pairs} "
-        f"(YAML: `{section}: {{{name}: ...}}`; command line: trainer.{section}.{name}=...; Python: "
-        f"GRPOConfig({_ATTR.get(section, section)}={{'{name}': ...}}))"
+        "GRPOConfig: flat keys are deprecated and stop working in grpo 0.3; use the sections: "
+        f"{pairs} (YAML: `{section}: {{{name}: ...}}`; command line: trainer.{section}.{name}=...; "
+        f"Python: GRPOConfig({_ATTR.get(section, section)}={{'{name}': ...}}))"
     )
 
 
@@ -719,7 +721,8 @@ def _user_stacklevel() -> int:
 
 
 def _nest_flat_override(parts: list[str], config_at: str, value: Any) -> list[str]:
-    """``[..., "trainer", "beta"]`` -> ``[..., "trainer", "loss", "beta"]`` (see apply_overrides)."""
+    """``[..., "trainer", "beta"]`` -> ``[..., "trainer", "loss", "beta"]`` (see
+    apply_overrides)."""
     here = [i for i, p in enumerate(parts[:-1]) if p == config_at] if config_at else [-1]
     for i in here:
         if parts[i + 1] == "rollout" and not isinstance(value, str):
@@ -776,8 +779,8 @@ def apply_overrides(
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
                     raise ValueError(
-                        f"override {item!r}: {where} is a list of {len(node)} entries; use an index "
-                        f"0..{len(node) - 1} (entries are added in the YAML file)"
+                        f"override {item!r}: {where} is a list of {len(node)} entries; use an "
+                        f"index 0..{len(node) - 1} (entries are added in the YAML file)"
                     )
                 index: int | str = int(part)
             elif isinstance(node, dict):

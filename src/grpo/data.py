@@ -78,8 +78,8 @@ def check_dataset(dataset: Any, name: str, prompt_key: str = "prompt") -> None:
         raise TypeError(f"{name} rows must be dicts, got {type(first).__name__}")
     if prompt_key not in first:
         raise KeyError(
-            f"{name} rows have no {prompt_key!r} field (fields: {sorted(first)}); rename the field or "
-            f"pass GRPOTrainer(..., prompt_key='<your field>')"
+            f"{name} rows have no {prompt_key!r} field (fields: {sorted(first)}); rename the field "
+            f"or pass GRPOTrainer(..., prompt_key='<your field>')"
         )
 
 
@@ -90,8 +90,8 @@ def get_rows(dataset: Any, indices: Sequence[int], prompt_key: str = "prompt") -
         row = dict(dataset[int(i)])
         if prompt_key not in row:
             raise KeyError(
-                f"dataset row {i} has no {prompt_key!r} field (fields: {sorted(row)}); rename the field "
-                "or pass GRPOTrainer(..., prompt_key='<your field>')"
+                f"dataset row {i} has no {prompt_key!r} field (fields: {sorted(row)}); rename the "
+                "field or pass GRPOTrainer(..., prompt_key='<your field>')"
             )
         rows.append(row)
     return rows

@@ -51,7 +51,8 @@ def reverse_kl_metric(
     estimate of KL(student || teacher) per token (the metric tinker-cookbook logs as
     ``teacher_kl``). NaN when the mask is empty.
 
-    >>> reverse_kl_metric(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-0.5, -3.0]]), torch.ones(1, 2))
+    >>> reverse_kl_metric(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-0.5, -3.0]]),
+    ...                   torch.ones(1, 2))
     tensor(0.2500)
     """
     _check_shapes(student_logp, teacher_logp, mask)

@@ -52,7 +52,8 @@ def keep_freed_cpu_memory() -> bool:
         and mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW) == 1
     )
     logger.info(
-        "glibc malloc keeps freed blocks up to 1 GiB for reuse (GRPOConfig.forward.cpu_keep_freed_memory): %s",
+        "glibc malloc keeps freed blocks up to 1 GiB for reuse "
+        "(GRPOConfig.forward.cpu_keep_freed_memory): %s",
         "set" if done else "mallopt refused",
     )
     return done
@@ -72,9 +73,10 @@ def check_output_dir(
         return
     if not overwrite:
         raise FileExistsError(
-            f"output_dir {str(output_dir)!r} holds checkpoints of another run (step_{found[-1][0]}): set "
-            "resume_from='latest' to continue it, overwrite_output_dir=True to start over (its checkpoints are "
-            "deleted), or choose another output_dir"
+            f"output_dir {str(output_dir)!r} holds checkpoints of another run "
+            f"(step_{found[-1][0]}): set resume_from='latest' to continue it, "
+            "overwrite_output_dir=True to start over (its checkpoints are deleted), or choose "
+            "another output_dir"
         )
     if is_main:
         shutil.rmtree(Path(output_dir) / "checkpoints", ignore_errors=True)
@@ -130,14 +132,14 @@ class LearningWatch:
         causes = []
         if cut >= self.threshold:
             causes.append(
-                f"{cut:.0%} of completions were cut at max_completion_length={self.max_len} (raise it, "
-                "or check that the model can end its answer: eos token, stop strings)"
+                f"{cut:.0%} of completions were cut at max_completion_length={self.max_len} (raise "
+                "it, or check that the model can end its answer: eos token, stop strings)"
             )
         if dead >= self.threshold:
             causes.append(
-                f"{dead:.0%} of groups had no reward spread, so their advantages are 0 (check the rewards "
-                "on a few completions in completions.jsonl; consider dynamic_sampling=True, more "
-                "num_generations, or easier prompts)"
+                f"{dead:.0%} of groups had no reward spread, so their advantages are 0 (check the "
+                "rewards on a few completions in completions.jsonl; consider "
+                "dynamic_sampling=True, more num_generations, or easier prompts)"
             )
         return (
             f"step {step}: the run is learning almost nothing for {self.streak} steps: "
@@ -156,8 +158,9 @@ def check_prompt_lengths(
         if len(ids) > max_prompt_length:
             extra = f" (the model's context is {context} tokens)" if context else ""
             raise ValueError(
-                f"the prompt of dataset row {row} has {len(ids)} tokens, more than max_prompt_length="
-                f"{max_prompt_length}{extra}: raise max_prompt_length or drop prompts that long from the dataset"
+                f"the prompt of dataset row {row} has {len(ids)} tokens, more than "
+                f"max_prompt_length={max_prompt_length}{extra}: raise max_prompt_length or drop "
+                "prompts that long from the dataset"
             )
 
 

@@ -11,7 +11,8 @@ Given one step's batch (:class:`grpo.batch.RolloutBatch`), DeepSeekMath Algorith
    minibatch is one optimizer step, accumulated over micro-batches;
 3. the loss of a micro-batch is normalised by the aggregation's denominator over the whole
    global minibatch (:func:`grpo.loss.aggregation_denominator`, summed over micro-batches and
-   processes: :meth:`grpo.parallel.Parallelism.normalizer`), so that accumulation and data parallelism give the full-batch gradient.
+   processes: :meth:`grpo.parallel.Parallelism.normalizer`), so that accumulation and data
+   parallelism give the full-batch gradient.
 
 It knows nothing about generation or rewards: any source of scored batches can feed it.
 """

@@ -179,12 +179,12 @@ def _row_indices(prompts, rows, n_packed):
 def _packed_attention(
     module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs
 ):
-    """Attention over a packed row (``query`` ``[1, Hq, N, d]``, ``key``/``value`` ``[1, Hkv, N, d]``;
-    returns ``[1, N, Hq, d]`` as transformers' attention functions do), in one call: q/k/v are
-    gathered into a right-padded batch of ``[prompt; completion]`` rows (a prompt's keys/values
-    into each of its rows; the gather's backward sums their gradients), attention is plain causal
-    (with right padding every key a real query sees is real), and the outputs are gathered back
-    to the packed order (a prompt's from the first row holding it).
+    """Attention over a packed row (``query`` ``[1, Hq, N, d]``, ``key``/``value``
+    ``[1, Hkv, N, d]``; returns ``[1, N, Hq, d]`` as transformers' attention functions do), in one
+    call: q/k/v are gathered into a right-padded batch of ``[prompt; completion]`` rows (a prompt's
+    keys/values into each of its rows; the gather's backward sums their gradients), attention is
+    plain causal (with right padding every key a real query sees is real), and the outputs are
+    gathered back to the packed order (a prompt's from the first row holding it).
 
     One attention call per layer whatever the number of rows, where a loop over segments makes
     one per row and prompt (the same speed on CPU, measured; on a GPU each is several kernel

@@ -37,8 +37,9 @@ def _dist_ready() -> bool:
 
 def metric_reduction(key: str) -> str:
     """How a step metric combines over processes: "sum" for a process's share of a global
-    quantity (``loss/loss``, ``train/tokens``), "min"/"max" for extremes (a last name part starting with, or a
-    key ending in, min/max), "mean" otherwise (per-process means of equal-sized shares)."""
+    quantity (``loss/loss``, ``train/tokens``), "min"/"max" for extremes (a last name part
+    starting with, or a key ending in, min/max), "mean" otherwise (per-process means of
+    equal-sized shares)."""
     last = key.rsplit("/", 1)[-1]
     if key in SUMMED_METRICS:
         return "sum"

@@ -345,9 +345,13 @@ def _write_html(run: Path, out: Path, figures, summary) -> None:
         f"<pre>{html.escape(json.dumps(c, indent=1, ensure_ascii=False))}</pre>" for c in samples
     )
     (out / "report.html").write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>grpo run {html.escape(run.name)}</title>"
-        f"<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}td,th{{padding:2px 8px}}</style>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>grpo run {html.escape(run.name)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
+        "td,th{padding:2px 8px}</style>"
         f"</head><body><h1>GRPO run: {html.escape(str(run))}</h1>"
-        f"<table><tr><th>metric</th><th>first</th><th>last</th><th>at step</th></tr>{rows}</table>{imgs}"
-        f"<h2>Last sampled completions</h2>{comps}<h2>Config</h2><pre>{html.escape(config)}</pre></body></html>"
+        "<table><tr><th>metric</th><th>first</th><th>last</th><th>at step</th></tr>"
+        f"{rows}</table>{imgs}"
+        f"<h2>Last sampled completions</h2>{comps}<h2>Config</h2>"
+        f"<pre>{html.escape(config)}</pre></body></html>"
     )

@@ -82,14 +82,14 @@ class GRPOTrainer:
         tokenizer: needed when ``model`` is a loaded model without a saved tokenizer path.
         peft_config: a peft ``LoraConfig``: train adapters; the reference is the base model
             with adapters disabled (no second copy).
-        generator: a ready :class:`grpo.rollout.Generator` instead of the one ``config.rollout.backend``
-            names.
+        generator: a ready :class:`grpo.rollout.Generator` instead of the one
+            ``config.rollout.backend`` names.
         wrap_generator: a function of the generator (given, or the one the config names) returning
             the generator to use: ``MultiTurnSettings(...).build`` samples tool-using
             trajectories on the trainer's own engine (:mod:`grpo.recipes.multiturn`).
         prompt_key: the dataset field holding the prompt (default ``"prompt"``).
-        teacher: a loaded teacher model for on-policy distillation (instead of ``config.distill.teacher``);
-            it must share the student's tokenizer.
+        teacher: a loaded teacher model for on-policy distillation (instead of
+            ``config.distill.teacher``); it must share the student's tokenizer.
         accuracy_reward: name of the reward reported as accuracy (default: the first reward).
         format_reward: name of the reward reported as format rate (default: one named "format*").
     """
@@ -250,7 +250,8 @@ class GRPOTrainer:
             self._resume(resolve_checkpoint(cfg.resume_from, cfg.output_dir))
 
     def _load_teacher(self, teacher: torch.nn.Module | None) -> torch.nn.Module | None:
-        """On-policy distillation's teacher, frozen, on this process's device, with the student's vocabulary."""
+        """On-policy distillation's teacher, frozen, on this process's device, with the student's
+        vocabulary."""
         from grpo.distill import check_same_tokenizer
 
         path = self.config.distill.teacher
@@ -269,7 +270,8 @@ class GRPOTrainer:
         ):
             raise ValueError(
                 "the teacher's vocabulary size differs from the student's: on-policy distillation "
-                "compares log-probs of the same token ids; use a teacher with the student's tokenizer"
+                "compares log-probs of the same token ids; use a teacher with the student's "
+                "tokenizer"
             )
         return teacher.to(self.accelerator.device).eval().requires_grad_(False)
 
@@ -395,7 +397,8 @@ class GRPOTrainer:
         return self.parallel.global_sum(float(over)) > 0
 
     def train_step(self, log: RunLogger) -> dict[str, float]:
-        """One GRPO step: collect (rollout -> score -> advantages), learn, push weights. Returns metrics."""
+        """One GRPO step: collect (rollout -> score -> advantages), learn, push weights. Returns
+        metrics."""
         timer, t0 = _Timer(), time.perf_counter()
         with timer("collect"):
             collected = self.source.collect(self.step)
@@ -525,7 +528,8 @@ class GRPOTrainer:
             self.source.push_weights(self.model, self.step)
 
     def save_model(self, path: str | Path) -> None:
-        """The trained model in HF format (LoRA merged if ``checkpoint.merge_lora``) and its tokenizer."""
+        """The trained model in HF format (LoRA merged if ``checkpoint.merge_lora``) and its
+        tokenizer."""
         par = self.parallel
         par.barrier()
         state = par.full_state(self.model)  # a collective when sharded: every process calls it
@@ -538,7 +542,8 @@ class GRPOTrainer:
         self.tokenizer.save_pretrained(path)
 
     def close(self) -> None:
-        """Shut the generator down (vLLM engines hold processes and memory) and the scoring thread."""
+        """Shut the generator down (vLLM engines hold processes and memory) and the scoring
+        thread."""
         self.generator.close()
         self.source.close()
 
