@@ -45,7 +45,9 @@ class RewardModelReward(Reward):
         name: metric key (default ``"reward_model"``).
 
     >>> rm = RewardModelReward("OpenAssistant/reward-model-deberta-v3-large-v2")  # doctest: +SKIP
-    >>> value = rm.score("Paris.", prompt=[{"role": "user", "content": "Capital of France?"}])  # doctest: +SKIP
+    >>> value = rm.score(  # doctest: +SKIP
+    ...     "Paris.", prompt=[{"role": "user", "content": "Capital of France?"}]
+    ... )
     """
 
     name = "reward_model"

@@ -56,7 +56,10 @@ def encode_text(tokenizer, text: str) -> list[int]:
 
 def _first_difference(a: str, b: str) -> str:
     i = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-    return f"at character {i}: the stream has {a[max(0, i - 30) : i + 30]!r}, the template {b[max(0, i - 30) : i + 30]!r}"
+    return (
+        f"at character {i}: the stream has {a[max(0, i - 30) : i + 30]!r}, "
+        f"the template {b[max(0, i - 30) : i + 30]!r}"
+    )
 
 
 def observation_delta(
@@ -94,9 +97,9 @@ def assistant_end(
             return eos
     raise TemplateError(
         f"the chat template closes an assistant message with {tail[:40]!r}, which starts with none "
-        f"of the eos tokens {tokenizer.convert_ids_to_tokens(list(eos_ids))}: a turn the model ends "
-        "with eos cannot match the rendered conversation; make the template's end-of-turn token an "
-        "eos (the generation config's eos_token_id) or use a training template"
+        f"of the eos tokens {tokenizer.convert_ids_to_tokens(list(eos_ids))}: a turn the model "
+        "ends with eos cannot match the rendered conversation; make the template's end-of-turn "
+        "token an eos (the generation config's eos_token_id) or use a training template"
     )
 
 

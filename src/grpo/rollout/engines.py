@@ -40,7 +40,8 @@ class TokenEngine(Protocol):
 
 
 class HFEngine:
-    """Per-row seeded sampling with the generator's :meth:`~grpo.rollout.HFGenerator.sample_tokens`."""
+    """Per-row seeded sampling with the generator's
+    :meth:`~grpo.rollout.HFGenerator.sample_tokens`."""
 
     def __init__(self, generator: Any):
         from grpo.rollout.tokens import eos_token_ids

@@ -86,8 +86,8 @@ class Rollout:
             object.__setattr__(self, "loss_mask", [1] * len(self.completion_ids))
         elif len(self.loss_mask) != len(self.completion_ids):
             raise ValueError(
-                f"loss_mask ({len(self.loss_mask)}) and completion_ids ({len(self.completion_ids)}) "
-                "must have the same length"
+                f"loss_mask ({len(self.loss_mask)}) and completion_ids "
+                f"({len(self.completion_ids)}) must have the same length"
             )
 
 
