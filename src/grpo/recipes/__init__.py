@@ -160,7 +160,8 @@ def check_recipe(recipe: Recipe) -> tuple[list[Any], list[float]]:
 # ------------------------------------------------------------------------------ the model
 def prepare_model(recipe: Recipe) -> str:
     """The path or hub id to train from. ``model: tiny`` builds the model (once) into
-    ``<output_dir>/tiny_model``; a hub id is first checked for reachability (:func:`hub_problem`)."""
+    ``<output_dir>/tiny_model``; a hub id is first checked for reachability
+    (:func:`hub_problem`)."""
     if recipe.model == "tiny":
         import torch
 
@@ -298,7 +299,8 @@ def hub_problem(recipe: Recipe, model: str | None = None, timeout: float = 5.0) 
     if why is None:
         return None
     return (
-        f"this recipe downloads {' and '.join(needs)} from the Hugging Face Hub, but {why}. Download "
-        f"{'it' if len(needs) == 1 else 'them'} where the Hub is reachable (huggingface-cli download ...) and point model= at the local folder, "
+        f"this recipe downloads {' and '.join(needs)} from the Hugging Face Hub, but {why}. "
+        f"Download {'it' if len(needs) == 1 else 'them'} where the Hub is reachable "
+        "(huggingface-cli download ...) and point model= at the local folder, "
         "or train the packaged offline CPU recipe: grpo train r1_zero_cpu"
     )

@@ -17,11 +17,11 @@ from typing import Any
 from grpo.recipes.errors import RecipeError, did_you_mean
 
 R1_ZERO_SYSTEM = (
-    "A conversation between User and Assistant. The user asks a question, and the Assistant solves it. "
-    "The assistant first thinks about the reasoning process in the mind and then provides the user with "
-    "the answer. The reasoning process and answer are enclosed within <think> </think> and <answer> "
-    "</answer> tags, respectively, i.e., <think> reasoning process here </think> <answer> answer here "
-    "</answer>."
+    "A conversation between User and Assistant. The user asks a question, and the Assistant solves "
+    "it. The assistant first thinks about the reasoning process in the mind and then provides the "
+    "user with the answer. The reasoning process and answer are enclosed within <think> </think> "
+    "and <answer> </answer> tags, respectively, i.e., <think> reasoning process here </think> "
+    "<answer> answer here </answer>."
 )
 
 
@@ -61,7 +61,8 @@ def countdown(
     split: str = "train", size: int = 10_000, seed: int = 0, **options: Any
 ) -> list[dict]:
     """Countdown (TinyZero's task) from reasoning-gym's generator; scored by CountdownReward.
-    ``options``: reasoning-gym's ``CountdownConfig`` fields (``min_numbers``, ``max_target``, ...)."""
+    ``options``: reasoning-gym's ``CountdownConfig`` fields (``min_numbers``, ``max_target``,
+    ...)."""
     import reasoning_gym
 
     data = reasoning_gym.create_dataset(
@@ -80,7 +81,8 @@ def countdown(
 
 
 def tiny_arithmetic(split: str = "train", size: int | None = None, seed: int = 0) -> list[dict]:
-    """The CPU demo's synthetic task (see grpo.recipes.tiny_task); "test" = the held-out problems."""
+    """The CPU demo's synthetic task (see grpo.recipes.tiny_task); "test" = the held-out
+    problems."""
     from grpo.recipes.tiny_task import make_problems
 
     return make_problems(size=size, seed=seed, split=split)

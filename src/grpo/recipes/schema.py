@@ -1,7 +1,8 @@
 """A recipe: model + data + rewards + GRPOConfig in one YAML file, for ``grpo train``.
 
 ```yaml
-model: Qwen/Qwen2.5-0.5B                  # local folder, hub id, or "tiny" (built offline, see below)
+model: Qwen/Qwen2.5-0.5B                  # local folder, hub id, or "tiny" (built offline, see
+                                          # below)
 dataset: {name: gsm8k, split: train}      # a builder in grpo.recipes.datasets.DATASETS
 eval_dataset: {name: gsm8k, split: test, limit: 500}
 rewards:                                  # a name (math, format, code, language, countdown) or a
@@ -210,7 +211,8 @@ _SECTION_TYPES = {_model_in(f.annotation) for f in GRPOConfig.model_fields.value
 
 
 def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
-    """A pydantic error as one line per problem (joined by '; '), with "did you mean" for unknown keys."""
+    """A pydantic error as one line per problem (joined by '; '), with "did you mean" for unknown
+    keys."""
     parts = []
     for e in error.errors():
         parent, loc = _model_at(root, e["loc"][:-1])

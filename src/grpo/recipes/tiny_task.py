@@ -15,8 +15,9 @@ far more than the demo's 10 minutes, so the demo starts like DeepSeek-R1's cold 
 After the warm-up, greedy decoding imitates the majority (guessing: held-out accuracy ~1-6%),
 while sampling at temperature 1 takes the worked path ~40% of the time (pass@8 ~0.9-1.0). GRPO with
 the rule rewards (exact answer + format) then turns pass@k into pass@1: the policy learns to
-*think before answering*, and responses grow from ~7 to ~19 tokens, R1's Fig. 3 in miniature. Honest reading: the arithmetic
-itself is learned in the warm-up; what GRPO learns is to *choose* the worked path.
+*think before answering*, and responses grow from ~7 to ~19 tokens, R1's Fig. 3 in miniature.
+Honest reading: the arithmetic itself is learned in the warm-up; what GRPO learns is to *choose*
+the worked path.
 
 Languages: a worked step is written in one of :data:`STEP_LANGUAGES`, by default ``"symbols"``
 (``4+3=7``). The R1 miniature (``examples/r1_pipeline_cpu.py``) gives the teacher two languages
@@ -77,7 +78,8 @@ def teacher_completion(
     unknown = sorted(set(languages) - set(STEP_LANGUAGES))
     if unknown or not languages:
         raise ValueError(
-            f"languages must be keys of STEP_LANGUAGES {sorted(STEP_LANGUAGES)}, got {list(languages)}"
+            f"languages must be keys of STEP_LANGUAGES {sorted(STEP_LANGUAGES)}, "
+            f"got {list(languages)}"
         )
     u = rng.random()
     guess = rng.randint(0, 9 * len(terms))
@@ -102,7 +104,8 @@ def teacher_rows(
     noformat_p: float = 0.1,
     languages: Sequence[str] = ("symbols",),
 ) -> list[dict]:
-    """``count`` SFT rows (prompt + sloppy-teacher completion) drawn with replacement from ``rows``."""
+    """``count`` SFT rows (prompt + sloppy-teacher completion) drawn with replacement from
+    ``rows``."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
@@ -142,7 +145,8 @@ def warmup_sft(
 
     data = teacher_rows(rows, steps * batch_size, seed=seed, think_p=think_p, noformat_p=noformat_p)
     bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # trl's tokenizing passes over 51k rows: noise in the demo's output
+    # trl's tokenizing passes over 51k rows: noise in the demo's output
+    datasets.disable_progress_bars()
     try:
         with tempfile.TemporaryDirectory(prefix="grpo-warmup-") as tmp:
             result = sft(
