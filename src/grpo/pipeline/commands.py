@@ -53,7 +53,8 @@ def _data_spec(args: argparse.Namespace) -> dict[str, Any]:
     given = [k for k in ("dataset", "data_file", "hub") if getattr(args, k)]
     if len(given) != 1:
         raise ValueError(
-            "give exactly one of --dataset (a grpo.recipes.datasets builder), --data-file (JSONL), --hub"
+            "give exactly one of --dataset (a grpo.recipes.datasets builder), --data-file (JSONL), "
+            "--hub"
         )
     return {
         "builder": args.dataset,
@@ -120,8 +121,8 @@ def sample_command(args: argparse.Namespace) -> int:
     scored = [r for r in result.pass_rates if r is not None]
     mean = f"{sum(scored) / len(scored):.3f}" if scored else "n/a"
     print(
-        f"kept {result.counts['kept']} rows from {len(result.pass_rates)} prompts (mean pass rate {mean}): "
-        f"{result.sft_path}"
+        f"kept {result.counts['kept']} rows from {len(result.pass_rates)} prompts "
+        f"(mean pass rate {mean}): {result.sft_path}"
     )
     if result.rl_prompts_path is not None:
         print(f"RL prompts: {result.rl_prompts_path}")
@@ -163,14 +164,16 @@ def pipeline_command(args: argparse.Namespace) -> int:
         check_recipe(recipe)
         if args.check:
             print(
-                f"recipe OK: {len(recipe.stages)} stages ({', '.join(s.name for s in recipe.stages)})"
+                f"recipe OK: {len(recipe.stages)} stages "
+                f"({', '.join(s.name for s in recipe.stages)})"
             )
             return 0
         result = run_pipeline(recipe, output_dir=args.output_dir, redo=args.redo)
     except _USER_ERRORS as e:
         return _fail("pipeline", e)
     print(
-        f"ran {result.ran or 'nothing'}, skipped {result.skipped or 'nothing'}; index: {result.index}"
+        f"ran {result.ran or 'nothing'}, skipped {result.skipped or 'nothing'}; "
+        f"index: {result.index}"
     )
     return 0
 

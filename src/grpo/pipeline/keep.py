@@ -30,7 +30,8 @@ REASONS = ("truncated", "incorrect", "language", "too_short", "too_long", "dupli
 
 
 class KeepRule(BaseModel):
-    """Which sampled completions become SFT rows. Defaults: every verifier passes, finished, deduplicated."""
+    """Which sampled completions become SFT rows. Defaults: every verifier passes, finished,
+    deduplicated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

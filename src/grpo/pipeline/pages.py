@@ -18,7 +18,8 @@ _STYLE = (
 
 def _page(title: str, body: str) -> str:
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>{_STYLE}"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>{html.escape(title)}</title>{_STYLE}"
         f"</head><body><h1>{html.escape(title)}</h1>{body}</body></html>"
     )
 
@@ -96,8 +97,9 @@ def write_sample_report(stage_dir: Path, result: Any) -> str:
         )
         body += "<h2>Pass rates</h2><img src='pass_rates.png' width='640'>"
         body += (
-            f"<p>mean {sum(rates) / len(rates):.3f} over {len(rates)} scorable prompts; never solved: "
-            f"{sum(r == 0 for r in rates)}; always solved: {sum(r == 1 for r in rates)}</p>"
+            f"<p>mean {sum(rates) / len(rates):.3f} over {len(rates)} scorable prompts; "
+            f"never solved: {sum(r == 0 for r in rates)}; "
+            f"always solved: {sum(r == 1 for r in rates)}</p>"
         )
     rel = lambda p: html.escape(str(Path(p).relative_to(stage_dir)))  # noqa: E731
     files = [result.sft_path, result.pass_rates_path] + (

@@ -8,7 +8,8 @@ earlier stage's output *by the stage's name*::
     output_dir: runs/r1_tiny
     model: path/or/hub-id                     # the starting model, referred to as {from: base}
     stages:
-      - {name: cold_start, type: sft, data: {builder: tiny_arithmetic}, sft: {learning_rate: 1.0e-3}}
+      - {name: cold_start, type: sft, data: {builder: tiny_arithmetic},
+         sft: {learning_rate: 1.0e-3}}
       - name: reasoning_rl
         type: grpo                            # model omitted: the previous stage's model
         data: {builder: tiny_arithmetic, limit: 256}
@@ -19,8 +20,9 @@ earlier stage's output *by the stage's name*::
       - {name: sft_2, type: sft, model: {from: base}, data: {from: rejection}}   # output "sft"
       - {name: final_rl, type: grpo, data: {from: rejection, output: rl_prompts},
          rewards: [{name: math}]}
+      # on-policy distillation
       - {name: student_opd, type: grpo, model: path/of/a/small/model, teacher: {from: final_rl},
-         data: {builder: tiny_arithmetic}, rewards: [{name: math, weight: 0.0}]}   # on-policy distillation
+         data: {builder: tiny_arithmetic}, rewards: [{name: math, weight: 0.0}]}
 
 A ``grpo`` stage is a :class:`grpo.recipes.schema.Recipe` (:class:`GRPOStage`): every key of a
 ``grpo train`` recipe works in it (``lora``, ``multiturn``, ``dataset``, ...), and it is built
@@ -79,7 +81,8 @@ class DataSpec(BaseModel):
     limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
     columns: list[str] | None = Field(
         None,
-        description="Keep only these columns (before anything is loaded into memory, for hub data).",
+        description="Keep only these columns (before anything is loaded into memory, for hub "
+        "data).",
     )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra builder / load_dataset arguments."
@@ -90,7 +93,8 @@ class DataSpec(BaseModel):
     )
     system: str | None = Field(
         None,
-        description="System message of built prompts (default: the R1-Zero template instruction; '' none).",
+        description="System message of built prompts (default: the R1-Zero template instruction; "
+        "'' none).",
     )
 
     @model_validator(mode="after")
@@ -195,7 +199,8 @@ class SampleStage(_Stage):
             and not 0 <= self.rl_pass_rate[0] < self.rl_pass_rate[1] <= 1
         ):
             raise ValueError(
-                f"rl_pass_rate must be [low, high] with 0 <= low < high <= 1, got {self.rl_pass_rate}"
+                "rl_pass_rate must be [low, high] with 0 <= low < high <= 1, "
+                f"got {self.rl_pass_rate}"
             )
         return self
 

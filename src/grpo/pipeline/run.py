@@ -102,7 +102,8 @@ def run_pipeline(
         recipe: a :class:`PipelineRecipe` or the path of its YAML file.
         output_dir: the run folder (default: the recipe's ``output_dir``).
         redo: run this stage again even if finished (and every later stage).
-        overrides: ``key=value`` edits of the YAML's top-level mappings (``output_dir=...``, ``model=...``).
+        overrides: ``key=value`` edits of the YAML's top-level mappings (``output_dir=...``,
+            ``model=...``).
     """
     import yaml
 
@@ -178,8 +179,8 @@ def _first_to_run(
         if stored != json.loads(json.dumps(cfg)):
             changed = sorted(k for k in set(stored) | set(cfg) if stored.get(k) != cfg.get(k))
             print(
-                f"[pipeline] {names[i]}: finished before with other settings ({', '.join(changed)} changed): "
-                "running it again, and every stage after it",
+                f"[pipeline] {names[i]}: finished before with other settings "
+                f"({', '.join(changed)} changed): running it again, and every stage after it",
                 flush=True,
             )
             return i

@@ -107,7 +107,8 @@ def rejection_sample(
         rewards: a CombinedReward, or rewards to sum with weight 1.
         n: samples per prompt. ``sampling``: how (default: temperature 1, 256 tokens);
             its ``seed`` is replaced by ``seed`` (see the module docstring).
-        keep: the keep rule (default :class:`KeepRule()`: every verifier passes, finished, deduplicated).
+        keep: the keep rule (default :class:`KeepRule()`: every verifier passes, finished,
+            deduplicated).
         batch_size: prompts per ``generate`` call (the resume unit).
         rl_pass_rate: ``(low, high)``: also write the prompts with ``low < pass rate < high``.
         model_name: recorded in the manifest, so a resume with another model is refused.
@@ -277,8 +278,9 @@ def _nothing_kept_message(counts: Counter, pass_rates: list[float | None], out: 
     mean = f"{sum(scored) / len(scored):.3f}" if scored else "n/a (nothing scorable)"
     return (
         f"rejection sampling kept NO rows out of {sum(counts.values())} samples ({dropped}). "
-        f"Mean pass rate {mean}; prompts never solved: {sum(r == 0 for r in scored)}/{len(pass_rates)}; "
-        f"first pass rates: [{rates}]. The samples are in {out / 'samples.jsonl'}: loosen the keep rule "
+        f"Mean pass rate {mean}; prompts never solved: "
+        f"{sum(r == 0 for r in scored)}/{len(pass_rates)}; first pass rates: [{rates}]. "
+        f"The samples are in {out / 'samples.jsonl'}: loosen the keep rule "
         "(it is re-applied without sampling again) or sample more (n, max_tokens)."
     )
 
