@@ -48,7 +48,7 @@ Conventions (stated because implementations differ):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -198,6 +198,7 @@ def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], Ad
     """Decorator adding an estimator to :data:`ADVANTAGE_ESTIMATORS` under ``name`` (the value of
     ``GRPOConfig.advantage_estimator`` that selects it).
 
+    >>> from dataclasses import replace
     >>> @register_advantage_estimator("sign")
     ... def sign_advantages(rewards, group_size, *, eps=1e-6):
     ...     out = compute_group_advantages(rewards, group_size, scale="none", eps=eps)
