@@ -82,7 +82,7 @@ def grpo_step(step: int, *, model, tokenizer, generator, reward: CombinedReward,
 
     # 3. score: trl's keywords (prompts, completions as assistant messages, completion_ids,
     #    every dataset column repeated per completion); None where a reward could not decide
-    scores = reward.evaluate_all(**reward_inputs(rollouts, prompts, rows))
+    scores = reward.breakdown(**reward_inputs(rollouts, prompts, rows))
 
     # 4. group-relative advantages over contiguous groups; unscorable completions get 0
     adv_N = group_advantages(scores.values, s.group_size)  # [N] = [P*G]
@@ -126,7 +126,7 @@ def greedy_accuracy(generator, reward: CombinedReward, rows: list[dict], max_tok
     the mean completion length, as the trainer's evaluation reports them."""
     prompts = [r["prompt"] for r in rows]
     rollouts = generator.generate(prompts, 1, SamplingConfig(temperature=0.0, max_tokens=max_tokens))
-    right = [v for v in reward.evaluate_all(**reward_inputs(rollouts, prompts, rows)).component_values(
+    right = [v for v in reward.breakdown(**reward_inputs(rollouts, prompts, rows)).component_values(
         "math_reward") if v is not None]
     return sum(right) / max(len(right), 1), sum(len(r.completion_ids) for r in rollouts) / len(rollouts)
 

@@ -330,7 +330,7 @@ def test_rewards_read_the_trajectory_grpo_and_trl_style():
 
     rows = [{"prompt": PROMPT, "answer": "42"}]
     inputs = {**reward_inputs(out, [PROMPT], rows), **trajectory_columns(out, [PROMPT])}
-    scores = CombinedReward([UsedTool(), tool_messages]).evaluate_all(**inputs)
+    scores = CombinedReward([UsedTool(), tool_messages]).breakdown(**inputs)
     assert scores.component_values("used_tool") == [1.0, 1.0]
     assert scores.component_values("tool_messages") == [2.0, 2.0]
 

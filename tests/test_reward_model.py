@@ -54,7 +54,7 @@ def test_score_is_the_model_logit_at_the_last_token(rm_path):
 def test_beside_rule_rewards_in_combined_reward(rm_path):
     rm = RewardModelReward(rm_path)
     combo = CombinedReward([FormatReward(), rm], weights=[1.0, 0.5])
-    out = combo.evaluate_all(prompts=[PROMPT] * 2, completions=COMPLETIONS[:2])
+    out = combo.breakdown(prompts=[PROMPT] * 2, completions=COMPLETIONS[:2])
     fmt, rm_values = out.component_values("format_reward"), out.component_values("reward_model")
     assert fmt == [1.0, 0.0]
     assert out.values == pytest.approx([f + 0.5 * r for f, r in zip(fmt, rm_values)])

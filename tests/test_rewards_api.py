@@ -204,7 +204,7 @@ def test_combined_reward_hand_computed():
         weights={"length_bonus": 2.0, "fragile": -1.0},
     )
     chat = [[{"role": "assistant", "content": c}] for c in ("4", "na", "44444")]
-    out = combo.evaluate_all(completions=chat, limit=[1, 9, 1], answer=["4", "4", "4"])
+    out = combo.breakdown(completions=chat, limit=[1, 9, 1], answer=["4", "4", "4"])
     # row 0: 2*1 + -1*0.5 + 1*1 = 2.5;  row 1: 2*1 + (n/a) + 1*0 = 2.0;  row 2: 0 - 0.5 + 0
     assert out.values == [2.5, 2.0, -0.5]
     assert out.component_values("fragile") == [0.5, None, 0.5]
@@ -223,7 +223,7 @@ def test_combined_reward_hand_computed():
 def test_combination_rule_not_applicable_skipped_failures_propagate():
     combo = CombinedReward([LengthBonus(), Fragile()], weights=[1.0, 10.0])
     lenient = CombinedReward([LengthBonus(), Fragile()], weights=[1.0, 10.0], missing="skip")
-    out = combo.evaluate_all(completions=["na", "none", "boom", "ab"], limit=[9, 9, 9, 1])
+    out = combo.breakdown(completions=["na", "none", "boom", "ab"], limit=[9, 9, 9, 1])
     # n/a: left out (1.0); unscorable / error of a component that applies: the total is too
     assert out.values == [1.0, None, None, 0.0 + 10 * 0.5]
     assert [r.status for r in out.total] == [OK, UNSCORABLE, UNSCORABLE, OK]
@@ -233,7 +233,7 @@ def test_combination_rule_not_applicable_skipped_failures_propagate():
     assert "skipped fragile" in lenient.last_breakdown.total[0].reason
     # no component applies: unscorable, both ways
     nothing = CombinedReward([Fragile(), Fragile(name="other")])
-    (res,) = nothing.evaluate_all(completions=["na"]).total
+    (res,) = nothing.breakdown(completions=["na"]).total
     assert res.status == UNSCORABLE and res.reason.startswith("no reward applies")
     # every component failed, lenient: unscorable too
     assert lenient(completions=["none"]) == [None]

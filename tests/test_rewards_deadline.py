@@ -75,7 +75,7 @@ def test_many_fast_items_are_not_limited_by_the_batch_time():
 def test_combined_reward_does_not_wait_for_a_hung_component():
     combo = CombinedReward([FormatReward(), as_reward(sleepy, name="judge", time_limit=0.3)])
     t = time.monotonic()
-    out = combo.evaluate_all(completions=["<think>a</think><answer>1</answer>"] * 2)
+    out = combo.breakdown(completions=["<think>a</think><answer>1</answer>"] * 2)
     assert time.monotonic() - t < 0.3 + 1.0
     assert out.component_values("format_reward") == [1.0, 1.0]
     assert [r.status for r in out.components["judge"]] == [TIMEOUT, TIMEOUT]

@@ -60,7 +60,7 @@ def one_short(completions, **kwargs):
 ])
 def test_a_whole_batch_failure_is_an_error_on_every_item_naming_the_function(fn, says):
     combo = CombinedReward([FormatReward(), fn])
-    out = combo.evaluate_all(completions=[GOOD] * 3)  # does not raise
+    out = combo.breakdown(completions=[GOOD] * 3)  # does not raise
     res = out.components[fn.__name__]
     assert [r.status for r in res] == [ERROR] * 3
     assert res[0].reason.startswith(says)
@@ -96,7 +96,7 @@ def test_a_reward_whose_batch_scoring_raises_is_an_error_not_a_crash():
         def score_batch(self, completions, examples=None):
             raise RuntimeError("backend down")
 
-    out = CombinedReward([BrokenBatch(), FormatReward()]).evaluate_all(completions=[GOOD, GOOD])
+    out = CombinedReward([BrokenBatch(), FormatReward()]).breakdown(completions=[GOOD, GOOD])
     assert [r.reason for r in out.components["broken_batch"]] == [
         "reward 'broken_batch' raised RuntimeError: backend down"] * 2
 
@@ -106,10 +106,10 @@ def test_monitor_stops_a_run_whose_dataset_lacks_the_gold_answer_column():
     combo = CombinedReward([MathReward(parallel=False), FormatReward()])
     monitor = RewardMonitor(patience=3)
     rows = dict(completions=[GOOD] * 4, solution=["4"] * 4)  # "solution", not "answer"
-    monitor.update(combo.evaluate_all(**rows))
-    monitor.update(combo.evaluate_all(**rows))
+    monitor.update(combo.breakdown(**rows))
+    monitor.update(combo.breakdown(**rows))
     with pytest.raises(RewardFailure) as info:
-        monitor.update(combo.evaluate_all(**rows))
+        monitor.update(combo.breakdown(**rows))
     failure = info.value
     assert failure.component == "math_reward"
     assert failure.reason == "no gold answer in field 'answer'"
@@ -125,7 +125,7 @@ def test_monitor_counts_only_steps_where_nothing_that_applies_scored():
     monitor = RewardMonitor(patience=2)
 
     def step(*kinds):
-        out = combo.evaluate_all(completions=[GOOD] * len(kinds), kind=list(kinds))
+        out = combo.breakdown(completions=[GOOD] * len(kinds), kind=list(kinds))
         return monitor.observe(out)
 
     assert step("bad", "none") is None  # 1 failing step
@@ -142,8 +142,8 @@ def test_monitor_decides_from_metrics_averaged_over_processes():
     decision (from the metrics) is the same everywhere; the reason is local."""
     math_reward = MathReward(parallel=False)
     combo = CombinedReward([math_reward])
-    here = combo.evaluate_all(completions=[GOOD] * 2)  # no gold here: unscorable
-    there = combo.evaluate_all(completions=[GOOD] * 2, answer=["4", "5"])  # scored elsewhere
+    here = combo.breakdown(completions=[GOOD] * 2)  # no gold here: unscorable
+    there = combo.breakdown(completions=[GOOD] * 2, answer=["4", "5"])  # scored elsewhere
     mean = {k: (here.metrics("reward")[k] + there.metrics("reward")[k]) / 2
             for k in here.metrics("reward") if "/frac/" in k}
     monitor = RewardMonitor(patience=1)
@@ -155,7 +155,7 @@ def test_monitor_names_the_total_when_no_reward_applies():
     only_math = as_reward(lambda completions, **kw: [None] * len(completions), name="math_only")
     monitor = RewardMonitor(patience=1)
     with pytest.raises(RewardFailure, match="no completion could be scored by the combined reward"):
-        monitor.update(CombinedReward([only_math]).evaluate_all(completions=["x"]))
+        monitor.update(CombinedReward([only_math]).breakdown(completions=["x"]))
 
 
 # ------------------------------------------------------------------------------ metrics, records
@@ -163,7 +163,7 @@ def test_metrics_per_status_hand_computed_and_item_record():
     def mixed(completions, **kwargs):
         return [1.0, None, "x", 0.0]
 
-    out = CombinedReward([mixed]).evaluate_all(completions=list("abcd"))
+    out = CombinedReward([mixed]).breakdown(completions=list("abcd"))
     m = out.metrics("reward")
     # items: ok, n/a, error, ok
     assert m["reward/mixed/frac/ok"] == 0.5
@@ -192,7 +192,7 @@ def test_log_metric_and_log_extra_are_kept_and_forwarded():
         return [0.0] * len(completions)
 
     seen = []
-    out = CombinedReward([chatty]).evaluate_all(
+    out = CombinedReward([chatty]).breakdown(
         completions=["a", "b"], log_extra=lambda c, v: seen.append((c, v)),
         log_metric=lambda k, v: seen.append((k, v)))
     assert out.extra == {"parsed": ["A", "B"]} and out.item_record(1)["extra"] == {"parsed": "B"}
@@ -222,7 +222,7 @@ def test_applies_to_marks_rows_not_applicable_without_scoring_them():
     """A multi-task batch: the math reward is for the rows with an answer, scored in the pool."""
     math_reward = MathReward(applies_to="answer")
     combo = CombinedReward([math_reward, FormatReward()])
-    out = combo.evaluate_all(completions=[GOOD, GOOD, GOOD], answer=["4", None, "5"])
+    out = combo.breakdown(completions=[GOOD, GOOD, GOOD], answer=["4", None, "5"])
     assert [r.status for r in out.components["math_reward"]] == [OK, NOT_APPLICABLE, OK]
     assert out.values == [2.0, 1.0, 1.0]
     picky = as_reward(lambda completions, **kw: [float(len(c)) for c in completions], name="picky")

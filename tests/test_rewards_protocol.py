@@ -183,7 +183,8 @@ def test_combined_reward_over_a_function_a_reward_and_a_combined_reward():
     # the protocol and trl's call give the same totals
     assert [r.value for r in outer.evaluate(completions=comps, n=n)] == out.values
     assert outer(completions=comps, n=n) == out.values
-    assert outer.evaluate_all(completions=comps, n=n) == out  # the former name
+    with pytest.warns(FutureWarning, match="use CombinedReward.breakdown"):
+        assert outer.evaluate_all(completions=comps, n=n) == out  # the former name
     # one item through the base class's per-item path
     assert outer.score("AB", n=2) == pytest.approx(221.0)
     assert outer.score_with_reason("?", n=2).value == pytest.approx(5.0)

@@ -113,7 +113,7 @@ def test_overlong_penalty_used_trls_token_ids(trained):
 def test_trl_style_function_in_a_grpo_combination():
     combo = CombinedReward([FormatReward(), as_reward(spy)], weights=[1.0, 0.1])
     chat = [[{"role": "assistant", "content": "<think>a</think><answer>1</answer>"}]]
-    out = combo.evaluate_all(
+    out = combo.breakdown(
         prompts=[[{"role": "user", "content": "q"}]], completions=chat, completion_ids=[[1, 2, 3]]
     )
     assert out.values == [pytest.approx(1.0 + 0.1 * 3)]

@@ -85,7 +85,7 @@ def trl_functions():
 def test_real_trl_functions_with_chat_completions_match_trls_own_sum():
     funcs, weights = trl_functions(), [1.0, 0.5, 0.25, 1.0, 0.3, 2.0]
     combo = CombinedReward(funcs, weights=weights)
-    out = combo.evaluate_all(**trl_call(chat=True, truncated=list(TRUNCATED)))
+    out = combo.breakdown(**trl_call(chat=True, truncated=list(TRUNCATED)))
     expected = trl_nansum(funcs, weights, trl_call(chat=True))
     assert out.values == pytest.approx(expected)
     # accuracy_reward's None on the unparseable gold: "does not apply", left out of the sum
@@ -105,7 +105,7 @@ def test_real_trl_functions_with_text_completions():
     completions they raise (in trl too). Here that is status "error" on every item, naming the
     function, and the token-id functions still score."""
     funcs = trl_functions()
-    out = CombinedReward(funcs).evaluate_all(**trl_call(chat=False, truncated=list(TRUNCATED)))
+    out = CombinedReward(funcs).breakdown(**trl_call(chat=False, truncated=list(TRUNCATED)))
     for name in ("accuracy_reward", "think_format_reward", "reasoning_accuracy_reward",
                  "cosine_scaled_reward"):
         res = out.components[name]
@@ -114,7 +114,7 @@ def test_real_trl_functions_with_text_completions():
     overlong = trl_rewards.get_soft_overlong_punishment(10, 4)(completion_ids=IDS)
     assert out.component_values("soft_overlong_punishment_reward") == overlong
     assert out.values == [None] * 4  # a component that applies could not be scored
-    ok = CombinedReward(funcs[3:5]).evaluate_all(**trl_call(chat=False))
+    ok = CombinedReward(funcs[3:5]).breakdown(**trl_call(chat=False))
     assert ok.values == pytest.approx(trl_nansum(funcs[3:5], [1.0, 1.0], trl_call(chat=False)))
 
 
@@ -130,7 +130,7 @@ def test_plain_functions_receive_exactly_trls_keywords():
         return [-1.0 if t else 0.0 for t in truncated]
 
     combo = CombinedReward([spy, wants_truncation])
-    out = combo.evaluate_all(**trl_call(chat=True, truncated=list(TRUNCATED)))
+    out = combo.breakdown(**trl_call(chat=True, truncated=list(TRUNCATED)))
     assert seen[0] == {"prompts", "completion_ids", "solution", "trainer_state", "log_extra",
                        "log_metric"}  # trl's keywords; grpo's `truncated` only when asked for
     assert seen[1] == TRUNCATED and out.values == [0.0, 0.0, -1.0, 0.0]
@@ -140,7 +140,7 @@ def test_grpo_length_rewards_use_trls_token_ids_and_the_truncation_flag():
     overlong = OverlongPenalty(max_length=10, cache_length=4)
     cosine = CosineLengthReward(MathReward(answer_key="solution", parallel=False), max_length=20)
     call = trl_call(chat=True, truncated=list(TRUNCATED))
-    out = CombinedReward([overlong, cosine]).evaluate_all(**call)
+    out = CombinedReward([overlong, cosine]).breakdown(**call)
     # untruncated rows: DAPO Eq. 13 on len(completion_ids), as trl's own function computes it
     trl_overlong = trl_rewards.get_soft_overlong_punishment(10, 4)(completion_ids=IDS)
     got = out.component_values("overlong_penalty")
@@ -166,5 +166,5 @@ def test_grpo_rewards_get_completion_ids_and_truncated_per_item():
     # (through the pool: tests/test_rewards_pool.py; a worker importing this module would
     # import trl and transformers)
     r = SeesTrainerFields()
-    out = CombinedReward([r]).evaluate_all(**trl_call(chat=True, truncated=list(TRUNCATED)))
+    out = CombinedReward([r]).breakdown(**trl_call(chat=True, truncated=list(TRUNCATED)))
     assert out.values == [3.0, 8.0, 112.0, 6.0]

@@ -48,7 +48,7 @@ Conventions (stated because implementations differ):
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -198,6 +198,7 @@ def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], Ad
     """Decorator adding an estimator to :data:`ADVANTAGE_ESTIMATORS` under ``name`` (the value of
     ``GRPOConfig.advantage_estimator`` that selects it).
 
+    >>> from dataclasses import replace
     >>> @register_advantage_estimator("sign")
     ... def sign_advantages(rewards, group_size, *, eps=1e-6):
     ...     out = compute_group_advantages(rewards, group_size, scale="none", eps=eps)
@@ -206,11 +207,13 @@ def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], Ad
     [1.0, -1.0]
     >>> del ADVANTAGE_ESTIMATORS["sign"]
     """
+
     def add(fn: AdvantageEstimator) -> AdvantageEstimator:
         if name in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[name] is not fn:
             raise ValueError(f"an advantage estimator named {name!r} is already registered")
         ADVANTAGE_ESTIMATORS[name] = fn
         return fn
+
     return add
 
 

@@ -46,8 +46,16 @@ from grpo.source import Collected, RolloutSource, ScoredStep
 class AsyncRolloutSource:
     """Scored steps produced ahead of the learner; see the module docstring."""
 
-    def __init__(self, inner: RolloutSource, generator: ProcessGenerator, *, staleness: int, max_steps: int,
-                 start_step: int = 0, timeout: float = 600.0):
+    def __init__(
+        self,
+        inner: RolloutSource,
+        generator: ProcessGenerator,
+        *,
+        staleness: int,
+        max_steps: int,
+        start_step: int = 0,
+        timeout: float = 600.0,
+    ):
         if staleness < 1:
             raise ValueError(f"staleness must be >= 1 for an asynchronous source, got {staleness}")
         self.inner, self.generator, self.staleness = inner, generator, staleness
@@ -83,16 +91,24 @@ class AsyncRolloutSource:
             raise RuntimeError(f"rollouts made for step {made_for} handed to step {step}")
         trained = [r.rollout for r in scored.trained]
         versions = [r.policy_version for r in trained]
-        if versions and step - min(versions) > self.staleness:  # an invariant: the producer's gate prevents it
-            raise RuntimeError(f"step {step} got rollouts of version {min(versions)}, beyond the bound "
-                               f"{self.staleness}")
+        if (
+            versions and step - min(versions) > self.staleness
+        ):  # an invariant: the producer's gate prevents it
+            raise RuntimeError(
+                f"step {step} got rollouts of version {min(versions)}, beyond the bound "
+                f"{self.staleness}"
+            )
         self._consumed_state = state
         lags = [step - v for v in versions] or [0]
-        scored.metrics.update({
-            "async/staleness_mean": sum(lags) / len(lags), "async/staleness_max": float(max(lags)),
-            "async/queue_depth": float(depth), "async/learner_idle": time.perf_counter() - t0,
-            "async/generator_idle": generator_idle,
-        })
+        scored.metrics.update(
+            {
+                "async/staleness_mean": sum(lags) / len(lags),
+                "async/staleness_max": float(max(lags)),
+                "async/queue_depth": float(depth),
+                "async/learner_idle": time.perf_counter() - t0,
+                "async/generator_idle": generator_idle,
+            }
+        )
         return Collected(trained, lambda: scored)
 
     @property
@@ -136,7 +152,9 @@ class AsyncRolloutSource:
     # ------------------------------------------------------------------ producer side
     def _start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._produce, name="grpo-rollout-producer", daemon=True)
+            self._thread = threading.Thread(
+                target=self._produce, name="grpo-rollout-producer", daemon=True
+            )
             self._thread.start()
 
     def _produce(self) -> None:
@@ -145,8 +163,14 @@ class AsyncRolloutSource:
                 t0 = time.perf_counter()
                 with self._cond:
                     # room in the queue, and weights recent enough for the next step
-                    while not self._stop and self._next < self.max_steps and (
-                            len(self._queue) >= self.staleness or self._weights < self._next - self.staleness):
+                    while (
+                        not self._stop
+                        and self._next < self.max_steps
+                        and (
+                            len(self._queue) >= self.staleness
+                            or self._weights < self._next - self.staleness
+                        )
+                    ):
                         self._cond.wait()
                     if self._stop or self._next >= self.max_steps:
                         return

@@ -47,8 +47,15 @@ from typing import Any, Protocol
 
 import torch
 
-_TOKEN_FIELDS = ("completion_ids", "completion_mask", "loss_mask", "rollout_logp", "old_logp",
-                 "ref_logp", "teacher_logp")
+_TOKEN_FIELDS = (
+    "completion_ids",
+    "completion_mask",
+    "loss_mask",
+    "rollout_logp",
+    "old_logp",
+    "ref_logp",
+    "teacher_logp",
+)
 _ROW_FIELDS = ("group_ids", "sample_indices", "step_index", "policy_versions")
 
 Key = tuple[int, int]
@@ -102,26 +109,41 @@ class RolloutBatch:
     def with_advantages(self, advantages: torch.Tensor) -> RolloutBatch:
         """The same batch with per-sequence ``[B]`` or per-token ``[B, T]`` advantages."""
         if advantages.shape not in ((len(self),), (len(self), self.width)):
-            raise ValueError(f"advantages must have shape ({len(self)},) or ({len(self)}, {self.width}), "
-                             f"got {tuple(advantages.shape)}")
+            raise ValueError(
+                f"advantages must have shape ({len(self)},) or ({len(self)}, {self.width}), "
+                f"got {tuple(advantages.shape)}"
+            )
         return replace(self, advantages=advantages.to(self.input_ids.device, torch.float32))
 
-    def with_logprobs(self, *, old: torch.Tensor | None = None, ref: torch.Tensor | None = None,
-                      teacher: torch.Tensor | None = None) -> RolloutBatch:
-        """The same batch carrying frozen old-policy, reference and/or teacher log-probs ``[B, T]``."""
+    def with_logprobs(
+        self,
+        *,
+        old: torch.Tensor | None = None,
+        ref: torch.Tensor | None = None,
+        teacher: torch.Tensor | None = None,
+    ) -> RolloutBatch:
+        """The same batch carrying frozen old-policy, reference and/or teacher log-probs
+        ``[B, T]``."""
         for name, t in (("old", old), ("ref", ref), ("teacher", teacher)):
             if t is not None and t.shape != self.completion_ids.shape:
-                raise ValueError(f"{name} log-probs have shape {tuple(t.shape)}, expected "
-                                 f"{tuple(self.completion_ids.shape)}")
-        return replace(self, old_logp=self.old_logp if old is None else old,
-                       ref_logp=self.ref_logp if ref is None else ref,
-                       teacher_logp=self.teacher_logp if teacher is None else teacher)
+                raise ValueError(
+                    f"{name} log-probs have shape {tuple(t.shape)}, expected "
+                    f"{tuple(self.completion_ids.shape)}"
+                )
+        return replace(
+            self,
+            old_logp=self.old_logp if old is None else old,
+            ref_logp=self.ref_logp if ref is None else ref,
+            teacher_logp=self.teacher_logp if teacher is None else teacher,
+        )
 
     def to(self, device: torch.device | str) -> RolloutBatch:
-        moved = {name: getattr(self, name) for name in (*_TOKEN_FIELDS, *_ROW_FIELDS, "input_ids",
-                                                         "attention_mask", "advantages")}
+        moved = {
+            name: getattr(self, name)
+            for name in (*_TOKEN_FIELDS, *_ROW_FIELDS, "input_ids", "attention_mask", "advantages")
+        }
         moved = {k: None if v is None else v.to(device) for k, v in moved.items()}
-        moved["completion_ids"] = moved["input_ids"][:, self.prompt_len:]
+        moved["completion_ids"] = moved["input_ids"][:, self.prompt_len :]
         return replace(self, **moved)
 
     def select(self, idx: slice | torch.Tensor | Sequence[int]) -> RolloutBatch:
@@ -134,16 +156,20 @@ class RolloutBatch:
         t = int(comp_mask.any(0).nonzero().max().item()) + 1 if comp_mask.any() else 1
         first = int(mask.any(0).nonzero().min().item()) if mask.any() else 0
         first = min(first, self.prompt_len - 1)
-        input_ids = self.input_ids[idx, first:self.prompt_len + t]
-        fields = {name: None if getattr(self, name) is None else getattr(self, name)[idx, :t]
-                  for name in _TOKEN_FIELDS}
-        fields["completion_ids"] = input_ids[:, self.prompt_len - first:]
+        input_ids = self.input_ids[idx, first : self.prompt_len + t]
+        fields = {
+            name: None if getattr(self, name) is None else getattr(self, name)[idx, :t]
+            for name in _TOKEN_FIELDS
+        }
+        fields["completion_ids"] = input_ids[:, self.prompt_len - first :]
         fields.update({name: getattr(self, name)[idx] for name in _ROW_FIELDS})
         adv = self.advantages[idx]
         return RolloutBatch(
-            input_ids=input_ids, attention_mask=mask[:, first:self.prompt_len + t],
+            input_ids=input_ids,
+            attention_mask=mask[:, first : self.prompt_len + t],
             advantages=adv if adv.dim() == 1 else adv[:, :t],
-            prompt_len=self.prompt_len - first, **fields,
+            prompt_len=self.prompt_len - first,
+            **fields,
         )
 
 
@@ -188,30 +214,38 @@ def join_scores(batch: RolloutBatch, scored: Iterable[ScoredRecord]) -> RolloutB
     rows: dict[Key, int] = {}
     for i, key in enumerate(batch.keys()):
         if key in rows:
-            raise ValueError(f"join_scores: batch rows {rows[key]} and {i} have the same key "
-                             f"(group, sample) = {key}; each completion must appear once")
+            raise ValueError(
+                f"join_scores: batch rows {rows[key]} and {i} have the same key "
+                f"(group, sample) = {key}; each completion must appear once"
+            )
         rows[key] = i
     seen: set[Key] = set()
     trained: list[tuple[int, int, float]] = []  # (step index, row, advantage)
     for record in scored:
         key = record.key
         if key in seen:
-            raise ValueError(f"join_scores: two scored records have the key (group, sample) = "
-                             f"{key}; each completion must be scored once")
+            raise ValueError(
+                f"join_scores: two scored records have the key (group, sample) = "
+                f"{key}; each completion must be scored once"
+            )
         seen.add(key)
         if record.advantage is None:
             continue
         if key not in rows:
-            raise ValueError(f"join_scores: the trained completion (group, sample) = {key} has "
-                             "no row in the batch")
+            raise ValueError(
+                f"join_scores: the trained completion (group, sample) = {key} has "
+                "no row in the batch"
+            )
         if record.step_index is None:
             raise ValueError(f"join_scores: the trained completion {key} has no step_index")
         trained.append((record.step_index, rows[key], record.advantage))
     unscored = sorted(rows.keys() - seen)
     if unscored:
         more = " ..." if len(unscored) > 4 else ""
-        raise ValueError(f"join_scores: {len(unscored)} batch row(s) have no scored record, "
-                         f"keys (group, sample) {unscored[:4]}{more}")
+        raise ValueError(
+            f"join_scores: {len(unscored)} batch row(s) have no scored record, "
+            f"keys (group, sample) {unscored[:4]}{more}"
+        )
     trained.sort()
     steps = [s for s, _, _ in trained]
     if len(set(steps)) != len(steps):
@@ -223,8 +257,9 @@ def join_scores(batch: RolloutBatch, scored: Iterable[ScoredRecord]) -> RolloutB
     return replace(out, step_index=step_index)
 
 
-def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None,
-                     pad_id: int) -> RolloutBatch:
+def collate_rollouts(
+    rollouts: Sequence, advantages: torch.Tensor | None, pad_id: int
+) -> RolloutBatch:
     """Pad :class:`grpo.rollout.Rollout` records (prompt left, completion right) into a batch,
     row ``i`` from ``rollouts[i]``.
 
@@ -246,10 +281,10 @@ def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None,
     rollout_logp = torch.zeros((b, t), dtype=torch.float32)
     for i, r in enumerate(rollouts):
         n_p, n_c = len(r.prompt_ids), len(r.completion_ids)
-        input_ids[i, p - n_p:p] = torch.tensor(r.prompt_ids, dtype=torch.long)
-        attn[i, p - n_p:p + n_c] = 1
+        input_ids[i, p - n_p : p] = torch.tensor(r.prompt_ids, dtype=torch.long)
+        attn[i, p - n_p : p + n_c] = 1
         if n_c:
-            input_ids[i, p:p + n_c] = torch.tensor(r.completion_ids, dtype=torch.long)
+            input_ids[i, p : p + n_c] = torch.tensor(r.completion_ids, dtype=torch.long)
             comp_mask[i, :n_c] = True
             lm = getattr(r, "loss_mask", None)
             loss_mask[i, :n_c] = True if lm is None else torch.tensor(lm, dtype=torch.bool)
@@ -257,11 +292,19 @@ def collate_rollouts(rollouts: Sequence, advantages: torch.Tensor | None,
                 rollout_logp[i, :n_c] = torch.tensor(r.logprobs, dtype=torch.float32)
     groups, samples = zip(*(rollout_key(r) for r in rollouts), strict=True)
     batch = RolloutBatch(
-        input_ids, attn, input_ids[:, p:], comp_mask, loss_mask, rollout_logp,
-        advantages=torch.zeros(b), group_ids=torch.tensor(groups, dtype=torch.long),
-        sample_indices=torch.tensor(samples, dtype=torch.long), step_index=torch.arange(b),
+        input_ids,
+        attn,
+        input_ids[:, p:],
+        comp_mask,
+        loss_mask,
+        rollout_logp,
+        advantages=torch.zeros(b),
+        group_ids=torch.tensor(groups, dtype=torch.long),
+        sample_indices=torch.tensor(samples, dtype=torch.long),
+        step_index=torch.arange(b),
         policy_versions=torch.tensor([r.policy_version for r in rollouts], dtype=torch.long),
-        prompt_len=p)
+        prompt_len=p,
+    )
     return batch if advantages is None else batch.with_advantages(advantages)
 
 

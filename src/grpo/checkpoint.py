@@ -23,7 +23,11 @@ def _trainable_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -51,9 +55,20 @@ def full_model_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return get_model_state_dict(model, options=_full_options(cpu_offload=True))
 
 
-def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, scheduler,
-                    trainer_state: dict[str, Any], rank: int = 0, is_main: bool = True,
-                    keep: int = 2, barrier=lambda: None, sharded: bool = False) -> Path:
+def save_checkpoint(
+    output_dir: str | Path,
+    step: int,
+    *,
+    model,
+    optimizer,
+    scheduler,
+    trainer_state: dict[str, Any],
+    rank: int = 0,
+    is_main: bool = True,
+    keep: int = 2,
+    barrier=lambda: None,
+    sharded: bool = False,
+) -> Path:
     """Write ``checkpoints/step_<step>``; keeps the newest ``keep`` checkpoints.
 
     ``sharded`` (FSDP2): weights and optimizer state are gathered to process 0 and written
@@ -64,7 +79,9 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, sche
         from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
 
         model_state = full_model_state(model)
-        optim_state = get_optimizer_state_dict(model, optimizer, options=_full_options(cpu_offload=True))
+        optim_state = get_optimizer_state_dict(
+            model, optimizer, options=_full_options(cpu_offload=True)
+        )
     else:
         model_state, optim_state = _trainable_state(model), optimizer.state_dict()
     root = Path(output_dir) / "checkpoints"
@@ -79,7 +96,9 @@ def save_checkpoint(output_dir: str | Path, step: int, *, model, optimizer, sche
         torch.save(model_state, tmp / "model.pt")
         torch.save(optim_state, tmp / ("optimizer_full.pt" if sharded else "optimizer.pt"))
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "trainer_state.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
+        (tmp / "trainer_state.json").write_text(
+            json.dumps({"step": step, **trainer_state}, indent=1)
+        )
     barrier()
     if is_main:
         shutil.rmtree(final, ignore_errors=True)
@@ -94,7 +113,11 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     root = Path(output_dir) / "checkpoints"
     if not root.exists():
         return []
-    return sorted((int(p.name.split("_")[1]), p) for p in root.glob("step_*") if p.name.split("_")[1].isdigit())
+    return sorted(
+        (int(p.name.split("_")[1]), p)
+        for p in root.glob("step_*")
+        if p.name.split("_")[1].isdigit()
+    )
 
 
 def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
@@ -102,7 +125,9 @@ def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
     if resume_from == "latest":
         found = list_checkpoints(output_dir)
         if not found:
-            raise FileNotFoundError(f"resume_from='latest' but {output_dir}/checkpoints has no checkpoint")
+            raise FileNotFoundError(
+                f"resume_from='latest' but {output_dir}/checkpoints has no checkpoint"
+            )
         return found[-1][1]
     path = Path(resume_from)
     if not (path / "trainer_state.json").exists():
@@ -110,13 +135,16 @@ def resolve_checkpoint(resume_from: str, output_dir: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: Path, *, model, optimizer, scheduler, rank: int = 0,
-                    sharded: bool = False) -> dict[str, Any]:
+def load_checkpoint(
+    path: Path, *, model, optimizer, scheduler, rank: int = 0, sharded: bool = False
+) -> dict[str, Any]:
     """Restore everything saved by :func:`save_checkpoint`; returns the trainer state."""
     full = (path / "optimizer_full.pt").exists()
     if full != sharded:
-        raise ValueError(f"checkpoint {path} was written {'with' if full else 'without'} fsdp; resume it with "
-                         f"fsdp={full}")
+        raise ValueError(
+            f"checkpoint {path} was written {'with' if full else 'without'} fsdp; resume it with "
+            f"fsdp={full}"
+        )
     if sharded:
         _load_sharded(path, model, optimizer, rank)
     else:
@@ -135,10 +163,18 @@ def _load_sharded(path: Path, model, optimizer, rank: int) -> None:
         set_optimizer_state_dict,
     )
 
-    weights = torch.load(path / "model.pt", map_location="cpu", weights_only=True) if rank == 0 else {}
-    optim = torch.load(path / "optimizer_full.pt", map_location="cpu", weights_only=False) if rank == 0 else {}
+    weights = (
+        torch.load(path / "model.pt", map_location="cpu", weights_only=True) if rank == 0 else {}
+    )
+    optim = (
+        torch.load(path / "optimizer_full.pt", map_location="cpu", weights_only=False)
+        if rank == 0
+        else {}
+    )
     set_model_state_dict(model, weights, options=_full_options(broadcast_from_rank0=True))
-    set_optimizer_state_dict(model, optimizer, optim, options=_full_options(broadcast_from_rank0=True))
+    set_optimizer_state_dict(
+        model, optimizer, optim, options=_full_options(broadcast_from_rank0=True)
+    )
 
 
 def _load_replicated(path: Path, model, optimizer) -> None:
@@ -146,8 +182,12 @@ def _load_replicated(path: Path, model, optimizer) -> None:
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in weights]
     if missing:
-        raise ValueError(f"checkpoint {path} lacks {len(missing)} trainable parameters, e.g. {missing[:3]}")
+        raise ValueError(
+            f"checkpoint {path} lacks {len(missing)} trainable parameters, e.g. {missing[:3]}"
+        )
     with torch.no_grad():
         for n, t in weights.items():
             params[n].copy_(t)
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False))
+    optimizer.load_state_dict(
+        torch.load(path / "optimizer.pt", map_location="cpu", weights_only=False)
+    )

@@ -6,7 +6,8 @@
     grpo eval RECIPE --model RUN/checkpoints/step_N     checkpoint (same numbers as in training)
     grpo report RUN_DIR                         PNG curves + report.html
     grpo train --help-config                    every recipe key and GRPOConfig field, documented
-    grpo sample / grpo sft / grpo pipeline RECIPE   rejection sampling, SFT, multi-stage R1 (docs/pipeline.md)
+    grpo sample / grpo sft / grpo pipeline RECIPE   rejection sampling, SFT, multi-stage R1
+                                                (docs/pipeline.md)
 
 A mistake in a recipe or an override prints one line saying what to change, and exits with 2.
 """
@@ -48,22 +49,36 @@ def _config_help() -> str:
             out.append(f"  {prefix}{name} ({shown}): {text}".rstrip(": "))
         return out
 
-    sections = [("Recipe keys", Recipe, ""), ("dataset / eval_dataset", DatasetSpec, "dataset."),
-                ("each entry of rewards", RewardSpec, "rewards.N."),
-                ("model: tiny", TinyModelSpec, "tiny."),
-                ("multiturn: tool use during rollouts (optional)", MultiTurnSettings, "multiturn."),
-                ("trainer (GRPOConfig): the run", GRPOConfig, "trainer.")]
+    sections = [
+        ("Recipe keys", Recipe, ""),
+        ("dataset / eval_dataset", DatasetSpec, "dataset."),
+        ("each entry of rewards", RewardSpec, "rewards.N."),
+        ("model: tiny", TinyModelSpec, "tiny."),
+        ("multiturn: tool use during rollouts (optional)", MultiTurnSettings, "multiturn."),
+        ("trainer (GRPOConfig): the run", GRPOConfig, "trainer."),
+    ]
     own_titles = ("trainer", "tiny", "multiturn")  # Recipe keys listed under their own title
     for name, field in GRPOConfig.model_fields.items():
         section = _section_type(field.annotation)
         if section is not None:
             key = field.alias or name
-            sections.append((f"trainer.{key}: {' '.join((field.description or '').split())}",
-                             _as_model(section, field.get_default(call_default_factory=True)), f"trainer.{key}."))
+            sections.append(
+                (
+                    f"trainer.{key}: {' '.join((field.description or '').split())}",
+                    _as_model(section, field.get_default(call_default_factory=True)),
+                    f"trainer.{key}.",
+                )
+            )
     lines = []
     for title, model, prefix in sections:
-        lines += [f"{title}", *(line for line in fields(model, prefix)
-                                if not (model is Recipe and line.split()[0] in own_titles))]
+        lines += [
+            f"{title}",
+            *(
+                line
+                for line in fields(model, prefix)
+                if not (model is Recipe and line.split()[0] in own_titles)
+            ),
+        ]
     return "\n".join(lines)
 
 
@@ -73,7 +88,9 @@ def _section_type(annotation):
 
     from pydantic import BaseModel
 
-    if isinstance(annotation, type) and (issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)):
+    if isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
+    ):
         return annotation
     return None
 
@@ -88,9 +105,18 @@ def _as_model(cls, default: Any):
     from pydantic import Field, TypeAdapter, create_model
 
     props = TypeAdapter(cls).json_schema()["properties"]
-    return create_model(cls.__name__, **{
-        f.name: (Any, Field(getattr(default, f.name), description=props.get(f.name, {}).get("description")))
-        for f in dataclasses.fields(cls)})
+    return create_model(
+        cls.__name__,
+        **{
+            f.name: (
+                Any,
+                Field(
+                    getattr(default, f.name), description=props.get(f.name, {}).get("description")
+                ),
+            )
+            for f in dataclasses.fields(cls)
+        },
+    )
 
 
 def load_recipe(name_or_path: str, overrides: list[str]) -> Recipe:
@@ -106,13 +132,19 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(_config_help())
         return 0
     if not args.recipe:
-        args.parser.error("train needs a recipe (a packaged name such as r1_zero_cpu, or a YAML path)")
+        args.parser.error(
+            "train needs a recipe (a packaged name such as r1_zero_cpu, or a YAML path)"
+        )
     recipe = load_recipe(args.recipe, args.overrides)
     from grpo.recipes.assemble import build_trainer
 
     try:
         trainer = build_trainer(recipe)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:  # what the trainer refuses at construction
+    except (
+        ValueError,
+        FileNotFoundError,
+        FileExistsError,
+    ) as e:  # what the trainer refuses at construction
         print(f"grpo: {e}", file=sys.stderr)
         return 2
     try:
@@ -149,25 +181,53 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grpo", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="grpo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train", help="train with GRPO from a recipe")
-    p.add_argument("recipe", nargs="?", help="packaged recipe name (r1_zero_cpu, r1_zero_gsm8k, ...) or YAML path")
-    p.add_argument("overrides", nargs="*", help="key=value (dotted keys: trainer.beta=0, rewards.0.weight=2)")
-    p.add_argument("--help-config", action="store_true", help="list every recipe key and GRPOConfig field")
+    p.add_argument(
+        "recipe",
+        nargs="?",
+        help="packaged recipe name (r1_zero_cpu, r1_zero_gsm8k, ...) or YAML path",
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="key=value (dotted keys: trainer.beta=0, rewards.0.weight=2)"
+    )
+    p.add_argument(
+        "--help-config", action="store_true", help="list every recipe key and GRPOConfig field"
+    )
     p.set_defaults(func=cmd_train, parser=p)
 
     p = sub.add_parser("eval", help="evaluate a model or checkpoint on the recipe's eval set")
-    p.add_argument("recipe", help="the recipe the model was trained with (its eval_dataset, rewards, trainer settings)")
-    p.add_argument("overrides", nargs="*", help="key=value, as for train (e.g. trainer.eval_samples=8)")
-    p.add_argument("--model", help="a saved model folder (RUN/final), a checkpoint (RUN/checkpoints/step_N), "
-                                   "a run folder (its final model), or a hub id; default: the recipe's model")
-    p.add_argument("--by", nargs="+", default=[], metavar="COLUMN",
-                   help="also report every metric per value of these dataset columns")
-    p.add_argument("--pass-k", nargs="+", type=int, default=None, metavar="K",
-                   help="pass@K values to report (each <= trainer.eval_samples; default: eval_samples)")
+    p.add_argument(
+        "recipe",
+        help="the recipe the model was trained with (its eval_dataset, rewards, trainer settings)",
+    )
+    p.add_argument(
+        "overrides", nargs="*", help="key=value, as for train (e.g. trainer.eval_samples=8)"
+    )
+    p.add_argument(
+        "--model",
+        help="a saved model folder (RUN/final), a checkpoint (RUN/checkpoints/step_N), "
+        "a run folder (its final model), or a hub id; default: the recipe's model",
+    )
+    p.add_argument(
+        "--by",
+        nargs="+",
+        default=[],
+        metavar="COLUMN",
+        help="also report every metric per value of these dataset columns",
+    )
+    p.add_argument(
+        "--pass-k",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="K",
+        help="pass@K values to report (each <= trainer.eval_samples; default: eval_samples)",
+    )
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval, parser=p)
 

@@ -47,10 +47,24 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from grpo.loss import Aggregation, KLEstimator, RatioLevel
 from grpo.rollout.types import SamplingConfig
 
-__all__ = ["AsyncConfig", "CheckpointConfig", "DistillConfig", "EvalConfig", "FLAT_KEYS",
-           "FlatConfigWarning", "ForwardConfig", "GRPOConfig", "LogConfig", "LossConfig",
-           "OptimConfig", "RewardConfig", "RolloutConfig", "SamplingConfig", "VLLMConfig",
-           "apply_overrides"]
+__all__ = [
+    "AsyncConfig",
+    "CheckpointConfig",
+    "DistillConfig",
+    "EvalConfig",
+    "FLAT_KEYS",
+    "FlatConfigWarning",
+    "ForwardConfig",
+    "GRPOConfig",
+    "LogConfig",
+    "LossConfig",
+    "OptimConfig",
+    "RewardConfig",
+    "RolloutConfig",
+    "SamplingConfig",
+    "VLLMConfig",
+    "apply_overrides",
+]
 
 
 class FlatConfigWarning(FutureWarning):
@@ -65,103 +79,169 @@ class RolloutConfig(_Section):
     """What is sampled each step and how it becomes advantages (read by the rollout source)."""
 
     backend: Literal["hf", "vllm", "vllm_server"] = Field(
-        "hf", description="Generator: transformers (hf), a colocated vLLM engine (vllm), or a trl "
-                          "vllm-serve server (vllm_server).")
-    num_generations: int = Field(16, ge=2, description="G: completions sampled per prompt (R1: 16).")
+        "hf",
+        description="Generator: transformers (hf), a colocated vLLM engine (vllm), or a trl "
+        "vllm-serve server (vllm_server).",
+    )
+    num_generations: int = Field(
+        16, ge=2, description="G: completions sampled per prompt (R1: 16)."
+    )
     prompts_per_step: int = Field(8, ge=1, description="Prompts per GRPO step, over all processes.")
     max_prompt_length: int = Field(
-        512, ge=1, description="Prompts longer than this (in tokens) raise an error naming the dataset "
-                               "row (checked as they are sampled); vLLM engines are sized for "
-                               "max_prompt_length + sampling.max_tokens.")
+        512,
+        ge=1,
+        description="Prompts longer than this (in tokens) raise an error naming the dataset "
+        "row (checked as they are sampled); vLLM engines are sized for "
+        "max_prompt_length + sampling.max_tokens.",
+    )
     chat_template_kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra variables for the chat template, e.g. "
-                                          "{enable_thinking: false} for Qwen3 (trl's chat_template_kwargs).")
+        default_factory=dict,
+        description="Extra variables for the chat template, e.g. "
+        "{enable_thinking: false} for Qwen3 (trl's chat_template_kwargs).",
+    )
     mask_truncated_completions: bool = Field(
-        False, description="Leave completions cut at sampling.max_tokens out of the loss (DAPO overlong "
-                           "filtering, arXiv:2503.14476 sec. 3.4; trl's mask_truncated_completions). "
-                           "Their rewards still count in their group's statistics.")
+        False,
+        description="Leave completions cut at sampling.max_tokens out of the loss (DAPO overlong "
+        "filtering, arXiv:2503.14476 sec. 3.4; trl's mask_truncated_completions). "
+        "Their rewards still count in their group's statistics.",
+    )
     advantage_estimator: str = Field(
-        "grpo", description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
-                            "dr_grpo (no std), rloo (leave-one-out baseline), or one you registered.")
+        "grpo",
+        description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
+        "dr_grpo (no std), rloo (leave-one-out baseline), or one you registered.",
+    )
     dynamic_sampling: bool = Field(
-        False, description="DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2): drop groups whose rewards "
-                           "have no spread and sample more prompts until the step has prompts_per_step "
-                           "groups with signal, or dynamic_sampling_max_rounds generation rounds were made.")
+        False,
+        description="DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2): drop groups whose rewards "
+        "have no spread and sample more prompts until the step has prompts_per_step "
+        "groups with signal, or dynamic_sampling_max_rounds generation rounds were made.",
+    )
     dynamic_sampling_max_rounds: int = Field(
-        4, ge=1, description="Cap on generation rounds per step with dynamic_sampling (each round samples "
-                             "prompts_per_step prompts); at the cap the step trains on the groups it has.")
+        4,
+        ge=1,
+        description="Cap on generation rounds per step with dynamic_sampling (each round samples "
+        "prompts_per_step prompts); at the cap the step trains on the groups it has.",
+    )
     dynamic_sampling_tol: float = Field(
-        1e-6, ge=0, description="A group has signal when max - min of its scorable rewards exceeds this "
-                                "(dynamic sampling, and the adv/zero_std_frac metric).")
+        1e-6,
+        ge=0,
+        description="A group has signal when max - min of its scorable rewards exceeds this "
+        "(dynamic sampling, and the adv/zero_std_frac metric).",
+    )
 
 
 class AsyncConfig(_Section):
     """Asynchronous rollouts (:mod:`grpo.async_source`); YAML and CLI key ``async``."""
 
     staleness: int = Field(
-        0, ge=0, description="Sample the next steps in a generator process while the learner trains, on "
-                             "weights at most this many steps old (AReaL's decoupled PPO corrects for it). "
-                             "0 = synchronous. rollout.backend='hf' only, one process.")
+        0,
+        ge=0,
+        description="Sample the next steps in a generator process while the learner trains, on "
+        "weights at most this many steps old (AReaL's decoupled PPO corrects for it). "
+        "0 = synchronous. rollout.backend='hf' only, one process.",
+    )
     timeout: float = Field(
-        600.0, gt=0, description="Seconds the asynchronous generator may take for one step before it "
-                                 "counts as stalled (an error, not a hang).")
+        600.0,
+        gt=0,
+        description="Seconds the asynchronous generator may take for one step before it "
+        "counts as stalled (an error, not a hang).",
+    )
 
 
 class VLLMConfig(_Section):
     """The vLLM engine (rollout.backend='vllm') or server (rollout.backend='vllm_server')."""
 
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description="vLLM's share of GPU memory (colocated).")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, le=1, description="vLLM's share of GPU memory (colocated)."
+    )
     tensor_parallel_size: int = Field(1, ge=1, description="vLLM tensor parallelism (colocated).")
-    enforce_eager: bool = Field(False, description="vLLM without CUDA graphs / torch.compile (faster start).")
-    sleep: bool = Field(False, description="Put the vLLM engine to sleep during training (frees GPU memory).")
-    dtype: str = Field("auto", description="vLLM engine dtype (auto: the model's; float32, bfloat16, ...).")
+    enforce_eager: bool = Field(
+        False, description="vLLM without CUDA graphs / torch.compile (faster start)."
+    )
+    sleep: bool = Field(
+        False, description="Put the vLLM engine to sleep during training (frees GPU memory)."
+    )
+    dtype: str = Field(
+        "auto", description="vLLM engine dtype (auto: the model's; float32, bfloat16, ...)."
+    )
     max_model_len: int | None = Field(
-        None, ge=1, description="vLLM's context length (None: rollout.max_prompt_length + "
-                                "sampling.max_tokens in training; the model's own in grpo sample).")
-    server_host: str = Field("127.0.0.1", description="Host of `trl vllm-serve` (rollout.backend=vllm_server).")
-    server_port: int = Field(8000, description="Port of `trl vllm-serve` (rollout.backend=vllm_server).")
+        None,
+        ge=1,
+        description="vLLM's context length (None: rollout.max_prompt_length + "
+        "sampling.max_tokens in training; the model's own in grpo sample).",
+    )
+    server_host: str = Field(
+        "127.0.0.1", description="Host of `trl vllm-serve` (rollout.backend=vllm_server)."
+    )
+    server_port: int = Field(
+        8000, description="Port of `trl vllm-serve` (rollout.backend=vllm_server)."
+    )
 
 
 class LossConfig(_Section):
     """The policy objective (:func:`grpo.loss.policy_loss`); read by the learner."""
 
-    beta: float = Field(0.001, ge=0, description="KL coefficient (R1: 0.001). 0 loads no reference model.")
+    beta: float = Field(
+        0.001, ge=0, description="KL coefficient (R1: 0.001). 0 loads no reference model."
+    )
     kl_estimator: KLEstimator = Field("k3", description="KL estimator (k3: DeepSeekMath eq. 4).")
     kl_ratio_correction: bool = Field(
-        False, description="Weight the KL term by the importance ratio pi/pi_old (trl's "
-                           "use_bias_correction_kl).")
-    eps_low: float = Field(0.2, ge=0, lt=1, description="Lower clip: ratio >= 1 - eps_low (trl's epsilon).")
-    eps_high: float = Field(0.2, ge=0, description="Upper clip: ratio <= 1 + eps_high (DAPO clip-higher: 0.28).")
-    dual_clip: float | None = Field(None, gt=1, description="Dual-clip constant c for negative advantages, or None.")
+        False,
+        description="Weight the KL term by the importance ratio pi/pi_old (trl's "
+        "use_bias_correction_kl).",
+    )
+    eps_low: float = Field(
+        0.2, ge=0, lt=1, description="Lower clip: ratio >= 1 - eps_low (trl's epsilon)."
+    )
+    eps_high: float = Field(
+        0.2, ge=0, description="Upper clip: ratio <= 1 + eps_high (DAPO clip-higher: 0.28)."
+    )
+    dual_clip: float | None = Field(
+        None, gt=1, description="Dual-clip constant c for negative advantages, or None."
+    )
     ratio_level: RatioLevel = Field("token", description="token: GRPO; sequence: GSPO.")
     aggregation: Aggregation = Field(
-        "token_mean", description="Loss reduction (DAPO token mean / GRPO sequence mean / Dr. GRPO).")
+        "token_mean",
+        description="Loss reduction (DAPO token mean / GRPO sequence mean / Dr. GRPO).",
+    )
     use_tis: bool = Field(
-        False, description="Truncated importance sampling against a separate rollout engine's log-probs "
-                           "(rollout.backend vllm or vllm_server).")
+        False,
+        description="Truncated importance sampling against a separate rollout engine's log-probs "
+        "(rollout.backend vllm or vllm_server).",
+    )
     is_cap: float = Field(
-        2.0, gt=0, description="C in the behaviour weight min(pi_old / pi_sampler, C) of the policy term: "
-                               "TIS's truncation, and the decoupled objective's cap with asynchronous rollouts.")
+        2.0,
+        gt=0,
+        description="C in the behaviour weight min(pi_old / pi_sampler, C) of the policy term: "
+        "TIS's truncation, and the decoupled objective's cap with asynchronous rollouts.",
+    )
 
 
 class DistillConfig(_Section):
     """On-policy distillation (:mod:`grpo.distill`)."""
 
     teacher: str | None = Field(
-        None, description="A teacher (path or hub id) with the student's tokenizer: every sampled token's "
-                          "advantage gets -coef x (log pi_student - log pi_teacher) added (tinker-cookbook, "
-                          "slime). With no reward functions it is pure distillation. GRPOTrainer(teacher=...) "
-                          "takes a loaded model instead.")
+        None,
+        description="A teacher (path or hub id) with the student's tokenizer: every sampled "
+        "token's advantage gets -coef x (log pi_student - log pi_teacher) added (tinker-cookbook, "
+        "slime). With no reward functions it is pure distillation. GRPOTrainer(teacher=...) "
+        "takes a loaded model instead.",
+    )
     coef: float = Field(1.0, ge=0, description="lambda of the on-policy distillation term.")
 
 
 class RewardConfig(_Section):
     """How the reward functions are combined and watched."""
 
-    weights: list[float] | None = Field(None, description="Weight per reward function (default: all 1).")
+    weights: list[float] | None = Field(
+        None, description="Weight per reward function (default: all 1)."
+    )
     failure_patience: int = Field(
-        3, ge=1, description="Stop the run when one reward fails (error / unscorable) on every item for this "
-                             "many consecutive steps, naming it and its first reason.")
+        3,
+        ge=1,
+        description="Stop the run when one reward fails (error / unscorable) on every item for "
+        "this many consecutive steps, naming it and its first reason.",
+    )
 
 
 class OptimConfig(_Section):
@@ -170,60 +250,99 @@ class OptimConfig(_Section):
     learning_rate: float = Field(1e-6, gt=0, description="AdamW learning rate.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     adam_betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas.")
-    warmup_steps: int = Field(0, ge=0, description="Linear learning-rate warm-up, in optimizer steps.")
+    warmup_steps: int = Field(
+        0, ge=0, description="Linear learning-rate warm-up, in optimizer steps."
+    )
     warmup_ratio: float = Field(
-        0.0, ge=0, lt=1, description="Warm-up as a fraction of all optimizer steps (used when warmup_steps is 0).")
-    lr_schedule: Literal["constant", "cosine", "linear"] = Field("constant", description="Schedule after warm-up.")
+        0.0,
+        ge=0,
+        lt=1,
+        description="Warm-up as a fraction of all optimizer steps (used when warmup_steps is 0).",
+    )
+    lr_schedule: Literal["constant", "cosine", "linear"] = Field(
+        "constant", description="Schedule after warm-up."
+    )
     max_grad_norm: float | None = Field(1.0, gt=0, description="Gradient clipping (None = off).")
-    num_iterations: int = Field(1, ge=1, description="mu: optimisation passes over each step's rollouts.")
+    num_iterations: int = Field(
+        1, ge=1, description="mu: optimisation passes over each step's rollouts."
+    )
     minibatch_size: int | None = Field(
-        None, ge=1, description="Completions per optimizer step (default: the whole step's batch, fully "
-                                "on-policy).")
+        None,
+        ge=1,
+        description="Completions per optimizer step (default: the whole step's batch, fully "
+        "on-policy).",
+    )
 
 
 class ForwardConfig(_Section):
     """How the model runs: memory and speed knobs that do not change the update (up to rounding)."""
 
     micro_batch_size: int = Field(
-        8, ge=1, description="Completions per forward/backward (gradient accumulation; a memory knob: the "
-                             "update does not depend on it, and it need not divide the minibatch).")
-    logprob_chunk_size: int | None = Field(None, ge=1, description="Rows per chunk in grpo.logprobs (None = auto).")
+        8,
+        ge=1,
+        description="Completions per forward/backward (gradient accumulation; a memory knob: the "
+        "update does not depend on it, and it need not divide the minibatch).",
+    )
+    logprob_chunk_size: int | None = Field(
+        None, ge=1, description="Rows per chunk in grpo.logprobs (None = auto)."
+    )
     share_prompt_forward: bool = Field(
-        True, description="Run each distinct prompt of a micro-batch once and give its key/value cache to "
-                          "its completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). "
-                          "Skipped under gradient checkpointing.")
+        True,
+        description="Run each distinct prompt of a micro-batch once and give its key/value cache "
+        "to its completions (exact up to float rounding; Prefix Grouper arXiv:2506.05433). "
+        "Skipped under gradient checkpointing.",
+    )
     padding_free: bool = Field(
-        True, description="Pack each micro-batch's real tokens into one row for the log-prob passes, so no "
-                          "matrix product runs on padding (exact up to float rounding; grpo.packing). Llama, "
-                          "Qwen2/3 and Mistral-style decoders; other models run padded, with a warning.")
-    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+        True,
+        description="Pack each micro-batch's real tokens into one row for the log-prob passes, so "
+        "no matrix product runs on padding (exact up to float rounding; grpo.packing). Llama, "
+        "Qwen2/3 and Mistral-style decoders; other models run padded, with a warning.",
+    )
+    gradient_checkpointing: bool = Field(
+        False, description="Recompute activations in backward to save memory."
+    )
     fsdp: bool = Field(
-        False, description="Shard weights, gradients and optimizer state over the processes with FSDP2 "
-                           "(one unit per transformer block), for models too large to replicate. Needs >= 2 "
-                           "processes; not with peft_config.")
+        False,
+        description="Shard weights, gradients and optimizer state over the processes with FSDP2 "
+        "(one unit per transformer block), for models too large to replicate. Needs >= 2 "
+        "processes; not with peft_config.",
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: float32 weights with bfloat16 autocast on a CUDA GPU that supports it, "
-                            "float32 on CPU; float32 / bfloat16 / float16: weights (and so compute) in that dtype.")
+        "auto",
+        description="auto: float32 weights with bfloat16 autocast on a CUDA GPU that supports it, "
+        "float32 on CPU; float32 / bfloat16 / float16: weights (and so compute) in that dtype.",
+    )
     torch_threads: int | None = Field(
-        None, ge=1, description="CPU threads for torch's matrix work. None: on a CPU-only machine, half the "
-                                "cores available to this process (divided among local processes), leaving the "
-                                "rest to the scoring pool and the generator (torch's default of all cores "
-                                "collapses when other processes compete for them); untouched with a GPU.")
+        None,
+        ge=1,
+        description="CPU threads for torch's matrix work. None: on a CPU-only machine, half the "
+        "cores available to this process (divided among local processes), leaving the "
+        "rest to the scoring pool and the generator (torch's default of all cores "
+        "collapses when other processes compete for them); untouched with a GPU.",
+    )
     cpu_keep_freed_memory: bool = Field(
-        True, description="Training on CPU: let glibc malloc keep freed memory for reuse (mallopt: blocks up "
-                          "to 1 GiB from the heap, no trimming below 1 GiB free), instead of page-faulting "
-                          "every activation in again each step (~5% of a CPU training pass). Process-wide; "
-                          "no effect on GPU memory or without glibc.")
+        True,
+        description="Training on CPU: let glibc malloc keep freed memory for reuse (mallopt: "
+        "blocks up to 1 GiB from the heap, no trimming below 1 GiB free), instead of page-faulting "
+        "every activation in again each step (~5% of a CPU training pass). Process-wide; "
+        "no effect on GPU memory or without glibc.",
+    )
 
 
 class EvalConfig(_Section):
     """Held-out evaluation during training (:mod:`grpo.evaluation`)."""
 
-    steps: int = Field(0, ge=0, description="Evaluate every N steps (0 = only at start and end if eval data).")
-    samples: int = Field(4, ge=1, description="k: samples per eval prompt for mean accuracy over k.")
+    steps: int = Field(
+        0, ge=0, description="Evaluate every N steps (0 = only at start and end if eval data)."
+    )
+    samples: int = Field(
+        4, ge=1, description="k: samples per eval prompt for mean accuracy over k."
+    )
     by: list[str] = Field(
-        default_factory=list, description="Dataset columns to break evaluation down by "
-                                          "(eval/<metric>/<column>=<value>), e.g. [difficulty].")
+        default_factory=list,
+        description="Dataset columns to break evaluation down by "
+        "(eval/<metric>/<column>=<value>), e.g. [difficulty].",
+    )
     max_prompts: int | None = Field(None, ge=1, description="Cap on eval prompts (None = all).")
 
 
@@ -231,10 +350,15 @@ class LogConfig(_Section):
     """Metrics, completion logs and trackers (:mod:`grpo.tracking`)."""
 
     steps: int = Field(1, ge=1, description="Log metrics every N steps.")
-    completions: int = Field(4, ge=0, description="Completions per step written to completions.jsonl.")
+    completions: int = Field(
+        4, ge=0, description="Completions per step written to completions.jsonl."
+    )
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=list, description="Extra trackers through accelerate.")
-    progress_bar: bool = Field(True, description="Show a progress bar with step, ETA, reward and accuracy.")
+        default_factory=list, description="Extra trackers through accelerate."
+    )
+    progress_bar: bool = Field(
+        True, description="Show a progress bar with step, ETA, reward and accuracy."
+    )
 
 
 class CheckpointConfig(_Section):
@@ -242,7 +366,9 @@ class CheckpointConfig(_Section):
 
     steps: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0 = off).")
     total_limit: int = Field(2, ge=1, description="Checkpoints kept.")
-    final_model: bool = Field(True, description="Save the final model in HF format under output_dir/final.")
+    final_model: bool = Field(
+        True, description="Save the final model in HF format under output_dir/final."
+    )
     merge_lora: bool = Field(True, description="Merge LoRA adapters into the saved final model.")
 
 
@@ -264,34 +390,52 @@ class GRPOConfig(BaseModel):
     """Settings of a GRPO run: the run's identity at the root, the rest in typed sections (module
     docstring). Field descriptions are the documentation (``grpo train --help-config``)."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, validate_by_name=True,
-                              validate_by_alias=True)
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, validate_by_name=True, validate_by_alias=True
+    )
 
     # ---------------------------------------------------------------- the run
-    output_dir: str = Field("runs/grpo", description="Run folder: metrics, completions, checkpoints, report.")
+    output_dir: str = Field(
+        "runs/grpo", description="Run folder: metrics, completions, checkpoints, report."
+    )
     seed: int = Field(0, description="Seed for data order, sampling and initialisation.")
-    max_steps: int = Field(100, ge=1, description="GRPO steps (one step = generate, score, update).")
+    max_steps: int = Field(
+        100, ge=1, description="GRPO steps (one step = generate, score, update)."
+    )
     num_train_epochs: float | None = Field(
-        None, gt=0, description="Train for this many passes over the training prompts instead of max_steps: "
-                                "max_steps = ceil(epochs x len(train_dataset) / rollout.prompts_per_step), set "
-                                "by the trainer.")
+        None,
+        gt=0,
+        description="Train for this many passes over the training prompts instead of max_steps: "
+        "max_steps = ceil(epochs x len(train_dataset) / rollout.prompts_per_step), set "
+        "by the trainer.",
+    )
     max_seconds: float | None = Field(
-        None, gt=0, description="Also stop after the step during which this much wall time of training has "
-                                "passed (seconds since train() started, evaluations included; a resumed run "
-                                "counts afresh), e.g. to compare methods at equal wall time. The learning-rate "
-                                "schedule still spans max_steps.")
-    resume_from: str | None = Field(None, description="Checkpoint folder, or 'latest' in output_dir.")
+        None,
+        gt=0,
+        description="Also stop after the step during which this much wall time of training has "
+        "passed (seconds since train() started, evaluations included; a resumed run "
+        "counts afresh), e.g. to compare methods at equal wall time. The learning-rate "
+        "schedule still spans max_steps.",
+    )
+    resume_from: str | None = Field(
+        None, description="Checkpoint folder, or 'latest' in output_dir."
+    )
     overwrite_output_dir: bool = Field(
-        False, description="Start a fresh run in an output_dir that holds another run's checkpoints (they are "
-                           "deleted). Without it such a run is refused: resume it or choose another folder.")
+        False,
+        description="Start a fresh run in an output_dir that holds another run's checkpoints (they "
+        "are deleted). Without it such a run is refused: resume it or choose another folder.",
+    )
 
     # ---------------------------------------------------------------- sections
     rollout: RolloutConfig = Field(default_factory=RolloutConfig, description=RolloutConfig.__doc__)
     sampling: SamplingConfig = Field(
         default_factory=_default_sampling,
         description="How completions are sampled (grpo.rollout.SamplingConfig; max_tokens is trl's "
-                    "max_completion_length). The trainer seeds each step itself: seed stays None.")
-    async_: AsyncConfig = Field(default_factory=AsyncConfig, alias="async", description=AsyncConfig.__doc__)
+        "max_completion_length). The trainer seeds each step itself: seed stays None.",
+    )
+    async_: AsyncConfig = Field(
+        default_factory=AsyncConfig, alias="async", description=AsyncConfig.__doc__
+    )
     vllm: VLLMConfig = Field(default_factory=VLLMConfig, description=VLLMConfig.__doc__)
     loss: LossConfig = Field(default_factory=LossConfig, description=LossConfig.__doc__)
     distill: DistillConfig = Field(default_factory=DistillConfig, description=DistillConfig.__doc__)
@@ -300,7 +444,9 @@ class GRPOConfig(BaseModel):
     forward: ForwardConfig = Field(default_factory=ForwardConfig, description=ForwardConfig.__doc__)
     eval: EvalConfig = Field(default_factory=EvalConfig, description=EvalConfig.__doc__)
     log: LogConfig = Field(default_factory=LogConfig, description=LogConfig.__doc__)
-    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig, description=CheckpointConfig.__doc__)
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description=CheckpointConfig.__doc__
+    )
 
     # ---------------------------------------------------------------- grpo 0.1's flat keys
     @model_validator(mode="before")
@@ -342,36 +488,55 @@ class GRPOConfig(BaseModel):
         ro, opt = self.rollout, self.optim
         n = ro.prompts_per_step * ro.num_generations
         mb = opt.minibatch_size or n
-        mb_text = (f"optim.minibatch_size={mb}" if opt.minibatch_size else
-                   f"optim.minibatch_size (unset: the whole step, prompts_per_step x num_generations = {mb})")
+        mb_text = (
+            f"optim.minibatch_size={mb}"
+            if opt.minibatch_size
+            else "optim.minibatch_size (unset: the whole step, prompts_per_step x num_generations "
+            f"= {mb})"
+        )
         if n % mb:
             raise ValueError(
                 f"{mb_text} must divide rollout.prompts_per_step x rollout.num_generations = "
-                f"{ro.prompts_per_step} x {ro.num_generations} = {n}; choose a divisor of {n}.")
+                f"{ro.prompts_per_step} x {ro.num_generations} = {n}; choose a divisor of {n}."
+            )
         if self.sampling.temperature <= 0:
-            raise ValueError(f"sampling.temperature={self.sampling.temperature}: training samples at a "
-                             "temperature > 0 (log-probs are taken at the same temperature); greedy "
-                             "decoding is for evaluation.")
+            raise ValueError(
+                f"sampling.temperature={self.sampling.temperature}: training samples at a "
+                "temperature > 0 (log-probs are taken at the same temperature); greedy "
+                "decoding is for evaluation."
+            )
         if self.sampling.seed is not None:
-            raise ValueError(f"sampling.seed={self.sampling.seed}: the trainer seeds every step and prompt "
-                             "from the run's seed; set seed instead.")
+            raise ValueError(
+                f"sampling.seed={self.sampling.seed}: the trainer seeds every step and prompt "
+                "from the run's seed; set seed instead."
+            )
         if self.async_.staleness and ro.backend != "hf":
-            raise ValueError(f"async.staleness={self.async_.staleness} runs an HF generator in a child process; "
-                             f"rollout.backend={ro.backend!r} is not supported asynchronously yet: set "
-                             "rollout.backend='hf' or async.staleness=0")
+            raise ValueError(
+                f"async.staleness={self.async_.staleness} runs an HF generator in a child process; "
+                f"rollout.backend={ro.backend!r} is not supported asynchronously yet: set "
+                "rollout.backend='hf' or async.staleness=0"
+            )
         if opt.warmup_steps and opt.warmup_ratio:
-            raise ValueError(f"optim.warmup_steps={opt.warmup_steps} and optim.warmup_ratio={opt.warmup_ratio} "
-                             "are both set; set one of them (the other 0)")
+            raise ValueError(
+                f"optim.warmup_steps={opt.warmup_steps} and optim.warmup_ratio={opt.warmup_ratio} "
+                "are both set; set one of them (the other 0)"
+            )
         if ro.advantage_estimator not in ADVANTAGE_ESTIMATORS:
             raise ValueError(
-                f"rollout.advantage_estimator={ro.advantage_estimator!r} is not registered; choose one of "
-                f"{sorted(ADVANTAGE_ESTIMATORS)} or add yours with grpo.advantages.register_advantage_estimator.")
+                f"rollout.advantage_estimator={ro.advantage_estimator!r} is not registered; choose "
+                f"one of {sorted(ADVANTAGE_ESTIMATORS)} or add yours with "
+                "grpo.advantages.register_advantage_estimator."
+            )
         if self.reward.weights is not None and not self.reward.weights:
-            raise ValueError("reward.weights is empty; give one weight per reward function or None.")
+            raise ValueError(
+                "reward.weights is empty; give one weight per reward function or None."
+            )
         if self.loss.use_tis and ro.backend == "hf":
-            raise ValueError("loss.use_tis corrects for a separate rollout engine's numerics; with "
-                             "rollout.backend='hf' the sampler is the trained model itself. Set "
-                             "loss.use_tis=False or rollout.backend='vllm'.")
+            raise ValueError(
+                "loss.use_tis corrects for a separate rollout engine's numerics; with "
+                "rollout.backend='hf' the sampler is the trained model itself. Set "
+                "loss.use_tis=False or rollout.backend='vllm'."
+            )
         return self
 
     # ---------------------------------------------------------------- derived
@@ -384,7 +549,9 @@ class GRPOConfig(BaseModel):
             minibatch_size=mb,
             minibatches_per_step=n // mb,
             optimizer_steps_per_step=(n // mb) * self.optim.num_iterations,
-            micro_batches_per_minibatch=-(-mb // self.forward.micro_batch_size),  # the last may be smaller
+            micro_batches_per_minibatch=-(
+                -mb // self.forward.micro_batch_size
+            ),  # the last may be smaller
         )
 
     def step_sampling(self, seed: int | None) -> SamplingConfig:
@@ -394,8 +561,11 @@ class GRPOConfig(BaseModel):
     def updated(self, changes: dict[str, Any]) -> GRPOConfig:
         """A validated copy with dotted keys changed: ``cfg.updated({"loss.beta": 0.0})``."""
         data = self.to_dict()
-        return type(self)(**apply_overrides(data, [f"{k}={_yaml_value(v)}" for k, v in changes.items()],
-                                            config_at=""))
+        return type(self)(
+            **apply_overrides(
+                data, [f"{k}={_yaml_value(v)}" for k, v in changes.items()], config_at=""
+            )
+        )
 
     # ---------------------------------------------------------------- dict / YAML
     def to_dict(self) -> dict[str, Any]:
@@ -420,8 +590,20 @@ class GRPOConfig(BaseModel):
 
 
 # ----------------------------------------------------------------------------- the flat keys
-SECTIONS = ("rollout", "sampling", "async", "vllm", "loss", "distill", "reward", "optim", "forward", "eval",
-            "log", "checkpoint")
+SECTIONS = (
+    "rollout",
+    "sampling",
+    "async",
+    "vllm",
+    "loss",
+    "distill",
+    "reward",
+    "optim",
+    "forward",
+    "eval",
+    "log",
+    "checkpoint",
+)
 """The section names as written in YAML and on the command line."""
 
 _ATTR = {"async": "async_"}  # YAML name -> Python attribute, where they differ
@@ -433,30 +615,51 @@ def _same(section: str, *names: str) -> dict[str, tuple[str, str]]:
 
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     "rollout": ("rollout", "backend"),  # a string: grpo 0.1's `rollout: vllm`
-    **_same("rollout", "num_generations", "prompts_per_step", "max_prompt_length", "chat_template_kwargs",
-            "mask_truncated_completions", "advantage_estimator", "dynamic_sampling",
-            "dynamic_sampling_max_rounds", "dynamic_sampling_tol"),
+    **_same(
+        "rollout",
+        "num_generations",
+        "prompts_per_step",
+        "max_prompt_length",
+        "chat_template_kwargs",
+        "mask_truncated_completions",
+        "advantage_estimator",
+        "dynamic_sampling",
+        "dynamic_sampling_max_rounds",
+        "dynamic_sampling_tol",
+    ),
     "max_completion_length": ("sampling", "max_tokens"),
     **_same("sampling", "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "stop"),
-    "async_staleness": ("async", "staleness"), "async_timeout": ("async", "timeout"),
-    **{f"vllm_{n}": ("vllm", n) for n in VLLMConfig.model_fields
-       if n != "max_model_len"},  # max_model_len is new in 0.2: no flat key
+    "async_staleness": ("async", "staleness"),
+    "async_timeout": ("async", "timeout"),
+    **{
+        f"vllm_{n}": ("vllm", n) for n in VLLMConfig.model_fields if n != "max_model_len"
+    },  # max_model_len is new in 0.2: no flat key
     **_same("loss", *LossConfig.model_fields),
-    "teacher_model": ("distill", "teacher"), "distill_coef": ("distill", "coef"),
-    "reward_weights": ("reward", "weights"), "reward_failure_patience": ("reward", "failure_patience"),
+    "teacher_model": ("distill", "teacher"),
+    "distill_coef": ("distill", "coef"),
+    "reward_weights": ("reward", "weights"),
+    "reward_failure_patience": ("reward", "failure_patience"),
     **_same("optim", *OptimConfig.model_fields),
     **_same("forward", *ForwardConfig.model_fields),
-    "eval_steps": ("eval", "steps"), "eval_samples": ("eval", "samples"), "eval_by": ("eval", "by"),
+    "eval_steps": ("eval", "steps"),
+    "eval_samples": ("eval", "samples"),
+    "eval_by": ("eval", "by"),
     "eval_max_prompts": ("eval", "max_prompts"),
-    "logging_steps": ("log", "steps"), "log_completions": ("log", "completions"),
-    "report_to": ("log", "report_to"), "progress_bar": ("log", "progress_bar"),
-    "save_steps": ("checkpoint", "steps"), "save_total_limit": ("checkpoint", "total_limit"),
-    "save_final_model": ("checkpoint", "final_model"), "merge_lora_on_save": ("checkpoint", "merge_lora"),
+    "logging_steps": ("log", "steps"),
+    "log_completions": ("log", "completions"),
+    "report_to": ("log", "report_to"),
+    "progress_bar": ("log", "progress_bar"),
+    "save_steps": ("checkpoint", "steps"),
+    "save_total_limit": ("checkpoint", "total_limit"),
+    "save_final_model": ("checkpoint", "final_model"),
+    "merge_lora_on_save": ("checkpoint", "merge_lora"),
 }
 """grpo 0.1's flat key -> (section, key). Flat keys work until grpo 0.3, with a warning."""
 
 
-def nest_flat_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, tuple[str, str]]]]:
+def nest_flat_keys(
+    data: dict[str, Any],
+) -> tuple[dict[str, Any], list[tuple[str, tuple[str, str]]]]:
     """``data`` with grpo 0.1's flat keys moved into their sections, and the keys moved.
 
     >>> nest_flat_keys({"beta": 0.0, "loss": {"eps_high": 0.28}})[0]
@@ -485,8 +688,10 @@ def nest_flat_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str
             body = body.model_dump(exclude_unset=True)
         body = dict(body or {})
         if name in body:
-            raise ValueError(f"{key!r} (grpo 0.1's flat key) and {section}.{name} are both given; keep "
-                             f"{section}.{name}")
+            raise ValueError(
+                f"{key!r} (grpo 0.1's flat key) and {section}.{name} are both given; keep "
+                f"{section}.{name}"
+            )
         body[name] = value
         out[holder] = body
         moved.append((key, path))
@@ -496,9 +701,11 @@ def nest_flat_keys(data: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str
 def _flat_message(moved: list[tuple[str, tuple[str, str]]]) -> str:
     pairs = ", ".join(f"{key} -> {section}.{name}" for key, (section, name) in moved)
     section, name = moved[0][1]
-    return (f"GRPOConfig: flat keys are deprecated and stop working in grpo 0.3; use the sections: {pairs} "
-            f"(YAML: `{section}: {{{name}: ...}}`; command line: trainer.{section}.{name}=...; Python: "
-            f"GRPOConfig({_ATTR.get(section, section)}={{'{name}': ...}}))")
+    return (
+        "GRPOConfig: flat keys are deprecated and stop working in grpo 0.3; use the sections: "
+        f"{pairs} (YAML: `{section}: {{{name}: ...}}`; command line: trainer.{section}.{name}=...; "
+        f"Python: GRPOConfig({_ATTR.get(section, section)}={{'{name}': ...}}))"
+    )
 
 
 def _user_stacklevel() -> int:
@@ -506,13 +713,16 @@ def _user_stacklevel() -> int:
     import sys
 
     frame, level = sys._getframe(1), 1
-    while frame is not None and (frame.f_globals.get("__name__", "").startswith(("pydantic", __name__))):
+    while frame is not None and (
+        frame.f_globals.get("__name__", "").startswith(("pydantic", __name__))
+    ):
         frame, level = frame.f_back, level + 1
     return level
 
 
 def _nest_flat_override(parts: list[str], config_at: str, value: Any) -> list[str]:
-    """``[..., "trainer", "beta"]`` -> ``[..., "trainer", "loss", "beta"]`` (see apply_overrides)."""
+    """``[..., "trainer", "beta"]`` -> ``[..., "trainer", "loss", "beta"]`` (see
+    apply_overrides)."""
     here = [i for i, p in enumerate(parts[:-1]) if p == config_at] if config_at else [-1]
     for i in here:
         if parts[i + 1] == "rollout" and not isinstance(value, str):
@@ -520,7 +730,7 @@ def _nest_flat_override(parts: list[str], config_at: str, value: Any) -> list[st
         if i + 2 == len(parts) and parts[i + 1] in FLAT_KEYS:
             path = FLAT_KEYS[parts[i + 1]]
             warnings.warn(_flat_message([(parts[i + 1], path)]), FlatConfigWarning, stacklevel=3)
-            return [*parts[:i + 1], *path]
+            return [*parts[: i + 1], *path]
     return parts
 
 
@@ -530,7 +740,9 @@ def _yaml_value(value: Any) -> str:
     return json.dumps(value)  # JSON is YAML
 
 
-def apply_overrides(data: dict[str, Any], overrides: list[str], *, config_at: str = "trainer") -> dict[str, Any]:
+def apply_overrides(
+    data: dict[str, Any], overrides: list[str], *, config_at: str = "trainer"
+) -> dict[str, Any]:
     """``["a.b=3", "rewards.0.weight=2"]`` -> a copy of ``data`` with those values set.
 
     Keys are dotted paths; a number selects a list entry (``rewards.0.weight``). Values are parsed
@@ -550,11 +762,15 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, config_at: st
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise ValueError(f"override {item!r} is not key=value with a dotted key (e.g. trainer.loss.beta=0)")
+            raise ValueError(
+                f"override {item!r} is not key=value with a dotted key (e.g. trainer.loss.beta=0)"
+            )
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: the value is not valid YAML ({e})".replace("\n", " ")) from e
+            raise ValueError(
+                f"override {item!r}: the value is not valid YAML ({e})".replace("\n", " ")
+            ) from e
         parts = _nest_flat_override(parts, config_at, value)
         node: Any = data
         for depth, part in enumerate(parts):
@@ -562,8 +778,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str], *, config_at: st
             last = depth == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ValueError(f"override {item!r}: {where} is a list of {len(node)} entries; use an index "
-                                     f"0..{len(node) - 1} (entries are added in the YAML file)")
+                    raise ValueError(
+                        f"override {item!r}: {where} is a list of {len(node)} entries; use an "
+                        f"index 0..{len(node) - 1} (entries are added in the YAML file)"
+                    )
                 index: int | str = int(part)
             elif isinstance(node, dict):
                 index = part

@@ -24,10 +24,12 @@ from __future__ import annotations
 import torch
 
 
-def distillation_advantages(student_logp: torch.Tensor,  # [B, T] log pi_student of sampled tokens
-                            teacher_logp: torch.Tensor,  # [B, T] log pi_teacher of the same tokens
-                            mask: torch.Tensor,          # [B, T] 1 on completion tokens, 0 on padding
-                            coef: float = 1.0) -> torch.Tensor:  # [B, T]
+def distillation_advantages(
+    student_logp: torch.Tensor,  # [B, T] log pi_student of sampled tokens
+    teacher_logp: torch.Tensor,  # [B, T] log pi_teacher of the same tokens
+    mask: torch.Tensor,  # [B, T] 1 on completion tokens, 0 on padding
+    coef: float = 1.0,
+) -> torch.Tensor:  # [B, T]
     """Per-token advantages of eq. (1): ``-coef * (student_logp - teacher_logp)``, 0 at padding.
 
     >>> s = torch.tensor([[-1.0, -2.0]]); t = torch.tensor([[-0.5, -3.0]])
@@ -40,14 +42,17 @@ def distillation_advantages(student_logp: torch.Tensor,  # [B, T] log pi_student
     return torch.where(mask.bool(), -coef * diff_BT, torch.zeros_like(diff_BT))
 
 
-def reverse_kl_metric(student_logp: torch.Tensor,  # [B, T]
-                      teacher_logp: torch.Tensor,  # [B, T]
-                      mask: torch.Tensor) -> torch.Tensor:  # [B, T] -> scalar
+def reverse_kl_metric(
+    student_logp: torch.Tensor,  # [B, T]
+    teacher_logp: torch.Tensor,  # [B, T]
+    mask: torch.Tensor,
+) -> torch.Tensor:  # [B, T] -> scalar
     """Per-token mean of ``student_logp - teacher_logp`` over the mask: the k1 Monte-Carlo
     estimate of KL(student || teacher) per token (the metric tinker-cookbook logs as
     ``teacher_kl``). NaN when the mask is empty.
 
-    >>> reverse_kl_metric(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-0.5, -3.0]]), torch.ones(1, 2))
+    >>> reverse_kl_metric(torch.tensor([[-1.0, -2.0]]), torch.tensor([[-0.5, -3.0]]),
+    ...                   torch.ones(1, 2))
     tensor(0.2500)
     """
     _check_shapes(student_logp, teacher_logp, mask)
@@ -79,10 +84,15 @@ def check_same_tokenizer(student_tok, teacher_tok) -> None:
     raise ValueError(
         f"student and teacher tokenizers differ (vocab sizes {len(s_vocab)} vs {len(t_vocab)}: "
         f"{'; '.join(detail)}). On-policy distillation compares log-probs of the same token ids; "
-        "use a teacher from the student's model family (same tokenizer).")
+        "use a teacher from the student's model family (same tokenizer)."
+    )
 
 
-def _check_shapes(student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor) -> None:
+def _check_shapes(
+    student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor
+) -> None:
     if not (student_logp.shape == teacher_logp.shape == mask.shape) or student_logp.dim() != 2:
-        raise ValueError(f"student_logp {tuple(student_logp.shape)}, teacher_logp {tuple(teacher_logp.shape)} "
-                         f"and mask {tuple(mask.shape)} must all be [B, T]")
+        raise ValueError(
+            f"student_logp {tuple(student_logp.shape)}, teacher_logp {tuple(teacher_logp.shape)} "
+            f"and mask {tuple(mask.shape)} must all be [B, T]"
+        )

@@ -64,8 +64,9 @@ def scoring_reward(reward_funcs: Sequence[Any], weights: Sequence[float] | None 
     return CombinedReward(reward_funcs, weights, missing="propagate")
 
 
-def report_names(names: Sequence[str], accuracy: str | None = None,
-                 format_name: str | None = None) -> tuple[str, str | None]:
+def report_names(
+    names: Sequence[str], accuracy: str | None = None, format_name: str | None = None
+) -> tuple[str, str | None]:
     """(the reward reported as accuracy, the one reported as format rate) among the reward
     ``names``: by default the first reward, and the first whose name starts with "format".
 
@@ -98,16 +99,25 @@ def _groups(rows: Sequence[dict[str, Any]], by: Sequence[str]) -> list[tuple[str
         found: dict[str, list[int]] = {}
         for i, row in enumerate(rows):
             if col not in row:
-                raise KeyError(f"eval breakdown column {col!r} is missing from eval row {i} "
-                               f"(its columns: {sorted(row)})")
+                raise KeyError(
+                    f"eval breakdown column {col!r} is missing from eval row {i} "
+                    f"(its columns: {sorted(row)})"
+                )
             found.setdefault(str(row[col]), []).append(i)
         out += [(f"{col}={value}", idx) for value, idx in found.items()]
     return out
 
 
-def _decoding_metrics(tag: str, prompts: Sequence[int], n: int, acc: Sequence[float | None],
-                      fmt: Sequence[float | None] | None, lengths: Sequence[int], pass_ks: Sequence[int],
-                      correct_threshold: float) -> dict[str, float]:
+def _decoding_metrics(
+    tag: str,
+    prompts: Sequence[int],
+    n: int,
+    acc: Sequence[float | None],
+    fmt: Sequence[float | None] | None,
+    lengths: Sequence[int],
+    pass_ks: Sequence[int],
+    correct_threshold: float,
+) -> dict[str, float]:
     """Metrics of one decoding (n completions per prompt, grouped by prompt) over ``prompts``."""
     rows = [range(p * n, (p + 1) * n) for p in prompts]
     flat = [i for r in rows for i in r]
@@ -120,15 +130,27 @@ def _decoding_metrics(tag: str, prompts: Sequence[int], n: int, acc: Sequence[fl
         for r in rows:
             scored = [acc[i] for i in r if acc[i] is not None]
             if len(scored) >= j:
-                per_prompt.append(pass_at_k(len(scored), sum(s >= correct_threshold for s in scored), j))
+                per_prompt.append(
+                    pass_at_k(len(scored), sum(s >= correct_threshold for s in scored), j)
+                )
         out[f"pass@{j}"] = _mean(per_prompt)
     return out
 
 
-def evaluate(generator, rows: Sequence[dict[str, Any]], reward, *, accuracy: str,
-             format_name: str | None, k: int, sampling: SamplingConfig, prompt_key: str = "prompt",
-             pass_ks: Sequence[int] | None = None, by: Sequence[str] = (),
-             correct_threshold: float = 1.0) -> dict[str, float]:
+def evaluate(
+    generator,
+    rows: Sequence[dict[str, Any]],
+    reward,
+    *,
+    accuracy: str,
+    format_name: str | None,
+    k: int,
+    sampling: SamplingConfig,
+    prompt_key: str = "prompt",
+    pass_ks: Sequence[int] | None = None,
+    by: Sequence[str] = (),
+    correct_threshold: float = 1.0,
+) -> dict[str, float]:
     """Metrics under ``eval/`` (module docstring): greedy and mean@k accuracy, pass@j, format
     rate, mean length; each also per value of the ``by`` columns.
 
@@ -146,7 +168,9 @@ def evaluate(generator, rows: Sequence[dict[str, Any]], reward, *, accuracy: str
     pass_ks = list(pass_ks) if pass_ks is not None else ([k] if k > 1 else [])
     bad = [j for j in pass_ks if not 1 <= j <= k]
     if bad:
-        raise ValueError(f"pass_ks={pass_ks}: each must be between 1 and k={k} (the samples per prompt)")
+        raise ValueError(
+            f"pass_ks={pass_ks}: each must be between 1 and k={k} (the samples per prompt)"
+        )
     prompts = [r[prompt_key] for r in rows]
     everyone = list(range(len(rows)))
     groups = _groups(rows, by)
@@ -154,7 +178,7 @@ def evaluate(generator, rows: Sequence[dict[str, Any]], reward, *, accuracy: str
     named: dict[str, float] = {}
     for tag, n, samp, ks in (("greedy", 1, greedy, []), (f"mean@{k}", k, sampling, pass_ks)):
         rollouts = generator.generate(prompts, n, samp)
-        scores = reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, prompt_key))
+        scores = reward.breakdown(**reward_inputs(rollouts, prompts, rows, prompt_key))
         acc = scores.component_values(accuracy)
         fmt = scores.component_values(format_name) if format_name is not None else None
         lengths = [len(r.completion_ids) for r in rollouts]

@@ -47,13 +47,21 @@ def keep_freed_cpu_memory() -> bool:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    done = mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW) == 1 and mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW) == 1
-    logger.info("glibc malloc keeps freed blocks up to 1 GiB for reuse (GRPOConfig.forward.cpu_keep_freed_memory): %s",
-                "set" if done else "mallopt refused")
+    done = (
+        mallopt(_M_MMAP_THRESHOLD, _KEEP_BELOW) == 1
+        and mallopt(_M_TRIM_THRESHOLD, _KEEP_BELOW) == 1
+    )
+    logger.info(
+        "glibc malloc keeps freed blocks up to 1 GiB for reuse "
+        "(GRPOConfig.forward.cpu_keep_freed_memory): %s",
+        "set" if done else "mallopt refused",
+    )
     return done
 
 
-def check_output_dir(output_dir: str | Path, *, resume_from: str | None, overwrite: bool, is_main: bool) -> None:
+def check_output_dir(
+    output_dir: str | Path, *, resume_from: str | None, overwrite: bool, is_main: bool
+) -> None:
     """Refuse a fresh run in a folder holding another run's checkpoints, unless asked to
     overwrite (then its checkpoints are deleted) or to resume."""
     from grpo.checkpoint import list_checkpoints
@@ -65,9 +73,11 @@ def check_output_dir(output_dir: str | Path, *, resume_from: str | None, overwri
         return
     if not overwrite:
         raise FileExistsError(
-            f"output_dir {str(output_dir)!r} holds checkpoints of another run (step_{found[-1][0]}): set "
-            "resume_from='latest' to continue it, overwrite_output_dir=True to start over (its checkpoints are "
-            "deleted), or choose another output_dir")
+            f"output_dir {str(output_dir)!r} holds checkpoints of another run "
+            f"(step_{found[-1][0]}): set resume_from='latest' to continue it, "
+            "overwrite_output_dir=True to start over (its checkpoints are deleted), or choose "
+            "another output_dir"
+        )
     if is_main:
         shutil.rmtree(Path(output_dir) / "checkpoints", ignore_errors=True)
 
@@ -81,7 +91,11 @@ def set_torch_threads(threads: int | None, *, cuda: bool, local_processes: int =
     if threads is None:
         if cuda:
             return 0
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cores = (
+            len(os.sched_getaffinity(0))
+            if hasattr(os, "sched_getaffinity")
+            else (os.cpu_count() or 1)
+        )
         threads = max(1, cores // (2 * max(1, local_processes)))
     torch.set_num_threads(threads)
     return threads
@@ -92,10 +106,18 @@ class LearningWatch:
     returns a warning the first time a streak reaches ``patience`` steps, and again every
     ``patience`` steps while it lasts."""
 
-    def __init__(self, *, max_completion_length: int, threshold: float = 0.9, patience: int = 3,
-                 rewards_carry_signal: bool = True):
+    def __init__(
+        self,
+        *,
+        max_completion_length: int,
+        threshold: float = 0.9,
+        patience: int = 3,
+        rewards_carry_signal: bool = True,
+    ):
         self.max_len, self.threshold, self.patience = max_completion_length, threshold, patience
-        self.rewards_carry_signal = rewards_carry_signal  # False: e.g. on-policy distillation's teacher does
+        self.rewards_carry_signal = (
+            rewards_carry_signal  # False: e.g. on-policy distillation's teacher does
+        )
         self.streak = 0
 
     def update(self, step: int, metrics: dict[str, float]) -> str | None:
@@ -109,24 +131,37 @@ class LearningWatch:
             return None
         causes = []
         if cut >= self.threshold:
-            causes.append(f"{cut:.0%} of completions were cut at max_completion_length={self.max_len} (raise it, "
-                          "or check that the model can end its answer: eos token, stop strings)")
+            causes.append(
+                f"{cut:.0%} of completions were cut at max_completion_length={self.max_len} (raise "
+                "it, or check that the model can end its answer: eos token, stop strings)"
+            )
         if dead >= self.threshold:
-            causes.append(f"{dead:.0%} of groups had no reward spread, so their advantages are 0 (check the rewards "
-                          "on a few completions in completions.jsonl; consider dynamic_sampling=True, more "
-                          "num_generations, or easier prompts)")
-        return (f"step {step}: the run is learning almost nothing for {self.streak} steps: " + "; ".join(causes))
+            causes.append(
+                f"{dead:.0%} of groups had no reward spread, so their advantages are 0 (check the "
+                "rewards on a few completions in completions.jsonl; consider "
+                "dynamic_sampling=True, more num_generations, or easier prompts)"
+            )
+        return (
+            f"step {step}: the run is learning almost nothing for {self.streak} steps: "
+            + "; ".join(causes)
+        )
 
 
-def check_prompt_lengths(prompt_ids: Sequence[Sequence[int]], rows: Sequence[int], max_prompt_length: int,
-                         context: int | None = None) -> None:
+def check_prompt_lengths(
+    prompt_ids: Sequence[Sequence[int]],
+    rows: Sequence[int],
+    max_prompt_length: int,
+    context: int | None = None,
+) -> None:
     """Raise naming the first dataset row whose prompt exceeds ``max_prompt_length`` tokens."""
     for ids, row in zip(prompt_ids, rows, strict=True):
         if len(ids) > max_prompt_length:
             extra = f" (the model's context is {context} tokens)" if context else ""
             raise ValueError(
-                f"the prompt of dataset row {row} has {len(ids)} tokens, more than max_prompt_length="
-                f"{max_prompt_length}{extra}: raise max_prompt_length or drop prompts that long from the dataset")
+                f"the prompt of dataset row {row} has {len(ids)} tokens, more than "
+                f"max_prompt_length={max_prompt_length}{extra}: raise max_prompt_length or drop "
+                "prompts that long from the dataset"
+            )
 
 
 def model_context(model: Any) -> int | None:

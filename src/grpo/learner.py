@@ -11,7 +11,8 @@ Given one step's batch (:class:`grpo.batch.RolloutBatch`), DeepSeekMath Algorith
    minibatch is one optimizer step, accumulated over micro-batches;
 3. the loss of a micro-batch is normalised by the aggregation's denominator over the whole
    global minibatch (:func:`grpo.loss.aggregation_denominator`, summed over micro-batches and
-   processes: :meth:`grpo.parallel.Parallelism.normalizer`), so that accumulation and data parallelism give the full-batch gradient.
+   processes: :meth:`grpo.parallel.Parallelism.normalizer`), so that accumulation and data
+   parallelism give the full-batch gradient.
 
 It knows nothing about generation or rewards: any source of scored batches can feed it.
 """
@@ -42,16 +43,34 @@ class Learner:
     the teacher's term when a ``teacher`` is given.
     """
 
-    def __init__(self, model: torch.nn.Module, ref_model: torch.nn.Module | None, optimizer: Any,
-                 scheduler: Any, parallel: Parallelism, autocast: Any, *, loss: LossConfig,
-                 optim: OptimConfig, forward: ForwardConfig, temperature: float, max_tokens: int,
-                 minibatches_per_step: int, behaviour_correction: bool = False,
-                 teacher: torch.nn.Module | None = None, distill_coef: float = 1.0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        ref_model: torch.nn.Module | None,
+        optimizer: Any,
+        scheduler: Any,
+        parallel: Parallelism,
+        autocast: Any,
+        *,
+        loss: LossConfig,
+        optim: OptimConfig,
+        forward: ForwardConfig,
+        temperature: float,
+        max_tokens: int,
+        minibatches_per_step: int,
+        behaviour_correction: bool = False,
+        teacher: torch.nn.Module | None = None,
+        distill_coef: float = 1.0,
+    ):
         self.model, self.ref_model, self.teacher = model, ref_model, teacher
         self.optimizer, self.scheduler = optimizer, scheduler
         self.parallel, self.autocast = parallel, autocast
         self.loss, self.optim, self.forward = loss, optim, forward
-        self.temperature, self.max_tokens, self.minibatches_per_step = temperature, max_tokens, minibatches_per_step
+        self.temperature, self.max_tokens, self.minibatches_per_step = (
+            temperature,
+            max_tokens,
+            minibatches_per_step,
+        )
         self.behaviour_correction, self.distill_coef = behaviour_correction, distill_coef
         self.params = [p for p in model.parameters() if p.requires_grad]
 
@@ -78,7 +97,9 @@ class Learner:
         self.model.train()
         return batch.with_logprobs(old=old, ref=ref, teacher=teacher)
 
-    def with_distillation(self, batch: RolloutBatch | None) -> tuple[RolloutBatch | None, dict[str, float]]:
+    def with_distillation(
+        self, batch: RolloutBatch | None
+    ) -> tuple[RolloutBatch | None, dict[str, float]]:
         """On-policy distillation (:mod:`grpo.distill`): the per-token term
         ``-distill_coef * (log pi_student - log pi_teacher)`` added to every sampled token's
         advantage (the student's log-probs are the sampler's, at the sampling temperature, as
@@ -88,10 +109,18 @@ class Learner:
         from grpo.distill import distillation_advantages, reverse_kl_metric
 
         student = batch.rollout_logp if batch.old_logp is None else batch.old_logp
-        extra_BT = distillation_advantages(student, batch.teacher_logp, batch.loss_mask, self.distill_coef)
-        adv_BT = batch.advantages[:, None] + extra_BT if batch.advantages.dim() == 1 else batch.advantages + extra_BT
+        extra_BT = distillation_advantages(
+            student, batch.teacher_logp, batch.loss_mask, self.distill_coef
+        )
+        adv_BT = (
+            batch.advantages[:, None] + extra_BT
+            if batch.advantages.dim() == 1
+            else batch.advantages + extra_BT
+        )
         kl = reverse_kl_metric(student, batch.teacher_logp, batch.loss_mask)
-        return batch.with_advantages(adv_BT), ({"distill/reverse_kl": kl.item()} if torch.isfinite(kl) else {})
+        return batch.with_advantages(adv_BT), (
+            {"distill/reverse_kl": kl.item()} if torch.isfinite(kl) else {}
+        )
 
     @torch.no_grad()
     def _logprobs_no_grad(self, model: torch.nn.Module, batch: RolloutBatch) -> torch.Tensor:
@@ -99,17 +128,23 @@ class Learner:
         micro = self.forward.micro_batch_size
         order = _by_length(batch, torch.arange(len(batch)))
         for s in range(0, len(batch), micro):
-            idx = order[s:s + micro]
+            idx = order[s : s + micro]
             lp = self._forward(model, batch.select(idx), with_entropy=False).logp
-            out[idx, :lp.shape[1]] = lp
+            out[idx, : lp.shape[1]] = lp
         return out
 
     def _forward(self, model: torch.nn.Module, batch: RolloutBatch, *, with_entropy: bool):
         fwd = self.forward
         with self.autocast():
-            return completion_logprobs(model, batch, temperature=self.temperature, chunk_size=fwd.logprob_chunk_size,
-                                       with_entropy=with_entropy, share_prompts=fwd.share_prompt_forward,
-                                       padding_free=fwd.padding_free)
+            return completion_logprobs(
+                model,
+                batch,
+                temperature=self.temperature,
+                chunk_size=fwd.logprob_chunk_size,
+                with_entropy=with_entropy,
+                share_prompts=fwd.share_prompt_forward,
+                padding_free=fwd.padding_free,
+            )
 
     # ------------------------------------------------------------------ update
     def update(self, batch: RolloutBatch | None) -> dict[str, float]:
@@ -123,20 +158,31 @@ class Learner:
         if batch is not None and len(batch) == 0:
             batch = None
         tokens = int(batch.loss_mask.sum()) if batch is not None else 0
-        self.optimizer.zero_grad(set_to_none=True)  # a model handed over with .grad set must not leak it in
+        self.optimizer.zero_grad(
+            set_to_none=True
+        )  # a model handed over with .grad set must not leak it in
         for it in range(opt.num_iterations):
             for j in range(n_mb):
                 rows = torch.zeros(0, dtype=torch.long)
                 if batch is not None:
                     rows = _by_length(batch, (batch.step_index % n_mb == j).nonzero().squeeze(1))
-                local = aggregation_denominator(batch.loss_mask[rows], self.loss.aggregation,
-                                                max_len=self.max_tokens) if len(rows) else 0.0
+                local = (
+                    aggregation_denominator(
+                        batch.loss_mask[rows], self.loss.aggregation, max_len=self.max_tokens
+                    )
+                    if len(rows)
+                    else 0.0
+                )
                 normalizer = self.parallel.normalizer(local)
                 total = 0.0
                 if normalizer > 0 and batch is not None:
                     for s in range(0, len(rows), micro):
-                        m, loss = self._micro_step(batch.select(rows[s:s + micro]), normalizer,
-                                                   first_pass=it == 0, gap=gap)
+                        m, loss = self._micro_step(
+                            batch.select(rows[s : s + micro]),
+                            normalizer,
+                            first_pass=it == 0,
+                            gap=gap,
+                        )
                         stats.add(m, m.pop("loss/num_tokens"))
                         total += loss
                 if normalizer > 0:
@@ -146,28 +192,49 @@ class Learner:
                     losses.append(total)
                 else:  # no trainable token in this minibatch on any process: nothing to step on
                     skipped += 1
-                with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()" when skipped
+                with (
+                    warnings.catch_warnings()
+                ):  # "scheduler.step() before optimizer.step()" when skipped
                     warnings.simplefilter("ignore", UserWarning)
                     self.scheduler.step()  # the schedule follows optimizer steps as planned
                 self.optimizer.zero_grad(set_to_none=True)
-        out = {**stats.result(), **gap.result(), "train/skipped_minibatches": float(skipped),
-               "train/tokens": float(tokens), "train/sequences": float(0 if batch is None else len(batch))}
+        out = {
+            **stats.result(),
+            **gap.result(),
+            "train/skipped_minibatches": float(skipped),
+            "train/tokens": float(tokens),
+            "train/sequences": float(0 if batch is None else len(batch)),
+        }
         if losses:
             out["loss/loss"] = sum(losses) / len(losses)
             out["optim/grad_norm"] = sum(norms) / len(norms)
         return out
 
-    def _micro_step(self, sub: RolloutBatch, normalizer: float, *, first_pass: bool,
-                    gap: StatAccumulator) -> tuple[dict[str, float], float]:
+    def _micro_step(
+        self, sub: RolloutBatch, normalizer: float, *, first_pass: bool, gap: StatAccumulator
+    ) -> tuple[dict[str, float], float]:
         lc = self.loss
         lp = self._forward(self.model, sub, with_entropy=first_pass)
         old = lp.logp.detach() if sub.old_logp is None else sub.old_logp
         out = policy_loss(
-            lp.logp, old, sub.advantages, sub.loss_mask, ref_logp=sub.ref_logp, beta=lc.beta,
-            eps_low=lc.eps_low, eps_high=lc.eps_high, dual_clip=lc.dual_clip, kl_estimator=lc.kl_estimator,
-            aggregation=lc.aggregation, ratio_level=lc.ratio_level,
-            rollout_logp=sub.rollout_logp if self.behaviour_correction else None, is_cap=lc.is_cap,
-            normalizer=normalizer, max_len=self.max_tokens, kl_ratio_correction=lc.kl_ratio_correction)
+            lp.logp,
+            old,
+            sub.advantages,
+            sub.loss_mask,
+            ref_logp=sub.ref_logp,
+            beta=lc.beta,
+            eps_low=lc.eps_low,
+            eps_high=lc.eps_high,
+            dual_clip=lc.dual_clip,
+            kl_estimator=lc.kl_estimator,
+            aggregation=lc.aggregation,
+            ratio_level=lc.ratio_level,
+            rollout_logp=sub.rollout_logp if self.behaviour_correction else None,
+            is_cap=lc.is_cap,
+            normalizer=normalizer,
+            max_len=self.max_tokens,
+            kl_ratio_correction=lc.kl_ratio_correction,
+        )
         out.loss.backward()
         m = out.metrics()
         m.pop("loss/loss"), m.pop("loss/pg_loss")

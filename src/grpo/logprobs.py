@@ -69,10 +69,13 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         n = hidden_NH.shape[0]
         logp_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
         lse_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
-        entropy_N = torch.empty(n if want_entropy else 0, dtype=torch.float32, device=hidden_NH.device)
+        entropy_N = torch.empty(
+            n if want_entropy else 0, dtype=torch.float32, device=hidden_NH.device
+        )
         # One [chunk, V] float32 workspace for the logits, plus one scratch block for the entropy.
-        work_CV = torch.empty(min(chunk_rows, n), weight_VH.shape[0], dtype=torch.float32,
-                              device=hidden_NH.device)
+        work_CV = torch.empty(
+            min(chunk_rows, n), weight_VH.shape[0], dtype=torch.float32, device=hidden_NH.device
+        )
         scratch_CV = torch.empty_like(work_CV) if want_entropy else work_CV
         for s in range(0, n, chunk_rows):
             e = min(s + chunk_rows, n)
@@ -96,13 +99,18 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
         hidden_NH, weight_VH, targets_N, lse_N = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         grad_h = torch.zeros_like(hidden_NH) if need_h else None
-        grad_w = torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device) if need_w else None
+        grad_w = (
+            torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
+            if need_w
+            else None
+        )
         # float32 weight: accumulate dL/dW inside the GEMM (addmm_), not via a [V, H] temporary
         # per chunk. Lower precision: matmul in that dtype, accumulate in float32 (as before).
         fp32 = hidden_NH.dtype == torch.float32 and weight_VH.dtype == torch.float32
         tau, n = ctx.temperature, hidden_NH.shape[0]
-        work_CV = torch.empty(min(ctx.chunk_rows, n), weight_VH.shape[0], dtype=torch.float32,
-                              device=hidden_NH.device)
+        work_CV = torch.empty(
+            min(ctx.chunk_rows, n), weight_VH.shape[0], dtype=torch.float32, device=hidden_NH.device
+        )
         for s in range(0, n, ctx.chunk_rows):
             e = min(s + ctx.chunk_rows, n)
             h_CH = hidden_NH[s:e]
@@ -137,10 +145,14 @@ def _check(hidden, lm_head_weight, targets, temperature, chunk_size):
     if hidden.dim() != 3:
         raise ValueError(f"hidden must be [B, T, H], got shape {tuple(hidden.shape)}")
     if lm_head_weight.dim() != 2 or lm_head_weight.shape[1] != hidden.shape[2]:
-        raise ValueError(f"lm_head_weight must be [V, H] with H={hidden.shape[2]}, got "
-                         f"{tuple(lm_head_weight.shape)}")
+        raise ValueError(
+            f"lm_head_weight must be [V, H] with H={hidden.shape[2]}, got "
+            f"{tuple(lm_head_weight.shape)}"
+        )
     if targets.shape != hidden.shape[:2]:
-        raise ValueError(f"targets must be [B, T]={tuple(hidden.shape[:2])}, got {tuple(targets.shape)}")
+        raise ValueError(
+            f"targets must be [B, T]={tuple(hidden.shape[:2])}, got {tuple(targets.shape)}"
+        )
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if chunk_size is not None and chunk_size < 1:
@@ -166,7 +178,9 @@ def token_logprobs_and_entropy(
     v = lm_head_weight.shape[0]
     targets_N = targets.reshape(-1).long()
     if targets_N.numel() and (targets_N.min() < 0 or targets_N.max() >= v):
-        raise ValueError(f"targets hold ids outside [0, {v}); replace padding with a valid id (e.g. 0)")
+        raise ValueError(
+            f"targets hold ids outside [0, {v}); replace padding with a valid id (e.g. 0)"
+        )
     rows = chunk_size or _auto_chunk_rows(v)
     logp_N, ent_N = _ChunkedTokenLogprobs.apply(
         hidden.reshape(b * t, h), lm_head_weight, targets_N, float(temperature), rows, with_entropy
@@ -189,12 +203,18 @@ def token_logprobs(
     never materialising the ``[B, T, V]`` float32 logits.
     """
     return token_logprobs_and_entropy(
-        hidden, lm_head_weight, targets, temperature=temperature, chunk_size=chunk_size,
+        hidden,
+        lm_head_weight,
+        targets,
+        temperature=temperature,
+        chunk_size=chunk_size,
         with_entropy=False,
     ).logp
 
 
-def naive_token_logprobs(hidden, lm_head_weight, targets, *, temperature: float = 1.0) -> torch.Tensor:
+def naive_token_logprobs(
+    hidden, lm_head_weight, targets, *, temperature: float = 1.0
+) -> torch.Tensor:
     """Reference implementation: full float32 logits, log_softmax, gather. For tests/benchmarks."""
     logits_BTV = (hidden @ lm_head_weight.T).float() / temperature
     return torch.log_softmax(logits_BTV, dim=-1).gather(-1, targets[..., None].long()).squeeze(-1)

@@ -84,15 +84,18 @@ def _seq_mean_token_mean(loss_BT: torch.Tensor, mask_BT: torch.Tensor, denom: fl
     return per_seq_B.sum() / denom
 
 
-AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, float | torch.Tensor], torch.Tensor]] = {
+AGGREGATIONS: dict[
+    str, Callable[[torch.Tensor, torch.Tensor, float | torch.Tensor], torch.Tensor]
+] = {
     "token_mean": _token_mean,
     "seq_mean_token_mean": _seq_mean_token_mean,
     "seq_sum_max_len": _token_mean,  # same numerator; the denominator is the generation budget
 }
 
 
-def aggregation_denominator(mask_BT: torch.Tensor, mode: Aggregation = "token_mean", *,
-                            max_len: int | None = None) -> float:
+def aggregation_denominator(
+    mask_BT: torch.Tensor, mode: Aggregation = "token_mean", *, max_len: int | None = None
+) -> float:
     """What :func:`aggregate` divides by for these rows: tokens (``token_mean``), sequences
     (``seq_mean_token_mean``), or sequences x ``max_len`` (``seq_sum_max_len``, Dr. GRPO's
     constant generation budget; None: this batch's width ``T``, which only equals the budget
@@ -139,7 +142,11 @@ def aggregate(
     >>> aggregate(loss, mask, "seq_sum_max_len", max_len=6).item()   # (1 + 3 + 2) / (2 * 6)
     0.5
     """
-    denom = aggregation_denominator(mask_BT, mode, max_len=max_len) if normalizer is None else normalizer
+    denom = (
+        aggregation_denominator(mask_BT, mode, max_len=max_len)
+        if normalizer is None
+        else normalizer
+    )
     return AGGREGATIONS[mode](loss_BT, mask_BT.bool(), denom)
 
 
@@ -228,18 +235,28 @@ class LossOutput:
 def _check_inputs(logp_BT, old_logp_BT, advantages, mask_BT, ref_logp_BT, rollout_logp_BT, beta):
     if logp_BT.dim() != 2:
         raise ValueError(f"logp must be [B, T], got shape {tuple(logp_BT.shape)}")
-    for name, t in (("old_logp", old_logp_BT), ("mask", mask_BT), ("ref_logp", ref_logp_BT),
-                    ("rollout_logp", rollout_logp_BT)):
+    for name, t in (
+        ("old_logp", old_logp_BT),
+        ("mask", mask_BT),
+        ("ref_logp", ref_logp_BT),
+        ("rollout_logp", rollout_logp_BT),
+    ):
         if t is not None and t.shape != logp_BT.shape:
-            raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(logp_BT.shape)} "
-                             "(the shape of logp)")
+            raise ValueError(
+                f"{name} has shape {tuple(t.shape)}, expected {tuple(logp_BT.shape)} "
+                "(the shape of logp)"
+            )
     if advantages.shape not in (logp_BT.shape[:1], logp_BT.shape):
-        raise ValueError(f"advantages must be [B]={tuple(logp_BT.shape[:1])} or [B, T], got "
-                         f"{tuple(advantages.shape)}")
+        raise ValueError(
+            f"advantages must be [B]={tuple(logp_BT.shape[:1])} or [B, T], got "
+            f"{tuple(advantages.shape)}"
+        )
     if beta < 0:
         raise ValueError(f"beta (KL coefficient) must be >= 0, got {beta}")
     if beta > 0 and ref_logp_BT is None:
-        raise ValueError("beta > 0 needs ref_logp (reference-model log-probs); pass them or set beta=0")
+        raise ValueError(
+            "beta > 0 needs ref_logp (reference-model log-probs); pass them or set beta=0"
+        )
 
 
 def policy_loss(
@@ -289,7 +306,9 @@ def policy_loss(
     if dual_clip is not None and dual_clip <= 1.0:
         raise ValueError(f"dual_clip must be > 1 (e.g. 3.0) or None, got {dual_clip}")
     if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {kl_estimator!r}")
+        raise ValueError(
+            f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {kl_estimator!r}"
+        )
     if ratio_level not in RATIOS:
         raise ValueError(f"ratio_level must be one of {sorted(RATIOS)}, got {ratio_level!r}")
     if is_cap <= 0:

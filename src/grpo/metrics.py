@@ -10,7 +10,9 @@ from grpo.rewards import RewardBreakdown
 from grpo.textstats import fraction, has_reflection, is_language_mixed
 
 
-def reward_metrics(scores: RewardBreakdown, accuracy: str | None, format_name: str | None) -> dict[str, float]:
+def reward_metrics(
+    scores: RewardBreakdown, accuracy: str | None, format_name: str | None
+) -> dict[str, float]:
     """``reward/<name>/{mean,std,unscorable_frac}``, ``reward/total/*``, ``train/accuracy``,
     ``train/format_rate``."""
     out = scores.metrics(prefix="reward")
@@ -25,9 +27,12 @@ def advantage_metrics(adv: GroupAdvantages) -> dict[str, float]:
     """``adv/{mean,std,min,max,zero_std_frac,unscorable_frac}`` over the whole step."""
     a = adv.advantages
     return {
-        "adv/mean": a.mean().item(), "adv/std": a.std(unbiased=False).item(),
-        "adv/min": a.min().item(), "adv/max": a.max().item(),
-        "adv/zero_std_frac": adv.zero_std_frac, "adv/unscorable_frac": adv.unscorable_frac,
+        "adv/mean": a.mean().item(),
+        "adv/std": a.std(unbiased=False).item(),
+        "adv/min": a.min().item(),
+        "adv/max": a.max().item(),
+        "adv/zero_std_frac": adv.zero_std_frac,
+        "adv/unscorable_frac": adv.unscorable_frac,
     }
 
 
@@ -59,8 +64,11 @@ def logprob_gap(trainer_logp_BT, rollout_logp_BT, mask_BT) -> dict[str, float]:
     diff = (trainer_logp_BT - rollout_logp_BT).abs()[mask_BT.bool()]
     if not diff.numel():
         return {}
-    return {"rollout/logprob_gap": diff.mean().item(), "rollout/logprob_gap_max": diff.max().item(),
-            "_count": diff.numel()}
+    return {
+        "rollout/logprob_gap": diff.mean().item(),
+        "rollout/logprob_gap_max": diff.max().item(),
+        "_count": diff.numel(),
+    }
 
 
 class StatAccumulator:

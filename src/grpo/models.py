@@ -16,7 +16,9 @@ from grpo.rollout.weights import is_peft_model
 def model_dtype(dtype: str) -> torch.dtype:
     """The weights' dtype for ``forward.dtype`` (``"auto"``: float32 master weights)."""
     if dtype == "auto":
-        return torch.float32  # fp32 master weights; bf16 compute comes from autocast (mixed_precision)
+        return (
+            torch.float32
+        )  # fp32 master weights; bf16 compute comes from autocast (mixed_precision)
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
@@ -30,12 +32,18 @@ def check_model_path(path: str) -> str:
     looks_local = path.startswith(("/", ".", "~")) or path.count("/") != 1
     if looks_local and not Path(path).expanduser().exists():
         raise FileNotFoundError(
-            f"model {path!r} is not a local folder (and not an 'org/name' hub id)")
+            f"model {path!r} is not a local folder (and not an 'org/name' hub id)"
+        )
     return path
 
 
-def load_policy(model: str | torch.nn.Module, tokenizer: Any, peft_config: Any, forward: ForwardConfig,
-                device: torch.device) -> tuple[torch.nn.Module, Any, str | None]:
+def load_policy(
+    model: str | torch.nn.Module,
+    tokenizer: Any,
+    peft_config: Any,
+    forward: ForwardConfig,
+    device: torch.device,
+) -> tuple[torch.nn.Module, Any, str | None]:
     """(model on ``device``, tokenizer, path the weights came from or None); ``forward`` gives
     the dtype and gradient checkpointing."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -63,25 +71,39 @@ def load_policy(model: str | torch.nn.Module, tokenizer: Any, peft_config: Any, 
     return model.to(device), tokenizer, path
 
 
-def make_optimizer_and_scheduler(params: list[torch.nn.Parameter], optim: OptimConfig, *, total_steps: int):
+def make_optimizer_and_scheduler(
+    params: list[torch.nn.Parameter], optim: OptimConfig, *, total_steps: int
+):
     """AdamW and a warm-up + constant / cosine / linear schedule over ``total_steps`` optimizer
     steps (the trainer's: ``max_steps x derived().optimizer_steps_per_step``)."""
     from transformers import get_scheduler
 
     if not params:
         raise ValueError("the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=optim.learning_rate, betas=optim.adam_betas,
-                                  weight_decay=optim.weight_decay)
+    optimizer = torch.optim.AdamW(
+        params, lr=optim.learning_rate, betas=optim.adam_betas, weight_decay=optim.weight_decay
+    )
     warmup = optim.warmup_steps or round(optim.warmup_ratio * total_steps)
-    name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[optim.lr_schedule]
-    scheduler = get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps)
+    name = {"constant": "constant_with_warmup", "cosine": "cosine", "linear": "linear"}[
+        optim.lr_schedule
+    ]
+    scheduler = get_scheduler(
+        name, optimizer, num_warmup_steps=warmup, num_training_steps=total_steps
+    )
     return optimizer, scheduler
 
 
-def build_generator(backend: str, vllm: VLLMConfig, model: str | torch.nn.Module,
-                    tokenizer: Any = None, *, model_path: str | None = None,
-                    max_model_len: int | None = None, seed: int = 0,
-                    chat_template_kwargs: dict[str, Any] | None = None) -> Any:
+def build_generator(
+    backend: str,
+    vllm: VLLMConfig,
+    model: str | torch.nn.Module,
+    tokenizer: Any = None,
+    *,
+    model_path: str | None = None,
+    max_model_len: int | None = None,
+    seed: int = 0,
+    chat_template_kwargs: dict[str, Any] | None = None,
+) -> Any:
     """The one generator factory: the engine ``backend`` names, set up from the ``vllm`` section,
     for a model given as a path / hub id or as a loaded module (the trainer's policy).
 
@@ -102,11 +124,16 @@ def build_generator(backend: str, vllm: VLLMConfig, model: str | torch.nn.Module
     if backend == "vllm_server":  # the model is the server's
         from grpo.rollout import VLLMServerGenerator
 
-        return VLLMServerGenerator(host=vllm.server_host, port=vllm.server_port,
-                                   tokenizer=tokenizer, chat_template_kwargs=template)
+        return VLLMServerGenerator(
+            host=vllm.server_host,
+            port=vllm.server_port,
+            tokenizer=tokenizer,
+            chat_template_kwargs=template,
+        )
     if backend not in ("hf", "vllm"):
-        raise ValueError(f"unknown rollout backend {backend!r}; choose 'hf', 'vllm' or "
-                         "'vllm_server'")
+        raise ValueError(
+            f"unknown rollout backend {backend!r}; choose 'hf', 'vllm' or 'vllm_server'"
+        )
     if not isinstance(model, torch.nn.Module):
         model_path = check_model_path(str(model))
     if backend == "hf":
@@ -115,8 +142,9 @@ def build_generator(backend: str, vllm: VLLMConfig, model: str | torch.nn.Module
             model, tokenizer, _ = load_policy(model_path, tokenizer, None, ForwardConfig(), device)
         # Sharded models gather each layer's weights in forward: every process must run the same
         # number of forwards, so generation keeps stepping until all processes' rows are done.
-        return HFGenerator(model, tokenizer, synced_gpus=is_sharded(model),
-                           chat_template_kwargs=template)
+        return HFGenerator(
+            model, tokenizer, synced_gpus=is_sharded(model), chat_template_kwargs=template
+        )
     from grpo.rollout import VLLMGenerator
 
     path = model_path
@@ -126,25 +154,41 @@ def build_generator(backend: str, vllm: VLLMConfig, model: str | torch.nn.Module
         if model_path is None:
             base.save_pretrained(path)
             tokenizer.save_pretrained(path)
-    return VLLMGenerator(path, tokenizer=tokenizer, seed=seed, dtype=vllm.dtype,
-                         gpu_memory_utilization=vllm.gpu_memory_utilization,
-                         tensor_parallel_size=vllm.tensor_parallel_size,
-                         enable_sleep_mode=vllm.sleep, enforce_eager=vllm.enforce_eager,
-                         max_model_len=vllm.max_model_len or max_model_len,
-                         chat_template_kwargs=template)
+    return VLLMGenerator(
+        path,
+        tokenizer=tokenizer,
+        seed=seed,
+        dtype=vllm.dtype,
+        gpu_memory_utilization=vllm.gpu_memory_utilization,
+        tensor_parallel_size=vllm.tensor_parallel_size,
+        enable_sleep_mode=vllm.sleep,
+        enforce_eager=vllm.enforce_eager,
+        max_model_len=vllm.max_model_len or max_model_len,
+        chat_template_kwargs=template,
+    )
 
 
-def trainer_generator(cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any,
-                      model_path: str | None) -> Any:
+def trainer_generator(
+    cfg: GRPOConfig, model: torch.nn.Module, tokenizer: Any, model_path: str | None
+) -> Any:
     """:func:`build_generator` as the trainer (and ``grpo eval``, to reproduce its numbers) calls
     it: ``cfg.rollout.backend`` and ``cfg.vllm``, a vLLM context of prompt + completion tokens,
     the run's seed and chat-template variables."""
-    return build_generator(cfg.rollout.backend, cfg.vllm, model, tokenizer, model_path=model_path,
-                           max_model_len=cfg.rollout.max_prompt_length + cfg.sampling.max_tokens,
-                           seed=cfg.seed, chat_template_kwargs=cfg.rollout.chat_template_kwargs)
+    return build_generator(
+        cfg.rollout.backend,
+        cfg.vllm,
+        model,
+        tokenizer,
+        model_path=model_path,
+        max_model_len=cfg.rollout.max_prompt_length + cfg.sampling.max_tokens,
+        seed=cfg.seed,
+        chat_template_kwargs=cfg.rollout.chat_template_kwargs,
+    )
 
 
-def mixed_precision(dtype: str, *, cuda: bool | None = None, bf16_supported: bool | None = None) -> str:
+def mixed_precision(
+    dtype: str, *, cuda: bool | None = None, bf16_supported: bool | None = None
+) -> str:
     """accelerate's ``mixed_precision`` for ``forward.dtype``: ``"auto"`` on a CUDA GPU with bf16
     support means fp32 master weights and bfloat16 autocast ("bf16"); everything else "no" (an
     explicit dtype already puts the weights, and so the compute, in that dtype).

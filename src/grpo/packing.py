@@ -82,7 +82,9 @@ def unsupported_reason(config) -> str | None:
     if model_type not in PACKABLE_MODEL_TYPES:
         return f"model_type {model_type!r} is not one of {sorted(PACKABLE_MODEL_TYPES)}"
     window = getattr(config, "sliding_window", None)
-    if window is not None and (model_type == "mistral" or getattr(config, "use_sliding_window", False)):
+    if window is not None and (
+        model_type == "mistral" or getattr(config, "use_sliding_window", False)
+    ):
         return f"a sliding attention window ({window})"
     if getattr(config, "attention_dropout", 0.0):
         return f"attention_dropout={config.attention_dropout}"
@@ -91,7 +93,11 @@ def unsupported_reason(config) -> str | None:
 
 def _is_prefix(mask_BT: torch.Tensor, lengths_B: torch.Tensor, *, right: bool) -> bool:
     cols = torch.arange(mask_BT.shape[1], device=mask_BT.device)
-    expected = cols[None, :] < lengths_B[:, None] if right else cols[None, :] >= (mask_BT.shape[1] - lengths_B)[:, None]
+    expected = (
+        cols[None, :] < lengths_B[:, None]
+        if right
+        else cols[None, :] >= (mask_BT.shape[1] - lengths_B)[:, None]
+    )
     return bool(torch.equal(mask_BT.bool(), expected))
 
 
@@ -102,7 +108,10 @@ def pack_batch(batch, *, share_prompts: bool) -> PackedInputs | None:
     prompt_mask_BP = batch.attention_mask[:, :p].bool()
     comp_mask_BT = batch.completion_mask.bool()
     prompt_len_B, comp_len_B = prompt_mask_BP.sum(1), comp_mask_BT.sum(1)
-    if not (_is_prefix(prompt_mask_BP, prompt_len_B, right=False) and _is_prefix(comp_mask_BT, comp_len_B, right=True)):
+    if not (
+        _is_prefix(prompt_mask_BP, prompt_len_B, right=False)
+        and _is_prefix(comp_mask_BT, comp_len_B, right=True)
+    ):
         return None
     if bool((prompt_len_B == 0).any()):
         return None
@@ -116,14 +125,14 @@ def pack_batch(batch, *, share_prompts: bool) -> PackedInputs | None:
     plen = prompt_len_B.tolist()
     for r in prompt_rows:
         n = plen[r]
-        ids.append(batch.input_ids[r, p - n:p])
+        ids.append(batch.input_ids[r, p - n : p])
         pos.append(torch.arange(n))
         prompts.append((start, n))
         start += n
     clen = comp_len_B.tolist()
     for r, u in enumerate(prompt_of_row):
         n_in = max(clen[r] - 1, 0)  # the last real token predicts nothing
-        ids.append(batch.input_ids[r, p:p + n_in])
+        ids.append(batch.input_ids[r, p : p + n_in])
         pos.append(torch.arange(plen[r], plen[r] + n_in))
         rows.append((u, start, n_in))
         if clen[r]:
@@ -136,9 +145,15 @@ def pack_batch(batch, *, share_prompts: bool) -> PackedInputs | None:
     return PackedInputs(
         input_ids=torch.cat(ids)[None],
         position_ids=torch.cat(pos)[None].to(device),
-        layout=PackedLayout(prompts=tuple(prompts), rows=tuple(rows), gather=gather.to(device),
-                            scatter=scatter.to(device)),
-        predictor=(torch.cat(predictor) if predictor else torch.zeros(0, dtype=torch.long)).to(device),
+        layout=PackedLayout(
+            prompts=tuple(prompts),
+            rows=tuple(rows),
+            gather=gather.to(device),
+            scatter=scatter.to(device),
+        ),
+        predictor=(torch.cat(predictor) if predictor else torch.zeros(0, dtype=torch.long)).to(
+            device
+        ),
     )
 
 
@@ -153,21 +168,23 @@ def _row_indices(prompts, rows, n_packed):
     for r, (u, s, n) in enumerate(rows):
         ps, pn = prompts[u]
         gather[r, :pn] = torch.arange(ps, ps + pn)
-        gather[r, pn:pn + n] = torch.arange(s, s + n)
-        scatter[s:s + n] = r * width + torch.arange(pn, pn + n)
+        gather[r, pn : pn + n] = torch.arange(s, s + n)
+        scatter[s : s + n] = r * width + torch.arange(pn, pn + n)
         if u not in seen:
             seen.add(u)
-            scatter[ps:ps + pn] = r * width + torch.arange(pn)
+            scatter[ps : ps + pn] = r * width + torch.arange(pn)
     return gather, scatter
 
 
-def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """Attention over a packed row (``query`` ``[1, Hq, N, d]``, ``key``/``value`` ``[1, Hkv, N, d]``;
-    returns ``[1, N, Hq, d]`` as transformers' attention functions do), in one call: q/k/v are
-    gathered into a right-padded batch of ``[prompt; completion]`` rows (a prompt's keys/values
-    into each of its rows; the gather's backward sums their gradients), attention is plain causal
-    (with right padding every key a real query sees is real), and the outputs are gathered back
-    to the packed order (a prompt's from the first row holding it).
+def _packed_attention(
+    module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs
+):
+    """Attention over a packed row (``query`` ``[1, Hq, N, d]``, ``key``/``value``
+    ``[1, Hkv, N, d]``; returns ``[1, N, Hq, d]`` as transformers' attention functions do), in one
+    call: q/k/v are gathered into a right-padded batch of ``[prompt; completion]`` rows (a prompt's
+    keys/values into each of its rows; the gather's backward sums their gradients), attention is
+    plain causal (with right padding every key a real query sees is real), and the outputs are
+    gathered back to the packed order (a prompt's from the first row holding it).
 
     One attention call per layer whatever the number of rows, where a loop over segments makes
     one per row and prompt (the same speed on CPU, measured; on a GPU each is several kernel
@@ -175,8 +192,10 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
     scores instead of n * pn + n^2 / 2, attention being a few percent of the FLOPs."""
     layout: PackedLayout | None = kwargs.get(_LAYOUT_KWARG)
     if layout is None:
-        raise RuntimeError(f"attention implementation {IMPLEMENTATION!r} needs a {_LAYOUT_KWARG} argument; it is "
-                           "selected only inside grpo.packing.packed_forward")
+        raise RuntimeError(
+            f"attention implementation {IMPLEMENTATION!r} needs a {_LAYOUT_KWARG} argument; it is "
+            "selected only inside grpo.packing.packed_forward"
+        )
     if query.shape[0] != 1:
         raise ValueError(f"a packed forward has one row, got {query.shape[0]}")
     if key.shape[1] != query.shape[1]:
@@ -189,8 +208,14 @@ def _packed_attention(module, query, key, value, attention_mask, dropout=0.0, sc
         h, d = t_1HNd.shape[1], t_1HNd.shape[3]
         return t_1HNd[0].index_select(1, flat).view(h, r, width, d).transpose(0, 1)
 
-    out_RHSd = F.scaled_dot_product_attention(to_rows(query), to_rows(key), to_rows(value), is_causal=True,
-                                              scale=scaling, dropout_p=dropout)
+    out_RHSd = F.scaled_dot_product_attention(
+        to_rows(query),
+        to_rows(key),
+        to_rows(value),
+        is_causal=True,
+        scale=scaling,
+        dropout_p=dropout,
+    )
     h, d = out_RHSd.shape[1], out_RHSd.shape[3]
     out_HNd = out_RHSd.transpose(0, 1).reshape(h, r * width, d).index_select(1, layout.scatter)
     return out_HNd.transpose(0, 1)[None], None
@@ -218,9 +243,20 @@ def packed_forward(call, config, packed: PackedInputs):
     packed row with the packed attention selected; returns what ``call`` returns."""
     _register()
     with _attention_implementation(config, IMPLEMENTATION):
-        return call(input_ids=packed.input_ids, position_ids=packed.position_ids, attention_mask=None,
-                    use_cache=False, **{_LAYOUT_KWARG: packed.layout})
+        return call(
+            input_ids=packed.input_ids,
+            position_ids=packed.position_ids,
+            attention_mask=None,
+            use_cache=False,
+            **{_LAYOUT_KWARG: packed.layout},
+        )
 
 
-__all__ = ["PACKABLE_MODEL_TYPES", "PackedInputs", "PackedLayout", "pack_batch", "packed_forward",
-           "unsupported_reason"]
+__all__ = [
+    "PACKABLE_MODEL_TYPES",
+    "PackedInputs",
+    "PackedLayout",
+    "pack_batch",
+    "packed_forward",
+    "unsupported_reason",
+]

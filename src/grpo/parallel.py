@@ -37,8 +37,9 @@ def _dist_ready() -> bool:
 
 def metric_reduction(key: str) -> str:
     """How a step metric combines over processes: "sum" for a process's share of a global
-    quantity (``loss/loss``, ``train/tokens``), "min"/"max" for extremes (a last name part starting with, or a
-    key ending in, min/max), "mean" otherwise (per-process means of equal-sized shares)."""
+    quantity (``loss/loss``, ``train/tokens``), "min"/"max" for extremes (a last name part
+    starting with, or a key ending in, min/max), "mean" otherwise (per-process means of
+    equal-sized shares)."""
     last = key.rsplit("/", 1)[-1]
     if key in SUMMED_METRICS:
         return "sum"
@@ -49,8 +50,15 @@ def metric_reduction(key: str) -> str:
     return "mean"
 
 
-SUMMED_METRICS = frozenset({"loss/loss", "train/tokens", "train/sequences", "completions/tokens",
-                            "completions/prompt_tokens"})
+SUMMED_METRICS = frozenset(
+    {
+        "loss/loss",
+        "train/tokens",
+        "train/sequences",
+        "completions/tokens",
+        "completions/prompt_tokens",
+    }
+)
 TOKEN_WEIGHTED_PREFIXES = ("loss/", "policy/", "rollout/")
 
 
@@ -118,11 +126,17 @@ class Parallelism:
         key_lists: list[list[str]] = [[] for _ in range(self.world)]
         dist.all_gather_object(key_lists, sorted(metrics))
         keys = sorted(set().union(*key_lists))
-        t = torch.tensor([metrics.get(k, math.nan) for k in keys], dtype=torch.float64, device=self.device)
+        t = torch.tensor(
+            [metrics.get(k, math.nan) for k in keys], dtype=torch.float64, device=self.device
+        )
         per_rank_WK = self.accelerator.gather(t[None]).view(self.world, -1).cpu()
         present_WK = ~torch.isnan(per_rank_WK)
         zeroed_WK = torch.where(present_WK, per_rank_WK, torch.zeros_like(per_rank_WK))
-        tokens_W = zeroed_WK[:, keys.index("train/tokens")] if "train/tokens" in keys else torch.ones(self.world)
+        tokens_W = (
+            zeroed_WK[:, keys.index("train/tokens")]
+            if "train/tokens" in keys
+            else torch.ones(self.world)
+        )
         out = {}
         for i, k in enumerate(keys):
             col, have = per_rank_WK[:, i][present_WK[:, i]], present_WK[:, i]
@@ -134,7 +148,9 @@ class Parallelism:
             elif op == "max":
                 out[k] = col.max().item()
             elif k.startswith(TOKEN_WEIGHTED_PREFIXES) and tokens_W[have].sum() > 0:
-                out[k] = (zeroed_WK[:, i] * tokens_W * have).sum().item() / tokens_W[have].sum().item()
+                out[k] = (zeroed_WK[:, i] * tokens_W * have).sum().item() / tokens_W[
+                    have
+                ].sum().item()
             else:
                 out[k] = col.mean().item()
         return out
@@ -166,7 +182,7 @@ class DataParallel(Parallelism):
                 dist.all_reduce(flat)
                 offset = 0
                 for x in bucket:
-                    x.copy_(flat[offset:offset + x.numel()].view_as(x))
+                    x.copy_(flat[offset : offset + x.numel()].view_as(x))
                     offset += x.numel()
                 bucket, size = [], 0
 
@@ -207,8 +223,10 @@ def shard_model(model: torch.nn.Module) -> None:
     block_names = set(getattr(model, "_no_split_modules", None) or ())
     blocks = [m for m in model.modules() if type(m).__name__ in block_names]
     if not blocks:
-        raise ValueError(f"{type(model).__name__} lists no _no_split_modules, so its transformer blocks are "
-                         "unknown: set fsdp=False (data parallel) for this model")
+        raise ValueError(
+            f"{type(model).__name__} lists no _no_split_modules, so its transformer blocks are "
+            "unknown: set fsdp=False (data parallel) for this model"
+        )
     for block in blocks:
         fully_shard(block)
     fully_shard(model)
@@ -216,4 +234,6 @@ def shard_model(model: torch.nn.Module) -> None:
 
 def make_parallelism(accelerator: Any, fsdp: bool) -> Parallelism:
     """FSDP when asked for and there is more than one process, else data parallel."""
-    return FSDP(accelerator) if fsdp and accelerator.num_processes > 1 else DataParallel(accelerator)
+    return (
+        FSDP(accelerator) if fsdp and accelerator.num_processes > 1 else DataParallel(accelerator)
+    )

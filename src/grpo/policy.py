@@ -76,28 +76,51 @@ def completion_logprobs(
     if padding_free and not checkpointing and _packable(decoder):
         packed = pack_batch(batch, share_prompts=share_prompts)
         if packed is not None:
-            return _packed_logprobs(model, decoder, weight, batch, packed, sharded,
-                                    temperature=temperature, chunk_size=chunk_size,
-                                    with_entropy=with_entropy)
+            return _packed_logprobs(
+                model,
+                decoder,
+                weight,
+                batch,
+                packed,
+                sharded,
+                temperature=temperature,
+                chunk_size=chunk_size,
+                with_entropy=with_entropy,
+            )
     hidden_BTH = None
     if share_prompts and not sharded and not checkpointing:
         hidden_BTH = _shared_prompt_hidden(decoder, batch)
     if hidden_BTH is None:
         if sharded:
-            hidden_BLH, weight = _sharded_forward(model, decoder, lambda call: call(
-                input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                position_ids=position_ids(batch.attention_mask), use_cache=False))
+            hidden_BLH, weight = _sharded_forward(
+                model,
+                decoder,
+                lambda call: call(
+                    input_ids=batch.input_ids,
+                    attention_mask=batch.attention_mask,
+                    position_ids=position_ids(batch.attention_mask),
+                    use_cache=False,
+                ),
+            )
         else:
-            hidden_BLH = decoder(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                                 position_ids=position_ids(batch.attention_mask),
-                                 use_cache=False).last_hidden_state
+            hidden_BLH = decoder(
+                input_ids=batch.input_ids,
+                attention_mask=batch.attention_mask,
+                position_ids=position_ids(batch.attention_mask),
+                use_cache=False,
+            ).last_hidden_state
         t = batch.completion_ids.shape[1]
         # column p-1+t predicts token t
-        hidden_BTH = hidden_BLH[:, batch.prompt_len - 1:batch.prompt_len - 1 + t]
+        hidden_BTH = hidden_BLH[:, batch.prompt_len - 1 : batch.prompt_len - 1 + t]
     targets = batch.completion_ids.masked_fill(~batch.completion_mask, 0)
-    return token_logprobs_and_entropy(hidden_BTH, weight.to(hidden_BTH.dtype), targets,
-                                      temperature=temperature, chunk_size=chunk_size,
-                                      with_entropy=with_entropy)
+    return token_logprobs_and_entropy(
+        hidden_BTH,
+        weight.to(hidden_BTH.dtype),
+        targets,
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
+    )
 
 
 _warned: set[str] = set()
@@ -107,27 +130,45 @@ def _packable(decoder: torch.nn.Module) -> bool:
     reason = unsupported_reason(decoder.config)
     if reason is not None and reason not in _warned:
         _warned.add(reason)
-        warnings.warn(f"padding-free forward off for this model ({reason}): batches run padded, "
-                      "which is exact but spends compute on padding. Pass padding_free=False "
-                      "(GRPOConfig.padding_free) to silence this.", stacklevel=3)
+        warnings.warn(
+            f"padding-free forward off for this model ({reason}): batches run padded, "
+            "which is exact but spends compute on padding. Pass padding_free=False "
+            "(GRPOConfig.padding_free) to silence this.",
+            stacklevel=3,
+        )
     return reason is None
 
 
-def _packed_logprobs(model, decoder, weight, batch: RolloutBatch, packed, sharded: bool, *,
-                     temperature: float, chunk_size: int | None,
-                     with_entropy: bool) -> TokenLogprobs:
+def _packed_logprobs(
+    model,
+    decoder,
+    weight,
+    batch: RolloutBatch,
+    packed,
+    sharded: bool,
+    *,
+    temperature: float,
+    chunk_size: int | None,
+    with_entropy: bool,
+) -> TokenLogprobs:
     """:func:`completion_logprobs` on the packed row: log-probs of the real completion tokens
     only (the LM head runs on no padding either), scattered back to ``[B, T]``."""
     if sharded:
         hidden_1NH, weight = _sharded_forward(
-            model, decoder, lambda call: packed_forward(call, decoder.config, packed))
+            model, decoder, lambda call: packed_forward(call, decoder.config, packed)
+        )
     else:
         hidden_1NH = packed_forward(decoder, decoder.config, packed).last_hidden_state
     real_BT = batch.completion_mask.bool()
     hidden_1MH = hidden_1NH[:, packed.predictor]
-    lp = token_logprobs_and_entropy(hidden_1MH, weight.to(hidden_1MH.dtype),
-                                    batch.completion_ids[real_BT][None], temperature=temperature,
-                                    chunk_size=chunk_size, with_entropy=with_entropy)
+    lp = token_logprobs_and_entropy(
+        hidden_1MH,
+        weight.to(hidden_1MH.dtype),
+        batch.completion_ids[real_BT][None],
+        temperature=temperature,
+        chunk_size=chunk_size,
+        with_entropy=with_entropy,
+    )
     zeros_BT = torch.zeros(real_BT.shape, dtype=lp.logp.dtype, device=lp.logp.device)
     entropy_BT = zeros_BT.masked_scatter(real_BT, lp.entropy[0]) if with_entropy else zeros_BT
     return TokenLogprobs(logp=zeros_BT.masked_scatter(real_BT, lp.logp[0]), entropy=entropy_BT)
@@ -144,7 +185,8 @@ def _sharded_forward(model: torch.nn.Module, decoder: torch.nn.Module, run):
     the full tensor that backward will reduce-scatter."""
     caught: dict[str, torch.Tensor] = {}
     hook = decoder.register_forward_hook(
-        lambda mod, args, out: caught.update(h=out.last_hidden_state))
+        lambda mod, args, out: caught.update(h=out.last_hidden_state)
+    )
     try:
         no_logits = torch.empty(0, dtype=torch.long, device=next(model.parameters()).device)
         run(lambda **inputs: model(**inputs, logits_to_keep=no_logits))
@@ -164,8 +206,9 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torc
     if len(first_U) == len(batch):
         return None
     ids_UP, mask_UP = batch.input_ids[first_U, :p], batch.attention_mask[first_U, :p]
-    prompt = decoder(input_ids=ids_UP, attention_mask=mask_UP,
-                     position_ids=position_ids(mask_UP), use_cache=True)
+    prompt = decoder(
+        input_ids=ids_UP, attention_mask=mask_UP, position_ids=position_ids(mask_UP), use_cache=True
+    )
     cache = prompt.past_key_values
     if cache is None:  # a decoder without a cache
         return None
@@ -175,9 +218,10 @@ def _shared_prompt_hidden(decoder: torch.nn.Module, batch: RolloutBatch) -> torc
     # [U, ...] -> [B, ...]: each row gets its prompt's keys/values
     cache.reorder_cache(row_to_prompt_B)
     rest = decoder(  # completion tokens 0..T-2 predict tokens 1..T-1
-        input_ids=batch.input_ids[:, p:p + t - 1],
-        attention_mask=batch.attention_mask[:, :p + t - 1],
-        position_ids=position_ids(batch.attention_mask)[:, p:p + t - 1], past_key_values=cache,
+        input_ids=batch.input_ids[:, p : p + t - 1],
+        attention_mask=batch.attention_mask[:, : p + t - 1],
+        position_ids=position_ids(batch.attention_mask)[:, p : p + t - 1],
+        past_key_values=cache,
         use_cache=True,
     ).last_hidden_state  # [B, T-1, H]
     return torch.cat([first_BH[:, None], rest], dim=1)

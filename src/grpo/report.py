@@ -45,52 +45,124 @@ class Axis:
 
 T, E = Series, (lambda key, label: Series(key, label, eval=True))
 PANELS: list[tuple[str, str, tuple[Axis, ...]]] = [
-    ("reward_accuracy", "Reward and accuracy", (
-        Axis("reward (weighted sum)", (T("reward/total/mean", "reward (train)"),)),
-        Axis("accuracy (fraction correct)", (
-            T("train/accuracy", "train (sampled)"), E("eval/greedy_accuracy", "held-out, greedy"),
-            E("eval/mean@*_accuracy", "held-out, mean@{}"), E("eval/pass@*", "held-out, pass@{}")), fraction=True),
-    )),
-    ("response_length", "Mean response length, R1 Fig. 3", (
-        Axis("tokens per completion", (T("completions/mean_length", "train"),
-                                       E("eval/greedy_length", "held-out, greedy"),
-                                       E("eval/mean@*_length", "held-out, {} samples"))),
-    )),
-    ("reflection", "Reflection words ('wait', 'let me verify', ...), R1's aha moment", (
-        Axis("fraction of completions", (T("completions/reflection_rate", "train"),), fraction=True),
-    )),
-    ("format", "Format compliance", (
-        Axis("format reward (fraction)", (T("train/format_rate", "train"),
-                                          E("eval/greedy_format_rate", "held-out, greedy"),
-                                          E("eval/mean@*_format_rate", "held-out, {} samples")), fraction=True),
-    )),
-    ("language_mixing", "Language mixing (Latin + CJK in one completion)", (
-        Axis("fraction of completions", (T("completions/language_mixing_rate", "train"),), fraction=True),
-    )),
-    ("health", "Training health", (
-        Axis("KL to reference (nats/token)", (T("loss/kl", "KL estimate"),)),
-        Axis("entropy (nats/token)", (T("policy/entropy", "policy entropy"),)),
-        Axis("clipped tokens (fraction)", (T("loss/clip_frac_high", "ratio > 1 + eps_high, A > 0"),
-                                           T("loss/clip_frac_low", "ratio < 1 - eps_low, A < 0"))),
-        Axis("groups with no signal (fraction)", (T("adv/zero_std_frac", "all rewards equal"),), fraction=True),
-    )),
+    (
+        "reward_accuracy",
+        "Reward and accuracy",
+        (
+            Axis("reward (weighted sum)", (T("reward/total/mean", "reward (train)"),)),
+            Axis(
+                "accuracy (fraction correct)",
+                (
+                    T("train/accuracy", "train (sampled)"),
+                    E("eval/greedy_accuracy", "held-out, greedy"),
+                    E("eval/mean@*_accuracy", "held-out, mean@{}"),
+                    E("eval/pass@*", "held-out, pass@{}"),
+                ),
+                fraction=True,
+            ),
+        ),
+    ),
+    (
+        "response_length",
+        "Mean response length, R1 Fig. 3",
+        (
+            Axis(
+                "tokens per completion",
+                (
+                    T("completions/mean_length", "train"),
+                    E("eval/greedy_length", "held-out, greedy"),
+                    E("eval/mean@*_length", "held-out, {} samples"),
+                ),
+            ),
+        ),
+    ),
+    (
+        "reflection",
+        "Reflection words ('wait', 'let me verify', ...), R1's aha moment",
+        (
+            Axis(
+                "fraction of completions",
+                (T("completions/reflection_rate", "train"),),
+                fraction=True,
+            ),
+        ),
+    ),
+    (
+        "format",
+        "Format compliance",
+        (
+            Axis(
+                "format reward (fraction)",
+                (
+                    T("train/format_rate", "train"),
+                    E("eval/greedy_format_rate", "held-out, greedy"),
+                    E("eval/mean@*_format_rate", "held-out, {} samples"),
+                ),
+                fraction=True,
+            ),
+        ),
+    ),
+    (
+        "language_mixing",
+        "Language mixing (Latin + CJK in one completion)",
+        (
+            Axis(
+                "fraction of completions",
+                (T("completions/language_mixing_rate", "train"),),
+                fraction=True,
+            ),
+        ),
+    ),
+    (
+        "health",
+        "Training health",
+        (
+            Axis("KL to reference (nats/token)", (T("loss/kl", "KL estimate"),)),
+            Axis("entropy (nats/token)", (T("policy/entropy", "policy entropy"),)),
+            Axis(
+                "clipped tokens (fraction)",
+                (
+                    T("loss/clip_frac_high", "ratio > 1 + eps_high, A > 0"),
+                    T("loss/clip_frac_low", "ratio < 1 - eps_low, A < 0"),
+                ),
+            ),
+            Axis(
+                "groups with no signal (fraction)",
+                (T("adv/zero_std_frac", "all rewards equal"),),
+                fraction=True,
+            ),
+        ),
+    ),
 ]
 SMOOTH_FROM = 30  # steps: longer runs get a moving average over the raw line
-COLORS = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
+COLORS = [
+    "tab:blue",
+    "tab:orange",
+    "tab:green",
+    "tab:red",
+    "tab:purple",
+    "tab:brown",
+    "tab:pink",
+    "tab:olive",
+]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*"]
 
 
 def _find(records: list[dict], series: Series) -> list[tuple[str, str, list[int], list[float]]]:
     """[(key, label, steps, values)] for every key the series' pattern matches, in sorted order."""
     pattern = re.compile("^" + re.escape(series.key).replace(r"\*", "([^/]+)") + "$")
-    keys = sorted({k for r in records for k in r if pattern.match(k)},
-                  key=lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)])
+    keys = sorted(
+        {k for r in records for k in r if pattern.match(k)},
+        key=lambda k: [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", k)],
+    )
     out = []
     for key in keys:
         pts = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
         if pts:
             match = pattern.match(key)
-            label = series.label.format(*match.groups()) if match and match.groups() else series.label
+            label = (
+                series.label.format(*match.groups()) if match and match.groups() else series.label
+            )
             out.append((key, label, [p[0] for p in pts], [float(p[1]) for p in pts]))
     return out
 
@@ -113,19 +185,45 @@ def _draw_axis(ax, lines, ylabel: str, fraction: bool, steps: tuple[int, int]) -
             label += " (0 throughout)"
         if is_eval:  # a few measured points: never joined into a trend. Hollow markers of
             # decreasing size nest inside each other where two evaluations agree.
-            ax.plot(xs, ys, linestyle="none", marker=marker, ms=max(11 - 2.5 * n_eval, 3), mfc="none", mew=1.8,
-                    color=color, label=label, zorder=3)
+            ax.plot(
+                xs,
+                ys,
+                linestyle="none",
+                marker=marker,
+                ms=max(11 - 2.5 * n_eval, 3),
+                mfc="none",
+                mew=1.8,
+                color=color,
+                label=label,
+                zorder=3,
+            )
             n_eval += 1
             continue
-        style = ["-", "--", ":", "-."][i % 4]  # lines that coincide (often at 0) stay distinguishable
+        style = ["-", "--", ":", "-."][
+            i % 4
+        ]  # lines that coincide (often at 0) stay distinguishable
         if len(xs) >= SMOOTH_FROM and len(set(ys)) > 1:
             window = max(len(xs) // 15, 3)
             ax.plot(xs, ys, color=color, alpha=0.25, lw=1)
-            ax.plot(xs, _moving_average(ys, window), color=color, lw=2, linestyle=style,
-                    label=f"{label}, mean of {window} steps")
+            ax.plot(
+                xs,
+                _moving_average(ys, window),
+                color=color,
+                lw=2,
+                linestyle=style,
+                label=f"{label}, mean of {window} steps",
+            )
         else:
-            ax.plot(xs, ys, color=color, lw=1.5, linestyle=style, label=label,
-                    marker=marker if len(xs) < SMOOTH_FROM else None, ms=4)
+            ax.plot(
+                xs,
+                ys,
+                color=color,
+                lw=1.5,
+                linestyle=style,
+                label=label,
+                marker=marker if len(xs) < SMOOTH_FROM else None,
+                ms=4,
+            )
     ax.set_ylabel(ylabel)
     ax.set_xlabel("GRPO step")
     pad = max((steps[1] - steps[0]) * 0.04, 0.3)
@@ -141,14 +239,33 @@ def _draw_axis(ax, lines, ylabel: str, fraction: bool, steps: tuple[int, int]) -
 
 def _breakdown_panels(records: list[dict]) -> list[tuple[str, str, tuple[Axis, ...]]]:
     """One panel per breakdown column found in the eval records."""
-    columns = sorted({m.group(1) for r in records for k in r
-                      if (m := re.match(r"^eval/greedy_accuracy/([^=]+)=", k))})
+    columns = sorted(
+        {
+            m.group(1)
+            for r in records
+            for k in r
+            if (m := re.match(r"^eval/greedy_accuracy/([^=]+)=", k))
+        }
+    )
     panels = []
     for col in columns:
-        axes = [Axis(f"greedy accuracy by {col}", (E(f"eval/greedy_accuracy/{col}=*", f"{col}={{}}"),), fraction=True)]
-        if any(re.match(rf"^eval/mean@[^/]+_accuracy/{re.escape(col)}=", k) for r in records for k in r):
-            axes.append(Axis(f"mean@k accuracy by {col}", (E(f"eval/mean@*_accuracy/{col}=*", f"mean@{{}}, {col}={{}}"),),
-                             fraction=True))
+        axes = [
+            Axis(
+                f"greedy accuracy by {col}",
+                (E(f"eval/greedy_accuracy/{col}=*", f"{col}={{}}"),),
+                fraction=True,
+            )
+        ]
+        if any(
+            re.match(rf"^eval/mean@[^/]+_accuracy/{re.escape(col)}=", k) for r in records for k in r
+        ):
+            axes.append(
+                Axis(
+                    f"mean@k accuracy by {col}",
+                    (E(f"eval/mean@*_accuracy/{col}=*", f"mean@{{}}, {col}={{}}"),),
+                    fraction=True,
+                )
+            )
         safe = re.sub(r"[^A-Za-z0-9_.-]", "_", col)
         panels.append((f"accuracy_by_{safe}", f"Held-out accuracy by {col}", tuple(axes)))
     return panels
@@ -166,7 +283,11 @@ def draw_panels(records: list[dict]):
     for name, title, axes in PANELS + _breakdown_panels(records):
         drawn = []
         for axis in axes:
-            lines = [(key, label, xs, ys, s.eval) for s in axis.series for key, label, xs, ys in _find(records, s)]
+            lines = [
+                (key, label, xs, ys, s.eval)
+                for s in axis.series
+                for key, label, xs, ys in _find(records, s)
+            ]
             if lines:
                 drawn.append((axis, lines))
         if not drawn:
@@ -176,11 +297,16 @@ def draw_panels(records: list[dict]):
         fig, grid = plt.subplots(rows, cols, figsize=(5.4 * cols, 3.6 * rows), squeeze=False)
         for ax, (axis, lines) in zip(grid.flat, drawn):
             _draw_axis(ax, lines, axis.ylabel, axis.fraction, steps)
-        for ax in list(grid.flat)[len(drawn):]:
+        for ax in list(grid.flat)[len(drawn) :]:
             ax.remove()
         fig.suptitle(title)
         fig.tight_layout()
-        yield name, title, fig, [(key, ys[0], ys[-1], xs[-1]) for _, lines in drawn for key, _, xs, ys, _ in lines]
+        yield (
+            name,
+            title,
+            fig,
+            [(key, ys[0], ys[-1], xs[-1]) for _, lines in drawn for key, _, xs, ys, _ in lines],
+        )
 
 
 def write_report(run_dir: str | Path) -> Path:
@@ -190,7 +316,9 @@ def write_report(run_dir: str | Path) -> Path:
     run = Path(run_dir)
     records = read_jsonl(run / "metrics.jsonl") + read_jsonl(run / "eval.jsonl")
     if not records:
-        raise FileNotFoundError(f"{run} has no metrics.jsonl or eval.jsonl: is it a grpo run folder?")
+        raise FileNotFoundError(
+            f"{run} has no metrics.jsonl or eval.jsonl: is it a grpo run folder?"
+        )
     out = run / "report"
     out.mkdir(exist_ok=True)
     figures, summary = [], []
@@ -206,13 +334,24 @@ def write_report(run_dir: str | Path) -> Path:
 def _write_html(run: Path, out: Path, figures, summary) -> None:
     config = (run / "config.yaml").read_text() if (run / "config.yaml").exists() else ""
     samples = read_jsonl(run / "completions.jsonl")[-4:]
-    rows = "".join(f"<tr><td>{html.escape(k)}</td><td>{a:.4g}</td><td>{b:.4g}</td><td>{s}</td></tr>"
-                   for k, a, b, s in summary)
-    imgs = "".join(f"<h3>{html.escape(t)}</h3><img src='{f}' style='max-width:100%'>" for t, f in figures)
-    comps = "".join(f"<pre>{html.escape(json.dumps(c, indent=1, ensure_ascii=False))}</pre>" for c in samples)
+    rows = "".join(
+        f"<tr><td>{html.escape(k)}</td><td>{a:.4g}</td><td>{b:.4g}</td><td>{s}</td></tr>"
+        for k, a, b, s in summary
+    )
+    imgs = "".join(
+        f"<h3>{html.escape(t)}</h3><img src='{f}' style='max-width:100%'>" for t, f in figures
+    )
+    comps = "".join(
+        f"<pre>{html.escape(json.dumps(c, indent=1, ensure_ascii=False))}</pre>" for c in samples
+    )
     (out / "report.html").write_text(
-        f"<!doctype html><html><head><meta charset='utf-8'><title>grpo run {html.escape(run.name)}</title>"
-        f"<style>body{{font-family:sans-serif;max-width:1000px;margin:auto}}td,th{{padding:2px 8px}}</style>"
+        "<!doctype html><html><head><meta charset='utf-8'>"
+        f"<title>grpo run {html.escape(run.name)}</title>"
+        "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
+        "td,th{padding:2px 8px}</style>"
         f"</head><body><h1>GRPO run: {html.escape(str(run))}</h1>"
-        f"<table><tr><th>metric</th><th>first</th><th>last</th><th>at step</th></tr>{rows}</table>{imgs}"
-        f"<h2>Last sampled completions</h2>{comps}<h2>Config</h2><pre>{html.escape(config)}</pre></body></html>")
+        "<table><tr><th>metric</th><th>first</th><th>last</th><th>at step</th></tr>"
+        f"{rows}</table>{imgs}"
+        f"<h2>Last sampled completions</h2>{comps}<h2>Config</h2>"
+        f"<pre>{html.escape(config)}</pre></body></html>"
+    )

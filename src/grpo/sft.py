@@ -61,24 +61,33 @@ def to_sft_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if "messages" in row and "prompt" not in row:
             messages = list(row["messages"] or [])
             last = messages[-1] if messages else None
-            if (not isinstance(last, Mapping) or last.get("role") != "assistant"
-                    or not last.get("content")):
-                raise ValueError(f"SFT row {i}: its 'messages' must end with a non-empty "
-                                 f"assistant turn, got {str(last)[:120]}")
+            if (
+                not isinstance(last, Mapping)
+                or last.get("role") != "assistant"
+                or not last.get("content")
+            ):
+                raise ValueError(
+                    f"SFT row {i}: its 'messages' must end with a non-empty "
+                    f"assistant turn, got {str(last)[:120]}"
+                )
             prompt, completion = messages[:-1], [dict(last)]
         else:
             if "prompt" not in row:
-                raise ValueError(f"SFT row {i} has no 'prompt' (nor 'messages'); "
-                                 f"fields: {sorted(row)}")
+                raise ValueError(
+                    f"SFT row {i} has no 'prompt' (nor 'messages'); fields: {sorted(row)}"
+                )
             prompt, completion = row["prompt"], row.get("completion")
         if not _has_text(completion):
-            raise ValueError(f"SFT row {i} has no completion (completion={completion!r}); prompt: "
-                             f"{str(prompt)[:120]}. Every SFT row needs the text to learn.")
+            raise ValueError(
+                f"SFT row {i} has no completion (completion={completion!r}); prompt: "
+                f"{str(prompt)[:120]}. Every SFT row needs the text to learn."
+            )
         if not prompt:
             raise ValueError(f"SFT row {i} has an empty prompt")
         if isinstance(prompt, str) != isinstance(completion, str):
-            raise ValueError(f"SFT row {i}: prompt and completion must both be text or both "
-                             "chat messages")
+            raise ValueError(
+                f"SFT row {i}: prompt and completion must both be text or both chat messages"
+            )
         out.append({"prompt": prompt, "completion": completion})
     if not out:
         raise ValueError("the SFT dataset is empty")
@@ -89,8 +98,9 @@ def _has_text(completion: Any) -> bool:
     if isinstance(completion, str):
         return bool(completion)
     if isinstance(completion, Sequence) and completion:
-        return (all(isinstance(m, Mapping) and m.get("role") == "assistant" for m in completion)
-                and any(m.get("content") for m in completion))
+        return all(
+            isinstance(m, Mapping) and m.get("role") == "assistant" for m in completion
+        ) and any(m.get("content") for m in completion)
     return False
 
 
@@ -105,9 +115,11 @@ def sft_config(output_dir: str | Path, **settings: Any):
 
     for key, value in _FORCED.items():
         if key in settings and settings[key] != value:
-            raise ValueError(f"{key}={settings[key]!r}: grpo's SFT trains on completion tokens "
-                             f"only ({key}={value}); use trl's SFTTrainer directly for other "
-                             "losses")
+            raise ValueError(
+                f"{key}={settings[key]!r}: grpo's SFT trains on completion tokens "
+                f"only ({key}={value}); use trl's SFTTrainer directly for other "
+                "losses"
+            )
     kwargs: dict[str, Any] = {**_DEFAULTS, **settings, **_FORCED, "output_dir": str(output_dir)}
     if not torch.cuda.is_available():
         kwargs.setdefault("use_cpu", True)
@@ -118,8 +130,15 @@ def sft_config(output_dir: str | Path, **settings: Any):
         raise ValueError(f"bad SFT setting: {e} (settings are trl.SFTConfig fields)") from None
 
 
-def sft(model: Any, dataset: Any, output_dir: str | Path, *, tokenizer: Any = None,
-        save: bool = True, **settings: Any) -> SFTResult:
+def sft(
+    model: Any,
+    dataset: Any,
+    output_dir: str | Path,
+    *,
+    tokenizer: Any = None,
+    save: bool = True,
+    **settings: Any,
+) -> SFTResult:
     """Fine-tune ``model`` on SFT rows with trl's ``SFTTrainer``; save it to ``output_dir/model``.
 
     Args:
@@ -150,12 +169,17 @@ def sft(model: Any, dataset: Any, output_dir: str | Path, *, tokenizer: Any = No
         tokenizer = AutoTokenizer.from_pretrained(source)
     output_dir = Path(output_dir)
     args = sft_config(output_dir / "trl", **settings)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
-                         processing_class=tokenizer)
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+    )
     trainer.train()
     model_dir = output_dir / "model"
     if save:
         trainer.save_model(str(model_dir))
         tokenizer.save_pretrained(model_dir)
-    return SFTResult(model_dir=model_dir, log_history=list(trainer.state.log_history),
-                     seconds=time.perf_counter() - t0, model=trainer.model)
+    return SFTResult(
+        model_dir=model_dir,
+        log_history=list(trainer.state.log_history),
+        seconds=time.perf_counter() - t0,
+        model=trainer.model,
+    )

@@ -88,9 +88,14 @@ class ScoredRollout:
     def log_record(self) -> dict[str, Any]:
         """The JSON-ready line of the completions log."""
         r = self.rollout
-        return {"prompt": self.prompt, "completion": r.text, "advantage": self.advantage,
-                "group": r.group_id, "policy_version": r.policy_version,
-                **self.breakdown.item_record(0)}
+        return {
+            "prompt": self.prompt,
+            "completion": r.text,
+            "advantage": self.advantage,
+            "group": r.group_id,
+            "policy_version": r.policy_version,
+            **self.breakdown.item_record(0),
+        }
 
 
 @dataclass
@@ -160,13 +165,36 @@ class RolloutSource:
     ``seed`` (prompt order and per-step sampling seeds) and ``max_steps`` (the ``trainer_state``
     reward functions see)."""
 
-    def __init__(self, *, generator: Any, reward: CombinedReward, dataset: Any, tokenizer: Any,
-                 rollout: RolloutConfig, sampling: SamplingConfig, seed: int, max_steps: int,
-                 parallel: Parallelism, prompt_key: str = "prompt", accuracy_name: str | None = None,
-                 format_name: str | None = None, context: int | None = None):
-        self.generator, self.reward, self.dataset, self.tokenizer = generator, reward, dataset, tokenizer
+    def __init__(
+        self,
+        *,
+        generator: Any,
+        reward: CombinedReward,
+        dataset: Any,
+        tokenizer: Any,
+        rollout: RolloutConfig,
+        sampling: SamplingConfig,
+        seed: int,
+        max_steps: int,
+        parallel: Parallelism,
+        prompt_key: str = "prompt",
+        accuracy_name: str | None = None,
+        format_name: str | None = None,
+        context: int | None = None,
+    ):
+        self.generator, self.reward, self.dataset, self.tokenizer = (
+            generator,
+            reward,
+            dataset,
+            tokenizer,
+        )
         self.context = context
-        self.rollout, self.parallel, self.sampling, self.prompt_key = rollout, parallel, sampling, prompt_key
+        self.rollout, self.parallel, self.sampling, self.prompt_key = (
+            rollout,
+            parallel,
+            sampling,
+            prompt_key,
+        )
         self.seed, self.max_steps = seed, max_steps
         self.accuracy_name, self.format_name = accuracy_name, format_name
         self.sampler = PromptSampler(len(dataset), seed=seed)
@@ -183,9 +211,14 @@ class RolloutSource:
 
             def finish() -> ScoredStep:
                 scores, score_time = pending.result()
-                rnd = _Round(rollouts, _per_rollout(prompts, rollouts), scores,
-                             self._gather_totals(rollouts, scores))
+                rnd = _Round(
+                    rollouts,
+                    _per_rollout(prompts, rollouts),
+                    scores,
+                    self._gather_totals(rollouts, scores),
+                )
                 return self._records([rnd], {"time/generate": gen_time, "time/score": score_time})
+
             return Collected(rollouts, finish)
         rounds: list[_Round] = []
         times = {"time/generate": 0.0, "time/score": 0.0}
@@ -193,12 +226,22 @@ class RolloutSource:
         for r in range(cfg.dynamic_sampling_max_rounds):
             rollouts, prompts, rows, gen_time = self._generate(step, r)
             scores, score_time = self._score_local(step, rollouts, prompts, rows)
-            rnd = _Round(rollouts, _per_rollout(prompts, rollouts), scores, self._gather_totals(rollouts, scores))
+            rnd = _Round(
+                rollouts,
+                _per_rollout(prompts, rollouts),
+                scores,
+                self._gather_totals(rollouts, scores),
+            )
             rounds.append(rnd)
             times["time/generate"] += gen_time
             times["time/score"] += score_time
-            kept += int(groups_with_signal(_sorted(rnd.table, cfg.num_generations)[:, 2], cfg.num_generations,
-                                           tol=cfg.dynamic_sampling_tol).sum())
+            kept += int(
+                groups_with_signal(
+                    _sorted(rnd.table, cfg.num_generations)[:, 2],
+                    cfg.num_generations,
+                    tol=cfg.dynamic_sampling_tol,
+                ).sum()
+            )
             if kept >= cfg.prompts_per_step:
                 break
         step_result = self._records(rounds, times)
@@ -219,30 +262,50 @@ class RolloutSource:
         t0 = time.perf_counter()
         cfg, par = self.rollout, self.parallel
         k = cfg.prompts_per_step // par.world
-        indices = self.sampler.take(cfg.prompts_per_step)  # the same global prompts on every process
+        indices = self.sampler.take(
+            cfg.prompts_per_step
+        )  # the same global prompts on every process
         first = par.rank * k
-        rows = get_rows(self.dataset, indices[first:first + k], self.prompt_key)
+        rows = get_rows(self.dataset, indices[first : first + k], self.prompt_key)
         prompts = [r[self.prompt_key] for r in rows]
         # a generator that renders more than the prompt (tool schemas) says how it encodes one
         encode = getattr(self.generator, "encode_prompt", None) or (
-            lambda p: encode_prompt(self.tokenizer, p, cfg.chat_template_kwargs))
-        check_prompt_lengths([encode(p) for p in prompts], indices[first:first + k],
-                             cfg.max_prompt_length, self.context)
+            lambda p: encode_prompt(self.tokenizer, p, cfg.chat_template_kwargs)
+        )
+        check_prompt_lengths(
+            [encode(p) for p in prompts],
+            indices[first : first + k],
+            cfg.max_prompt_length,
+            self.context,
+        )
         g = cfg.num_generations
         # One call for the local prompts: sample j of local prompt i is seeded
         # base + (first + i) * G + j, the same stream whichever process holds the prompt.
-        extra = {"rows": rows} if getattr(self.generator, "accepts_rows", False) else {}  # environments' rows
-        out = self.generator.generate(prompts, g, self._sampling(self.step_seed(step, round_, first)), **extra)
+        extra = (
+            {"rows": rows} if getattr(self.generator, "accepts_rows", False) else {}
+        )  # environments' rows
+        out = self.generator.generate(
+            prompts, g, self._sampling(self.step_seed(step, round_, first)), **extra
+        )
         if len(out) != len(prompts) * g:
-            raise RuntimeError(f"the generator returned {len(out)} rollouts for {len(prompts)} prompts x {g}")
+            raise RuntimeError(
+                f"the generator returned {len(out)} rollouts for {len(prompts)} prompts x {g}"
+            )
         # a generator with its own weights (asynchronous rollouts) says which version sampled
         versioned = getattr(self.generator, "versioned", False)
-        tagged = [replace(r, group_id=round_ * cfg.prompts_per_step + first + r.prompt_index,
-                          policy_version=r.policy_version if versioned else step,
-                          # DAPO overlong filtering: a cut completion stays in its group's statistics,
-                          # but none of its tokens is trained on
-                          loss_mask=[0] * len(r.completion_ids) if cfg.mask_truncated_completions
-                          and r.truncated else r.loss_mask) for r in out]
+        tagged = [
+            replace(
+                r,
+                group_id=round_ * cfg.prompts_per_step + first + r.prompt_index,
+                policy_version=r.policy_version if versioned else step,
+                # DAPO overlong filtering: a cut completion stays in its group's statistics,
+                # but none of its tokens is trained on
+                loss_mask=[0] * len(r.completion_ids)
+                if cfg.mask_truncated_completions and r.truncated
+                else r.loss_mask,
+            )
+            for r in out
+        ]
         return tagged, prompts, rows, time.perf_counter() - t0
 
     def step_seed(self, step: int, round_: int, global_prompt: int) -> int:
@@ -252,21 +315,26 @@ class RolloutSource:
         return replace(self.sampling, seed=seed)
 
     # ------------------------------------------------------------------ scoring and records
-    def _score_local(self, step: int, rollouts: list[Rollout], prompts: list, rows: list[dict]
-                     ) -> tuple[RewardBreakdown, float]:
+    def _score_local(
+        self, step: int, rollouts: list[Rollout], prompts: list, rows: list[dict]
+    ) -> tuple[RewardBreakdown, float]:
         """Score this process's rollouts (no collectives: this may run on the scoring thread)."""
         from transformers import TrainerState
 
         t0 = time.perf_counter()
         state = TrainerState(global_step=step, max_steps=self.max_steps)
-        scores = self.reward.evaluate_all(**reward_inputs(rollouts, prompts, rows, self.prompt_key),
-                                          trainer_state=state)
+        scores = self.reward.breakdown(
+            **reward_inputs(rollouts, prompts, rows, self.prompt_key), trainer_state=state
+        )
         return scores, time.perf_counter() - t0
 
     def _gather_totals(self, rollouts: list[Rollout], scores: RewardBreakdown) -> torch.Tensor:
         totals = [math.nan if v is None else v for v in scores.values]
-        local = torch.tensor([[r.group_id, r.sample_index, v] for r, v in zip(rollouts, totals, strict=True)],
-                             dtype=torch.float64, device=self.parallel.device)
+        local = torch.tensor(
+            [[r.group_id, r.sample_index, v] for r, v in zip(rollouts, totals, strict=True)],
+            dtype=torch.float64,
+            device=self.parallel.device,
+        )
         return self.parallel.gather(local).cpu()
 
     def _records(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
@@ -288,28 +356,44 @@ class RolloutSource:
             # the reward call scored rnd.rollouts in their order: item i is rollout i's
             for i, r in enumerate(rnd.rollouts):
                 pos = step_index.get(rollout_key(r))
-                records.append(ScoredRollout(r, rnd.prompts[i], _item(rnd.scores, i),
-                                             None if pos is None else advantages[pos], pos))
+                records.append(
+                    ScoredRollout(
+                        r,
+                        rnd.prompts[i],
+                        _item(rnd.scores, i),
+                        None if pos is None else advantages[pos],
+                        pos,
+                    )
+                )
         breakdown = _concat_breakdowns([r.scores for r in rounds])
         sampled = [r.rollout for r in records]
-        metrics = {**reward_metrics(breakdown, self.accuracy_name, self.format_name),
-                   **completion_metrics(sampled), **multiturn_metrics(sampled, breakdown.values),
-                   **times}
+        metrics = {
+            **reward_metrics(breakdown, self.accuracy_name, self.format_name),
+            **completion_metrics(sampled),
+            **multiturn_metrics(sampled, breakdown.values),
+            **times,
+        }
         if adv is not None:
             metrics.update(advantage_metrics(adv))
         metrics["adv/zero_std_frac"] = 1.0 - signal_P.double().mean().item()  # every sampled group
         if cfg.dynamic_sampling:
             n_kept = int(keep_P.sum())
-            metrics.update({
-                "dynamic/rounds": float(len(rounds)), "dynamic/groups_sampled": float(len(signal_P)),
-                "dynamic/groups_kept": float(n_kept), "dynamic/prompts_consumed": float(len(signal_P)),
-                "dynamic/filtered_frac": 1.0 - n_kept / len(signal_P),
-                "dynamic/cap_hit": float(n_kept < cfg.prompts_per_step),
-            })
+            metrics.update(
+                {
+                    "dynamic/rounds": float(len(rounds)),
+                    "dynamic/groups_sampled": float(len(signal_P)),
+                    "dynamic/groups_kept": float(n_kept),
+                    "dynamic/prompts_consumed": float(len(signal_P)),
+                    "dynamic/filtered_frac": 1.0 - n_kept / len(signal_P),
+                    "dynamic/cap_hit": float(n_kept < cfg.prompts_per_step),
+                }
+            )
         return ScoredStep(records, metrics)
 
 
-def sampling_seed(seed: int, step: int, global_prompt: int, group_size: int, round_: int = 0) -> int:
+def sampling_seed(
+    seed: int, step: int, global_prompt: int, group_size: int, round_: int = 0
+) -> int:
     """Seed of sample 0 of prompt ``global_prompt`` of a step (sample j: + j, the generators'
     convention). A pure function of (seed, step, round, prompt position), so runs are
     reproducible across resumes and process counts; linear in the position, so one generate
@@ -336,17 +420,24 @@ def _sorted(table_N3: torch.Tensor, g: int) -> torch.Tensor:
     if ok:
         groups_PG, samples_PG = table_N3[:, 0].view(-1, g), table_N3[:, 1].view(-1, g)
         ok = bool((groups_PG == groups_PG[:, :1]).all()) and bool(
-            (samples_PG == torch.arange(g, dtype=samples_PG.dtype)).all())
+            (samples_PG == torch.arange(g, dtype=samples_PG.dtype)).all()
+        )
     if not ok:
-        raise RuntimeError(f"the step's completions do not form complete groups of {g} (group, sample) "
-                           "pairs: a generator returned a sample twice or a group incompletely")
+        raise RuntimeError(
+            f"the step's completions do not form complete groups of {g} (group, sample) "
+            "pairs: a generator returned a sample twice or a group incompletely"
+        )
     return table_N3
 
 
 def _item(scores: RewardBreakdown, i: int) -> RewardBreakdown:
     """Item ``i`` of a breakdown, as a breakdown of one (without the batch's logged scalars)."""
-    return RewardBreakdown([scores.total[i]], {n: [rs[i]] for n, rs in scores.components.items()},
-                           scores.weights, {c: [vals[i]] for c, vals in scores.extra.items()})
+    return RewardBreakdown(
+        [scores.total[i]],
+        {n: [rs[i]] for n, rs in scores.components.items()},
+        scores.weights,
+        {c: [vals[i]] for c, vals in scores.extra.items()},
+    )
 
 
 def _concat_breakdowns(parts: list[RewardBreakdown]) -> RewardBreakdown:
@@ -357,12 +448,21 @@ def _concat_breakdowns(parts: list[RewardBreakdown]) -> RewardBreakdown:
         return RewardBreakdown([], {}, {})
     first = parts[0]
     columns = dict.fromkeys(c for p in parts for c in p.extra)  # every part's, in order
-    return replace(first, total=[t for p in parts for t in p.total],
-                   components={n: [x for p in parts for x in p.components[n]]
-                               for n in first.components},
-                   extra={c: [x for p in parts for x in p.extra.get(c, [None] * len(p.total))]
-                          for c in columns})
+    return replace(
+        first,
+        total=[t for p in parts for t in p.total],
+        components={n: [x for p in parts for x in p.components[n]] for n in first.components},
+        extra={
+            c: [x for p in parts for x in p.extra.get(c, [None] * len(p.total))] for c in columns
+        },
+    )
 
 
-__all__ = ["Collected", "RolloutSource", "ScoredRollout", "ScoredStep", "reward_inputs",
-           "sampling_seed"]
+__all__ = [
+    "Collected",
+    "RolloutSource",
+    "ScoredRollout",
+    "ScoredStep",
+    "reward_inputs",
+    "sampling_seed",
+]

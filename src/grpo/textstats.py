@@ -54,7 +54,7 @@ def chain_of_thought(text: str, *, think_in_prompt: bool = False) -> str:
         return text
     start = text.rfind("<think>", 0, end)
     if start >= 0:
-        return text[start + len("<think>"):end]
+        return text[start + len("<think>") : end]
     return text[:end] if think_in_prompt else text
 
 

@@ -56,7 +56,10 @@ def build_char_tokenizer(extra_tokens: Sequence[str] = ()):
     core.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
     core.add_tokens([AddedToken(t, special=False, normalized=False) for t in TAG_TOKENS + extra])
     tok = PreTrainedTokenizerFast(
-        tokenizer_object=core, pad_token="<pad>", eos_token="<eos>", unk_token="<pad>",
+        tokenizer_object=core,
+        pad_token="<pad>",
+        eos_token="<eos>",
+        unk_token="<pad>",
         model_max_length=2048,
     )
     tok.chat_template = CHAT_TEMPLATE
@@ -99,7 +102,9 @@ def build_tiny_llama(
     return LlamaForCausalLM(config)
 
 
-def save_tiny_model(path: str | Path, *, seed: int = 0, extra_tokens: Sequence[str] = (), **model_kwargs) -> Path:
+def save_tiny_model(
+    path: str | Path, *, seed: int = 0, extra_tokens: Sequence[str] = (), **model_kwargs
+) -> Path:
     """Build the tiny model and tokenizer and ``save_pretrained`` both into ``path``."""
     path = Path(path)
     tokenizer = build_char_tokenizer(extra_tokens)

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any
 
 
-def tracker_config(config: Mapping[str, Any], prefix: str = "") -> dict[str, int | float | str | bool]:
+def tracker_config(
+    config: Mapping[str, Any], prefix: str = ""
+) -> dict[str, int | float | str | bool]:
     """The run config as trackers accept it: nested sections flattened to ``a/b`` keys, and
     lists, tuples and None written as text. tensorboard's hparams take only int, float, str,
     bool (a list such as ``stop: []`` made it raise at the first log)."""
@@ -46,9 +48,18 @@ def _clean(v: Any) -> Any:
 class RunLogger:
     """Writes the run folder (main process only) and drives the progress bar."""
 
-    def __init__(self, output_dir: str | Path, *, is_main: bool = True, accelerator=None,
-                 report_to: list[str] | None = None, total_steps: int = 0, start_step: int = 0,
-                 progress_bar: bool = True, config: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        output_dir: str | Path,
+        *,
+        is_main: bool = True,
+        accelerator=None,
+        report_to: list[str] | None = None,
+        total_steps: int = 0,
+        start_step: int = 0,
+        progress_bar: bool = True,
+        config: Mapping[str, Any] | None = None,
+    ):
         self.dir = Path(output_dir)
         self.is_main = is_main
         self.accelerator = accelerator if report_to else None
@@ -62,8 +73,9 @@ class RunLogger:
         if progress_bar:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, initial=start_step, desc="GRPO", unit="step",
-                             dynamic_ncols=True)
+            self._bar = tqdm(
+                total=total_steps, initial=start_step, desc="GRPO", unit="step", dynamic_ncols=True
+            )
         self._t0 = time.perf_counter()
 
     LOGS = ("metrics.jsonl", "completions.jsonl", "eval.jsonl")
@@ -76,8 +88,11 @@ class RunLogger:
             path = self.dir / name
             if not path.exists():
                 continue
-            kept = [line for line in path.read_text().splitlines()
-                    if start_step and line.strip() and json.loads(line).get("step", 0) <= start_step]
+            kept = [
+                line
+                for line in path.read_text().splitlines()
+                if start_step and line.strip() and json.loads(line).get("step", 0) <= start_step
+            ]
             tmp = path.with_suffix(".tmp")
             tmp.write_text("".join(line + "\n" for line in kept))
             tmp.replace(path)
@@ -105,15 +120,22 @@ class RunLogger:
         if self.accelerator is not None:
             self.accelerator.log(_numbers(metrics), step=step)
         if self._bar is not None:
-            self._bar.write(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+            self._bar.write(
+                f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items())
+            )
 
     def progress(self, metrics: Mapping[str, float]) -> None:
         if self._bar is None:
             return
-        shown = {"reward": "reward/total/mean", "acc": "train/accuracy", "len": "completions/mean_length",
-                 "kl": "loss/kl"}
-        self._bar.set_postfix({k: f"{metrics[m]:.3g}" for k, m in shown.items() if m in metrics},
-                              refresh=False)
+        shown = {
+            "reward": "reward/total/mean",
+            "acc": "train/accuracy",
+            "len": "completions/mean_length",
+            "kl": "loss/kl",
+        }
+        self._bar.set_postfix(
+            {k: f"{metrics[m]:.3g}" for k, m in shown.items() if m in metrics}, refresh=False
+        )
         self._bar.update(1)
 
     def message(self, text: str) -> None:
@@ -133,7 +155,11 @@ class RunLogger:
 
 def _numbers(metrics: Mapping[str, Any]) -> dict[str, float]:
     """The numeric entries, as floats (trackers plot scalars; None and text are skipped)."""
-    return {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {
+        k: float(v)
+        for k, v in metrics.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool)
+    }
 
 
 def read_jsonl(path: str | Path) -> list[dict]:

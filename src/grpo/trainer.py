@@ -37,11 +37,21 @@ from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.data import check_dataset, get_rows
 from grpo.evaluation import eval_sampling, evaluate, report_names, scoring_reward
-from grpo.guards import (LearningWatch, check_output_dir, keep_freed_cpu_memory, model_context,
-                         set_torch_threads)
+from grpo.guards import (
+    LearningWatch,
+    check_output_dir,
+    keep_freed_cpu_memory,
+    model_context,
+    set_torch_threads,
+)
 from grpo.learner import Learner
-from grpo.models import (load_policy, make_optimizer_and_scheduler, mixed_precision, model_dtype,
-                         trainer_generator)
+from grpo.models import (
+    load_policy,
+    make_optimizer_and_scheduler,
+    mixed_precision,
+    model_dtype,
+    trainer_generator,
+)
 from grpo.parallel import make_parallelism
 from grpo.rewards import Reward, RewardMonitor
 from grpo.rollout.weights import is_peft_model
@@ -72,54 +82,83 @@ class GRPOTrainer:
         tokenizer: needed when ``model`` is a loaded model without a saved tokenizer path.
         peft_config: a peft ``LoraConfig``: train adapters; the reference is the base model
             with adapters disabled (no second copy).
-        generator: a ready :class:`grpo.rollout.Generator` instead of the one ``config.rollout.backend``
-            names.
+        generator: a ready :class:`grpo.rollout.Generator` instead of the one
+            ``config.rollout.backend`` names.
         wrap_generator: a function of the generator (given, or the one the config names) returning
             the generator to use: ``MultiTurnSettings(...).build`` samples tool-using
             trajectories on the trainer's own engine (:mod:`grpo.recipes.multiturn`).
         prompt_key: the dataset field holding the prompt (default ``"prompt"``).
-        teacher: a loaded teacher model for on-policy distillation (instead of ``config.distill.teacher``);
-            it must share the student's tokenizer.
+        teacher: a loaded teacher model for on-policy distillation (instead of
+            ``config.distill.teacher``); it must share the student's tokenizer.
         accuracy_reward: name of the reward reported as accuracy (default: the first reward).
         format_reward: name of the reward reported as format rate (default: one named "format*").
     """
 
-    def __init__(self, model: str | torch.nn.Module, reward_funcs: Sequence[Reward | Callable],
-                 train_dataset: Any, config: GRPOConfig | None = None, *, eval_dataset: Any = None,
-                 tokenizer: Any = None, peft_config: Any = None, generator: Any = None,
-                 accuracy_reward: str | None = None, format_reward: str | None = None,
-                 prompt_key: str = "prompt", teacher: torch.nn.Module | None = None,
-                 wrap_generator: Callable[[Any], Any] | None = None):
+    def __init__(
+        self,
+        model: str | torch.nn.Module,
+        reward_funcs: Sequence[Reward | Callable],
+        train_dataset: Any,
+        config: GRPOConfig | None = None,
+        *,
+        eval_dataset: Any = None,
+        tokenizer: Any = None,
+        peft_config: Any = None,
+        generator: Any = None,
+        accuracy_reward: str | None = None,
+        format_reward: str | None = None,
+        prompt_key: str = "prompt",
+        teacher: torch.nn.Module | None = None,
+        wrap_generator: Callable[[Any], Any] | None = None,
+    ):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
         if isinstance(config, dict):
-            raise TypeError("config must be a grpo.GRPOConfig, got a dict: use GRPOConfig(**your_dict)")
+            raise TypeError(
+                "config must be a grpo.GRPOConfig, got a dict: use GRPOConfig(**your_dict)"
+            )
         if config is not None and not isinstance(config, GRPOConfig):
-            raise TypeError(f"config must be a grpo.GRPOConfig, got {type(config).__module__}."
-                            f"{type(config).__name__} (a trl GRPOConfig?): build grpo.GRPOConfig(...) with the "
-                            "same settings (`grpo train --help-config` lists them)")
+            raise TypeError(
+                f"config must be a grpo.GRPOConfig, got {type(config).__module__}."
+                f"{type(config).__name__} (a trl GRPOConfig?): build grpo.GRPOConfig(...) with the "
+                "same settings (`grpo train --help-config` lists them)"
+            )
         self.config = cfg = config if config is not None else GRPOConfig()
-        self.accelerator = Accelerator(cpu=not torch.cuda.is_available(), log_with=cfg.log.report_to or None,
-                                       project_dir=cfg.output_dir, mixed_precision=mixed_precision(cfg.forward.dtype))
+        self.accelerator = Accelerator(
+            cpu=not torch.cuda.is_available(),
+            log_with=cfg.log.report_to or None,
+            project_dir=cfg.output_dir,
+            mixed_precision=mixed_precision(cfg.forward.dtype),
+        )
         self.parallel = par = make_parallelism(self.accelerator, cfg.forward.fsdp)
         if cfg.forward.cpu_keep_freed_memory and self.accelerator.device.type == "cpu":
             keep_freed_cpu_memory()
         self._check_layout(cfg, par.world, peft_config)
-        check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=cfg.overwrite_output_dir,
-                         is_main=par.is_main)
-        set_torch_threads(cfg.forward.torch_threads, cuda=torch.cuda.is_available(),
-                          local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        check_output_dir(
+            cfg.output_dir,
+            resume_from=cfg.resume_from,
+            overwrite=cfg.overwrite_output_dir,
+            is_main=par.is_main,
+        )
+        set_torch_threads(
+            cfg.forward.torch_threads,
+            cuda=torch.cuda.is_available(),
+            local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
+        )
         set_seed(cfg.seed)
         if not reward_funcs and not (cfg.distill.teacher or teacher is not None):
-            raise ValueError("reward_funcs is empty: give at least one reward function (or a teacher, "
-                             "distill.teacher, for pure on-policy distillation)")
+            raise ValueError(
+                "reward_funcs is empty: give at least one reward function (or a teacher, "
+                "distill.teacher, for pure on-policy distillation)"
+            )
         if not reward_funcs:  # pure distillation: no task reward, the teacher's term is the signal
             reward_funcs = [no_task_reward]
         self.reward = scoring_reward(reward_funcs, cfg.reward.weights)
         self.reward_monitor = RewardMonitor(patience=cfg.reward.failure_patience)
         self.accuracy_name, self.format_name = report_names(
-            [r.name for r in self.reward.rewards], accuracy_reward, format_reward)
+            [r.name for r in self.reward.rewards], accuracy_reward, format_reward
+        )
 
         self.prompt_key = prompt_key
         check_dataset(train_dataset, "train_dataset", prompt_key)
@@ -127,55 +166,92 @@ class GRPOTrainer:
             check_dataset(eval_dataset, "eval_dataset", prompt_key)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         if cfg.num_train_epochs is not None:  # the one place max_steps is derived from the data
-            steps = math.ceil(cfg.num_train_epochs * len(train_dataset) / cfg.rollout.prompts_per_step)
+            steps = math.ceil(
+                cfg.num_train_epochs * len(train_dataset) / cfg.rollout.prompts_per_step
+            )
             self.config = cfg = cfg.model_copy(update={"max_steps": max(1, steps)})
         self.model, self.tokenizer, self.model_path = load_policy(
-            model, tokenizer, peft_config, cfg.forward, self.accelerator.device)
+            model, tokenizer, peft_config, cfg.forward, self.accelerator.device
+        )
         context = model_context(self.model)
         prompt_len, max_tokens = cfg.rollout.max_prompt_length, cfg.sampling.max_tokens
         if context and prompt_len + max_tokens > context:
-            raise ValueError(f"rollout.max_prompt_length + sampling.max_tokens = {prompt_len} + {max_tokens} "
-                             f"exceeds the model's context of {context} tokens: lower them")
+            raise ValueError(
+                f"rollout.max_prompt_length + sampling.max_tokens = {prompt_len} + {max_tokens} "
+                f"exceeds the model's context of {context} tokens: lower them"
+            )
         self.ref_model = None  # LoRA: the base model with adapters disabled, no second copy
         if cfg.loss.beta > 0 and not is_peft_model(self.model):
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
         par.prepare(self.model, self.ref_model)
         self.optimizer, self.scheduler = make_optimizer_and_scheduler(
-            [p for p in self.model.parameters() if p.requires_grad], cfg.optim,
-            total_steps=cfg.max_steps * cfg.derived().optimizer_steps_per_step)
+            [p for p in self.model.parameters() if p.requires_grad],
+            cfg.optim,
+            total_steps=cfg.max_steps * cfg.derived().optimizer_steps_per_step,
+        )
         if wrap_generator is not None and cfg.async_.staleness:
-            raise ValueError("wrap_generator (e.g. multi-turn tool use) with async.staleness > 0 "
-                             "is not supported yet; set async.staleness=0")
-        self.generator = generator or trainer_generator(cfg, self.model, self.tokenizer,
-                                                        self.model_path)
+            raise ValueError(
+                "wrap_generator (e.g. multi-turn tool use) with async.staleness > 0 "
+                "is not supported yet; set async.staleness=0"
+            )
+        self.generator = generator or trainer_generator(
+            cfg, self.model, self.tokenizer, self.model_path
+        )
         if wrap_generator is not None:
             self.generator = wrap_generator(self.generator)
-        sampler = getattr(self.generator, "generator", self.generator)  # a multi-turn wrapper's engine
+        sampler = getattr(
+            self.generator, "generator", self.generator
+        )  # a multi-turn wrapper's engine
         if cfg.loss.use_tis and type(sampler).__name__ in ("HFGenerator", "HFEngine"):
-            raise ValueError("loss.use_tis corrects for a separate rollout engine's numerics; the HF generator "
-                             "samples with the trained model itself. Set loss.use_tis=False or "
-                             "rollout.backend='vllm'.")
+            raise ValueError(
+                "loss.use_tis corrects for a separate rollout engine's numerics; the HF generator "
+                "samples with the trained model itself. Set loss.use_tis=False or "
+                "rollout.backend='vllm'."
+            )
         self.sampling = cfg.sampling
-        self.source = RolloutSource(generator=self.generator, reward=self.reward, dataset=train_dataset,
-                                    tokenizer=self.tokenizer, rollout=cfg.rollout, sampling=cfg.sampling,
-                                    seed=cfg.seed, max_steps=cfg.max_steps, parallel=par, prompt_key=prompt_key,
-                                    context=context, accuracy_name=self.accuracy_name, format_name=self.format_name)
+        self.source = RolloutSource(
+            generator=self.generator,
+            reward=self.reward,
+            dataset=train_dataset,
+            tokenizer=self.tokenizer,
+            rollout=cfg.rollout,
+            sampling=cfg.sampling,
+            seed=cfg.seed,
+            max_steps=cfg.max_steps,
+            parallel=par,
+            prompt_key=prompt_key,
+            context=context,
+            accuracy_name=self.accuracy_name,
+            format_name=self.format_name,
+        )
         if cfg.async_.staleness:
             self.source = self._async_source(self.source)
         self.teacher = self._load_teacher(teacher)
-        self.learner = Learner(self.model, self.ref_model, self.optimizer, self.scheduler, par,
-                               self.accelerator.autocast, loss=cfg.loss, optim=cfg.optim, forward=cfg.forward,
-                               temperature=cfg.sampling.temperature, max_tokens=cfg.sampling.max_tokens,
-                               minibatches_per_step=cfg.derived().minibatches_per_step,
-                               behaviour_correction=cfg.loss.use_tis or cfg.async_.staleness > 0,
-                               teacher=self.teacher, distill_coef=cfg.distill.coef)
+        self.learner = Learner(
+            self.model,
+            self.ref_model,
+            self.optimizer,
+            self.scheduler,
+            par,
+            self.accelerator.autocast,
+            loss=cfg.loss,
+            optim=cfg.optim,
+            forward=cfg.forward,
+            temperature=cfg.sampling.temperature,
+            max_tokens=cfg.sampling.max_tokens,
+            minibatches_per_step=cfg.derived().minibatches_per_step,
+            behaviour_correction=cfg.loss.use_tis or cfg.async_.staleness > 0,
+            teacher=self.teacher,
+            distill_coef=cfg.distill.coef,
+        )
         self.step = 0
         self.tokens_seen = 0  # prompt + completion tokens sampled so far (trl's num_tokens)
         if cfg.resume_from:
             self._resume(resolve_checkpoint(cfg.resume_from, cfg.output_dir))
 
     def _load_teacher(self, teacher: torch.nn.Module | None) -> torch.nn.Module | None:
-        """On-policy distillation's teacher, frozen, on this process's device, with the student's vocabulary."""
+        """On-policy distillation's teacher, frozen, on this process's device, with the student's
+        vocabulary."""
         from grpo.distill import check_same_tokenizer
 
         path = self.config.distill.teacher
@@ -185,10 +261,18 @@ class GRPOTrainer:
             from transformers import AutoModelForCausalLM, AutoTokenizer
 
             check_same_tokenizer(self.tokenizer, AutoTokenizer.from_pretrained(path))
-            teacher = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(self.config.forward.dtype))
-        elif teacher.get_input_embeddings().num_embeddings != self.model.get_input_embeddings().num_embeddings:
-            raise ValueError("the teacher's vocabulary size differs from the student's: on-policy distillation "
-                             "compares log-probs of the same token ids; use a teacher with the student's tokenizer")
+            teacher = AutoModelForCausalLM.from_pretrained(
+                path, dtype=model_dtype(self.config.forward.dtype)
+            )
+        elif (
+            teacher.get_input_embeddings().num_embeddings
+            != self.model.get_input_embeddings().num_embeddings
+        ):
+            raise ValueError(
+                "the teacher's vocabulary size differs from the student's: on-policy distillation "
+                "compares log-probs of the same token ids; use a teacher with the student's "
+                "tokenizer"
+            )
         return teacher.to(self.accelerator.device).eval().requires_grad_(False)
 
     def _async_source(self, inner: RolloutSource):
@@ -198,46 +282,76 @@ class GRPOTrainer:
 
         cfg = self.config
         if self.parallel.world > 1:
-            raise ValueError("async.staleness > 0 runs one generator process: not with several training "
-                             "processes yet; set async.staleness=0 for data-parallel runs")
-        inner.generator = ProcessGenerator(self.model, self.tokenizer, timeout=cfg.async_.timeout,
-                                           chat_template_kwargs=cfg.rollout.chat_template_kwargs)
-        return AsyncRolloutSource(inner, inner.generator, staleness=cfg.async_.staleness, max_steps=cfg.max_steps,
-                                  timeout=cfg.async_.timeout)
+            raise ValueError(
+                "async.staleness > 0 runs one generator process: not with several training "
+                "processes yet; set async.staleness=0 for data-parallel runs"
+            )
+        inner.generator = ProcessGenerator(
+            self.model,
+            self.tokenizer,
+            timeout=cfg.async_.timeout,
+            chat_template_kwargs=cfg.rollout.chat_template_kwargs,
+        )
+        return AsyncRolloutSource(
+            inner,
+            inner.generator,
+            staleness=cfg.async_.staleness,
+            max_steps=cfg.max_steps,
+            timeout=cfg.async_.timeout,
+        )
 
     @staticmethod
     def _check_layout(cfg: GRPOConfig, world: int, peft_config: Any) -> None:
         """Settings that depend on the number of processes, checked before anything loads."""
         ppp, fsdp = cfg.rollout.prompts_per_step, cfg.forward.fsdp
         if ppp % world:
-            raise ValueError(f"rollout.prompts_per_step={ppp} must be divisible by the number of "
-                             f"processes ({world}) so that each prompt's group stays in one process")
+            raise ValueError(
+                f"rollout.prompts_per_step={ppp} must be divisible by the number of "
+                f"processes ({world}) so that each prompt's group stays in one process"
+            )
         mb = cfg.derived().minibatch_size
         if mb % world:
-            raise ValueError(f"optim.minibatch_size={mb} must be divisible by the number of processes ({world})")
+            raise ValueError(
+                f"optim.minibatch_size={mb} must be divisible by the number of processes ({world})"
+            )
         if fsdp and peft_config is not None:
-            raise ValueError("forward.fsdp=True with a peft_config is not supported: LoRA adapters are small, "
-                             "train them data parallel (forward.fsdp=False)")
+            raise ValueError(
+                "forward.fsdp=True with a peft_config is not supported: LoRA adapters are small, "
+                "train them data parallel (forward.fsdp=False)"
+            )
         if fsdp and cfg.rollout.dynamic_sampling and world > 1:
-            raise ValueError("rollout.dynamic_sampling with forward.fsdp=True is not supported yet (processes "
-                             "would keep different numbers of groups, and a sharded forward is a collective): "
-                             "use forward.fsdp=False (data parallel) or rollout.dynamic_sampling=False")
+            raise ValueError(
+                "rollout.dynamic_sampling with forward.fsdp=True is not supported yet (processes "
+                "would keep different numbers of groups, and a sharded forward is a collective): "
+                "use forward.fsdp=False (data parallel) or rollout.dynamic_sampling=False"
+            )
         if fsdp and world == 1:
-            warnings.warn("forward.fsdp=True with one process: nothing to shard over, training unsharded "
-                          "(launch with torchrun --nproc_per_node N)", stacklevel=3)
+            warnings.warn(
+                "forward.fsdp=True with one process: nothing to shard over, training unsharded "
+                "(launch with torchrun --nproc_per_node N)",
+                stacklevel=3,
+            )
 
     # ------------------------------------------------------------------------------ the loop
     def train(self) -> dict[str, float]:
         """Run to ``max_steps``; returns the last step's metrics."""
         cfg = self.config
-        log = RunLogger(cfg.output_dir, is_main=self.parallel.is_main, accelerator=self.accelerator,
-                        report_to=cfg.log.report_to, total_steps=cfg.max_steps, start_step=self.step,
-                        progress_bar=cfg.log.progress_bar, config=cfg.to_dict())
+        log = RunLogger(
+            cfg.output_dir,
+            is_main=self.parallel.is_main,
+            accelerator=self.accelerator,
+            report_to=cfg.log.report_to,
+            total_steps=cfg.max_steps,
+            start_step=self.step,
+            progress_bar=cfg.log.progress_bar,
+            config=cfg.to_dict(),
+        )
         if self.parallel.is_main:
             cfg.to_yaml(Path(cfg.output_dir) / "config.yaml")
         metrics: dict[str, float] = {}
-        watch = LearningWatch(max_completion_length=cfg.sampling.max_tokens,
-                              rewards_carry_signal=self.teacher is None)
+        watch = LearningWatch(
+            max_completion_length=cfg.sampling.max_tokens, rewards_carry_signal=self.teacher is None
+        )
         started = time.perf_counter()
         if self.eval_dataset is not None and self.step == 0:
             log.log_eval(0, self.evaluate())
@@ -251,14 +365,24 @@ class GRPOTrainer:
             if warning:
                 log.message("WARNING " + warning)
                 warnings.warn(warning, stacklevel=2)
-            if self.eval_dataset is not None and cfg.eval.steps and self.step % cfg.eval.steps == 0 \
-                    and self.step < cfg.max_steps:
+            if (
+                self.eval_dataset is not None
+                and cfg.eval.steps
+                and self.step % cfg.eval.steps == 0
+                and self.step < cfg.max_steps
+            ):
                 log.log_eval(self.step, self.evaluate())
             if cfg.checkpoint.steps and self.step % cfg.checkpoint.steps == 0:
                 self.save_checkpoint()
-            if cfg.max_seconds is not None and self.step < cfg.max_steps and self._out_of_time(started):
-                log.message(f"max_seconds={cfg.max_seconds:g} reached after step {self.step} of "
-                            f"max_steps={cfg.max_steps}: stopping")
+            if (
+                cfg.max_seconds is not None
+                and self.step < cfg.max_steps
+                and self._out_of_time(started)
+            ):
+                log.message(
+                    f"max_seconds={cfg.max_seconds:g} reached after step {self.step} of "
+                    f"max_steps={cfg.max_steps}: stopping"
+                )
                 break
         if self.eval_dataset is not None:
             log.log_eval(self.step, self.evaluate())
@@ -273,32 +397,49 @@ class GRPOTrainer:
         return self.parallel.global_sum(float(over)) > 0
 
     def train_step(self, log: RunLogger) -> dict[str, float]:
-        """One GRPO step: collect (rollout -> score -> advantages), learn, push weights. Returns metrics."""
+        """One GRPO step: collect (rollout -> score -> advantages), learn, push weights. Returns
+        metrics."""
         timer, t0 = _Timer(), time.perf_counter()
         with timer("collect"):
             collected = self.source.collect(self.step)
         scored, train_metrics = self.learn(collected, timer)
-        metrics = {**scored.metrics, **train_metrics, **timer.times,
-                   "time/step": time.perf_counter() - t0, "optim/lr": self.scheduler.get_last_lr()[0]}
+        metrics = {
+            **scored.metrics,
+            **train_metrics,
+            **timer.times,
+            "time/step": time.perf_counter() - t0,
+            "optim/lr": self.scheduler.get_last_lr()[0],
+        }
         metrics = self.parallel.reduce_metrics(metrics)
-        self.tokens_seen += int(metrics["completions/tokens"] + metrics["completions/prompt_tokens"])
-        metrics.update({"throughput/generated_tokens_per_s": metrics["completions/tokens"] / metrics["time/step"],
-                        "throughput/trained_tokens_per_s": metrics["train/tokens"] / metrics["time/step"],
-                        "throughput/tokens_seen": float(self.tokens_seen)})
+        self.tokens_seen += int(
+            metrics["completions/tokens"] + metrics["completions/prompt_tokens"]
+        )
+        metrics.update(
+            {
+                "throughput/generated_tokens_per_s": metrics["completions/tokens"]
+                / metrics["time/step"],
+                "throughput/trained_tokens_per_s": metrics["train/tokens"] / metrics["time/step"],
+                "throughput/tokens_seen": float(self.tokens_seen),
+            }
+        )
         self._log_completions(log, scored)
         # a reward that scored nothing for `reward_failure_patience` steps stops the run, on every
         # process at once (decided on the reduced metrics), naming it and its first reason
         self.reward_monitor.update(scored.breakdown, metrics)
         return metrics
 
-    def learn(self, collected: Collected, timer: _Timer | None = None) -> tuple[ScoredStep, dict[str, float]]:
+    def learn(
+        self, collected: Collected, timer: _Timer | None = None
+    ) -> tuple[ScoredStep, dict[str, float]]:
         """Frozen log-probs (overlapping the scoring), the policy update, the weight push."""
         timer = timer or _Timer()
         batch = None  # a process without completions this step still takes part in the update
         if collected.rollouts:
             batch = collate_rollouts(collected.rollouts, None, self.tokenizer.pad_token_id)
             batch = batch.to(self.accelerator.device)
-        pause = getattr(self.generator, "sleep_enabled", False)  # e.g. vLLM sleep mode: free its memory
+        pause = getattr(
+            self.generator, "sleep_enabled", False
+        )  # e.g. vLLM sleep mode: free its memory
         if pause:
             self.generator.sleep()
         with timer("logprobs"):
@@ -326,16 +467,27 @@ class GRPOTrainer:
     def evaluate(self) -> dict[str, float]:
         """Greedy and mean@k accuracy and format rate on the eval set (main process)."""
         cfg, par = self.config, self.parallel
-        n = len(self.eval_dataset) if cfg.eval.max_prompts is None else min(cfg.eval.max_prompts, len(self.eval_dataset))
+        n = (
+            len(self.eval_dataset)
+            if cfg.eval.max_prompts is None
+            else min(cfg.eval.max_prompts, len(self.eval_dataset))
+        )
         result: dict[str, float] = {}
         # A sharded model's forward is a collective: then every process generates (the same rows).
         if par.is_main or par.sharded:
             self.model.eval()
             rows = get_rows(self.eval_dataset, range(n), self.prompt_key)
-            result = evaluate(self.generator, rows, self.reward, accuracy=self.accuracy_name,
-                              format_name=self.format_name, k=cfg.eval.samples,
-                              sampling=eval_sampling(cfg.sampling, cfg.seed), prompt_key=self.prompt_key,
-                              by=cfg.eval.by)
+            result = evaluate(
+                self.generator,
+                rows,
+                self.reward,
+                accuracy=self.accuracy_name,
+                format_name=self.format_name,
+                k=cfg.eval.samples,
+                sampling=eval_sampling(cfg.sampling, cfg.seed),
+                prompt_key=self.prompt_key,
+                by=cfg.eval.by,
+            )
             self.model.train()
         par.barrier()
         return result if par.is_main else {}
@@ -343,16 +495,30 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------ state
     def save_checkpoint(self) -> Path:
         par = self.parallel
-        return save_checkpoint(self.config.output_dir, self.step, model=self.model, optimizer=self.optimizer,
-                               scheduler=self.scheduler,
-                               trainer_state={**self.source.state_dict(), "tokens_seen": self.tokens_seen},
-                               rank=par.rank, is_main=par.is_main, keep=self.config.checkpoint.total_limit,
-                               barrier=par.barrier, sharded=par.sharded)
+        return save_checkpoint(
+            self.config.output_dir,
+            self.step,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            trainer_state={**self.source.state_dict(), "tokens_seen": self.tokens_seen},
+            rank=par.rank,
+            is_main=par.is_main,
+            keep=self.config.checkpoint.total_limit,
+            barrier=par.barrier,
+            sharded=par.sharded,
+        )
 
     def _resume(self, path: Path) -> None:
         par = self.parallel
-        state = load_checkpoint(path, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler,
-                                rank=par.rank, sharded=par.sharded)
+        state = load_checkpoint(
+            path,
+            model=self.model,
+            optimizer=self.optimizer,
+            scheduler=self.scheduler,
+            rank=par.rank,
+            sharded=par.sharded,
+        )
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
         self.source.load_state_dict(state)
@@ -362,7 +528,8 @@ class GRPOTrainer:
             self.source.push_weights(self.model, self.step)
 
     def save_model(self, path: str | Path) -> None:
-        """The trained model in HF format (LoRA merged if ``checkpoint.merge_lora``) and its tokenizer."""
+        """The trained model in HF format (LoRA merged if ``checkpoint.merge_lora``) and its
+        tokenizer."""
         par = self.parallel
         par.barrier()
         state = par.full_state(self.model)  # a collective when sharded: every process calls it
@@ -375,7 +542,8 @@ class GRPOTrainer:
         self.tokenizer.save_pretrained(path)
 
     def close(self) -> None:
-        """Shut the generator down (vLLM engines hold processes and memory) and the scoring thread."""
+        """Shut the generator down (vLLM engines hold processes and memory) and the scoring
+        thread."""
         self.generator.close()
         self.source.close()
 

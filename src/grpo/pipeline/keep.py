@@ -30,23 +30,39 @@ REASONS = ("truncated", "incorrect", "language", "too_short", "too_long", "dupli
 
 
 class KeepRule(BaseModel):
-    """Which sampled completions become SFT rows. Defaults: every verifier passes, finished, deduplicated."""
+    """Which sampled completions become SFT rows. Defaults: every verifier passes, finished,
+    deduplicated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     verifiers: list[str] | None = Field(
-        None, description="Reward components that must each reach pass_threshold (None: all of them; "
-                          "[]: none, e.g. to select by min_reward alone).")
-    pass_threshold: float = Field(1.0, description="Score a verifier must reach to pass (1.0 for 0/1 verifiers).")
-    min_reward: float | None = Field(None, description="Also require the weighted total reward >= this.")
-    language: str | None = Field(None, description="Target language of the chain of thought ('en', 'zh', ...); "
-                                                   "None: no language filter.")
-    min_language_share: float = Field(1.0, ge=0, le=1, description="Least share of CoT words in the target script.")
+        None,
+        description="Reward components that must each reach pass_threshold (None: all of them; "
+        "[]: none, e.g. to select by min_reward alone).",
+    )
+    pass_threshold: float = Field(
+        1.0, description="Score a verifier must reach to pass (1.0 for 0/1 verifiers)."
+    )
+    min_reward: float | None = Field(
+        None, description="Also require the weighted total reward >= this."
+    )
+    language: str | None = Field(
+        None,
+        description="Target language of the chain of thought ('en', 'zh', ...); "
+        "None: no language filter.",
+    )
+    min_language_share: float = Field(
+        1.0, ge=0, le=1, description="Least share of CoT words in the target script."
+    )
     drop_truncated: bool = Field(True, description="Drop completions cut by the length limit.")
     min_tokens: int = Field(1, ge=0, description="Fewest completion tokens kept.")
-    max_tokens: int | None = Field(None, ge=1, description="Most completion tokens kept (None: no bound).")
+    max_tokens: int | None = Field(
+        None, ge=1, description="Most completion tokens kept (None: no bound)."
+    )
     dedup: bool = Field(True, description="Drop repeated texts within a prompt's samples.")
-    max_per_prompt: int | None = Field(None, ge=1, description="k: most rows kept per prompt (None: all).")
+    max_per_prompt: int | None = Field(
+        None, ge=1, description="k: most rows kept per prompt (None: all)."
+    )
 
     @model_validator(mode="after")
     def _check(self) -> KeepRule:
@@ -132,4 +148,3 @@ def check_verifiers(rule: KeepRule, names: list[str]) -> None:
     unknown = sorted(set(rule.verifiers or ()) - set(names))
     if unknown:
         raise ValueError(f"keep rule verifiers {unknown} are not among the rewards {names}")
-

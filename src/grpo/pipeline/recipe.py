@@ -8,7 +8,8 @@ earlier stage's output *by the stage's name*::
     output_dir: runs/r1_tiny
     model: path/or/hub-id                     # the starting model, referred to as {from: base}
     stages:
-      - {name: cold_start, type: sft, data: {builder: tiny_arithmetic}, sft: {learning_rate: 1.0e-3}}
+      - {name: cold_start, type: sft, data: {builder: tiny_arithmetic},
+         sft: {learning_rate: 1.0e-3}}
       - name: reasoning_rl
         type: grpo                            # model omitted: the previous stage's model
         data: {builder: tiny_arithmetic, limit: 256}
@@ -19,8 +20,9 @@ earlier stage's output *by the stage's name*::
       - {name: sft_2, type: sft, model: {from: base}, data: {from: rejection}}   # output "sft"
       - {name: final_rl, type: grpo, data: {from: rejection, output: rl_prompts},
          rewards: [{name: math}]}
+      # on-policy distillation
       - {name: student_opd, type: grpo, model: path/of/a/small/model, teacher: {from: final_rl},
-         data: {builder: tiny_arithmetic}, rewards: [{name: math, weight: 0.0}]}   # on-policy distillation
+         data: {builder: tiny_arithmetic}, rewards: [{name: math, weight: 0.0}]}
 
 A ``grpo`` stage is a :class:`grpo.recipes.schema.Recipe` (:class:`GRPOStage`): every key of a
 ``grpo train`` recipe works in it (``lora``, ``multiturn``, ``dataset``, ...), and it is built
@@ -55,8 +57,12 @@ class Ref(BaseModel):
     """An earlier stage's output: ``{from: stage_name, output: name}``."""
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
-    stage: str = Field(alias="from", description="Name of an earlier stage, or 'base' for the recipe's model.")
-    output: str | None = Field(None, description="Which output (default: 'model', or a sample stage's 'sft').")
+    stage: str = Field(
+        alias="from", description="Name of an earlier stage, or 'base' for the recipe's model."
+    )
+    output: str | None = Field(
+        None, description="Which output (default: 'model', or a sample stage's 'sft')."
+    )
 
 
 class DataSpec(BaseModel):
@@ -65,33 +71,49 @@ class DataSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     stage: str | None = Field(None, alias="from", description="An earlier stage's dataset output.")
     output: str | None = Field(None, description="Which dataset of that stage (default 'sft').")
-    builder: str | None = Field(None, description="A builder of grpo.recipes.datasets (e.g. tiny_arithmetic, gsm8k).")
+    builder: str | None = Field(
+        None, description="A builder of grpo.recipes.datasets (e.g. tiny_arithmetic, gsm8k)."
+    )
     hub: str | None = Field(None, description="A Hugging Face hub dataset id.")
     path: str | None = Field(None, description="A local JSONL file.")
     config: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split (builder, hub).")
     limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
     columns: list[str] | None = Field(
-        None, description="Keep only these columns (before anything is loaded into memory, for hub data).")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder / load_dataset arguments.")
+        None,
+        description="Keep only these columns (before anything is loaded into memory, for hub "
+        "data).",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra builder / load_dataset arguments."
+    )
     prompt_column: str | None = Field(
-        None, description="Build each row's 'prompt' from this column: the user turn, after `system`.")
+        None,
+        description="Build each row's 'prompt' from this column: the user turn, after `system`.",
+    )
     system: str | None = Field(
-        None, description="System message of built prompts (default: the R1-Zero template instruction; '' none).")
+        None,
+        description="System message of built prompts (default: the R1-Zero template instruction; "
+        "'' none).",
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> DataSpec:
         given = [k for k in ("stage", "builder", "hub", "path") if getattr(self, k) is not None]
         if len(given) != 1:
-            raise ValueError(f"data needs exactly one of from / builder / hub / path, got {given or 'none'}")
+            raise ValueError(
+                f"data needs exactly one of from / builder / hub / path, got {given or 'none'}"
+            )
         if self.output is not None and self.stage is None:
             raise ValueError("data.output only goes with data.from")
         return self
 
 
 _NAME = {"pattern": r"^[A-Za-z0-9_\-]+$", "description": "Unique stage name (a folder name)."}
-_MODEL = {"description": "Path / hub id, or {from: stage}; default: the last model produced "
-                         "before this stage (else the recipe's)."}
+_MODEL = {
+    "description": "Path / hub id, or {from: stage}; default: the last model produced "
+    "before this stage (else the recipe's)."
+}
 
 
 class _Stage(BaseModel):
@@ -118,21 +140,28 @@ class GRPOStage(Recipe):
     name: str = Field(**_NAME)
     model: str | Ref | None = Field(None, **_MODEL)  # type: ignore[assignment]
     dataset: DatasetSpec | None = Field(  # type: ignore[assignment]
-        None, description="Training prompts as in grpo train ({name, split, limit, kwargs}); "
-                          "or data.")
+        None,
+        description="Training prompts as in grpo train ({name, split, limit, kwargs}); or data.",
+    )
     data: DataSpec | None = Field(
-        None, description="Training prompts: {from | builder | hub | path}; or dataset.")
+        None, description="Training prompts: {from | builder | hub | path}; or dataset."
+    )
     eval_data: DataSpec | None = Field(
-        None, description="Held-out prompts, as data; or eval_dataset.")
+        None, description="Held-out prompts, as data; or eval_dataset."
+    )
     teacher: str | Ref | None = Field(
-        None, description="On-policy distillation: the teacher model (path / hub id, or "
-                          "{from: stage}); sets trainer.distill.teacher (grpo.distill).")
+        None,
+        description="On-policy distillation: the teacher model (path / hub id, or "
+        "{from: stage}); sets trainer.distill.teacher (grpo.distill).",
+    )
 
     @model_validator(mode="after")
     def _one_dataset(self) -> GRPOStage:
         if (self.data is None) == (self.dataset is None):
-            raise ValueError("a grpo stage needs exactly one of data (from / builder / hub / "
-                             "path) or dataset (as in grpo train)")
+            raise ValueError(
+                "a grpo stage needs exactly one of data (from / builder / hub / "
+                "path) or dataset (as in grpo train)"
+            )
         if self.eval_data is not None and self.eval_dataset is not None:
             raise ValueError("give eval_data or eval_dataset, not both")
         return self
@@ -144,23 +173,35 @@ class SampleStage(_Stage):
     type: Literal["sample"]
     rewards: list[RewardSpec] = Field(min_length=1)
     n: int = Field(8, ge=1, description="Samples per prompt.")
-    sampling: SamplingConfig = Field(default_factory=SamplingConfig,
-                                     description="grpo.rollout.SamplingConfig fields.")
+    sampling: SamplingConfig = Field(
+        default_factory=SamplingConfig, description="grpo.rollout.SamplingConfig fields."
+    )
     keep: KeepRule = Field(default_factory=KeepRule)
     rl_pass_rate: tuple[float, float] | None = Field(
-        None, description="Also output the prompts with low < pass rate < high.")
+        None, description="Also output the prompts with low < pass rate < high."
+    )
     batch_size: int = Field(16, ge=1, description="Prompts per generate call (the resume unit).")
     seed: int = 0
     rollout: Literal["hf", "vllm", "vllm_server"] = Field(
-        "hf", description="The generator's backend (grpo.models.build_generator): transformers, "
-                          "a vLLM engine, or a vLLM server.")
-    vllm: VLLMConfig = Field(default_factory=VLLMConfig,
-                             description="The vLLM engine or server: GRPOConfig's vllm section.")
+        "hf",
+        description="The generator's backend (grpo.models.build_generator): transformers, "
+        "a vLLM engine, or a vLLM server.",
+    )
+    vllm: VLLMConfig = Field(
+        default_factory=VLLMConfig,
+        description="The vLLM engine or server: GRPOConfig's vllm section.",
+    )
 
     @model_validator(mode="after")
     def _band(self) -> SampleStage:
-        if self.rl_pass_rate is not None and not 0 <= self.rl_pass_rate[0] < self.rl_pass_rate[1] <= 1:
-            raise ValueError(f"rl_pass_rate must be [low, high] with 0 <= low < high <= 1, got {self.rl_pass_rate}")
+        if (
+            self.rl_pass_rate is not None
+            and not 0 <= self.rl_pass_rate[0] < self.rl_pass_rate[1] <= 1
+        ):
+            raise ValueError(
+                "rl_pass_rate must be [low, high] with 0 <= low < high <= 1, "
+                f"got {self.rl_pass_rate}"
+            )
         return self
 
 
@@ -170,7 +211,9 @@ Stage = Annotated[SFTStage | GRPOStage | SampleStage, Field(discriminator="type"
 class PipelineRecipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     output_dir: str = Field("runs/pipeline", description="Run folder.")
-    model: str = Field(description="The starting model (path or hub id), referred to as {from: base}.")
+    model: str = Field(
+        description="The starting model (path or hub id), referred to as {from: base}."
+    )
     stages: list[Stage] = Field(min_length=1)
 
     @classmethod
@@ -217,18 +260,24 @@ def check_recipe(recipe: PipelineRecipe) -> None:
             problems.append(f"{where}: the name {stage.name!r} is used twice (or is reserved)")
         src = model_source(recipe, i)
         if isinstance(src, Ref):
-            problems += _check_ref(where, "model", src.stage, src.output or "model", produced, recipe)
+            problems += _check_ref(
+                where, "model", src.stage, src.output or "model", produced, recipe
+            )
         teacher = getattr(stage, "teacher", None)
         if isinstance(teacher, Ref):
-            problems += _check_ref(where, "teacher", teacher.stage, teacher.output or "model",
-                                   produced, recipe)
+            problems += _check_ref(
+                where, "teacher", teacher.stage, teacher.output or "model", produced, recipe
+            )
         if teacher is not None and stage.trainer.distill.teacher is not None:
-            problems.append(f"{where}: give the teacher once, as `teacher` (not also "
-                            "trainer.distill.teacher)")
+            problems.append(
+                f"{where}: give the teacher once, as `teacher` (not also trainer.distill.teacher)"
+            )
         for key in ("data", "eval_data"):
             spec = getattr(stage, key, None)
             if spec is not None and spec.stage is not None:
-                problems += _check_ref(where, key, spec.stage, spec.output or "sft", produced, recipe)
+                problems += _check_ref(
+                    where, key, spec.stage, spec.output or "sft", produced, recipe
+                )
         problems += [f"{where}: {p}" for p in _check_settings(stage)]
         outputs = set(OUTPUTS[stage.type])
         if isinstance(stage, SampleStage) and stage.rl_pass_rate is None:
@@ -238,20 +287,38 @@ def check_recipe(recipe: PipelineRecipe) -> None:
         raise RecipeError("pipeline recipe is invalid:\n  " + "\n  ".join(problems))
 
 
-def _check_ref(where: str, key: str, stage: str, output: str, produced: dict[str, set[str]],
-               recipe: PipelineRecipe) -> list[str]:
+def _check_ref(
+    where: str,
+    key: str,
+    stage: str,
+    output: str,
+    produced: dict[str, set[str]],
+    recipe: PipelineRecipe,
+) -> list[str]:
     if stage not in produced:
         later = [s.name for s in recipe.stages]
-        hint = "it comes later; stages run in order" if stage in later else f"earlier stages: {sorted(produced)}"
+        hint = (
+            "it comes later; stages run in order"
+            if stage in later
+            else f"earlier stages: {sorted(produced)}"
+        )
         return [f"{where}: {key} refers to stage {stage!r}, which no earlier stage is ({hint})"]
     if output not in produced[stage]:
-        return [f"{where}: {key} wants output {output!r} of stage {stage!r}, which produces only "
-                f"{sorted(produced[stage]) or 'nothing'}" +
-                (" (set rl_pass_rate on it to get rl_prompts)" if output == "rl_prompts" else "")]
+        return [
+            f"{where}: {key} wants output {output!r} of stage {stage!r}, which produces only "
+            f"{sorted(produced[stage]) or 'nothing'}"
+            + (" (set rl_pass_rate on it to get rl_prompts)" if output == "rl_prompts" else "")
+        ]
     wants_model = key in ("model", "teacher")
     kind_ok = (output == "model") == wants_model
-    return [] if kind_ok else [f"{where}: {key} needs a {'model' if wants_model else 'dataset'}, "
-                               f"but {stage}.{output} is {'a model' if output == 'model' else 'a dataset'}"]
+    return (
+        []
+        if kind_ok
+        else [
+            f"{where}: {key} needs a {'model' if wants_model else 'dataset'}, "
+            f"but {stage}.{output} is {'a model' if output == 'model' else 'a dataset'}"
+        ]
+    )
 
 
 def _check_settings(stage: SFTStage | GRPOStage | SampleStage) -> list[str]:
@@ -270,8 +337,11 @@ def _check_settings(stage: SFTStage | GRPOStage | SampleStage) -> list[str]:
                 problems.append(str(e))
     if isinstance(stage, (GRPOStage, SampleStage)):
         try:
-            rewards = (check_train_recipe(stage)[0] if isinstance(stage, GRPOStage)
-                       else build_rewards(stage.rewards)[0])
+            rewards = (
+                check_train_recipe(stage)[0]
+                if isinstance(stage, GRPOStage)
+                else build_rewards(stage.rewards)[0]
+            )
             names = [r.name for r in rewards]
             if len(set(names)) != len(names):
                 problems.append(f"a reward is listed twice: {names}")

@@ -44,8 +44,10 @@ def stage_folder(run_dir: Path, index: int, name: str) -> Path:
 
 def _expected_outputs(folder: Path, stage_type: str) -> dict[str, str]:
     if stage_type == "sample":
-        return {"sft": str(folder / "samples" / "sft.jsonl"),
-                "rl_prompts": str(folder / "samples" / "rl_prompts.jsonl")}
+        return {
+            "sft": str(folder / "samples" / "sft.jsonl"),
+            "rl_prompts": str(folder / "samples" / "rl_prompts.jsonl"),
+        }
     return {"model": str(folder / "model")}
 
 
@@ -54,37 +56,54 @@ def resolve(recipe: PipelineRecipe, run_dir: Path) -> list[dict[str, Any]]:
     outputs: dict[str, dict[str, str]] = {BASE: {"model": recipe.model}}
     resolved = []
     for i, stage in enumerate(recipe.stages):
-        cfg = stage.model_dump(mode="json", by_alias=True,
-                               exclude={"model", "data", "eval_data", "teacher"})
+        cfg = stage.model_dump(
+            mode="json", by_alias=True, exclude={"model", "data", "eval_data", "teacher"}
+        )
         src = model_source(recipe, i)
         cfg["model"] = outputs[src.stage][src.output or "model"] if isinstance(src, Ref) else src
         teacher = getattr(stage, "teacher", None)
         if teacher is not None:
-            cfg["teacher"] = (outputs[teacher.stage][teacher.output or "model"]
-                              if isinstance(teacher, Ref) else teacher)
+            cfg["teacher"] = (
+                outputs[teacher.stage][teacher.output or "model"]
+                if isinstance(teacher, Ref)
+                else teacher
+            )
         for key in ("data", "eval_data"):
             spec = getattr(stage, key, None)
             if spec is None:
                 continue
             if spec.stage is not None:
-                cfg[key] = {"path": outputs[spec.stage][spec.output or "sft"], "limit": spec.limit,
-                            "columns": spec.columns, "prompt_column": spec.prompt_column, "system": spec.system}
+                cfg[key] = {
+                    "path": outputs[spec.stage][spec.output or "sft"],
+                    "limit": spec.limit,
+                    "columns": spec.columns,
+                    "prompt_column": spec.prompt_column,
+                    "system": spec.system,
+                }
             else:
                 cfg[key] = spec.model_dump(mode="json", exclude={"stage", "output"})
-        outputs[stage.name] = _expected_outputs(stage_folder(run_dir, i, stage.name).resolve(), stage.type)
+        outputs[stage.name] = _expected_outputs(
+            stage_folder(run_dir, i, stage.name).resolve(), stage.type
+        )
         resolved.append(cfg)
     return resolved
 
 
-def run_pipeline(recipe: PipelineRecipe | str | Path, *, output_dir: str | Path | None = None,
-                 redo: str | None = None, overrides: list[str] | None = None) -> PipelineResult:
+def run_pipeline(
+    recipe: PipelineRecipe | str | Path,
+    *,
+    output_dir: str | Path | None = None,
+    redo: str | None = None,
+    overrides: list[str] | None = None,
+) -> PipelineResult:
     """Check the whole recipe, then run its stages in order (see the module docstring).
 
     Args:
         recipe: a :class:`PipelineRecipe` or the path of its YAML file.
         output_dir: the run folder (default: the recipe's ``output_dir``).
         redo: run this stage again even if finished (and every later stage).
-        overrides: ``key=value`` edits of the YAML's top-level mappings (``output_dir=...``, ``model=...``).
+        overrides: ``key=value`` edits of the YAML's top-level mappings (``output_dir=...``,
+            ``model=...``).
     """
     import yaml
 
@@ -96,20 +115,28 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, *, output_dir: str | Path 
         raise ValueError(f"redo={redo!r} is not a stage of this recipe; stages: {names}")
     run_dir = Path(output_dir or recipe.output_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "recipe.yaml").write_text(yaml.safe_dump(recipe.model_dump(mode="json", by_alias=True,
-                                                                          exclude_none=True), sort_keys=False))
+    (run_dir / "recipe.yaml").write_text(
+        yaml.safe_dump(
+            recipe.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False
+        )
+    )
     configs = resolve(recipe, run_dir)
     folders = [stage_folder(run_dir, i, n) for i, n in enumerate(names)]
     first = _first_to_run(folders, configs, names, redo)
     resume_first = first < len(names) and not (folders[first] / "done.json").exists()
-    entries = [{"name": s.name, "type": s.type, "folder": str(f.relative_to(run_dir)), "status": "pending"}
-               for s, f in zip(recipe.stages, folders, strict=True)]
+    entries = [
+        {"name": s.name, "type": s.type, "folder": str(f.relative_to(run_dir)), "status": "pending"}
+        for s, f in zip(recipe.stages, folders, strict=True)
+    ]
     result = PipelineResult(run_dir, run_dir / "index.html", {})
     for i, (stage, folder, cfg) in enumerate(zip(recipe.stages, folders, configs, strict=True)):
         if i < first:
             done = json.loads((folder / "done.json").read_text())
             entries[i].update(status="done (skipped)", summary=done["summary"])
-            result.outputs[stage.name], result.skipped = done["outputs"], result.skipped + [stage.name]
+            result.outputs[stage.name], result.skipped = (
+                done["outputs"],
+                result.skipped + [stage.name],
+            )
             print(f"[pipeline] {stage.name}: finished before, skipped", flush=True)
             continue
         if folder.exists() and not (i == first and resume_first):
@@ -128,8 +155,11 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, *, output_dir: str | Path 
             write_index(run_dir, entries)
             raise
         summary["seconds"] = round(time.perf_counter() - t0, 1)
-        (folder / "done.json").write_text(json.dumps({"config": cfg, "outputs": outputs, "summary": summary},
-                                                     indent=1, default=str))
+        (folder / "done.json").write_text(
+            json.dumps(
+                {"config": cfg, "outputs": outputs, "summary": summary}, indent=1, default=str
+            )
+        )
         entries[i].update(status="done", summary=summary)
         result.outputs[stage.name], result.ran = outputs, result.ran + [stage.name]
         write_index(run_dir, entries)
@@ -137,7 +167,9 @@ def run_pipeline(recipe: PipelineRecipe | str | Path, *, output_dir: str | Path 
     return result
 
 
-def _first_to_run(folders: list[Path], configs: list[dict], names: list[str], redo: str | None) -> int:
+def _first_to_run(
+    folders: list[Path], configs: list[dict], names: list[str], redo: str | None
+) -> int:
     """Index of the first stage that must run (len(names) when all are finished)."""
     for i, (folder, cfg) in enumerate(zip(folders, configs, strict=True)):
         marker = folder / "done.json"
@@ -146,7 +178,10 @@ def _first_to_run(folders: list[Path], configs: list[dict], names: list[str], re
         stored = json.loads(marker.read_text())["config"]
         if stored != json.loads(json.dumps(cfg)):
             changed = sorted(k for k in set(stored) | set(cfg) if stored.get(k) != cfg.get(k))
-            print(f"[pipeline] {names[i]}: finished before with other settings ({', '.join(changed)} changed): "
-                  "running it again, and every stage after it", flush=True)
+            print(
+                f"[pipeline] {names[i]}: finished before with other settings "
+                f"({', '.join(changed)} changed): running it again, and every stage after it",
+                flush=True,
+            )
             return i
     return len(names)

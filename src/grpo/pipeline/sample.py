@@ -7,7 +7,7 @@ sampling from the checkpoint from the above RL training ... we only retain the c
 1. prompts are taken in fixed chunks of ``batch_size``; each chunk's ``n`` samples per prompt
    are generated with seed ``seed + first_prompt_index * n`` (so sample ``k`` of prompt ``i``
    always draws from the stream ``seed + i*n + k``, whatever was run before);
-2. the rewards score every sample (:meth:`grpo.rewards.CombinedReward.evaluate_all`);
+2. the rewards score every sample (:meth:`grpo.rewards.CombinedReward.breakdown`);
 3. the chunk's raw samples, scores and reasons are appended to ``samples.jsonl`` in one write;
 4. at the end the :class:`~grpo.pipeline.keep.KeepRule` selects rows from the stored samples.
 
@@ -83,11 +83,22 @@ def _write_jsonl(path: Path, rows: Sequence[dict]) -> None:
     os.replace(tmp, path)
 
 
-def rejection_sample(generator: Any, dataset: Sequence[dict], rewards: CombinedReward | Sequence[Reward], *,
-                     output_dir: str | Path, n: int = 8, sampling: SamplingConfig | None = None,
-                     keep: KeepRule | None = None, seed: int = 0, batch_size: int = 16,
-                     rl_pass_rate: tuple[float, float] | None = None, prompt_key: str = "prompt",
-                     progress: bool = True, model_name: str | None = None) -> SampleResult:
+def rejection_sample(
+    generator: Any,
+    dataset: Sequence[dict],
+    rewards: CombinedReward | Sequence[Reward],
+    *,
+    output_dir: str | Path,
+    n: int = 8,
+    sampling: SamplingConfig | None = None,
+    keep: KeepRule | None = None,
+    seed: int = 0,
+    batch_size: int = 16,
+    rl_pass_rate: tuple[float, float] | None = None,
+    prompt_key: str = "prompt",
+    progress: bool = True,
+    model_name: str | None = None,
+) -> SampleResult:
     """Sample ``n`` completions per prompt, score, keep by ``keep``; write SFT rows and pass rates.
 
     Args:
@@ -96,7 +107,8 @@ def rejection_sample(generator: Any, dataset: Sequence[dict], rewards: CombinedR
         rewards: a CombinedReward, or rewards to sum with weight 1.
         n: samples per prompt. ``sampling``: how (default: temperature 1, 256 tokens);
             its ``seed`` is replaced by ``seed`` (see the module docstring).
-        keep: the keep rule (default :class:`KeepRule()`: every verifier passes, finished, deduplicated).
+        keep: the keep rule (default :class:`KeepRule()`: every verifier passes, finished,
+            deduplicated).
         batch_size: prompts per ``generate`` call (the resume unit).
         rl_pass_rate: ``(low, high)``: also write the prompts with ``low < pass rate < high``.
         model_name: recorded in the manifest, so a resume with another model is refused.
@@ -112,7 +124,9 @@ def rejection_sample(generator: Any, dataset: Sequence[dict], rewards: CombinedR
     if n < 1 or batch_size < 1:
         raise ValueError(f"n and batch_size must be >= 1, got n={n}, batch_size={batch_size}")
     if rl_pass_rate is not None and not 0 <= rl_pass_rate[0] < rl_pass_rate[1] <= 1:
-        raise ValueError(f"rl_pass_rate must be (low, high) with 0 <= low < high <= 1, got {rl_pass_rate}")
+        raise ValueError(
+            f"rl_pass_rate must be (low, high) with 0 <= low < high <= 1, got {rl_pass_rate}"
+        )
     rows = [dict(dataset[i]) for i in range(len(dataset))]
     if not rows:
         raise ValueError("the prompt dataset is empty")
@@ -121,19 +135,31 @@ def rejection_sample(generator: Any, dataset: Sequence[dict], rewards: CombinedR
             raise KeyError(f"row {i} has no {prompt_key!r} field (fields: {sorted(row)})")
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = {"model": model_name, "data_sha256": _fingerprint(rows), "n": n, "batch_size": batch_size,
-                "sampling": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(sampling).items()},
-                "rewards": reward.weights}
+    manifest = {
+        "model": model_name,
+        "data_sha256": _fingerprint(rows),
+        "n": n,
+        "batch_size": batch_size,
+        "sampling": {
+            k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(sampling).items()
+        },
+        "rewards": reward.weights,
+    }
     _check_manifest(out / "manifest.json", manifest)
 
     records = _finished_records(out / "samples.jsonl", len(rows), batch_size)
     chunks = range(len(records) // batch_size * batch_size, len(rows), batch_size)
-    bar = tqdm(total=len(rows), initial=len(records), desc="rejection sampling", unit="prompt",
-               disable=not progress)
+    bar = tqdm(
+        total=len(rows),
+        initial=len(records),
+        desc="rejection sampling",
+        unit="prompt",
+        disable=not progress,
+    )
     rates = [r for rec in records if (r := _pass_rate(rec, keep)) is not None]
     with open(out / "samples.jsonl", "a", encoding="utf-8") as f:
         for start in chunks:
-            chunk = rows[start:start + batch_size]
+            chunk = rows[start : start + batch_size]
             new = _sample_chunk(generator, reward, chunk, start, n, sampling, prompt_key)
             f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in new))
             f.flush()
@@ -146,27 +172,45 @@ def rejection_sample(generator: Any, dataset: Sequence[dict], rewards: CombinedR
     return _select_and_write(out, records, keep, rl_pass_rate, prompt_key)
 
 
-def _sample_chunk(generator, reward: CombinedReward, rows: list[dict], start: int, n: int,
-                  sampling: SamplingConfig, prompt_key: str) -> list[dict]:
+def _sample_chunk(
+    generator,
+    reward: CombinedReward,
+    rows: list[dict],
+    start: int,
+    n: int,
+    sampling: SamplingConfig,
+    prompt_key: str,
+) -> list[dict]:
     prompts = [r[prompt_key] for r in rows]
     assert sampling.seed is not None
     rollouts = generator.generate(prompts, n, replace(sampling, seed=sampling.seed + start * n))
-    scores = reward.evaluate_all(prompts=[p for p in prompts for _ in range(n)],
-                                 completions=[r.text for r in rollouts], **reward_columns(rows, n, prompt_key))
+    scores = reward.breakdown(
+        prompts=[p for p in prompts for _ in range(n)],
+        completions=[r.text for r in rollouts],
+        **reward_columns(rows, n, prompt_key),
+    )
     records = []
     for p, row in enumerate(rows):
         samples = []
         for k in range(p * n, (p + 1) * n):
             ro = rollouts[k]
-            samples.append({"text": ro.text, "n_tokens": len(ro.completion_ids), "truncated": ro.truncated,
-                            "total": scores.total[k].value,
-                            "components": {name: rs[k].value for name, rs in scores.components.items()},
-                            "reasons": {name: rs[k].reason for name, rs in scores.components.items()}})
+            samples.append(
+                {
+                    "text": ro.text,
+                    "n_tokens": len(ro.completion_ids),
+                    "truncated": ro.truncated,
+                    "total": scores.total[k].value,
+                    "components": {name: rs[k].value for name, rs in scores.components.items()},
+                    "reasons": {name: rs[k].reason for name, rs in scores.components.items()},
+                }
+            )
         records.append({"index": start + p, "row": row, "samples": samples})
     return records
 
 
-def _select_and_write(out: Path, records: list[dict], keep: KeepRule, rl_pass_rate, prompt_key: str) -> SampleResult:
+def _select_and_write(
+    out: Path, records: list[dict], keep: KeepRule, rl_pass_rate, prompt_key: str
+) -> SampleResult:
     counts: Counter[str] = Counter({"kept": 0, **dict.fromkeys(REASONS, 0)})
     sft_rows, pass_rows, pass_rates = [], [], []
     for rec in records:
@@ -180,21 +224,39 @@ def _select_and_write(out: Path, records: list[dict], keep: KeepRule, rl_pass_ra
             if why is None:
                 kept += 1
                 sft_rows.append(_sft_row(rec["row"][prompt_key], s, rec["index"]))
-        pass_rows.append({"index": rec["index"], "pass_rate": rate, "n": len(samples), "kept": kept})
+        pass_rows.append(
+            {"index": rec["index"], "pass_rate": rate, "n": len(samples), "kept": kept}
+        )
     _write_jsonl(out / "sft.jsonl", sft_rows)
     _write_jsonl(out / "pass_rates.jsonl", pass_rows)
     rl_path = None
     if rl_pass_rate is not None:
         low, high = rl_pass_rate
         rl_path = out / "rl_prompts.jsonl"
-        _write_jsonl(rl_path, [rec["row"] for rec, r in zip(records, pass_rates, strict=True)
-                               if r is not None and low < r < high])
-    (out / "summary.json").write_text(json.dumps({"counts": dict(counts), "prompts": len(records),
-                                                  "keep_rule": keep.model_dump(), "rl_pass_rate": rl_pass_rate},
-                                                 indent=1))
+        _write_jsonl(
+            rl_path,
+            [
+                rec["row"]
+                for rec, r in zip(records, pass_rates, strict=True)
+                if r is not None and low < r < high
+            ],
+        )
+    (out / "summary.json").write_text(
+        json.dumps(
+            {
+                "counts": dict(counts),
+                "prompts": len(records),
+                "keep_rule": keep.model_dump(),
+                "rl_pass_rate": rl_pass_rate,
+            },
+            indent=1,
+        )
+    )
     if not sft_rows:
         raise NothingKeptError(_nothing_kept_message(counts, pass_rates, out))
-    return SampleResult(out, out / "sft.jsonl", out / "pass_rates.jsonl", rl_path, pass_rates, dict(counts))
+    return SampleResult(
+        out, out / "sft.jsonl", out / "pass_rates.jsonl", rl_path, pass_rates, dict(counts)
+    )
 
 
 def _sft_row(prompt: Any, s: Sample, index: int) -> dict:
@@ -214,10 +276,13 @@ def _nothing_kept_message(counts: Counter, pass_rates: list[float | None], out: 
     dropped = ", ".join(f"{k}: {v}" for k, v in counts.items() if k != "kept" and v)
     rates = ", ".join("n/a" if r is None else f"{r:.2f}" for r in pass_rates[:10])
     mean = f"{sum(scored) / len(scored):.3f}" if scored else "n/a (nothing scorable)"
-    return (f"rejection sampling kept NO rows out of {sum(counts.values())} samples ({dropped}). "
-            f"Mean pass rate {mean}; prompts never solved: {sum(r == 0 for r in scored)}/{len(pass_rates)}; "
-            f"first pass rates: [{rates}]. The samples are in {out / 'samples.jsonl'}: loosen the keep rule "
-            "(it is re-applied without sampling again) or sample more (n, max_tokens).")
+    return (
+        f"rejection sampling kept NO rows out of {sum(counts.values())} samples ({dropped}). "
+        f"Mean pass rate {mean}; prompts never solved: "
+        f"{sum(r == 0 for r in scored)}/{len(pass_rates)}; first pass rates: [{rates}]. "
+        f"The samples are in {out / 'samples.jsonl'}: loosen the keep rule "
+        "(it is re-applied without sampling again) or sample more (n, max_tokens)."
+    )
 
 
 def _fingerprint(rows: list[dict]) -> str:
@@ -230,9 +295,11 @@ def _check_manifest(path: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
         if diff:
-            raise ValueError(f"{path.parent} holds samples made with other settings ({', '.join(diff)} differ: "
-                             f"{ {k: old.get(k) for k in diff} } vs { {k: manifest.get(k) for k in diff} }); "
-                             "use a new output folder, or delete this one to start over")
+            raise ValueError(
+                f"{path.parent} holds samples made with other settings ({', '.join(diff)} differ: "
+                f"{ {k: old.get(k) for k in diff} } vs { {k: manifest.get(k) for k in diff} }); "
+                "use a new output folder, or delete this one to start over"
+            )
     else:
         path.write_text(json.dumps(manifest, indent=1))
 

@@ -30,17 +30,26 @@ def load_rows(spec: dict[str, Any]) -> list[dict]:
     elif spec.get("builder"):
         from grpo.recipes.datasets import build_dataset
 
-        rows = build_dataset(spec["builder"], spec.get("split", "train"), None, **spec.get("kwargs", {}))
+        rows = build_dataset(
+            spec["builder"], spec.get("split", "train"), None, **spec.get("kwargs", {})
+        )
     else:
         from datasets import load_dataset
 
-        ds = load_dataset(spec["hub"], spec.get("config"), split=spec.get("split", "train"), **spec.get("kwargs", {}))
+        ds = load_dataset(
+            spec["hub"],
+            spec.get("config"),
+            split=spec.get("split", "train"),
+            **spec.get("kwargs", {}),
+        )
         if spec.get("columns"):
-            ds = ds.select_columns(spec["columns"])  # e.g. drop OpenR1-Math's multi-trace `generations`
+            ds = ds.select_columns(
+                spec["columns"]
+            )  # e.g. drop OpenR1-Math's multi-trace `generations`
         if spec.get("limit"):
             ds = ds.select(range(min(spec["limit"], len(ds))))
         rows = [dict(r) for r in ds]
-    rows = rows[:spec["limit"]] if spec.get("limit") else rows
+    rows = rows[: spec["limit"]] if spec.get("limit") else rows
     if spec.get("columns"):
         missing = sorted(set(spec["columns"]) - set(rows[0] if rows else ()))
         if missing:
@@ -54,8 +63,10 @@ def load_rows(spec: dict[str, Any]) -> list[dict]:
         head = [{"role": "system", "content": system}] if system else []
         missing = [i for i, r in enumerate(rows) if column not in r]
         if missing:
-            raise KeyError(f"prompt_column {column!r} is missing from row {missing[0]} "
-                           f"(fields: {sorted(rows[missing[0]])})")
+            raise KeyError(
+                f"prompt_column {column!r} is missing from row {missing[0]} "
+                f"(fields: {sorted(rows[missing[0]])})"
+            )
         rows = [{**r, "prompt": head + [{"role": "user", "content": str(r[column])}]} for r in rows]
     if not rows:
         raise ValueError(f"the data {spec} has no rows")
@@ -68,8 +79,12 @@ def run_sft(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[
     result = sft(cfg["model"], load_rows(cfg["data"]), stage_dir, **cfg.get("sft", {}))
     losses = [r["loss"] for r in result.log_history if "loss" in r]
     report = write_sft_report(stage_dir, result.log_history)
-    summary = {"first loss": losses[0] if losses else None, "last loss": losses[-1] if losses else None,
-               "seconds": round(result.seconds, 1), "report": report}
+    summary = {
+        "first loss": losses[0] if losses else None,
+        "last loss": losses[-1] if losses else None,
+        "seconds": round(result.seconds, 1),
+        "report": report,
+    }
     return {"model": str(result.model_dir)}, summary
 
 
@@ -84,16 +99,22 @@ def run_grpo(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict
     run_dir = stage_dir / "grpo"
     teacher = {"distill.teacher": stage.teacher} if stage.teacher else {}
     trainer_cfg = stage.trainer.updated(
-        {**teacher, "output_dir": str(run_dir), "checkpoint.final_model": False})
+        {**teacher, "output_dir": str(run_dir), "checkpoint.final_model": False}
+    )
     stage = stage.model_copy(update={"trainer": trainer_cfg})
-    trainer = build_trainer(stage, train_rows=load_rows(cfg["data"]) if cfg.get("data") else None,
-                            eval_rows=load_rows(cfg["eval_data"]) if cfg.get("eval_data") else None)
+    trainer = build_trainer(
+        stage,
+        train_rows=load_rows(cfg["data"]) if cfg.get("data") else None,
+        eval_rows=load_rows(cfg["eval_data"]) if cfg.get("eval_data") else None,
+    )
     try:
         metrics = trainer.train() or {}
         trainer.save_model(stage_dir / "model")
     finally:
         trainer.close()
-    summary: dict[str, Any] = {k: v for k, v in dict(metrics).items() if k in ("reward/total/mean", "train/accuracy")}
+    summary: dict[str, Any] = {
+        k: v for k, v in dict(metrics).items() if k in ("reward/total/mean", "train/accuracy")
+    }
     evals = run_dir / "eval.jsonl"
     if evals.exists():
         last = [json.loads(line) for line in evals.read_text().splitlines() if line.strip()][-1]
@@ -122,18 +143,30 @@ def run_sample(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], di
     generator = build_generator(stage.rollout, stage.vllm, cfg["model"], seed=stage.seed)
     try:
         result = rejection_sample(
-            generator, rows, CombinedReward(rewards, weights), output_dir=stage_dir / "samples",
-            n=stage.n, sampling=stage.sampling, keep=stage.keep, seed=stage.seed,
-            batch_size=stage.batch_size, rl_pass_rate=stage.rl_pass_rate, model_name=cfg["model"])
+            generator,
+            rows,
+            CombinedReward(rewards, weights),
+            output_dir=stage_dir / "samples",
+            n=stage.n,
+            sampling=stage.sampling,
+            keep=stage.keep,
+            seed=stage.seed,
+            batch_size=stage.batch_size,
+            rl_pass_rate=stage.rl_pass_rate,
+            model_name=cfg["model"],
+        )
     finally:
         generator.close()
     outputs = {"sft": str(result.sft_path)}
     if result.rl_prompts_path is not None:
         outputs["rl_prompts"] = str(result.rl_prompts_path)
     scored = [r for r in result.pass_rates if r is not None]
-    summary = {"kept rows": result.counts["kept"], "prompts": len(result.pass_rates),
-               "mean pass rate": sum(scored) / len(scored) if scored else None,
-               "report": write_sample_report(stage_dir, result)}
+    summary = {
+        "kept rows": result.counts["kept"],
+        "prompts": len(result.pass_rates),
+        "mean pass rate": sum(scored) / len(scored) if scored else None,
+        "report": write_sample_report(stage_dir, result),
+    }
     return outputs, summary
 
 

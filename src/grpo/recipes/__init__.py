@@ -46,8 +46,10 @@ def find_recipe(name_or_path: str) -> Path:
     if packaged.exists():
         return packaged
     known = sorted(x.stem for x in RECIPE_DIR.glob("*.yaml"))
-    raise RecipeError(f"no recipe file {name_or_path!r}{did_you_mean(p.stem, known)} (packaged recipes: "
-                      f"{', '.join(known)}; or give a path to a YAML file)")
+    raise RecipeError(
+        f"no recipe file {name_or_path!r}{did_you_mean(p.stem, known)} (packaged recipes: "
+        f"{', '.join(known)}; or give a path to a YAML file)"
+    )
 
 
 # ------------------------------------------------------------------------------ rewards
@@ -56,9 +58,14 @@ def reward_registry() -> dict[str, Callable[..., Any]]:
     from grpo import rewards
     from grpo.recipes.countdown import CountdownReward
 
-    return {"math": rewards.MathReward, "format": rewards.FormatReward, "code": rewards.CodeReward,
-            "language": rewards.LanguageReward, "countdown": CountdownReward,
-            "reward_model": rewards.RewardModelReward}
+    return {
+        "math": rewards.MathReward,
+        "format": rewards.FormatReward,
+        "code": rewards.CodeReward,
+        "language": rewards.LanguageReward,
+        "countdown": CountdownReward,
+        "reward_model": rewards.RewardModelReward,
+    }
 
 
 def resolve_reward(name: str) -> Any:
@@ -67,19 +74,25 @@ def resolve_reward(name: str) -> Any:
     if name in registry:
         return registry[name]
     if ":" not in name:
-        raise RecipeError(f"unknown reward {name!r}{did_you_mean(name, registry)}; known: {', '.join(registry)}, "
-                          "or a dotted path to your own, e.g. 'mypkg.rewards:Brevity'")
+        raise RecipeError(
+            f"unknown reward {name!r}{did_you_mean(name, registry)}; known: {', '.join(registry)}, "
+            "or a dotted path to your own, e.g. 'mypkg.rewards:Brevity'"
+        )
     module_name, _, attr = name.partition(":")
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
-        raise RecipeError(f"reward {name!r}: cannot import {module_name!r} ({e}); is it installed or on "
-                          "PYTHONPATH?") from e
+        raise RecipeError(
+            f"reward {name!r}: cannot import {module_name!r} ({e}); is it installed or on "
+            "PYTHONPATH?"
+        ) from e
     obj: Any = module
     for part in attr.split("."):
         if not hasattr(obj, part):
             names = [n for n in dir(obj) if not n.startswith("_")]
-            raise RecipeError(f"reward {name!r}: {module_name!r} has no {attr!r}{did_you_mean(part, names)}")
+            raise RecipeError(
+                f"reward {name!r}: {module_name!r} has no {attr!r}{did_you_mean(part, names)}"
+            )
         obj = getattr(obj, part)
     return obj
 
@@ -90,7 +103,11 @@ def _init_params(cls: type) -> set[str]:
     for klass in cls.__mro__:
         if "__init__" in vars(klass):
             params = inspect.signature(vars(klass)["__init__"]).parameters.values()
-            names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+            names |= {
+                p.name
+                for p in params
+                if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"
+            }
     return names
 
 
@@ -99,16 +116,22 @@ def make_reward(name: str, kwargs: dict[str, Any]) -> Any:
     obj = resolve_reward(name)
     if not inspect.isclass(obj):
         if not callable(obj):
-            raise RecipeError(f"reward {name!r} is a {type(obj).__name__}, not a Reward class or function")
+            raise RecipeError(
+                f"reward {name!r} is a {type(obj).__name__}, not a Reward class or function"
+            )
         if kwargs:
-            raise RecipeError(f"reward {name!r} is a function: it takes no kwargs (got {sorted(kwargs)}); "
-                              "use functools.partial in your module, or a Reward class")
+            raise RecipeError(
+                f"reward {name!r} is a function: it takes no kwargs (got {sorted(kwargs)}); "
+                "use functools.partial in your module, or a Reward class"
+            )
         return obj
     known = _init_params(obj)
     for key in kwargs:
         if key not in known:
-            raise RecipeError(f"reward {name!r} has no option {key!r}{did_you_mean(key, known)} "
-                              f"(options: {', '.join(sorted(known))})")
+            raise RecipeError(
+                f"reward {name!r} has no option {key!r}{did_you_mean(key, known)} "
+                f"(options: {', '.join(sorted(known))})"
+            )
     try:
         return obj(**kwargs)
     except (TypeError, ValueError) as e:
@@ -137,7 +160,8 @@ def check_recipe(recipe: Recipe) -> tuple[list[Any], list[float]]:
 # ------------------------------------------------------------------------------ the model
 def prepare_model(recipe: Recipe) -> str:
     """The path or hub id to train from. ``model: tiny`` builds the model (once) into
-    ``<output_dir>/tiny_model``; a hub id is first checked for reachability (:func:`hub_problem`)."""
+    ``<output_dir>/tiny_model``; a hub id is first checked for reachability
+    (:func:`hub_problem`)."""
     if recipe.model == "tiny":
         import torch
 
@@ -146,7 +170,11 @@ def prepare_model(recipe: Recipe) -> str:
 
         # the warm-up runs under the run's thread setting, as the trainer will
         set_torch_threads(recipe.trainer.forward.torch_threads, cuda=torch.cuda.is_available())
-        return str(build_tiny_model(Path(recipe.trainer.output_dir) / TINY_MODEL_DIR, recipe.tiny or TinyModelSpec()))
+        return str(
+            build_tiny_model(
+                Path(recipe.trainer.output_dir) / TINY_MODEL_DIR, recipe.tiny or TinyModelSpec()
+            )
+        )
     require_hub(recipe)
     return recipe.model
 
@@ -176,15 +204,29 @@ def _build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
     if stamp.exists() and json.loads(stamp.read_text()) == wanted:
         return folder
     if folder.exists() and not stamp.exists():
-        raise RecipeError(f"{folder} exists but was not built by grpo (no {stamp.name}); move it away, or set "
-                          "trainer.output_dir to another folder")
+        raise RecipeError(
+            f"{folder} exists but was not built by grpo (no {stamp.name}); move it away, or set "
+            "trainer.output_dir to another folder"
+        )
     tokenizer = build_char_tokenizer()
     torch.manual_seed(spec.seed)
-    model = build_tiny_llama(tokenizer, hidden_size=spec.hidden_size, num_layers=spec.num_layers,
-                             num_heads=spec.num_heads, head_dim=spec.head_dim, seed=spec.seed)
+    model = build_tiny_llama(
+        tokenizer,
+        hidden_size=spec.hidden_size,
+        num_layers=spec.num_layers,
+        num_heads=spec.num_heads,
+        head_dim=spec.head_dim,
+        seed=spec.seed,
+    )
     if spec.warmup_steps:
-        warmup_sft(model, tokenizer, make_problems(seed=spec.seed, split="train"), steps=spec.warmup_steps,
-                   seed=spec.seed, log_every=max(spec.warmup_steps // 8, 1))
+        warmup_sft(
+            model,
+            tokenizer,
+            make_problems(seed=spec.seed, split="train"),
+            steps=spec.warmup_steps,
+            seed=spec.seed,
+            log_every=max(spec.warmup_steps // 8, 1),
+        )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     tmp = folder.with_name(folder.name + ".tmp")
@@ -240,7 +282,9 @@ def hub_problem(recipe: Recipe, model: str | None = None, timeout: float = 5.0) 
     needs = []
     if model != "tiny" and not Path(model).expanduser().exists():
         if model.startswith((".", "/", "~")) or model.count("/") != 1:
-            return f"model {model!r} is not a local folder (and not an 'org/name' Hugging Face Hub id)"
+            return (
+                f"model {model!r} is not a local folder (and not an 'org/name' Hugging Face Hub id)"
+            )
         if not _in_hub_cache(model, "model"):
             needs.append(f"model {model}")
     for spec in (recipe.dataset, recipe.eval_dataset):
@@ -249,9 +293,14 @@ def hub_problem(recipe: Recipe, model: str | None = None, timeout: float = 5.0) 
             needs.append(f"dataset {repo}")
     if not needs:
         return None
-    why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _probe(constants.ENDPOINT, timeout)
+    why = (
+        "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else _probe(constants.ENDPOINT, timeout)
+    )
     if why is None:
         return None
-    return (f"this recipe downloads {' and '.join(needs)} from the Hugging Face Hub, but {why}. Download "
-            f"{'it' if len(needs) == 1 else 'them'} where the Hub is reachable (huggingface-cli download ...) and point model= at the local folder, "
-            "or train the packaged offline CPU recipe: grpo train r1_zero_cpu")
+    return (
+        f"this recipe downloads {' and '.join(needs)} from the Hugging Face Hub, but {why}. "
+        f"Download {'it' if len(needs) == 1 else 'them'} where the Hub is reachable "
+        "(huggingface-cli download ...) and point model= at the local folder, "
+        "or train the packaged offline CPU recipe: grpo train r1_zero_cpu"
+    )

@@ -57,8 +57,12 @@ def generator_wrapper(recipe: Recipe) -> Callable[[Any], Any] | None:
     return recipe.multiturn.build if recipe.multiturn is not None else None
 
 
-def build_trainer(recipe: Recipe, *, train_rows: Sequence[dict] | None = None,
-                  eval_rows: Sequence[dict] | None = None) -> GRPOTrainer:
+def build_trainer(
+    recipe: Recipe,
+    *,
+    train_rows: Sequence[dict] | None = None,
+    eval_rows: Sequence[dict] | None = None,
+) -> GRPOTrainer:
     """A :class:`grpo.GRPOTrainer` for the recipe: checked first (datasets, rewards, Hub, the run
     folder), then the data and the model (``model: tiny`` is built) are made.
 
@@ -73,16 +77,24 @@ def build_trainer(recipe: Recipe, *, train_rows: Sequence[dict] | None = None,
     require_hub(recipe)
     cfg = recipe.trainer
     if not cfg.overwrite_output_dir:  # the trainer refuses another run's folder: before any build
-        check_output_dir(cfg.output_dir, resume_from=cfg.resume_from, overwrite=False,
-                         is_main=False)
+        check_output_dir(
+            cfg.output_dir, resume_from=cfg.resume_from, overwrite=False, is_main=False
+        )
     cfg = cfg.model_copy(update={"reward": cfg.reward.model_copy(update={"weights": weights})})
     train = list(train_rows) if train_rows is not None else dataset_rows(recipe.dataset)
     if train is None:
         raise RecipeError("the recipe has no dataset: add one, e.g. dataset: {name: gsm8k}")
     evals = list(eval_rows) if eval_rows is not None else dataset_rows(recipe.eval_dataset)
     peft_config = lora_config(recipe.lora)
-    return GRPOTrainer(prepare_model(recipe), rewards, train, cfg, eval_dataset=evals,
-                       peft_config=peft_config, wrap_generator=generator_wrapper(recipe))
+    return GRPOTrainer(
+        prepare_model(recipe),
+        rewards,
+        train,
+        cfg,
+        eval_dataset=evals,
+        peft_config=peft_config,
+        wrap_generator=generator_wrapper(recipe),
+    )
 
 
 # ------------------------------------------------------------------------------ evaluation
@@ -107,8 +119,10 @@ def resolve_eval_model(recipe: Recipe, model: str | None) -> tuple[str, Path | N
     if (path / "final" / "config.json").exists():
         return str(path / "final"), None
     if path.exists():
-        raise RecipeError(f"--model {model}: not a saved model (no config.json), a checkpoint (no "
-                          "trainer_state.json) or a run folder (no final/)")
+        raise RecipeError(
+            f"--model {model}: not a saved model (no config.json), a checkpoint (no "
+            "trainer_state.json) or a run folder (no final/)"
+        )
     require_hub(recipe, model)
     return model, None
 
@@ -125,18 +139,25 @@ def load_checkpoint_weights(model: Any, checkpoint: Path) -> None:
     wrong = [n for n, t in weights.items() if n in state and state[n].shape != t.shape]
     if unknown or missing or wrong:
         example = (unknown or missing or wrong)[:2]
-        raise RecipeError(f"checkpoint {checkpoint} does not fit the recipe's model "
-                          f"({len(unknown)} unknown, {len(missing)} missing, {len(wrong)} "
-                          f"mis-shaped weights, e.g. "
-                          f"{example}): evaluate it with the recipe (model:, lora:) it was trained "
-                          "with")
+        raise RecipeError(
+            f"checkpoint {checkpoint} does not fit the recipe's model "
+            f"({len(unknown)} unknown, {len(missing)} missing, {len(wrong)} "
+            f"mis-shaped weights, e.g. "
+            f"{example}): evaluate it with the recipe (model:, lora:) it was trained "
+            "with"
+        )
     with torch.no_grad():
         for name, tensor in weights.items():
             state[name].copy_(tensor)
 
 
-def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: Sequence[str] = (),
-                    pass_ks: list[int] | None = None) -> dict[str, float]:
+def evaluate_recipe(
+    recipe: Recipe,
+    model: str | None = None,
+    *,
+    by: Sequence[str] = (),
+    pass_ks: list[int] | None = None,
+) -> dict[str, float]:
     """The recipe's held-out evaluation of ``model`` (see :func:`resolve_eval_model`), computed as
     the trainer does at its evaluation steps: the same rows (``eval.max_prompts``), generator
     (multi-turn too), total reward, accuracy and format rewards, and seeded sampling
@@ -149,24 +170,29 @@ def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: Sequence[st
     from grpo.recipes import check_recipe, require_hub
 
     if recipe.eval_dataset is None:
-        raise RecipeError("the recipe has no eval_dataset; add one, e.g. eval_dataset: "
-                          "{name: gsm8k, split: test}")
+        raise RecipeError(
+            "the recipe has no eval_dataset; add one, e.g. eval_dataset: {name: gsm8k, split: test}"
+        )
     cfg = recipe.trainer
     for j in pass_ks or ():
         if not 1 <= j <= cfg.eval.samples:
-            raise RecipeError(f"--pass-k {j}: pass@K needs 1 <= K <= trainer.eval.samples="
-                              f"{cfg.eval.samples} (the samples per prompt); add "
-                              f"trainer.eval.samples={max(j, 1)}")
+            raise RecipeError(
+                f"--pass-k {j}: pass@K needs 1 <= K <= trainer.eval.samples="
+                f"{cfg.eval.samples} (the samples per prompt); add "
+                f"trainer.eval.samples={max(j, 1)}"
+            )
     reward = scoring_reward(*check_recipe(recipe))
     accuracy, format_name = report_names([r.name for r in reward.rewards])
     model_path, checkpoint = resolve_eval_model(recipe, model)
     require_hub(recipe, model_path)  # the datasets
     rows = dataset_rows(recipe.eval_dataset) or []
-    rows = rows[:cfg.eval.max_prompts] if cfg.eval.max_prompts else rows
+    rows = rows[: cfg.eval.max_prompts] if cfg.eval.max_prompts else rows
     for column in by:
         if any(column not in row for row in rows):
-            raise RecipeError(f"--by {column}: the eval rows have no column {column!r} (columns: "
-                              f"{', '.join(sorted(rows[0]))})")
+            raise RecipeError(
+                f"--by {column}: the eval rows have no column {column!r} (columns: "
+                f"{', '.join(sorted(rows[0]))})"
+            )
     peft_config = lora_config(recipe.lora) if checkpoint is not None else None
     cuda = torch.cuda.is_available()
     set_torch_threads(cfg.forward.torch_threads, cuda=cuda)  # as the trainer: the same arithmetic
@@ -180,8 +206,16 @@ def evaluate_recipe(recipe: Recipe, model: str | None = None, *, by: Sequence[st
     generator = wrap(generator) if wrap is not None else generator
     try:
         generator.sync_weights(policy)
-        return evaluate(generator, rows, reward, accuracy=accuracy, format_name=format_name,
-                        k=cfg.eval.samples, sampling=eval_sampling(cfg.sampling, cfg.seed),
-                        by=list(by) or cfg.eval.by, pass_ks=pass_ks)
+        return evaluate(
+            generator,
+            rows,
+            reward,
+            accuracy=accuracy,
+            format_name=format_name,
+            k=cfg.eval.samples,
+            sampling=eval_sampling(cfg.sampling, cfg.seed),
+            by=list(by) or cfg.eval.by,
+            pass_ks=pass_ks,
+        )
     finally:
         generator.close()

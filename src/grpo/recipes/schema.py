@@ -1,7 +1,8 @@
 """A recipe: model + data + rewards + GRPOConfig in one YAML file, for ``grpo train``.
 
 ```yaml
-model: Qwen/Qwen2.5-0.5B                  # local folder, hub id, or "tiny" (built offline, see below)
+model: Qwen/Qwen2.5-0.5B                  # local folder, hub id, or "tiny" (built offline, see
+                                          # below)
 dataset: {name: gsm8k, split: train}      # a builder in grpo.recipes.datasets.DATASETS
 eval_dataset: {name: gsm8k, split: test, limit: 500}
 rewards:                                  # a name (math, format, code, language, countdown) or a
@@ -37,14 +38,20 @@ class DatasetSpec(BaseModel):
     name: str = Field(description="Builder name in grpo.recipes.datasets.DATASETS.")
     split: str = Field("train", description="Split to build.")
     limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra builder arguments (checked).")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Extra builder arguments (checked)."
+    )
 
 
 class RewardSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="A registry name (grpo.recipes.reward_registry) or 'package.module:Name'.")
+    name: str = Field(
+        description="A registry name (grpo.recipes.reward_registry) or 'package.module:Name'."
+    )
     weight: float = Field(1.0, description="Weight in the total reward.")
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Constructor arguments (checked).")
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="Constructor arguments (checked)."
+    )
 
 
 class TinyModelSpec(BaseModel):
@@ -54,34 +61,46 @@ class TinyModelSpec(BaseModel):
     hidden_size: int = Field(128, ge=8, description="Hidden size of the tiny Llama.")
     num_layers: int = Field(2, ge=1, description="Transformer blocks.")
     num_heads: int = Field(4, ge=1, description="Attention heads.")
-    head_dim: int = Field(32, ge=8, description="Head dimension (vLLM's CPU attention needs >= 32).")
+    head_dim: int = Field(
+        32, ge=8, description="Head dimension (vLLM's CPU attention needs >= 32)."
+    )
     seed: int = Field(0, description="Seed of the initial weights and of the warm-up.")
     warmup_steps: int = Field(
-        800, ge=0, description="Supervised warm-up steps on the sloppy teacher of grpo.recipes.tiny_task "
-                               "(R1's cold start in miniature; 0 = random weights).")
+        800,
+        ge=0,
+        description="Supervised warm-up steps on the sloppy teacher of grpo.recipes.tiny_task "
+        "(R1's cold start in miniature; 0 = random weights).",
+    )
 
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(
-        description="Model folder, hub id, or 'tiny' (built offline into the run folder).")
+        description="Model folder, hub id, or 'tiny' (built offline into the run folder)."
+    )
     tiny: TinyModelSpec | None = Field(None, description="Size and warm-up of model: tiny.")
     dataset: DatasetSpec = Field(description="Training prompts: {name, split, limit, kwargs}.")
     eval_dataset: DatasetSpec | None = Field(
-        None, description="Held-out prompts for evaluation (optional).")
+        None, description="Held-out prompts for evaluation (optional)."
+    )
     rewards: list[RewardSpec] = Field(
-        min_length=1, description="Reward functions: [{name, weight, kwargs}, ...].")
+        min_length=1, description="Reward functions: [{name, weight, kwargs}, ...]."
+    )
     lora: dict[str, Any] | None = Field(
-        None, description="peft LoraConfig arguments (None: full fine-tuning).")
+        None, description="peft LoraConfig arguments (None: full fine-tuning)."
+    )
     trainer: GRPOConfig = Field(default_factory=GRPOConfig)
     multiturn: MultiTurnSettings | None = Field(
-        None, description="Tool use during rollouts (grpo.recipes.multiturn; None: single turn).")
+        None, description="Tool use during rollouts (grpo.recipes.multiturn; None: single turn)."
+    )
 
     @model_validator(mode="after")
     def _tiny_only_with_tiny(self) -> Recipe:
         if self.tiny is not None and self.model != "tiny":
-            raise ValueError(f"the 'tiny' section applies to model: tiny, but model is "
-                             f"{self.model!r}; remove one of them")
+            raise ValueError(
+                f"the 'tiny' section applies to model: tiny, but model is "
+                f"{self.model!r}; remove one of them"
+            )
         return self
 
     @model_validator(mode="after")
@@ -90,16 +109,22 @@ class Recipe(BaseModel):
         if mt is None:
             return self
         if mt.max_turn_tokens is not None and mt.max_turn_tokens > cfg.sampling.max_tokens:
-            raise ValueError(f"multiturn.max_turn_tokens={mt.max_turn_tokens} exceeds "
-                             f"trainer.sampling.max_tokens={cfg.sampling.max_tokens}, the budget "
-                             "of a whole trajectory")
+            raise ValueError(
+                f"multiturn.max_turn_tokens={mt.max_turn_tokens} exceeds "
+                f"trainer.sampling.max_tokens={cfg.sampling.max_tokens}, the budget "
+                "of a whole trajectory"
+            )
         if cfg.rollout.backend not in ("hf", "vllm"):
-            raise ValueError(f"multiturn runs on the trainer's own engine: trainer.rollout.backend"
-                             f"={cfg.rollout.backend!r} is not supported; use 'hf' or 'vllm'")
+            raise ValueError(
+                f"multiturn runs on the trainer's own engine: trainer.rollout.backend"
+                f"={cfg.rollout.backend!r} is not supported; use 'hf' or 'vllm'"
+            )
         if cfg.async_.staleness:
-            raise ValueError(f"multiturn with trainer.async.staleness={cfg.async_.staleness} is "
-                             "not supported yet (the asynchronous generator samples single "
-                             "turns); set trainer.async.staleness=0")
+            raise ValueError(
+                f"multiturn with trainer.async.staleness={cfg.async_.staleness} is "
+                "not supported yet (the asynchronous generator samples single "
+                "turns); set trainer.async.staleness=0"
+            )
         return self
 
     @classmethod
@@ -116,7 +141,9 @@ class Recipe(BaseModel):
         except yaml.YAMLError as e:
             raise RecipeError(f"recipe {path} is not valid YAML: {e}".replace("\n", " ")) from e
         if not isinstance(data, dict):
-            raise RecipeError(f"recipe {path} must be a mapping (model:, dataset:, rewards:, trainer:)")
+            raise RecipeError(
+                f"recipe {path} must be a mapping (model:, dataset:, rewards:, trainer:)"
+            )
         try:
             data = apply_overrides(data, overrides or [])
         except ValueError as e:
@@ -130,8 +157,9 @@ class Recipe(BaseModel):
 def _models_in(annotation: Any) -> list[type]:
     """The pydantic models (or stdlib dataclasses, like GRPOConfig's ``sampling``) in
     ``annotation``: one, or the members of a union (a pipeline's stages)."""
-    if isinstance(annotation, type) and (issubclass(annotation, BaseModel)
-                                         or dataclasses.is_dataclass(annotation)):
+    if isinstance(annotation, type) and (
+        issubclass(annotation, BaseModel) or dataclasses.is_dataclass(annotation)
+    ):
         return [annotation]
     return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
@@ -183,20 +211,27 @@ _SECTION_TYPES = {_model_in(f.annotation) for f in GRPOConfig.model_fields.value
 
 
 def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
-    """A pydantic error as one line per problem (joined by '; '), with "did you mean" for unknown keys."""
+    """A pydantic error as one line per problem (joined by '; '), with "did you mean" for unknown
+    keys."""
     parts = []
     for e in error.errors():
         parent, loc = _model_at(root, e["loc"][:-1])
         loc += e["loc"][-1:]
         where = ".".join(str(p) for p in loc)
-        if e["type"] in ("extra_forbidden", "unexpected_keyword_argument"):  # the latter: a dataclass section
+        if e["type"] in (
+            "extra_forbidden",
+            "unexpected_keyword_argument",
+        ):  # the latter: a dataclass section
             key = str(e["loc"][-1])
             options = _field_names(parent) if parent is not None else []
             prefix = where[: -len(key)]
             hint = did_you_mean(key, options, prefix)
-            if parent is GRPOConfig and not hint:  # a section's key at the root: name it with its section
+            if (
+                parent is GRPOConfig and not hint
+            ):  # a section's key at the root: name it with its section
                 leaves = {name: f"{section}.{name}" for section, name in FLAT_KEYS.values()} | {
-                    k: f"{section}.{name}" for k, (section, name) in FLAT_KEYS.items()}
+                    k: f"{section}.{name}" for k, (section, name) in FLAT_KEYS.items()
+                }
                 close = did_you_mean(key, leaves)
                 hint = close and f"; did you mean '{prefix}{leaves[close.split(chr(39))[1]]}'?"
             # at the top of a recipe or a pipeline's grpo stage (a Recipe too)
@@ -206,12 +241,21 @@ def explain(error: ValidationError, root: type[BaseModel] = Recipe) -> str:
                 nested = f"{prefix}trainer.{section}.{name}" if name else f"{prefix}trainer.{key}"
                 hint = f"; did you mean '{nested}'? (GRPOConfig settings go under trainer:)"
             in_config = parent is GRPOConfig or parent in _SECTION_TYPES
-            listing = ("grpo train --help-config lists them" if in_config
-                       else f"known: {', '.join(options)}" if options else "")
+            listing = (
+                "grpo train --help-config lists them"
+                if in_config
+                else f"known: {', '.join(options)}"
+                if options
+                else ""
+            )
             parts.append(f"unknown key {where!r}{hint}" + (f" ({listing})" if listing else ""))
         else:
             msg = e["msg"].removeprefix("Value error, ")
             got = e.get("input")
-            shown = f" (got {got!r})" if isinstance(got, (str, int, float, bool)) and e["type"] != "missing" else ""
+            shown = (
+                f" (got {got!r})"
+                if isinstance(got, (str, int, float, bool)) and e["type"] != "missing"
+                else ""
+            )
             parts.append(f"{where}: {msg}{shown}" if where else msg)
     return "; ".join(parts)

@@ -15,8 +15,9 @@ far more than the demo's 10 minutes, so the demo starts like DeepSeek-R1's cold 
 After the warm-up, greedy decoding imitates the majority (guessing: held-out accuracy ~1-6%),
 while sampling at temperature 1 takes the worked path ~40% of the time (pass@8 ~0.9-1.0). GRPO with
 the rule rewards (exact answer + format) then turns pass@k into pass@1: the policy learns to
-*think before answering*, and responses grow from ~7 to ~19 tokens, R1's Fig. 3 in miniature. Honest reading: the arithmetic
-itself is learned in the warm-up; what GRPO learns is to *choose* the worked path.
+*think before answering*, and responses grow from ~7 to ~19 tokens, R1's Fig. 3 in miniature.
+Honest reading: the arithmetic itself is learned in the warm-up; what GRPO learns is to *choose*
+the worked path.
 
 Languages: a worked step is written in one of :data:`STEP_LANGUAGES`, by default ``"symbols"``
 (``4+3=7``). The R1 miniature (``examples/r1_pipeline_cpu.py``) gives the teacher two languages
@@ -46,8 +47,11 @@ def _space(seed: int = 1234) -> list[tuple[int, ...]]:
 
 
 def problem_row(xs: Sequence[int]) -> dict:
-    return {"prompt": [{"role": "user", "content": "+".join(map(str, xs)) + "=?"}],
-            "answer": str(sum(xs)), "terms": list(xs)}
+    return {
+        "prompt": [{"role": "user", "content": "+".join(map(str, xs)) + "=?"}],
+        "answer": str(sum(xs)),
+        "terms": list(xs),
+    }
 
 
 def make_problems(size: int | None = None, seed: int = 0, split: str = "train") -> list[dict]:
@@ -62,13 +66,21 @@ def make_problems(size: int | None = None, seed: int = 0, split: str = "train") 
     return [problem_row(xs) for xs in chosen[:size]]
 
 
-def teacher_completion(terms: Sequence[int], rng: random.Random, think_p: float = 0.4,
-                       noformat_p: float = 0.1, languages: Sequence[str] = ("symbols",)) -> str:
+def teacher_completion(
+    terms: Sequence[int],
+    rng: random.Random,
+    think_p: float = 0.4,
+    noformat_p: float = 0.1,
+    languages: Sequence[str] = ("symbols",),
+) -> str:
     """One sloppy-teacher completion (see the module docstring); each worked step is written in
     one of ``languages`` (keys of :data:`STEP_LANGUAGES`), drawn uniformly per step."""
     unknown = sorted(set(languages) - set(STEP_LANGUAGES))
     if unknown or not languages:
-        raise ValueError(f"languages must be keys of STEP_LANGUAGES {sorted(STEP_LANGUAGES)}, got {list(languages)}")
+        raise ValueError(
+            f"languages must be keys of STEP_LANGUAGES {sorted(STEP_LANGUAGES)}, "
+            f"got {list(languages)}"
+        )
     u = rng.random()
     guess = rng.randint(0, 9 * len(terms))
     if u < noformat_p:
@@ -83,21 +95,41 @@ def teacher_completion(terms: Sequence[int], rng: random.Random, think_p: float 
     return f"<think></think><answer>{guess}</answer>"
 
 
-def teacher_rows(rows: Sequence[dict], count: int, *, seed: int = 0, think_p: float = 0.4,
-                 noformat_p: float = 0.1, languages: Sequence[str] = ("symbols",)) -> list[dict]:
-    """``count`` SFT rows (prompt + sloppy-teacher completion) drawn with replacement from ``rows``."""
+def teacher_rows(
+    rows: Sequence[dict],
+    count: int,
+    *,
+    seed: int = 0,
+    think_p: float = 0.4,
+    noformat_p: float = 0.1,
+    languages: Sequence[str] = ("symbols",),
+) -> list[dict]:
+    """``count`` SFT rows (prompt + sloppy-teacher completion) drawn with replacement from
+    ``rows``."""
     rng = random.Random(seed)
     out = []
     for _ in range(count):
         row = rng.choice(rows)
         text = teacher_completion(row["terms"], rng, think_p, noformat_p, languages)
-        out.append({"prompt": row["prompt"], "completion": [{"role": "assistant", "content": text}]})
+        out.append(
+            {"prompt": row["prompt"], "completion": [{"role": "assistant", "content": text}]}
+        )
     return out
 
 
-def warmup_sft(model, tokenizer, rows: Sequence[dict], *, steps: int = 800, batch_size: int = 64,
-               lr: float = 5e-3, seed: int = 0, think_p: float = 0.4, noformat_p: float = 0.1,
-               log_every: int = 100) -> list[float]:
+def warmup_sft(
+    model,
+    tokenizer,
+    rows: Sequence[dict],
+    *,
+    steps: int = 800,
+    batch_size: int = 64,
+    lr: float = 5e-3,
+    seed: int = 0,
+    think_p: float = 0.4,
+    noformat_p: float = 0.1,
+    log_every: int = 100,
+) -> list[float]:
     """Supervised warm-up on sloppy-teacher completions (trains ``model`` in place); returns the
     logged loss curve.
 
@@ -113,13 +145,29 @@ def warmup_sft(model, tokenizer, rows: Sequence[dict], *, steps: int = 800, batc
 
     data = teacher_rows(rows, steps * batch_size, seed=seed, think_p=think_p, noformat_p=noformat_p)
     bars = datasets.is_progress_bar_enabled()
-    datasets.disable_progress_bars()  # trl's tokenizing passes over 51k rows: noise in the demo's output
+    # trl's tokenizing passes over 51k rows: noise in the demo's output
+    datasets.disable_progress_bars()
     try:
         with tempfile.TemporaryDirectory(prefix="grpo-warmup-") as tmp:
-            result = sft(model, data, tmp, tokenizer=tokenizer, save=False, per_device_train_batch_size=batch_size,
-                         num_train_epochs=1, learning_rate=lr, lr_scheduler_type="linear", warmup_steps=20,
-                         weight_decay=0.0, max_grad_norm=1.0, seed=seed, logging_steps=log_every or steps,
-                         disable_tqdm=True, dataloader_num_workers=0, gradient_checkpointing=False)
+            result = sft(
+                model,
+                data,
+                tmp,
+                tokenizer=tokenizer,
+                save=False,
+                per_device_train_batch_size=batch_size,
+                num_train_epochs=1,
+                learning_rate=lr,
+                lr_scheduler_type="linear",
+                warmup_steps=20,
+                weight_decay=0.0,
+                max_grad_norm=1.0,
+                seed=seed,
+                logging_steps=log_every or steps,
+                disable_tqdm=True,
+                dataloader_num_workers=0,
+                gradient_checkpointing=False,
+            )
     finally:
         if bars:
             datasets.enable_progress_bars()

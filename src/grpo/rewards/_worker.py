@@ -60,7 +60,8 @@ class _Unpickler(pickle.Unpickler):
             if module not in sys.modules:
                 if not self.main_path:
                     raise pickle.UnpicklingError(
-                        f"{name} is defined in the parent's __main__, which has no file to import")
+                        f"{name} is defined in the parent's __main__, which has no file to import"
+                    )
                 main = types.ModuleType(MAIN_ALIAS)
                 main.__file__ = self.main_path
                 sys.modules[MAIN_ALIAS] = main
@@ -99,7 +100,8 @@ def serve(conn: Connection) -> None:
         for idx, completion, example in items:
             if isinstance(reward, BaseException):
                 res = ScoreResult.unscorable(
-                    f"could not load the reward in a worker: {reward!r}", ERROR)
+                    f"could not load the reward in a worker: {reward!r}", ERROR
+                )
             else:
                 res = score_one(reward, completion, example)
             conn.send(("result", call_id, idx, res))

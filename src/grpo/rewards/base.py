@@ -129,8 +129,11 @@ def batch_examples(n: int, prompts: Sequence[Any] | None, columns: Mapping[str, 
     ``log_metric``, ``log_extra``). Aligned lists become fields of each example; batch-level
     objects are not per-item data and are left out.
     """
-    aligned = {k: v for k, v in columns.items()
-               if k not in BATCH_KEYWORDS and isinstance(v, (list, tuple)) and len(v) == n}
+    aligned = {
+        k: v
+        for k, v in columns.items()
+        if k not in BATCH_KEYWORDS and isinstance(v, (list, tuple)) and len(v) == n
+    }
     examples = [{k: v[i] for k, v in aligned.items()} for i in range(n)]
     if prompts is not None:
         if len(prompts) != n:
@@ -184,7 +187,10 @@ class Reward:
             cls.name = _snake_case(cls.__name__)
 
     def __init__(
-        self, *, name: str | None = None, parallel: bool | None = None,
+        self,
+        *,
+        name: str | None = None,
+        parallel: bool | None = None,
         time_limit: float | None = None,
         applies_to: str | Callable[[Mapping[str, Any]], bool] | None = None,
     ) -> None:
@@ -199,7 +205,8 @@ class Reward:
         if applies_to is not None:
             if not (isinstance(applies_to, str) or callable(applies_to)):
                 raise TypeError(
-                    f"applies_to must be a field name or a predicate, got {applies_to!r}")
+                    f"applies_to must be a field name or a predicate, got {applies_to!r}"
+                )
             self.applies_to = applies_to
 
     # trl names reward functions by ``__name__`` (trl.trainer.utils.get_callable_name); the
@@ -222,7 +229,8 @@ class Reward:
             # score_batch would score each item through evaluate again, without end
             raise NotImplementedError(
                 f"{type(self).__name__}.evaluate calls Reward.evaluate, which scores each item "
-                "with score(): implement score(), or score the batch in evaluate itself")
+                "with score(): implement score(), or score the batch in evaluate itself"
+            )
         texts = [completion_text(c) for c in completions]
         examples = batch_examples(len(texts), prompts, columns)
         keep = [i for i, ex in enumerate(examples) if self.applies(ex)]
@@ -262,8 +270,8 @@ class Reward:
         """
         if not _scores_by_batch(type(self)):
             raise NotImplementedError(
-                f"{type(self).__name__} must implement score() (one item) or evaluate() "
-                "(a batch)")
+                f"{type(self).__name__} must implement score() (one item) or evaluate() (a batch)"
+            )
         return _value_or_raise(self._evaluate_one(completion, example))
 
     def score_with_reason(self, completion: str | None, **example: Any) -> ScoreResult:
@@ -284,17 +292,20 @@ class Reward:
         if value is None:
             return ScoreResult.unscorable(
                 f"{who} returned None; raise Unscorable(reason) when a row cannot be scored, "
-                "NotApplicable(reason) when the reward is not for this row")
+                "NotApplicable(reason) when the reward is not for this row"
+            )
         return checked_value(value, who)
 
     def _evaluate_one(self, completion: Any, example: Mapping[str, Any]) -> ScoreResult:
         """The per-item path of a reward that scores batches: ``evaluate`` on a batch of one
         (the example's fields become one-value columns; ``prompt`` becomes ``prompts``)."""
-        columns = {k: v if k in BATCH_KEYWORDS else [v] for k, v in example.items()
-                   if k != "prompt"}
+        columns = {
+            k: v if k in BATCH_KEYWORDS else [v] for k, v in example.items() if k != "prompt"
+        }
         prompt = example.get("prompt")
-        (result,) = self.evaluate(prompts=None if prompt is None else [prompt],
-                                  completions=[completion], **columns)
+        (result,) = self.evaluate(
+            prompts=None if prompt is None else [prompt], completions=[completion], **columns
+        )
         return result
 
     def applies(self, example: Mapping[str, Any]) -> bool:
@@ -335,8 +346,10 @@ class Reward:
         from grpo.rewards.deadline import run_items
 
         return run_items(
-            lambda i: score_one(self, completions[i], examples[i]), len(completions),
-            time_limit=self.time_limit, owner=self.name,
+            lambda i: score_one(self, completions[i], examples[i]),
+            len(completions),
+            time_limit=self.time_limit,
+            owner=self.name,
         )
 
     @property
@@ -367,11 +380,13 @@ class Reward:
 def _scores_by_batch(cls: type[Reward]) -> bool:
     """Whether a reward class scores only batches: it implements ``evaluate`` or
     ``score_batch`` but neither ``score`` nor ``score_with_reason``."""
+
     def implements(method: str) -> bool:
         return getattr(cls, method) is not getattr(Reward, method)
 
-    return ((implements("evaluate") or implements("score_batch"))
-            and not (implements("score") or implements("score_with_reason")))
+    return (implements("evaluate") or implements("score_batch")) and not (
+        implements("score") or implements("score_with_reason")
+    )
 
 
 def _value_or_raise(result: ScoreResult) -> float:
@@ -394,5 +409,9 @@ def warn_failures(name: str, results: Sequence[ScoreResult]) -> None:
     if bad:
         log.warning(
             "reward %r: %d/%d items failed (%s); first: %s",
-            name, len(bad), len(results), bad[0].status, bad[0].reason,
+            name,
+            len(bad),
+            len(results),
+            bad[0].status,
+            bad[0].reason,
         )

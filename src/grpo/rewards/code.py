@@ -121,9 +121,15 @@ class CodeReward(Reward):
     parallel = True
 
     def __init__(
-        self, tests_key: str = "tests", *, language: str = "python",
-        mode: Literal["fraction", "all"] = "fraction", limits: SandboxLimits | None = None,
-        test_timeout_s: float = 5.0, after_think: bool = True, prefork: bool | None = None,
+        self,
+        tests_key: str = "tests",
+        *,
+        language: str = "python",
+        mode: Literal["fraction", "all"] = "fraction",
+        limits: SandboxLimits | None = None,
+        test_timeout_s: float = 5.0,
+        after_think: bool = True,
+        prefork: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if language != "python":
@@ -165,8 +171,13 @@ class CodeReward(Reward):
         return self._score_io(program, cases)
 
     def _score_asserts(self, program: str, tests: list[str]) -> ScoreResult:
-        run = run_tests(program, tests, limits=self.limits, test_timeout_s=self.test_timeout_s,
-                        prefork=self.prefork)
+        run = run_tests(
+            program,
+            tests,
+            limits=self.limits,
+            test_timeout_s=self.test_timeout_s,
+            prefork=self.prefork,
+        )
         if run.result.setup_failed:
             raise Unscorable(run.result.describe())
         passed = sum(run.passed)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -100,7 +101,8 @@ class RewardBreakdown:
             n = max(len(results), 1)
             for status in STATUSES:
                 out[f"{prefix}/{name}/frac/{status_key(status)}"] = (
-                    sum(r.status == status for r in results) / n)
+                    sum(r.status == status for r in results) / n
+                )
         for key, value in self.logged.items():
             out[f"{prefix}/logged/{key}"] = value
         return out
@@ -112,9 +114,9 @@ class RewardBreakdown:
     def item_record(self, i: int) -> dict[str, Any]:
         """Item ``i`` as JSON-ready fields for a completions log::
 
-            {"reward": 1.5, "reward_status": "ok",            # + "reward_reason" if any
-             "rewards": {"math_reward": {"value": 1.0, "status": "ok", "reason": "..."}, ...},
-             "extra": {"gold_parsed": "...", ...}}            # only if components logged any
+        {"reward": 1.5, "reward_status": "ok",            # + "reward_reason" if any
+         "rewards": {"math_reward": {"value": 1.0, "status": "ok", "reason": "..."}, ...},
+         "extra": {"gold_parsed": "...", ...}}            # only if components logged any
         """
         total = self.total[i]
         out: dict[str, Any] = {"reward": total.value, "reward_status": total.status}
@@ -137,9 +139,13 @@ class CombinedReward(Reward):
     """
 
     def __init__(
-        self, rewards: Sequence[Reward | Callable[..., Sequence[float | None]]],
-        weights: Sequence[float] | Mapping[str, float] | None = None, *,
-        missing: Literal["propagate", "skip"] = "propagate", name: str = "reward", **kwargs: Any,
+        self,
+        rewards: Sequence[Reward | Callable[..., Sequence[float | None]]],
+        weights: Sequence[float] | Mapping[str, float] | None = None,
+        *,
+        missing: Literal["propagate", "skip"] = "propagate",
+        name: str = "reward",
+        **kwargs: Any,
     ) -> None:
         super().__init__(name=name, **kwargs)
         self.rewards = []
@@ -171,10 +177,15 @@ class CombinedReward(Reward):
         self.missing = missing
 
     def breakdown(
-        self, *, prompts: Sequence[Any] | None = None, completions: Sequence[Any],
-        completion_ids: Sequence[Sequence[int]] | None = None, trainer_state: Any = None,
+        self,
+        *,
+        prompts: Sequence[Any] | None = None,
+        completions: Sequence[Any],
+        completion_ids: Sequence[Sequence[int]] | None = None,
+        trainer_state: Any = None,
         log_extra: Callable[[str, list], None] | None = None,
-        log_metric: Callable[[str, float], None] | None = None, **columns: Any,
+        log_metric: Callable[[str, float], None] | None = None,
+        **columns: Any,
     ) -> RewardBreakdown:
         """Score with every component (each through its ``evaluate``, in its own way: pool or
         watchdog thread) and combine, keeping every component's records. Takes trl's reward
@@ -183,8 +194,11 @@ class CombinedReward(Reward):
         n = len(completions)
         for c in completions:
             completion_text(c)  # malformed completions are the caller's bug: raise now
-        for key, col in (("prompts", prompts), ("completion_ids", completion_ids),
-                         ("truncated", columns.get("truncated"))):
+        for key, col in (
+            ("prompts", prompts),
+            ("completion_ids", completion_ids),
+            ("truncated", columns.get("truncated")),
+        ):
             if col is not None and len(col) != n:
                 raise ValueError(f"{len(col)} {key} for {n} completions")
         extra: dict[str, list] = {}
@@ -202,8 +216,13 @@ class CombinedReward(Reward):
             if log_metric is not None:
                 log_metric(key, value)
 
-        call = dict(completions=completions, trainer_state=trainer_state,
-                    log_extra=keep_extra, log_metric=keep_metric, **columns)
+        call = dict(
+            completions=completions,
+            trainer_state=trainer_state,
+            log_extra=keep_extra,
+            log_metric=keep_metric,
+            **columns,
+        )
         if prompts is not None:
             call["prompts"] = prompts
         if completion_ids is not None:
@@ -234,7 +253,13 @@ class CombinedReward(Reward):
         return breakdown.total
 
     def evaluate_all(self, **inputs: Any) -> RewardBreakdown:
-        """The former name of :meth:`breakdown`, kept for existing callers."""
+        """Deprecated: grpo 0.1's name of :meth:`breakdown`; goes in grpo 0.3."""
+        warnings.warn(
+            "CombinedReward.evaluate_all is deprecated and goes in grpo 0.3; use "
+            "CombinedReward.breakdown",
+            FutureWarning,
+            stacklevel=2,
+        )
         return self.breakdown(**inputs)
 
     @property
@@ -249,12 +274,17 @@ def _component_results(reward: Reward, call: dict[str, Any], n: int) -> list[Sco
     try:
         results = reward.evaluate(**call)
     except Exception as e:  # noqa: BLE001 -- a component's evaluate (or score_batch) raised
-        return [ScoreResult.unscorable(
-            f"reward {reward.name!r} raised {type(e).__name__}: {e}"[:500], ERROR)] * n
+        return [
+            ScoreResult.unscorable(
+                f"reward {reward.name!r} raised {type(e).__name__}: {e}"[:500], ERROR
+            )
+        ] * n
     if len(results) != n:
-        return [ScoreResult.unscorable(
-            f"reward {reward.name!r} returned {len(results)} results for {n} completions",
-            ERROR)] * n
+        return [
+            ScoreResult.unscorable(
+                f"reward {reward.name!r} returned {len(results)} results for {n} completions", ERROR
+            )
+        ] * n
     return list(results)
 
 
@@ -266,7 +296,8 @@ def _check_names(names: list[str]) -> None:
             raise ValueError(
                 f"a reward is named {n!r}, which would clash with the breakdown's own metric keys "
                 f"(reserved: {RESERVED_NAMES}; no '/' or empty names); rename it with "
-                "as_reward(fn, name=...) or YourReward(name=...)")
+                "as_reward(fn, name=...) or YourReward(name=...)"
+            )
 
 
 def _check_picklable(reward: Reward) -> None:
@@ -275,4 +306,5 @@ def _check_picklable(reward: Reward) -> None:
     except (pickle.PicklingError, TypeError, AttributeError) as e:
         raise TypeError(
             f"reward {reward.name!r} is parallel but cannot be sent to the scoring pool's worker "
-            f"processes ({e}); make it picklable or pass parallel=False") from e
+            f"processes ({e}); make it picklable or pass parallel=False"
+        ) from e

@@ -81,7 +81,11 @@ def _abandon(job: _Job, owner: str) -> None:
 
 
 def run_items(
-    fn: Callable[[int], Any], n: int, *, time_limit: float, owner: str,
+    fn: Callable[[int], Any],
+    n: int,
+    *,
+    time_limit: float,
+    owner: str,
     on_timeout: Callable[[int, str], Any] | None = None,
 ) -> list:
     """``[fn(0), ..., fn(n-1)]`` computed on a daemon thread, each call within ``time_limit``.
@@ -98,9 +102,11 @@ def run_items(
     while todo:
         stuck = live_abandoned(owner)
         if stuck >= MAX_ABANDONED:
-            reason = (f"not run: {stuck} earlier calls of reward {owner!r} are still running past "
-                      f"their {time_limit:g} s limit (threads cannot be killed); fix the hang, or "
-                      "score it in killable processes with parallel=True")
+            reason = (
+                f"not run: {stuck} earlier calls of reward {owner!r} are still running past "
+                f"their {time_limit:g} s limit (threads cannot be killed); fix the hang, or "
+                "score it in killable processes with parallel=True"
+            )
             for i in todo:
                 results[i] = on_timeout(i, reason)
             break
@@ -117,8 +123,10 @@ def run_items(
                 continue
             _abandon(job, owner)
             if results[i] is _PENDING:
-                reason = (f"reward {owner!r} did not return within {time_limit:g} s; its thread "
-                          "was abandoned (threads cannot be killed) and runs on")
+                reason = (
+                    f"reward {owner!r} did not return within {time_limit:g} s; its thread "
+                    "was abandoned (threads cannot be killed) and runs on"
+                )
                 results[i] = on_timeout(i, reason)
                 log.warning("%s", reason)
             todo = [j for j in todo if results[j] is _PENDING]

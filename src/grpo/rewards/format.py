@@ -32,8 +32,8 @@ def follows_template(text: str) -> bool:
     t0, t1, a0, a1 = (text.index(tag) for tag in TAGS)
     if not t0 < t1 < a0 < a1:
         return False
-    between = (text[:t0], text[t1 + len("</think>"):a0], text[a1 + len("</answer>"):])
-    return all(not s.strip() for s in between) and bool(text[a0 + len("<answer>"):a1].strip())
+    between = (text[:t0], text[t1 + len("</think>") : a0], text[a1 + len("</answer>") :])
+    return all(not s.strip() for s in between) and bool(text[a0 + len("<answer>") : a1].strip())
 
 
 class FormatReward(Reward):

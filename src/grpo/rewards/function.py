@@ -46,8 +46,10 @@ from grpo.rewards.deadline import run_items
 log = logging.getLogger(__name__)
 
 GRPO_KEYWORDS = ("truncated",)  # grpo's additions to trl's keywords: only for functions that ask
-_FIX = ("a reward function must return a list with one float (None where it does not apply) "
-        "per completion")
+_FIX = (
+    "a reward function must return a list with one float (None where it does not apply) "
+    "per completion"
+)
 
 
 class FunctionReward(Reward):
@@ -62,7 +64,10 @@ class FunctionReward(Reward):
     time_limit = 60.0
 
     def __init__(
-        self, fn: Callable[..., Sequence[float | None]], *, name: str | None = None,
+        self,
+        fn: Callable[..., Sequence[float | None]],
+        *,
+        name: str | None = None,
         time_limit: float | None = None,
         applies_to: str | Callable[[Mapping[str, Any]], bool] | None = None,
     ):
@@ -92,13 +97,17 @@ class FunctionReward(Reward):
         if self.applies_to is not None:
             examples = batch_examples(n, prompts, columns)
             keep = [i for i, ex in enumerate(examples) if self.applies(ex)]
-            kwargs = {k: [v[i] for i in keep] if _aligned(k, v, n) else v
-                      for k, v in kwargs.items()}
+            kwargs = {
+                k: [v[i] for i in keep] if _aligned(k, v, n) else v for k, v in kwargs.items()
+            }
         results = [ScoreResult.not_applicable(self._not_for_row())] * n
         if keep:
             m = len(keep)
             (scored,) = run_items(
-                lambda _: self._call(kwargs, m), 1, time_limit=self.time_limit, owner=self.name,
+                lambda _: self._call(kwargs, m),
+                1,
+                time_limit=self.time_limit,
+                owner=self.name,
                 on_timeout=lambda _, reason: [ScoreResult.unscorable(reason, TIMEOUT)] * m,
             )
             for i, r in zip(keep, scored, strict=True):
@@ -123,14 +132,25 @@ class FunctionReward(Reward):
         if isinstance(values, Iterable) and not isinstance(values, (str, bytes, Mapping)):
             values = list(values)  # trl iterates what it gets: a tuple or a generator is fine
         else:
-            return [ScoreResult.unscorable(
-                f"{who} returned {values!r:.60} ({type(values).__name__}) instead of a list; "
-                f"{_FIX}", ERROR)] * n
+            return [
+                ScoreResult.unscorable(
+                    f"{who} returned {values!r:.60} ({type(values).__name__}) instead of a list; "
+                    f"{_FIX}",
+                    ERROR,
+                )
+            ] * n
         if len(values) != n:
-            return [ScoreResult.unscorable(
-                f"{who} returned {len(values)} values for {n} completions; {_FIX}", ERROR)] * n
-        return [ScoreResult.not_applicable(f"{who} returned None") if v is None
-                else checked_value(v, f"{who} (item {i})") for i, v in enumerate(values)]
+            return [
+                ScoreResult.unscorable(
+                    f"{who} returned {len(values)} values for {n} completions; {_FIX}", ERROR
+                )
+            ] * n
+        return [
+            ScoreResult.not_applicable(f"{who} returned None")
+            if v is None
+            else checked_value(v, f"{who} (item {i})")
+            for i, v in enumerate(values)
+        ]
 
     def __repr__(self) -> str:
         return f"as_reward({getattr(self.fn, '__name__', self.fn)!r})"
@@ -161,7 +181,8 @@ def _check_function(fn: Any) -> None:
     if not callable(fn):
         raise TypeError(
             f"a reward must be a grpo Reward instance or a function "
-            f"f(completions, **kwargs) -> list[float | None]; got {fn!r:.80} ({type(fn).__name__})")
+            f"f(completions, **kwargs) -> list[float | None]; got {fn!r:.80} ({type(fn).__name__})"
+        )
     try:
         params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
@@ -170,11 +191,14 @@ def _check_function(fn: Any) -> None:
         raise TypeError(
             f"reward function {getattr(fn, '__name__', fn)!r} has no **kwargs: trl calls reward "
             "functions with prompts=, completions=, completion_ids=, every dataset column, "
-            "trainer_state=, log_extra= and log_metric=; add **kwargs to its signature")
+            "trainer_state=, log_extra= and log_metric=; add **kwargs to its signature"
+        )
 
 
 def as_reward(
-    fn: Reward | Callable[..., Sequence[float | None]], *, name: str | None = None,
+    fn: Reward | Callable[..., Sequence[float | None]],
+    *,
+    name: str | None = None,
     time_limit: float | None = None,
 ) -> Reward:
     """Wrap a plain trl-style reward function as a :class:`Reward` (a Reward passes through).
@@ -190,6 +214,7 @@ def as_reward(
     if isinstance(fn, Reward):
         if name is not None and name != fn.name:
             raise ValueError(
-                f"as_reward(name={name!r}) on the Reward {fn!r}: pass name= to its constructor")
+                f"as_reward(name={name!r}) on the Reward {fn!r}: pass name= to its constructor"
+            )
         return fn
     return FunctionReward(fn, name=name, time_limit=time_limit)

@@ -22,14 +22,37 @@ from grpo.rewards.base import Reward, Unscorable
 from grpo.textstats import SCRIPTS, chain_of_thought, count_words
 
 LANGUAGE_SCRIPTS: dict[str, frozenset[str]] = {
-    **{lang: frozenset({"latin"}) for lang in
-       ("en", "fr", "de", "es", "pt", "it", "nl", "vi", "id", "tr", "pl", "sv", "ro", "cs")},
+    **{
+        lang: frozenset({"latin"})
+        for lang in (
+            "en",
+            "fr",
+            "de",
+            "es",
+            "pt",
+            "it",
+            "nl",
+            "vi",
+            "id",
+            "tr",
+            "pl",
+            "sv",
+            "ro",
+            "cs",
+        )
+    },
     "zh": frozenset({"han"}),
     "ja": frozenset({"han", "kana"}),
     "ko": frozenset({"hangul", "han"}),
-    "ru": frozenset({"cyrillic"}), "uk": frozenset({"cyrillic"}), "bg": frozenset({"cyrillic"}),
-    "el": frozenset({"greek"}), "ar": frozenset({"arabic"}), "fa": frozenset({"arabic"}),
-    "he": frozenset({"hebrew"}), "hi": frozenset({"devanagari"}), "th": frozenset({"thai"}),
+    "ru": frozenset({"cyrillic"}),
+    "uk": frozenset({"cyrillic"}),
+    "bg": frozenset({"cyrillic"}),
+    "el": frozenset({"greek"}),
+    "ar": frozenset({"arabic"}),
+    "fa": frozenset({"arabic"}),
+    "he": frozenset({"hebrew"}),
+    "hi": frozenset({"devanagari"}),
+    "th": frozenset({"thai"}),
     **{script: frozenset({script}) for script in SCRIPTS},  # a script name works too
 }
 
@@ -58,8 +81,13 @@ class LanguageReward(Reward):
     """
 
     def __init__(
-        self, language: str | None = None, *, language_key: str = "language",
-        think_in_prompt: bool = False, no_words: float | None = None, **kwargs: Any,
+        self,
+        language: str | None = None,
+        *,
+        language_key: str = "language",
+        think_in_prompt: bool = False,
+        no_words: float | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if language is not None:

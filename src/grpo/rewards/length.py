@@ -84,13 +84,19 @@ class OverlongPenalty(_TokenLength, Reward):
     """
 
     def __init__(
-        self, max_length: int, cache_length: int, *, tokenizer: Any = None,
-        length_fn: Callable[[str], int] | None = None, **kwargs: Any,
+        self,
+        max_length: int,
+        cache_length: int,
+        *,
+        tokenizer: Any = None,
+        length_fn: Callable[[str], int] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if not 0 < cache_length <= max_length:
             raise ValueError(
-                f"need 0 < cache_length <= max_length, got {cache_length}, {max_length}")
+                f"need 0 < cache_length <= max_length, got {cache_length}, {max_length}"
+            )
         self.max_length = max_length
         self.cache_length = cache_length
         self.tokenizer = tokenizer
@@ -134,10 +140,19 @@ class CosineLengthReward(_TokenLength, Reward):
     """
 
     def __init__(
-        self, verifier: Reward | None = None, *, max_length: int, r_correct_0: float = 1.0,
-        r_correct_L: float = 0.5, r_wrong_0: float = -1.0, r_wrong_L: float = -0.5,  # noqa: N803
-        r_exceed: float = -1.0, threshold: float = 0.5, tokenizer: Any = None,
-        length_fn: Callable[[str], int] | None = None, **kwargs: Any,
+        self,
+        verifier: Reward | None = None,
+        *,
+        max_length: int,
+        r_correct_0: float = 1.0,
+        r_correct_L: float = 0.5,
+        r_wrong_0: float = -1.0,
+        r_wrong_L: float = -0.5,  # noqa: N803
+        r_exceed: float = -1.0,
+        threshold: float = 0.5,
+        tokenizer: Any = None,
+        length_fn: Callable[[str], int] | None = None,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if max_length <= 0:
@@ -177,8 +192,10 @@ class CosineLengthReward(_TokenLength, Reward):
         # the verifier scores the batch its own way (the process pool for MathReward)
         examples = examples if examples is not None else [{} for _ in completions]
         verdicts = self.verifier.score_batch(completions, examples)
-        return [self._shaped(v, c, ex) if c is not None else v
-                for v, c, ex in zip(verdicts, completions, examples, strict=True)]
+        return [
+            self._shaped(v, c, ex) if c is not None else v
+            for v, c, ex in zip(verdicts, completions, examples, strict=True)
+        ]
 
     def _shaped(
         self, verdict: ScoreResult, completion: str, example: Mapping[str, Any]

@@ -72,7 +72,7 @@ def last_boxed(text: str) -> str | None:
     for open_idx in reversed(starts):
         close = pairs.get(open_idx)
         if close is not None:
-            return text[open_idx + 1:close]
+            return text[open_idx + 1 : close]
     return None
 
 
@@ -84,7 +84,7 @@ def answer_tag(text: str) -> str | None:
     start = text.rfind("<answer>", 0, end)
     if start < 0:
         return None
-    return text[start + len("<answer>"):end]
+    return text[start + len("<answer>") : end]
 
 
 def last_number(text: str) -> str | None:
@@ -174,7 +174,9 @@ def _parse(answer: str, timeout_s: int | None) -> tuple:
         parse(
             "\\boxed{" + answer + "}",
             extraction_config=[
-                LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()],
+                LatexExtractionConfig(boxed_match_priority=0),
+                ExprExtractionConfig(),
+            ],
             parsing_timeout=timeout_s,
             raise_on_error=True,
         )
@@ -220,9 +222,15 @@ class MathReward(Reward):
     time_limit = 20.0
 
     def __init__(
-        self, answer_key: str = "answer", *, fallback: Literal["last_number"] | None = None,
-        max_answer_chars: int = 1000, parse_timeout: int = 5, verify_timeout: int = 5,
-        float_rounding: int = 6, **kwargs: Any,
+        self,
+        answer_key: str = "answer",
+        *,
+        fallback: Literal["last_number"] | None = None,
+        max_answer_chars: int = 1000,
+        parse_timeout: int = 5,
+        verify_timeout: int = 5,
+        float_rounding: int = 6,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
         if fallback not in (None, "last_number"):
@@ -245,7 +253,8 @@ class MathReward(Reward):
             parsed = _parse(gold_text(gold), _timeout(self.parse_timeout))
         except TimeoutException:
             raise Unscorable(
-                f"math-verify timed out parsing the gold answer {str(gold)[:80]!r}") from None
+                f"math-verify timed out parsing the gold answer {str(gold)[:80]!r}"
+            ) from None
         if not parsed:
             raise Unscorable(f"math-verify could not parse the gold answer {str(gold)[:80]!r}")
         return parsed
@@ -286,8 +295,13 @@ class MathReward(Reward):
         for g in gold:  # pair by pair: one raising pair must not hide a later match
             for p in pred:
                 try:
-                    if verify(g, p, float_rounding=self.float_rounding,
-                              timeout_seconds=_timeout(self.verify_timeout), raise_on_error=True):
+                    if verify(
+                        g,
+                        p,
+                        float_rounding=self.float_rounding,
+                        timeout_seconds=_timeout(self.verify_timeout),
+                        raise_on_error=True,
+                    ):
                         return 1.0, None
                 except TimeoutException:
                     failure = "math-verify timed out comparing the answer"
@@ -301,5 +315,8 @@ class MathReward(Reward):
         """What was extracted and how it parsed (for debugging a score)."""
         answer = extract_answer(completion, self.fallback)
         parsed = _parse(answer, _timeout(self.parse_timeout)) if answer else ()
-        return {"answer": answer, "parsed": [str(x) for x in parsed],
-                "gold": [str(x) for x in self.gold(example)]}
+        return {
+            "answer": answer,
+            "parsed": [str(x) for x in parsed],
+            "gold": [str(x) for x in self.gold(example)],
+        }

@@ -90,29 +90,37 @@ class RewardMonitor:
                 found = self._failure(name, results)
         return found
 
-    def _fractions(self, name: str, results: list[ScoreResult],
-                   metrics: Mapping[str, float] | None) -> tuple[float, float]:
+    def _fractions(
+        self, name: str, results: list[ScoreResult], metrics: Mapping[str, float] | None
+    ) -> tuple[float, float]:
         if metrics is not None:
             base = f"{self.prefix}/{name}/frac"
             if f"{base}/ok" not in metrics or f"{base}/na" not in metrics:
                 raise KeyError(
                     f"metrics have no {base}/ok or {base}/na: pass breakdown.metrics(prefix) "
-                    f"(averaged over processes) with RewardMonitor(prefix=...) matching it")
+                    f"(averaged over processes) with RewardMonitor(prefix=...) matching it"
+                )
             return metrics[f"{base}/ok"], metrics[f"{base}/na"]
         n = max(len(results), 1)
-        return (sum(r.status == OK for r in results) / n,
-                sum(r.status == NOT_APPLICABLE for r in results) / n)
+        return (
+            sum(r.status == OK for r in results) / n,
+            sum(r.status == NOT_APPLICABLE for r in results) / n,
+        )
 
     def _failure(self, name: str, results: list[ScoreResult]) -> RewardFailure:
         counts = Counter(r.status for r in results)
         seen = ", ".join(f"{s} {c}/{len(results)}" for s, c in counts.most_common())
         seen = seen or "no items here"
         reason = self.first_reason.get(name) or "(failed on other processes only)"
-        what = "no completion could be scored by the combined reward" if name == "total" \
+        what = (
+            "no completion could be scored by the combined reward"
+            if name == "total"
             else f"reward {name!r} scored no completion"
+        )
         message = (
             f"{what} for {self.streaks[name]} consecutive steps (last step: {seen}); first "
             f"reason: {reason}. Training on would learn nothing from it: fix the reward or the "
             f"dataset columns it reads (RewardMonitor(patience={self.patience}) sets how many "
-            "such steps are tolerated)")
+            "such steps are tolerated)"
+        )
         return RewardFailure(message, name, reason)

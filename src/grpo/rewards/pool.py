@@ -100,8 +100,12 @@ class ScoringPool:
     """
 
     def __init__(
-        self, workers: int | None = None, *, memory_limit_mb: int | None = 4096,
-        load_limit: float = 300.0, preload: Sequence[str] = PRELOAD,
+        self,
+        workers: int | None = None,
+        *,
+        memory_limit_mb: int | None = 4096,
+        load_limit: float = 300.0,
+        preload: Sequence[str] = PRELOAD,
     ) -> None:
         self.size = workers or default_workers()
         self.memory_limit = memory_limit_mb * 2**20 if memory_limit_mb else None
@@ -118,12 +122,18 @@ class ScoringPool:
         ours, theirs = socket.socketpair()
         main = sys.modules.get("__main__")
         main_path = getattr(main, "__file__", None) if main is not None else None
-        setup = {"sys_path": list(sys.path), "main_path": main_path,
-                 "memory_limit": self.memory_limit, "preload": self.preload}
+        setup = {
+            "sys_path": list(sys.path),
+            "main_path": main_path,
+            "memory_limit": self.memory_limit,
+            "preload": self.preload,
+        }
         try:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "grpo.rewards._worker", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, close_fds=True,
+                pass_fds=(theirs.fileno(),),
+                stdin=subprocess.DEVNULL,
+                close_fds=True,
             )
         finally:
             theirs.close()  # so that the worker's death reads as EOF here
@@ -187,8 +197,12 @@ class ScoringPool:
 
     # ------------------------------------------------------------------ scoring
     def map(
-        self, reward: Reward, completions: Sequence[str | None],
-        examples: Sequence[Mapping[str, Any]], *, time_limit: float,
+        self,
+        reward: Reward,
+        completions: Sequence[str | None],
+        examples: Sequence[Mapping[str, Any]],
+        *,
+        time_limit: float,
     ) -> list[ScoreResult]:
         n = len(completions)
         if len(examples) != n:
@@ -211,7 +225,7 @@ class ScoringPool:
         call_id = next(self._ids)
         self._early_deaths = 0
         chunk = max(1, min(16, math.ceil(len(items) / (8 * self.size))))
-        queue = deque(items[i:i + chunk] for i in range(0, len(items), chunk))
+        queue = deque(items[i : i + chunk] for i in range(0, len(items), chunk))
         results: list[ScoreResult | None] = [None] * len(items)
         busy: dict[Connection, _Worker] = {}
         try:
@@ -234,8 +248,9 @@ class ScoringPool:
         assert all(r is not None for r in results)
         return results  # type: ignore[return-value]
 
-    def _dispatch(self, queue: deque, busy: dict, call_id: int, blob: bytes, chunk: int,
-                  time_limit: float) -> None:
+    def _dispatch(
+        self, queue: deque, busy: dict, call_id: int, blob: bytes, chunk: int, time_limit: float
+    ) -> None:
         """Keep chunks in flight per worker, so that a worker never waits for this (possibly
         busy) process between chunks; results still come back one by one, in order, so the
         head of ``pending`` is the item running now."""
@@ -268,8 +283,9 @@ class ScoringPool:
                 w.pending.extend(work)
                 busy[w.conn] = w
 
-    def _collect(self, w: _Worker, busy: dict, queue: deque, results: list, call_id: int,
-                 time_limit: float) -> None:
+    def _collect(
+        self, w: _Worker, busy: dict, queue: deque, results: list, call_id: int, time_limit: float
+    ) -> None:
         try:
             while w.conn.poll():
                 msg = w.conn.recv()
@@ -309,12 +325,14 @@ class ScoringPool:
         if w.loaded:  # the item at the head of its chunk ran out of time
             idx = w.pending.popleft()[0]
             results[idx] = ScoreResult.unscorable(
-                f"timed out after {time_limit:g} s (worker killed)", TIMEOUT)
+                f"timed out after {time_limit:g} s (worker killed)", TIMEOUT
+            )
             self._requeue(w, queue)
         else:  # could not even load the reward: the items are not to blame, but cannot wait
             for idx, _, _ in w.pending:
                 results[idx] = ScoreResult.unscorable(
-                    f"worker did not load the reward within {self.load_limit:g} s", ERROR)
+                    f"worker did not load the reward within {self.load_limit:g} s", ERROR
+                )
             w.pending = deque()
         self._discard(w, kill=True)
 

@@ -96,7 +96,8 @@ def checked_value(value: Any, source: str) -> ScoreResult:
     (a string, a list, inf, NaN) is ``"error"`` with ``source`` and the value in the reason."""
     if isinstance(value, (str, bytes)) or not _is_number(value):
         return ScoreResult.unscorable(
-            f"{source} returned {value!r:.80} ({type(value).__name__}); expected a float", ERROR)
+            f"{source} returned {value!r:.80} ({type(value).__name__}); expected a float", ERROR
+        )
     number = float(value)
     if not math.isfinite(number):
         return ScoreResult.unscorable(f"{source} returned {number}; expected a finite float", ERROR)

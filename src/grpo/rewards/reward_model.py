@@ -45,14 +45,24 @@ class RewardModelReward(Reward):
         name: metric key (default ``"reward_model"``).
 
     >>> rm = RewardModelReward("OpenAssistant/reward-model-deberta-v3-large-v2")  # doctest: +SKIP
-    >>> value = rm.score("Paris.", prompt=[{"role": "user", "content": "Capital of France?"}])  # doctest: +SKIP
+    >>> value = rm.score(  # doctest: +SKIP
+    ...     "Paris.", prompt=[{"role": "user", "content": "Capital of France?"}]
+    ... )
     """
 
     name = "reward_model"
 
-    def __init__(self, model: Any, tokenizer: Any = None, *, batch_size: int = 16,
-                 max_length: int | None = None, label: int | None = None, device: str | None = None,
-                 name: str | None = None) -> None:
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any = None,
+        *,
+        batch_size: int = 16,
+        max_length: int | None = None,
+        label: int | None = None,
+        device: str | None = None,
+        name: str | None = None,
+    ) -> None:
         super().__init__(name=name, parallel=False)
         import torch
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -66,17 +76,23 @@ class RewardModelReward(Reward):
             source = getattr(getattr(model, "config", None), "_name_or_path", None)
         if tokenizer is None:
             if not source:
-                raise ValueError("pass tokenizer=... for a loaded reward model without a saved path")
+                raise ValueError(
+                    "pass tokenizer=... for a loaded reward model without a saved path"
+                )
             tokenizer = AutoTokenizer.from_pretrained(source)
         num_labels = model.config.num_labels
         if label is None and num_labels != 1:
-            raise ValueError(f"the reward model has {num_labels} output labels: say which one is the reward "
-                             f"with label=0..{num_labels - 1}")
+            raise ValueError(
+                f"the reward model has {num_labels} output labels: say which one is the reward "
+                f"with label=0..{num_labels - 1}"
+            )
         if label is not None and not 0 <= label < num_labels:
             raise ValueError(f"label={label} is not one of the model's {num_labels} outputs")
         if tokenizer.pad_token_id is None:
             if tokenizer.eos_token is None:
-                raise ValueError("the reward model's tokenizer has neither a pad nor an eos token to pad with")
+                raise ValueError(
+                    "the reward model's tokenizer has neither a pad nor an eos token to pad with"
+                )
             tokenizer.pad_token = tokenizer.eos_token
         if model.config.pad_token_id is None:  # the head finds the last token by the pad id
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -85,8 +101,10 @@ class RewardModelReward(Reward):
         self.tokenizer = tokenizer
         self.batch_size = batch_size
         self.label = label or 0
-        limits = [tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else None,
-                  getattr(model.config, "max_position_embeddings", None)]
+        limits = [
+            tokenizer.model_max_length if tokenizer.model_max_length < 1e9 else None,
+            getattr(model.config, "max_position_embeddings", None),
+        ]
         self.max_length = max_length or min((x for x in limits if x), default=None)
 
     def text(self, prompt: Any, completion: str) -> str:
@@ -96,8 +114,9 @@ class RewardModelReward(Reward):
         messages = [*prompt, {"role": "assistant", "content": completion}]
         return self.tokenizer.apply_chat_template(messages, tokenize=False)
 
-    def score_batch(self, completions: Sequence[str | None],
-                    examples: Sequence[Mapping[str, Any]] | None = None) -> list[ScoreResult]:
+    def score_batch(
+        self, completions: Sequence[str | None], examples: Sequence[Mapping[str, Any]] | None = None
+    ) -> list[ScoreResult]:
         """One forward per ``batch_size`` scorable items; the rest get a reason."""
         import torch
 
@@ -110,27 +129,36 @@ class RewardModelReward(Reward):
             if c is None:
                 results[i] = ScoreResult.unscorable("completion is None")
             elif ex.get("prompt") is None:
-                results[i] = ScoreResult.unscorable("no prompt: a reward model scores prompt + completion")
+                results[i] = ScoreResult.unscorable(
+                    "no prompt: a reward model scores prompt + completion"
+                )
             else:
-                ids = self.tokenizer(self.text(ex["prompt"], c), add_special_tokens=isinstance(ex["prompt"], str)
-                                     )["input_ids"]
+                ids = self.tokenizer(
+                    self.text(ex["prompt"], c), add_special_tokens=isinstance(ex["prompt"], str)
+                )["input_ids"]
                 if self.max_length is not None and len(ids) > self.max_length:
                     results[i] = ScoreResult.unscorable(
-                        f"{len(ids)} tokens > max_length={self.max_length} of the reward model")
+                        f"{len(ids)} tokens > max_length={self.max_length} of the reward model"
+                    )
                 else:
                     todo.append((i, ids))
         pad = self.tokenizer.pad_token_id
         with torch.no_grad():
             for s in range(0, len(todo), self.batch_size):
-                chunk = todo[s:s + self.batch_size]
+                chunk = todo[s : s + self.batch_size]
                 width = max(len(ids) for _, ids in chunk)
                 ids_BL = torch.full((len(chunk), width), pad, dtype=torch.long)
                 mask_BL = torch.zeros((len(chunk), width), dtype=torch.long)
-                for row, (_, ids) in enumerate(chunk):  # right padding: the head reads the last real token
-                    ids_BL[row, :len(ids)] = torch.tensor(ids)
-                    mask_BL[row, :len(ids)] = 1
-                logits_BK = self.model(input_ids=ids_BL.to(self.device),
-                                       attention_mask=mask_BL.to(self.device)).logits
-                for (i, _), value in zip(chunk, logits_BK[:, self.label].float().tolist(), strict=True):
+                for row, (_, ids) in enumerate(
+                    chunk
+                ):  # right padding: the head reads the last real token
+                    ids_BL[row, : len(ids)] = torch.tensor(ids)
+                    mask_BL[row, : len(ids)] = 1
+                logits_BK = self.model(
+                    input_ids=ids_BL.to(self.device), attention_mask=mask_BL.to(self.device)
+                ).logits
+                for (i, _), value in zip(
+                    chunk, logits_BK[:, self.label].float().tolist(), strict=True
+                ):
                     results[i] = ScoreResult(value)
         return results  # type: ignore[return-value]

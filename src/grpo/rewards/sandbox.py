@@ -16,8 +16,20 @@ from grpo.sandbox import (  # noqa: F401 -- re-exported
     sandbox_prefork,
 )
 
-__all__ = ["MODES", "SandboxLimits", "SandboxResult", "TestRun", "run_python", "run_tests",
-           "sandbox_layers", "sandbox_mode", "sandbox_prefork"]
+__all__ = [
+    "MODES",
+    "SandboxLimits",
+    "SandboxResult",
+    "TestRun",
+    "run_python",
+    "run_tests",
+    "sandbox_layers",
+    "sandbox_mode",
+    "sandbox_prefork",
+]
 
-warnings.warn("grpo.rewards.sandbox is deprecated and goes away in grpo 0.3: import from "
-              "grpo.sandbox", DeprecationWarning, stacklevel=2)
+warnings.warn(
+    "grpo.rewards.sandbox is deprecated and goes away in grpo 0.3: import from grpo.sandbox",
+    DeprecationWarning,
+    stacklevel=2,
+)

@@ -41,8 +41,17 @@ _LAZY = {
 }
 
 __all__ = [
-    "FinishReason", "Generator", "HFGenerator", "MultiTurnGenerator", "ProcessGenerator", "Prompt", "Rollout", "SamplingConfig",
-    "VLLMGenerator", "VLLMServerGenerator", "encode_prompt",
+    "FinishReason",
+    "Generator",
+    "HFGenerator",
+    "MultiTurnGenerator",
+    "ProcessGenerator",
+    "Prompt",
+    "Rollout",
+    "SamplingConfig",
+    "VLLMGenerator",
+    "VLLMServerGenerator",
+    "encode_prompt",
 ]
 
 

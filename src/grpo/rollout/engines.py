@@ -27,15 +27,21 @@ class TokenEngine(Protocol):
     eos_ids: list[int]
     max_context: int | None
 
-    def sample(self, contexts: Sequence[list[int]], seeds: Sequence[int | None], limits: Sequence[int],
-               sampling: SamplingConfig) -> list[tuple[list[int], list[float]]]:
+    def sample(
+        self,
+        contexts: Sequence[list[int]],
+        seeds: Sequence[int | None],
+        limits: Sequence[int],
+        sampling: SamplingConfig,
+    ) -> list[tuple[list[int], list[float]]]:
         """Row ``i``: up to ``limits[i]`` tokens after ``contexts[i]``, drawn with ``seeds[i]``
         (None: the global RNG), with ``sampling``'s temperature, truncation and stop strings."""
         ...
 
 
 class HFEngine:
-    """Per-row seeded sampling with the generator's :meth:`~grpo.rollout.HFGenerator.sample_tokens`."""
+    """Per-row seeded sampling with the generator's
+    :meth:`~grpo.rollout.HFGenerator.sample_tokens`."""
 
     def __init__(self, generator: Any):
         from grpo.rollout.tokens import eos_token_ids
@@ -54,8 +60,12 @@ class HFEngine:
         step = self.generator.max_batch_size or len(contexts)
         out = []
         for s in range(0, len(contexts), step):
-            out += self.generator.sample_tokens(contexts[s:s + step], limits[s:s + step], sampling,
-                                                seeds=seeds[s:s + step] if seeded else None)
+            out += self.generator.sample_tokens(
+                contexts[s : s + step],
+                limits[s : s + step],
+                sampling,
+                seeds=seeds[s : s + step] if seeded else None,
+            )
         return out
 
 
@@ -74,18 +84,34 @@ class VLLMEngine:
         extra = {}
         if getattr(sampling, "repetition_penalty", 1.0) != 1.0:
             extra["repetition_penalty"] = sampling.repetition_penalty
-        params = [SamplingParams(
-            **extra, n=1, temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k_enabled else 0, min_p=sampling.min_p, max_tokens=limit,
-            stop=list(sampling.stop) or None, stop_token_ids=list(self.eos_ids), include_stop_str_in_output=True,
-            logprobs=0, seed=seed, detokenize=bool(sampling.stop)) for seed, limit in zip(seeds, limits, strict=True)]
-        outputs = self.generator.llm.generate([{"prompt_token_ids": list(c)} for c in contexts], params,
-                                              use_tqdm=False)
+        params = [
+            SamplingParams(
+                **extra,
+                n=1,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                top_k=sampling.top_k if sampling.top_k_enabled else 0,
+                min_p=sampling.min_p,
+                max_tokens=limit,
+                stop=list(sampling.stop) or None,
+                stop_token_ids=list(self.eos_ids),
+                include_stop_str_in_output=True,
+                logprobs=0,
+                seed=seed,
+                detokenize=bool(sampling.stop),
+            )
+            for seed, limit in zip(seeds, limits, strict=True)
+        ]
+        outputs = self.generator.llm.generate(
+            [{"prompt_token_ids": list(c)} for c in contexts], params, use_tqdm=False
+        )
         result = []
         for request in outputs:
             sample = request.outputs[0]
             ids = list(sample.token_ids)
-            result.append((ids, [step[t].logprob for t, step in zip(ids, sample.logprobs, strict=True)]))
+            result.append(
+                (ids, [step[t].logprob for t, step in zip(ids, sample.logprobs, strict=True)])
+            )
         return result
 
 
@@ -95,9 +121,13 @@ def token_engine(generator: Any) -> TokenEngine:
     name = type(generator).__name__
     if all(hasattr(generator, a) for a in ("sample", "tokenizer", "eos_ids", "max_context")):
         return generator
-    if name == "HFGenerator" or (hasattr(generator, "model") and hasattr(generator, "max_batch_size")):
+    if name == "HFGenerator" or (
+        hasattr(generator, "model") and hasattr(generator, "max_batch_size")
+    ):
         return HFEngine(generator)
     if name == "VLLMGenerator":
         return VLLMEngine(generator)
-    raise TypeError(f"MultiTurnGenerator needs token-level sampling; {name} has none (supported: HFGenerator, "
-                    "VLLMGenerator, or an object with sample(contexts, seeds, limits, sampling))")
+    raise TypeError(
+        f"MultiTurnGenerator needs token-level sampling; {name} has none (supported: HFGenerator, "
+        "VLLMGenerator, or an object with sample(contexts, seeds, limits, sampling))"
+    )

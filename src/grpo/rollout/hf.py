@@ -68,9 +68,17 @@ class HFGenerator:
             process must run as many forwards of as many rows).
     """
 
-    def __init__(self, model: nn.Module, tokenizer, *, max_batch_size: int | None = None,
-                 synced_gpus: bool = False, share_prompt_prefill: bool = True,
-                 use_generate: bool = False, chat_template_kwargs: dict | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        *,
+        max_batch_size: int | None = None,
+        synced_gpus: bool = False,
+        share_prompt_prefill: bool = True,
+        use_generate: bool = False,
+        chat_template_kwargs: dict | None = None,
+    ):
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1 or None, got {max_batch_size}")
         self.model = model
@@ -101,8 +109,9 @@ class HFGenerator:
         model.eval()
         try:
             for s in range(0, len(rows), step):
-                out += self._generate_rows(model, encoded, rows[s:s + step], n, sampling,
-                                           eos_ids, max_ctx)
+                out += self._generate_rows(
+                    model, encoded, rows[s : s + step], n, sampling, eos_ids, max_ctx
+                )
         finally:
             model.train(was_training)
         return out
@@ -130,9 +139,15 @@ class HFGenerator:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def sample_tokens(self, contexts: Sequence[list[int]], limits: Sequence[int],
-                      sampling: SamplingConfig, *, seeds: Sequence[int] | None = None,
-                      share: Sequence[int] | None = None) -> list[tuple[list[int], list[float]]]:
+    def sample_tokens(
+        self,
+        contexts: Sequence[list[int]],
+        limits: Sequence[int],
+        sampling: SamplingConfig,
+        *,
+        seeds: Sequence[int] | None = None,
+        share: Sequence[int] | None = None,
+    ) -> list[tuple[list[int], list[float]]]:
         """Sampled ids and their log-probs after each token context: the layer under
         :meth:`generate`, also used by multi-turn engines (whole conversations as contexts).
 
@@ -158,27 +173,51 @@ class HFGenerator:
         model.eval()
         try:
             if self.use_generate:
-                return self._generate_with_hf(model, contexts, limits, sampling, eos_ids, pad,
-                                              gens, share)
+                return self._generate_with_hf(
+                    model, contexts, limits, sampling, eos_ids, pad, gens, share
+                )
             from grpo.rollout.hf_decode import decode
 
-            return decode(model, self.tokenizer, contexts, limits=limits, sampling=sampling,
-                          eos_ids=eos_ids, pad_id=pad, generators=gens, share=share)
+            return decode(
+                model,
+                self.tokenizer,
+                contexts,
+                limits=limits,
+                sampling=sampling,
+                eos_ids=eos_ids,
+                pad_id=pad,
+                generators=gens,
+                share=share,
+            )
         finally:
             model.train(was_training)
 
     def _generate_rows(self, model, encoded, rows, n, sampling, eos_ids, max_ctx) -> list[Rollout]:
         prompts = [encoded[p] for p, _ in rows]
-        limits = [sampling.max_tokens if max_ctx is None
-                  else min(sampling.max_tokens, max_ctx - len(ids)) for ids in prompts]
+        limits = [
+            sampling.max_tokens if max_ctx is None else min(sampling.max_tokens, max_ctx - len(ids))
+            for ids in prompts
+        ]
         seeds = None
         if sampling.seed is not None:
             seeds = [row_seed(sampling.seed, p, n, k) for p, k in rows]
-        sampled = self.sample_tokens(prompts, limits, sampling, seeds=seeds,
-                                     share=[p for p, _ in rows])
-        return [make_rollout(self.tokenizer, prompts[i], ids, logps, prompt_index=p,
-                             sample_index=k, eos_ids=eos_ids, sampling=sampling, limit=limits[i])
-                for i, ((p, k), (ids, logps)) in enumerate(zip(rows, sampled, strict=True))]
+        sampled = self.sample_tokens(
+            prompts, limits, sampling, seeds=seeds, share=[p for p, _ in rows]
+        )
+        return [
+            make_rollout(
+                self.tokenizer,
+                prompts[i],
+                ids,
+                logps,
+                prompt_index=p,
+                sample_index=k,
+                eos_ids=eos_ids,
+                sampling=sampling,
+                limit=limits[i],
+            )
+            for i, ((p, k), (ids, logps)) in enumerate(zip(rows, sampled, strict=True))
+        ]
 
     def _generate_with_hf(self, model, contexts, limits, sampling, eos_ids, pad, generators, share):
         """Each row's sampled ids and log-probs from one ``model.generate`` call."""
@@ -213,7 +252,8 @@ class HFGenerator:
                 generation_config=config,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList(
-                    [StopInText(self.tokenizer, sampling.stop, width)] if sampling.stop else []),
+                    [StopInText(self.tokenizer, sampling.stop, width)] if sampling.stop else []
+                ),
                 synced_gpus=self.synced_gpus,
             )
         sampled_BT = out.sequences[:, width:].cpu()
@@ -222,8 +262,9 @@ class HFGenerator:
 
 
 @torch.no_grad()
-def _shared_prefill(model: nn.Module, input_ids_BL: torch.Tensor, mask_BL: torch.Tensor,
-                    share: Sequence[int]):
+def _shared_prefill(
+    model: nn.Module, input_ids_BL: torch.Tensor, mask_BL: torch.Tensor, share: Sequence[int]
+):
     """Key/value cache of every row's prompt but its last token, each distinct prompt (equal
     ``share``) computed once (``generate`` then runs that last token itself, so the first sampled
     token's scores go through the logits processors as usual). None when no prompt repeats."""
@@ -232,8 +273,9 @@ def _shared_prefill(model: nn.Module, input_ids_BL: torch.Tensor, mask_BL: torch
         return None
     ids_UL, mask_UL = input_ids_BL[first_row_U, :-1], mask_BL[first_row_U, :-1]
     positions_UL = position_ids(mask_UL, pad=1)  # generate's convention
-    cache = model(input_ids=ids_UL, attention_mask=mask_UL, position_ids=positions_UL,
-                  use_cache=True).past_key_values
+    cache = model(
+        input_ids=ids_UL, attention_mask=mask_UL, position_ids=positions_UL, use_cache=True
+    ).past_key_values
     if cache is None:
         return None
     cache.reorder_cache(row_to_unique_B.to(input_ids_BL.device))

@@ -54,8 +54,9 @@ class _PreallocatedLayer(DynamicLayer):
     use, so a large ``max_tokens`` with short completions does not reserve memory it never uses.
     """
 
-    def __init__(self, keys_BHLD: torch.Tensor, values_BHLD: torch.Tensor, capacity: int,
-                 limit: int) -> None:
+    def __init__(
+        self, keys_BHLD: torch.Tensor, values_BHLD: torch.Tensor, capacity: int, limit: int
+    ) -> None:
         super().__init__()
         self.limit = limit
         self.dtype, self.device, self.is_initialized = keys_BHLD.dtype, keys_BHLD.device, True
@@ -120,8 +121,13 @@ def _prefill(model, ids_BL, mask_BL, share_B):
     rows = first_U if share_B is not None else slice(None)
     ids, mask = ids_BL[rows], mask_BL[rows]
     positions = position_ids(mask)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True,
-                **_forward_kwargs(model))
+    out = model(
+        input_ids=ids,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        **_forward_kwargs(model),
+    )
     logits_BV, cache = out.logits[:, -1].float(), out.past_key_values
     if share_B is None:
         return logits_BV, cache, None
@@ -135,9 +141,11 @@ def _preallocate(cache, capacity: int, limit: int, index_B: torch.Tensor | None)
     their own update), and whether every layer can drop rows."""
     layers = getattr(cache, "layers", None)
     if layers is None:
-        raise TypeError(f"the model's forward returned a {type(cache).__name__} cache, not a "
-                        "transformers Cache with layers; decode with "
-                        "HFGenerator(..., use_generate=True)")
+        raise TypeError(
+            f"the model's forward returned a {type(cache).__name__} cache, not a "
+            "transformers Cache with layers; decode with "
+            "HFGenerator(..., use_generate=True)"
+        )
     for i, layer in enumerate(layers):
         if type(layer) is DynamicLayer and layer.keys is not None and layer.keys.numel() > 0:
             keys, values = layer.keys, layer.values
@@ -150,10 +158,18 @@ def _preallocate(cache, capacity: int, limit: int, index_B: torch.Tensor | None)
 
 
 @torch.no_grad()
-def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits: Sequence[int],
-           sampling: SamplingConfig, eos_ids: Sequence[int], pad_id: int,
-           generators: list[torch.Generator] | None, share: Sequence[int] | None = None
-           ) -> list[tuple[list[int], list[float]]]:
+def decode(
+    model: nn.Module,
+    tokenizer,
+    contexts: Sequence[list[int]],
+    *,
+    limits: Sequence[int],
+    sampling: SamplingConfig,
+    eos_ids: Sequence[int],
+    pad_id: int,
+    generators: list[torch.Generator] | None,
+    share: Sequence[int] | None = None,
+) -> list[tuple[list[int], list[float]]]:
     """Sample up to ``limits[i]`` tokens after ``contexts[i]`` for every row, one batched forward
     per step over the rows still running.
 
@@ -171,10 +187,10 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
     ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
     starts_B = torch.tensor([width - len(c) for c in contexts])
     share_B = torch.tensor(list(share)) if share is not None else None
-    logits_BV, cache, index_B = _prefill(model, ids_BT[:, :width], mask_BT[:, :width],
-                                         share_B)
-    cache, can_compact = _preallocate(cache, width + min(max_new, _FIRST_RESERVE),
-                                      width + max_new, index_B)
+    logits_BV, cache, index_B = _prefill(model, ids_BT[:, :width], mask_BT[:, :width], share_B)
+    cache, can_compact = _preallocate(
+        cache, width + min(max_new, _FIRST_RESERVE), width + max_new, index_B
+    )
 
     eos = torch.tensor(list(eos_ids), device=device)
     limits_B = torch.tensor(list(limits), device=device)
@@ -189,14 +205,14 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
     for t in range(max_new):
         scores_BV = logits_BV
         for warp in warpers:
-            scores_BV = warp(ids_BT[:, :width + t], scores_BV)
+            scores_BV = warp(ids_BT[:, : width + t], scores_BV)
         choice_B = scores_BV.argmax(-1) if sampling.greedy else exponential_race(scores_BV, gens)
         chosen_logp_B = torch.log_softmax(scores_BV, dim=-1).gather(1, choice_B[:, None])[:, 0]
         ids_BT[:, width + t] = choice_B
         tokens_BT[live_B, t], logp_BT[live_B, t] = choice_B.cpu(), chosen_logp_B.cpu()
         ending_B = torch.isin(choice_B, eos) | (t + 1 >= limits_B)
         if sampling.stop:
-            ending_B |= stop_hits(tokenizer, ids_BT[:, width:width + t + 1], sampling.stop)
+            ending_B |= stop_hits(tokenizer, ids_BT[:, width : width + t + 1], sampling.stop)
         for i in (running_B & ending_B).nonzero()[:, 0].tolist():
             lengths[live_B[i]] = t + 1
         running_B &= ~ending_B
@@ -210,9 +226,13 @@ def decode(model: nn.Module, tokenizer, contexts: Sequence[list[int]], *, limits
             starts_B, live_B = starts_B[keep.cpu()], live_B[keep.cpu()]
             gens = [gens[i] for i in keep.tolist()] if gens is not None else None
             warpers = logits_warpers(sampling, starts_B)
-        out = model(input_ids=choice_B[:, None], attention_mask=mask_BT[:, :width + t + 1],
-                    position_ids=(positions_B + t)[:, None], past_key_values=cache,
-                    use_cache=True)
+        out = model(
+            input_ids=choice_B[:, None],
+            attention_mask=mask_BT[:, : width + t + 1],
+            position_ids=(positions_B + t)[:, None],
+            past_key_values=cache,
+            use_cache=True,
+        )
         logits_BV = out.logits[:, -1].float()
         cache = out.past_key_values
     return [(tokens_BT[i, :n].tolist(), logp_BT[i, :n].tolist()) for i, n in enumerate(lengths)]

@@ -147,18 +147,30 @@ class MultiTurnGenerator:
         max_workers: environment steps run concurrently on this many threads.
     """
 
-    def __init__(self, generator: Any, *, tools: Sequence[Callable] | None = None,
-                 environment: Callable[[], Environment] | None = None,
-                 parser: ToolCallParser | None = None, max_turns: int = 4,
-                 max_turn_tokens: int | None = None, tool_timeout_s: float = 10.0,
-                 env_timeout_s: float = 60.0, max_tool_output_chars: int = 2000,
-                 observations: str = "messages", inline_format: str = "\n```output\n{}\n```\n",
-                 stop_at_call: bool = True, render_tools: bool = True,
-                 dataset: Sequence[dict] | None = None, prompt_key: str = "prompt",
-                 max_workers: int = 8):
+    def __init__(
+        self,
+        generator: Any,
+        *,
+        tools: Sequence[Callable] | None = None,
+        environment: Callable[[], Environment] | None = None,
+        parser: ToolCallParser | None = None,
+        max_turns: int = 4,
+        max_turn_tokens: int | None = None,
+        tool_timeout_s: float = 10.0,
+        env_timeout_s: float = 60.0,
+        max_tool_output_chars: int = 2000,
+        observations: str = "messages",
+        inline_format: str = "\n```output\n{}\n```\n",
+        stop_at_call: bool = True,
+        render_tools: bool = True,
+        dataset: Sequence[dict] | None = None,
+        prompt_key: str = "prompt",
+        max_workers: int = 8,
+    ):
         if (tools is None) == (environment is None):
-            raise ValueError("give exactly one of tools=[...] (functions) or "
-                             "environment=Class (stateful)")
+            raise ValueError(
+                "give exactly one of tools=[...] (functions) or environment=Class (stateful)"
+            )
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         if max_turn_tokens is not None and max_turn_tokens < 1:
@@ -166,8 +178,9 @@ class MultiTurnGenerator:
         if observations not in ("messages", "inline"):
             raise ValueError(f"observations must be 'messages' or 'inline', got {observations!r}")
         if "{}" not in inline_format:
-            raise ValueError(f"inline_format needs a '{{}}' for the observation, "
-                             f"got {inline_format!r}")
+            raise ValueError(
+                f"inline_format needs a '{{}}' for the observation, got {inline_format!r}"
+            )
         self.generator, self.engine = generator, token_engine(generator)
         self.tokenizer = self.engine.tokenizer
         # extra chat-template variables the wrapped generator renders prompts with (enable_thinking)
@@ -177,7 +190,8 @@ class MultiTurnGenerator:
             parser = parser or _default_parser()
             self.tool_schemas = [tool_schema(t) for t in tools] if render_tools else None
             self.make_env: Callable[[], Any] = lambda: ToolEnvironment(
-                tools, parser, timeout_s=tool_timeout_s, max_output_chars=max_tool_output_chars)
+                tools, parser, timeout_s=tool_timeout_s, max_output_chars=max_tool_output_chars
+            )
         else:
             self.tool_schemas = None
             self.make_env = environment
@@ -186,8 +200,9 @@ class MultiTurnGenerator:
         self.env_timeout_s = env_timeout_s
         self.observations, self.inline_format = observations, inline_format
         self.prompt_key = prompt_key
-        self._rows_by_prompt = (None if dataset is None
-                                else {_key(r[prompt_key]): r for r in dataset})
+        self._rows_by_prompt = (
+            None if dataset is None else {_key(r[prompt_key]): r for r in dataset}
+        )
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpo-env")
         self._template_checked = False
         self._closed = False
@@ -220,26 +235,48 @@ class MultiTurnGenerator:
         """Raise :class:`grpo.rollout.chat.TemplateError` if the tokenizer's chat template is not
         prefix-preserving for tool conversations (done once, before the first chat rollout)."""
         if self.observations == "messages":
-            check_prefix_preserving(self.tokenizer, self.engine.eos_ids, tools=self.tool_schemas,
-                                    **self.template_kwargs)
+            check_prefix_preserving(
+                self.tokenizer, self.engine.eos_ids, tools=self.tool_schemas, **self.template_kwargs
+            )
         self._template_checked = True
 
-    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig,
-                 rows: Sequence[dict] | None = None) -> list[Trajectory]:
+    def generate(
+        self,
+        prompts: Sequence[Prompt],
+        n: int,
+        sampling: SamplingConfig,
+        rows: Sequence[dict] | None = None,
+    ) -> list[Trajectory]:
         """``len(prompts) * n`` trajectories, prompt-major; ``rows`` (one per prompt) go to the
         environments' ``reset`` (default: looked up in ``dataset``, else ``{"prompt": prompt}``)."""
         if self._closed:
             raise RuntimeError("this MultiTurnGenerator is closed")
-        if (isinstance(prompts, (str, bytes)) or not isinstance(n, int) or n < 1
-                or len(prompts) == 0):
-            raise ValueError(f"generate needs a non-empty list of prompts and n >= 1, "
-                             f"got {type(prompts).__name__}, n={n!r}")
+        if (
+            isinstance(prompts, (str, bytes))
+            or not isinstance(n, int)
+            or n < 1
+            or len(prompts) == 0
+        ):
+            raise ValueError(
+                f"generate needs a non-empty list of prompts and n >= 1, "
+                f"got {type(prompts).__name__}, n={n!r}"
+            )
         if rows is not None and len(rows) != len(prompts):
             raise ValueError(f"{len(rows)} rows for {len(prompts)} prompts")
         encoded = [self._encode(prompt) for prompt in prompts]
-        states = [self._start(p, k, prompt, encoded[p], n, sampling,
-                              rows[p] if rows is not None else self._row(prompt))
-                  for p, prompt in enumerate(prompts) for k in range(n)]
+        states = [
+            self._start(
+                p,
+                k,
+                prompt,
+                encoded[p],
+                n,
+                sampling,
+                rows[p] if rows is not None else self._row(prompt),
+            )
+            for p, prompt in enumerate(prompts)
+            for k in range(n)
+        ]
         stop = tuple(dict.fromkeys(tuple(sampling.stop) + self.stops))
         turn_sampling = replace(sampling, stop=stop, seed=None)
         for turn in range(self.max_turns):
@@ -266,22 +303,39 @@ class MultiTurnGenerator:
     def _encode(self, prompt: Prompt) -> tuple[list[int], str]:
         if isinstance(prompt, str):
             if self.observations != "inline":
-                raise ValueError("text prompts need observations='inline' (tool messages need a "
-                                 "chat conversation)")
+                raise ValueError(
+                    "text prompts need observations='inline' (tool messages need a "
+                    "chat conversation)"
+                )
             return encode_prompt(self.tokenizer, prompt), prompt
         if not self._template_checked:
             self.check_template()
-        text = render(self.tokenizer, prompt, generation_prompt=True, tools=self.tool_schemas,
-                      **self.template_kwargs)
+        text = render(
+            self.tokenizer,
+            prompt,
+            generation_prompt=True,
+            tools=self.tool_schemas,
+            **self.template_kwargs,
+        )
         return encode_text(self.tokenizer, text), text
 
-    def _start(self, p: int, k: int, prompt: Prompt, encoded: tuple[list[int], str], n: int,
-               sampling: SamplingConfig, row: dict) -> _State:
+    def _start(
+        self,
+        p: int,
+        k: int,
+        prompt: Prompt,
+        encoded: tuple[list[int], str],
+        n: int,
+        sampling: SamplingConfig,
+        row: dict,
+    ) -> _State:
         ids, text = encoded
         ctx = self.engine.max_context
         if not ids or (ctx is not None and len(ids) >= ctx):
-            raise ValueError(f"prompt {p} has {len(ids)} tokens; the context holds {ctx}: "
-                             "no room for a completion")
+            raise ValueError(
+                f"prompt {p} has {len(ids)} tokens; the context holds {ctx}: "
+                "no room for a completion"
+            )
         env = self.make_env()
         env.reset(**row)  # a failing reset is a bug in the environment or the data: it raises
         seed = row_seed(sampling.seed, p, n, k)
@@ -303,11 +357,13 @@ class MultiTurnGenerator:
             return CONTEXT
         return TOKEN_BUDGET if len(s.ids) >= sampling.max_tokens else TURN_LENGTH
 
-    def _take_turn(self, s: _State, ids, logp, limit: int, stop: tuple[str, ...],
-                   sampling: SamplingConfig) -> None:
-        ending = find_ending(self.tokenizer, ids, eos_ids=self.engine.eos_ids, stop=stop,
-                             limit=limit)
-        turn_ids, n = list(ids[:ending.length]), ending.length
+    def _take_turn(
+        self, s: _State, ids, logp, limit: int, stop: tuple[str, ...], sampling: SamplingConfig
+    ) -> None:
+        ending = find_ending(
+            self.tokenizer, ids, eos_ids=self.engine.eos_ids, stop=stop, limit=limit
+        )
+        turn_ids, n = list(ids[: ending.length]), ending.length
         s.append(turn_ids, logp[:n])
         s.turns += 1
         # The message keeps any special token sampled mid-turn (the template re-renders it as the
@@ -352,9 +408,13 @@ class MultiTurnGenerator:
             delta = "".join(self.inline_format.format(o["content"]) for o in observations)
         else:
             try:
-                delta = observation_delta(self.tokenizer, [*s.prompt, *s.messages, *observations],
-                                          s.stream_text, tools=self.tool_schemas,
-                                          **self.template_kwargs)
+                delta = observation_delta(
+                    self.tokenizer,
+                    [*s.prompt, *s.messages, *observations],
+                    s.stream_text,
+                    tools=self.tool_schemas,
+                    **self.template_kwargs,
+                )
             except TemplateError as e:
                 if not self._warned_mismatch:
                     self._warned_mismatch = True
@@ -374,21 +434,32 @@ class MultiTurnGenerator:
         s.append(env_ids, None)
 
     def _record(self, s: _State) -> Trajectory:
-        text = self.tokenizer.decode(s.ids[s.last_start:], skip_special_tokens=True)
+        text = self.tokenizer.decode(s.ids[s.last_start :], skip_special_tokens=True)
         return Trajectory(
-            prompt_ids=list(s.prompt_ids), completion_ids=list(s.ids), logprobs=list(s.logp),
-            text=text, finish_reason="length" if s.length_cut else "stop", prompt_index=s.p,
-            sample_index=s.k, loss_mask=list(s.mask), messages=tuple(s.messages),
-            tool_calls=tuple(s.calls), turns=s.turns,
-            stop_reason=s.stop_reason or MAX_TURNS, stop_detail=s.stop_detail, info=dict(s.info),
-            environment=s.env)
+            prompt_ids=list(s.prompt_ids),
+            completion_ids=list(s.ids),
+            logprobs=list(s.logp),
+            text=text,
+            finish_reason="length" if s.length_cut else "stop",
+            prompt_index=s.p,
+            sample_index=s.k,
+            loss_mask=list(s.mask),
+            messages=tuple(s.messages),
+            tool_calls=tuple(s.calls),
+            turns=s.turns,
+            stop_reason=s.stop_reason or MAX_TURNS,
+            stop_detail=s.stop_detail,
+            info=dict(s.info),
+            environment=s.env,
+        )
 
     def _row(self, prompt: Prompt) -> dict:
         if self._rows_by_prompt is not None:
             row = self._rows_by_prompt.get(_key(prompt))
             if row is None:
-                raise KeyError(f"prompt {str(prompt)[:80]!r} is not in the dataset given to "
-                               "MultiTurnGenerator")
+                raise KeyError(
+                    f"prompt {str(prompt)[:80]!r} is not in the dataset given to MultiTurnGenerator"
+                )
             return dict(row)
         return {self.prompt_key: prompt}
 

@@ -33,7 +33,9 @@ from grpo.rollout.types import Prompt, Rollout, SamplingConfig
 from grpo.rollout.weights import is_peft_model, unwrap_model
 
 
-def _child(model_dir: str, buffers: dict[str, torch.Tensor], version, lock, conn, threads: int) -> None:
+def _child(
+    model_dir: str, buffers: dict[str, torch.Tensor], version, lock, conn, threads: int
+) -> None:
     """The child's loop: ``("generate", prompts, n, sampling)`` -> ``("ok", rollouts)`` or
     ``("error", traceback)``; ``("close",)`` ends it."""
     torch.set_num_threads(threads)
@@ -41,7 +43,9 @@ def _child(model_dir: str, buffers: dict[str, torch.Tensor], version, lock, conn
 
     from grpo.rollout.hf import HFGenerator
 
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=next(iter(buffers.values())).dtype).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=next(iter(buffers.values())).dtype
+    ).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     params = dict(model.named_parameters())
     generator = HFGenerator(model, tokenizer)
@@ -83,26 +87,43 @@ class ProcessGenerator:
     versioned = True
     """Its rollouts carry the weight version that sampled them (the rollout source keeps it)."""
 
-    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, timeout: float = 600.0, threads: int = 1,
-                 chat_template_kwargs: dict | None = None, startup_timeout: float = 300.0):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        *,
+        timeout: float = 600.0,
+        threads: int = 1,
+        chat_template_kwargs: dict | None = None,
+        startup_timeout: float = 300.0,
+    ):
         import torch.multiprocessing as mp
 
         model = unwrap_model(model)
         if is_peft_model(model):
-            raise ValueError("ProcessGenerator needs a plain transformers model (merge LoRA adapters first)")
+            raise ValueError(
+                "ProcessGenerator needs a plain transformers model (merge LoRA adapters first)"
+            )
         self.timeout = timeout
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._dir = tempfile.TemporaryDirectory(prefix="grpo-generator-")
         model.save_pretrained(self._dir.name)
         tokenizer.save_pretrained(self._dir.name)
         with torch.no_grad():
-            self._buffers = {n: p.detach().to("cpu", copy=True).share_memory_() for n, p in model.named_parameters()}
+            self._buffers = {
+                n: p.detach().to("cpu", copy=True).share_memory_()
+                for n, p in model.named_parameters()
+            }
         ctx = mp.get_context("spawn")
         self._lock = ctx.Lock()
         self._version = ctx.Value("q", 0, lock=False)
         self._conn, child_conn = ctx.Pipe()
-        self._proc = ctx.Process(target=_child, args=(self._dir.name, self._buffers, self._version, self._lock,
-                                                      child_conn, threads), daemon=True, name="grpo-generator")
+        self._proc = ctx.Process(
+            target=_child,
+            args=(self._dir.name, self._buffers, self._version, self._lock, child_conn, threads),
+            daemon=True,
+            name="grpo-generator",
+        )
         self._proc.start()
         child_conn.close()
         self.version = 0
@@ -115,15 +136,19 @@ class ProcessGenerator:
             self._check_alive()
             if time.monotonic() > deadline:
                 self.close()
-                raise TimeoutError(f"the generator process did not {what} within {timeout:.0f} s "
-                                   "(stalled); it was stopped")
+                raise TimeoutError(
+                    f"the generator process did not {what} within {timeout:.0f} s "
+                    "(stalled); it was stopped"
+                )
         status, payload = self._conn.recv()
         if status == "error":
             raise RuntimeError(f"the generator process failed:\n{payload}")
         return payload
 
     # ------------------------------------------------------------------ Generator protocol
-    def generate(self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig) -> list[Rollout]:
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig
+    ) -> list[Rollout]:
         self._check_alive()
         self._conn.send(("generate", list(prompts), n, sampling, self.chat_template_kwargs))
         return self._receive(self.timeout, "return rollouts")
@@ -168,11 +193,12 @@ class ProcessGenerator:
         if not self._proc.is_alive():
             code = self._proc.exitcode
             self.close()
-            raise RuntimeError(f"the generator process died (exit code {code}); see its output above")
+            raise RuntimeError(
+                f"the generator process died (exit code {code}); see its output above"
+            )
 
     def __del__(self) -> None:
         try:
             self.close()
         except Exception:  # noqa: BLE001 -- interpreter shutdown: nothing left to report to
             pass
-

@@ -31,9 +31,19 @@ import torch
 from grpo.rollout.tokens import first_stop_end
 from grpo.rollout.types import SamplingConfig
 
-__all__ = ["RepetitionPenaltyProcessor", "RowSampler", "SampledTokenLogprobs", "StopInText",
-           "distinct_rows", "exponential_race", "left_pad", "logits_warpers", "position_ids",
-           "row_seed", "stop_hits"]
+__all__ = [
+    "RepetitionPenaltyProcessor",
+    "RowSampler",
+    "SampledTokenLogprobs",
+    "StopInText",
+    "distinct_rows",
+    "exponential_race",
+    "left_pad",
+    "logits_warpers",
+    "position_ids",
+    "row_seed",
+    "stop_hits",
+]
 
 
 # ------------------------------------------------------------------------------------- seeds
@@ -75,8 +85,9 @@ def position_ids(mask_BL: torch.Tensor, pad: int = 0) -> torch.Tensor:
     return torch.where(seen_BL == 0, pad, seen_BL - 1)
 
 
-def left_pad(contexts: Sequence[list[int]], pad_id: int, *, extra_columns: int = 0
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(
+    contexts: Sequence[list[int]], pad_id: int, *, extra_columns: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids and attention mask ``[B, W + extra_columns]`` (W = the longest context): each
     context ends at column W, padding on its left; the extra columns, for the tokens to be
     generated, hold ``pad_id`` and count as real in the mask."""
@@ -84,8 +95,8 @@ def left_pad(contexts: Sequence[list[int]], pad_id: int, *, extra_columns: int =
     ids_BT = torch.full((len(contexts), width + extra_columns), pad_id, dtype=torch.long)
     mask_BT = torch.zeros((len(contexts), width + extra_columns), dtype=torch.long)
     for i, c in enumerate(contexts):
-        ids_BT[i, width - len(c):width] = torch.tensor(c)
-        mask_BT[i, width - len(c):] = 1
+        ids_BT[i, width - len(c) : width] = torch.tensor(c)
+        mask_BT[i, width - len(c) :] = 1
     return ids_BT, mask_BT
 
 
@@ -94,8 +105,9 @@ def distinct_rows(share_B: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     label ``[U]`` and each row's distinct-label index ``[B]`` (what a shared prefill computes once
     and then indexes out)."""
     _, row_to_unique_B = torch.unique(share_B, return_inverse=True)
-    first_U = torch.stack([(row_to_unique_B == u).nonzero()[0, 0]
-                           for u in range(int(row_to_unique_B.max()) + 1)])
+    first_U = torch.stack(
+        [(row_to_unique_B == u).nonzero()[0, 0] for u in range(int(row_to_unique_B.max()) + 1)]
+    )
     return first_U, row_to_unique_B
 
 
@@ -145,8 +157,9 @@ def logits_warpers(sampling: SamplingConfig, starts_B: torch.Tensor | None = Non
 
 
 # --------------------------------------------------------------------------------- sampling
-def exponential_race(scores_BV: torch.Tensor, generators: list[torch.Generator] | None
-                     ) -> torch.Tensor:
+def exponential_race(
+    scores_BV: torch.Tensor, generators: list[torch.Generator] | None
+) -> torch.Tensor:
     """Each row's pick ``[B]`` by the exponential race of :class:`RowSampler`: row ``b`` draws
     its ``V`` noises from ``generators[b]`` (None: one block from the global RNG)."""
     noise_BV = torch.empty(scores_BV.shape, dtype=torch.float64, device=scores_BV.device)
@@ -221,6 +234,7 @@ class StopInText:
     def __init__(self, tokenizer, stop: Sequence[str], width: int) -> None:
         self.tokenizer, self.stop, self.width = tokenizer, tuple(stop), width
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor,
-                 **kwargs) -> torch.BoolTensor:
-        return stop_hits(self.tokenizer, input_ids[:, self.width:], self.stop)
+    def __call__(
+        self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs
+    ) -> torch.BoolTensor:
+        return stop_hits(self.tokenizer, input_ids[:, self.width :], self.stop)

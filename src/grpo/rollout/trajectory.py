@@ -31,7 +31,16 @@ TURN_LENGTH = "turn_length"  # one turn ran past max_turn_tokens
 ENV_ERROR = "env_error"  # the environment raised
 ENV_TIMEOUT = "env_timeout"  # the environment's step ran past its time limit
 TEMPLATE_MISMATCH = "template_mismatch"  # the chat template does not extend the token stream
-STOP_REASONS = (DONE, MAX_TURNS, TOKEN_BUDGET, CONTEXT, TURN_LENGTH, ENV_ERROR, ENV_TIMEOUT, TEMPLATE_MISMATCH)
+STOP_REASONS = (
+    DONE,
+    MAX_TURNS,
+    TOKEN_BUDGET,
+    CONTEXT,
+    TURN_LENGTH,
+    ENV_ERROR,
+    ENV_TIMEOUT,
+    TEMPLATE_MISMATCH,
+)
 
 
 @dataclass(frozen=True)
@@ -65,18 +74,28 @@ def trajectory_columns(rollouts: Sequence[Rollout], prompts: Sequence[Any]) -> d
     list (trl's multi-turn convention; grpo rewards read the assistant messages' text),
     ``trajectory`` is the record itself (None for a single-turn rollout) and ``environments``
     its environment object (trl's keyword for them)."""
+
     def completion(r: Rollout) -> Any:
         if isinstance(prompts[r.prompt_index], str):
             return r.text
-        return list(r.messages) if isinstance(r, Trajectory) else [{"role": "assistant", "content": r.text}]
+        return (
+            list(r.messages)
+            if isinstance(r, Trajectory)
+            else [{"role": "assistant", "content": r.text}]
+        )
 
     completions = [completion(r) for r in rollouts]
     trajectories = [r if isinstance(r, Trajectory) else None for r in rollouts]
-    return {"completions": completions, "trajectory": trajectories,
-            "environments": [None if t is None else t.environment for t in trajectories]}
+    return {
+        "completions": completions,
+        "trajectory": trajectories,
+        "environments": [None if t is None else t.environment for t in trajectories],
+    }
 
 
-def multiturn_metrics(rollouts: Sequence[Rollout], totals: Sequence[float | None] | None = None) -> dict[str, float]:
+def multiturn_metrics(
+    rollouts: Sequence[Rollout], totals: Sequence[float | None] | None = None
+) -> dict[str, float]:
     """Tool-use metrics of a step's rollouts (single-turn records count as 0 turns of tools).
 
     ``totals``: each rollout's total reward (None/NaN = unscored), aligned with ``rollouts``;
@@ -97,14 +116,17 @@ def multiturn_metrics(rollouts: Sequence[Rollout], totals: Sequence[float | None
         "tools/turns_mean": sum(t.turns for t in trajs) / n,
         "tools/calls_mean": n_calls / n,
         "tools/call_rate": sum(c > 0 for c in calls) / n,
-        "tools/error_frac": (statuses[ERROR] + statuses[MALFORMED] + statuses[UNKNOWN_TOOL]) / max(n_calls, 1),
+        "tools/error_frac": (statuses[ERROR] + statuses[MALFORMED] + statuses[UNKNOWN_TOOL])
+        / max(n_calls, 1),
         "tools/timeout_frac": statuses[TIMEOUT] / max(n_calls, 1),
         "tools/malformed": float(statuses[MALFORMED]),
         "tools/unknown_tool": float(statuses[UNKNOWN_TOOL]),
         "tools/env_token_frac": sum(t.env_tokens for t in trajs) / max(tokens, 1),
     }
     stops = Counter(t.stop_reason for t in trajs)
-    out.update({f"tools/stop_{reason}": stops[reason] / n for reason in STOP_REASONS if stops[reason]})
+    out.update(
+        {f"tools/stop_{reason}": stops[reason] / n for reason in STOP_REASONS if stops[reason]}
+    )
     if totals is not None:
         if len(totals) != len(rollouts):
             raise ValueError(f"{len(totals)} totals for {len(rollouts)} rollouts")
@@ -113,5 +135,7 @@ def multiturn_metrics(rollouts: Sequence[Rollout], totals: Sequence[float | None
             if isinstance(r, Trajectory) and v is not None and v == v:
                 c = len(r.tool_calls)
                 by_calls.setdefault(str(c) if c < 3 else "3+", []).append(float(v))
-        out.update({f"tools/reward_calls_{k}": sum(v) / len(v) for k, v in sorted(by_calls.items())})
+        out.update(
+            {f"tools/reward_calls_{k}": sum(v) / len(v) for k, v in sorted(by_calls.items())}
+        )
     return out

@@ -86,8 +86,8 @@ class Rollout:
             object.__setattr__(self, "loss_mask", [1] * len(self.completion_ids))
         elif len(self.loss_mask) != len(self.completion_ids):
             raise ValueError(
-                f"loss_mask ({len(self.loss_mask)}) and completion_ids ({len(self.completion_ids)}) "
-                "must have the same length"
+                f"loss_mask ({len(self.loss_mask)}) and completion_ids "
+                f"({len(self.completion_ids)}) must have the same length"
             )
 
 
@@ -137,7 +137,9 @@ class SamplingConfig:
         if not 0 <= self.min_p < 1:
             raise ValueError(f"min_p must be in [0, 1), got {self.min_p}")
         if not (self.repetition_penalty > 0 and math.isfinite(self.repetition_penalty)):
-            raise ValueError(f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}")
+            raise ValueError(
+                f"repetition_penalty must be > 0 (1.0 = off), got {self.repetition_penalty}"
+            )
         if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
             raise ValueError(f"max_tokens must be an int >= 1, got {self.max_tokens!r}")
         if any(not isinstance(s, str) or not s for s in self.stop):

@@ -221,10 +221,13 @@ class VLLMGenerator:
 
         self._check_open()
         if self._weights_discarded:
-            raise RuntimeError("the engine slept at level 2 (weights discarded): call "
-                               "sync_weights(model) before generating")
-        encoded = encode_prompts(self.tokenizer, prompts, n, self.max_model_len,
-                                 self.chat_template_kwargs)
+            raise RuntimeError(
+                "the engine slept at level 2 (weights discarded): call "
+                "sync_weights(model) before generating"
+            )
+        encoded = encode_prompts(
+            self.tokenizer, prompts, n, self.max_model_len, self.chat_template_kwargs
+        )
         if self._asleep:
             self.wake_up()
         n_req = 1 if sampling.greedy else n  # vLLM rejects n > 1 when greedy; all n agree anyway
@@ -253,18 +256,29 @@ class VLLMGenerator:
         for p, (ids, request) in enumerate(zip(encoded, outputs, strict=True)):
             samples = sorted(request.outputs, key=lambda o: o.index)
             if len(samples) != n_req:
-                raise RuntimeError(f"vLLM returned {len(samples)} samples for prompt {p}, "
-                                   f"not {n_req}")
+                raise RuntimeError(
+                    f"vLLM returned {len(samples)} samples for prompt {p}, not {n_req}"
+                )
             samples = samples * (n // n_req)
             limit = min(sampling.max_tokens, self.max_model_len - len(ids))
             for k, sample in enumerate(samples):
                 token_ids = list(sample.token_ids)
-                logprobs = [step[tok].logprob for tok, step in zip(token_ids, sample.logprobs,
-                                                                   strict=True)]
-                rollouts.append(make_rollout(
-                    self.tokenizer, ids, token_ids, logprobs, prompt_index=p, sample_index=k,
-                    eos_ids=self.eos_ids, sampling=sampling, limit=limit,
-                ))
+                logprobs = [
+                    step[tok].logprob for tok, step in zip(token_ids, sample.logprobs, strict=True)
+                ]
+                rollouts.append(
+                    make_rollout(
+                        self.tokenizer,
+                        ids,
+                        token_ids,
+                        logprobs,
+                        prompt_index=p,
+                        sample_index=k,
+                        eos_ids=self.eos_ids,
+                        sampling=sampling,
+                        limit=limit,
+                    )
+                )
         return rollouts
 
     def sync_weights(self, model: nn.Module) -> None:

@@ -34,8 +34,10 @@ def check_engine_fits(model_path: str, max_model_len: int | None, cpu: bool) -> 
     config = AutoConfig.from_pretrained(model_path)
     context = getattr(config, "max_position_embeddings", None)
     if max_model_len is not None and context is not None and max_model_len > context:
-        raise ValueError(f"max_model_len={max_model_len} exceeds the model's context of {context} tokens "
-                         "(from the trainer: max_prompt_length + max_completion_length); lower it")
+        raise ValueError(
+            f"max_model_len={max_model_len} exceeds the model's context of {context} tokens "
+            "(from the trainer: max_prompt_length + max_completion_length); lower it"
+        )
     if not cpu:
         return
     heads = getattr(config, "num_attention_heads", None)
@@ -47,9 +49,11 @@ def check_engine_fits(model_path: str, max_model_len: int | None, cpu: bool) -> 
     except (ImportError, AttributeError):  # another vLLM layout: let the engine decide
         return
     if head_dim is not None and head_dim not in supported:
-        raise ValueError(f"the model's attention head size is {head_dim}, which vLLM's CPU backend does not "
-                         f"support (supported: {supported}); use rollout='hf', or a model with one of these "
-                         "head sizes")
+        raise ValueError(
+            f"the model's attention head size is {head_dim}, which vLLM's CPU backend does not "
+            f"support (supported: {supported}); use rollout='hf', or a model with one of these "
+            "head sizes"
+        )
 
 
 def checkpoint_names(model_path: str) -> set[str] | None:

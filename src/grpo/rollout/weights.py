@@ -65,9 +65,7 @@ def inference_weights(model: nn.Module) -> Iterator[Iterator[tuple[str, torch.Te
     """
     model = unwrap_model(model)
     if not is_peft_model(model):
-        yield (
-            (name, _materialize(p)) for name, p in model.named_parameters()
-        )
+        yield ((name, _materialize(p)) for name, p in model.named_parameters())
         return
     if _needs_inplace_merge(model):
         model.merge_adapter()
@@ -97,8 +95,10 @@ def weight_metadata(model: nn.Module) -> list[tuple[str, str, list[int]]]:
     trl's VLLMClient announces the tensors before streaming them. A merged LoRA weight keeps
     its base weight's dtype and shape, so the base parameters describe it.
     """
-    return [(n, str(p.dtype).removeprefix("torch."), list(p.shape))
-            for n, p in _named_parameters(unwrap_model(model))]
+    return [
+        (n, str(p.dtype).removeprefix("torch."), list(p.shape))
+        for n, p in _named_parameters(unwrap_model(model))
+    ]
 
 
 def weight_names(model: nn.Module) -> set[str]:
@@ -148,7 +148,7 @@ def _hf_name(name: str, tuner_prefix: str, active: list[str]) -> str | None:
         i = parts.index("modules_to_save")
         if parts[i + 1] not in active:
             return None
-        parts = parts[:i] + parts[i + 2:]
+        parts = parts[:i] + parts[i + 2 :]
     return ".".join(p for p in parts if p != "base_layer")
 
 

@@ -138,14 +138,29 @@ from grpo.sandbox.process import (
     _plan,
 )
 
-__all__ = ["MODES", "SandboxLimits", "SandboxResult", "TestRun", "run_python", "run_tests",
-           "sandbox_layers", "sandbox_mode", "sandbox_prefork"]
+__all__ = [
+    "MODES",
+    "SandboxLimits",
+    "SandboxResult",
+    "TestRun",
+    "run_python",
+    "run_tests",
+    "sandbox_layers",
+    "sandbox_mode",
+    "sandbox_prefork",
+]
 
 log = logging.getLogger(__name__)
 
 MODES = ("namespaces", "rlimits")
-_COMMON_LAYERS = ("wall-timeout", "process-group", "rlimits", "scrubbed-env", "temp-workdir",
-                  "no-new-privs") + (("no-keyring",) if KEYRING_FILTER else ())
+_COMMON_LAYERS = (
+    "wall-timeout",
+    "process-group",
+    "rlimits",
+    "scrubbed-env",
+    "temp-workdir",
+    "no-new-privs",
+) + (("no-keyring",) if KEYRING_FILTER else ())
 _NS_LAYERS = ("pid-namespace", "net-namespace", "ipc-namespace", "mount-namespace")
 
 
@@ -180,12 +195,17 @@ def _detect_mode() -> str:
     if forced != "auto":
         raise ValueError(f"GRPO_SANDBOX must be auto, namespaces or rlimits, got {forced!r}")
     if sys.platform.startswith("linux") and shutil.which("unshare"):
-        probe = _launch({"mode": "script", "program": "print(6 * 7)"}, None,
-                        SandboxLimits(wall_time_s=20), "namespaces")
+        probe = _launch(
+            {"mode": "script", "program": "print(6 * 7)"},
+            None,
+            SandboxLimits(wall_time_s=20),
+            "namespaces",
+        )
         if probe.ok and probe.stdout == "42\n":
             return "namespaces"
-        log.warning("grpo sandbox: namespaces unavailable (%s); using rlimits only",
-                    probe.describe())
+        log.warning(
+            "grpo sandbox: namespaces unavailable (%s); using rlimits only", probe.describe()
+        )
     return "rlimits"
 
 
@@ -219,8 +239,13 @@ def sandbox_layers(mode: str | None = None, prefork: bool | None = None) -> tupl
     return layers
 
 
-def _launch_job(job: dict, stdin: bytes | None, limits: SandboxLimits | None, mode: str | None,
-                prefork: bool | None) -> SandboxResult:
+def _launch_job(
+    job: dict,
+    stdin: bytes | None,
+    limits: SandboxLimits | None,
+    mode: str | None,
+    prefork: bool | None,
+) -> SandboxResult:
     mode = mode or sandbox_mode()
     limits = limits or SandboxLimits()
     if sandbox_prefork(mode, prefork):
@@ -230,8 +255,12 @@ def _launch_job(job: dict, stdin: bytes | None, limits: SandboxLimits | None, mo
 
 # ---------------------------------------------------------------------------- public runs
 def run_python(
-    program: str, *, stdin: str | bytes = b"", limits: SandboxLimits | None = None,
-    mode: str | None = None, prefork: bool | None = None,
+    program: str,
+    *,
+    stdin: str | bytes = b"",
+    limits: SandboxLimits | None = None,
+    mode: str | None = None,
+    prefork: bool | None = None,
 ) -> SandboxResult:
     """Run ``program`` as ``__main__`` in the sandbox, feeding it ``stdin``. ``prefork``:
     False for the per-run path (see the module docstring; default :func:`sandbox_prefork`).
@@ -245,8 +274,13 @@ def run_python(
 
 
 def run_tests(
-    program: str, tests: Sequence[str], *, limits: SandboxLimits | None = None,
-    test_timeout_s: float = 5.0, mode: str | None = None, prefork: bool | None = None,
+    program: str,
+    tests: Sequence[str],
+    *,
+    limits: SandboxLimits | None = None,
+    test_timeout_s: float = 5.0,
+    mode: str | None = None,
+    prefork: bool | None = None,
 ) -> TestRun:
     """Load ``program`` as a module, then run each test (assert-style Python) in its namespace.
 
@@ -259,8 +293,13 @@ def run_tests(
     (True, False)
     """
     tests = list(tests)
-    res = _launch_job({"mode": "assert", "program": program, "tests": tests,
-                       "test_timeout_s": test_timeout_s}, None, limits, mode, prefork)
+    res = _launch_job(
+        {"mode": "assert", "program": program, "tests": tests, "test_timeout_s": test_timeout_s},
+        None,
+        limits,
+        mode,
+        prefork,
+    )
     passed = [False] * len(tests)
     tampered = any(v.startswith("\0") for v in res.verdicts)
     program_error = None

@@ -90,8 +90,12 @@ def _build_root(fs, scratch=True):
     for dev in ("null", "zero", "full", "random", "urandom"):
         open(root + "/dev/" + dev, "w").close()
         _mount(libc, "/dev/" + dev, root + "/dev/" + dev, None, MS_BIND)
-    for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
-                         ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+    for name, target in (
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ):
         os.symlink(target, root + "/dev/" + name)
     # read-only (its device nodes are bind mounts of their own and stay writable): without
     # uid drop the program's uid owns this tmpfs, and a zygote's runs all share it
@@ -117,10 +121,22 @@ def _build_root(fs, scratch=True):
 def _mount_scratch(libc, root, fs):
     """The run's writable places: a tmpfs /work owned by its uid and a tmpfs /tmp."""
     owner = "" if fs["uid"] is None else ",uid=%d,gid=%d" % (fs["uid"], fs["uid"])
-    _mount(libc, "tmpfs", root + "/work", "tmpfs", MS_NOSUID | MS_NODEV,
-           "size=%dm,mode=700%s" % (fs["work_mb"], owner))
-    _mount(libc, "tmpfs", root + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV,
-           "size=%dm,mode=1777" % fs["tmp_mb"])
+    _mount(
+        libc,
+        "tmpfs",
+        root + "/work",
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        "size=%dm,mode=700%s" % (fs["work_mb"], owner),
+    )
+    _mount(
+        libc,
+        "tmpfs",
+        root + "/tmp",
+        "tmpfs",
+        MS_NOSUID | MS_NODEV,
+        "size=%dm,mode=1777" % fs["tmp_mb"],
+    )
 
 
 def _set_limits(lim):
@@ -147,8 +163,11 @@ def _drop_privileges(uid, drop_caps, deny_keyrings):
             _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
 
         class Data(ctypes.Structure):
-            _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32),
-                        ("inheritable", ctypes.c_uint32)]
+            _fields_ = [
+                ("effective", ctypes.c_uint32),
+                ("permitted", ctypes.c_uint32),
+                ("inheritable", ctypes.c_uint32),
+            ]
 
         PR_CAPBSET_DROP = 24
         for cap in range(64):
@@ -165,8 +184,10 @@ def _drop_privileges(uid, drop_caps, deny_keyrings):
 
 
 # (audit arch, syscall numbers of add_key, request_key, keyctl)
-KEYRING_SYSCALLS = {"x86_64": (0xC000003E, (248, 249, 250)),
-                    "aarch64": (0xC00000B7, (217, 218, 219))}
+KEYRING_SYSCALLS = {
+    "x86_64": (0xC000003E, (248, 249, 250)),
+    "aarch64": (0xC00000B7, (217, 218, 219)),
+}
 
 
 def _deny_keyrings(libc):
@@ -191,14 +212,23 @@ def _keyring_filter():
     LD_ABS, JEQ, JGE, RET = 0x20, 0x15, 0x35, 0x06
     allow, deny = 0x7FFF0000, 0x00050000 | 1  # SECCOMP_RET_ALLOW, SECCOMP_RET_ERRNO | EPERM
     n = len(numbers)
-    prog = [(LD_ABS, 0, 0, 4), (JEQ, 1, 0, arch), (RET, 0, 0, deny),  # foreign ABI: deny
-            (LD_ABS, 0, 0, 0), (JGE, n + 1, 0, 0x40000000)]  # x32 numbers: deny
+    prog = [
+        (LD_ABS, 0, 0, 4),
+        (JEQ, 1, 0, arch),
+        (RET, 0, 0, deny),  # foreign ABI: deny
+        (LD_ABS, 0, 0, 0),
+        (JGE, n + 1, 0, 0x40000000),
+    ]  # x32 numbers: deny
     prog += [(JEQ, n - i, 0, nr) for i, nr in enumerate(numbers)]
     prog += [(RET, 0, 0, allow), (RET, 0, 0, deny)]
 
     class Insn(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                    ("k", ctypes.c_uint32)]
+        _fields_ = [
+            ("code", ctypes.c_uint16),
+            ("jt", ctypes.c_uint8),
+            ("jf", ctypes.c_uint8),
+            ("k", ctypes.c_uint32),
+        ]
 
     class Prog(ctypes.Structure):
         _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(Insn))]

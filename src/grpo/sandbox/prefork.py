@@ -91,19 +91,28 @@ class _Zygote:
         ready = False
         try:
             self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=self._stderr, stderr=self._stderr,
-                env=_env("/work", "/tmp"), cwd="/", pass_fds=(theirs.fileno(),),
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=self._stderr,
+                stderr=self._stderr,
+                env=_env("/work", "/tmp"),
+                cwd="/",
+                pass_fds=(theirs.fileno(),),
                 start_new_session=True,
             )
             theirs.close()  # from here on, every copy of the zygote's ends is in its process
-            plan = marshal.dumps({"newroot": newroot, "ro_binds": _ro_binds(python),
-                                  "deny_keyrings": KEYRING_FILTER})
-            boot.sendmsg([plan], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                   array.array("i", [ctrl.fileno()]))])
+            plan = marshal.dumps(
+                {"newroot": newroot, "ro_binds": _ro_binds(python), "deny_keyrings": KEYRING_FILTER}
+            )
+            boot.sendmsg(
+                [plan], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [ctrl.fileno()]))]
+            )
             boot.close()
             ctrl.close()
-            ready = (_wait_readable(self.sock.fileno(), START_TIMEOUT_S)
-                     and self.sock.recv(16) == b"ready")
+            ready = (
+                _wait_readable(self.sock.fileno(), START_TIMEOUT_S)
+                and self.sock.recv(16) == b"ready"
+            )
         except OSError as e:
             self.start_error = f"{type(e).__name__}: {e}"
         finally:
@@ -173,8 +182,9 @@ class _Zygote:
             fds = array.array("i", [job_fd, in_fd, out_fd, err_fd, verdict_fd, done_w])
             start = time.monotonic()
             try:
-                self.sock.sendmsg([b"run %d" % run_id],
-                                  [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)])
+                self.sock.sendmsg(
+                    [b"run %d" % run_id], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, fds)]
+                )
             except OSError as e:
                 raise ZygoteDied(f"sending the run failed: {e}") from e
             for fd in (job_fd, in_fd, done_w):  # the zygote holds them now
@@ -188,8 +198,16 @@ class _Zygote:
                 except OSError:
                     pass  # a dead zygote took the run with it
             returncode = None if finished else -9  # unless the supervisor reported one
-            res = _result(job["token"], out_fd, err_fd, verdict_fd, limits,
-                          timed_out=not finished, wall=wall, returncode=returncode)
+            res = _result(
+                job["token"],
+                out_fd,
+                err_fd,
+                verdict_fd,
+                limits,
+                timed_out=not finished,
+                wall=wall,
+                returncode=returncode,
+            )
             # Ended without its supervisor's report, and not by a setup failure of its own (that
             # says so on stderr): killed. If the zygote died (taking the run with it), its socket
             # may hang up a few ms after the run's end shows, so watch it for a while.
@@ -207,7 +225,7 @@ def _memfd(data: bytes) -> int:
     fd = os.memfd_create("grpo-sandbox", os.MFD_CLOEXEC)
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
     os.lseek(fd, 0, os.SEEK_SET)
     return fd
 
@@ -231,8 +249,11 @@ def _zygote(python: str, root: bool) -> _Zygote:
     with _LOCK:
         z = _ZYGOTES.get(key)
         if z is not None and not z.alive():
-            log.warning("grpo sandbox: the zygote (pid %d) died (%s); starting a new one",
-                        z.pid, z.describe_end())
+            log.warning(
+                "grpo sandbox: the zygote (pid %d) died (%s); starting a new one",
+                z.pid,
+                z.describe_end(),
+            )
             STATS["died"] += 1
             z.close()
             z = None
@@ -270,13 +291,23 @@ def launch_prefork(job: dict, stdin: bytes | None, limits: SandboxLimits) -> San
         try:
             return z.run(job, stdin or b"", limits)
         except ZygoteDied as e:
-            log.warning("grpo sandbox: the zygote (pid %d) died during a run (%s); %s", z.pid, e,
-                        "running it again on a new one" if attempt == 0 else "giving up")
+            log.warning(
+                "grpo sandbox: the zygote (pid %d) died during a run (%s); %s",
+                z.pid,
+                e,
+                "running it again on a new one" if attempt == 0 else "giving up",
+            )
     msg = "the sandbox zygote died during this run twice in a row"
     log.error("grpo sandbox: %s", msg)
     return _setup_failure(msg)
 
 
 def _setup_failure(reason: str) -> SandboxResult:
-    return SandboxResult(returncode=None, stdout="", stderr=f"{SETUP_FAILED}: {reason}",
-                         timed_out=False, wall_s=0.0, setup_failed=True)
+    return SandboxResult(
+        returncode=None,
+        stdout="",
+        stderr=f"{SETUP_FAILED}: {reason}",
+        timed_out=False,
+        wall_s=0.0,
+        setup_failed=True,
+    )

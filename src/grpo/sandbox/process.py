@@ -135,8 +135,10 @@ def _plan(mode: str) -> tuple[str, bool]:
         prefix = sys.base_prefix if own else os.path.dirname(os.path.dirname(cand))
         if os.path.exists(cand) and _world_usable(cand) and _world_usable(prefix):
             return os.path.realpath(cand), True
-    log.warning("grpo sandbox: no interpreter reachable by an unprivileged uid; "
-                "running sandboxed code as root (RLIMIT_NPROC does not bind root)")
+    log.warning(
+        "grpo sandbox: no interpreter reachable by an unprivileged uid; "
+        "running sandboxed code as root (RLIMIT_NPROC does not bind root)"
+    )
     return py, False
 
 
@@ -181,8 +183,13 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
         if mode == "namespaces":
             newroot = os.path.join(base, "root")
             os.mkdir(newroot, 0o700)
-            job["fs"] = {"newroot": newroot, "ro_binds": _ro_binds(python), "uid": uid,
-                         "work_mb": limits.workdir_mb, "tmp_mb": 16}
+            job["fs"] = {
+                "newroot": newroot,
+                "ro_binds": _ro_binds(python),
+                "uid": uid,
+                "work_mb": limits.workdir_mb,
+                "tmp_mb": 16,
+            }
             job["cwd"] = "/work"
             home = "/work"
             nproc = limits.max_processes
@@ -205,16 +212,33 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
         env = _env(home, home if mode == "rlimits" else "/tmp")
         done_r, done_w = os.pipe()  # the supervisor writes a byte here once it has reported
         try:
-            with open(paths["job"], "rb") as jf, open(paths["verdicts"], "wb") as vf, \
-                    open(paths["stdin"], "rb") as si, open(paths["stdout"], "wb") as so, \
-                    open(paths["stderr"], "wb") as se:
+            with (
+                open(paths["job"], "rb") as jf,
+                open(paths["verdicts"], "wb") as vf,
+                open(paths["stdin"], "rb") as si,
+                open(paths["stdout"], "wb") as so,
+                open(paths["stderr"], "wb") as se,
+            ):
                 cmd = _command(mode, root, limits) + [
-                    python, "-I", "-S", "-B", _HARNESS,
-                    str(jf.fileno()), str(vf.fileno()), str(done_w)]
+                    python,
+                    "-I",
+                    "-S",
+                    "-B",
+                    _HARNESS,
+                    str(jf.fileno()),
+                    str(vf.fileno()),
+                    str(done_w),
+                ]
                 start = time.monotonic()
                 proc = subprocess.Popen(
-                    cmd, stdin=si, stdout=so, stderr=se, env=env, cwd=base,
-                    pass_fds=(jf.fileno(), vf.fileno(), done_w), start_new_session=True,
+                    cmd,
+                    stdin=si,
+                    stdout=so,
+                    stderr=se,
+                    env=env,
+                    cwd=base,
+                    pass_fds=(jf.fileno(), vf.fileno(), done_w),
+                    start_new_session=True,
                 )
                 os.close(done_w)
                 done_w = -1
@@ -227,10 +251,21 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
                 os.close(done_w)
         if mode == "rlimits" and uid is not None:
             _kill_uid(uid)  # daemons that left the process group (setsid)
-        with open(paths["stdout"], "rb") as so, open(paths["stderr"], "rb") as se, \
-                open(paths["verdicts"], "rb") as vf:
-            res = _result(token, so.fileno(), se.fileno(), vf.fileno(), limits,
-                          timed_out=timed_out, wall=wall, returncode=None)
+        with (
+            open(paths["stdout"], "rb") as so,
+            open(paths["stderr"], "rb") as se,
+            open(paths["verdicts"], "rb") as vf,
+        ):
+            res = _result(
+                token,
+                so.fileno(),
+                se.fileno(),
+                vf.fileno(),
+                limits,
+                timed_out=timed_out,
+                wall=wall,
+                returncode=None,
+            )
         if res.returncode is not None:  # the supervisor reported
             _reap_later(proc)  # killed; namespace teardown may take tens of ms: not our wait
             return res
@@ -240,26 +275,47 @@ def _launch(job: dict, stdin: bytes | None, limits: SandboxLimits, mode: str) ->
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _complete_job(job: dict, token: str, uid: int | None, drop_caps: bool,
-                  limits: SandboxLimits, nproc: int) -> None:
+def _complete_job(
+    job: dict, token: str, uid: int | None, drop_caps: bool, limits: SandboxLimits, nproc: int
+) -> None:
     """Fill in the job fields that both paths share (read by ``harness.py``)."""
     job.update(
-        token=token, uid=uid, drop_caps=drop_caps, deny_keyrings=KEYRING_FILTER,
-        limits={"cpu_s": max(1, int(limits.cpu_time_s + 0.999)),
-                "memory_bytes": limits.memory_mb * 2**20,
-                "file_bytes": int(limits.max_file_mb * 2**20),
-                "nproc": nproc, "nofile": limits.max_open_files},
+        token=token,
+        uid=uid,
+        drop_caps=drop_caps,
+        deny_keyrings=KEYRING_FILTER,
+        limits={
+            "cpu_s": max(1, int(limits.cpu_time_s + 0.999)),
+            "memory_bytes": limits.memory_mb * 2**20,
+            "file_bytes": int(limits.max_file_mb * 2**20),
+            "nproc": nproc,
+            "nofile": limits.max_open_files,
+        },
     )
 
 
 def _env(home: str, tmpdir: str) -> dict[str, str]:
     """The whole environment of sandboxed code: nothing inherited."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": home, "TMPDIR": tmpdir,
-            "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "HOME": home,
+        "TMPDIR": tmpdir,
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+    }
 
 
-def _result(token: str, out_fd: int, err_fd: int, verdict_fd: int, limits: SandboxLimits, *,
-            timed_out: bool, wall: float, returncode: int | None) -> SandboxResult:
+def _result(
+    token: str,
+    out_fd: int,
+    err_fd: int,
+    verdict_fd: int,
+    limits: SandboxLimits,
+    *,
+    timed_out: bool,
+    wall: float,
+    returncode: int | None,
+) -> SandboxResult:
     """Read a finished run's outputs and verdict lines. ``returncode``: the status to report
     if the supervisor did not (None: unknown)."""
     out, out_trunc = _read_capped(out_fd, limits.max_output_bytes)
@@ -268,13 +324,18 @@ def _result(token: str, out_fd: int, err_fd: int, verdict_fd: int, limits: Sandb
     lines = verdict_bytes.decode("utf-8", "replace").splitlines()
     ready = bool(lines) and lines[0] == f"{token} ready"
     if lines and lines[-1].startswith(f"{token} exit "):  # the supervisor's report
-        returncode = int(lines.pop()[len(token) + 6:])
+        returncode = int(lines.pop()[len(token) + 6 :])
     return SandboxResult(
-        returncode=returncode, stdout=out.decode("utf-8", "replace"),
-        stderr=err.decode("utf-8", "replace"), timed_out=timed_out, wall_s=wall,
-        output_truncated=out_trunc or err_trunc, setup_failed=not ready and not timed_out,
-        verdicts=tuple(v[len(token) + 1:] if v.startswith(token + " ") else "\0" + v
-                       for v in lines),
+        returncode=returncode,
+        stdout=out.decode("utf-8", "replace"),
+        stderr=err.decode("utf-8", "replace"),
+        timed_out=timed_out,
+        wall_s=wall,
+        output_truncated=out_trunc or err_trunc,
+        setup_failed=not ready and not timed_out,
+        verdicts=tuple(
+            v[len(token) + 1 :] if v.startswith(token + " ") else "\0" + v for v in lines
+        ),
     )
 
 
@@ -335,8 +396,15 @@ def _kill_uid(uid: int) -> None:
     # kill(-1) from the run's own uid reaches exactly the processes of that uid
     kill = shutil.which("kill")
     if kill:
-        subprocess.run([kill, "-9", "-1"], user=uid, group=uid, extra_groups=[],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        subprocess.run(
+            [kill, "-9", "-1"],
+            user=uid,
+            group=uid,
+            extra_groups=[],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            check=False,
+        )
 
 
 def _read_capped(fd: int, cap: int) -> tuple[bytes, bool]:

@@ -36,6 +36,7 @@ import sys
 
 import ctypes
 import resource  # noqa: F401  (imported before sys.path changes below; the harness needs it)
+
 # A program that fails to load (a young policy's usually do: SyntaxErrors) gets its traceback
 # printed; importing ``traceback`` (with re, enum, tokenize, ...) in each run would cost it ~8 ms.
 import traceback  # noqa: F401
@@ -116,8 +117,10 @@ def _received_fds(ancillary):
     fds = []
     for level, kind, data in ancillary:
         if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
-            fds += [int.from_bytes(data[i:i + 4], sys.byteorder, signed=True)
-                    for i in range(0, len(data) - len(data) % 4, 4)]
+            fds += [
+                int.from_bytes(data[i : i + 4], sys.byteorder, signed=True)
+                for i in range(0, len(data) - len(data) % 4, 4)
+            ]
     return fds
 
 
@@ -184,8 +187,9 @@ def _init_process(ctrl, fds):
     libc = harness._libc()
     try:
         harness._mount_scratch(libc, "", job["fs"])
-        harness._mount(libc, "proc", "/proc", "proc",
-                       harness.MS_NOSUID | harness.MS_NODEV | harness.MS_NOEXEC)
+        harness._mount(
+            libc, "proc", "/proc", "proc", harness.MS_NOSUID | harness.MS_NODEV | harness.MS_NOEXEC
+        )
     except OSError as e:
         harness._fail_setup("%s: %s" % (type(e).__name__, e))
     try:
