@@ -11,7 +11,7 @@ PipelineRL, prime-rl):
 
 * **versions**: the weights the learner has after ``v`` updates are version ``v``; every
   rollout carries the version that sampled it (``Rollout.policy_version``);
-* **a staleness bound** ``k`` (``async_staleness``): step ``s`` trains only on rollouts of
+* **a staleness bound** ``k`` (``async.staleness``): step ``s`` trains only on rollouts of
   version ``>= s - k``. The producer does not start step ``s`` before version ``s - k`` is in
   the generator, and the queue holds at most ``k`` steps, so no sample is ever too old when
   taken; the bound is still checked on every step, and a violation is an error.

@@ -7,7 +7,7 @@ a loud warning that names the culprit and the fix.
 * :func:`set_torch_threads`: torch's default of one thread per core collapses (0.16 s -> 20+ s a
   step measured on 2 cores) when the scoring pool and the generator compete for those cores.
 * :class:`LearningWatch`: a run where nearly every group has no reward spread, or nearly every
-  completion is cut at ``max_completion_length``, trains on (almost) nothing; trl users hit
+  completion is cut at ``sampling.max_tokens``, trains on (almost) nothing; trl users hit
   this in the quick start (completions truncated before any answer, every reward 0).
 * :func:`check_prompt_lengths`: ``max_prompt_length`` is enforced on every sampled prompt,
   naming the dataset row.
@@ -132,14 +132,14 @@ class LearningWatch:
         causes = []
         if cut >= self.threshold:
             causes.append(
-                f"{cut:.0%} of completions were cut at max_completion_length={self.max_len} (raise "
+                f"{cut:.0%} of completions were cut at sampling.max_tokens={self.max_len} (raise "
                 "it, or check that the model can end its answer: eos token, stop strings)"
             )
         if dead >= self.threshold:
             causes.append(
                 f"{dead:.0%} of groups had no reward spread, so their advantages are 0 (check the "
                 "rewards on a few completions in completions.jsonl; consider "
-                "dynamic_sampling=True, more num_generations, or easier prompts)"
+                "rollout.dynamic_sampling=True, more rollout.num_generations, or easier prompts)"
             )
         return (
             f"step {step}: the run is learning almost nothing for {self.streak} steps: "

@@ -36,7 +36,7 @@ def check_engine_fits(model_path: str, max_model_len: int | None, cpu: bool) -> 
     if max_model_len is not None and context is not None and max_model_len > context:
         raise ValueError(
             f"max_model_len={max_model_len} exceeds the model's context of {context} tokens "
-            "(from the trainer: max_prompt_length + max_completion_length); lower it"
+            "(from the trainer: rollout.max_prompt_length + sampling.max_tokens); lower it"
         )
     if not cpu:
         return
