@@ -202,3 +202,19 @@ def test_the_sections_table_in_the_docs_names_every_key():
     for section in SECTIONS:
         for name in section_fields(section):
             assert f"`{name}`" in rows[section], f"docs/trainer.md: {section}.{name} is missing"
+
+
+@pytest.mark.parametrize("setting, key", [
+    ({"rollout": {"dynamic_sampling": True}}, r"rollout\.dynamic_sampling=True"),
+    ({"sampling": {"top_p": 0.9}}, r"sampling\.top_p=0\.9"),
+    ({"sampling": {"top_k": 20}}, r"sampling\.top_k=20"),
+    ({"sampling": {"min_p": 0.05}}, r"sampling\.min_p=0\.05"),
+    ({"sampling": {"repetition_penalty": 1.1}}, r"sampling\.repetition_penalty=1\.1"),
+])
+def test_distillation_refuses_dynamic_sampling_and_truncated_sampling(setting, key):
+    """With a teacher, DAPO's filter on task-reward spread would drop the teacher's signal, and a
+    truncated sampler's log-probs are no match for the teacher's full softmax: both refused."""
+    with pytest.raises(ValueError, match=key + r" with distill\.teacher: .*for on-policy distillation"):
+        GRPOConfig(distill={"teacher": "some/teacher"}, **setting)
+    GRPOConfig(**setting)  # without a teacher each is fine
+    GRPOConfig(distill={"teacher": "some/teacher"}, sampling={"top_k": -1})  # -1 is off too

@@ -81,11 +81,47 @@ def test_pure_distillation_moves_the_student_towards_the_teacher(tiny_dir, tmp_p
     assert sum(kl[-3:]) / 3 < 0.7 * sum(kl[:3]) / 3, kl
 
 
+def _teacher_pair(tiny_dir, tmp_path, kind):
+    """A teacher (model and saved directory) of one kind: "padded" (5 spare embedding rows, as
+    checkpoints of one family differ), "short" (3 rows fewer than the student's tokenizer),
+    "other_tokenizer" (the student's row count, a tokenizer with two more tokens)."""
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    model = teacher_model(tiny_dir)
+    if kind != "other_tokenizer":
+        model.resize_token_embeddings(len(tok) + (5 if kind == "padded" else -3))
+    path = tmp_path / f"teacher_{kind}"
+    model.save_pretrained(path)
+    if kind == "other_tokenizer":
+        tok.add_tokens(["<extra_a>", "<extra_b>"])
+    tok.save_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path), path
+
+
+@pytest.mark.parametrize(
+    "kind, refusal",
+    [("padded", None), ("short", "vocabulary has"), ("other_tokenizer", "tokenizers differ")],
+)
+def test_a_teacher_is_checked_alike_as_a_path_and_as_a_model(tiny_dir, tmp_path, kind, refusal):
+    """The same teacher is accepted or refused whether given as distill.teacher (a path) or as
+    GRPOTrainer(teacher=model): extra embedding rows are fine, missing ones or another tokenizer
+    are not."""
+    model, path = _teacher_pair(tiny_dir, tmp_path, kind)
+    as_model = dict(config=cfg(tmp_path), teacher=model)
+    as_path = dict(config=cfg(tmp_path, distill={"teacher": str(path)}))
+    for kwargs in (as_model, as_path):
+        if refusal is None:
+            trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), **kwargs)
+            assert trainer.teacher is not None
+        else:
+            with pytest.raises(ValueError, match=refusal):
+                GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), **kwargs)
+
+
 def test_a_teacher_with_another_vocabulary_is_refused(tiny_dir, tmp_path):
     from grpo.tiny import build_char_tokenizer
 
     other = build_tiny_llama(build_char_tokenizer(), hidden_size=64, num_layers=1, num_heads=2, head_dim=32)
-    other.resize_token_embeddings(other.get_input_embeddings().num_embeddings + 5)
+    other.resize_token_embeddings(other.get_input_embeddings().num_embeddings - 5)
     with pytest.raises(ValueError, match="vocabulary"):
         GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path), teacher=other)
     path = tmp_path / "teacher"
@@ -95,3 +131,13 @@ def test_a_teacher_with_another_vocabulary_is_refused(tiny_dir, tmp_path):
     tok.save_pretrained(path)
     with pytest.raises(ValueError, match="tokenizers differ"):
         GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path, teacher_model=str(path)))
+
+
+@pytest.mark.parametrize("setting, key", [
+    ({"rollout": {"dynamic_sampling": True}}, r"rollout\.dynamic_sampling=True"),
+    ({"sampling": {"top_p": 0.9}}, r"sampling\.top_p=0\.9"),
+])
+def test_a_teacher_model_is_refused_with_dynamic_or_truncated_sampling(tiny_dir, tmp_path, setting, key):
+    """GRPOTrainer(teacher=model) gets the config's distill.teacher refusals."""
+    with pytest.raises(ValueError, match=key + r" with distill\.teacher \(here a model"):
+        GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), cfg(tmp_path, **setting), teacher=teacher_model(tiny_dir))

@@ -141,3 +141,37 @@ def test_grpo_trainer_trains_on_trajectories_unchanged(taught, tmp_path):
     finally:
         trainer.close()
     assert torch.isfinite(torch.tensor(metrics["loss/loss"])) and 0 <= metrics["reward/total/mean"] <= 1
+
+
+def test_lora_with_the_trainers_engine_wrapped_trains_and_syncs(taught, tmp_path):
+    """The LoRA set-up of docs/tools.md: wrap_generator wraps the engine the trainer builds on the
+    adapted model (generator= with peft_config is refused); two steps run, so the weights are
+    synced once, and the adapters move."""
+    import copy
+
+    from peft import LoraConfig
+
+    from grpo import GRPOConfig, GRPOTrainer
+
+    model, tok = taught
+    rows = [{"prompt": p, "answer": python(p[0]["content"])} for p in PROMPTS]
+
+    def exact(completions, answer, **kwargs):
+        return [float(f"<answer>{a}</answer>" in c[-1]["content"]) for c, a in zip(completions, answer)]
+
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), seed=0,
+                        rollout={"num_generations": 4, "prompts_per_step": 2}, sampling={"max_tokens": 60},
+                        optim={"learning_rate": 1e-2}, loss={"beta": 0.0}, max_steps=2,
+                        log={"progress_bar": False}, checkpoint={"final_model": False})
+    trainer = GRPOTrainer(copy.deepcopy(model).train(), [exact], rows, config, tokenizer=tok,
+                          peft_config=LoraConfig(r=4, target_modules=["q_proj", "v_proj"]),
+                          wrap_generator=lambda gen: MultiTurnGenerator(gen, tools=[python], parser=CodeBlockParser(),
+                                                                        max_turns=3, render_tools=False))
+    before = {k: v.detach().clone() for k, v in trainer.model.named_parameters() if "lora_B" in k}
+    try:
+        metrics = trainer.train()
+    finally:
+        trainer.close()
+    after = dict(trainer.model.named_parameters())
+    assert before and any(not torch.equal(v, after[k]) for k, v in before.items())
+    assert torch.isfinite(torch.tensor(metrics["loss/loss"]))

@@ -150,3 +150,22 @@ print(applied, before, after)
         pytest.skip("not glibc: mallopt unavailable")
     assert int(before) > 10 * 12 * 1024 * 0.9  # 12,288 pages faulted in per round
     assert int(after) < int(before) / 100
+
+
+def test_a_built_generator_with_peft_config_is_refused(tiny_dir, tmp_path):
+    """The generator holds the model from before LoRA wrapping: it would sample from a model the
+    trainer does not train (and fail at the first weight sync), so the pair is refused."""
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo.rollout import HFGenerator
+    from grpo.rollout.multiturn import MultiTurnGenerator
+    from grpo.rollout.tools import python_tool
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    lora = LoraConfig(r=4, target_modules=["q_proj", "v_proj"])
+    for gen in (HFGenerator(model, tok), MultiTurnGenerator(HFGenerator(model, tok), tools=[python_tool()])):
+        with pytest.raises(ValueError, match=r"generator= holds a model .*peft_config"):
+            GRPOTrainer(model, [Checksum()], rows(4), cfg(tmp_path), tokenizer=tok, generator=gen,
+                        peft_config=lora)
+

@@ -537,6 +537,10 @@ class GRPOConfig(BaseModel):
                 "rollout.backend='hf' the sampler is the trained model itself. Set "
                 "loss.use_tis=False or rollout.backend='vllm'."
             )
+        if self.distill.teacher is not None:
+            problem = distillation_conflict(self)
+            if problem:
+                raise ValueError(problem)
         return self
 
     # ---------------------------------------------------------------- derived
@@ -607,6 +611,34 @@ SECTIONS = (
 """The section names as written in YAML and on the command line."""
 
 _ATTR = {"async": "async_"}  # YAML name -> Python attribute, where they differ
+
+
+def distillation_conflict(cfg: GRPOConfig, teacher: str = "distill.teacher") -> str | None:
+    """Why on-policy distillation (a teacher, named ``teacher`` in the message) cannot run with
+    ``cfg``'s other settings, or None. The config checks it when ``distill.teacher`` is set; the
+    trainer checks it for a teacher passed as a model."""
+    if cfg.rollout.dynamic_sampling:
+        return (
+            f"rollout.dynamic_sampling=True with {teacher}: dynamic sampling keeps only groups "
+            "whose task rewards differ, so pure distillation would train on nothing and mixed "
+            "distillation drops the groups whose only signal is the teacher's; set "
+            "rollout.dynamic_sampling=False for on-policy distillation"
+        )
+    s = cfg.sampling
+    for key, value, off in (
+        ("top_p", s.top_p, 1.0),
+        ("top_k", s.top_k, 0),
+        ("min_p", s.min_p, 0.0),
+        ("repetition_penalty", s.repetition_penalty, 1.0),
+    ):
+        if value != off and not (key == "top_k" and value == -1):
+            return (
+                f"sampling.{key}={value} with {teacher}: the distillation term compares the "
+                "sampler's log-probs (of the truncated or penalised distribution) with the "
+                "teacher's full softmax, a biased advantage; set "
+                f"sampling.{key}={off} (off) for on-policy distillation"
+            )
+    return None
 
 
 def _same(section: str, *names: str) -> dict[str, tuple[str, str]]:

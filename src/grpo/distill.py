@@ -88,6 +88,38 @@ def check_same_tokenizer(student_tok, teacher_tok) -> None:
     )
 
 
+def check_teacher(student_tok, teacher) -> None:
+    """Raise ValueError unless ``teacher`` (a loaded causal LM) can score the student's tokens:
+    its tokenizer, where one is saved with it (its ``name_or_path``, looked up locally only),
+    is the student's (:func:`check_same_tokenizer`), and its output layer has a row for every id
+    of the student's tokenizer. Row counts themselves may differ (checkpoints of one family pad
+    the embedding differently, e.g. Qwen2.5-0.5B 151,936 and 7B 152,064). A teacher given as a
+    path and the same teacher given as a model pass or fail alike."""
+    teacher_tok = _saved_tokenizer(getattr(teacher, "name_or_path", None))
+    if teacher_tok is not None:
+        check_same_tokenizer(student_tok, teacher_tok)
+    head = teacher.get_output_embeddings()
+    rows = head.weight.shape[0] if head is not None else teacher.config.vocab_size
+    if rows < len(student_tok):
+        raise ValueError(
+            f"the teacher's vocabulary has {rows} rows but the student's tokenizer has "
+            f"{len(student_tok)} tokens: on-policy distillation compares log-probs of the same "
+            "token ids; use a teacher with the student's tokenizer"
+        )
+
+
+def _saved_tokenizer(source: str | None):
+    """The tokenizer saved at ``source`` (a directory or a cached hub id), or None."""
+    if not source:
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(source, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
 def _check_shapes(
     student_logp: torch.Tensor, teacher_logp: torch.Tensor, mask: torch.Tensor
 ) -> None:

@@ -135,6 +135,7 @@ class GRPOTrainer:
         if cfg.forward.cpu_keep_freed_memory and self.accelerator.device.type == "cpu":
             keep_freed_cpu_memory()
         self._check_layout(cfg, par.world, peft_config)
+        self._check_pairs(cfg, peft_config, generator, teacher)
         check_output_dir(
             cfg.output_dir,
             resume_from=cfg.resume_from,
@@ -251,28 +252,19 @@ class GRPOTrainer:
 
     def _load_teacher(self, teacher: torch.nn.Module | None) -> torch.nn.Module | None:
         """On-policy distillation's teacher, frozen, on this process's device, with the student's
-        vocabulary."""
-        from grpo.distill import check_same_tokenizer
+        vocabulary (:func:`grpo.distill.check_teacher`, the same check for a path and a model)."""
+        from grpo.distill import check_teacher
 
         path = self.config.distill.teacher
         if teacher is None and path is None:
             return None
         if teacher is None:
-            from transformers import AutoModelForCausalLM, AutoTokenizer
+            from transformers import AutoModelForCausalLM
 
-            check_same_tokenizer(self.tokenizer, AutoTokenizer.from_pretrained(path))
             teacher = AutoModelForCausalLM.from_pretrained(
                 path, dtype=model_dtype(self.config.forward.dtype)
             )
-        elif (
-            teacher.get_input_embeddings().num_embeddings
-            != self.model.get_input_embeddings().num_embeddings
-        ):
-            raise ValueError(
-                "the teacher's vocabulary size differs from the student's: on-policy distillation "
-                "compares log-probs of the same token ids; use a teacher with the student's "
-                "tokenizer"
-            )
+        check_teacher(self.tokenizer, teacher)
         return teacher.to(self.accelerator.device).eval().requires_grad_(False)
 
     def _async_source(self, inner: RolloutSource):
@@ -330,6 +322,27 @@ class GRPOTrainer:
                 "forward.fsdp=True with one process: nothing to shard over, training unsharded "
                 "(launch with torchrun --nproc_per_node N)",
                 stacklevel=3,
+            )
+
+    @staticmethod
+    def _check_pairs(cfg: GRPOConfig, peft_config: Any, generator: Any, teacher: Any) -> None:
+        """Arguments that cannot go together, refused before anything loads."""
+        from grpo.config import distillation_conflict
+
+        if teacher is not None:
+            problem = distillation_conflict(
+                cfg, "distill.teacher (here a model, GRPOTrainer(teacher=...))"
+            )
+            if problem:
+                raise ValueError(problem)
+        sampler = getattr(generator, "generator", generator)  # a multi-turn wrapper's engine
+        if peft_config is not None and isinstance(getattr(sampler, "model", None), torch.nn.Module):
+            raise ValueError(
+                "generator= holds a model of its own, and peft_config wraps the trainer's model "
+                "in LoRA adapters after the generator was built, so the generator would sample "
+                "from the unwrapped model; leave generator= out (the trainer builds one on the "
+                "adapted model; wrap_generator= wraps it, e.g. for tool use), or apply peft "
+                "yourself (peft.get_peft_model) and pass that model to both, without peft_config"
             )
 
     # ------------------------------------------------------------------------------ the loop
