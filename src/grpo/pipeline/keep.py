@@ -6,8 +6,12 @@ blocks". :class:`KeepRule` states such a rule; :func:`select` applies it to one 
 samples and says, for each sample, why it was dropped (the first failed check, in this order):
 
 1. ``truncated``: cut by the length limit (an unfinished trace teaches the model not to stop);
-2. ``incorrect``: a verifier in ``verifiers`` did not reach ``pass_threshold`` (or was
-   unscorable), or the weighted total is under ``min_reward``;
+2. ``incorrect``: a verifier in ``verifiers`` that applies to the row did not reach
+   ``pass_threshold``, or the weighted total is under ``min_reward``;
+   ``unscorable``: otherwise, when correctness is unknown: a verifier that applies could not
+   score the sample (status unscorable, error, timeout, crashed), no verifier applies to the
+   row (every one is trl's None, status ``"n/a"``), or ``min_reward`` is set and the total is
+   unscorable;
 3. ``language``: the chain of thought's share of words in ``language``'s script is under
    ``min_language_share`` (:class:`grpo.rewards.LanguageReward`, R1 sec. 2.3.2). A CoT with no
    words at all (digits and symbols only) has nothing to mix and passes;
@@ -16,17 +20,35 @@ samples and says, for each sample, why it was dropped (the first failed check, i
 6. ``over_limit``: the prompt already has ``max_per_prompt`` kept samples (first come, in
    sample order, which is seeded).
 
+A verifier with status ``"n/a"`` (trl's None: it does not apply to this row, e.g. the math
+verifier on a code row of a mixed dataset) is skipped, as the trainer's total leaves it out.
+
 *Correct* (checks 1-2, truncation included) is also what the prompt's pass rate counts, the
-number open-r1's ``scripts/pass_rate_filtering`` uses to choose RL prompts.
+number open-r1's ``scripts/pass_rate_filtering`` uses to choose RL prompts. Like evaluation's
+accuracy (:mod:`grpo.evaluation`), the pass rate is taken over the *scorable* samples only: an
+unscorable sample is neither right nor wrong, and a prompt with no scorable sample has no pass
+rate (None), not 0.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-REASONS = ("truncated", "incorrect", "language", "too_short", "too_long", "duplicate", "over_limit")
+from grpo.rewards.result import NOT_APPLICABLE, OK, UNSCORABLE
+
+REASONS = (
+    "truncated",
+    "incorrect",
+    "unscorable",
+    "language",
+    "too_short",
+    "too_long",
+    "duplicate",
+    "over_limit",
+)
 
 
 class KeepRule(BaseModel):
@@ -85,18 +107,41 @@ class Sample:
     total: float | None
     components: dict[str, float | None]
     reasons: dict[str, str | None] = field(default_factory=dict)
+    statuses: dict[str, str] = field(default_factory=dict)
+    """Per component, its :class:`~grpo.rewards.ScoreResult` status (``"ok"``, ``"n/a"``,
+    ``"unscorable"``, ...). Missing (samples stored before statuses were): ``"ok"`` where there
+    is a value, else ``"unscorable"``."""
+
+    def status(self, name: str) -> str:
+        if name in self.statuses:
+            return self.statuses[name]
+        return OK if self.components[name] is not None else UNSCORABLE
 
 
-def is_correct(sample: Sample, rule: KeepRule) -> bool:
-    """Checks 1-2 of the module docstring."""
-    if rule.drop_truncated and sample.truncated:
-        return False
+def is_correct(sample: Sample, rule: KeepRule) -> bool | None:
+    """Checks 1-2 of the module docstring: True (correct), False (incorrect or truncated), or
+    None (unscorable: neither, left out of the pass rate).
+
+    Verifiers that do not apply (``"n/a"``) are skipped. A verifier that applies and fails the
+    threshold makes the sample incorrect even if another could not be scored; otherwise a
+    verifier that could not score it, or no verifier applying at all, makes it unscorable."""
     names = list(sample.components) if rule.verifiers is None else rule.verifiers
-    for name in names:
-        v = sample.components[name]
-        if v is None or v < rule.pass_threshold:
+    applicable = [n for n in names if sample.status(n) != NOT_APPLICABLE]
+    unknown = bool(names) and not applicable  # no verifier applies to this row
+    for name in applicable:
+        value = sample.components[name]
+        if sample.status(name) != OK or value is None:
+            unknown = True
+        elif value < rule.pass_threshold:
             return False
-    return rule.min_reward is None or (sample.total is not None and sample.total >= rule.min_reward)
+    if rule.min_reward is not None:
+        if sample.total is None:
+            unknown = True
+        elif sample.total < rule.min_reward:
+            return False
+    if unknown:
+        return None
+    return not (rule.drop_truncated and sample.truncated)
 
 
 def language_share(text: str, language: str) -> float | None:
@@ -130,7 +175,10 @@ def select(samples: list[Sample], rule: KeepRule) -> list[str | None]:
 def _first_failure(s: Sample, rule: KeepRule) -> str | None:
     if rule.drop_truncated and s.truncated:
         return "truncated"
-    if not is_correct(s, rule):
+    correct = is_correct(s, rule)
+    if correct is None:
+        return "unscorable"
+    if not correct:
         return "incorrect"
     if rule.language is not None:
         share = language_share(s.text, rule.language)

@@ -7,8 +7,11 @@ sampling from the checkpoint from the above RL training ... we only retain the c
 1. prompts are taken in fixed chunks of ``batch_size``; each chunk's ``n`` samples per prompt
    are generated with seed ``seed + first_prompt_index * n`` (so sample ``k`` of prompt ``i``
    always draws from the stream ``seed + i*n + k``, whatever was run before);
-2. the rewards score every sample (:meth:`grpo.rewards.CombinedReward.breakdown`);
-3. the chunk's raw samples, scores and reasons are appended to ``samples.jsonl`` in one write;
+2. the rewards score every sample (:meth:`grpo.rewards.CombinedReward.breakdown`), called
+   exactly as the trainer calls them (:func:`grpo.data.reward_inputs`: trl's keywords, chat
+   completions for chat prompts, ``completion_ids``, ``truncated``, the dataset columns);
+3. the chunk's raw samples, scores, statuses and reasons are appended to ``samples.jsonl`` in
+   one write;
 4. at the end the :class:`~grpo.pipeline.keep.KeepRule` selects rows from the stored samples.
 
 The run folder::
@@ -16,7 +19,7 @@ The run folder::
     manifest.json      what was sampled (model, data fingerprint, n, sampling, rewards)
     samples.jsonl      one record per prompt: every sample, its scores, kept or why dropped
     sft.jsonl          the kept rows, SFT-ready (prompt + completion messages, <think> kept)
-    pass_rates.jsonl   per prompt: pass rate (share of correct samples), kept rows
+    pass_rates.jsonl   per prompt: pass rate (share of correct among scorable samples), kept rows
     rl_prompts.jsonl   with ``rl_pass_rate=(low, high)``: the prompts with low < pass rate < high
     summary.json       counts: kept, and dropped per reason
 
@@ -39,7 +42,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from grpo.data import reward_columns
+from grpo.data import reward_inputs
 from grpo.pipeline.keep import REASONS, KeepRule, Sample, check_verifiers, is_correct, select
 from grpo.rewards import CombinedReward, Reward
 from grpo.rollout import SamplingConfig
@@ -58,7 +61,7 @@ class SampleResult:
     pass_rates_path: Path
     rl_prompts_path: Path | None
     pass_rates: list[float | None]
-    """Per prompt, in dataset order: correct samples / n (None if no sample could be scored)."""
+    """Per prompt, in dataset order: correct / scorable samples (None if none is scorable)."""
     counts: dict[str, int]
     """``kept`` and the number of samples dropped for each reason."""
 
@@ -184,11 +187,7 @@ def _sample_chunk(
     prompts = [r[prompt_key] for r in rows]
     assert sampling.seed is not None
     rollouts = generator.generate(prompts, n, replace(sampling, seed=sampling.seed + start * n))
-    scores = reward.breakdown(
-        prompts=[p for p in prompts for _ in range(n)],
-        completions=[r.text for r in rollouts],
-        **reward_columns(rows, n, prompt_key),
-    )
+    scores = reward.breakdown(**reward_inputs(rollouts, prompts, rows, prompt_key))
     records = []
     for p, row in enumerate(rows):
         samples = []
@@ -202,6 +201,7 @@ def _sample_chunk(
                     "total": scores.total[k].value,
                     "components": {name: rs[k].value for name, rs in scores.components.items()},
                     "reasons": {name: rs[k].reason for name, rs in scores.components.items()},
+                    "statuses": {name: rs[k].status for name, rs in scores.components.items()},
                 }
             )
         records.append({"index": start + p, "row": row, "samples": samples})
@@ -265,10 +265,10 @@ def _sft_row(prompt: Any, s: Sample, index: int) -> dict:
 
 
 def _pass_rate(record: dict, keep: KeepRule) -> float | None:
-    samples = [Sample(**s) for s in record["samples"]]
-    if all(s.total is None for s in samples):
-        return None  # nothing could be scored (e.g. no gold answer): not "never solved"
-    return sum(is_correct(s, keep) for s in samples) / len(samples)
+    """Correct / scorable samples, as evaluation's accuracy: unscorable samples are left out;
+    None if none is scorable (e.g. no gold answer, or no verifier applies): not "never solved"."""
+    verdicts = [v for s in record["samples"] if (v := is_correct(Sample(**s), keep)) is not None]
+    return sum(verdicts) / len(verdicts) if verdicts else None
 
 
 def _nothing_kept_message(counts: Counter, pass_rates: list[float | None], out: Path) -> str:
