@@ -269,7 +269,8 @@ AXES: tuple[Axis, ...] = (
             V("built", "the trainer builds the generator rollout.backend names"),
             V(
                 "given",
-                "generator=HFGenerator(model, tokenizer), built by the user",
+                "generator=HFGenerator(model, tokenizer), built by the user (it replaces the "
+                "generator rollout.backend names)",
                 apply=_given_generator,
             ),
         ),
@@ -477,34 +478,10 @@ def _forbidden(pair_: Pair) -> bool:
     return pair_ in REFUSED or pair_ in SILENT
 
 
-def _clashes(row: Mapping[str, str], axis: str, value: str) -> bool:
-    return any(_forbidden(pair(axis, value, other, v)) for other, v in row.items() if other != axis)
-
-
-def _complete(partial: Mapping[str, str]) -> Row | None:
-    """A full row extending ``partial`` with no forbidden pair (earlier values first), or None."""
-    missing = [a for a in AXES if a.name not in partial]
-    row = dict(partial)
-
-    def search(i: int) -> bool:
-        if i == len(missing):
-            return True
-        axis = missing[i]
-        for v in axis.values:
-            if not _clashes(row, axis.name, v.name):
-                row[axis.name] = v.name
-                if search(i + 1):
-                    return True
-                del row[axis.name]
-        return False
-
-    return row if search(0) else None
-
-
 def feasible(pair_: Pair) -> bool:
     """Some full row holds ``pair_`` without holding a refused (or silently wrong) pair."""
     (a, x), (b, y) = pair_
-    return not _forbidden(pair_) and _complete({a: x, b: y}) is not None
+    return not _forbidden(pair_) and _complete_avoiding({a: x, b: y}, set()) is not None
 
 
 def status(pair_: Pair) -> str:
