@@ -335,6 +335,20 @@ class GRPOTrainer:
             )
             if problem:
                 raise ValueError(problem)
+        staleness = cfg.async_.staleness
+        if staleness and generator is not None:
+            raise ValueError(
+                f"async.staleness={staleness} samples in a generator process of its own, built "
+                "on the trained model, so a given generator= would serve evaluation only and "
+                "never the training rollouts; leave generator= out, or set async.staleness=0 "
+                "to train on the given generator's rollouts"
+            )
+        if staleness and peft_config is not None:
+            raise ValueError(
+                f"async.staleness={staleness} with peft_config: the generator process loads a "
+                "plain transformers model and cannot follow LoRA adapters yet; set "
+                "async.staleness=0 for LoRA runs, or train without peft_config"
+            )
         sampler = getattr(generator, "generator", generator)  # a multi-turn wrapper's engine
         if peft_config is not None and isinstance(getattr(sampler, "model", None), torch.nn.Module):
             raise ValueError(
