@@ -4,6 +4,7 @@ the decoupled-PPO correction, failures that raise instead of hanging, clean shut
 import math
 import os
 import signal
+import threading
 import time
 
 import psutil
@@ -30,7 +31,20 @@ def cfg(tmp_path, **kw):
     return GRPOConfig(**{**base, **kw})
 
 
+def lags_by_step(run_dir):
+    """{logged step: [its completions' lags]} from completions.jsonl: the step logged as s
+    (1-based) is learner step s-1, so a completion sampled by version v lags s-1-v."""
+    out = {}
+    for rec in read_jsonl(run_dir / "completions.jsonl"):
+        out.setdefault(rec["step"], []).append(rec["step"] - 1 - rec["policy_version"])
+    return out
+
+
 def test_async_run_respects_the_staleness_bound_and_leaves_no_process(tiny_dir, tmp_path):
+    """The bound is reached and never passed, and the logged staleness is what trained.
+    (``AsyncRolloutSource.collect`` raises on a violation, so ``staleness_max <= 1`` alone
+    could never fail here: the checks that can are that the run did go off-policy, up to the
+    bound, and that the metric equals the lags of the step's completions.)"""
     trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path, max_steps=5, log_completions=8))
     assert not isinstance(trainer.source, RolloutSource)
     pid = trainer.source.generator.pid
@@ -40,11 +54,32 @@ def test_async_run_respects_the_staleness_bound_and_leaves_no_process(tiny_dir, 
     assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5]
-    assert all(m["async/staleness_max"] <= 1 for m in metrics)
-    # checked from the logged versions too: the step logged as s (1-based) trained on versions s-1-k..s-1
-    lags = [rec["step"] - 1 - rec["policy_version"] for rec in read_jsonl(tmp_path / "run" / "completions.jsonl")]
-    assert len(lags) == 5 * 8 and set(lags) <= {0, 1}
+    lags = lags_by_step(tmp_path / "run")
+    assert sorted(lags) == [1, 2, 3, 4, 5] and all(len(v) == 8 for v in lags.values())
+    assert lags[1] == [0] * 8  # the first step is sampled by the initial weights
+    # step s+1 is sampled while step s trains: asynchronous, one version behind, never two
+    assert max(max(v) for v in lags.values()) == 1 and min(min(v) for v in lags.values()) == 0
+    for m in metrics:
+        assert m["async/staleness_max"] == max(lags[m["step"]])
+        assert m["async/staleness_mean"] == pytest.approx(sum(lags[m["step"]]) / 8)
     assert any(not torch.equal(before[n], p) for n, p in trainer.model.named_parameters())
+
+
+def test_a_step_beyond_the_bound_is_refused(tiny_dir, tmp_path):
+    """The learner-side invariant, independent of the producer's gate: a queued step sampled
+    by a version older than the bound allows is an error, not a silent off-policy update."""
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path))
+    source = trainer.source
+    stale = source.inner.collect(0).result()  # sampled by version 0
+    assert {r.rollout.policy_version for r in stale.trained} == {0}
+    source._thread = threading.Thread(target=lambda: None)  # no producer: the queue is ours
+    source._queue.append((1, stale, source.inner.state_dict()))
+    assert source.collect(1).result() is stale  # lag 1 = the bound: taken
+    source._queue.append((2, stale, source.inner.state_dict()))
+    with pytest.raises(RuntimeError, match=r"step 2 got rollouts of version 0, beyond the bound 1"):
+        source.collect(2)
+    source._thread = None
+    trainer.close()
 
 
 def test_rollouts_carry_the_version_that_sampled_them(tiny_dir, tmp_path):
@@ -139,15 +174,22 @@ def test_async_settings_are_checked(tiny_dir, tmp_path):
 def test_async_run_resumes_from_a_checkpoint(tiny_dir, tmp_path):
     """Checkpoints save the data position the learner consumed (prefetched steps are sampled
     again); a resumed async run continues from there. Not bit-identical (module docstring)."""
-    first = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path, max_steps=2, save_steps=2))
+    first = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path, max_steps=2, save_steps=2,
+                                                                    log_completions=8))
     first.train()
     consumed = first.source.state_dict()
     first.close()
     second = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path, max_steps=4, save_steps=2,
-                                                                     resume_from="latest"))
+                                                                     resume_from="latest", log_completions=8))
     assert second.step == 2 and second.source.state_dict() == consumed
     second.train()
     second.close()
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
-    assert all(m["async/staleness_max"] <= 1 for m in metrics)
+    # the resumed run numbers its versions from the checkpoint's step: its first step (logged
+    # as 3) is sampled by the checkpoint's weights, version 2; the logged staleness is the lags'
+    lags = lags_by_step(tmp_path / "run")
+    assert sorted(lags) == [1, 2, 3, 4] and all(set(v) <= {0, 1} for v in lags.values())
+    assert lags[3] == [0] * 8
+    for m in metrics:
+        assert m["async/staleness_max"] == max(lags[m["step"]])

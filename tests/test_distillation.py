@@ -58,16 +58,34 @@ def test_distillation_term_by_hand(tiny_dir, tmp_path):
     trainer.close()
 
 
-def test_teacher_logprobs_take_the_reference_path(tiny_dir, tmp_path):
-    """With the reference model as the teacher, teacher and reference log-probs are identical:
-    both come from the same chunked pass."""
+def completion_logprobs(model, r):
+    """An independent, unbatched forward: ``model``'s log-probs of ``r``'s completion tokens."""
+    ids = torch.tensor([r.prompt_ids + r.completion_ids])
+    with torch.no_grad():
+        logits = model(ids).logits[0, len(r.prompt_ids) - 1:-1].float()
+    return torch.log_softmax(logits, -1).gather(-1, torch.tensor(r.completion_ids)[:, None])[:, 0]
+
+
+def test_teacher_and_reference_logprobs_come_from_their_own_models(tiny_dir, tmp_path):
+    """With a reference (beta > 0) and a teacher that differs from it, the chunked frozen pass
+    (micro-batches of 3 over 8 rows) gives every row the teacher's log-probs as teacher_logp
+    and the initial student's as ref_logp, each equal to an independent forward of its own
+    model. (A teacher that is a copy of the reference could not tell the two apart.)"""
     student = AutoModelForCausalLM.from_pretrained(tiny_dir)
-    trainer = GRPOTrainer(student, [Checksum()], rows(4), cfg(tmp_path, beta=0.1), teacher=copy.deepcopy(student),
-                          tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
+    initial = copy.deepcopy(student).eval()
+    teacher = teacher_model(tiny_dir)
+    trainer = GRPOTrainer(student, [Checksum()], rows(4), cfg(tmp_path, beta=0.1, micro_batch_size=3),
+                          teacher=teacher, tokenizer=AutoTokenizer.from_pretrained(tiny_dir))
     rollouts = trainer.source.collect(0).rollouts
     batch = collate_rollouts(rollouts, None, trainer.tokenizer.pad_token_id)
     batch = trainer.learner.frozen_logprobs(batch)
-    assert torch.equal(batch.teacher_logp, batch.ref_logp)
+    assert len(rollouts) == 8
+    for i, r in enumerate(rollouts):
+        n = len(r.completion_ids)
+        want_teacher, want_ref = completion_logprobs(teacher, r), completion_logprobs(initial, r)
+        assert (want_teacher - want_ref).abs().max() > 0.1  # the two models do differ
+        torch.testing.assert_close(batch.teacher_logp[i, :n], want_teacher, atol=1e-5, rtol=0)
+        torch.testing.assert_close(batch.ref_logp[i, :n], want_ref, atol=1e-5, rtol=0)
     trainer.close()
 
 

@@ -4,6 +4,7 @@ the model's own log-probs and the chat template, and trained on by GRPOTrainer u
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -137,10 +138,25 @@ def test_grpo_trainer_trains_on_trajectories_unchanged(taught, tmp_path):
             n = len(t.completion_ids)
             assert batch.completion_mask[i, :n].all()
             assert batch.loss_mask[i, :n].tolist() == [bool(m) for m in t.loss_mask]
-        metrics = trainer.train()
+        # the reward saw each trajectory as its messages: the final assistant turn decides
+        scored = collected.result()
+        want = []
+        for rec in scored:
+            final = [m for m in rec.rollout.messages if m["role"] == "assistant"][-1]["content"]
+            want.append(float(f"<answer>{python(rec.prompt[0]['content'])}</answer>" in final))
+        assert [rec.reward for rec in scored] == want
+        # the taught model answers through the tool: a right answer needs the observation
+        assert 0 < sum(want) < len(want), want  # and the step has signal to train on
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        trainer.train()
     finally:
         trainer.close()
-    assert torch.isfinite(torch.tensor(metrics["loss/loss"])) and 0 <= metrics["reward/total/mean"] <= 1
+    from grpo.tracking import read_jsonl
+
+    logged = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert [m["step"] for m in logged] == [1, 2]
+    assert all(math.isfinite(m["loss/loss"]) for m in logged)
+    assert max((p.detach() - before[n]).abs().max().item() for n, p in model.named_parameters()) > 0
 
 
 def test_lora_with_the_trainers_engine_wrapped_trains_and_syncs(taught, tmp_path):

@@ -8,6 +8,7 @@ messages, completion_ids, dataset columns, trainer_state, log_extra, log_metric)
 from __future__ import annotations
 
 import pytest
+import trl  # a required dependency (pyproject): a broken install fails here, it is not skipped
 
 from grpo.rewards import (
     OK,
@@ -17,8 +18,6 @@ from grpo.rewards import (
     OverlongPenalty,
     as_reward,
 )
-
-trl = pytest.importorskip("trl")
 
 MAX_COMPLETION = 12
 CAPTURED: list[dict] = []

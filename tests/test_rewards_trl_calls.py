@@ -15,6 +15,8 @@ from __future__ import annotations
 import math
 
 import pytest
+import transformers  # required dependencies (pyproject): a broken install fails, never skips
+import trl.rewards as trl_rewards
 
 from grpo.rewards import (
     ERROR,
@@ -27,8 +29,6 @@ from grpo.rewards import (
     Reward,
 )
 
-trl_rewards = pytest.importorskip("trl.rewards")
-transformers = pytest.importorskip("transformers")
 
 SOLUTIONS = [r"\frac{1}{3}", r"\frac{1}{3}", "not latex at all {", "7"]  # row 2: unparseable gold
 TEXTS = [

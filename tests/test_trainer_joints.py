@@ -266,6 +266,83 @@ def test_dynamic_sampling_resumes_bit_identically(tiny_dir, tmp_path):
     assert_same(full, resumed, atol=0)
 
 
+class Correct(Reward):
+    """Accuracy-like: 0 for every completion of a row marked ``wrong`` (an all-wrong group),
+    the checksum elsewhere (so those groups carry signal)."""
+
+    name = "correct"
+
+    def score(self, completion, **example):
+        return 0.0 if example["wrong"] else Checksum().score(completion)
+
+
+class Formatted(Reward):
+    """Format-like: the checksum, so that every group's formats differ."""
+
+    name = "format_reward"
+
+    def score(self, completion, **example):
+        return Checksum().score(completion[::-1] + "x")
+
+
+def test_dynamic_sampling_judges_groups_on_the_accuracy_component_by_default(tiny_dir, tmp_path):
+    """DAPO eq. 11 filters on correctness: an all-wrong group whose format rewards differ has a
+    spread of the total but no signal, and is dropped; ``dynamic_sampling_metric='total'``
+    keeps it. Both prompts are sampled in the one round (prompts_per_step = dataset size)."""
+    data = [{"prompt": f"Say sevens {i}", "wrong": i == 0} for i in range(2)]
+
+    def trained_prompts(metric, name):
+        config = cfg(tmp_path, name, dynamic_sampling=True, dynamic_sampling_max_rounds=1)
+        config = config.model_copy(update={"rollout": config.rollout.model_copy(
+            update={"dynamic_sampling_metric": metric})})
+        trainer = GRPOTrainer(str(tiny_dir), [Correct(), Formatted()], data, config)
+        scored = trainer.source.collect(0).result()
+        trainer.close()
+        totals = {}
+        for r in scored:
+            totals.setdefault(r.prompt, []).append(r.reward)
+        wrong = totals["Say sevens 0"]
+        assert max(wrong) - min(wrong) > 1e-6  # the all-wrong group does have a total spread
+        return trainer.source.filter_name, {r.prompt for r in scored.trained}, scored.metrics
+
+    name, kept, m = trained_prompts(None, "default")
+    assert name == "correct"
+    assert kept == {"Say sevens 1"}
+    assert m["dynamic/groups_kept"] == 1 and m["dynamic/dropped_total_spread"] == 1
+    name, kept, m = trained_prompts("total", "total")
+    assert name is None
+    assert kept == {"Say sevens 0", "Say sevens 1"}
+    assert m["dynamic/groups_kept"] == 2 and m["dynamic/dropped_total_spread"] == 0
+    _, kept, _ = trained_prompts("format_reward", "format")  # a named component
+    assert kept == {"Say sevens 0", "Say sevens 1"}
+
+
+def test_dynamic_sampling_metric_defaults_and_refusals(tiny_dir, tmp_path):
+    from grpo.source import _filter_signal, filter_component
+
+    two = ["correct", "format_reward"]
+    assert filter_component(None, two, "correct", "format_reward") == "correct"
+    assert filter_component(None, ["correct"], "correct", None) is None  # one reward: the total
+    assert filter_component(None, two, "format_reward", "format_reward") is None
+    assert filter_component("format_reward", two, "correct", "format_reward") == "format_reward"
+    # a group the component did not score (it does not apply to the row) is judged on the total
+    nan = float("nan")
+    table = torch.tensor([[0, 0, 0.1, 1.0], [0, 1, 0.2, 1.0],  # metric flat, total spread
+                          [1, 0, 0.1, nan], [1, 1, 0.2, nan],  # metric n/a: the total decides
+                          [2, 0, 0.1, nan], [2, 1, 0.1, nan]], dtype=torch.float64)
+    rollout = cfg(tmp_path).rollout.model_copy(update={"num_generations": 2})
+    assert _filter_signal(table, rollout).tolist() == [False, True, False]
+    data = [{"prompt": "Say sevens", "wrong": False}]
+    config = cfg(tmp_path)
+    config = config.model_copy(update={"rollout": config.rollout.model_copy(
+        update={"dynamic_sampling_metric": "acc"})})
+    with pytest.raises(ValueError, match=r"dynamic_sampling_metric='acc'.*'total', 'correct', "
+                                         r"'format_reward'"):
+        GRPOTrainer(str(tiny_dir), [Correct(), Formatted()], data, config)
+    with pytest.raises(ValueError, match="dynamic_sampling_metric"):  # no grpo 0.1 flat key
+        GRPOConfig(dynamic_sampling_metric="total")
+
+
 # ------------------------------------------------------------------------------ estimator table
 def test_advantage_estimators_by_name():
     r = [1.0, 2.0, 3.0, 6.0]

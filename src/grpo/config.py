@@ -122,6 +122,17 @@ class RolloutConfig(_Section):
         description="Cap on generation rounds per step with dynamic_sampling (each round samples "
         "prompts_per_step prompts); at the cap the step trains on the groups it has.",
     )
+    dynamic_sampling_metric: str | None = Field(
+        None,
+        description="What dynamic_sampling judges a group's spread on: a reward component's "
+        "name, or 'total' (the weighted total). None: the component reported as accuracy (the "
+        "trainer's accuracy_reward, default the first reward function), as DAPO eq. 11 and "
+        "verl's default 'acc' do, so an all-wrong group whose format rewards differ is "
+        "dropped; the weighted total when there is a single reward function or the accuracy "
+        "component is also the format one. A group on which the chosen component scored no "
+        "completion (it does not apply to the row) is judged on the total. Advantages and "
+        "adv/zero_std_frac always use the total.",
+    )
     dynamic_sampling_tol: float = Field(
         1e-6,
         ge=0,

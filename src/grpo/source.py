@@ -11,10 +11,10 @@ generator, a multi-turn generator) can take its place without touching the learn
 Joins are by key, never by position. Every completion carries the id of its group (its
 prompt within the step: ``round * prompts_per_step + global prompt position``) and its
 ``sample_index``: its key ``(group, sample)`` (:func:`grpo.batch.rollout_key`). Rewards from
-all processes are gathered as ``(group, sample, total)`` triples, sorted, checked (every group
-complete, each exactly once) and turned into advantages by the configured estimator; each
-completion's record takes its advantage by key, and the learner's batch takes the records by
-key again (:func:`grpo.batch.join_scores`).
+all processes are gathered as ``(group, sample, total, filter metric)`` rows, sorted, checked
+(every group complete, each exactly once) and turned into advantages by the configured
+estimator; each completion's record takes its advantage by key, and the learner's batch takes
+the records by key again (:func:`grpo.batch.join_scores`).
 
 DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2, Algorithm 1 line 6-8): a group whose rewards
 have no spread (:func:`grpo.advantages.groups_with_signal`) has advantage 0 for every member
@@ -22,8 +22,12 @@ and only dilutes the batch. With ``dynamic_sampling`` the source drops such grou
 ``prompts_per_step`` fresh prompts per extra round until it holds ``prompts_per_step`` groups
 with signal (surplus groups of the last round, the highest ids, are dropped as DAPO does), or
 until ``dynamic_sampling_max_rounds`` rounds were made: then the step trains on what it has and
-the metrics say so (``dynamic/cap_hit``). Every process takes part in every round and keeps the
-same global set of groups, so the trained groups do not depend on the number of processes.
+the metrics say so (``dynamic/cap_hit``). The spread is judged on ``dynamic_sampling_metric``
+(:func:`filter_component`): by default the accuracy component, not the weighted total, so that
+a group whose answers are all wrong but whose format rewards differ is dropped (DAPO eq. 11 is
+about correctness; verl's default metric is ``acc``). Every process takes part in every round
+and keeps the same global set of groups, so the trained groups do not depend on the number of
+processes.
 
 ``reward_inputs`` (trl's reward-function arguments for a list of rollouts) lives in
 :mod:`grpo.data` and is re-exported here.
@@ -155,7 +159,7 @@ class _Round:
     rollouts: list[Rollout]
     prompts: list[Any]  # per rollout
     scores: RewardBreakdown
-    table: torch.Tensor  # [N_global, 3] float64 (group, sample, total) of every process
+    table: torch.Tensor  # [N_global, 4] float64 (group, sample, total, metric), every process
 
 
 class RolloutSource:
@@ -180,6 +184,7 @@ class RolloutSource:
         prompt_key: str = "prompt",
         accuracy_name: str | None = None,
         format_name: str | None = None,
+        filter_name: str | None = None,
         context: int | None = None,
     ):
         self.generator, self.reward, self.dataset, self.tokenizer = (
@@ -197,6 +202,7 @@ class RolloutSource:
         )
         self.seed, self.max_steps = seed, max_steps
         self.accuracy_name, self.format_name = accuracy_name, format_name
+        self.filter_name = filter_name  # dynamic sampling's component (None: the total)
         self.sampler = PromptSampler(len(dataset), seed=seed)
         self.estimator = ADVANTAGE_ESTIMATORS[rollout.advantage_estimator]
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-scoring")
@@ -235,13 +241,7 @@ class RolloutSource:
             rounds.append(rnd)
             times["time/generate"] += gen_time
             times["time/score"] += score_time
-            kept += int(
-                groups_with_signal(
-                    _sorted(rnd.table, cfg.num_generations)[:, 2],
-                    cfg.num_generations,
-                    tol=cfg.dynamic_sampling_tol,
-                ).sum()
-            )
+            kept += int(_filter_signal(_sorted(rnd.table, cfg.num_generations), cfg).sum())
             if kept >= cfg.prompts_per_step:
                 break
         step_result = self._records(rounds, times)
@@ -329,9 +329,18 @@ class RolloutSource:
         return scores, time.perf_counter() - t0
 
     def _gather_totals(self, rollouts: list[Rollout], scores: RewardBreakdown) -> torch.Tensor:
-        totals = [math.nan if v is None else v for v in scores.values]
+        def col(values: list[float | None]) -> list[float]:
+            return [math.nan if v is None else v for v in values]
+
+        totals = col(scores.values)
+        metric = (
+            totals if self.filter_name is None else col(scores.component_values(self.filter_name))
+        )
         local = torch.tensor(
-            [[r.group_id, r.sample_index, v] for r, v in zip(rollouts, totals, strict=True)],
+            [
+                [r.group_id, r.sample_index, v, m]
+                for r, v, m in zip(rollouts, totals, metric, strict=True)
+            ],
             dtype=torch.float64,
             device=self.parallel.device,
         )
@@ -341,12 +350,13 @@ class RolloutSource:
         """Advantages over the step's kept groups (every process's rewards), and one record per
         completion of this process, which takes its advantage by key."""
         cfg, g = self.rollout, self.rollout.num_generations
-        table = _sorted(torch.cat([r.table for r in rounds]), g)  # [N, 3] in (group, sample) order
+        table = _sorted(torch.cat([r.table for r in rounds]), g)  # [N, 4] in (group, sample) order
         signal_P = groups_with_signal(table[:, 2], g, tol=cfg.dynamic_sampling_tol)
+        filter_P = _filter_signal(table, cfg)
         keep_P = torch.ones_like(signal_P)
         if cfg.dynamic_sampling:  # DAPO: groups with signal, the first prompts_per_step of them
-            keep_P = signal_P & (signal_P.cumsum(0) <= cfg.prompts_per_step)
-        kept_N3 = table[keep_P.repeat_interleave(g)]
+            keep_P = filter_P & (filter_P.cumsum(0) <= cfg.prompts_per_step)
+        kept_N3 = table[keep_P.repeat_interleave(g), :3]
         adv = self.estimator(kept_N3[:, 2], g) if len(kept_N3) else None
         # the trained completions' keys, in step order
         step_index = {(int(gr), int(s)): i for i, (gr, s) in enumerate(kept_N3[:, :2].tolist())}
@@ -386,6 +396,8 @@ class RolloutSource:
                     "dynamic/prompts_consumed": float(len(signal_P)),
                     "dynamic/filtered_frac": 1.0 - n_kept / len(signal_P),
                     "dynamic/cap_hit": float(n_kept < cfg.prompts_per_step),
+                    # groups with a spread of the total that the metric (accuracy) judged flat
+                    "dynamic/dropped_total_spread": float((signal_P & ~filter_P).sum()),
                 }
             )
         return ScoredStep(records, metrics)
@@ -412,13 +424,50 @@ def _per_rollout(prompts: Sequence[Any], rollouts: Sequence[Rollout]) -> list[An
     return [prompts[r.prompt_index] for r in rollouts]
 
 
-def _sorted(table_N3: torch.Tensor, g: int) -> torch.Tensor:
+def filter_component(
+    key: str | None, names: Sequence[str], accuracy: str | None, format_name: str | None
+) -> str | None:
+    """The reward component DAPO dynamic sampling judges a group's spread on (None: the
+    weighted total), from ``rollout.dynamic_sampling_metric`` = ``key`` and the reward
+    components ``names``: ``'total'`` is the total, another name that component; None picks the
+    component reported as accuracy unless it is the only reward or also the format reward.
+
+    >>> filter_component(None, ["math_reward", "format_reward"], "math_reward", "format_reward")
+    'math_reward'
+    >>> filter_component("total", ["math_reward", "format_reward"], "math_reward", None) is None
+    True
+    """
+    if key == "total":
+        return None
+    if key is not None:
+        if key not in names:
+            raise ValueError(
+                f"rollout.dynamic_sampling_metric={key!r} is not a reward component: give one of "
+                f"{['total', *names]} (or leave it unset for the accuracy component)"
+            )
+        return key
+    if len(names) < 2 or accuracy is None or accuracy == format_name:
+        return None
+    return accuracy
+
+
+def _filter_signal(table: torch.Tensor, cfg: RolloutConfig) -> torch.Tensor:
+    """[P] bool: the groups of a sorted ``(group, sample, total, metric)`` table whose filter
+    metric has signal; a group where the metric scored no completion is judged on the total."""
+    g, tol = cfg.num_generations, cfg.dynamic_sampling_tol
+    on_metric_P = groups_with_signal(table[:, 3], g, tol=tol)
+    on_total_P = groups_with_signal(table[:, 2], g, tol=tol)
+    scored_P = (~torch.isnan(table[:, 3])).view(-1, g).any(dim=1)
+    return torch.where(scored_P, on_metric_P, on_total_P)
+
+
+def _sorted(table: torch.Tensor, g: int) -> torch.Tensor:
     """Rows in (group, sample) order, checked to form complete groups: samples 0..G-1 once each."""
-    table_N3 = table_N3[torch.argsort(table_N3[:, 0] * g + table_N3[:, 1])]
-    n = table_N3.shape[0]
+    table = table[torch.argsort(table[:, 0] * g + table[:, 1])]
+    n = table.shape[0]
     ok = n % g == 0
     if ok:
-        groups_PG, samples_PG = table_N3[:, 0].view(-1, g), table_N3[:, 1].view(-1, g)
+        groups_PG, samples_PG = table[:, 0].view(-1, g), table[:, 1].view(-1, g)
         ok = bool((groups_PG == groups_PG[:, :1]).all()) and bool(
             (samples_PG == torch.arange(g, dtype=samples_PG.dtype)).all()
         )
@@ -427,7 +476,7 @@ def _sorted(table_N3: torch.Tensor, g: int) -> torch.Tensor:
             f"the step's completions do not form complete groups of {g} (group, sample) "
             "pairs: a generator returned a sample twice or a group incompletely"
         )
-    return table_N3
+    return table
 
 
 def _item(scores: RewardBreakdown, i: int) -> RewardBreakdown:

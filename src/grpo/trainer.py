@@ -55,7 +55,7 @@ from grpo.models import (
 from grpo.parallel import make_parallelism
 from grpo.rewards import Reward, RewardMonitor
 from grpo.rollout.weights import is_peft_model
-from grpo.source import Collected, RolloutSource, ScoredStep
+from grpo.source import Collected, RolloutSource, ScoredStep, filter_component
 from grpo.tracking import RunLogger
 
 
@@ -160,6 +160,12 @@ class GRPOTrainer:
         self.accuracy_name, self.format_name = report_names(
             [r.name for r in self.reward.rewards], accuracy_reward, format_reward
         )
+        self.filter_name = filter_component(  # what dynamic sampling judges spread on
+            cfg.rollout.dynamic_sampling_metric,
+            [r.name for r in self.reward.rewards],
+            self.accuracy_name,
+            self.format_name,
+        )
 
         self.prompt_key = prompt_key
         check_dataset(train_dataset, "train_dataset", prompt_key)
@@ -224,6 +230,7 @@ class GRPOTrainer:
             context=context,
             accuracy_name=self.accuracy_name,
             format_name=self.format_name,
+            filter_name=self.filter_name,
         )
         if cfg.async_.staleness:
             self.source = self._async_source(self.source)
