@@ -62,7 +62,8 @@ def test_every_logged_metric_is_documented(tmp_path):
     missing = []
     for key in sorted(keys):
         generic = key.replace("/checksum/", "/<name>/").replace("/format_reward/", "/<name>/")
-        generic = re.sub(r"(mean|pass)@\d+", r"\1@k", generic).replace("pass@k", "pass@j")
+        generic = re.sub(r"(mean|pass|cons)@\d+", r"\1@k", generic)
+        generic = generic.replace("pass@k", "pass@j").replace("cons@k", "cons@j")
         ns, last = generic.split("/", 1)[0], generic.rsplit("/", 1)[-1]
         if f"`{generic}`" in text or (f"`{ns}/" in text and (f"/{last}`" in text or f"`{last}`" in text)):
             continue

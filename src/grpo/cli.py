@@ -161,7 +161,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from grpo.recipes.assemble import evaluate_recipe
 
     recipe = load_recipe(args.recipe, args.overrides)
-    result = evaluate_recipe(recipe, args.model, by=args.by, pass_ks=args.pass_k)
+    result = evaluate_recipe(
+        recipe,
+        args.model,
+        by=args.by,
+        pass_ks=args.pass_k,
+        cons_ks=args.cons_k,
+        preset=args.preset,
+    )
     for k, v in result.items():
         print(f"{k}: {v:.4f}")
     if args.output:
@@ -227,6 +234,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="K",
         help="pass@K values to report (each <= trainer.eval_samples; default: eval_samples)",
+    )
+    p.add_argument(
+        "--cons-k",
+        nargs="+",
+        type=int,
+        default=None,
+        metavar="K",
+        help="cons@K (majority vote of K samples) values to report (each <= "
+        "trainer.eval.samples; default: eval.samples, where the accuracy reward can vote)",
+    )
+    p.add_argument(
+        "--preset",
+        choices=["r1"],
+        default=None,
+        help="evaluation sampling: r1 = DeepSeek-R1's temperature 0.6, top-p 0.95 (R1 draws "
+        "64 samples per prompt: add trainer.eval.samples=64); default: the recipe's sampling",
     )
     p.add_argument("--output", help="also write the metrics to this JSON file")
     p.set_defaults(func=cmd_eval, parser=p)

@@ -157,14 +157,28 @@ def evaluate_recipe(
     *,
     by: Sequence[str] = (),
     pass_ks: list[int] | None = None,
+    cons_ks: list[int] | None = None,
+    preset: str | None = None,
 ) -> dict[str, float]:
     """The recipe's held-out evaluation of ``model`` (see :func:`resolve_eval_model`), computed as
     the trainer does at its evaluation steps: the same rows (``eval.max_prompts``), generator
     (multi-turn too), total reward, accuracy and format rewards, and seeded sampling
-    (:func:`grpo.evaluation.eval_sampling`)."""
+    (:func:`grpo.evaluation.eval_sampling`).
+
+    ``pass_ks`` / ``cons_ks``: the j of pass@j / cons@j (default: k = ``trainer.eval.samples``;
+    cons@k only where the accuracy reward can vote). ``preset``: a named evaluation sampling of
+    :data:`grpo.evaluation.EVAL_PRESETS` instead of the run's, e.g. ``"r1"`` (temperature 0.6,
+    top-p 0.95)."""
     import torch
 
-    from grpo.evaluation import eval_sampling, evaluate, report_names, scoring_reward
+    from grpo.evaluation import (
+        EVAL_PRESETS,
+        answer_voter,
+        eval_sampling,
+        evaluate,
+        report_names,
+        scoring_reward,
+    )
     from grpo.guards import set_torch_threads
     from grpo.models import load_policy, trainer_generator
     from grpo.recipes import check_recipe, require_hub
@@ -181,8 +195,23 @@ def evaluate_recipe(
                 f"{cfg.eval.samples} (the samples per prompt); add "
                 f"trainer.eval.samples={max(j, 1)}"
             )
+    for j in cons_ks or ():
+        if not 1 <= j <= cfg.eval.samples:
+            raise RecipeError(
+                f"--cons-k {j}: cons@K needs 1 <= K <= trainer.eval.samples="
+                f"{cfg.eval.samples} (the samples per prompt); add "
+                f"trainer.eval.samples={max(j, 1)}"
+            )
+    if preset is not None and preset not in EVAL_PRESETS:
+        raise RecipeError(f"--preset {preset}: unknown; known: {', '.join(sorted(EVAL_PRESETS))}")
+    sample = EVAL_PRESETS[preset] if preset is not None else eval_sampling
     reward = scoring_reward(*check_recipe(recipe))
     accuracy, format_name = report_names([r.name for r in reward.rewards])
+    if cons_ks and answer_voter(reward, accuracy) is None:
+        raise RecipeError(
+            f"--cons-k: majority vote needs an accuracy reward that compares answers "
+            f"(vote_answer / same_answer, as math_reward has); {accuracy} cannot"
+        )
     model_path, checkpoint = resolve_eval_model(recipe, model)
     require_hub(recipe, model_path)  # the datasets
     rows = dataset_rows(recipe.eval_dataset) or []
@@ -213,9 +242,10 @@ def evaluate_recipe(
             accuracy=accuracy,
             format_name=format_name,
             k=cfg.eval.samples,
-            sampling=eval_sampling(cfg.sampling, cfg.seed),
+            sampling=sample(cfg.sampling, cfg.seed),
             by=list(by) or cfg.eval.by,
             pass_ks=pass_ks,
+            cons_ks=cons_ks,
         )
     finally:
         generator.close()

@@ -311,6 +311,66 @@ class MathReward(Reward):
             raise Unscorable(failure)
         return 0.0, None
 
+    # ------------------------------------------------------------------ majority vote (cons@k)
+    def vote_answer(self, completion: str) -> str | None:
+        r"""The final answer as it votes in a majority vote (``cons@k``,
+        :func:`grpo.evaluation.majority_vote`): extracted as for scoring, whitespace runs
+        collapsed; None (no vote) when there is none, it is longer than ``max_answer_chars``, or
+        math-verify cannot parse it to an expression (or times out trying): ``???`` does not
+        vote, although scoring compares it as a string and finds it wrong.
+
+        >>> MathReward().vote_answer(r"so \boxed{\frac{1}{2}  }"), MathReward().vote_answer("7")
+        ('\\frac{1}{2}', None)
+        """
+        from math_verify.errors import TimeoutException
+
+        answer = extract_answer(completion, self.fallback)
+        if answer is None or len(answer) > self.max_answer_chars:
+            return None
+        answer = " ".join(answer.split())
+        if _literal(answer) is not None:
+            return answer
+        try:
+            parsed = _parse(answer, _timeout(self.parse_timeout))
+        except (TimeoutException, Exception):  # noqa: BLE001 -- a timeout or a parser error
+            return None
+        # math-verify keeps the raw string next to what it parsed; the string alone: unparsed
+        return answer if any(not isinstance(x, str) for x in parsed) else None
+
+    def same_answer(self, a: str, b: str) -> bool:
+        r"""Whether two voted answers are the same answer for this verifier: math-verify's
+        equivalence (as in scoring, ``a`` in the place of the gold answer), so "1/2", "0.5" and
+        ``\frac{1}{2}`` are one answer. A comparison that times out or raises is "different".
+
+        >>> r = MathReward()
+        >>> r.same_answer("1/2", "0.5"), r.same_answer("x=3", "3"), r.same_answer("2", "3")
+        (True, True, False)
+        """
+        from math_verify import verify
+        from math_verify.errors import TimeoutException
+
+        if a == b:
+            return True
+        verdict = literal_verdict(a, b)
+        if verdict is not None:
+            return verdict
+        try:
+            pa = _parse(a, _timeout(self.parse_timeout))
+            pb = _parse(b, _timeout(self.parse_timeout))
+            for g in pa:
+                for p in pb:
+                    if verify(
+                        g,
+                        p,
+                        float_rounding=self.float_rounding,
+                        timeout_seconds=_timeout(self.verify_timeout),
+                        raise_on_error=True,
+                    ):
+                        return True
+        except (TimeoutException, Exception):  # noqa: BLE001 -- sympy raises many types
+            return False
+        return False
+
     def explain(self, completion: str, **example: Any) -> dict[str, Any]:
         """What was extracted and how it parsed (for debugging a score)."""
         answer = extract_answer(completion, self.fallback)
