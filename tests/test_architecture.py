@@ -44,7 +44,7 @@ FLOORS: Floors = (
     ("sandbox", ("grpo.sandbox.*",)),
     ("rewards", ("grpo.rewards.*",)),
     ("rollout", ("grpo.rollout.*",)),
-    ("config and metrics", ("grpo.config", "grpo.metrics")),
+    ("config and metrics", ("grpo.trl_args", "grpo.config", "grpo.metrics")),
     ("components", ("grpo.batch", "grpo.data", "grpo.policy", "grpo.models", "grpo.tiny",
                     "grpo.sft")),
     ("stages: source, learner, evaluation", ("grpo.source", "grpo.learner",

@@ -129,8 +129,11 @@ def test_config_mistakes_name_the_fix(tiny_dir, tmp_path):
         GRPOTrainer(str(tiny_dir), [Checksum()], chat_rows(2), {"beta": 0.0})
     from trl import GRPOConfig as TrlConfig
 
-    with pytest.raises(TypeError, match="trl GRPOConfig"):
-        GRPOTrainer(str(tiny_dir), [Checksum()], chat_rows(2), TrlConfig(output_dir=str(tmp_path / "t"), use_cpu=True))
+    # a trl GRPOConfig is converted (grpo.trl_args; tests/test_trl_args.py), also as config=
+    trl_cfg = TrlConfig(output_dir=str(tmp_path / "t"), use_cpu=True, bf16=False, max_completion_length=8)
+    assert GRPOTrainer(str(tiny_dir), [Checksum()], chat_rows(2), trl_cfg).config.rollout.num_generations == 8
+    with pytest.raises(TypeError, match="not a dataset"):
+        GRPOTrainer(str(tiny_dir), [Checksum()], chat_rows(2), object())
     with pytest.raises(TypeError, match="MathReward\\(\\)"):
         GRPOTrainer(str(tiny_dir), [MathReward], chat_rows(2), cfg(tmp_path))
     with pytest.raises(ValueError, match="exceeds the model's context"):

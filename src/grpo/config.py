@@ -42,10 +42,11 @@ import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from grpo.loss import Aggregation, KLEstimator, RatioLevel
 from grpo.rollout.types import SamplingConfig
+from grpo.trl_args import hint as trl_hint
 
 __all__ = [
     "AsyncConfig",
@@ -365,8 +366,18 @@ class LogConfig(_Section):
         4, ge=0, description="Completions per step written to completions.jsonl."
     )
     report_to: list[Literal["tensorboard", "wandb"]] = Field(
-        default_factory=list, description="Extra trackers through accelerate."
+        default_factory=list,
+        description="Extra trackers through accelerate; one name as a string works too "
+        "(trl's report_to='wandb'), and 'none' is none.",
     )
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [] if value == "none" else [value]
+        return value
+
     progress_bar: bool = Field(
         True, description="Show a progress bar with step, ETA, reward and accuracy."
     )
@@ -467,6 +478,11 @@ class GRPOConfig(BaseModel):
         if not isinstance(data, dict):
             return data
         data, moved = nest_flat_keys(data)
+        known = set(cls.model_fields) | {"async"}
+        for key in data:
+            said = None if key in known else trl_hint(key)
+            if said is not None:
+                raise ValueError(f"GRPOConfig: {said}")
         if moved:
             warnings.warn(_flat_message(moved), FlatConfigWarning, stacklevel=_user_stacklevel())
         return data

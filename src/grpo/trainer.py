@@ -70,6 +70,37 @@ class _Timer:
         self.times[f"time/{name}"] = time.perf_counter() - t0
 
 
+def _trl_names(
+    train_dataset: Any, config: Any, args: Any, tokenizer: Any, processing_class: Any
+) -> tuple[Any, Any]:
+    """grpo's (config, tokenizer) from grpo's or trl's keyword names; both names of one thing
+    given is refused by name, and a ``trl.GRPOConfig`` becomes a grpo one (docs/trl.md)."""
+    from grpo.trl_args import grpo_settings
+
+    if isinstance(train_dataset, GRPOConfig) or _is_trl_config(train_dataset):
+        raise TypeError(
+            "GRPOTrainer's third positional argument is train_dataset; pass the config by "
+            "keyword: args=... (trl's name) or config=..."
+        )
+    for grpo_name, trl_name, ours, theirs in (
+        ("config", "args", config, args),
+        ("tokenizer", "processing_class", tokenizer, processing_class),
+    ):
+        if ours is not None and theirs is not None:
+            raise ValueError(
+                f"GRPOTrainer got both {grpo_name}= and {trl_name}= ({trl_name} is trl's name for "
+                f"{grpo_name}); give one of them"
+            )
+    config = config if config is not None else args
+    if _is_trl_config(config):
+        config = GRPOConfig(**grpo_settings(config))
+    return config, tokenizer if tokenizer is not None else processing_class
+
+
+def _is_trl_config(obj: Any) -> bool:
+    return type(obj).__module__.startswith("trl.") and type(obj).__name__ == "GRPOConfig"
+
+
 class GRPOTrainer:
     """Train a causal LM with GRPO on rule-based rewards.
 
@@ -77,7 +108,9 @@ class GRPOTrainer:
         model: a path / hub id, or a loaded ``transformers`` causal LM (or peft model).
         reward_funcs: :class:`grpo.rewards.Reward` objects or trl-style functions.
         train_dataset: rows with a ``prompt`` (text or chat messages) and the reward columns.
-        config: a :class:`GRPOConfig` (defaults if None).
+        config: a :class:`GRPOConfig` (defaults if None). trl's name ``args=`` works too, and
+            also takes a ``trl.GRPOConfig``, converted by :func:`grpo.trl_args.grpo_settings`
+            (docs/trl.md); trl's ``processing_class=`` is ``tokenizer=``.
         eval_dataset: held-out rows, evaluated at the start, every ``eval_steps`` and at the end.
         tokenizer: needed when ``model`` is a loaded model without a saved tokenizer path.
         peft_config: a peft ``LoraConfig``: train adapters; the reference is the base model
@@ -97,12 +130,14 @@ class GRPOTrainer:
     def __init__(
         self,
         model: str | torch.nn.Module,
-        reward_funcs: Sequence[Reward | Callable],
-        train_dataset: Any,
+        reward_funcs: Sequence[Reward | Callable] | Reward | Callable,
+        train_dataset: Any = None,
         config: GRPOConfig | None = None,
         *,
+        args: Any = None,
         eval_dataset: Any = None,
         tokenizer: Any = None,
+        processing_class: Any = None,
         peft_config: Any = None,
         generator: Any = None,
         accuracy_reward: str | None = None,
@@ -114,15 +149,20 @@ class GRPOTrainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
+        config, tokenizer = _trl_names(train_dataset, config, args, tokenizer, processing_class)
+        if train_dataset is None:
+            raise TypeError("GRPOTrainer needs train_dataset")
+        if callable(reward_funcs) or isinstance(reward_funcs, Reward):
+            reward_funcs = [reward_funcs]  # trl takes one function as well as a list
         if isinstance(config, dict):
             raise TypeError(
                 "config must be a grpo.GRPOConfig, got a dict: use GRPOConfig(**your_dict)"
             )
         if config is not None and not isinstance(config, GRPOConfig):
             raise TypeError(
-                f"config must be a grpo.GRPOConfig, got {type(config).__module__}."
-                f"{type(config).__name__} (a trl GRPOConfig?): build grpo.GRPOConfig(...) with the "
-                "same settings (`grpo train --help-config` lists them)"
+                f"config must be a grpo.GRPOConfig or a trl.GRPOConfig, got "
+                f"{type(config).__module__}.{type(config).__name__} (not a dataset: the config "
+                "is config= / args=)"
             )
         self.config = cfg = config if config is not None else GRPOConfig()
         self.accelerator = Accelerator(
