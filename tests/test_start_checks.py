@@ -142,3 +142,20 @@ def test_prompt_lengths_are_measured_as_the_generator_encodes_them(tiny_dir):
     # a generator's own encoding (tool schemas rendered) is what is measured when it has one
     with pytest.raises(ValueError, match="row 0 has 100 tokens"):
         check_prompt_tokens(rows, "train_dataset", tok, 99, encode=lambda p: [0] * 100)
+
+
+def test_a_finished_run_without_checkpoints_is_not_overwritten_silently(tiny_dir, tmp_path):
+    from grpo.checkpoint import list_checkpoints
+    from grpo.tracking import read_jsonl
+
+    rows = [{"prompt": f"What is {i}+1?", "answer": str(i + 1)} for i in range(4)]
+    GRPOTrainer(str(tiny_dir), [needs_answer], rows, _cfg(tmp_path)).train()
+    run = tmp_path / "run"
+    assert list_checkpoints(run) == [] and read_jsonl(run / "metrics.jsonl")
+    with pytest.raises(FileExistsError) as e:
+        GRPOTrainer(str(tiny_dir), [needs_answer], rows, _cfg(tmp_path))
+    assert str(e.value) == (
+        f"output_dir {str(run)!r} holds another run, without checkpoints (metrics.jsonl, completions.jsonl), "
+        "which a fresh run would overwrite: set overwrite_output_dir=True to start over, or choose another "
+        "output_dir")
+    GRPOTrainer(str(tiny_dir), [needs_answer], rows, _cfg(tmp_path, overwrite_output_dir=True)).train()
