@@ -118,10 +118,10 @@ def test_a_run_learning_nothing_says_so(tiny_dir, tmp_path):
 
 def test_prompts_longer_than_max_prompt_length_are_refused_naming_the_row(tiny_dir, tmp_path):
     rows = [{"prompt": "short"}, {"prompt": "a much longer prompt than allowed " * 3}]
-    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows, cfg(tmp_path, prompts_per_step=2, max_prompt_length=20))
-    with pytest.raises(ValueError, match=r"dataset row 1 has \d+ tokens, more than max_prompt_length=20"):
-        trainer.train()
-    trainer.close()
+    # at start, not at the step that samples it (hours in)
+    with pytest.raises(ValueError, match=r"train_dataset row 1 has \d+ tokens, more than "
+                                         r"rollout.max_prompt_length=20: raise"):
+        GRPOTrainer(str(tiny_dir), [Checksum()], rows, cfg(tmp_path, prompts_per_step=2, max_prompt_length=20))
 
 
 def test_config_mistakes_name_the_fix(tiny_dir, tmp_path):

@@ -63,13 +63,22 @@ def check_output_dir(
     output_dir: str | Path, *, resume_from: str | None, overwrite: bool, is_main: bool
 ) -> None:
     """Refuse a fresh run in a folder holding another run's checkpoints, unless asked to
-    overwrite (then its checkpoints are deleted) or to resume."""
+    overwrite (then its checkpoints are deleted) or to resume; and one holding a run that left
+    no checkpoints (its logs or final model, which a fresh run would overwrite) unless asked
+    to overwrite."""
     from grpo.checkpoint import list_checkpoints
 
     if resume_from:
         return
     found = list_checkpoints(output_dir)
     if not found:
+        left = _run_outputs(Path(output_dir))
+        if left and not overwrite:
+            raise FileExistsError(
+                f"output_dir {str(output_dir)!r} holds another run, without checkpoints "
+                f"({', '.join(left)}), which a fresh run would overwrite: set "
+                "overwrite_output_dir=True to start over, or choose another output_dir"
+            )
         return
     if not overwrite:
         raise FileExistsError(
@@ -80,6 +89,16 @@ def check_output_dir(
         )
     if is_main:
         shutil.rmtree(Path(output_dir) / "checkpoints", ignore_errors=True)
+
+
+def _run_outputs(output_dir: Path) -> list[str]:
+    """What a run writes in ``output_dir`` and a fresh run replaces: non-empty logs
+    (:class:`grpo.tracking.RunLogger`'s) and the final model."""
+    logs = ("metrics.jsonl", "completions.jsonl", "eval.jsonl")
+    found = [n for n in logs if (output_dir / n).is_file() and (output_dir / n).stat().st_size]
+    if (output_dir / "final").is_dir() and any((output_dir / "final").iterdir()):
+        found.append("final/")
+    return found
 
 
 def set_torch_threads(threads: int | None, *, cuda: bool, local_processes: int = 1) -> int:

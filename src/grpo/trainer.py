@@ -35,7 +35,7 @@ import torch
 from grpo.batch import collate_rollouts, join_scores
 from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
-from grpo.data import check_dataset, get_rows
+from grpo.data import check_dataset, check_prompt_tokens, get_rows
 from grpo.evaluation import eval_sampling, evaluate, report_names, scoring_reward
 from grpo.guards import (
     LearningWatch,
@@ -208,9 +208,9 @@ class GRPOTrainer:
         )
 
         self.prompt_key = prompt_key
-        check_dataset(train_dataset, "train_dataset", prompt_key)
+        check_dataset(train_dataset, "train_dataset", prompt_key, self.reward.rewards)
         if eval_dataset is not None:
-            check_dataset(eval_dataset, "eval_dataset", prompt_key)
+            check_dataset(eval_dataset, "eval_dataset", prompt_key, self.reward.rewards)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
         if cfg.num_train_epochs is not None:  # the one place max_steps is derived from the data
             steps = math.ceil(
@@ -255,6 +255,15 @@ class GRPOTrainer:
                 "samples with the trained model itself. Set loss.use_tis=False or "
                 "rollout.backend='vllm'."
             )
+        check_prompt_tokens(
+            train_dataset,
+            "train_dataset",
+            self.tokenizer,
+            cfg.rollout.max_prompt_length,
+            prompt_key,
+            cfg.rollout.chat_template_kwargs,
+            getattr(self.generator, "encode_prompt", None),
+        )
         self.sampling = cfg.sampling
         self.source = RolloutSource(
             generator=self.generator,

@@ -325,6 +325,7 @@ def _check_settings(stage: SFTStage | GRPOStage | SampleStage) -> list[str]:
     """What ``grpo train`` (a grpo stage), ``grpo sample`` or ``grpo sft`` would refuse."""
     from grpo.recipes import build_rewards
     from grpo.recipes import check_recipe as check_train_recipe
+    from grpo.rewards import as_reward
     from grpo.recipes.datasets import check_dataset
 
     problems = []
@@ -342,12 +343,13 @@ def _check_settings(stage: SFTStage | GRPOStage | SampleStage) -> list[str]:
                 if isinstance(stage, GRPOStage)
                 else build_rewards(stage.rewards)[0]
             )
-            names = [r.name for r in rewards]
+            # a `module:function` reward is a plain function: named as training names it
+            names = [as_reward(r).name for r in rewards]
             if len(set(names)) != len(names):
                 problems.append(f"a reward is listed twice: {names}")
             elif isinstance(stage, SampleStage):
                 check_verifiers(stage.keep, names)
-        except ValueError as e:  # RecipeError, and the keep rule's
+        except (ValueError, TypeError) as e:  # RecipeError, the keep rule's, as_reward's
             problems.append(str(e))
     if isinstance(stage, SFTStage):
         from grpo.sft import sft_config

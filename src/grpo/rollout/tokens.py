@@ -26,9 +26,18 @@ def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: dict | None =
     The trainer should tokenize prompts with this function too (or reuse
     ``Rollout.prompt_ids``).
     """
+    text, special = render_prompt(tokenizer, prompt, chat_template_kwargs)
+    return list(tokenizer(text, add_special_tokens=special)["input_ids"])
+
+
+def render_prompt(
+    tokenizer, prompt: Prompt, chat_template_kwargs: dict | None = None
+) -> tuple[str, bool]:
+    """(the text :func:`encode_prompt` tokenizes, whether it adds the tokenizer's special
+    tokens): a chat prompt rendered by the chat template, a text prompt as it is."""
     if isinstance(prompt, str):
-        ids = tokenizer(prompt, add_special_tokens=True)["input_ids"]
-    elif isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
+        return prompt, True
+    if isinstance(prompt, (list, tuple)) and all(isinstance(m, dict) for m in prompt):
         if not prompt:
             raise ValueError("a chat prompt needs at least one message, got []")
         if getattr(tokenizer, "chat_template", None) is None:
@@ -36,12 +45,36 @@ def encode_prompt(tokenizer, prompt: Prompt, chat_template_kwargs: dict | None =
         text = tokenizer.apply_chat_template(
             list(prompt), tokenize=False, add_generation_prompt=True, **(chat_template_kwargs or {})
         )
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    else:
-        raise TypeError(
-            f"a prompt is a string or a list of chat messages (dicts), got {type(prompt).__name__}"
-        )
-    return list(ids)
+        return text, False
+    raise TypeError(
+        f"a prompt is a string or a list of chat messages (dicts), got {type(prompt).__name__}"
+    )
+
+
+def prompt_lengths(
+    tokenizer,
+    prompts: Sequence[Prompt],
+    chat_template_kwargs: dict | None = None,
+    batch_size: int = 1024,
+) -> list[int]:
+    """``len(encode_prompt(tokenizer, p, chat_template_kwargs))`` for every prompt, tokenizing
+    ``batch_size`` rendered prompts per tokenizer call (a fast tokenizer encodes a batch in
+    parallel: the cost is one chat-template rendering per prompt plus the batched encoding)."""
+    lengths: list[int] = []
+    for start in range(0, len(prompts), batch_size):
+        rendered = [
+            render_prompt(tokenizer, p, chat_template_kwargs)
+            for p in prompts[start : start + batch_size]
+        ]
+        out = [0] * len(rendered)
+        for special in (True, False):
+            which = [i for i, (_, s) in enumerate(rendered) if s is special]
+            if which:
+                ids = tokenizer([rendered[i][0] for i in which], add_special_tokens=special)
+                for i, one in zip(which, ids["input_ids"], strict=True):
+                    out[i] = len(one)
+        lengths += out
+    return lengths
 
 
 def encode_prompts(
