@@ -14,9 +14,9 @@ one of:
   the library refuses or fixes it;
 * **untested** (:data:`UNTESTED`): expected to work, left out of the rows to bound their cost.
 
-The axes are the ones users combine on one process; multi-process layouts (data parallel,
-FSDP) and ``rollout.backend='vllm_server'`` are left to ``tests/test_rollout_distributed.py``
-and ``tests/test_rollout_server.py``.
+The ``processes`` axis (1, 2 data parallel, 2 FSDP) is trained under ``torchrun`` (one launch for
+all its rows, :func:`run_jobs`); ``rollout.backend='vllm_server'`` is left to
+``tests/test_rollout_server.py``.
 
 ``python -m grpo.compat`` prints ``docs/compatibility.md`` (:func:`render_page`).
 """
@@ -814,11 +814,9 @@ def render_page() -> str:
         "spread), builds every refused pair and checks the message names both settings, and "
         "checks that every pair is covered by a row or declared here.",
         "",
-        "Multi-process layouts (data parallel, `forward.fsdp`) and "
-        "`rollout.backend='vllm_server'` are not axes here: `tests/test_rollout_distributed.py` "
-        "and `tests/test_rollout_server.py` cover them (FSDP refuses `peft_config`, and "
-        "`rollout.dynamic_sampling` with more than one process; `async.staleness` refuses more "
-        "than one process).",
+        "The rows with 2 processes run in one `torchrun` launch (the `distributed` marker). "
+        "`rollout.backend='vllm_server'` is not an axis here: `tests/test_rollout_server.py` "
+        "covers it.",
         "",
         "## Axes",
         "",
