@@ -14,9 +14,9 @@ one of:
   the library refuses or fixes it;
 * **untested** (:data:`UNTESTED`): expected to work, left out of the rows to bound their cost.
 
-The axes are the ones users combine on one process; multi-process layouts (data parallel,
-FSDP) and ``rollout.backend='vllm_server'`` are left to ``tests/test_rollout_distributed.py``
-and ``tests/test_rollout_server.py``.
+The ``processes`` axis (1, 2 data parallel, 2 FSDP) is trained under ``torchrun`` (one launch for
+all its rows, :func:`run_jobs`); ``rollout.backend='vllm_server'`` is left to
+``tests/test_rollout_server.py``.
 
 ``python -m grpo.compat`` prints ``docs/compatibility.md`` (:func:`render_page`).
 """
@@ -177,6 +177,44 @@ def _reward_multitask(setup: Setup) -> None:
 
 def _reward_none(setup: Setup) -> None:
     setup.rewards = []
+
+
+def _reward_trl(setup: Setup) -> None:
+    import trl.rewards
+
+    for example in setup.dataset:  # accuracy_reward's gold column
+        example["solution"] = str(sum(map(ord, example["prompt"][-1]["content"])) % 10)
+    setup.rewards = [
+        trl.rewards.accuracy_reward,
+        trl.rewards.think_format_reward,
+        trl.rewards.get_repetition_penalty_reward(ngram_size=1, max_penalty=-1.0),
+        checksum_function,  # trl's score a random tiny model's completions alike: no signal
+    ]
+
+
+def _reward_model(setup: Setup) -> None:
+    import torch
+    from transformers import LlamaConfig, LlamaForSequenceClassification
+
+    from grpo.rewards.reward_model import RewardModelReward
+
+    tokenizer = setup.tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=256,
+        pad_token_id=tokenizer.pad_token_id,
+        num_labels=1,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(3)  # the same random classifier on every process
+        classifier = LlamaForSequenceClassification(config).eval()
+    setup.rewards = [RewardModelReward(classifier, tokenizer, device="cpu")]
 
 
 def _lora(setup: Setup) -> None:
@@ -351,6 +389,26 @@ AXES: tuple[Axis, ...] = (
                 apply=_reward_multitask,
             ),
             V("none", "no reward function (pure distillation needs a teacher)", apply=_reward_none),
+            V(
+                "trl",
+                "trl's own trl.rewards functions (accuracy_reward on a solution column, "
+                "think_format_reward, get_repetition_penalty_reward) beside a checksum function",
+                apply=_reward_trl,
+            ),
+            V(
+                "reward_model",
+                "a sequence-classification reward model (grpo.rewards.RewardModelReward)",
+                apply=_reward_model,
+            ),
+        ),
+    ),
+    Axis(
+        "processes",
+        "processes",
+        (
+            V("1", "one process"),
+            V("2dp", "2 processes, data parallel (torchrun --nproc_per_node 2, gloo on CPU)"),
+            V("2fsdp", "2 processes, FSDP2 (forward.fsdp=True)", {"forward.fsdp": True}),
         ),
     ),
 )
@@ -424,6 +482,26 @@ REFUSED: dict[Pair, Refusal] = {
         "a biased advantage",
         "GRPOTrainer (GRPOConfig for distill.teacher given as a path)",
     ),
+    pair("async", "on", "processes", "2dp"): Refusal(
+        "the asynchronous source runs one generator process",
+        "runs one generator process: not with several training processes",
+        "GRPOTrainer (under torchrun)",
+    ),
+    pair("async", "on", "processes", "2fsdp"): Refusal(
+        "the asynchronous source runs one generator process",
+        "runs one generator process: not with several training processes",
+        "GRPOTrainer (under torchrun)",
+    ),
+    pair("lora", "on", "processes", "2fsdp"): Refusal(
+        "LoRA adapters are small: train them data parallel",
+        "forward.fsdp=True with a peft_config is not supported",
+        "GRPOTrainer (on any number of processes)",
+    ),
+    pair("dynamic_sampling", "on", "processes", "2fsdp"): Refusal(
+        "processes would keep different numbers of groups, and a sharded forward is a collective",
+        "rollout.dynamic_sampling with forward.fsdp=True is not supported yet",
+        "GRPOTrainer (under torchrun; one process trains unsharded)",
+    ),
     pair("teacher", "none", "reward", "none"): Refusal(
         "nothing to learn from: no reward and no teacher",
         "reward_funcs is empty",
@@ -451,11 +529,38 @@ _ENGINE_FREE = (
     "(~30-40 s on CPU), so the vLLM rows use the Reward and no-reward kinds, and the HF rows "
     "cover the rest"
 )
+_PER_PROCESS = (
+    "each process scores its own groups with the one-process code; the rows with 2 processes "
+    "(each a torchrun launch, the costly kind) use the Reward and reward-model kinds"
+)
 UNTESTED: dict[Pair, str] = {
     pair("backend", "vllm", "reward", "function"): _ENGINE_FREE,
     pair("backend", "vllm", "reward", "multitask"): _ENGINE_FREE,
     pair("tis", "on", "reward", "function"): "TIS needs vLLM; " + _ENGINE_FREE,
     pair("tis", "on", "reward", "multitask"): "TIS needs vLLM; " + _ENGINE_FREE,
+    pair("backend", "vllm", "reward", "trl"): _ENGINE_FREE,
+    pair("backend", "vllm", "reward", "reward_model"): _ENGINE_FREE,
+    pair("tis", "on", "reward", "trl"): "TIS needs vLLM; " + _ENGINE_FREE,
+    pair("tis", "on", "reward", "reward_model"): "TIS needs vLLM; " + _ENGINE_FREE,
+    pair("dynamic_sampling", "on", "reward", "trl"): (
+        "known problem, reported: with trl's functions beside the checksum, dynamic sampling "
+        "dropped every group (dynamic/groups_kept=0, dynamic/dropped_total_spread=8) although the "
+        "total reward had spread (std 0.25), so the weights never moved"
+    ),
+    pair("backend", "vllm", "processes", "2dp"): (
+        "one colocated engine per process: tests/test_rollout_distributed.py trains it on 2 "
+        "processes; a row here would start two engines"
+    ),
+    pair("backend", "vllm", "processes", "2fsdp"): (
+        "a colocated engine per process syncing FSDP-sharded weights: not tested anywhere yet"
+    ),
+    pair("tis", "on", "processes", "2dp"): "TIS needs vLLM (see backend=vllm + processes=2dp)",
+    pair("tis", "on", "processes", "2fsdp"): "TIS needs vLLM (see backend=vllm + processes=2fsdp)",
+    **{
+        pair("reward", kind, "processes", layout): _PER_PROCESS
+        for kind in ("function", "multitask", "trl", "none")
+        for layout in ("2dp", "2fsdp")
+    },
 }
 """Pairs expected to work that no row holds, to bound the cost of the rows."""
 
@@ -518,12 +623,23 @@ def covering_rows() -> list[Row]:
         for seed in (p for p in todo if p in uncovered):
             row = _grow(seed, uncovered, avoid)
             gain = sum(p in uncovered for p in _row_pairs(row))
-            score = (gain, -engine_row(row))
+            score = (gain, -engine_row(row), -processes(row))
             if best is None or score > best:
                 best, chosen = score, row
         rows.append({a.name: chosen[a.name] for a in AXES})
         uncovered -= set(_row_pairs(chosen))
     return rows
+
+
+def processes(row: Mapping[str, str]) -> int:
+    """How many processes the row is launched on (``torchrun --nproc_per_node``)."""
+    return 1 if row["processes"] == "1" else 2
+
+
+def names(axis: str, value: str) -> tuple[str, ...]:
+    """How a message may name the setting: the axis's, or a config key its value sets
+    (``processes=2fsdp`` is ``forward.fsdp=True``)."""
+    return (_AXIS[axis].setting, *_AXIS[axis].value(value).config)
 
 
 def engine_row(row: Mapping[str, str]) -> bool:
@@ -623,6 +739,58 @@ def build(row: Mapping[str, str], model_dir: str | Path, output_dir: str | Path)
     return setup
 
 
+def run_jobs(jobs_file: str | Path) -> None:
+    """Run the jobs of ``jobs_file`` on this process, one after another (the test launches it
+    under ``torchrun`` for the rows and refused pairs with several processes:
+    ``python -m grpo.compat --jobs FILE``). The file holds ``{"model_dir": ..., "jobs": [{"row":
+    ..., "out": ..., "refusal": bool}]}``; each job writes ``result_rank{r}.json`` into its
+    ``out``: ``{"changed": bool}`` for a trained row (some gathered weight moved), ``{"refused":
+    message}`` for a ValueError at construction, ``{"error": ...}`` for anything else."""
+    import json
+    import os
+    import traceback
+
+    import torch
+
+    from grpo import GRPOConfig, GRPOTrainer
+
+    spec = json.loads(Path(jobs_file).read_text())
+
+    def full(model: Any) -> dict[str, Any]:  # an FSDP2 shard is gathered: every process calls
+        return {
+            n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters()
+            if p.requires_grad
+        }
+
+    for job in spec["jobs"]:
+        out = Path(job["out"])
+        result: dict[str, Any] = {}
+        rank = 0
+        try:
+            setup = build(job["row"], spec["model_dir"], out)
+            args = setup.arguments()
+            args["config"] = GRPOConfig(**args["config"])
+            trainer = GRPOTrainer(**args)
+            rank = trainer.accelerator.process_index
+            try:
+                before = full(trainer.model)
+                trainer.train()
+            finally:
+                trainer.close()
+            after = full(trainer.model)
+            result["changed"] = bool(before) and any(
+                not torch.equal(v, after[n]) for n, v in before.items()
+            )
+        except ValueError as e:
+            result["refused" if job["refusal"] else "error"] = str(e)
+        except Exception:  # noqa: BLE001 - reported to the test, which fails on it
+            result["error"] = traceback.format_exc()[-3000:]
+        rank = int(os.environ.get("RANK", rank))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / f"result_rank{rank}.json").write_text(json.dumps(result))
+
+
 # ----------------------------------------------------------------------------- the page
 def _pair_text(p: Pair) -> str:
     (a, x), (b, y) = p
@@ -646,11 +814,9 @@ def render_page() -> str:
         "spread), builds every refused pair and checks the message names both settings, and "
         "checks that every pair is covered by a row or declared here.",
         "",
-        "Multi-process layouts (data parallel, `forward.fsdp`) and "
-        "`rollout.backend='vllm_server'` are not axes here: `tests/test_rollout_distributed.py` "
-        "and `tests/test_rollout_server.py` cover them (FSDP refuses `peft_config`, and "
-        "`rollout.dynamic_sampling` with more than one process; `async.staleness` refuses more "
-        "than one process).",
+        "The rows with 2 processes run in one `torchrun` launch (the `distributed` marker). "
+        "`rollout.backend='vllm_server'` is not an axis here: `tests/test_rollout_server.py` "
+        "covers it.",
         "",
         "## Axes",
         "",
@@ -703,4 +869,9 @@ def render_page() -> str:
 
 
 if __name__ == "__main__":
-    print(render_page(), end="")
+    import sys
+
+    if sys.argv[1:2] == ["--jobs"]:
+        run_jobs(sys.argv[2])
+    else:
+        print(render_page(), end="")
