@@ -543,9 +543,10 @@ UNTESTED: dict[Pair, str] = {
     pair("tis", "on", "reward", "trl"): "TIS needs vLLM; " + _ENGINE_FREE,
     pair("tis", "on", "reward", "reward_model"): "TIS needs vLLM; " + _ENGINE_FREE,
     pair("dynamic_sampling", "on", "reward", "trl"): (
-        "known problem, reported: with trl's functions beside the checksum, dynamic sampling "
-        "dropped every group (dynamic/groups_kept=0, dynamic/dropped_total_spread=8) although the "
-        "total reward had spread (std 0.25), so the weights never moved"
+        "by design, not exercised: dynamic sampling judges a group's spread on the accuracy "
+        "component (rollout.dynamic_sampling_metric), here trl's accuracy_reward, which the "
+        "random tiny model never earns, so every group is dropped although the checksum gives "
+        "the total a spread; a real run (or dynamic_sampling_metric='total') trains"
     ),
     pair("backend", "vllm", "processes", "2dp"): (
         "one colocated engine per process: tests/test_rollout_distributed.py trains it on 2 "
