@@ -84,6 +84,12 @@ def test_pipeline_runs_links_and_skips_finished_stages(setup, tmp_path):
     # redo a middle stage: it and every later stage run again, earlier ones stay
     third = run_pipeline(path, redo="sft_again")
     assert third.skipped == names[:3] and third.ran == names[3:]
+    # an interrupted grpo stage (folder kept, not done, no checkpoint) starts over in its folder
+    final = folders[4]
+    (final / "done.json").unlink()
+    assert (final / "grpo" / "metrics.jsonl").stat().st_size > 0
+    fourth = run_pipeline(path)
+    assert fourth.skipped == names[:4] and fourth.ran == ["final_rl"]
 
 
 def test_bad_reference_fails_before_anything_runs(setup, tmp_path):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from grpo import GRPOConfig
-from grpo.trl_args import TRL_FIELDS, TrlArgsError, grpo_settings, render
+from grpo.trl_args import TRL_FIELDS, TRL_VERSION, TrlArgsError, grpo_settings, render
 
 trl = pytest.importorskip("trl")
 
@@ -72,9 +72,13 @@ def test_trl_quickstart_with_only_the_import_changed(tiny_dir, tmp_path):
 
 # ----------------------------------------------------------------------------- the mapping
 def test_every_field_of_the_installed_trl_is_declared():
+    """Exactly the installed trl's fields, for the release the table is written for; with
+    another trl, its new fields are refused when set (test below) and the table may list
+    fields it lacks."""
     names = {f.name for f in dataclasses.fields(trl.GRPOConfig)}
-    assert sorted(names - set(TRL_FIELDS)) == []
-    assert sorted(set(TRL_FIELDS) - names) == []
+    if ".".join(trl.__version__.split(".")[:2]) == TRL_VERSION:
+        assert sorted(names - set(TRL_FIELDS)) == []
+        assert sorted(set(TRL_FIELDS) - names) == []
     for name, rule in TRL_FIELDS.items():
         assert rule.note or rule.kind == "mapped" and rule.convert, name
         assert (rule.kind == "mapped") == bool(rule.keys) or name == "use_cpu", name

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["TRL_FIELDS", "Rule", "TrlArgsError", "grpo_settings", "hint", "render"]
+__all__ = ["TRL_FIELDS", "TRL_VERSION", "Rule", "TrlArgsError", "grpo_settings", "hint", "render"]
 
 
 class TrlArgsError(ValueError):
@@ -691,7 +691,11 @@ TRL_FIELDS: dict[str, Rule] = {
     },
     **{n: _ignored(_TA_HARMLESS) for n in ("do_train", "do_eval", "do_predict")},
 }
-"""trl ``GRPOConfig`` field -> :class:`Rule` (trl 1.16; module docstring)."""
+"""trl ``GRPOConfig`` field -> :class:`Rule` (written for trl :data:`TRL_VERSION`; module
+docstring)."""
+
+TRL_VERSION = "1.16"
+"""The trl release whose ``GRPOConfig`` fields :data:`TRL_FIELDS` lists one by one."""
 
 
 # ----------------------------------------------------------------------------- conversion

@@ -92,14 +92,20 @@ def run_grpo(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict
     """A grpo stage: the stage is a :class:`grpo.recipes.schema.Recipe`, built into a trainer by
     :func:`grpo.recipes.assemble.build_trainer` (as ``grpo train`` builds one), with its rows
     from ``data`` / ``eval_data`` when given, its run in ``<stage>/grpo``."""
+    from grpo.checkpoint import list_checkpoints
     from grpo.pipeline.recipe import GRPOStage
     from grpo.recipes.assemble import build_trainer
 
     stage = GRPOStage.model_validate(cfg)
     run_dir = stage_dir / "grpo"
     teacher = {"distill.teacher": stage.teacher} if stage.teacher else {}
+    # An interrupted stage (its folder kept, grpo.pipeline.run): resume its latest checkpoint,
+    # or start it over when it left none; the folder is the pipeline's own.
+    again = (
+        {"resume_from": "latest"} if list_checkpoints(run_dir) else {"overwrite_output_dir": True}
+    )
     trainer_cfg = stage.trainer.updated(
-        {**teacher, "output_dir": str(run_dir), "checkpoint.final_model": False}
+        {**teacher, **again, "output_dir": str(run_dir), "checkpoint.final_model": False}
     )
     stage = stage.model_copy(update={"trainer": trainer_cfg})
     trainer = build_trainer(
