@@ -87,3 +87,72 @@ def test_write_report_writes_pngs_and_html(tmp_path):
     assert "format.png" not in text  # no data, no panel
     with pytest.raises(FileNotFoundError, match="is it a grpo run folder"):
         write_report(tmp_path / "missing")
+
+
+NEW_PANELS = ("reward_components", "tool_use", "async")
+
+
+def rich_records(steps=5):
+    """records() plus reward components, cons@k, multi-turn tool use and async metrics."""
+    recs = records(steps)
+    for r in recs:
+        if "loss/kl" in r:
+            s = r["step"]
+            r.update({"reward/accuracy/mean": s / 10, "reward/format/mean": 0.9, "reward/accuracy/std": 0.1,
+                      "tools/turns_mean": 1.5, "tools/calls_mean": 0.5 + s / 10, "tools/call_rate": 0.4,
+                      "tools/error_frac": 0.1, "tools/timeout_frac": 0.0, "tools/malformed": 1.0,
+                      "tools/unknown_tool": 0.0, "tools/env_token_frac": 0.2, "tools/stop_eos": 0.8,
+                      "tools/stop_max_turns": 0.2, "tools/reward_calls_0": 0.1, "tools/reward_calls_3+": 0.7,
+                      "async/staleness_mean": 0.5, "async/staleness_max": 1.0, "async/queue_depth": 1.0})
+        else:
+            r["eval/cons@4"] = r["eval/greedy_accuracy"] + 0.1
+    return recs
+
+
+def write_run(path, recs):
+    path.mkdir(exist_ok=True)
+    (path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs if "loss/kl" in r))
+    (path / "eval.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs if "loss/kl" not in r))
+
+
+def test_reward_components_get_one_axis_each_and_total_is_not_among_them():
+    fig = panels(rich_records())["reward_components"]
+    assert [ax.get_ylabel() for ax in fig.axes] == ["accuracy (mean reward)", "format (mean reward)"]
+    assert [line.get_label() for line in fig.axes[0].get_lines()] == ["accuracy (train)"]
+
+
+def test_cons_at_k_sits_next_to_pass_at_k():
+    acc_ax = panels(rich_records(steps=3))["reward_accuracy"].axes[1]
+    by_label = {line.get_label(): line for line in acc_ax.get_lines()}
+    assert "held-out, pass@4" in by_label
+    cons = by_label["held-out, cons@4 (majority vote)"]
+    assert cons.get_linestyle() == "None" and list(cons.get_xdata()) == [0, 3]
+    labels = [line.get_label() for line in panels(records(steps=3))["reward_accuracy"].axes[1].get_lines()]
+    assert not any("cons@" in label for label in labels)
+
+
+def test_tool_use_and_async_panels():
+    drawn = panels(rich_records())
+    tools = drawn["tool_use"]
+    assert len(tools.axes) == 6
+    stop = next(ax for ax in tools.axes if ax.get_ylabel() == "trajectories (fraction)")
+    assert sorted(line.get_label() for line in stop.get_lines()) == ["stopped: eos", "stopped: max_turns"]
+    by_calls = next(ax for ax in tools.axes if ax.get_ylabel() == "mean total reward")
+    assert [line.get_label() for line in by_calls.get_lines()] == ["0 tool calls", "3+ tool calls"]
+    asyn = drawn["async"]
+    assert [ax.get_ylabel() for ax in asyn.axes] == ["staleness (learner steps)", "scored steps waiting (count)"]
+    assert len(asyn.axes[0].get_lines()) == 2
+
+
+def test_write_report_draws_the_new_panels_only_when_their_metrics_exist(tmp_path):
+    rich, plain = tmp_path / "rich", tmp_path / "plain"
+    write_run(rich, rich_records())
+    write_run(plain, records())
+    text = write_report(rich).read_text()
+    for name in NEW_PANELS:
+        assert f"src='{name}.png'" in text and (rich / "report" / f"{name}.png").stat().st_size > 5000
+    assert "eval/cons@4" in text and "reward/accuracy/mean" in text
+    text = write_report(plain).read_text()
+    for name in NEW_PANELS:
+        assert f"{name}.png" not in text and not (plain / "report" / f"{name}.png").exists()
+    assert "cons@" not in text

@@ -3,13 +3,20 @@
 ``grpo report RUN_DIR`` (or :func:`write_report`) reads ``metrics.jsonl`` / ``eval.jsonl`` and
 draws, over training steps:
 
-* reward, and accuracy (train accuracy, held-out greedy, mean@k and pass@k);
+* reward, and accuracy (train accuracy, held-out greedy, mean@k, pass@k and cons@k);
+* each reward component on its own axis (``reward/<name>/mean``, all but ``total``);
 * mean response length (R1 Fig. 3: "the average response length ... naturally learns to solve
   reasoning tasks with more thinking time");
 * the rate of reflection words, the "aha moment" of R1 sec. 2.2.4;
 * format compliance, and language mixing (R1 sec. 2.3.2);
 * training health: KL to the reference, entropy, clip fractions, zero-variance groups;
-* held-out accuracy per value of each breakdown column (``eval/greedy_accuracy/<col>=<value>``).
+* held-out accuracy per value of each breakdown column (``eval/greedy_accuracy/<col>=<value>``);
+* multi-turn tool use (``tools/*``): turns and calls per trajectory, failed calls, environment
+  tokens, why trajectories stopped, reward by number of calls;
+* asynchronous rollouts (``async/*``): staleness of the sampling weights, queue depth, idle time.
+
+A panel is drawn only when the run logged at least one of its metrics: a single-turn,
+synchronous run has no tool-use or async panel.
 
 How it is drawn: one quantity per axis, its unit on the axis label, so that a KL of 1e-3 is not
 flattened by an entropy of 2 on a shared axis. Training metrics (every step) are lines, with a
@@ -57,6 +64,7 @@ PANELS: list[tuple[str, str, tuple[Axis, ...]]] = [
                     E("eval/greedy_accuracy", "held-out, greedy"),
                     E("eval/mean@*_accuracy", "held-out, mean@{}"),
                     E("eval/pass@*", "held-out, pass@{}"),
+                    E("eval/cons@*", "held-out, cons@{} (majority vote)"),
                 ),
                 fraction=True,
             ),
@@ -130,6 +138,72 @@ PANELS: list[tuple[str, str, tuple[Axis, ...]]] = [
                 "groups with no signal (fraction)",
                 (T("adv/zero_std_frac", "all rewards equal"),),
                 fraction=True,
+            ),
+        ),
+    ),
+    (
+        "tool_use",
+        "Multi-turn tool use",
+        (
+            Axis(
+                "per trajectory (count)",
+                (
+                    T("tools/turns_mean", "turns"),
+                    T("tools/calls_mean", "tool calls"),
+                ),
+            ),
+            Axis(
+                "trajectories / tokens (fraction)",
+                (
+                    T("tools/call_rate", "trajectories with a tool call"),
+                    T("tools/env_token_frac", "tokens appended by the environment"),
+                ),
+                fraction=True,
+            ),
+            Axis(
+                "failed tool calls (fraction of calls)",
+                (
+                    T("tools/error_frac", "error, malformed or unknown tool"),
+                    T("tools/timeout_frac", "timed out"),
+                ),
+                fraction=True,
+            ),
+            Axis(
+                "failed tool calls (count per step)",
+                (
+                    T("tools/malformed", "malformed"),
+                    T("tools/unknown_tool", "unknown tool"),
+                ),
+            ),
+            Axis(
+                "trajectories (fraction)",
+                (T("tools/stop_*", "stopped: {}"),),
+                fraction=True,
+            ),
+            Axis(
+                "mean total reward",
+                (T("tools/reward_calls_*", "{} tool calls"),),
+            ),
+        ),
+    ),
+    (
+        "async",
+        "Asynchronous rollouts",
+        (
+            Axis(
+                "staleness (learner steps)",
+                (
+                    T("async/staleness_mean", "mean over the step's completions"),
+                    T("async/staleness_max", "max"),
+                ),
+            ),
+            Axis("scored steps waiting (count)", (T("async/queue_depth", "queue depth"),)),
+            Axis(
+                "idle since previous step (s)",
+                (
+                    T("async/learner_idle", "learner waiting for rollouts"),
+                    T("async/generator_idle", "generator waiting"),
+                ),
             ),
         ),
     ),
@@ -237,6 +311,27 @@ def _draw_axis(ax, lines, ylabel: str, fraction: bool, steps: tuple[int, int]) -
     ax.legend(fontsize=7, loc="best")
 
 
+def _reward_panels(records: list[dict]) -> list[tuple[str, str, tuple[Axis, ...]]]:
+    """One axis per reward component (``reward/<name>/mean``, ``total`` excluded): components are
+    on their own scales, so each gets its own."""
+    names = sorted(
+        {
+            m.group(1)
+            for r in records
+            for k in r
+            if (m := re.match(r"^reward/([^/]+)/mean$", k))
+            and m.group(1) not in ("total", "logged")
+        }
+    )
+    if not names:
+        return []
+    axes = tuple(
+        Axis(f"{name} (mean reward)", (T(f"reward/{name}/mean", f"{name} (train)"),))
+        for name in names
+    )
+    return [("reward_components", "Reward components (unweighted means)", axes)]
+
+
 def _breakdown_panels(records: list[dict]) -> list[tuple[str, str, tuple[Axis, ...]]]:
     """One panel per breakdown column found in the eval records."""
     columns = sorted(
@@ -280,7 +375,8 @@ def draw_panels(records: list[dict]):
     import matplotlib.pyplot as plt
 
     steps = (min(r["step"] for r in records), max(r["step"] for r in records))
-    for name, title, axes in PANELS + _breakdown_panels(records):
+    panels = PANELS[:1] + _reward_panels(records) + PANELS[1:] + _breakdown_panels(records)
+    for name, title, axes in panels:
         drawn = []
         for axis in axes:
             lines = [
