@@ -56,7 +56,7 @@ from grpo.parallel import make_parallelism
 from grpo.rewards import Reward, RewardMonitor
 from grpo.rollout.weights import is_peft_model
 from grpo.source import Collected, RolloutSource, ScoredStep, filter_component
-from grpo.tracking import RunLogger
+from grpo.tracking import RunLogger, check_trackers
 
 
 class _Timer:
@@ -165,6 +165,7 @@ class GRPOTrainer:
                 "is config= / args=)"
             )
         self.config = cfg = config if config is not None else GRPOConfig()
+        check_trackers(cfg.log.report_to)  # before any model loads
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
             log_with=cfg.log.report_to or None,
