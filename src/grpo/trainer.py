@@ -434,7 +434,9 @@ class GRPOTrainer:
             cfg.to_yaml(Path(cfg.output_dir) / "config.yaml")
         metrics: dict[str, float] = {}
         watch = LearningWatch(
-            max_completion_length=cfg.sampling.max_tokens, rewards_carry_signal=self.teacher is None
+            max_completion_length=cfg.sampling.max_tokens,
+            rewards_carry_signal=self.teacher is None,
+            max_turn_tokens=getattr(self.generator, "max_turn_tokens", None),
         )
         started = time.perf_counter()
         if self.eval_dataset is not None and self.step == 0:
