@@ -191,3 +191,32 @@ def test_lora_with_the_trainers_engine_wrapped_trains_and_syncs(taught, tmp_path
     after = dict(trainer.model.named_parameters())
     assert before and any(not torch.equal(v, after[k]) for k, v in before.items())
     assert torch.isfinite(torch.tensor(metrics["loss/loss"]))
+
+
+def test_learning_nothing_names_the_per_turn_limit_that_cut(taught, tmp_path):
+    """Every first turn cut at max_turn_tokens=3: the warning used to blame sampling.max_tokens=60,
+    which a user would raise to no effect; it names the limit the trajectories record."""
+    import copy
+
+    from grpo import GRPOConfig, GRPOTrainer
+
+    model, tok = taught
+    rows = [{"prompt": p} for p in PROMPTS]
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), seed=0, max_steps=3,
+                        rollout={"num_generations": 2, "prompts_per_step": 2}, sampling={"max_tokens": 60},
+                        loss={"beta": 0.0}, log={"progress_bar": False}, checkpoint={"final_model": False})
+    trainer = GRPOTrainer(copy.deepcopy(model).train(), [lambda completions, **kw: [1.0] * len(completions)],
+                          rows, config, tokenizer=tok,
+                          wrap_generator=lambda gen: MultiTurnGenerator(gen, tools=[python], parser=CodeBlockParser(),
+                                                                        max_turns=3, render_tools=False,
+                                                                        max_turn_tokens=3))
+    try:
+        with pytest.warns(UserWarning, match="learning almost nothing") as caught:
+            metrics = trainer.train()
+    finally:
+        trainer.close()
+    assert metrics["tools/stop_turn_length"] == 1.0 and metrics["completions/truncated_frac"] == 1.0
+    message = next(str(w.message) for w in caught if "learning almost nothing" in str(w.message))
+    assert ("100% of completions were cut at the multi-turn generator's max_turn_tokens=3 "
+            "(100% of trajectories) (raise that limit") in message, message
+    assert "sampling.max_tokens" not in message, message

@@ -40,3 +40,34 @@ def test_tensorboard_receives_config_metrics_and_eval(tmp_path):
     assert scalars["eval/greedy_accuracy"] == [(2, 0.75)]
     # the JSONL log is written as before (NaN as null)
     assert read_jsonl(tmp_path / "metrics.jsonl")[1]["reward/total/std"] is None
+
+
+def test_a_tracker_that_is_not_installed_is_refused_before_the_model_loads(tmp_path, monkeypatch):
+    """report_to=["wandb"] without wandb used to leave accelerate's debug line only, and the run
+    trained unlogged. `sys.modules["wandb"] = None` makes `import wandb` fail for real; the model
+    path does not exist, so the refusal comes before any model loads."""
+    import sys
+
+    import pytest
+
+    from grpo import GRPOTrainer
+
+    monkeypatch.setitem(sys.modules, "wandb", None)
+    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), log={"report_to": ["tensorboard", "wandb"]})
+    with pytest.raises(ImportError, match=r"log.report_to=\['tensorboard', 'wandb'\] asks for wandb, but "
+                                          r"wandb cannot be imported .*: install it \(pip install wandb\), "
+                                          r"or drop 'wandb' from log.report_to"):
+        GRPOTrainer(str(tmp_path / "no-model-here"), [lambda completions, **kw: [0.0] * len(completions)],
+                    [{"prompt": "hi"}], cfg)
+
+
+def test_an_installed_tracker_passes_the_check(tiny_dir, tmp_path):
+    from grpo import GRPOTrainer
+
+    cfg = GRPOConfig(output_dir=str(tmp_path / "run"), max_steps=1,
+                     log={"report_to": ["tensorboard"], "progress_bar": False},
+                     rollout={"num_generations": 2, "prompts_per_step": 1}, sampling={"max_tokens": 4},
+                     checkpoint={"final_model": False})
+    trainer = GRPOTrainer(str(tiny_dir), [lambda completions, **kw: [0.0] * len(completions)],
+                          [{"prompt": "hi"}], cfg)
+    trainer.close()

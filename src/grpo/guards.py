@@ -132,12 +132,41 @@ class LearningWatch:
         threshold: float = 0.9,
         patience: int = 3,
         rewards_carry_signal: bool = True,
+        max_turn_tokens: int | None = None,
     ):
         self.max_len, self.threshold, self.patience = max_completion_length, threshold, patience
+        self.max_turn_tokens = max_turn_tokens  # a multi-turn generator's per-turn limit
         self.rewards_carry_signal = (
             rewards_carry_signal  # False: e.g. on-policy distillation's teacher does
         )
         self.streak = 0
+
+    def _length_cuts(self, metrics: dict[str, float]) -> str:
+        """Which limit cut the completions: multi-turn trajectories record it (their
+        ``tools/stop_<reason>`` fractions); a single-turn sample is cut at sampling.max_tokens."""
+        limits = {
+            "turn_length": "the multi-turn generator's max_turn_tokens"
+            + (f"={self.max_turn_tokens}" if self.max_turn_tokens is not None else ""),
+            "token_budget": f"sampling.max_tokens={self.max_len}",
+            "context": "the model's context length",
+        }
+        cuts = [
+            (metrics[f"tools/stop_{reason}"], limit)
+            for reason, limit in limits.items()
+            if metrics.get(f"tools/stop_{reason}")
+        ]
+        if not cuts:
+            return (
+                f"cut at sampling.max_tokens={self.max_len} (raise it, or check that the model "
+                "can end its answer: eos token, stop strings)"
+            )
+        cuts.sort(key=lambda c: -c[0])
+        return (
+            "cut at "
+            + ", ".join(f"{limit} ({frac:.0%} of trajectories)" for frac, limit in cuts)
+            + " (raise that limit, or check that the model can end its turns: eos token, stop "
+            "strings)"
+        )
 
     def update(self, step: int, metrics: dict[str, float]) -> str | None:
         dead = metrics.get("adv/zero_std_frac", 0.0) if self.rewards_carry_signal else 0.0
@@ -150,10 +179,7 @@ class LearningWatch:
             return None
         causes = []
         if cut >= self.threshold:
-            causes.append(
-                f"{cut:.0%} of completions were cut at sampling.max_tokens={self.max_len} (raise "
-                "it, or check that the model can end its answer: eos token, stop strings)"
-            )
+            causes.append(f"{cut:.0%} of completions were {self._length_cuts(metrics)}")
         if dead >= self.threshold:
             causes.append(
                 f"{dead:.0%} of groups had no reward spread, so their advantages are 0 (check the "

@@ -13,6 +13,7 @@ tensorboard / wandb go through accelerate's trackers when ``report_to`` asks for
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import time
@@ -37,6 +38,31 @@ def tracker_config(
         else:
             flat[name] = str(value)
     return flat
+
+
+# the packages accelerate's tracker of each report_to name needs (any one of them)
+TRACKER_PACKAGES = {"tensorboard": ("tensorboard", "tensorboardX"), "wandb": ("wandb",)}
+
+
+def check_trackers(report_to: list[str] | None) -> None:
+    """Raise naming ``log.report_to`` when a tracker it asks for cannot be imported: accelerate
+    would otherwise only log a debug line and the run would train unlogged."""
+    for name in report_to or []:
+        packages = TRACKER_PACKAGES.get(name, ())
+        errors = []
+        for package in packages:
+            try:
+                importlib.import_module(package)
+                break
+            except ImportError as e:
+                errors.append(f"{type(e).__name__}: {e}")
+        else:
+            if packages:
+                raise ImportError(
+                    f"log.report_to={list(report_to)} asks for {name}, but "
+                    f"{' / '.join(packages)} cannot be imported ({'; '.join(errors)}): install it "
+                    f"(pip install {packages[0]}), or drop {name!r} from log.report_to"
+                )
 
 
 def _clean(v: Any) -> Any:

@@ -56,7 +56,7 @@ from grpo.parallel import make_parallelism
 from grpo.rewards import Reward, RewardMonitor
 from grpo.rollout.weights import is_peft_model
 from grpo.source import Collected, RolloutSource, ScoredStep, filter_component
-from grpo.tracking import RunLogger
+from grpo.tracking import RunLogger, check_trackers
 
 
 class _Timer:
@@ -165,6 +165,7 @@ class GRPOTrainer:
                 "is config= / args=)"
             )
         self.config = cfg = config if config is not None else GRPOConfig()
+        check_trackers(cfg.log.report_to)  # before any model loads
         self.accelerator = Accelerator(
             cpu=not torch.cuda.is_available(),
             log_with=cfg.log.report_to or None,
@@ -433,7 +434,9 @@ class GRPOTrainer:
             cfg.to_yaml(Path(cfg.output_dir) / "config.yaml")
         metrics: dict[str, float] = {}
         watch = LearningWatch(
-            max_completion_length=cfg.sampling.max_tokens, rewards_carry_signal=self.teacher is None
+            max_completion_length=cfg.sampling.max_tokens,
+            rewards_carry_signal=self.teacher is None,
+            max_turn_tokens=getattr(self.generator, "max_turn_tokens", None),
         )
         started = time.perf_counter()
         if self.eval_dataset is not None and self.step == 0:
