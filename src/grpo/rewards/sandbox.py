@@ -4,29 +4,8 @@
 
 import warnings
 
-from grpo.sandbox import (  # noqa: F401 -- re-exported
-    MODES,
-    SandboxLimits,
-    SandboxResult,
-    TestRun,
-    run_python,
-    run_tests,
-    sandbox_layers,
-    sandbox_mode,
-    sandbox_prefork,
-)
-
-__all__ = [
-    "MODES",
-    "SandboxLimits",
-    "SandboxResult",
-    "TestRun",
-    "run_python",
-    "run_tests",
-    "sandbox_layers",
-    "sandbox_mode",
-    "sandbox_prefork",
-]
+from grpo.sandbox import *  # noqa: F403 -- re-exported
+from grpo.sandbox import __all__  # noqa: F401 -- the same public names
 
 warnings.warn(
     "grpo.rewards.sandbox is deprecated and goes away in grpo 0.3: import from grpo.sandbox",
