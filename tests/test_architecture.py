@@ -37,7 +37,8 @@ Floors = tuple[tuple[str, tuple[str, ...]], ...]
 # From the bottom up. An entry is a module (``grpo.loss``), or a package with everything in it
 # (``grpo.rewards.*``). The top package ``grpo`` (its ``__init__``) is the top floor's.
 FLOORS: Floors = (
-    ("math: pure tensor functions", ("grpo.advantages", "grpo.loss", "grpo.logprobs",
+    ("math: pure tensor functions", ("grpo.advantages", "grpo.objectives.*", "grpo.loss",
+                                     "grpo.logprobs",
                                      "grpo.packing", "grpo.distill", "grpo.textstats")),
     ("process foundations", ("grpo.checkpoint", "grpo.guards", "grpo.parallel",
                              "grpo.tracking")),

@@ -47,6 +47,8 @@ Conventions (stated because implementations differ):
 
 from __future__ import annotations
 
+import inspect
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -188,57 +190,115 @@ def group_advantages(
 
 
 # ------------------------------------------------------------------------- the estimator table
+@dataclass(frozen=True)
+class AdvantageInputs:
+    """What an advantage estimator receives: one step's kept groups, contiguous, ``N = P * G``.
+
+    Attributes:
+        rewards: ``[N]`` float64 weighted total reward, NaN where unscorable.
+        group_size: G.
+        components: ``[N, K]`` float64 each reward function's own (unweighted) value, NaN where it
+            was unscorable or did not apply; ``names`` and ``weights`` name and weigh the K
+            columns (a multi-reward estimator such as GDPO normalises them separately).
+        lengths: ``[N]`` completion lengths in tokens (length-aware estimators).
+        eps: the denominator guard of std-normalising estimators.
+    """
+
+    rewards: torch.Tensor
+    group_size: int
+    components: torch.Tensor | None = None
+    names: tuple[str, ...] = ()
+    weights: tuple[float, ...] = ()
+    lengths: torch.Tensor | None = None
+    eps: float = 1e-6
+
+    @classmethod
+    def of(cls, rewards, group_size: int | None = None, *, eps: float = 1e-6) -> AdvantageInputs:
+        """``rewards`` if it already is one, else inputs from a reward list and G."""
+        if isinstance(rewards, AdvantageInputs):
+            return rewards
+        if group_size is None:
+            raise TypeError("group_size is needed with a plain reward list")
+        return cls(_as_reward_tensor(rewards), group_size, eps=eps)
+
+
 AdvantageEstimator = Callable[..., GroupAdvantages]
-"""``fn(rewards [N], group_size, *, eps) -> GroupAdvantages``; groups contiguous."""
+"""``fn(inputs: AdvantageInputs) -> GroupAdvantages``; groups contiguous."""
 
 ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
 
 
 def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
     """Decorator adding an estimator to :data:`ADVANTAGE_ESTIMATORS` under ``name`` (the value of
-    ``GRPOConfig.advantage_estimator`` that selects it).
+    ``rollout.advantage_estimator`` that selects it). It is called with one
+    :class:`AdvantageInputs` (rewards, G, per-component rewards, lengths) and returns
+    :class:`GroupAdvantages`.
 
     >>> from dataclasses import replace
     >>> @register_advantage_estimator("sign")
-    ... def sign_advantages(rewards, group_size, *, eps=1e-6):
-    ...     out = compute_group_advantages(rewards, group_size, scale="none", eps=eps)
+    ... def sign_advantages(x: AdvantageInputs) -> GroupAdvantages:
+    ...     out = compute_group_advantages(x.rewards, x.group_size, scale="none", eps=x.eps)
     ...     return replace(out, advantages=out.advantages.sign())
-    >>> ADVANTAGE_ESTIMATORS["sign"]([3.0, 1.0], 2).advantages.tolist()
+    >>> ADVANTAGE_ESTIMATORS["sign"](AdvantageInputs.of([3.0, 1.0], 2)).advantages.tolist()
     [1.0, -1.0]
     >>> del ADVANTAGE_ESTIMATORS["sign"]
+
+    An estimator written for grpo 0.1, ``fn(rewards, group_size, *, eps)``, still works (it is
+    called with the totals) and warns once at registration.
     """
 
     def add(fn: AdvantageEstimator) -> AdvantageEstimator:
         if name in ADVANTAGE_ESTIMATORS and ADVANTAGE_ESTIMATORS[name] is not fn:
             raise ValueError(f"an advantage estimator named {name!r} is already registered")
-        ADVANTAGE_ESTIMATORS[name] = fn
+        params = list(inspect.signature(fn).parameters)
+        entry = fn
+        if len(params) >= 2 and params[1] == "group_size" and fn.__module__ != __name__:
+            warnings.warn(
+                f"advantage estimator {name!r} has grpo 0.1's signature fn(rewards, group_size, "
+                "*, eps); it is called with the total rewards. Take one AdvantageInputs "
+                "instead (grpo.advantages.register_advantage_estimator).",
+                DeprecationWarning,
+                stacklevel=2,
+            )
+
+            def entry(x: AdvantageInputs, _fn=fn) -> GroupAdvantages:
+                return _fn(x.rewards, x.group_size, eps=x.eps)
+
+        ADVANTAGE_ESTIMATORS[name] = entry
         return fn
 
     return add
 
 
 @register_advantage_estimator("grpo")
-def grpo_advantages(rewards, group_size: int, *, eps: float = 1e-6) -> GroupAdvantages:
-    """GRPO: ``(r_i - mean) / (std + eps)`` per group (DeepSeekMath sec. 4.1.2)."""
-    return compute_group_advantages(rewards, group_size, scale="group", eps=eps)
+def grpo_advantages(rewards, group_size: int | None = None, *, eps=1e-6) -> GroupAdvantages:
+    """GRPO: ``(r_i - mean) / (std + eps)`` per group (DeepSeekMath sec. 4.1.2). Takes
+    :class:`AdvantageInputs`, or rewards and G."""
+    x = AdvantageInputs.of(rewards, group_size, eps=eps)
+    return compute_group_advantages(x.rewards, x.group_size, scale="group", eps=x.eps)
 
 
 @register_advantage_estimator("batch_std")
-def batch_std_advantages(rewards, group_size: int, *, eps: float = 1e-6) -> GroupAdvantages:
+def batch_std_advantages(rewards, group_size: int | None = None, *, eps=1e-6) -> GroupAdvantages:
     """Group mean, batch std (arXiv:2508.08221; REINFORCE++ arXiv:2501.03262)."""
-    return compute_group_advantages(rewards, group_size, scale="batch", eps=eps)
+    x = AdvantageInputs.of(rewards, group_size, eps=eps)
+    return compute_group_advantages(x.rewards, x.group_size, scale="batch", eps=x.eps)
 
 
 @register_advantage_estimator("dr_grpo")
-def dr_grpo_advantages(rewards, group_size: int, *, eps: float = 1e-6) -> GroupAdvantages:
+def dr_grpo_advantages(rewards, group_size: int | None = None, *, eps=1e-6) -> GroupAdvantages:
     """Dr. GRPO: ``r_i - mean`` with no std division (arXiv:2503.20783 sec. 3.1)."""
-    return compute_group_advantages(rewards, group_size, scale="none", eps=eps)
+    x = AdvantageInputs.of(rewards, group_size, eps=eps)
+    return compute_group_advantages(x.rewards, x.group_size, scale="none", eps=x.eps)
 
 
 @register_advantage_estimator("rloo")
-def rloo_advantages(rewards, group_size: int, *, eps: float = 1e-6) -> GroupAdvantages:
+def rloo_advantages(rewards, group_size: int | None = None, *, eps=1e-6) -> GroupAdvantages:
     """RLOO: ``r_i`` minus the mean of the other rewards of its group (arXiv:2402.14740 eq. 5)."""
-    return compute_group_advantages(rewards, group_size, scale="none", leave_one_out=True, eps=eps)
+    x = AdvantageInputs.of(rewards, group_size, eps=eps)
+    return compute_group_advantages(
+        x.rewards, x.group_size, scale="none", leave_one_out=True, eps=x.eps
+    )
 
 
 def groups_with_signal(

@@ -190,8 +190,22 @@ class VLLMConfig(_Section):
     )
 
 
+_CLIP_FIELDS = ("eps_low", "eps_high", "dual_clip", "ratio_level")  # the grpo objective's
+
+
 class LossConfig(_Section):
-    """The policy objective (:func:`grpo.loss.policy_loss`); read by the learner."""
+    """The policy loss (:func:`grpo.loss.compute_loss`); read by the learner."""
+
+    objective: str = Field(
+        "grpo",
+        description="Name in grpo.objectives.LOSSES: grpo (clipped surrogate; GSPO with "
+        "ratio_level=sequence), or another registered objective (docs/math.md section 2).",
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of an objective other than grpo (grpo's are eps_low, eps_high, "
+        "dual_clip and ratio_level), e.g. {eps_high: 5.0}; checked against its settings type.",
+    )
 
     beta: float = Field(
         0.001, ge=0, description="KL coefficient (R1: 0.001). 0 loads no reference model."
@@ -227,6 +241,79 @@ class LossConfig(_Section):
         description="C in the behaviour weight min(pi_old / pi_sampler, C) of the policy term: "
         "TIS's truncation, and the decoupled objective's cap with asynchronous rollouts.",
     )
+    correction: str = Field(
+        "tis",
+        description="Behaviour-policy correction applied when the sampler's log-probs are used "
+        "(use_tis, or asynchronous rollouts): a name in grpo.objectives.corrections.CORRECTIONS "
+        "(tis: min(pi_old / pi_sampler, is_cap)).",
+    )
+    correction_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Settings of a correction other than tis (tis reads is_cap).",
+    )
+    entropy_coef: float = Field(
+        0.0,
+        description="Entropy bonus: the loss subtracts entropy_coef x the policy's entropy "
+        "(aggregated like the policy term). 0: none.",
+    )
+
+    def objective_settings(self):
+        """The objective's settings object (grpo: from the clip fields; others: ``options``)."""
+        from grpo.objectives import loss_settings
+        from grpo.objectives.clip import ClipSettings
+
+        if self.objective == "grpo":
+            if self.options:
+                raise ValueError(
+                    f"loss.options={self.options} is for objectives other than grpo; grpo's "
+                    f"settings are the fields loss.{', loss.'.join(_CLIP_FIELDS)}"
+                )
+            return ClipSettings(self.eps_low, self.eps_high, self.dual_clip, self.ratio_level)
+        return loss_settings(self.objective, self.options)
+
+    def correction_settings(self):
+        """The behaviour correction's settings object (tis: from ``is_cap``)."""
+        from grpo.objectives.corrections import TISSettings, correction_settings
+
+        if self.correction == "tis":
+            if self.correction_options:
+                raise ValueError(
+                    f"loss.correction_options={self.correction_options} is for corrections other "
+                    "than tis; tis's cap is loss.is_cap"
+                )
+            return TISSettings(self.is_cap)
+        return correction_settings(self.correction, self.correction_options)
+
+    @model_validator(mode="after")
+    def _check_objective(self) -> LossConfig:
+        from grpo.objectives import LOSSES
+
+        self.objective_settings()  # refuses an unknown objective or option by name
+        if self.objective != "grpo":
+            defaults = {n: type(self).model_fields[n].default for n in _CLIP_FIELDS}
+            changed = [n for n in _CLIP_FIELDS if getattr(self, n) != defaults[n]]
+            if changed:
+                takes = sorted(f.name for f in dataclasses.fields(LOSSES[self.objective].settings))
+                raise ValueError(
+                    f"loss.{changed[0]}={getattr(self, changed[0])!r} is read by "
+                    f"loss.objective='grpo' only, and loss.objective={self.objective!r}; put "
+                    f"{self.objective}'s settings in loss.options (it takes "
+                    f"{takes})"
+                )
+        allowed = LOSSES[self.objective].aggregations
+        if allowed is not None and self.aggregation not in allowed:
+            raise ValueError(
+                f"loss.objective={self.objective!r} is defined with loss.aggregation in "
+                f"{list(allowed)}; got loss.aggregation={self.aggregation!r}: set "
+                f"loss.aggregation={allowed[0]!r}"
+            )
+        self.correction_settings()
+        if self.correction != "tis" and self.is_cap != type(self).model_fields["is_cap"].default:
+            raise ValueError(
+                f"loss.is_cap={self.is_cap} is tis's cap, and loss.correction={self.correction!r}; "
+                "put that correction's settings in loss.correction_options"
+            )
+        return self
 
 
 class DistillConfig(_Section):
@@ -672,6 +759,14 @@ def _same(section: str, *names: str) -> dict[str, tuple[str, str]]:
     return {n: (section, n) for n in names}
 
 
+_LOSS_FIELDS_NEW_IN_02 = (
+    "objective",
+    "options",
+    "correction",
+    "correction_options",
+    "entropy_coef",
+)
+
 FLAT_KEYS: dict[str, tuple[str, str]] = {
     "rollout": ("rollout", "backend"),  # a string: grpo 0.1's `rollout: vllm`
     **_same(
@@ -693,7 +788,9 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     **{
         f"vllm_{n}": ("vllm", n) for n in VLLMConfig.model_fields if n != "max_model_len"
     },  # max_model_len is new in 0.2: no flat key
-    **_same("loss", *LossConfig.model_fields),
+    **_same(
+        "loss", *(n for n in LossConfig.model_fields if n not in _LOSS_FIELDS_NEW_IN_02)
+    ),  # the objective registry's fields are new in 0.2: no flat keys
     "teacher_model": ("distill", "teacher"),
     "distill_coef": ("distill", "coef"),
     "reward_weights": ("reward", "weights"),

@@ -26,7 +26,7 @@ import torch
 
 from grpo.batch import RolloutBatch
 from grpo.config import ForwardConfig, LossConfig, OptimConfig
-from grpo.loss import aggregation_denominator, policy_loss
+from grpo.loss import aggregation_denominator, compute_loss
 from grpo.metrics import StatAccumulator, logprob_gap, masked_mean
 from grpo.parallel import Parallelism
 from grpo.policy import completion_logprobs, reference_model
@@ -73,6 +73,9 @@ class Learner:
         )
         self.behaviour_correction, self.distill_coef = behaviour_correction, distill_coef
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # the objective's and the correction's settings, validated once
+        self.objective_settings = loss.objective_settings()
+        self.correction_settings = loss.correction_settings()
 
     # ------------------------------------------------------------------ frozen log-probs
     @property
@@ -214,26 +217,27 @@ class Learner:
         self, sub: RolloutBatch, normalizer: float, *, first_pass: bool, gap: StatAccumulator
     ) -> tuple[dict[str, float], float]:
         lc = self.loss
-        lp = self._forward(self.model, sub, with_entropy=first_pass)
+        lp = self._forward(self.model, sub, with_entropy=first_pass or lc.entropy_coef != 0.0)
         old = lp.logp.detach() if sub.old_logp is None else sub.old_logp
-        out = policy_loss(
+        out = compute_loss(
             lp.logp,
             old,
             sub.advantages,
             sub.loss_mask,
+            objective=lc.objective,
+            settings=self.objective_settings,
             ref_logp=sub.ref_logp,
             beta=lc.beta,
-            eps_low=lc.eps_low,
-            eps_high=lc.eps_high,
-            dual_clip=lc.dual_clip,
             kl_estimator=lc.kl_estimator,
-            aggregation=lc.aggregation,
-            ratio_level=lc.ratio_level,
+            kl_ratio_correction=lc.kl_ratio_correction,
             rollout_logp=sub.rollout_logp if self.behaviour_correction else None,
-            is_cap=lc.is_cap,
+            correction=lc.correction,
+            correction_settings=self.correction_settings,
+            entropy=lp.entropy if lc.entropy_coef != 0.0 else None,
+            entropy_coef=lc.entropy_coef,
+            aggregation=lc.aggregation,
             normalizer=normalizer,
             max_len=self.max_tokens,
-            kl_ratio_correction=lc.kl_ratio_correction,
         )
         out.loss.backward()
         m = out.metrics()

@@ -1,4 +1,8 @@
-"""The GRPO policy loss: clipped surrogate, KL penalty, importance correction, aggregation.
+"""The GRPO policy loss: an objective, its correction, KL penalty, entropy bonus, aggregation.
+
+:func:`compute_loss` composes a registered objective (:mod:`grpo.objectives`: the clipped
+surrogate below, CISPO, SAPO, ...) with what every objective shares; :func:`policy_loss` is its
+clipped-surrogate form with the settings as keyword arguments.
 
 Pure tensor functions; no config objects, no distributed calls. Shapes (``docs/shapes.md``):
 ``B`` sequences (completions), ``T`` completion positions; log-probs and masks are ``[B, T]``,
@@ -55,10 +59,21 @@ any ratio outside ``[1 - eps_low, 1 + eps_high]`` on the side the advantage push
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
-from typing import Literal
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
+
+from grpo.objectives import LOSSES, LossInputs, loss_settings
+from grpo.objectives.clip import ClipSettings
+from grpo.objectives.corrections import CORRECTIONS, TISSettings
+from grpo.objectives.corrections import correction_settings as default_correction_settings
+from grpo.objectives.ratios import (  # noqa: F401  (re-exported: grpo 0.1 imported them from here)
+    MAX_LOG_RATIO,
+    RATIOS,
+    sequence_ratio,
+    token_ratio,
+)
 
 Aggregation = Literal["token_mean", "seq_mean_token_mean", "seq_sum_max_len"]
 KLEstimator = Literal["k1", "k2", "k3"]
@@ -174,62 +189,34 @@ KL_ESTIMATORS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
 }
 
 
-# ----------------------------------------------------------------------------------- ratios
-MAX_LOG_RATIO = 20.0
-"""Bound on |log pi - log pi_old| before exp (module docstring, "Numeric guard")."""
-
-
-def _masked_log_ratio(logp_BT, old_logp_BT, mask_BT):
-    # Padding may hold any value; zero it before exp so it can never produce inf * 0 = nan.
-    log_ratio_BT = (logp_BT - old_logp_BT).clamp(-MAX_LOG_RATIO, MAX_LOG_RATIO)
-    return torch.where(mask_BT, log_ratio_BT, torch.zeros_like(logp_BT))
-
-
-def token_ratio(logp_BT, old_logp_BT, mask_BT) -> torch.Tensor:
-    """PPO/GRPO per-token ratio ``exp(log pi - log pi_old)``; 1 at padding."""
-    return torch.exp(_masked_log_ratio(logp_BT, old_logp_BT, mask_BT))
-
-
-def sequence_ratio(logp_BT, old_logp_BT, mask_BT) -> torch.Tensor:
-    """GSPO-token ratio (arXiv:2507.18071 eq. (13)): value ``exp(mean_t log r_t)`` per sequence,
-    gradient ``s_i * grad log pi(o_t)`` per token."""
-    log_ratio_BT = _masked_log_ratio(logp_BT, old_logp_BT, mask_BT)
-    seq_log_ratio_B = log_ratio_BT.sum(dim=1) / mask_BT.sum(dim=1).clamp(min=1)
-    logp_masked_BT = torch.where(mask_BT, logp_BT, torch.zeros_like(logp_BT))
-    return torch.exp(seq_log_ratio_B.detach()[:, None] + logp_masked_BT - logp_masked_BT.detach())
-
-
-RATIOS: dict[str, Callable[..., torch.Tensor]] = {"token": token_ratio, "sequence": sequence_ratio}
-
-
 # ------------------------------------------------------------------------------------- loss
 @dataclass(frozen=True)
 class LossOutput:
-    """The loss to back-propagate and named, detached statistics (0-dim tensors).
+    """The loss to back-propagate, its policy part, and named detached statistics.
 
-    ``clip_frac_low``: fraction of tokens with A < 0 whose ratio fell below 1 - eps_low (their
-    gradient is clipped to 0); ``clip_frac_high``: A > 0 and ratio above 1 + eps_high;
-    ``dual_clip_frac``: A < 0 tokens capped by the dual clip. Ratio and IS-weight statistics
-    are over unmasked tokens; ``kl`` is the token mean of the chosen estimator (0 if beta = 0).
+    ``stats`` (0-dim tensors) holds what every objective reports: ``kl`` (token mean of the KL
+    estimator; 0 if beta = 0), ``ratio_mean/min/max`` (the objective's ratio pi_theta / pi_old
+    over trained tokens), ``is_weight_mean/min/max`` (the behaviour correction's weight; 1
+    without one), ``entropy_bonus`` (with an entropy coefficient), ``num_tokens``; plus the
+    objective's and the correction's own (``clip_frac_low``, ...: token fractions). Each is
+    also an attribute: ``out.kl``.
     """
 
     loss: torch.Tensor
     pg_loss: torch.Tensor
-    kl: torch.Tensor
-    clip_frac_low: torch.Tensor
-    clip_frac_high: torch.Tensor
-    dual_clip_frac: torch.Tensor
-    ratio_mean: torch.Tensor
-    ratio_min: torch.Tensor
-    ratio_max: torch.Tensor
-    is_weight_mean: torch.Tensor
-    is_weight_min: torch.Tensor
-    is_weight_max: torch.Tensor
-    num_tokens: torch.Tensor
+    stats: dict[str, torch.Tensor]
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        stats = self.__dict__.get("stats", {})
+        if name in stats:
+            return stats[name]
+        raise AttributeError(name)
 
     def metrics(self, prefix: str = "loss/") -> dict[str, float]:
         """Python floats under namespaced keys, e.g. ``loss/clip_frac_high``."""
-        return {prefix + f.name: float(getattr(self, f.name).detach()) for f in fields(self)}
+        out = {prefix + "loss": float(self.loss.detach()), prefix + "pg_loss": float(self.pg_loss)}
+        out.update({prefix + k: float(v.detach()) for k, v in self.stats.items()})
+        return out
 
 
 def _check_inputs(logp_BT, old_logp_BT, advantages, mask_BT, ref_logp_BT, rollout_logp_BT, beta):
@@ -259,6 +246,128 @@ def _check_inputs(logp_BT, old_logp_BT, advantages, mask_BT, ref_logp_BT, rollou
         )
 
 
+def compute_loss(
+    logp: torch.Tensor,  # [B, T] log pi_theta(o_t), requires grad
+    old_logp: torch.Tensor,  # [B, T] log pi_old(o_t), the proximal policy (trainer numerics)
+    advantages: torch.Tensor,  # [B] or [B, T]
+    mask: torch.Tensor,  # [B, T] 1 for trained completion tokens, 0 for padding
+    *,
+    objective: str = "grpo",
+    settings: Any = None,
+    ref_logp: torch.Tensor | None = None,  # [B, T] log pi_ref(o_t); needed when beta > 0
+    beta: float = 0.0,
+    kl_estimator: KLEstimator = "k3",
+    kl_ratio_correction: bool = False,
+    rollout_logp: torch.Tensor | None = None,  # [B, T] the sampler's log-probs, or None
+    correction: str = "tis",
+    correction_settings: Any = None,
+    entropy: torch.Tensor | None = None,  # [B, T] the policy's entropy, with its graph
+    entropy_coef: float = 0.0,
+    aggregation: Aggregation = "token_mean",
+    normalizer: float | torch.Tensor | None = None,
+    max_len: int | None = None,
+) -> LossOutput:
+    """The policy loss: a registered objective, corrected, regularised and aggregated::
+
+        loss_t = w_t * objective_t + beta * KL_t - entropy_coef * H_t
+        loss   = aggregate(loss_t, mask)
+
+    Args:
+        logp, old_logp, mask, ref_logp, rollout_logp, entropy: ``[B, T]`` per-token tensors.
+        advantages: ``[B]`` (broadcast over tokens) or ``[B, T]``.
+        objective: a name in :data:`grpo.objectives.LOSSES` ("grpo": the clipped surrogate).
+        settings: that objective's settings object (None: its defaults).
+        beta: KL coefficient (DeepSeek-R1: 0.001). 0 disables the KL term.
+        kl_estimator: "k1", "k2" or "k3".
+        kl_ratio_correction: multiply the per-token KL estimate by the objective's importance
+            ratio ``pi_theta / pi_old`` (trl's ``use_bias_correction_kl``): the tokens were
+            sampled from pi_old, so ``E_old[r_t * KL_t]`` estimates the KL of pi_theta itself
+            once the policy has moved within the step; identical when on-policy.
+        rollout_logp: the behaviour policy's log-probs; given, ``w_t`` comes from ``correction``
+            (:mod:`grpo.objectives.corrections`), else ``w_t = 1``.
+        correction, correction_settings: the correction's name and settings (None: defaults).
+        entropy, entropy_coef: an entropy bonus (its coefficient > 0 needs ``entropy``).
+        aggregation: reduction mode, see :func:`aggregate`.
+        normalizer: full-batch denominator for the aggregation (accumulation / sharding).
+        max_len: the generation budget, ``seq_sum_max_len``'s length (None: the batch width).
+    """
+    mask_BT = mask.bool()
+    _check_inputs(logp, old_logp, advantages, mask_BT, ref_logp, rollout_logp, beta)
+    if kl_estimator not in KL_ESTIMATORS:
+        raise ValueError(
+            f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {kl_estimator!r}"
+        )
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {sorted(AGGREGATIONS)}, got {aggregation!r}")
+    spec = LOSSES.get(objective)
+    if spec is None or settings is None:
+        settings = loss_settings(objective)
+        spec = LOSSES[objective]
+    if spec.aggregations is not None and aggregation not in spec.aggregations:
+        raise ValueError(
+            f"objective {objective!r} is defined with aggregation {list(spec.aggregations)}, "
+            f"got {aggregation!r}"
+        )
+    if entropy_coef != 0.0 and entropy is None:
+        raise ValueError("entropy_coef != 0 needs the policy's entropy; pass entropy=")
+
+    adv_BT = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
+    adv_BT = adv_BT.to(logp.dtype)
+    term = spec.fn(LossInputs(logp, old_logp, adv_BT, mask_BT), settings)
+    pg_BT = term.loss
+    correction_stats = {}
+    if rollout_logp is not None:
+        if correction_settings is None:
+            correction_settings = default_correction_settings(correction)
+        fix = CORRECTIONS[correction].fn(old_logp, rollout_logp, mask_BT, correction_settings)
+        w_BT = fix.weight.detach()
+        correction_stats = fix.stats
+    else:
+        w_BT = torch.ones_like(logp)
+    pg_BT = pg_BT * w_BT
+    loss_BT = pg_BT
+
+    if beta > 0:
+        assert ref_logp is not None  # checked above
+        # padding may hold non-finite log-probs; give the estimator ref_logp there (KL 0) so no
+        # nan can reach the gradient through the masked positions
+        kl_BT = KL_ESTIMATORS[kl_estimator](torch.where(mask_BT, logp, ref_logp), ref_logp)
+        if kl_ratio_correction:
+            kl_BT = kl_BT * term.ratio
+        loss_BT = loss_BT + beta * kl_BT
+    else:
+        kl_BT = torch.zeros_like(logp)
+    if entropy_coef != 0.0:
+        loss_BT = loss_BT - entropy_coef * entropy
+
+    loss = aggregate(loss_BT, mask_BT, aggregation, normalizer, max_len=max_len)
+    with torch.no_grad():
+        nz = mask_BT.sum().clamp(min=1)
+
+        def token_mean(x_BT: torch.Tensor) -> torch.Tensor:
+            return _masked(x_BT.detach().to(torch.float32), mask_BT).sum() / nz
+
+        r, w = term.ratio.detach(), w_BT.detach()
+        ratio_min, ratio_max = _masked_min_max(r, mask_BT)
+        w_min, w_max = _masked_min_max(w, mask_BT)
+        stats = {
+            "kl": token_mean(kl_BT),
+            **{k: token_mean(v) for k, v in term.stats.items()},
+            "ratio_mean": token_mean(r),
+            "ratio_min": ratio_min,
+            "ratio_max": ratio_max,
+            "is_weight_mean": token_mean(w),
+            "is_weight_min": w_min,
+            "is_weight_max": w_max,
+            **{k: token_mean(v) for k, v in correction_stats.items()},
+        }
+        if entropy_coef != 0.0:
+            stats["entropy_bonus"] = token_mean(entropy)
+        stats["num_tokens"] = mask_BT.sum()
+        pg_loss = aggregate(pg_BT.detach(), mask_BT, aggregation, normalizer, max_len=max_len)
+    return LossOutput(loss=loss, pg_loss=pg_loss, stats=stats)
+
+
 def policy_loss(
     logp: torch.Tensor,  # [B, T] log pi_theta(o_t), requires grad
     old_logp: torch.Tensor,  # [B, T] log pi_old(o_t), the policy that sampled (trainer numerics)
@@ -279,92 +388,36 @@ def policy_loss(
     max_len: int | None = None,
     kl_ratio_correction: bool = False,
 ) -> LossOutput:
-    """Clipped, KL-regularised GRPO policy loss; formulas in the module docstring.
+    """The clipped, KL-regularised GRPO loss (objective ``"grpo"``, correction ``"tis"``):
+    :func:`compute_loss` with the clip settings as arguments; formulas in the module docstring.
 
     Args:
-        logp, old_logp, mask, ref_logp, rollout_logp: ``[B, T]`` per-token tensors.
-        advantages: ``[B]`` (broadcast over tokens) or ``[B, T]``.
         beta: KL coefficient (DeepSeek-R1: 0.001). 0 disables the KL term.
         eps_low, eps_high: clip range ``[1 - eps_low, 1 + eps_high]``.
         dual_clip: constant c > 1 bounding the loss of negative-advantage tokens, or None.
-        kl_estimator: "k1", "k2" or "k3".
-        aggregation: reduction mode, see :func:`aggregate`.
         ratio_level: "token" (GRPO) or "sequence" (GSPO).
         rollout_logp: sampler log-probs for truncated importance sampling, or None.
         is_cap: C, the truncation of the TIS weight.
-        normalizer: full-batch denominator for the aggregation (accumulation / sharding).
-        max_len: the generation budget, ``seq_sum_max_len``'s length (None: the batch width).
-        kl_ratio_correction: multiply the per-token KL estimate by the importance ratio
-            ``pi_theta / pi_old`` (trl's ``use_bias_correction_kl``): the tokens were sampled from
-            pi_old, so ``E_old[r_t * KL_t]`` estimates the KL of pi_theta itself once the policy
-            has moved within the step (mu > 1 or several minibatches); identical when on-policy.
+        The others: as :func:`compute_loss`.
     """
-    mask_BT = mask.bool()
-    _check_inputs(logp, old_logp, advantages, mask_BT, ref_logp, rollout_logp, beta)
-    if not (0.0 <= eps_low < 1.0) or eps_high < 0.0:
-        raise ValueError(f"need 0 <= eps_low < 1 and eps_high >= 0, got {eps_low}, {eps_high}")
-    if dual_clip is not None and dual_clip <= 1.0:
-        raise ValueError(f"dual_clip must be > 1 (e.g. 3.0) or None, got {dual_clip}")
-    if kl_estimator not in KL_ESTIMATORS:
-        raise ValueError(
-            f"kl_estimator must be one of {sorted(KL_ESTIMATORS)}, got {kl_estimator!r}"
-        )
-    if ratio_level not in RATIOS:
-        raise ValueError(f"ratio_level must be one of {sorted(RATIOS)}, got {ratio_level!r}")
-    if is_cap <= 0:
-        raise ValueError(f"is_cap must be > 0, got {is_cap}")
-
-    adv_BT = advantages[:, None].expand_as(logp) if advantages.dim() == 1 else advantages
-    adv_BT = adv_BT.to(logp.dtype)
-    ratio_BT = RATIOS[ratio_level](logp, old_logp, mask_BT)
-    clipped_BT = ratio_BT.clamp(1.0 - eps_low, 1.0 + eps_high)
-    pg_BT = torch.maximum(-ratio_BT * adv_BT, -clipped_BT * adv_BT)
-    dual_capped_BT = torch.zeros_like(mask_BT)
-    if dual_clip is not None:
-        cap_BT = -dual_clip * adv_BT
-        dual_capped_BT = (adv_BT < 0) & (pg_BT > cap_BT) & mask_BT
-        pg_BT = torch.where(adv_BT < 0, torch.minimum(pg_BT, cap_BT), pg_BT)
-
-    if rollout_logp is not None:
-        log_w_BT = _masked_log_ratio(old_logp, rollout_logp, mask_BT).detach()
-        w_BT = torch.exp(log_w_BT).clamp(max=is_cap)
-    else:
-        w_BT = torch.ones_like(logp)
-    pg_BT = pg_BT * w_BT
-
-    if beta > 0:
-        assert ref_logp is not None  # checked above
-        # padding may hold non-finite log-probs; give the estimator ref_logp there (KL 0) so no
-        # nan can reach the gradient through the masked positions
-        kl_BT = KL_ESTIMATORS[kl_estimator](torch.where(mask_BT, logp, ref_logp), ref_logp)
-        if kl_ratio_correction:
-            kl_BT = kl_BT * ratio_BT
-        loss_BT = pg_BT + beta * kl_BT
-    else:
-        kl_BT = torch.zeros_like(logp)
-        loss_BT = pg_BT
-
-    loss = aggregate(loss_BT, mask_BT, aggregation, normalizer, max_len=max_len)
-    with torch.no_grad():
-        nz = mask_BT.sum().clamp(min=1)
-        r, w = ratio_BT.detach(), w_BT.detach()
-        ratio_min, ratio_max = _masked_min_max(r, mask_BT)
-        w_min, w_max = _masked_min_max(w, mask_BT)
-        return LossOutput(
-            loss=loss,
-            pg_loss=aggregate(pg_BT.detach(), mask_BT, aggregation, normalizer, max_len=max_len),
-            kl=_masked(kl_BT.detach(), mask_BT).sum() / nz,
-            clip_frac_low=((r < 1.0 - eps_low) & (adv_BT < 0) & mask_BT).sum() / nz,
-            clip_frac_high=((r > 1.0 + eps_high) & (adv_BT > 0) & mask_BT).sum() / nz,
-            dual_clip_frac=dual_capped_BT.sum() / nz,
-            ratio_mean=_masked(r, mask_BT).sum() / nz,
-            ratio_min=ratio_min,
-            ratio_max=ratio_max,
-            is_weight_mean=_masked(w, mask_BT).sum() / nz,
-            is_weight_min=w_min,
-            is_weight_max=w_max,
-            num_tokens=mask_BT.sum(),
-        )
+    return compute_loss(
+        logp,
+        old_logp,
+        advantages,
+        mask,
+        objective="grpo",
+        settings=ClipSettings(eps_low, eps_high, dual_clip, ratio_level),
+        ref_logp=ref_logp,
+        beta=beta,
+        kl_estimator=kl_estimator,
+        kl_ratio_correction=kl_ratio_correction,
+        rollout_logp=rollout_logp,
+        correction="tis",
+        correction_settings=TISSettings(is_cap),
+        aggregation=aggregation,
+        normalizer=normalizer,
+        max_len=max_len,
+    )
 
 
 def _masked_min_max(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

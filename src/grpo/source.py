@@ -45,7 +45,7 @@ from typing import Any
 
 import torch
 
-from grpo.advantages import ADVANTAGE_ESTIMATORS, groups_with_signal
+from grpo.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, groups_with_signal
 from grpo.batch import Key, rollout_key
 from grpo.config import RolloutConfig
 from grpo.data import PromptSampler, get_rows, reward_inputs
@@ -159,7 +159,8 @@ class _Round:
     rollouts: list[Rollout]
     prompts: list[Any]  # per rollout
     scores: RewardBreakdown
-    table: torch.Tensor  # [N_global, 4] float64 (group, sample, total, metric), every process
+    # [N_global, 5 + K] float64 (group, sample, total, metric, length, K components), every process
+    table: torch.Tensor
 
 
 class RolloutSource:
@@ -329,6 +330,9 @@ class RolloutSource:
         return scores, time.perf_counter() - t0
 
     def _gather_totals(self, rollouts: list[Rollout], scores: RewardBreakdown) -> torch.Tensor:
+        """Every process's ``(group, sample, total, filter metric, length, component...)`` rows:
+        the columns the advantage estimator and dynamic sampling read (NaN: no score)."""
+
         def col(values: list[float | None]) -> list[float]:
             return [math.nan if v is None else v for v in values]
 
@@ -336,15 +340,28 @@ class RolloutSource:
         metric = (
             totals if self.filter_name is None else col(scores.component_values(self.filter_name))
         )
+        components = [col(scores.component_values(n)) for n in scores.components]
         local = torch.tensor(
             [
-                [r.group_id, r.sample_index, v, m]
-                for r, v, m in zip(rollouts, totals, metric, strict=True)
+                [r.group_id, r.sample_index, v, m, len(r.completion_ids), *c]
+                for r, v, m, *c in zip(rollouts, totals, metric, *components, strict=True)
             ],
             dtype=torch.float64,
             device=self.parallel.device,
-        )
+        ).view(len(rollouts), 5 + len(components))
         return self.parallel.gather(local).cpu()
+
+    def _advantage_inputs(self, kept: torch.Tensor, rounds: list[_Round]) -> AdvantageInputs:
+        """The estimator's inputs from the kept rows of the gathered table."""
+        names, weights = _component_names(rounds)
+        return AdvantageInputs(
+            rewards=kept[:, 2].clone(),
+            group_size=self.rollout.num_generations,
+            components=kept[:, 5:].clone(),
+            names=names,
+            weights=weights,
+            lengths=kept[:, 4].clone(),
+        )
 
     def _records(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
         """Advantages over the step's kept groups (every process's rewards), and one record per
@@ -356,8 +373,9 @@ class RolloutSource:
         keep_P = torch.ones_like(signal_P)
         if cfg.dynamic_sampling:  # DAPO: groups with signal, the first prompts_per_step of them
             keep_P = filter_P & (filter_P.cumsum(0) <= cfg.prompts_per_step)
-        kept_N3 = table[keep_P.repeat_interleave(g), :3]
-        adv = self.estimator(kept_N3[:, 2], g) if len(kept_N3) else None
+        kept = table[keep_P.repeat_interleave(g)]
+        kept_N3 = kept[:, :3]
+        adv = self.estimator(self._advantage_inputs(kept, rounds)) if len(kept) else None
         # the trained completions' keys, in step order
         step_index = {(int(gr), int(s)): i for i, (gr, s) in enumerate(kept_N3[:, :2].tolist())}
         advantages = adv.advantages.tolist() if adv is not None else []
@@ -422,6 +440,12 @@ def sampling_seed(
 
 def _per_rollout(prompts: Sequence[Any], rollouts: Sequence[Rollout]) -> list[Any]:
     return [prompts[r.prompt_index] for r in rollouts]
+
+
+def _component_names(rounds) -> tuple[tuple[str, ...], tuple[float, ...]]:
+    scores = rounds[0].scores
+    names = tuple(scores.components)
+    return names, tuple(float(scores.weights.get(n, 1.0)) for n in names)
 
 
 def filter_component(
