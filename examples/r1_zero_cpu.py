@@ -32,9 +32,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--output-dir", default=None, help="run folder (default runs/r1_zero_cpu_seed<N>)")
     ap.add_argument("--rollout", choices=["hf", "vllm"], default="hf")
-    ap.add_argument("--steps", type=int, default=150, help="GRPO steps")
-    ap.add_argument("--warmup-steps", type=int, default=800)
-    ap.add_argument("--eval-prompts", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=None, help="GRPO steps (default 150; --quick: 2)")
+    ap.add_argument("--warmup-steps", type=int, default=None, help="default 800; --quick: 5")
+    ap.add_argument("--eval-prompts", type=int, default=None, help="default 200; --quick: 8")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (1: this model's matmuls are tiny, and a busy second core "
                          "makes multi-threaded torch spin; the reward pool uses the other core)")
@@ -45,14 +45,24 @@ def main() -> None:
     ap.add_argument("--eval-steps", type=int, default=50, help="evaluate every N GRPO steps")
     ap.add_argument("--start-model", default=None,
                     help="skip the warm-up and start GRPO from this saved model (e.g. another run's warmup_model)")
-    ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (seconds)")
+    ap.add_argument("--objective", default="grpo",
+                    help="policy objective, a name in grpo.objectives.LOSSES: grpo (clip-higher, the default), "
+                         "cispo, sapo, gmpo, dppo (docs/math.md section 2); its settings with --set loss.options=...")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="any config override, repeatable: --set loss.entropy_coef=0.01 "
+                         "--set rollout.advantage_estimator=gdpo --set 'loss.options={eps_high: 2.0}'")
+    ap.add_argument("--quick", action="store_true",
+                    help="tiny settings for a smoke test (seconds); flags given explicitly keep their value")
     a = ap.parse_args()
-    if a.quick:
-        a.steps, a.warmup_steps, a.eval_prompts = 2, 5, 8
+    for name, full, quick in (("steps", 150, 2), ("warmup_steps", 800, 5), ("eval_prompts", 200, 8)):
+        if getattr(a, name) is None:
+            setattr(a, name, quick if a.quick else full)
 
     import torch
 
     from grpo import GRPOConfig, GRPOTrainer
+    from grpo.config import apply_overrides
+    from grpo.objectives import LOSSES
     from grpo.recipes.tiny_task import make_problems, warmup_sft
     from grpo.report import write_report
     from grpo.rewards import FormatReward, MathReward
@@ -80,16 +90,23 @@ def main() -> None:
         tokenizer.save_pretrained(start)
     t_warm = time.perf_counter() - t0
 
+    if a.objective == "grpo":  # DAPO's clip-higher and token-mean loss
+        loss = {"beta": 0.0, "eps_low": 0.2, "eps_high": 0.28, "aggregation": "token_mean"}
+    else:  # another objective with its defaults, and the aggregation it is defined with if it has one
+        allowed = LOSSES[a.objective].aggregations if a.objective in LOSSES else None
+        loss = {"beta": 0.0, "objective": a.objective, "aggregation": (allowed or ["token_mean"])[0]}
     config = GRPOConfig(
         output_dir=str(run), seed=a.seed, max_steps=a.steps, overwrite_output_dir=True,
         rollout={"backend": a.rollout, "num_generations": 8, "prompts_per_step": 8,
                  "dynamic_sampling": a.dynamic_sampling},
         sampling={"max_tokens": 40, "temperature": 1.0},
-        loss={"beta": 0.0, "eps_low": 0.2, "eps_high": 0.28, "aggregation": "token_mean"},
+        loss=loss,
         optim={"learning_rate": 1e-4}, forward={"micro_batch_size": 64, "torch_threads": a.threads},
         reward={"weights": [1.0, 0.1]}, eval={"steps": a.eval_steps, "samples": 4},
         vllm={"enforce_eager": True}, checkpoint={"final_model": True},
         **{"async": {"staleness": a.async_staleness}})
+    if a.set:
+        config = GRPOConfig(**apply_overrides(config.to_dict(), a.set, config_at=""))
     trainer = GRPOTrainer(str(start), [MathReward(), FormatReward()], train, config, eval_dataset=held_out)
     try:
         trainer.train()
@@ -100,7 +117,7 @@ def main() -> None:
     report = write_report(run)
     summary = {
         "seed": a.seed, "rollout": a.rollout, "grpo_steps": a.steps, "dynamic_sampling": a.dynamic_sampling,
-        "async_staleness": a.async_staleness,
+        "async_staleness": a.async_staleness, "objective": a.objective, "overrides": a.set,
         "held_out_greedy_accuracy_before": before["eval/greedy_accuracy"],
         "held_out_greedy_accuracy_after": after["eval/greedy_accuracy"],
         "gain_points": 100 * (after["eval/greedy_accuracy"] - before["eval/greedy_accuracy"]),

@@ -338,6 +338,50 @@ AXES: tuple[Axis, ...] = (
         ),
     ),
     Axis(
+        "objective",
+        "loss.objective",
+        (
+            V("grpo", "the clipped surrogate (GRPO; DAPO clip-higher, GSPO by its settings)"),
+            V("cispo", "CISPO: clipped, detached IS weight x REINFORCE", {"loss.objective": "cispo"}),
+            V("sapo", "SAPO: sigmoid-gated soft trust region", {"loss.objective": "sapo"}),
+            V(
+                "gmpo",
+                "GMPO: geometric mean of the token ratios (sequence mean aggregation)",
+                {"loss.objective": "gmpo", "loss.aggregation": "seq_mean_token_mean"},
+            ),
+            V("dppo", "DPPO: total-variation trust-region mask", {"loss.objective": "dppo"}),
+        ),
+    ),
+    Axis(
+        "estimator",
+        "rollout.advantage_estimator",
+        (
+            V("grpo", "group mean and std"),
+            V("maxrl", "MaxRL: (r - mean) / mean", {"rollout.advantage_estimator": "maxrl"}),
+            V(
+                "gdpo",
+                "GDPO: each reward component normalised in its group, then summed",
+                {"rollout.advantage_estimator": "gdpo"},
+            ),
+        ),
+    ),
+    Axis(
+        "entropy",
+        "loss.entropy_coef",
+        (
+            V("off", "no entropy bonus"),
+            V("on", "entropy bonus 0.01", {"loss.entropy_coef": 0.01}),
+        ),
+    ),
+    Axis(
+        "length_penalty",
+        "rollout.length_penalty",
+        (
+            V("off", "no length penalty"),
+            V("on", "pass-rate-scaled length penalty 0.25", {"rollout.length_penalty": 0.25}),
+        ),
+    ),
+    Axis(
         "dynamic_sampling",
         "rollout.dynamic_sampling",
         (
