@@ -45,7 +45,12 @@ from typing import Any
 
 import torch
 
-from grpo.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, groups_with_signal
+from grpo.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageInputs,
+    groups_with_signal,
+    length_penalized,
+)
 from grpo.batch import Key, rollout_key
 from grpo.config import RolloutConfig
 from grpo.data import PromptSampler, get_rows, reward_inputs
@@ -361,6 +366,7 @@ class RolloutSource:
             names=names,
             weights=weights,
             lengths=kept[:, 4].clone(),
+            metric=kept[:, 3].clone(),
         )
 
     def _records(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
@@ -375,7 +381,12 @@ class RolloutSource:
             keep_P = filter_P & (filter_P.cumsum(0) <= cfg.prompts_per_step)
         kept = table[keep_P.repeat_interleave(g)]
         kept_N3 = kept[:, :3]
-        adv = self.estimator(self._advantage_inputs(kept, rounds)) if len(kept) else None
+        adv = None
+        if len(kept):
+            inputs = self._advantage_inputs(kept, rounds)
+            if cfg.length_penalty > 0:  # reward shaping before the estimator (prime-rl #2901)
+                inputs = length_penalized(inputs, cfg.length_penalty)
+            adv = self.estimator(inputs)
         # the trained completions' keys, in step order
         step_index = {(int(gr), int(s)): i for i, (gr, s) in enumerate(kept_N3[:, :2].tolist())}
         advantages = adv.advantages.tolist() if adv is not None else []
