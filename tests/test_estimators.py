@@ -35,7 +35,9 @@ NAN = float("nan")
 
 
 def t(values) -> torch.Tensor:
-    return torch.tensor([NAN if v is None or v == "NaN" else v for v in values], dtype=torch.float64)
+    return torch.tensor(
+        [NAN if v is None or v == "NaN" else v for v in values], dtype=torch.float64
+    )
 
 
 def comps_of(case) -> torch.Tensor:  # [N, K]
@@ -45,7 +47,9 @@ def comps_of(case) -> torch.Tensor:  # [N, K]
 def gdpo_inputs(case, eps=1e-4) -> AdvantageInputs:
     c = comps_of(case)
     w = torch.tensor(case["weights"], dtype=torch.float64)
-    return AdvantageInputs(torch.nansum(c * w, dim=1), 4, components=c, weights=tuple(case["weights"]), eps=eps)
+    return AdvantageInputs(
+        torch.nansum(c * w, dim=1), 4, components=c, weights=tuple(case["weights"]), eps=eps
+    )
 
 
 # ------------------------------------------------------------------------------------------ MaxRL
@@ -111,9 +115,13 @@ def test_verl_whitens_over_tokens_grpo_over_completions():
     assert ours[4:].abs().max() < 1e-6 and verl[4:].min() > 0.19
     # equal lengths L = 4: only the Bessel count differs (N L = 48 tokens vs N = 12 completions)
     eq = PEERS["gdpo"]["cases"]["c_two_component"]
-    ratio = gdpo_advantages(gdpo_inputs(eq, eps=0.0)).advantages.double() / t(eq["verl_gdpo_equal_lengths"])
+    ratio = gdpo_advantages(gdpo_inputs(eq, eps=0.0)).advantages.double() / t(
+        eq["verl_gdpo_equal_lengths"]
+    )
     ratio = ratio[ratio.isfinite() & (t(eq["verl_gdpo_equal_lengths"]).abs() > 1e-3)]
-    torch.testing.assert_close(ratio, torch.full_like(ratio, math.sqrt((48 / 47) / (12 / 11))), rtol=1e-5, atol=0)
+    torch.testing.assert_close(
+        ratio, torch.full_like(ratio, math.sqrt((48 / 47) / (12 / 11))), rtol=1e-5, atol=0
+    )
 
 
 def test_gdpo_by_hand():
@@ -122,11 +130,18 @@ def test_gdpo_by_hand():
     # group 2: accuracy [1, 1] -> 0; format [1, 0] -> z = +-0.7071, weighted 0.5 -> +-0.3536
     # s = [0.7071, -0.7071, 0.3536, -0.3536]: mean 0, Bessel std sqrt(2 * (0.5 + 0.125) / 3) = 0.6455
     comps = torch.tensor([[1.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]], dtype=torch.float64)
-    x = AdvantageInputs(comps @ torch.tensor([1.0, 0.5], dtype=torch.float64), 2, components=comps,
-                        weights=(1.0, 0.5), eps=0.0)
+    x = AdvantageInputs(
+        comps @ torch.tensor([1.0, 0.5], dtype=torch.float64),
+        2,
+        components=comps,
+        weights=(1.0, 0.5),
+        eps=0.0,
+    )
     s = torch.tensor([0.5**0.5, -(0.5**0.5), 0.5**0.5 / 2, -(0.5**0.5) / 2], dtype=torch.float64)
     expected = s / math.sqrt(2 * (0.5 + 0.125) / 3)
-    torch.testing.assert_close(gdpo_advantages(x).advantages.double(), expected, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(
+        gdpo_advantages(x).advantages.double(), expected, rtol=1e-6, atol=1e-6
+    )
     # GRPO on the weighted total [1.5, 0.5, 1.5, 1.0] ranks group 2 by the format reward with the
     # same magnitude as group 1's accuracy (each group's z is +-0.7071): gdpo keeps the weight
     g, a = grpo_advantages(x).advantages.tolist(), gdpo_advantages(x).advantages.tolist()
@@ -138,13 +153,22 @@ def test_gdpo_all_unscorable_rows_get_zero_and_stay_out_of_the_batch_statistics(
     # group 1: [1, 0] -> z = +-0.7071; group 2: every component None -> 0 and not in the batch:
     # batch s = [0.7071, -0.7071] (mean 0, Bessel std 1) -> A = [0.7071, -0.7071, 0, 0]
     comps = torch.tensor([[1.0, NAN], [0.0, NAN], [NAN, NAN], [NAN, NAN]], dtype=torch.float64)
-    x = AdvantageInputs(torch.tensor([1.0, 0.0, NAN, NAN], dtype=torch.float64), 2, components=comps,
-                        weights=(1.0, 1.0), eps=0.0)
+    x = AdvantageInputs(
+        torch.tensor([1.0, 0.0, NAN, NAN], dtype=torch.float64),
+        2,
+        components=comps,
+        weights=(1.0, 1.0),
+        eps=0.0,
+    )
     out = gdpo_advantages(x).advantages
-    torch.testing.assert_close(out.double(), torch.tensor([0.5**0.5, -(0.5**0.5), 0, 0], dtype=torch.float64))
+    torch.testing.assert_close(
+        out.double(), torch.tensor([0.5**0.5, -(0.5**0.5), 0, 0], dtype=torch.float64)
+    )
+    assert out[2:].tolist() == [0.0, 0.0]  # exactly
     # a whole batch unscorable: zeros, no NaN
-    none = AdvantageInputs(t([NAN] * 4), 2, components=torch.full((4, 2), NAN, dtype=torch.float64),
-                           weights=(1.0, 1.0))
+    none = AdvantageInputs(
+        t([NAN] * 4), 2, components=torch.full((4, 2), NAN, dtype=torch.float64), weights=(1.0, 1.0)
+    )
     assert gdpo_advantages(none).advantages.tolist() == [0.0] * 4
 
 
@@ -158,11 +182,15 @@ def test_gdpo_with_one_reward_is_grpo_rescaled_to_unit_batch_std():
     torch.testing.assert_close(a, g * c, rtol=1e-5, atol=1e-6)
     assert a[scored].std().item() == pytest.approx(1.0, abs=1e-3)
     # no components (a plain reward list): the total is the one component
-    torch.testing.assert_close(gdpo_advantages(AdvantageInputs(r, 4, eps=1e-4)).advantages.double(), a)
+    torch.testing.assert_close(
+        gdpo_advantages(AdvantageInputs(r, 4, eps=1e-4)).advantages.double(), a
+    )
 
 
 def test_gdpo_rejects_weights_that_do_not_match_the_components():
-    x = AdvantageInputs(t([1, 0]), 2, components=torch.zeros(2, 2, dtype=torch.float64), weights=(1.0,))
+    x = AdvantageInputs(
+        t([1, 0]), 2, components=torch.zeros(2, 2, dtype=torch.float64), weights=(1.0,)
+    )
     with pytest.raises(ValueError, match="len\\(weights\\)"):
         gdpo_advantages(x)
 
@@ -182,7 +210,9 @@ def test_length_penalty_with_dr_grpo_equals_prime_rl(name):
     torch.testing.assert_close(ours, t(case["prime-rl_output_only_0.25"]), rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(dr_grpo_advantages(x).advantages.double(), t(case["prime-rl_off"]))
     in_and_turns_constant = all(
-        len(set(case[k][i : i + 4])) == 1 for k in ("input_tokens", "turns") for i in range(0, len(r), 4)
+        len(set(case[k][i : i + 4])) == 1
+        for k in ("input_tokens", "turns")
+        for i in range(0, len(r), 4)
     )
     defaults = t(case["prime-rl_defaults_0.25_0.1_0.1"])
     assert torch.allclose(ours, defaults, atol=1e-6) == in_and_turns_constant
@@ -226,7 +256,10 @@ def test_length_penalty_config():
         with pytest.raises(ValueError, match="length_penalty"):
             GRPOConfig(output_dir="/tmp/unused", rollout={"length_penalty": -0.1})
         with pytest.raises(ValueError, match="gdpo"):
-            GRPOConfig(output_dir="/tmp/unused", rollout={"length_penalty": 0.25, "advantage_estimator": "gdpo"})
+            GRPOConfig(
+                output_dir="/tmp/unused",
+                rollout={"length_penalty": 0.25, "advantage_estimator": "gdpo"},
+            )
     assert "length_penalty" not in FLAT_KEYS
 
 
@@ -243,19 +276,36 @@ class Checksum(Reward):
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
-    return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_heads=2, head_dim=32)
+    return save_tiny_model(
+        tmp_path_factory.mktemp("tiny") / "model", hidden_size=64, num_heads=2, head_dim=32
+    )
 
 
 def rows(n):
-    return [{"prompt": [{"role": "user", "content": f"Say sevens {i}"}], "answer": "7"} for i in range(n)]
+    return [
+        {"prompt": [{"role": "user", "content": f"Say sevens {i}"}], "answer": "7"}
+        for i in range(n)
+    ]
 
 
-def run_cfg(tmp_path, **rollout):
+def run_cfg(tmp_path, reward=None, **rollout):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return GRPOConfig(output_dir=str(tmp_path / "run"), num_generations=4, prompts_per_step=2, max_steps=2,
-                          max_completion_length=8, learning_rate=1e-3, beta=0.0, micro_batch_size=4,
-                          progress_bar=False, save_final_model=False, seed=0, rollout=rollout)
+        return GRPOConfig(
+            reward=reward or {},
+            output_dir=str(tmp_path / "run"),
+            num_generations=4,
+            prompts_per_step=2,
+            max_steps=2,
+            max_completion_length=8,
+            learning_rate=1e-3,
+            beta=0.0,
+            micro_batch_size=4,
+            progress_bar=False,
+            save_final_model=False,
+            seed=0,
+            rollout=rollout,
+        )
 
 
 def test_gdpo_trains_with_two_rewards(tiny_dir, tmp_path):
@@ -278,19 +328,28 @@ def test_source_passes_lengths_metric_and_shaped_rewards(tiny_dir, tmp_path):
         return grpo_advantages(x)
 
     try:
-        c = run_cfg(tmp_path, advantage_estimator="_record_inputs", length_penalty=0.5,
-                    dynamic_sampling_metric="checksum")
+        # weights (1, 2): the total (checksum x 2 + sevens) differs from the metric (checksum)
+        c = run_cfg(
+            tmp_path,
+            {"weights": [1.0, 2.0]},
+            advantage_estimator="_record_inputs",
+            length_penalty=0.5,
+            dynamic_sampling_metric="checksum",
+        )
         trainer = GRPOTrainer(str(tiny_dir), [CountSevens(), Checksum()], rows(4), c)
         trainer.train()
     finally:
         del ADVANTAGE_ESTIMATORS["_record_inputs"]
     assert len(seen) == 2
     x = seen[0]
-    assert x.names == ("count_sevens", "checksum") and x.weights == (1.0, 1.0)
+    assert x.names == ("count_sevens", "checksum") and x.weights == (1.0, 2.0)
     assert x.lengths is not None and ((x.lengths >= 1) & (x.lengths <= 8)).all()
     torch.testing.assert_close(x.metric, x.components[:, 1])  # the chosen metric column
     # the rewards are the total, shaped by the penalty with p = the checksum's group mean
-    total = x.components.sum(dim=1)
-    unshaped = AdvantageInputs(total, 4, components=x.components, lengths=x.lengths, metric=x.metric)
+    total = x.components @ torch.tensor([1.0, 2.0], dtype=x.components.dtype)
+    unshaped = AdvantageInputs(
+        total, 4, components=x.components, lengths=x.lengths, metric=x.metric
+    )
     torch.testing.assert_close(x.rewards, length_penalized(unshaped, 0.5).rewards)
     assert not torch.equal(x.rewards, total)
+    assert not torch.allclose(x.metric, total)
