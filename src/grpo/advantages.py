@@ -28,8 +28,15 @@ The estimators (``r`` = rewards of one group, ``n`` = number of scorable rewards
 
   It composes with ``scale`` (the deviation is then divided by the chosen std).
 
+* MaxRL (arXiv:2602.02710), :func:`maxrl_advantages`: ``(r_i - mean) / (mean + eps)``, 0
+  where the mean is <= 0.
+* GDPO (arXiv:2601.05242), :func:`gdpo_advantages`: each reward component normalised within its
+  group, weighted sum, then normalised over the batch.
+
 The trainer picks one by name from :data:`ADVANTAGE_ESTIMATORS` (``GRPOConfig.advantage_estimator``:
-"grpo", "batch_std", "dr_grpo", "rloo"); :func:`register_advantage_estimator` adds another.
+"grpo", "batch_std", "dr_grpo", "rloo", "maxrl", "gdpo"); :func:`register_advantage_estimator`
+adds another. :func:`length_penalized` (``rollout.length_penalty``, prime-rl PR #2901) shapes
+the rewards before the estimator.
 
 Conventions (stated because implementations differ):
 

@@ -109,7 +109,9 @@ class RolloutConfig(_Section):
     advantage_estimator: str = Field(
         "grpo",
         description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
-        "dr_grpo (no std), rloo (leave-one-out baseline), or one you registered.",
+        "dr_grpo (no std), rloo (leave-one-out baseline), maxrl (divided by the group mean, "
+        "arXiv:2602.02710), gdpo (each reward component normalised per group, then the "
+        "weighted sum over the batch, arXiv:2601.05242), or one you registered.",
     )
     length_penalty: float = Field(
         0.0,

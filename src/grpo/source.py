@@ -11,10 +11,12 @@ generator, a multi-turn generator) can take its place without touching the learn
 Joins are by key, never by position. Every completion carries the id of its group (its
 prompt within the step: ``round * prompts_per_step + global prompt position``) and its
 ``sample_index``: its key ``(group, sample)`` (:func:`grpo.batch.rollout_key`). Rewards from
-all processes are gathered as ``(group, sample, total, filter metric)`` rows, sorted, checked
-(every group complete, each exactly once) and turned into advantages by the configured
-estimator; each completion's record takes its advantage by key, and the learner's batch takes
-the records by key again (:func:`grpo.batch.join_scores`).
+all processes are gathered as ``(group, sample, total, filter metric, length, components...)``
+rows, sorted, checked (every group complete, each exactly once) and turned into advantages by
+the configured estimator (after ``rollout.length_penalty``'s reward shaping,
+:func:`grpo.advantages.length_penalized`, when it is > 0); each completion's record takes its
+advantage by key, and the learner's batch takes the records by key again
+(:func:`grpo.batch.join_scores`).
 
 DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2, Algorithm 1 line 6-8): a group whose rewards
 have no spread (:func:`grpo.advantages.groups_with_signal`) has advantage 0 for every member
