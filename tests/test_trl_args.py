@@ -122,6 +122,8 @@ def test_batch_layout(tmp_path):
         (dict(epsilon=0.1), ("loss", "eps_low", 0.1)),
         (dict(scale_rewards="batch"), ("rollout", "advantage_estimator", "batch_std")),
         (dict(scale_rewards=False), ("rollout", "advantage_estimator", "dr_grpo")),
+        (dict(scale_rewards="batch", multi_objective_aggregation="normalize_then_sum"),
+         ("rollout", "advantage_estimator", "gdpo")),
         (dict(use_vllm=True, vllm_importance_sampling_correction=False), ("rollout", "backend", "vllm")),
         (
             dict(use_vllm=True, vllm_mode="server", vllm_importance_sampling_correction=False),
@@ -162,8 +164,6 @@ def test_mapped_values(tmp_path, kw, grpo):
             "max_steps",
             "multiple of 4",
         ),
-        (dict(scale_rewards="group", multi_objective_aggregation="normalize_then_sum"),
-         "multi_objective_aggregation", "sum_then_normalize"),
         (dict(optim="sgd"), "optim", "AdamW"),
         (dict(generation_kwargs={"do_sample": False}), "generation_kwargs", "sampling"),
     ],

@@ -28,8 +28,15 @@ The estimators (``r`` = rewards of one group, ``n`` = number of scorable rewards
 
   It composes with ``scale`` (the deviation is then divided by the chosen std).
 
+* MaxRL (arXiv:2602.02710), :func:`maxrl_advantages`: ``(r_i - mean) / (mean + eps)``, 0
+  where the mean is <= 0.
+* GDPO (arXiv:2601.05242), :func:`gdpo_advantages`: each reward component normalised within its
+  group, weighted sum, then normalised over the batch.
+
 The trainer picks one by name from :data:`ADVANTAGE_ESTIMATORS` (``GRPOConfig.advantage_estimator``:
-"grpo", "batch_std", "dr_grpo", "rloo"); :func:`register_advantage_estimator` adds another.
+"grpo", "batch_std", "dr_grpo", "rloo", "maxrl", "gdpo"); :func:`register_advantage_estimator`
+adds another. :func:`length_penalized` (``rollout.length_penalty``, prime-rl PR #2901) shapes
+the rewards before the estimator.
 
 Conventions (stated because implementations differ):
 
@@ -50,7 +57,7 @@ from __future__ import annotations
 import inspect
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -201,6 +208,9 @@ class AdvantageInputs:
             was unscorable or did not apply; ``names`` and ``weights`` name and weigh the K
             columns (a multi-reward estimator such as GDPO normalises them separately).
         lengths: ``[N]`` completion lengths in tokens (length-aware estimators).
+        metric: ``[N]`` the accuracy-like column (``rollout.dynamic_sampling_metric``'s
+            component, else the total), NaN where unscorable: the pass rate of
+            :func:`length_penalized`.
         eps: the denominator guard of std-normalising estimators.
     """
 
@@ -210,6 +220,7 @@ class AdvantageInputs:
     names: tuple[str, ...] = ()
     weights: tuple[float, ...] = ()
     lengths: torch.Tensor | None = None
+    metric: torch.Tensor | None = None
     eps: float = 1e-6
 
     @classmethod
@@ -321,3 +332,161 @@ def groups_with_signal(
     hi_P = torch.where(valid_PG, r_PG, torch.full_like(r_PG, -torch.inf)).amax(dim=1)
     lo_P = torch.where(valid_PG, r_PG, torch.full_like(r_PG, torch.inf)).amin(dim=1)
     return (valid_PG.sum(dim=1) >= 2) & (hi_P - lo_P > tol)
+
+
+# ------------------------------------------------------------------- MaxRL, GDPO, length penalty
+def _no_spread_P(r_PG: torch.Tensor, valid_PG: torch.Tensor) -> torch.Tensor:  # [P] bool
+    """Groups with fewer than two scorable rewards, or all of them equal (exactly)."""
+    hi_P = torch.where(valid_PG, r_PG, torch.full_like(r_PG, -torch.inf)).amax(dim=1)
+    lo_P = torch.where(valid_PG, r_PG, torch.full_like(r_PG, torch.inf)).amin(dim=1)
+    return (valid_PG.sum(dim=1) < 2) | (hi_P == lo_P)
+
+
+def _group_rows(x: AdvantageInputs) -> torch.Tensor:  # [P, G] float64
+    r = x.rewards.detach().to(torch.float64)
+    if r.numel() == 0 or r.numel() % x.group_size != 0:
+        raise ValueError(
+            f"number of rewards ({r.numel()}) must be a positive multiple of group_size "
+            f"({x.group_size})"
+        )
+    return r.view(-1, x.group_size)
+
+
+@register_advantage_estimator("maxrl")
+def maxrl_advantages(rewards, group_size: int | None = None, *, eps=1e-6) -> GroupAdvantages:
+    """MaxRL (arXiv:2602.02710): the group deviation divided by the group **mean**::
+
+        A_i = (r_i - mean(r)) / (mean(r) + eps)     if mean(r) > 0,   else 0
+
+    The paper's estimator assumes a success probability (rewards in [0, 1], canonically
+    binary); dividing by the pass rate up-weights hard prompts like ``1 / p``.
+
+    Checked against SkyRL ``compute_maxrl_advantage`` (a9564572; equal with eps = 1e-6 for
+    mean > 0) and prime-rl ``MaxRLAlgorithm.score_group`` (559b4477; no eps, equal up to the
+    factor ``mean / (mean + eps)``). Departures:
+
+    * mean <= 0 gives 0, as prime-rl does; SkyRL has no guard, and a negative mean divides by a
+      negative number and **flips the sign** of every advantage of the group (a better answer
+      would be pushed down). A zero mean is 0 in both peers.
+    * unscorable rewards are excluded from the mean and get 0, and groups with fewer than two
+      scorable rewards or no spread get 0, as every grpo estimator does (both peers have no
+      notion of an unscorable reward; a singleton group gives SkyRL ``A = r``).
+    """
+    x = AdvantageInputs.of(rewards, group_size, eps=eps)
+    stats = compute_group_advantages(x.rewards, x.group_size, scale="none", eps=x.eps)
+    r_PG = _group_rows(x)
+    valid_PG = ~torch.isnan(r_PG)
+    n_P = valid_PG.sum(dim=1)
+    mean_P = torch.where(valid_PG, r_PG, torch.zeros_like(r_PG)).sum(dim=1) / n_P.clamp(min=1)
+    adv_PG = (r_PG - mean_P[:, None]) / (mean_P[:, None] + x.eps)
+    keep_PG = valid_PG & ~_no_spread_P(r_PG, valid_PG)[:, None] & (mean_P > 0)[:, None]
+    adv_PG = torch.where(keep_PG, adv_PG, torch.zeros_like(adv_PG))
+    return replace(stats, advantages=adv_PG.reshape(-1).to(torch.float32))
+
+
+def _nanmean_nanstd(v: torch.Tensor, valid: torch.Tensor, dim: int):
+    """NaN-skipping mean and Bessel std along ``dim`` (std NaN with fewer than two values)."""
+    n = valid.sum(dim=dim, keepdim=True)
+    v0 = torch.where(valid, v, torch.zeros_like(v))
+    mean = v0.sum(dim=dim, keepdim=True) / n.clamp(min=1)
+    dev = torch.where(valid, v - mean, torch.zeros_like(v))
+    var = (dev**2).sum(dim=dim, keepdim=True) / (n - 1).clamp(min=1)
+    std = torch.where(n > 1, var.sqrt(), torch.full_like(var, float("nan")))
+    return mean, std
+
+
+@register_advantage_estimator("gdpo")
+def gdpo_advantages(rewards, group_size: int | None = None, *, eps=1e-6) -> GroupAdvantages:
+    """GDPO (arXiv:2601.05242): normalise each reward component within its group, sum with the
+    reward weights, then normalise the sum over the batch::
+
+        z_ik = (r_ik - mean_g(r_.k)) / (std_g(r_.k) + eps)        per group g, per component k
+        s_i  = sum_k w_k z_ik
+        A_i  = (s_i - mean_batch(s)) / (std_batch(s) + eps)        per completion
+
+    so a component with a small spread (a format reward everyone almost gets) is not drowned by
+    one with a large spread, as it is when the weighted total is normalised (GRPO).
+
+    Follows trl 1.16 ``multi_objective_aggregation="normalize_then_sum"`` (equal with trl's
+    eps = 1e-4): means and Bessel stds skip NaN; a z that is NaN (the component is unscorable
+    for the row, or has fewer than two scorable values in the group) adds 0; a row whose
+    components are **all** unscorable is left out of the batch statistics and gets 0.
+    Without components (a plain reward list) the total is the one component. With one
+    component, gdpo is GRPO's advantages divided by one batch-wide constant (their std over
+    the batch, + eps): GRPO rescaled to unit batch std.
+
+    verl's ``compute_gdpo_outcome_advantage`` (1dda039b) whitens the sum over the batch's
+    **tokens** (``masked_whiten``: long completions weigh more in the mean and std, and a
+    group without spread gets a non-zero advantage when lengths differ) and turns a None reward
+    into NaN for the whole batch. grpo follows trl: the batch statistic is per completion, like
+    every other grpo estimator (the loss aggregation decides token weighting, not the
+    advantage), and unscorable rewards are excluded.
+    """
+    x = AdvantageInputs.of(rewards, group_size, eps=eps)
+    stats = compute_group_advantages(x.rewards, x.group_size, scale="group", eps=x.eps)
+    comps = x.components
+    if comps is None or comps.numel() == 0 or comps.shape[1] == 0:
+        comps, weights = x.rewards.detach()[:, None], (1.0,)
+    else:
+        weights = x.weights or (1.0,) * comps.shape[1]
+    c_NK = comps.detach().to(torch.float64)
+    if c_NK.dim() != 2 or len(weights) != c_NK.shape[1]:
+        raise ValueError(
+            f"components must be [N, K] with K = len(weights) = {len(weights)}, "
+            f"got shape {tuple(c_NK.shape)}"
+        )
+    g, k = x.group_size, c_NK.shape[1]
+    c_PGK = c_NK.view(-1, g, k)
+    valid_PGK = ~torch.isnan(c_PGK)
+    mean_P1K, std_P1K = _nanmean_nanstd(c_PGK, valid_PGK, dim=1)
+    z_PGK = (c_PGK - mean_P1K) / (std_P1K + x.eps)  # NaN where unscorable or std undefined
+    w_K = torch.tensor(weights, dtype=torch.float64)
+    s_N = torch.nan_to_num(z_PGK * w_K, nan=0.0).sum(dim=2).reshape(-1)
+    scored_N = valid_PGK.any(dim=2).reshape(-1)
+    mean, std = _nanmean_nanstd(s_N, scored_N, dim=0)
+    adv_N = torch.nan_to_num((s_N - mean) / (std + x.eps), nan=0.0)
+    adv_N = torch.where(scored_N, adv_N, torch.zeros_like(adv_N))
+    return replace(stats, advantages=adv_N.to(torch.float32))
+
+
+def length_penalized(inputs: AdvantageInputs, coef: float) -> AdvantageInputs:
+    """Inputs whose rewards carry a pass-rate-scaled linear length penalty (prime-rl PR #2901,
+    ``LinearLengthPenaltyConfig``, output term), reward shaping before any estimator::
+
+        r'_i = r_i - coef * p_g * len_i / max(1, max_{j in g} len_j)
+
+    ``p_g`` is the group's pass rate, the mean of its scorable ``metric`` values (the
+    accuracy-like column; the total where a group's metric scored nothing, 0 where nothing
+    did). A group that is all wrong is not penalised, an all-right one fully; every member of a
+    group is penalised, right or wrong; equal lengths within a group shift it by a constant,
+    which any baseline removes.
+
+    Departures from prime-rl (559b4477; identical arithmetic at the merge 16efd8af): its pass
+    rate is the mean **reward**; grpo's is the accuracy-like component, so that a format
+    reward does not scale the penalty (identical when the reward is the accuracy). prime-rl
+    also adds input-token and turn terms (0.1 each), which grpo's single-turn completions do
+    not have: with equal prompts and one turn they are constant within a group and cancel.
+    Only the total changes: an estimator reading ``components`` (gdpo) does not see it.
+    Unscorable rewards stay unscorable.
+
+    >>> x = AdvantageInputs(torch.tensor([1.0, 0.0]), 2, lengths=torch.tensor([10.0, 5.0]),
+    ...                     metric=torch.tensor([1.0, 0.0]))
+    >>> length_penalized(x, 0.25).rewards.tolist()  # p = 0.5: 1 - 0.125 * 1, 0 - 0.125 * 0.5
+    [0.875, -0.0625]
+    """
+    if coef == 0:
+        return inputs
+    if inputs.lengths is None:
+        raise ValueError("length_penalized needs AdvantageInputs.lengths")
+    g = inputs.group_size
+    r_PG = _group_rows(inputs)
+    len_PG = inputs.lengths.detach().to(torch.float64).view(-1, g)
+    m = inputs.metric if inputs.metric is not None else inputs.rewards
+    m_PG = m.detach().to(torch.float64).view(-1, g)
+    valid_PG = ~torch.isnan(m_PG)
+    p_P1, _ = _nanmean_nanstd(m_PG, valid_PG, dim=1)
+    total_p_P1, _ = _nanmean_nanstd(r_PG, ~torch.isnan(r_PG), dim=1)
+    p_P1 = torch.where(valid_PG.any(dim=1, keepdim=True), p_P1, total_p_P1)
+    frac_PG = len_PG / len_PG.amax(dim=1, keepdim=True).clamp(min=1)
+    shaped_PG = r_PG - coef * p_P1 * frac_PG  # NaN rewards stay NaN
+    return replace(inputs, rewards=shaped_PG.reshape(-1))

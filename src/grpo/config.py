@@ -109,7 +109,19 @@ class RolloutConfig(_Section):
     advantage_estimator: str = Field(
         "grpo",
         description="Name in grpo.advantages.ADVANTAGE_ESTIMATORS: grpo (group std), batch_std, "
-        "dr_grpo (no std), rloo (leave-one-out baseline), or one you registered.",
+        "dr_grpo (no std), rloo (leave-one-out baseline), maxrl (divided by the group mean, "
+        "arXiv:2602.02710), gdpo (each reward component normalised per group, then the "
+        "weighted sum over the batch, arXiv:2601.05242), or one you registered.",
+    )
+    length_penalty: float = Field(
+        0.0,
+        ge=0,
+        description="Pass-rate-scaled linear length penalty (prime-rl PR #2901; its coefficient "
+        "is 0.25), reward shaping before the advantage estimator: r - length_penalty * p * "
+        "len / max(1, longest completion of the group), p = the group's mean of the "
+        "dynamic_sampling_metric column (accuracy by default). Dynamic sampling and the "
+        "reward metrics see the unshaped rewards. 0: off. Not with advantage_estimator=gdpo, "
+        "which reads the reward components, not the total.",
     )
     dynamic_sampling: bool = Field(
         False,
@@ -640,6 +652,12 @@ class GRPOConfig(BaseModel):
                 f"rollout.advantage_estimator={ro.advantage_estimator!r} is not registered; choose "
                 f"one of {sorted(ADVANTAGE_ESTIMATORS)} or add yours with "
                 "grpo.advantages.register_advantage_estimator."
+            )
+        if ro.length_penalty > 0 and ro.advantage_estimator == "gdpo":
+            raise ValueError(
+                f"rollout.length_penalty={ro.length_penalty} shapes the total reward, which "
+                "rollout.advantage_estimator='gdpo' does not read (it normalises each reward "
+                "component); set length_penalty=0, or use another estimator."
             )
         if self.reward.weights is not None and not self.reward.weights:
             raise ValueError(

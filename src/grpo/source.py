@@ -11,10 +11,12 @@ generator, a multi-turn generator) can take its place without touching the learn
 Joins are by key, never by position. Every completion carries the id of its group (its
 prompt within the step: ``round * prompts_per_step + global prompt position``) and its
 ``sample_index``: its key ``(group, sample)`` (:func:`grpo.batch.rollout_key`). Rewards from
-all processes are gathered as ``(group, sample, total, filter metric)`` rows, sorted, checked
-(every group complete, each exactly once) and turned into advantages by the configured
-estimator; each completion's record takes its advantage by key, and the learner's batch takes
-the records by key again (:func:`grpo.batch.join_scores`).
+all processes are gathered as ``(group, sample, total, filter metric, length, components...)``
+rows, sorted, checked (every group complete, each exactly once) and turned into advantages by
+the configured estimator (after ``rollout.length_penalty``'s reward shaping,
+:func:`grpo.advantages.length_penalized`, when it is > 0); each completion's record takes its
+advantage by key, and the learner's batch takes the records by key again
+(:func:`grpo.batch.join_scores`).
 
 DAPO dynamic sampling (arXiv:2503.14476 sec. 3.2, Algorithm 1 line 6-8): a group whose rewards
 have no spread (:func:`grpo.advantages.groups_with_signal`) has advantage 0 for every member
@@ -45,7 +47,12 @@ from typing import Any
 
 import torch
 
-from grpo.advantages import ADVANTAGE_ESTIMATORS, AdvantageInputs, groups_with_signal
+from grpo.advantages import (
+    ADVANTAGE_ESTIMATORS,
+    AdvantageInputs,
+    groups_with_signal,
+    length_penalized,
+)
 from grpo.batch import Key, rollout_key
 from grpo.config import RolloutConfig
 from grpo.data import PromptSampler, get_rows, reward_inputs
@@ -361,6 +368,7 @@ class RolloutSource:
             names=names,
             weights=weights,
             lengths=kept[:, 4].clone(),
+            metric=kept[:, 3].clone(),
         )
 
     def _records(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
@@ -375,7 +383,12 @@ class RolloutSource:
             keep_P = filter_P & (filter_P.cumsum(0) <= cfg.prompts_per_step)
         kept = table[keep_P.repeat_interleave(g)]
         kept_N3 = kept[:, :3]
-        adv = self.estimator(self._advantage_inputs(kept, rounds)) if len(kept) else None
+        adv = None
+        if len(kept):
+            inputs = self._advantage_inputs(kept, rounds)
+            if cfg.length_penalty > 0:  # reward shaping before the estimator (prime-rl #2901)
+                inputs = length_penalized(inputs, cfg.length_penalty)
+            adv = self.estimator(inputs)
         # the trained completions' keys, in step order
         step_index = {(int(gr), int(s)): i for i, (gr, s) in enumerate(kept_N3[:, :2].tolist())}
         advantages = adv.advantages.tolist() if adv is not None else []

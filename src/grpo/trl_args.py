@@ -180,11 +180,14 @@ def _advantages(a: Any) -> dict[str, Any]:
     scale = {True: "group", False: "none"}.get(a.scale_rewards, a.scale_rewards)
     if scale not in _ESTIMATORS:
         raise _refuse("scale_rewards", a.scale_rewards, f"one of {sorted(_ESTIMATORS)}")
+    if a.multi_objective_aggregation == "normalize_then_sum":  # GDPO; trl ignores scale_rewards
+        return {"rollout.advantage_estimator": "gdpo"}
     if a.multi_objective_aggregation != "sum_then_normalize":
         raise _refuse(
             "multi_objective_aggregation",
             a.multi_objective_aggregation,
-            "grpo sums the weighted rewards, then normalises (sum_then_normalize)",
+            "sum_then_normalize (grpo, batch_std, dr_grpo by scale_rewards) or normalize_then_sum "
+            "(gdpo)",
         )
     return {"rollout.advantage_estimator": _ESTIMATORS[scale]}
 
@@ -352,7 +355,8 @@ _ADVANTAGES = Rule(
     "mapped",
     ("rollout.advantage_estimator",),
     "group -> grpo (group std), batch -> batch_std, none (or False) -> dr_grpo (no std); "
-    "multi_objective_aggregation other than sum_then_normalize is refused",
+    "multi_objective_aggregation normalize_then_sum -> gdpo (scale_rewards ignored, as trl; "
+    "grpo's eps 1e-6, trl's 1e-4)",
     _advantages,
 )
 _CLIP = Rule(
