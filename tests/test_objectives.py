@@ -138,7 +138,15 @@ def test_cispo_lower_bound_and_negative_advantage():
                        objective="cispo", settings=CISPOSettings(eps_low=0.2, eps_high=0.2))
     out.loss.backward()
     assert logp.grad.item() == pytest.approx(1.6)
-    assert out.cispo_clip_frac.item() == 0.0  # only A > 0 tokens above the cap count
+
+
+def test_cispo_clip_frac_counts_positive_advantages_only():
+    # both ratios 10 are above the cap 5, but only the A > 0 token counts (trl's cispo_clip_ratio)
+    logp = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64)).requires_grad_()
+    old = torch.log(torch.tensor([[0.05, 0.05]], dtype=torch.float64))
+    adv = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
+    out = compute_loss(logp, old, adv, torch.ones(1, 2), objective="cispo", settings=CISPOSettings())
+    assert out.cispo_clip_frac.item() == 0.5
 
 
 # ---------------------------------------------------------------------------------------- SAPO
@@ -302,6 +310,18 @@ def test_dppo_tv_by_hand():
     assert out.dppo_masked_frac.item() == 0.5 and out.dppo_capped_frac.item() == 0.25
 
 
+def test_dppo_tv_thresholds_per_side():
+    # delta_high 0.5 keeps a rise of 0.3 with A > 0; delta_low 0.05 masks a fall of 0.1 with A < 0
+    p_old = torch.tensor([[0.2, 0.5]], dtype=torch.float64)
+    p = torch.tensor([[0.5, 0.4]], dtype=torch.float64)
+    logp = p.log().requires_grad_()
+    out = compute_loss(logp, p_old.log(), torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.ones(1, 2),
+                       objective="dppo", settings=DPPOSettings(delta_low=0.05, delta_high=0.5))
+    out.loss.backward()
+    # t0 kept: r = 2.5 -> grad -A r / 2 = -1.25; t1 masked
+    torch.testing.assert_close(logp.grad, torch.tensor([[-1.25, 0.0]], dtype=torch.float64))
+
+
 def test_dppo_kl_by_hand():
     # A = +1, p 0.5 -> 0.8: D = 0.5 log(0.5 / 0.8) + 0.5 log(0.5 / 0.2) = 0.223144
     # delta 0.2 < D and p rose (the way A pushes) -> masked; delta 0.25 -> kept, grad -r = -1.6
@@ -368,3 +388,15 @@ def test_config_refuses_gmpo_with_token_mean_naming_both():
     with pytest.raises(ValueError) as err:
         GRPOConfig(loss={"objective": "gmpo", "aggregation": "token_mean"})
     assert "loss.objective='gmpo'" in str(err.value) and "loss.aggregation='token_mean'" in str(err.value)
+
+
+def test_gmpo_micro_batches_add_up_to_the_batch():
+    # the learner splits a batch and passes normalizer = all sequences: the halves' losses and
+    # gradients must sum to the full batch's mean over sequences
+    case = _load("gmpo")["grid"]["cases"][0]
+    full, full_grad = _run(case, "gmpo", GMPOSettings(), "seq_mean_token_mean")
+    halves = [{k: (v[:3] if i == 0 else v[3:]) if isinstance(v, list) else v for k, v in case.items()}
+              for i in range(2)]
+    parts = [_run(h, "gmpo", GMPOSettings(), "seq_mean_token_mean", normalizer=6.0) for h in halves]
+    assert sum(o.loss.item() for o, _ in parts) == pytest.approx(full.loss.item(), rel=1e-12)
+    torch.testing.assert_close(torch.cat([g for _, g in parts]), full_grad)
