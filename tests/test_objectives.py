@@ -45,8 +45,11 @@ def _results(name: str) -> list[tuple[dict, dict]]:
 
 
 def _ids(pairs):
-    return [f"{r['peer']}-{r.get('variant', '')}-{r.get('settings_label', r['settings'])}-"
-            f"{r['loss_agg'][:40]}-{r['case']}".replace(" ", "_") for _, r in pairs]
+    return [
+        f"{r['peer']}-{r.get('variant', '')}-{r.get('settings_label', r['settings'])}-"
+        f"{r['loss_agg'][:40]}-{r['case']}".replace(" ", "_")
+        for _, r in pairs
+    ]
 
 
 def _run(case: dict, objective: str, settings, aggregation: str, normalizer=None):
@@ -54,8 +57,16 @@ def _run(case: dict, objective: str, settings, aggregation: str, normalizer=None
     old = torch.tensor(case["old_logp"], dtype=torch.float64)
     adv = torch.tensor(case["advantages"], dtype=torch.float64)
     mask = torch.tensor(case["mask"], dtype=torch.float64)
-    out = compute_loss(logp, old, adv, mask, objective=objective, settings=settings,
-                       aggregation=aggregation, normalizer=normalizer)
+    out = compute_loss(
+        logp,
+        old,
+        adv,
+        mask,
+        objective=objective,
+        settings=settings,
+        aggregation=aggregation,
+        normalizer=normalizer,
+    )
     out.loss.backward()
     return out, logp.grad
 
@@ -106,12 +117,16 @@ def test_cispo_equals_peers(case, result):
     out, grad = _run(case, "cispo", _cispo_settings(result), mode, normalizer)
     _check(out, grad, result, tol)
     if result["peer"] == "trl":  # cispo_clip_ratio: A > 0 and r above the cap
-        assert out.cispo_clip_frac.item() == pytest.approx(result["metrics"]["cispo_clip_ratio"][0], abs=1e-7)
+        assert out.cispo_clip_frac.item() == pytest.approx(
+            result["metrics"]["cispo_clip_ratio"][0], abs=1e-7
+        )
 
 
 def test_cispo_peer_grid_exercises_the_cap():
     """The grid must clip somewhere, or the tests above could not tell CISPO from REINFORCE."""
-    clipped = [r for _, r in CISPO if r["peer"] == "trl" and r["metrics"]["cispo_clip_ratio"][0] > 0]
+    clipped = [
+        r for _, r in CISPO if r["peer"] == "trl" and r["metrics"]["cispo_clip_ratio"][0] > 0
+    ]
     assert clipped
 
 
@@ -121,8 +136,14 @@ def test_cispo_by_hand():
     # d loss / d logp = -w * A / 2 = [-2.5, -0.5]; one of two tokens above the cap
     logp = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64)).requires_grad_()
     old = torch.log(torch.tensor([[0.05, 0.5]], dtype=torch.float64))
-    out = compute_loss(logp, old, torch.tensor([1.0], dtype=torch.float64), torch.ones(1, 2),
-                       objective="cispo", settings=CISPOSettings())
+    out = compute_loss(
+        logp,
+        old,
+        torch.tensor([1.0], dtype=torch.float64),
+        torch.ones(1, 2),
+        objective="cispo",
+        settings=CISPOSettings(),
+    )
     out.loss.backward()
     assert out.loss.item() == pytest.approx(3 * math.log(2))
     torch.testing.assert_close(logp.grad, torch.tensor([[-2.5, -0.5]], dtype=torch.float64))
@@ -134,8 +155,14 @@ def test_cispo_lower_bound_and_negative_advantage():
     # eps_low = 0.2: ratio 0.1 is raised to 0.8; A = -2 -> grad = -0.8 * -2 = 1.6 (one token)
     logp = torch.log(torch.tensor([[0.01]], dtype=torch.float64)).requires_grad_()
     old = torch.log(torch.tensor([[0.1]], dtype=torch.float64))
-    out = compute_loss(logp, old, torch.tensor([-2.0], dtype=torch.float64), torch.ones(1, 1),
-                       objective="cispo", settings=CISPOSettings(eps_low=0.2, eps_high=0.2))
+    out = compute_loss(
+        logp,
+        old,
+        torch.tensor([-2.0], dtype=torch.float64),
+        torch.ones(1, 1),
+        objective="cispo",
+        settings=CISPOSettings(eps_low=0.2, eps_high=0.2),
+    )
     out.loss.backward()
     assert logp.grad.item() == pytest.approx(1.6)
 
@@ -145,7 +172,9 @@ def test_cispo_clip_frac_counts_positive_advantages_only():
     logp = torch.log(torch.tensor([[0.5, 0.5]], dtype=torch.float64)).requires_grad_()
     old = torch.log(torch.tensor([[0.05, 0.05]], dtype=torch.float64))
     adv = torch.tensor([[1.0, -1.0]], dtype=torch.float64)
-    out = compute_loss(logp, old, adv, torch.ones(1, 2), objective="cispo", settings=CISPOSettings())
+    out = compute_loss(
+        logp, old, adv, torch.ones(1, 2), objective="cispo", settings=CISPOSettings()
+    )
     assert out.cispo_clip_frac.item() == 0.5
 
 
@@ -184,13 +213,21 @@ def test_sapo_by_hand():
     #        loss = +1 * s * 4 / 2 = 1.761594; grad = +4 s (1 - s) * 2 = 0.839949
     logp = torch.log(torch.tensor([[0.3], [0.4]], dtype=torch.float64)).requires_grad_()
     old = torch.log(torch.tensor([[0.3], [0.2]], dtype=torch.float64))
-    out = compute_loss(logp, old, torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 1),
-                       objective="sapo", settings=SAPOSettings(tau_pos=1.0, tau_neg=2.0),
-                       aggregation="seq_mean_token_mean")
+    out = compute_loss(
+        logp,
+        old,
+        torch.tensor([1.0, -1.0], dtype=torch.float64),
+        torch.ones(2, 1),
+        objective="sapo",
+        settings=SAPOSettings(tau_pos=1.0, tau_neg=2.0),
+        aggregation="seq_mean_token_mean",
+    )
     out.loss.backward()
     s = 1 / (1 + math.exp(-2.0))
     assert out.loss.item() == pytest.approx((-2.0 + 2 * s) / 2)
-    torch.testing.assert_close(logp.grad, torch.tensor([[-0.5], [4 * s * (1 - s) * 2 / 2]], dtype=torch.float64))
+    torch.testing.assert_close(
+        logp.grad, torch.tensor([[-0.5], [4 * s * (1 - s) * 2 / 2]], dtype=torch.float64)
+    )
 
 
 # ---------------------------------------------------------------------------------------- GMPO
@@ -203,7 +240,9 @@ def test_gmpo_equals_verl(case, result):
     # token means; grpo's seq_mean_token_mean of the broadcast sequence loss, with |o_i|
     s = result["settings"]
     mode, normalizer, tol = _aggregation(result, fixed="seq-mean-token-mean")
-    out, grad = _run(case, "gmpo", GMPOSettings(s["clip_ratio_low"], s["clip_ratio_high"]), mode, normalizer)
+    out, grad = _run(
+        case, "gmpo", GMPOSettings(s["clip_ratio_low"], s["clip_ratio_high"]), mode, normalizer
+    )
     _check(out, grad, result, tol)
 
 
@@ -212,8 +251,12 @@ def test_gmpo_peer_grid_clips_both_sides():
     case = {c["name"]: c for c in _load("gmpo")["grid"]["cases"]}["seed0"]
     result = next(r for c, r in GMPO if r["case"] == "seed0")
     adv = case["advantages"]
-    zero_signs = {math.copysign(1, adv[b]) for b in range(6) for t in range(7)
-                  if case["mask"][b][t] and result["grad_logp"][b][t] == 0.0}
+    zero_signs = {
+        math.copysign(1, adv[b])
+        for b in range(6)
+        for t in range(7)
+        if case["mask"][b][t] and result["grad_logp"][b][t] == 0.0
+    }
     assert zero_signs == {1.0, -1.0}
 
 
@@ -225,12 +268,21 @@ def test_gmpo_by_hand():
     # loss = mean over sequences = (-1.105171 + 0.904837) / 2; gradients / 2; 2 of 4 tokens clipped
     old = torch.zeros(2, 2, dtype=torch.float64) - 1.5
     logp = (old + torch.tensor([[1.0, -0.2], [-1.0, 0.2]], dtype=torch.float64)).requires_grad_()
-    out = compute_loss(logp, old, torch.tensor([1.0, -1.0], dtype=torch.float64), torch.ones(2, 2),
-                       objective="gmpo", settings=GMPOSettings(), aggregation="seq_mean_token_mean")
+    out = compute_loss(
+        logp,
+        old,
+        torch.tensor([1.0, -1.0], dtype=torch.float64),
+        torch.ones(2, 2),
+        objective="gmpo",
+        settings=GMPOSettings(),
+        aggregation="seq_mean_token_mean",
+    )
     out.loss.backward()
     e = math.exp(0.1)
     assert out.loss.item() == pytest.approx((-e + 1 / e) / 2)
-    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -e / 4], [0.0, 1 / e / 4]], dtype=torch.float64))
+    torch.testing.assert_close(
+        logp.grad, torch.tensor([[0.0, -e / 4], [0.0, 1 / e / 4]], dtype=torch.float64)
+    )
     assert out.gmpo_clip_frac.item() == 0.5
 
 
@@ -241,16 +293,29 @@ def test_gmpo_sequence_advantage_is_the_token_mean_and_padding_is_ignored():
     old = torch.tensor([[-1.0, -1.0, -1.0]], dtype=torch.float64)
     logp = torch.tensor([[-0.9, -0.7, 50.0]], dtype=torch.float64, requires_grad=True)
     adv = torch.tensor([[2.0, 0.0, 7.0]], dtype=torch.float64)
-    out = compute_loss(logp, old, adv, torch.tensor([[1, 1, 0]]), objective="gmpo",
-                       settings=GMPOSettings(), aggregation="seq_mean_token_mean")
+    out = compute_loss(
+        logp,
+        old,
+        adv,
+        torch.tensor([[1, 1, 0]]),
+        objective="gmpo",
+        settings=GMPOSettings(),
+        aggregation="seq_mean_token_mean",
+    )
     assert out.loss.item() == pytest.approx(-math.exp(0.05))
 
 
 def test_gmpo_refuses_token_mean():
     logp = torch.zeros(1, 2, requires_grad=True)
     with pytest.raises(ValueError, match="seq_mean_token_mean"):
-        compute_loss(logp, logp.detach(), torch.ones(1), torch.ones(1, 2), objective="gmpo",
-                     aggregation="token_mean")
+        compute_loss(
+            logp,
+            logp.detach(),
+            torch.ones(1),
+            torch.ones(1, 2),
+            objective="gmpo",
+            aggregation="token_mean",
+        )
 
 
 # ---------------------------------------------------------------------------------------- DPPO
@@ -261,8 +326,12 @@ def _dppo_settings(result: dict) -> DPPOSettings:
     s = result["settings"]
     if result["peer"] == "verl":
         if result["variant"] == "dppo_tv":
-            return DPPOSettings("tv", delta_low=s["clip_ratio_low"], delta_high=s["clip_ratio_high"],
-                                cap=s["clip_ratio_c"])
+            return DPPOSettings(
+                "tv",
+                delta_low=s["clip_ratio_low"],
+                delta_high=s["clip_ratio_high"],
+                cap=s["clip_ratio_c"],
+            )
         assert s["clip_ratio_low"] == s["clip_ratio_high"]
         return DPPOSettings("kl", delta=s["clip_ratio_high"], cap=s["clip_ratio_c"])
     d = s["dppo"]
@@ -282,7 +351,9 @@ def test_dppo_equals_peers(case, result):
         assert out.loss.item() == pytest.approx(result["loss"], rel=tol["rtol"], abs=tol["atol"])
         metrics = result["metrics"]
         assert out.dppo_masked_frac.item() == pytest.approx(metrics["actor/pg_clipfrac"], abs=1e-6)
-        assert out.dppo_capped_frac.item() == pytest.approx(metrics["actor/pg_clipfrac_lower"], abs=1e-6)
+        assert out.dppo_capped_frac.item() == pytest.approx(
+            metrics["actor/pg_clipfrac_lower"], abs=1e-6
+        )
     # SkyRL's surrogate is -r A M: the same gradient (r <= cap), a different value (by design)
 
 
@@ -303,10 +374,14 @@ def test_dppo_tv_by_hand():
     p = torch.tensor([[0.5, 0.6, 0.2, 0.4]], dtype=torch.float64)
     logp = p.log().requires_grad_()
     adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]], dtype=torch.float64)
-    out = compute_loss(logp, p_old.log(), adv, torch.ones(1, 4), objective="dppo", settings=DPPOSettings())
+    out = compute_loss(
+        logp, p_old.log(), adv, torch.ones(1, 4), objective="dppo", settings=DPPOSettings()
+    )
     out.loss.backward()
     assert out.loss.item() == pytest.approx((-1.2 * math.log(0.6) + 3 * math.log(0.4)) / 4)
-    torch.testing.assert_close(logp.grad, torch.tensor([[0.0, -0.3, 0.0, 0.75]], dtype=torch.float64))
+    torch.testing.assert_close(
+        logp.grad, torch.tensor([[0.0, -0.3, 0.0, 0.75]], dtype=torch.float64)
+    )
     assert out.dppo_masked_frac.item() == 0.5 and out.dppo_capped_frac.item() == 0.25
 
 
@@ -315,8 +390,14 @@ def test_dppo_tv_thresholds_per_side():
     p_old = torch.tensor([[0.2, 0.5]], dtype=torch.float64)
     p = torch.tensor([[0.5, 0.4]], dtype=torch.float64)
     logp = p.log().requires_grad_()
-    out = compute_loss(logp, p_old.log(), torch.tensor([[1.0, -1.0]], dtype=torch.float64), torch.ones(1, 2),
-                       objective="dppo", settings=DPPOSettings(delta_low=0.05, delta_high=0.5))
+    out = compute_loss(
+        logp,
+        p_old.log(),
+        torch.tensor([[1.0, -1.0]], dtype=torch.float64),
+        torch.ones(1, 2),
+        objective="dppo",
+        settings=DPPOSettings(delta_low=0.05, delta_high=0.5),
+    )
     out.loss.backward()
     # t0 kept: r = 2.5 -> grad -A r / 2 = -1.25; t1 masked
     torch.testing.assert_close(logp.grad, torch.tensor([[-1.25, 0.0]], dtype=torch.float64))
@@ -330,27 +411,36 @@ def test_dppo_kl_by_hand():
     p = torch.tensor([[0.8, 0.1]], dtype=torch.float64)
     for delta, grad in ((0.2, [0.0, -0.1]), (0.25, [-0.8, -0.1])):
         logp = p.log().requires_grad_()
-        compute_loss(logp, p_old.log(), torch.ones(1, dtype=torch.float64), torch.ones(1, 2),
-                     objective="dppo", settings=DPPOSettings("kl", delta=delta)).loss.backward()
+        compute_loss(
+            logp,
+            p_old.log(),
+            torch.ones(1, dtype=torch.float64),
+            torch.ones(1, 2),
+            objective="dppo",
+            settings=DPPOSettings("kl", delta=delta),
+        ).loss.backward()
         torch.testing.assert_close(logp.grad, torch.tensor([grad], dtype=torch.float64))
 
 
 # ------------------------------------------------------------------------------ settings, config
-@pytest.mark.parametrize("cls,field,value", [
-    (CISPOSettings, "eps_low", -0.1),
-    (CISPOSettings, "eps_high", -1.0),
-    (CISPOSettings, "eps_high", float("inf")),
-    (SAPOSettings, "tau_pos", 0.0),
-    (SAPOSettings, "tau_neg", -1.0),
-    (GMPOSettings, "clip_low", 0.0),
-    (GMPOSettings, "clip_high", -0.4),
-    (DPPOSettings, "divergence", "js"),
-    (DPPOSettings, "delta_low", 0.0),
-    (DPPOSettings, "delta_high", -0.1),
-    (DPPOSettings, "delta", 0.0),
-    (DPPOSettings, "cap", 0.0),
-    (DPPOSettings, "cap", float("nan")),
-])
+@pytest.mark.parametrize(
+    "cls,field,value",
+    [
+        (CISPOSettings, "eps_low", -0.1),
+        (CISPOSettings, "eps_high", -1.0),
+        (CISPOSettings, "eps_high", float("inf")),
+        (SAPOSettings, "tau_pos", 0.0),
+        (SAPOSettings, "tau_neg", -1.0),
+        (GMPOSettings, "clip_low", 0.0),
+        (GMPOSettings, "clip_high", -0.4),
+        (DPPOSettings, "divergence", "js"),
+        (DPPOSettings, "delta_low", 0.0),
+        (DPPOSettings, "delta_high", -0.1),
+        (DPPOSettings, "delta", 0.0),
+        (DPPOSettings, "cap", 0.0),
+        (DPPOSettings, "cap", float("nan")),
+    ],
+)
 def test_settings_refuse_bad_values_by_name(cls, field, value):
     with pytest.raises(ValueError, match=field):
         cls(**{field: value})
@@ -369,8 +459,13 @@ def test_config_builds_objective_settings():
     assert cfg.loss.objective_settings() == DPPOSettings("kl", delta=0.05)
     cfg = GRPOConfig(loss={"objective": "gmpo", "aggregation": "seq_mean_token_mean"})
     assert cfg.loss.objective_settings() == GMPOSettings()
-    cfg = GRPOConfig(loss={"objective": "sapo", "aggregation": "seq_mean_token_mean",
-                           "options": {"tau_neg": 2.0}})
+    cfg = GRPOConfig(
+        loss={
+            "objective": "sapo",
+            "aggregation": "seq_mean_token_mean",
+            "options": {"tau_neg": 2.0},
+        }
+    )
     assert cfg.loss.objective_settings() == SAPOSettings(tau_neg=2.0)
 
 
@@ -387,7 +482,9 @@ def test_config_refuses_bad_option_value_by_name():
 def test_config_refuses_gmpo_with_token_mean_naming_both():
     with pytest.raises(ValueError) as err:
         GRPOConfig(loss={"objective": "gmpo", "aggregation": "token_mean"})
-    assert "loss.objective='gmpo'" in str(err.value) and "loss.aggregation='token_mean'" in str(err.value)
+    assert "loss.objective='gmpo'" in str(err.value) and "loss.aggregation='token_mean'" in str(
+        err.value
+    )
 
 
 def test_gmpo_micro_batches_add_up_to_the_batch():
@@ -395,8 +492,10 @@ def test_gmpo_micro_batches_add_up_to_the_batch():
     # gradients must sum to the full batch's mean over sequences
     case = _load("gmpo")["grid"]["cases"][0]
     full, full_grad = _run(case, "gmpo", GMPOSettings(), "seq_mean_token_mean")
-    halves = [{k: (v[:3] if i == 0 else v[3:]) if isinstance(v, list) else v for k, v in case.items()}
-              for i in range(2)]
+    halves = [
+        {k: (v[:3] if i == 0 else v[3:]) if isinstance(v, list) else v for k, v in case.items()}
+        for i in range(2)
+    ]
     parts = [_run(h, "gmpo", GMPOSettings(), "seq_mean_token_mean", normalizer=6.0) for h in halves]
     assert sum(o.loss.item() for o, _ in parts) == pytest.approx(full.loss.item(), rel=1e-12)
     torch.testing.assert_close(torch.cat([g for _, g in parts]), full_grad)
