@@ -20,7 +20,13 @@ implementation it was checked against.
 
 from __future__ import annotations
 
-from grpo.objectives import clip  # noqa: F401  (registers the built-in objectives)
+from grpo.objectives import (  # noqa: F401  (registers the built-in objectives)
+    cispo,
+    clip,
+    dppo,
+    gmpo,
+    sapo,
+)
 from grpo.objectives.ratios import (
     MAX_LOG_RATIO,
     RATIOS,
