@@ -151,3 +151,153 @@ def test_settings():
             LossConfig(**bad)
     with pytest.raises(ValueError, match="loss.entropy_target"):  # new in 0.2: no flat key
         GRPOConfig(entropy_target=0.3)
+
+
+# ------------------------------------------------------------------ end to end (tiny model)
+def _rows(n):
+    return [{"prompt": f"Say sevens {i}"} for i in range(n)]
+
+
+def _cfg(tmp_path, name="run", loss=None, save_steps=0, **kw):
+    base = dict(output_dir=str(tmp_path / name), max_steps=2, seed=0, rollout={"num_generations": 4, "prompts_per_step": 2},
+                sampling={"max_tokens": 8}, optim={"learning_rate": 1e-2}, forward={"micro_batch_size": 8},
+                log={"progress_bar": False}, checkpoint={"final_model": False, "steps": save_steps})
+    return GRPOConfig(**{**base, **kw}, loss={"beta": 0.0, **(loss or {})})
+
+
+def _metrics(config):
+    from grpo.tracking import read_jsonl
+
+    return read_jsonl(Path(config.output_dir) / "metrics.jsonl")
+
+
+def test_static_bonus_trains_with_finite_metrics(tiny_dir, tmp_path):
+    from grpo import GRPOTrainer
+
+    from conftest import Checksum
+
+    config = _cfg(tmp_path, loss={"entropy_coef": 0.01})
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], _rows(4), config)
+    trainer.train()
+    trainer.close()
+    ms = _metrics(config)
+    assert [m["step"] for m in ms] == [1, 2]
+    for m in ms:
+        assert m["loss/entropy_coef"] == 0.01
+        assert m["loss/entropy_bonus"] == pytest.approx(m["policy/entropy"], rel=1e-5)
+        assert all(math.isfinite(v) for v in m.values() if isinstance(v, float)), m
+
+
+def _scored_batch(trainer):
+    from grpo.batch import collate_rollouts, join_scores
+
+    scored = trainer.source.collect(0).result()
+    batch = collate_rollouts([r.rollout for r in scored], None, trainer.tokenizer.pad_token_id)
+    return join_scores(trainer.learner.frozen_logprobs(batch), scored)
+
+
+def _learner(trainer, config, optimizer=None, **loss):
+    from grpo.learner import Learner
+
+    return Learner(trainer.model, trainer.ref_model, optimizer or trainer.optimizer, trainer.scheduler,
+                   trainer.parallel,
+                   trainer.accelerator.autocast, loss=config.loss.model_copy(update=loss), optim=config.optim,
+                   forward=config.forward, temperature=config.sampling.temperature,
+                   max_tokens=config.sampling.max_tokens,
+                   minibatches_per_step=config.derived().minibatches_per_step)
+
+
+def _entropy_of(trainer, batch):
+    from grpo.metrics import masked_mean
+    from grpo.policy import completion_logprobs
+
+    with torch.no_grad():
+        lp = completion_logprobs(trainer.model, batch, temperature=1.0, with_entropy=True)
+    return masked_mean(lp.entropy, batch.loss_mask)
+
+
+def test_bonus_raises_the_entropy_and_zero_leaves_it(tiny_dir, tmp_path):
+    """With zero advantages only the entropy term moves the model: one plain gradient step (SGD:
+    Adam's first step ~ lr * sign(g) overshoots near the uniform distribution) with coefficient 0
+    changes nothing; with 1.0 the entropy on the same completions rises (a sign flip of the term
+    would lower it), by more than float noise."""
+    from grpo import GRPOTrainer
+
+    from conftest import Checksum
+
+    config = _cfg(tmp_path)
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], _rows(4), config)
+    batch = _scored_batch(trainer)
+    batch = batch.with_advantages(torch.zeros(len(batch)))
+    start = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    h0 = _entropy_of(trainer, batch)
+    after = {}
+    for coef in (0.0, 1.0):
+        with torch.no_grad():
+            for n, p in trainer.model.named_parameters():
+                p.copy_(start[n])
+        sgd = torch.optim.SGD([p for p in trainer.model.parameters() if p.requires_grad], lr=1.0)
+        _learner(trainer, config, sgd, entropy_coef=coef).update(batch)
+        after[coef] = _entropy_of(trainer, batch)
+    trainer.close()
+    assert after[0.0] == pytest.approx(h0, abs=1e-6)
+    assert after[1.0] > h0 + 1e-3, (h0, after)
+
+
+@pytest.mark.parametrize("aggregation", ["seq_mean_token_mean", "seq_sum_max_len"])
+def test_micro_batches_give_the_full_batch_entropy_gradient(tiny_dir, tmp_path, aggregation):
+    """The entropy term's denominator is the minibatch's token count, not the micro-batch's:
+    micro-batches of 8, 1 and 3 (+1 +... ) give the same gradient, for an aggregation whose own
+    denominator counts sequences."""
+    from grpo import GRPOTrainer
+
+    from conftest import Checksum
+
+    config = _cfg(tmp_path, loss={"aggregation": aggregation})
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], _rows(4), config)
+    batch = _scored_batch(trainer)
+
+    def grads(micro):
+        learner = _learner(trainer, config, entropy_coef=0.3)
+        learner.forward = config.forward.model_copy(update={"micro_batch_size": micro})
+        seen = []
+        learner.optimizer.step = lambda: seen.append([p.grad.clone() for p in learner.params])
+        learner.update(batch)
+        return seen[0]
+
+    whole, single, ragged = grads(8), grads(1), grads(3)
+    for x, y, z in zip(whole, single, ragged):
+        torch.testing.assert_close(y, x, atol=1e-7, rtol=1e-4)
+        torch.testing.assert_close(z, x, atol=1e-7, rtol=1e-4)
+    trainer.close()
+
+
+def test_adaptive_coefficient_survives_resume(tiny_dir, tmp_path):
+    """Adaptive, target far above the tiny model's entropy (so every step measures <= target):
+    applied coefficients 0 (first step), 0.01 + 0.02, + 0.03, + 0.04 (steps 1-4). A run killed
+    after step 2 and resumed continues that trace (a resume that forgot the controller would
+    apply 0 again at step 3) and ends with the same weights as the uninterrupted run."""
+    from grpo import GRPOTrainer
+
+    from conftest import Checksum
+
+    loss = {"entropy_coef": 0.01, "entropy_target": 100.0, "entropy_coef_delta": 0.01}
+    common = dict(max_steps=4, loss=loss)
+
+    def run(name, **kw):
+        config = _cfg(tmp_path, name, **{**common, **kw})
+        trainer = GRPOTrainer(str(tiny_dir), [Checksum()], _rows(8), config)
+        trainer.train()
+        trainer.close()
+        return trainer, config
+
+    full, full_cfg = run("full")
+    run("part", max_steps=2, save_steps=2)
+    resumed, part_cfg = run("part", save_steps=2, resume_from="latest")
+    want = [0.0, 0.02, 0.03, 0.04]
+    assert [m["loss/entropy_coef"] for m in _metrics(full_cfg)] == pytest.approx(want)
+    assert [m["loss/entropy_coef"] for m in _metrics(part_cfg)] == pytest.approx(want)
+    a = {n: p.detach() for n, p in full.model.named_parameters()}
+    for n, p in resumed.model.named_parameters():
+        torch.testing.assert_close(p.detach(), a[n], rtol=0, atol=1e-6, msg=n)
+    assert resumed.learner.entropy.state_dict() == full.learner.entropy.state_dict()
