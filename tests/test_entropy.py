@@ -207,12 +207,12 @@ def _learner(trainer, config, optimizer=None, **loss):
                    minibatches_per_step=config.derived().minibatches_per_step)
 
 
-def _entropy_of(trainer, batch):
+def _entropy_of(trainer, batch, temperature=1.0):
     from grpo.metrics import masked_mean
     from grpo.policy import completion_logprobs
 
     with torch.no_grad():
-        lp = completion_logprobs(trainer.model, batch, temperature=1.0, with_entropy=True)
+        lp = completion_logprobs(trainer.model, batch, temperature=temperature, with_entropy=True)
     return masked_mean(lp.entropy, batch.loss_mask)
 
 
@@ -269,6 +269,29 @@ def test_micro_batches_give_the_full_batch_entropy_gradient(tiny_dir, tmp_path, 
     for x, y, z in zip(whole, single, ragged):
         torch.testing.assert_close(y, x, atol=1e-7, rtol=1e-4)
         torch.testing.assert_close(z, x, atol=1e-7, rtol=1e-4)
+    trainer.close()
+
+
+def test_learner_measures_the_token_weighted_minibatch_entropy(tiny_dir, tmp_path):
+    """The adaptive controller's measurement is the minibatch's token-weighted mean entropy
+    (before the step's update), whatever the micro-batching: not a mean of micro-batch means."""
+    from grpo import GRPOTrainer
+
+    from conftest import Checksum
+
+    config = _cfg(tmp_path, loss={"entropy_coef": 0.01, "entropy_target": 100.0})
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], _rows(4), config)
+    batch = _scored_batch(trainer)
+    want = _entropy_of(trainer, batch, config.sampling.temperature)
+    lengths = batch.loss_mask.sum(1)
+    assert lengths.min() < lengths.max()  # ragged: a mean of micro-batch means would differ
+    for micro in (8, 3, 1):
+        learner = _learner(trainer, config)
+        learner.forward = config.forward.model_copy(update={"micro_batch_size": micro})
+        learner.optimizer.step = lambda: None  # measure on the same weights every time
+        learner.update(batch)
+        assert learner.entropy.last_entropy == pytest.approx(want, rel=1e-5)
+        assert learner.entropy.coef == pytest.approx(0.015)  # 0.01 + trl's default delta
     trainer.close()
 
 
