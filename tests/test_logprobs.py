@@ -54,7 +54,63 @@ def test_entropy_matches_naive():
     logp_all = torch.log_softmax((hidden @ weight.T) / 0.8, dim=-1)
     expected = -(logp_all.exp() * logp_all).sum(-1)
     torch.testing.assert_close(ent, expected.detach(), atol=1e-5, rtol=1e-5)
-    assert not ent.requires_grad
+    assert ent.requires_grad  # differentiable when asked for (test_entropy_gradient_...)
+    assert not token_logprobs_and_entropy(hidden, weight, targets, with_entropy=False).entropy.requires_grad
+
+
+def _naive_logp_and_entropy(hidden, weight, targets, temperature):
+    logp_all = torch.log_softmax((hidden @ weight.T) / temperature, dim=-1)
+    return logp_all.gather(-1, targets[..., None]).squeeze(-1), -(logp_all.exp() * logp_all).sum(-1)
+
+
+@pytest.mark.parametrize("chunk", [1, 4, None])
+@pytest.mark.parametrize("with_logp_grad", [True, False])
+def test_entropy_gradient_matches_autograd_float64(chunk, with_logp_grad):
+    """dH/dz_v = -p_v (log p_v + H), added in backward's chunk loop: hidden and weight gradients
+    equal autograd through the naive softmax in float64, at temperature 0.7, with the log-prob's
+    and the entropy's upstream gradients flowing together (or the entropy's alone), and padding
+    rows whose upstream gradients are 0."""
+    hidden, weight, targets = make(3, 5, 8, 23, seed=11, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(12)
+    up_logp = torch.randn(3, 5, generator=gen, dtype=torch.float64) if with_logp_grad else 0.0
+    up_ent = torch.randn(3, 5, generator=gen, dtype=torch.float64)
+    pad = torch.ones(3, 5, dtype=torch.float64)
+    pad[1, 3:] = 0  # padding rows: no gradient from either output
+    pad[2, 1:] = 0
+    got = token_logprobs_and_entropy(hidden, weight, targets, temperature=0.7, chunk_size=chunk)
+    assert got.logp.dtype == got.entropy.dtype == torch.float64
+    loss = ((got.logp * up_logp + got.entropy * up_ent) * pad).sum()
+    gh, gw = torch.autograd.grad(loss, (hidden, weight))
+    ref_logp, ref_ent = _naive_logp_and_entropy(hidden, weight, targets, 0.7)
+    ref_loss = ((ref_logp * up_logp + ref_ent * up_ent) * pad).sum()
+    rh, rw = torch.autograd.grad(ref_loss, (hidden, weight), retain_graph=True)
+    torch.testing.assert_close(got.entropy, ref_ent, atol=1e-12, rtol=1e-12)
+    torch.testing.assert_close(gh, rh, atol=1e-12, rtol=1e-10)
+    torch.testing.assert_close(gw, rw, atol=1e-12, rtol=1e-10)
+    assert gh[2, 1:].abs().max() == 0  # padded rows get no hidden gradient
+    # the entropy term matters: without it the gradient is the log-prob's alone
+    lh = torch.zeros_like(rh)
+    if with_logp_grad:
+        (lh,) = torch.autograd.grad((ref_logp * up_logp * pad).sum(), hidden)
+    assert (gh - lh).abs().max() > 1e-3
+
+
+def test_entropy_gradient_float32_and_unused_entropy():
+    """Float32 (the training dtype) agrees with autograd to float32 precision; an entropy that is
+    computed but not used in the loss leaves the log-prob gradient as it was."""
+    hidden, weight, targets = make(2, 7, 16, 41, seed=13)
+    up = torch.randn(2, 7, generator=torch.Generator().manual_seed(14))
+    got = token_logprobs_and_entropy(hidden, weight, targets, temperature=1.3, chunk_size=5)
+    gh, gw = torch.autograd.grad((got.logp * up - 0.1 * got.entropy).sum(), (hidden, weight))
+    ref_logp, ref_ent = _naive_logp_and_entropy(hidden, weight, targets, 1.3)
+    rh, rw = torch.autograd.grad((ref_logp * up - 0.1 * ref_ent).sum(), (hidden, weight))
+    torch.testing.assert_close(gh, rh, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(gw, rw, atol=1e-5, rtol=1e-5)
+    got = token_logprobs_and_entropy(hidden, weight, targets, temperature=1.3, chunk_size=5)
+    only = torch.autograd.grad((got.logp * up).sum(), (hidden, weight))
+    plain = token_logprobs(hidden, weight, targets, temperature=1.3, chunk_size=5)
+    for a, b in zip(only, torch.autograd.grad((plain * up).sum(), (hidden, weight))):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)
 
 
 def test_grad_only_to_what_requires_it():

@@ -82,6 +82,23 @@ def test_packed_matches_padded(build, share):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
+def test_packed_entropy_keeps_its_graph():
+    """The entropy scattered back from the packed row (masked_scatter) carries its gradient: an
+    entropy-only loss gives the padded forward's parameter gradients, and they are not zero."""
+    model = _llama()
+    b = collate_rollouts(_rollouts([4, 6], g=3, seed=2), None, pad_id=0)
+    grads = {}
+    for free in (True, False):
+        model.zero_grad(set_to_none=True)
+        lp = completion_logprobs(model, b, temperature=0.9, with_entropy=True, padding_free=free)
+        assert lp.entropy.requires_grad
+        (lp.entropy * b.completion_mask * torch.linspace(0.5, 1.5, b.width)).sum().backward()
+        grads[free] = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+    assert all(g.abs().sum() > 0 for g in grads[True])
+    for got, want in zip(grads[True], grads[False]):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+
+
 def test_packed_matches_unpadded_forwards():
     """Each row's log-probs equal a plain forward of that row alone, with no padding anywhere:
     an independent reference (transformers' own forward and log-softmax)."""

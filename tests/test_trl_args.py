@@ -135,6 +135,11 @@ def test_batch_layout(tmp_path):
         ),
         (dict(report_to="wandb"), ("log", "report_to", ["wandb"])),
         (dict(lr_scheduler_type="cosine"), ("optim", "lr_schedule", "cosine")),
+        (dict(entropy_coef=0.01), ("loss", "entropy_coef", 0.01)),
+        (dict(entropy_coef=0.01, entropy_target=0.3), ("loss", "entropy_target", None)),  # not adaptive
+        (dict(use_adaptive_entropy=True), ("loss", "entropy_target", 0.2)),  # trl's defaults
+        (dict(use_adaptive_entropy=True, entropy_coef_max=0.05), ("loss", "entropy_coef_max", 0.05)),
+        (dict(use_adaptive_entropy=True), ("loss", "entropy_coef_delta", 0.005)),
     ],
 )
 def test_mapped_values(tmp_path, kw, grpo):
@@ -149,7 +154,7 @@ def test_mapped_values(tmp_path, kw, grpo):
         (dict(loss_type="bnpo"), "loss_type", "loss.aggregation"),
         (dict(loss_type="cispo"), "loss_type", "loss.aggregation"),
         (dict(sync_ref_model=True), "sync_ref_model", "reference model is fixed"),
-        (dict(entropy_coef=0.1), "entropy_coef", "entropy"),
+        (dict(top_entropy_quantile=0.2), "top_entropy_quantile", "entropy"),
         (dict(push_to_hub=True), "push_to_hub", "hub"),
         (dict(delta=2.0), "delta", "loss.dual_clip"),
         (dict(use_vllm=True), "vllm_importance_sampling_mode", "loss.use_tis"),

@@ -265,8 +265,27 @@ class LossConfig(_Section):
     )
     entropy_coef: float = Field(
         0.0,
-        description="Entropy bonus: the loss subtracts entropy_coef x the policy's entropy "
-        "(aggregated like the policy term). 0: none.",
+        ge=0,
+        description="Entropy bonus: the loss subtracts entropy_coef x the token mean of the "
+        "policy's entropy over the minibatch, whatever the aggregation (trl 1.16 entropy_coef). "
+        "0: none. With entropy_target: the adaptive coefficient's start value.",
+    )
+    entropy_target: float | None = Field(
+        None,
+        gt=0,
+        description="Adaptive entropy coefficient (trl use_adaptive_entropy + entropy_target): "
+        "the bonus is applied only while the previous optimizer step's mean entropy is <= this "
+        "(none at the first step), and after each step the coefficient moves up by "
+        "entropy_coef_delta when the entropy is <= target, down when above. None: static.",
+    )
+    entropy_coef_delta: float = Field(
+        0.005, ge=0, description="Adaptive entropy coefficient's step per optimizer step."
+    )
+    entropy_coef_min: float = Field(
+        0.0, ge=0, description="Lower clamp of the adaptive entropy coefficient."
+    )
+    entropy_coef_max: float = Field(
+        1.0, ge=0, description="Upper clamp of the adaptive entropy coefficient."
     )
 
     def objective_settings(self):
@@ -320,6 +339,21 @@ class LossConfig(_Section):
                 f"loss.aggregation={allowed[0]!r}"
             )
         self.correction_settings()
+        if self.entropy_coef_min > self.entropy_coef_max:
+            raise ValueError(
+                f"loss.entropy_coef_min={self.entropy_coef_min} > "
+                f"loss.entropy_coef_max={self.entropy_coef_max}"
+            )
+        adaptive = ("entropy_coef_delta", "entropy_coef_min", "entropy_coef_max")
+        if self.entropy_target is None:
+            changed = [
+                n for n in adaptive if getattr(self, n) != type(self).model_fields[n].default
+            ]
+            if changed:
+                raise ValueError(
+                    f"loss.{changed[0]}={getattr(self, changed[0])} is read by the adaptive "
+                    "entropy coefficient only: set loss.entropy_target too (or drop it)"
+                )
         if self.correction != "tis" and self.is_cap != type(self).model_fields["is_cap"].default:
             raise ValueError(
                 f"loss.is_cap={self.is_cap} is tis's cap, and loss.correction={self.correction!r}; "
@@ -783,6 +817,10 @@ _LOSS_FIELDS_NEW_IN_02 = (
     "correction",
     "correction_options",
     "entropy_coef",
+    "entropy_target",
+    "entropy_coef_delta",
+    "entropy_coef_min",
+    "entropy_coef_max",
 )
 
 FLAT_KEYS: dict[str, tuple[str, str]] = {

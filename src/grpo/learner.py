@@ -12,7 +12,11 @@ Given one step's batch (:class:`grpo.batch.RolloutBatch`), DeepSeekMath Algorith
 3. the loss of a micro-batch is normalised by the aggregation's denominator over the whole
    global minibatch (:func:`grpo.loss.aggregation_denominator`, summed over micro-batches and
    processes: :meth:`grpo.parallel.Parallelism.normalizer`), so that accumulation and data
-   parallelism give the full-batch gradient.
+   parallelism give the full-batch gradient. The entropy bonus is a token mean over that
+   minibatch whatever the aggregation (its normalizer: the minibatch's token count);
+4. with ``loss.entropy_target`` the entropy coefficient adapts
+   (:class:`grpo.loss.EntropyController`): measured after every optimizer step as the
+   minibatch's token-weighted mean entropy over all processes, applied from the next one.
 
 It knows nothing about generation or rewards: any source of scored batches can feed it.
 """
@@ -26,7 +30,7 @@ import torch
 
 from grpo.batch import RolloutBatch
 from grpo.config import ForwardConfig, LossConfig, OptimConfig
-from grpo.loss import aggregation_denominator, compute_loss
+from grpo.loss import EntropyController, aggregation_denominator, compute_loss
 from grpo.metrics import StatAccumulator, logprob_gap, masked_mean
 from grpo.parallel import Parallelism
 from grpo.policy import completion_logprobs, reference_model
@@ -76,6 +80,21 @@ class Learner:
         # the objective's and the correction's settings, validated once
         self.objective_settings = loss.objective_settings()
         self.correction_settings = loss.correction_settings()
+        self.entropy = EntropyController(
+            loss.entropy_coef,
+            target=loss.entropy_target,
+            delta=loss.entropy_coef_delta,
+            coef_min=loss.entropy_coef_min,
+            coef_max=loss.entropy_coef_max,
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """What an exact resume needs beyond the optimizer: the entropy controller (JSON-able)."""
+        return {"entropy_controller": self.entropy.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "entropy_controller" in state:
+            self.entropy.load_state_dict(state["entropy_controller"])
 
     # ------------------------------------------------------------------ frozen log-probs
     @property
@@ -157,7 +176,8 @@ class Learner:
         opt, micro = self.optim, self.forward.micro_batch_size
         n_mb = self.minibatches_per_step
         stats, gap = StatAccumulator(), StatAccumulator()
-        losses, norms, skipped = [], [], 0
+        losses, norms, skipped, coefs = [], [], 0, []
+        ent = self.entropy
         if batch is not None and len(batch) == 0:
             batch = None
         tokens = int(batch.loss_mask.sum()) if batch is not None else 0
@@ -177,22 +197,41 @@ class Learner:
                     else 0.0
                 )
                 normalizer = self.parallel.normalizer(local)
-                total = 0.0
+                # the entropy term is a token mean over the minibatch whatever the aggregation
+                tok_local = (
+                    aggregation_denominator(batch.loss_mask[rows], "token_mean")
+                    if len(rows)
+                    else 0.0
+                )
+                ent_normalizer = self.parallel.normalizer(tok_local) if ent.enabled else 0.0
+                coef = ent.applied
+                total, ent_sum = 0.0, 0.0
                 if normalizer > 0 and batch is not None:
                     for s in range(0, len(rows), micro):
-                        m, loss = self._micro_step(
+                        m, loss, h_sum = self._micro_step(
                             batch.select(rows[s : s + micro]),
                             normalizer,
                             first_pass=it == 0,
                             gap=gap,
+                            entropy_coef=coef,
+                            entropy_normalizer=ent_normalizer,
                         )
                         stats.add(m, m.pop("loss/num_tokens"))
                         total += loss
+                        ent_sum += h_sum
                 if normalizer > 0:
                     self.parallel.reduce_grads(self.params)
                     norms.append(self.parallel.clip_grad_norm(self.params, opt.max_grad_norm))
                     self.optimizer.step()
                     losses.append(total)
+                    coefs.append(coef)
+                    if ent.adaptive:  # measured over the whole minibatch, every process
+                        ent.update(
+                            ent.measure(
+                                self.parallel.global_sum(ent_sum),
+                                self.parallel.global_sum(tok_local),
+                            )
+                        )
                 else:  # no trainable token in this minibatch on any process: nothing to step on
                     skipped += 1
                 with (
@@ -211,13 +250,24 @@ class Learner:
         if losses:
             out["loss/loss"] = sum(losses) / len(losses)
             out["optim/grad_norm"] = sum(norms) / len(norms)
+            if ent.enabled:
+                out["loss/entropy_coef"] = sum(coefs) / len(coefs)
         return out
 
     def _micro_step(
-        self, sub: RolloutBatch, normalizer: float, *, first_pass: bool, gap: StatAccumulator
-    ) -> tuple[dict[str, float], float]:
+        self,
+        sub: RolloutBatch,
+        normalizer: float,
+        *,
+        first_pass: bool,
+        gap: StatAccumulator,
+        entropy_coef: float = 0.0,
+        entropy_normalizer: float | None = None,
+    ) -> tuple[dict[str, float], float, float]:
+        """Forward, loss, backward of one micro-batch: (metrics, its loss, sum of its trained
+        tokens' entropies, 0 when not computed)."""
         lc = self.loss
-        lp = self._forward(self.model, sub, with_entropy=first_pass or lc.entropy_coef != 0.0)
+        lp = self._forward(self.model, sub, with_entropy=first_pass or self.entropy.enabled)
         old = lp.logp.detach() if sub.old_logp is None else sub.old_logp
         out = compute_loss(
             lp.logp,
@@ -233,21 +283,23 @@ class Learner:
             rollout_logp=sub.rollout_logp if self.behaviour_correction else None,
             correction=lc.correction,
             correction_settings=self.correction_settings,
-            entropy=lp.entropy if lc.entropy_coef != 0.0 else None,
-            entropy_coef=lc.entropy_coef,
+            entropy=lp.entropy if entropy_coef != 0.0 else None,
+            entropy_coef=entropy_coef,
             aggregation=lc.aggregation,
             normalizer=normalizer,
             max_len=self.max_tokens,
+            entropy_normalizer=entropy_normalizer,
         )
         out.loss.backward()
         m = out.metrics()
         m.pop("loss/loss"), m.pop("loss/pg_loss")
         if first_pass:
-            m["policy/entropy"] = masked_mean(lp.entropy, sub.loss_mask)
+            m["policy/entropy"] = masked_mean(lp.entropy.detach(), sub.loss_mask)
             g = logprob_gap(old, sub.rollout_logp, sub.loss_mask)
             if g:
                 gap.add(g, g.pop("_count"))
-        return m, out.loss.item()
+        h_sum = float((lp.entropy.detach() * sub.loss_mask).sum()) if self.entropy.adaptive else 0.0
+        return m, out.loss.item(), h_sum
 
 
 def _by_length(batch: RolloutBatch, rows: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,13 @@ Math, for one row with hidden ``h`` [H], target ``y``, ``z = W h / tau`` [V]::
     logp   = z_y - logsumexp(z)
     dlogp/dz = onehot(y) - softmax(z)
     dL/dh  = g * (onehot(y) - p) @ W / tau         dL/dW += g * outer(onehot(y) - p, h) / tau
-    H(p)   = logsumexp(z) - sum_v p_v z_v          (entropy, returned detached)
+    H(p)   = logsumexp(z) - sum_v p_v z_v          (entropy)
+    dH/dz_v = -p_v (log p_v + H)                   (its gradient, when the entropy is asked for)
+
+With ``with_entropy`` the entropy is differentiable: backward adds the upstream entropy
+gradient's ``-gH * p * (log p + H)`` to the logits gradient in the same chunk loop (one more
+``[chunk, V]`` block, only when the entropy does receive a gradient), so the ``1/tau`` and the
+two matmuls are shared. Without it nothing changes: no extra block, no extra saved tensor.
 
 Sampling temperature ``tau`` must match the rollout's: the sampler drew from ``softmax(z / tau)``
 (vLLM reports log-probs after temperature scaling), so the ratio compares like with like.
@@ -42,7 +48,7 @@ def _chunk_logits(
     # z = h W^T / tau written into a float32 workspace reused by every chunk: on CPU a fresh
     # [chunk, V] block per chunk costs page faults (blocks this big bypass malloc's free lists).
     # Matmul in the input dtype (bf16 on GPUs), softmax statistics in float32.
-    if h_CH.dtype == torch.float32 and weight_VH.dtype == torch.float32:
+    if h_CH.dtype == out_CV.dtype and weight_VH.dtype == out_CV.dtype:
         torch.mm(h_CH, weight_VH.T, out=out_CV)
     else:
         out_CV.copy_(h_CH @ weight_VH.T)
@@ -63,18 +69,23 @@ def _logsumexp_rows(z_CV: torch.Tensor, scratch_CV: torch.Tensor) -> torch.Tenso
     return t_CV.exp_().sum(dim=-1).log_().add_(m_C1.squeeze(1))
 
 
+def _stat_dtype(hidden_NH: torch.Tensor, weight_VH: torch.Tensor) -> torch.dtype:
+    # softmax statistics in float32, or float64 when both inputs are (exact gradient checks)
+    both64 = hidden_NH.dtype == torch.float64 and weight_VH.dtype == torch.float64
+    return torch.float64 if both64 else torch.float32
+
+
 class _ChunkedTokenLogprobs(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden_NH, weight_VH, targets_N, temperature, chunk_rows, want_entropy):
         n = hidden_NH.shape[0]
-        logp_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
-        lse_N = torch.empty(n, dtype=torch.float32, device=hidden_NH.device)
-        entropy_N = torch.empty(
-            n if want_entropy else 0, dtype=torch.float32, device=hidden_NH.device
-        )
-        # One [chunk, V] float32 workspace for the logits, plus one scratch block for the entropy.
+        acc = _stat_dtype(hidden_NH, weight_VH)
+        logp_N = torch.empty(n, dtype=acc, device=hidden_NH.device)
+        lse_N = torch.empty(n, dtype=acc, device=hidden_NH.device)
+        entropy_N = torch.empty(n if want_entropy else 0, dtype=acc, device=hidden_NH.device)
+        # One [chunk, V] workspace for the logits, plus one scratch block for the entropy.
         work_CV = torch.empty(
-            min(chunk_rows, n), weight_VH.shape[0], dtype=torch.float32, device=hidden_NH.device
+            min(chunk_rows, n), weight_VH.shape[0], dtype=acc, device=hidden_NH.device
         )
         scratch_CV = torch.empty_like(work_CV) if want_entropy else work_CV
         for s in range(0, n, chunk_rows):
@@ -88,36 +99,59 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
             if want_entropy:  # H = lse - sum_v p_v z_v with p = exp(z - lse), in the scratch block
                 p_CV = torch.sub(z_CV, lse_C[:, None], out=scratch_CV[: e - s]).exp_()
                 entropy_N[s:e] = lse_C - p_CV.mul_(z_CV).sum(dim=-1)
-        ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N)
+        if want_entropy:  # [N] more: backward's dH/dz needs H per row
+            ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N, entropy_N)
+        else:
+            ctx.save_for_backward(hidden_NH, weight_VH, targets_N, lse_N)
+            ctx.mark_non_differentiable(entropy_N)
         ctx.temperature = temperature
         ctx.chunk_rows = chunk_rows
-        ctx.mark_non_differentiable(entropy_N)
+        # an output nobody differentiates gets None, not a zero tensor: the entropy term of
+        # backward (and its second [chunk, V] block) then costs nothing
+        ctx.set_materialize_grads(False)
         return logp_N, entropy_N
 
     @staticmethod
-    def backward(ctx, grad_logp_N, _grad_entropy):
-        hidden_NH, weight_VH, targets_N, lse_N = ctx.saved_tensors
+    def backward(ctx, grad_logp_N, grad_entropy_N):
+        hidden_NH, weight_VH, targets_N, lse_N, *rest = ctx.saved_tensors
+        entropy_N = rest[0] if rest else None
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if grad_entropy_N is not None and entropy_N is None:
+            grad_entropy_N = None  # non-differentiable (empty) entropy output
+        if grad_logp_N is None and grad_entropy_N is None:
+            return None, None, None, None, None, None
+        acc = lse_N.dtype
         grad_h = torch.zeros_like(hidden_NH) if need_h else None
         grad_w = (
-            torch.zeros(weight_VH.shape, dtype=torch.float32, device=weight_VH.device)
-            if need_w
-            else None
+            torch.zeros(weight_VH.shape, dtype=acc, device=weight_VH.device) if need_w else None
         )
         # float32 weight: accumulate dL/dW inside the GEMM (addmm_), not via a [V, H] temporary
         # per chunk. Lower precision: matmul in that dtype, accumulate in float32 (as before).
-        fp32 = hidden_NH.dtype == torch.float32 and weight_VH.dtype == torch.float32
+        fp32 = hidden_NH.dtype == acc and weight_VH.dtype == acc
         tau, n = ctx.temperature, hidden_NH.shape[0]
         work_CV = torch.empty(
-            min(ctx.chunk_rows, n), weight_VH.shape[0], dtype=torch.float32, device=hidden_NH.device
+            min(ctx.chunk_rows, n), weight_VH.shape[0], dtype=acc, device=hidden_NH.device
         )
+        p_CV = torch.empty_like(work_CV) if grad_entropy_N is not None else None
         for s in range(0, n, ctx.chunk_rows):
             e = min(s + ctx.chunk_rows, n)
             h_CH = hidden_NH[s:e]
-            g_C1 = grad_logp_N[s:e, None].float()
+            g_C1 = (
+                grad_logp_N[s:e, None].to(acc)
+                if grad_logp_N is not None
+                else torch.zeros(e - s, 1, dtype=acc, device=hidden_NH.device)
+            )
             z_CV = _chunk_logits(work_CV[: e - s], h_CH, weight_VH, tau)
-            # dlogp/dz = onehot - softmax, scaled by upstream grad g and 1/tau: [C, V], in place
-            gz_CV = z_CV.sub_(lse_N[s:e, None]).exp_().mul_(-g_C1)
+            if grad_entropy_N is None:
+                # dlogp/dz = onehot - softmax, scaled by upstream grad g and 1/tau: [C, V], in place
+                gz_CV = z_CV.sub_(lse_N[s:e, None]).exp_().mul_(-g_C1)
+            else:
+                # dH/dz_v = -p_v (log p_v + H); with dlogp/dz: gz = p * (-g - gH (log p + H))
+                # (+ g at the target, below). log p in the workspace, p in the second block.
+                logp_CV = z_CV.sub_(lse_N[s:e, None])
+                pc_CV = torch.exp(logp_CV, out=p_CV[: e - s])
+                gh_C1 = grad_entropy_N[s:e, None].to(acc)
+                gz_CV = logp_CV.add_(entropy_N[s:e, None]).mul_(-gh_C1).sub_(g_C1).mul_(pc_CV)
             gz_CV.scatter_add_(1, targets_N[s:e, None], g_C1)
             if tau != 1.0:
                 gz_CV.div_(tau)
@@ -135,7 +169,8 @@ class _ChunkedTokenLogprobs(torch.autograd.Function):
 
 @dataclass(frozen=True)
 class TokenLogprobs:
-    """``logp`` [B, T] (differentiable) and ``entropy`` [B, T] (detached, nats)."""
+    """``logp`` [B, T] and ``entropy`` [B, T] (nats; zeros unless asked for), both
+    differentiable."""
 
     logp: torch.Tensor
     entropy: torch.Tensor

@@ -14,7 +14,7 @@ as a loss to minimise::
     r_t      = pi_theta(o_t) / pi_old(o_t)                     importance ratio
     pg_t     = -min(r_t * A, clip(r_t, 1 - eps_low, 1 + eps_high) * A)
     loss_t   = w_t * pg_t + beta * KL_t(pi_theta || pi_ref)
-    loss     = aggregate(loss_t, mask)
+    loss     = aggregate(loss_t, mask) - c_H * token_mean(H_t)   entropy bonus (trl #6140)
 
 Options, each named after its paper:
 
@@ -58,6 +58,7 @@ any ratio outside ``[1 - eps_low, 1 + eps_high]`` on the side the advantage push
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -266,11 +267,19 @@ def compute_loss(
     aggregation: Aggregation = "token_mean",
     normalizer: float | torch.Tensor | None = None,
     max_len: int | None = None,
+    entropy_normalizer: float | torch.Tensor | None = None,
 ) -> LossOutput:
     """The policy loss: a registered objective, corrected, regularised and aggregated::
 
-        loss_t = w_t * objective_t + beta * KL_t - entropy_coef * H_t
-        loss   = aggregate(loss_t, mask)
+        loss_t = w_t * objective_t + beta * KL_t
+        loss   = aggregate(loss_t, mask) - entropy_coef * sum_t(mask_t * H_t) / N_tokens
+
+    The entropy bonus is a *token mean* whatever ``aggregation`` is (trl 1.16's, huggingface/trl
+    #6140): ``entropy_coef`` means the same for every aggregation. ``N_tokens`` is
+    ``entropy_normalizer``, the trained-token count of the whole minibatch (over micro-batches
+    and processes), so micro-batches add up to the full-batch term; trl divides each
+    micro-batch's own token mean by the accumulation steps instead, which depends on how the
+    batch is cut (docs/math.md, "Entropy bonus").
 
     Args:
         logp, old_logp, mask, ref_logp, rollout_logp, entropy: ``[B, T]`` per-token tensors.
@@ -286,10 +295,13 @@ def compute_loss(
         rollout_logp: the behaviour policy's log-probs; given, ``w_t`` comes from ``correction``
             (:mod:`grpo.objectives.corrections`), else ``w_t = 1``.
         correction, correction_settings: the correction's name and settings (None: defaults).
-        entropy, entropy_coef: an entropy bonus (its coefficient > 0 needs ``entropy``).
+        entropy, entropy_coef: an entropy bonus (a coefficient != 0 needs ``entropy``, with its
+            graph for a gradient: :func:`grpo.logprobs.token_logprobs_and_entropy`).
         aggregation: reduction mode, see :func:`aggregate`.
         normalizer: full-batch denominator for the aggregation (accumulation / sharding).
         max_len: the generation budget, ``seq_sum_max_len``'s length (None: the batch width).
+        entropy_normalizer: the entropy term's token count for the whole batch (None: this
+            batch's, ``aggregation_denominator(mask, "token_mean")``).
     """
     mask_BT = mask.bool()
     _check_inputs(logp, old_logp, advantages, mask_BT, ref_logp, rollout_logp, beta)
@@ -337,10 +349,19 @@ def compute_loss(
         loss_BT = loss_BT + beta * kl_BT
     else:
         kl_BT = torch.zeros_like(logp)
-    if entropy_coef != 0.0:
-        loss_BT = loss_BT - entropy_coef * entropy
-
     loss = aggregate(loss_BT, mask_BT, aggregation, normalizer, max_len=max_len)
+    if entropy_coef != 0.0:
+        assert entropy is not None  # checked above
+        n_tok = (
+            aggregation_denominator(mask_BT, "token_mean")
+            if entropy_normalizer is None
+            else entropy_normalizer
+        )
+        if isinstance(n_tok, torch.Tensor):
+            n_tok = n_tok.clamp(min=1)
+        else:
+            n_tok = max(float(n_tok), 1.0)
+        loss = loss - entropy_coef * _token_mean(entropy, mask_BT, n_tok)
     with torch.no_grad():
         nz = mask_BT.sum().clamp(min=1)
 
@@ -418,6 +439,77 @@ def policy_loss(
         normalizer=normalizer,
         max_len=max_len,
     )
+
+
+# ------------------------------------------------------------------ adaptive entropy bonus
+@dataclass
+class EntropyController:
+    """The entropy bonus's coefficient, static or adaptive (trl 1.16 ``use_adaptive_entropy``,
+    huggingface/trl #6140; the rule of Skywork-OR1, arXiv:2505.22312 sec. 3.2.4).
+
+    Static (``target`` None): :attr:`applied` is always ``coef``. Adaptive: the bonus is on only
+    while the entropy measured at the previous optimizer step is at or below ``target``
+    (``last_entropy`` starts at +inf: no bonus at the first step), and after every optimizer
+    step :meth:`update` moves ``coef`` by ``delta`` towards more bonus when the measured entropy
+    is at or below the target, towards less above it, clamped to ``[coef_min, coef_max]``. The
+    new coefficient is first applied at the next step. Same arithmetic as trl's (its trace is
+    reproduced exactly in tests/test_entropy.py).
+
+    >>> c = EntropyController(0.01, target=0.4, delta=0.01, coef_max=0.05)
+    >>> c.applied            # first step: last_entropy = inf > target
+    0.0
+    >>> c.update(0.3); c.coef, c.applied
+    (0.02, 0.02)
+    >>> c.update(0.9); c.coef, c.applied
+    (0.01, 0.0)
+    """
+
+    coef: float
+    target: float | None = None
+    delta: float = 0.005
+    coef_min: float = 0.0
+    coef_max: float = 1.0
+    last_entropy: float = math.inf
+
+    @property
+    def adaptive(self) -> bool:
+        return self.target is not None
+
+    @property
+    def enabled(self) -> bool:
+        """Whether the loss has an entropy term at all (fixed for the run, as trl's)."""
+        return self.adaptive or self.coef != 0.0
+
+    @property
+    def applied(self) -> float:
+        """The coefficient this optimizer step's loss uses."""
+        if self.target is None:
+            return self.coef
+        return self.coef if self.last_entropy <= self.target else 0.0
+
+    @staticmethod
+    def measure(entropy_sum: float, num_tokens: float) -> float:
+        """Token-weighted mean entropy of a minibatch from its sums over micro-batches and
+        processes (trl: ``sum(H * mask) / max(1, sum(mask))`` over the accumulation window)."""
+        return float(entropy_sum) / max(1.0, float(num_tokens))
+
+    def update(self, measured: float) -> None:
+        """After an optimizer step whose minibatch had mean entropy ``measured`` (adaptive only)."""
+        if self.target is None:
+            return
+        if measured <= self.target:
+            self.coef = min(self.coef + self.delta, self.coef_max)
+        else:
+            self.coef = max(self.coef - self.delta, self.coef_min)
+        self.last_entropy = float(measured)
+
+    def state_dict(self) -> dict[str, float]:
+        """JSON-able state for exact resume (+inf is written as ``Infinity``)."""
+        return {"coef": self.coef, "last_entropy": self.last_entropy}
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        self.coef = float(state["coef"])
+        self.last_entropy = float(state["last_entropy"])
 
 
 def _masked_min_max(x_BT: torch.Tensor, mask_BT: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -587,7 +587,11 @@ class GRPOTrainer:
             model=self.model,
             optimizer=self.optimizer,
             scheduler=self.scheduler,
-            trainer_state={**self.source.state_dict(), "tokens_seen": self.tokens_seen},
+            trainer_state={
+                **self.source.state_dict(),
+                "tokens_seen": self.tokens_seen,
+                "learner": self.learner.state_dict(),
+            },
             rank=par.rank,
             is_main=par.is_main,
             keep=self.config.checkpoint.total_limit,
@@ -607,6 +611,7 @@ class GRPOTrainer:
         )
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.learner.load_state_dict(state.get("learner", {}))
         self.source.load_state_dict(state)
         self.generator.sync_weights(self.model)
         if hasattr(self.source, "push_weights"):

@@ -197,6 +197,20 @@ def _clip(a: Any) -> dict[str, Any]:
     return {"loss.eps_low": a.epsilon, "loss.eps_high": high}
 
 
+def _entropy(a: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"loss.entropy_coef": a.entropy_coef}
+    if getattr(a, "use_adaptive_entropy", False):
+        out.update(
+            {
+                "loss.entropy_target": a.entropy_target,
+                "loss.entropy_coef_delta": a.entropy_coef_delta,
+                "loss.entropy_coef_min": a.entropy_coef_min,
+                "loss.entropy_coef_max": a.entropy_coef_max,
+            }
+        )
+    return out
+
+
 def _adam(a: Any) -> dict[str, Any]:
     if a.adam_epsilon != 1e-8:
         raise _refuse("adam_epsilon", a.adam_epsilon, "grpo's AdamW uses torch's eps=1e-8")
@@ -365,6 +379,21 @@ _CLIP = Rule(
     "epsilon -> loss.eps_low; epsilon_high (None: epsilon) -> loss.eps_high",
     _clip,
 )
+_ENTROPY = Rule(
+    "mapped",
+    (
+        "loss.entropy_coef",
+        "loss.entropy_target",
+        "loss.entropy_coef_delta",
+        "loss.entropy_coef_min",
+        "loss.entropy_coef_max",
+    ),
+    "entropy_coef -> loss.entropy_coef; with use_adaptive_entropy, entropy_target and "
+    "entropy_coef_delta/min/max -> loss.* (without it: static, loss.entropy_target None). The "
+    "term is a token mean over the whole minibatch, not trl's per-micro-batch mean / "
+    "gradient_accumulation_steps (equal when micro-batches hold equal token counts)",
+    _entropy,
+)
 _ADAM = Rule(
     "mapped",
     ("optim.adam_betas",),
@@ -509,11 +538,16 @@ TRL_FIELDS: dict[str, Rule] = {
     "ref_model_mixup_alpha": _ignored("read only with sync_ref_model (refused)"),
     "ref_model_sync_steps": _ignored("read only with sync_ref_model (refused)"),
     "top_entropy_quantile": _refused("no high-entropy token masking in grpo's loss"),
-    "entropy_coef": _refused("no entropy bonus in grpo's loss"),
-    "use_adaptive_entropy": _refused("no entropy bonus in grpo's loss"),
     **{
-        n: _ignored("read only with use_adaptive_entropy (refused)")
-        for n in ("entropy_coef_min", "entropy_coef_max", "entropy_coef_delta", "entropy_target")
+        n: _ENTROPY
+        for n in (
+            "entropy_coef",
+            "use_adaptive_entropy",
+            "entropy_target",
+            "entropy_coef_delta",
+            "entropy_coef_min",
+            "entropy_coef_max",
+        )
     },
     **{
         n: _ignored("read only with loss_type sapo / vespo (refused)")
