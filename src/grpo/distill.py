@@ -15,6 +15,12 @@ with its ``kl_discount_factor`` = 0) and of THUDM/slime's ``--use-opd`` (``A_t -
 docs/en/advanced/on-policy-distillation.md): added to a task advantage it combines OPD with
 GRPO; with the task reward at 0 it is pure distillation.
 
+On-policy *self*-distillation (OPSD, arXiv:2601.18734; SDFT, arXiv:2601.19897; SDPO,
+arXiv:2601.20802; ``distill.self_context``): the teacher of eq. (1) is the policy itself at the
+step's start, detached, conditioned on a privileged prompt: the student's prompt with context
+from the dataset row appended (:func:`privileged_prompt`), ``log pi_teacher(o_t | q', o_<t)``.
+docs/math.md section 5.1 says where this departs from the papers and from prime-rl and trl.
+
 Shapes: ``[B, T]`` = completions x completion tokens, as everywhere in ``grpo`` (docs/shapes.md).
 The advantage is a constant for the loss: the inputs are expected to be detached log-probs.
 """
