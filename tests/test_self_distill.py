@@ -130,13 +130,17 @@ def _frozen_batch(trainer):
     return join_scores(batch, scored), scored
 
 
-def test_teacher_logprobs_are_the_policy_given_the_privileged_prompt(tiny_dir, tmp_path):
+@pytest.mark.parametrize("forward", [{}, {"share_prompt_forward": True}, {"padding_free": True}],
+                         ids=["padded", "shared_prompts", "padding_free"])
+def test_teacher_logprobs_are_the_policy_given_the_privileged_prompt(tiny_dir, tmp_path, forward):
     """teacher_logp[b, t] = log softmax(model(privileged prompt + completion) / T) of completion
     token t, from an independent unbatched forward of the same (step-start) weights, for every
-    row of a batch whose privileged prompts have different lengths, in micro-batches of 3."""
+    row of a batch whose privileged prompts have different lengths, in micro-batches of 3, with
+    each of the learner's forward layouts."""
     temperature = 0.7
-    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4),
-                          cfg(tmp_path, temperature=temperature, micro_batch_size=3))
+    config = cfg(tmp_path, temperature=temperature, micro_batch_size=3)
+    config = config.updated({f"forward.{k}": v for k, v in forward.items()})
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(4), config)
     before = copy.deepcopy(trainer.model).eval()
     batch, scored = _frozen_batch(trainer)
     assert batch.teacher_logp is not None and not batch.teacher_logp.requires_grad
