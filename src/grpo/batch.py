@@ -36,6 +36,9 @@ field                 shape        meaning
                                    puts it in minibatch ``step_index mod n``. Until
                                    :func:`join_scores` sets it: the row's position
 ``policy_versions``   ``[B]``      the optimizer step whose weights sampled the row
+``teacher_prompt_ids`` ``[B, P']``  on-policy self-distillation's privileged prompts,
+                                   left-padded (None: no self-distillation); with
+``teacher_prompt_mask`` ``[B, P']`` 1 on their real tokens
 ====================  ===========  ===================================================
 """
 
@@ -57,6 +60,7 @@ _TOKEN_FIELDS = (
     "teacher_logp",
 )
 _ROW_FIELDS = ("group_ids", "sample_indices", "step_index", "policy_versions")
+_TEACHER_PROMPT_FIELDS = ("teacher_prompt_ids", "teacher_prompt_mask")
 
 Key = tuple[int, int]
 """A completion's identity within a step: (group, sample)."""
@@ -81,6 +85,8 @@ class RolloutBatch:
     old_logp: torch.Tensor | None = None  # [B, T]
     ref_logp: torch.Tensor | None = None  # [B, T]
     teacher_logp: torch.Tensor | None = None  # [B, T] on-policy distillation's teacher
+    teacher_prompt_ids: torch.Tensor | None = None  # [B, P'] self-distillation, left-padded
+    teacher_prompt_mask: torch.Tensor | None = None  # [B, P']
 
     def __len__(self) -> int:
         return self.input_ids.shape[0]
@@ -105,6 +111,23 @@ class RolloutBatch:
         first_U = torch.full((int(row_to_prompt_B.max()) + 1,), len(self), device=rows_B.device)
         first_U.scatter_reduce_(0, row_to_prompt_B, rows_B, reduce="amin")
         return first_U, row_to_prompt_B
+
+    def teacher_view(self) -> RolloutBatch:
+        """On-policy self-distillation's teacher batch: every row's completion columns exactly
+        as here (ids, masks, log-probs, keys), after its privileged prompt instead of its own,
+        ``[pad p' p' p' | c c c eos pad]``: the hidden state at column ``P' - 1 + t`` predicts
+        completion token ``t``, so the teacher's log-probs line up with the student's."""
+        if self.teacher_prompt_ids is None:
+            raise ValueError("this batch has no privileged prompts (distill.self_context unset)")
+        p = self.prompt_len
+        return replace(
+            self,
+            input_ids=torch.cat([self.teacher_prompt_ids, self.input_ids[:, p:]], dim=1),
+            attention_mask=torch.cat([self.teacher_prompt_mask, self.attention_mask[:, p:]], dim=1),
+            prompt_len=self.teacher_prompt_ids.shape[1],
+            teacher_prompt_ids=None,
+            teacher_prompt_mask=None,
+        )
 
     def with_advantages(self, advantages: torch.Tensor) -> RolloutBatch:
         """The same batch with per-sequence ``[B]`` or per-token ``[B, T]`` advantages."""
@@ -140,7 +163,14 @@ class RolloutBatch:
     def to(self, device: torch.device | str) -> RolloutBatch:
         moved = {
             name: getattr(self, name)
-            for name in (*_TOKEN_FIELDS, *_ROW_FIELDS, "input_ids", "attention_mask", "advantages")
+            for name in (
+                *_TOKEN_FIELDS,
+                *_ROW_FIELDS,
+                *_TEACHER_PROMPT_FIELDS,
+                "input_ids",
+                "attention_mask",
+                "advantages",
+            )
         }
         moved = {k: None if v is None else v.to(device) for k, v in moved.items()}
         moved["completion_ids"] = moved["input_ids"][:, self.prompt_len :]
@@ -163,6 +193,12 @@ class RolloutBatch:
         }
         fields["completion_ids"] = input_ids[:, self.prompt_len - first :]
         fields.update({name: getattr(self, name)[idx] for name in _ROW_FIELDS})
+        fields.update(
+            {
+                name: None if getattr(self, name) is None else getattr(self, name)[idx]
+                for name in _TEACHER_PROMPT_FIELDS
+            }
+        )
         adv = self.advantages[idx]
         return RolloutBatch(
             input_ids=input_ids,
@@ -291,6 +327,7 @@ def collate_rollouts(
             if r.logprobs is not None:
                 rollout_logp[i, :n_c] = torch.tensor(r.logprobs, dtype=torch.float32)
     groups, samples = zip(*(rollout_key(r) for r in rollouts), strict=True)
+    teacher_ids, teacher_mask = _teacher_prompts(rollouts, pad_id)
     batch = RolloutBatch(
         input_ids,
         attn,
@@ -304,8 +341,33 @@ def collate_rollouts(
         step_index=torch.arange(b),
         policy_versions=torch.tensor([r.policy_version for r in rollouts], dtype=torch.long),
         prompt_len=p,
+        teacher_prompt_ids=teacher_ids,
+        teacher_prompt_mask=teacher_mask,
     )
     return batch if advantages is None else batch.with_advantages(advantages)
+
+
+def _teacher_prompts(
+    rollouts: Sequence, pad_id: int
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The rollouts' privileged prompts (``Rollout.teacher_prompt_ids``), left-padded ``[B, P']``
+    with their mask; (None, None) when no rollout has one. All or none must."""
+    ids = [getattr(r, "teacher_prompt_ids", None) for r in rollouts]
+    if all(x is None for x in ids):
+        return None, None
+    if any(x is None for x in ids):
+        raise ValueError(
+            f"{sum(x is None for x in ids)} of {len(ids)} rollouts have no teacher_prompt_ids: "
+            "self-distillation needs a privileged prompt for every completion"
+        )
+    p = max(len(x) for x in ids)
+    out = torch.full((len(ids), p), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), p), dtype=torch.long)
+    for i, x in enumerate(ids):
+        if x:
+            out[i, p - len(x) :] = torch.tensor(x, dtype=torch.long)
+            mask[i, p - len(x) :] = 1
+    return out, mask
 
 
 __all__ = ["Key", "RolloutBatch", "ScoredRecord", "collate_rollouts", "join_scores", "rollout_key"]

@@ -373,6 +373,29 @@ class DistillConfig(_Section):
         "takes a loaded model instead.",
     )
     coef: float = Field(1.0, ge=0, description="lambda of the on-policy distillation term.")
+    self_context: str | None = Field(
+        None,
+        description="On-policy self-distillation (OPSD, arXiv:2601.18734; SDFT, arXiv:2601.19897): "
+        "a template over the dataset row's columns, e.g. 'The verified final answer is {answer}.', "
+        "appended to the prompt (to the last user message of a chat prompt). The teacher is the "
+        "policy itself at the step's start, detached, scoring the same completion tokens given "
+        "that privileged prompt; the term is distill.teacher's. Not with distill.teacher.",
+    )
+
+    @model_validator(mode="after")
+    def _check_self_context(self) -> DistillConfig:
+        if self.self_context is None:
+            return self
+        if self.teacher is not None:
+            raise ValueError(
+                f"distill.self_context={self.self_context!r} and distill.teacher="
+                f"{self.teacher!r} are both set: self-distillation's teacher is the policy "
+                "itself; set one of them"
+            )
+        from grpo.distill import self_context_columns
+
+        self_context_columns(self.self_context)
+        return self
 
 
 class RewardConfig(_Section):
@@ -703,8 +726,11 @@ class GRPOConfig(BaseModel):
                 "rollout.backend='hf' the sampler is the trained model itself. Set "
                 "loss.use_tis=False or rollout.backend='vllm'."
             )
-        if self.distill.teacher is not None:
-            problem = distillation_conflict(self)
+        if self.distill.teacher is not None or self.distill.self_context is not None:
+            problem = distillation_conflict(
+                self,
+                "distill.teacher" if self.distill.teacher is not None else "distill.self_context",
+            )
             if problem:
                 raise ValueError(problem)
         return self

@@ -181,6 +181,30 @@ def check_reward_columns(
                 )
 
 
+def check_self_context_columns(dataset: Any, name: str, template: str) -> None:
+    """Refuse, at start, a dataset lacking a column that ``distill.self_context`` = ``template``
+    reads (:func:`grpo.distill.self_context_columns`), naming the column, the template and the
+    first row without it: the teacher's privileged prompt could not be built at the step that
+    samples that row. An HF dataset is checked by its column names, rows (a list of dicts) one
+    by one."""
+    from grpo.distill import self_context_columns
+
+    needed = self_context_columns(template)
+    if hasattr(dataset, "column_names"):
+        rows: Any = [(None, set(dataset.column_names))]
+    else:
+        rows = ((i, set(dataset[i])) for i in range(len(dataset)))
+    for i, columns in rows:
+        missing = [c for c in needed if c not in columns]
+        if missing:
+            where = name if i is None else f"{name} row {i}"
+            raise ValueError(
+                f"distill.self_context={template!r} reads the column {missing[0]!r}, which "
+                f"{where} does not have (its columns: {sorted(columns)}); add the column or "
+                "change the template"
+            )
+
+
 def check_prompt_tokens(
     dataset: Any,
     name: str,

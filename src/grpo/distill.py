@@ -15,6 +15,12 @@ with its ``kl_discount_factor`` = 0) and of THUDM/slime's ``--use-opd`` (``A_t -
 docs/en/advanced/on-policy-distillation.md): added to a task advantage it combines OPD with
 GRPO; with the task reward at 0 it is pure distillation.
 
+On-policy *self*-distillation (OPSD, arXiv:2601.18734; SDFT, arXiv:2601.19897; SDPO,
+arXiv:2601.20802; ``distill.self_context``): the teacher of eq. (1) is the policy itself at the
+step's start, detached, conditioned on a privileged prompt: the student's prompt with context
+from the dataset row appended (:func:`privileged_prompt`), ``log pi_teacher(o_t | q', o_<t)``.
+docs/math.md section 5.1 says where this departs from the papers and from prime-rl and trl.
+
 Shapes: ``[B, T]`` = completions x completion tokens, as everywhere in ``grpo`` (docs/shapes.md).
 The advantage is a constant for the loss: the inputs are expected to be detached log-probs.
 """
@@ -128,3 +134,81 @@ def _check_shapes(
             f"student_logp {tuple(student_logp.shape)}, teacher_logp {tuple(teacher_logp.shape)} "
             f"and mask {tuple(mask.shape)} must all be [B, T]"
         )
+
+
+# ----------------------------------------------------------------------------- self-distillation
+SELF_CONTEXT_SEPARATOR = "\n\n"
+"""What joins the prompt (or its last user message) and the rendered ``distill.self_context``."""
+
+
+def self_context_columns(template: str) -> list[str]:
+    """The dataset columns ``template`` (``distill.self_context``) reads, in order, each once.
+
+    Raises ValueError for a template that is not a ``str.format`` template over named columns
+    (a positional ``{}``, an attribute or index lookup, a conversion, unbalanced braces), naming
+    the template, so that a typo fails at configuration rather than at the first step.
+
+    >>> self_context_columns("The verified final answer is {answer}. ({answer}, {source})")
+    ['answer', 'source']
+    """
+    import string
+
+    setting = f"distill.self_context={template!r}"
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as e:
+        raise ValueError(f"{setting} is not a format template: {e}") from None
+    names: list[str] = []
+    for _, field, spec, conversion in parsed:
+        if field is None:
+            continue
+        if not field.isidentifier():
+            raise ValueError(
+                f"{setting}: the field {{{field}}} is not a column name; write the dataset "
+                "column in braces, e.g. {answer}"
+            )
+        if spec or conversion:
+            raise ValueError(
+                f"{setting}: the field {{{field}}} has a format spec or conversion; write the "
+                "column in plain braces"
+            )
+        if field not in names:
+            names.append(field)
+    if not names:
+        raise ValueError(
+            f"{setting} reads no dataset column: the privileged context must come from the "
+            "row (e.g. 'The verified final answer is {answer}.')"
+        )
+    return names
+
+
+def privileged_prompt(prompt, row, template: str):
+    """On-policy self-distillation's teacher prompt: ``prompt`` with ``template`` rendered over
+    ``row``'s columns appended (after :data:`SELF_CONTEXT_SEPARATOR`): to the text of a plain
+    prompt, or to the content of the *last user message* of a chat prompt (a new list; the
+    other messages, and any after it, unchanged). The student's prompt is never changed.
+
+    >>> privileged_prompt("2+2?", {"answer": 4}, "The answer is {answer}.")
+    '2+2?\\n\\nThe answer is 4.'
+    >>> chat = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2?"}]
+    >>> privileged_prompt(chat, {"answer": 4}, "It is {answer}.")[1]
+    {'role': 'user', 'content': '2+2?\\n\\nIt is 4.'}
+    """
+    context = template.format_map({c: row[c] for c in self_context_columns(template)})
+    if isinstance(prompt, str):
+        return prompt + SELF_CONTEXT_SEPARATOR + context
+    messages = [dict(m) for m in prompt]
+    users = [i for i, m in enumerate(messages) if m.get("role") == "user"]
+    if not users:
+        raise ValueError(
+            "distill.self_context is appended to a chat prompt's last user message, and this "
+            f"prompt has none (roles {[m.get('role') for m in messages]})"
+        )
+    last = messages[users[-1]]
+    if not isinstance(last.get("content"), str):
+        raise ValueError(
+            "distill.self_context is appended to the last user message's text, and its content "
+            f"is {type(last.get('content')).__name__}, not a string"
+        )
+    last["content"] = last["content"] + SELF_CONTEXT_SEPARATOR + context
+    return messages

@@ -106,7 +106,10 @@ class Learner:
         return self.optim.num_iterations == 1 and self.minibatches_per_step == 1
 
     def frozen_logprobs(self, batch: RolloutBatch | None) -> RolloutBatch | None:
-        """``batch`` with the old policy's and the reference's log-probs (those that are needed)."""
+        """``batch`` with the old policy's and the reference's log-probs (those that are needed),
+        and the teacher's: ``self.teacher``'s, or with privileged prompts (on-policy
+        self-distillation, ``distill.self_context``) the policy's own, before any update of the
+        step, on :meth:`RolloutBatch.teacher_view` (no gradient)."""
         if batch is None:
             return None
         self.model.eval()
@@ -115,7 +118,11 @@ class Learner:
         if self.loss.beta > 0:
             with reference_model(self.model, self.ref_model) as ref_model:
                 ref = self._logprobs_no_grad(ref_model, batch)
-        teacher = None if self.teacher is None else self._logprobs_no_grad(self.teacher, batch)
+        teacher = None
+        if self.teacher is not None:
+            teacher = self._logprobs_no_grad(self.teacher, batch)
+        elif batch.teacher_prompt_ids is not None:  # self-distillation: the policy at step start
+            teacher = self._logprobs_no_grad(self.model, batch.teacher_view())
         self.model.train()
         return batch.with_logprobs(old=old, ref=ref, teacher=teacher)
 

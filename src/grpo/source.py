@@ -194,6 +194,7 @@ class RolloutSource:
         format_name: str | None = None,
         filter_name: str | None = None,
         context: int | None = None,
+        self_context: str | None = None,
     ):
         self.generator, self.reward, self.dataset, self.tokenizer = (
             generator,
@@ -202,6 +203,7 @@ class RolloutSource:
             tokenizer,
         )
         self.context = context
+        self.self_context = self_context  # distill.self_context: the teacher's privileged prompt
         self.rollout, self.parallel, self.sampling, self.prompt_key = (
             rollout,
             parallel,
@@ -314,7 +316,29 @@ class RolloutSource:
             )
             for r in out
         ]
+        if self.self_context is not None:
+            tagged = self._with_teacher_prompts(tagged, prompts, rows, encode)
         return tagged, prompts, rows, time.perf_counter() - t0
+
+    def _with_teacher_prompts(
+        self, rollouts: list[Rollout], prompts, rows, encode
+    ) -> list[Rollout]:
+        """On-policy self-distillation: each rollout with the ids of its privileged prompt
+        (:func:`grpo.distill.privileged_prompt`), encoded as its own prompt was."""
+        from grpo.distill import privileged_prompt
+
+        ids = [
+            encode(privileged_prompt(p, row, self.self_context)) for p, row in zip(prompts, rows)
+        ]
+        limit = self.context
+        for n, r in ((len(ids[r.prompt_index]), r) for r in rollouts):
+            if limit is not None and n + len(r.completion_ids) > limit:
+                raise ValueError(
+                    f"distill.self_context's privileged prompt has {n} tokens, and with the "
+                    f"{len(r.completion_ids)} completion tokens it exceeds the model's context "
+                    f"of {limit}: shorten the template or lower sampling.max_tokens"
+                )
+        return [replace(r, teacher_prompt_ids=ids[r.prompt_index]) for r in rollouts]
 
     def step_seed(self, step: int, round_: int, global_prompt: int) -> int:
         return sampling_seed(self.seed, step, global_prompt, self.rollout.num_generations, round_)

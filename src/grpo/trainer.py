@@ -35,7 +35,7 @@ import torch
 from grpo.batch import collate_rollouts, join_scores
 from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
-from grpo.data import check_dataset, check_prompt_tokens, get_rows
+from grpo.data import check_dataset, check_prompt_tokens, check_self_context_columns, get_rows
 from grpo.evaluation import eval_sampling, evaluate, report_names, scoring_reward
 from grpo.guards import (
     LearningWatch,
@@ -189,10 +189,11 @@ class GRPOTrainer:
             local_processes=int(os.environ.get("LOCAL_WORLD_SIZE", "1")),
         )
         set_seed(cfg.seed)
-        if not reward_funcs and not (cfg.distill.teacher or teacher is not None):
+        self_distill = cfg.distill.self_context is not None
+        if not reward_funcs and not (cfg.distill.teacher or teacher is not None or self_distill):
             raise ValueError(
                 "reward_funcs is empty: give at least one reward function (or a teacher, "
-                "distill.teacher, for pure on-policy distillation)"
+                "distill.teacher or distill.self_context, for pure on-policy distillation)"
             )
         if not reward_funcs:  # pure distillation: no task reward, the teacher's term is the signal
             reward_funcs = [no_task_reward]
@@ -210,6 +211,8 @@ class GRPOTrainer:
 
         self.prompt_key = prompt_key
         check_dataset(train_dataset, "train_dataset", prompt_key, self.reward.rewards)
+        if self_distill:
+            check_self_context_columns(train_dataset, "train_dataset", cfg.distill.self_context)
         if eval_dataset is not None:
             check_dataset(eval_dataset, "eval_dataset", prompt_key, self.reward.rewards)
         self.train_dataset, self.eval_dataset = train_dataset, eval_dataset
@@ -281,6 +284,7 @@ class GRPOTrainer:
             accuracy_name=self.accuracy_name,
             format_name=self.format_name,
             filter_name=self.filter_name,
+            self_context=cfg.distill.self_context,
         )
         if cfg.async_.staleness:
             self.source = self._async_source(self.source)
@@ -386,6 +390,12 @@ class GRPOTrainer:
         """Arguments that cannot go together, refused before anything loads."""
         from grpo.config import distillation_conflict
 
+        if teacher is not None and cfg.distill.self_context is not None:
+            raise ValueError(
+                f"distill.self_context={cfg.distill.self_context!r} and distill.teacher (here a "
+                "model, GRPOTrainer(teacher=...)) are both set: self-distillation's teacher is "
+                "the policy itself; give one of them"
+            )
         if teacher is not None:
             problem = distillation_conflict(
                 cfg, "distill.teacher (here a model, GRPOTrainer(teacher=...))"
@@ -435,7 +445,7 @@ class GRPOTrainer:
         metrics: dict[str, float] = {}
         watch = LearningWatch(
             max_completion_length=cfg.sampling.max_tokens,
-            rewards_carry_signal=self.teacher is None,
+            rewards_carry_signal=self.teacher is None and cfg.distill.self_context is None,
             max_turn_tokens=getattr(self.generator, "max_turn_tokens", None),
         )
         started = time.perf_counter()

@@ -70,6 +70,10 @@ class Rollout:
     policy_version: int = 0
     """The optimizer step whose weights sampled it (the trainer's step counter at generation),
     so that staleness can be measured and bounded."""
+    teacher_prompt_ids: list[int] | None = None
+    """On-policy self-distillation (``distill.self_context``): the ids of the *privileged*
+    prompt (the prompt with the row's context appended) on which the policy, as its own
+    teacher, scores ``completion_ids``. Set by the rollout source; None: no self-distillation."""
 
     @property
     def truncated(self) -> bool:
