@@ -244,12 +244,14 @@ class LossConfig(_Section):
     correction: str = Field(
         "tis",
         description="Behaviour-policy correction applied when the sampler's log-probs are used "
-        "(use_tis, or asynchronous rollouts): a name in grpo.objectives.corrections.CORRECTIONS "
-        "(tis: min(pi_old / pi_sampler, is_cap)).",
+        "(use_tis, or asynchronous rollouts): a name in grpo.objectives.corrections.CORRECTIONS: "
+        "tis (min(pi_old / pi_sampler, is_cap)), tis_sequence, icepop, mis_sequence, geo_mask "
+        "(docs/math.md 2.6.1).",
     )
     correction_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Settings of a correction other than tis (tis reads is_cap).",
+        description="Settings of a correction other than tis (tis reads is_cap), e.g. "
+        "{low: 0.99, high: 1.01} for geo_mask; checked against its settings type.",
     )
     entropy_coef: float = Field(
         0.0,
