@@ -201,9 +201,11 @@ def test_sequence_tis_by_hand():
     assert torch.allclose(fix.weight[1, :2], torch.full((2,), math.exp(-0.3), **T64))
     # capped: all of row 0 (3 tokens), none of row 1
     assert fix.stats["correction_capped_frac"].tolist() == [[True] * 3, [False] * 3]
-    # floor 0.8 lifts row 1 to 0.8 (0.7408 < 0.8) and counts it
-    fix = _by_hand("tis_sequence", SequenceTISSettings(cap=2.0, floor=0.8), [[0.0, 0.0]], [[-0.2, 0.5]])
-    assert torch.allclose(fix.weight, torch.full((1, 2), 0.8, **T64))
+    # floor 0.8 lifts row 1 to 0.8 (0.7408 < 0.8) and counts its 2 real tokens, not the padding
+    fix = _by_hand("tis_sequence", SequenceTISSettings(cap=2.0, floor=0.8), [[0.0, 0.0, 0.0]],
+                   [[-0.2, 0.5, 7.0]], [[True, True, False]])
+    assert torch.allclose(fix.weight[:, :2], torch.full((1, 2), 0.8, **T64))
+    assert fix.stats["correction_capped_frac"].tolist() == [[True, True, False]]
     # the summed log-ratio is clamped to 20: 30 tokens of log r = 1 give e^20, not e^30
     fix = _by_hand("tis_sequence", SequenceTISSettings(cap=1e12), [[0.0] * 30], [[-1.0] * 30])
     assert fix.weight[0, 0].item() == pytest.approx(math.exp(20.0))
