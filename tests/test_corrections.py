@@ -343,3 +343,14 @@ def test_async_run_trains_with_a_correction(tiny_dir, tmp_path):
     # step 2 by weights one update old: rows leave the band (0.75 of the tokens on this seed)
     assert metrics[0]["loss/correction_masked_frac"] == 0.0
     assert metrics[1]["loss/correction_masked_frac"] > 0
+
+
+def test_a_correction_that_would_do_nothing_is_refused(tmp_path):
+    """Without use_tis or asynchronous rollouts the sampler's log-probs are not used, so a
+    non-default correction would silently be ignored: refused by name."""
+    from grpo import GRPOConfig
+
+    with pytest.raises(ValueError, match=r"loss.correction='icepop'.*loss.use_tis=true.*async.staleness"):
+        GRPOConfig(output_dir=str(tmp_path), loss={"correction": "icepop"})
+    assert GRPOConfig(output_dir=str(tmp_path), loss={"correction": "icepop"}, **{"async": {"staleness": 1}})
+    assert GRPOConfig(output_dir=str(tmp_path)).loss.correction == "tis"

@@ -653,6 +653,13 @@ class GRPOConfig(BaseModel):
                 "rollout.backend='hf' the sampler is the trained model itself. Set "
                 "loss.use_tis=False or rollout.backend='vllm'."
             )
+        if self.loss.correction != "tis" and not (self.loss.use_tis or self.async_.staleness > 0):
+            raise ValueError(
+                f"loss.correction={self.loss.correction!r} weights the policy term by the "
+                "sampler's log-probs, which are used only with loss.use_tis=true (a vllm backend) "
+                "or async.staleness > 0; with neither it would do nothing. Set one of them, or "
+                "leave loss.correction at its default 'tis'."
+            )
         if self.distill.teacher is not None:
             problem = distillation_conflict(self)
             if problem:
