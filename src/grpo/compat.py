@@ -342,7 +342,11 @@ AXES: tuple[Axis, ...] = (
         "loss.objective",
         (
             V("grpo", "the clipped surrogate (GRPO; DAPO clip-higher, GSPO by its settings)"),
-            V("cispo", "CISPO: clipped, detached IS weight x REINFORCE", {"loss.objective": "cispo"}),
+            V(
+                "cispo",
+                "CISPO: clipped, detached IS weight x REINFORCE",
+                {"loss.objective": "cispo"},
+            ),
             V("sapo", "SAPO: sigmoid-gated soft trust region", {"loss.objective": "sapo"}),
             V(
                 "gmpo",

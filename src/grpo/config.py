@@ -256,12 +256,14 @@ class LossConfig(_Section):
     correction: str = Field(
         "tis",
         description="Behaviour-policy correction applied when the sampler's log-probs are used "
-        "(use_tis, or asynchronous rollouts): a name in grpo.objectives.corrections.CORRECTIONS "
-        "(tis: min(pi_old / pi_sampler, is_cap)).",
+        "(use_tis, or asynchronous rollouts): a name in grpo.objectives.corrections.CORRECTIONS: "
+        "tis (min(pi_old / pi_sampler, is_cap)), tis_sequence, icepop, mis_sequence, geo_mask "
+        "(docs/math.md 2.6.1).",
     )
     correction_options: dict[str, Any] = Field(
         default_factory=dict,
-        description="Settings of a correction other than tis (tis reads is_cap).",
+        description="Settings of a correction other than tis (tis reads is_cap), e.g. "
+        "{low: 0.99, high: 1.01} for geo_mask; checked against its settings type.",
     )
     entropy_coef: float = Field(
         0.0,
@@ -725,6 +727,13 @@ class GRPOConfig(BaseModel):
                 "loss.use_tis corrects for a separate rollout engine's numerics; with "
                 "rollout.backend='hf' the sampler is the trained model itself. Set "
                 "loss.use_tis=False or rollout.backend='vllm'."
+            )
+        if self.loss.correction != "tis" and not (self.loss.use_tis or self.async_.staleness > 0):
+            raise ValueError(
+                f"loss.correction={self.loss.correction!r} weights the policy term by the "
+                "sampler's log-probs, which are used only with loss.use_tis=true (a vllm backend) "
+                "or async.staleness > 0; with neither it would do nothing. Set one of them, or "
+                "leave loss.correction at its default 'tis'."
             )
         if self.distill.teacher is not None or self.distill.self_context is not None:
             problem = distillation_conflict(
