@@ -16,7 +16,10 @@ one of:
 
 The ``processes`` axis (1, 2 data parallel, 2 FSDP) is trained under ``torchrun`` (one launch for
 all its rows, :func:`run_jobs`); ``rollout.backend='vllm_server'`` is left to
-``tests/test_rollout_server.py``.
+``tests/test_rollout_server.py``, and the behaviour corrections other than TIS
+(``loss.correction``: they act only with a vLLM backend's or an asynchronous generator's
+log-probs, a three-way condition the pairs cannot state) to ``tests/test_corrections.py``, which
+trains one asynchronously.
 
 ``python -m grpo.compat`` prints ``docs/compatibility.md`` (:func:`render_page`).
 """
@@ -509,6 +512,11 @@ REFUSED: dict[Pair, Refusal] = {
         "would serve evaluation only and never the training rollouts",
         "GRPOTrainer",
     ),
+    pair("estimator", "gdpo", "length_penalty", "on"): Refusal(
+        "GDPO normalises each reward component, so a penalty on the total would do nothing",
+        "which rollout.advantage_estimator='gdpo' does not read",
+        "GRPOConfig",
+    ),
     pair("lora", "on", "generator", "given"): Refusal(
         "a given generator would sample from the model before the adapters wrap it",
         "generator= holds a model of its own",
@@ -577,6 +585,16 @@ _ENGINE_FREE = (
     "(~30-40 s on CPU), so the vLLM rows use the Reward and no-reward kinds, and the HF rows "
     "cover the rest"
 )
+_LOSS_SIDE = (
+    "the objective and the estimator read log-probs and rewards, whatever engine sampled them; "
+    "each vLLM row starts an engine, so the HF rows cover them"
+)
+_SHARDED_LOSS = (
+    "a token-level objective sums over rows like grpo's clipped surrogate "
+    "(tests/test_objectives.py checks micro-batches with the full-batch normaliser add up); the "
+    "2-process rows run cispo "
+    "and the sequence-level gmpo"
+)
 _PER_PROCESS = (
     "each process scores its own groups with the one-process code; the rows with 2 processes "
     "(each a torchrun launch, the costly kind) use the Reward and reward-model kinds"
@@ -605,6 +623,27 @@ UNTESTED: dict[Pair, str] = {
     ),
     pair("tis", "on", "processes", "2dp"): "TIS needs vLLM (see backend=vllm + processes=2dp)",
     pair("tis", "on", "processes", "2fsdp"): "TIS needs vLLM (see backend=vllm + processes=2fsdp)",
+    **{
+        pair(axis, value, "backend", "vllm"): _LOSS_SIDE
+        for axis, values in (
+            ("objective", ("cispo", "sapo", "gmpo", "dppo")),
+            ("estimator", ("maxrl", "gdpo")),
+        )
+        for value in values
+    },
+    **{
+        pair("objective", value, "tis", "on"): "TIS needs vLLM; " + _LOSS_SIDE
+        for value in ("cispo", "sapo", "gmpo", "dppo")
+    },
+    **{
+        pair("estimator", value, "tis", "on"): "TIS needs vLLM; " + _LOSS_SIDE
+        for value in ("maxrl", "gdpo")
+    },
+    **{
+        pair("objective", value, "processes", layout): _SHARDED_LOSS
+        for value in ("sapo", "dppo")
+        for layout in ("2dp", "2fsdp")
+    },
     **{
         pair("reward", kind, "processes", layout): _PER_PROCESS
         for kind in ("function", "multitask", "trl", "none")
