@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from grpo.advantages import ADVANTAGE_ESTIMATORS
 from grpo.objectives import LOSSES
+from grpo.objectives.corrections import CORRECTIONS
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "examples" / "r1_zero_cpu.py"
@@ -73,3 +74,31 @@ def test_demo_trains_with_each_estimator(estimator, warm, tmp_path):
     out = _run(tmp_path, "--start-model", str(warm), "--set", f"rollout.advantage_estimator={estimator}")
     _check_trained(tmp_path, warm, out)
     assert f"advantage_estimator: {estimator}" in (tmp_path / "config.yaml").read_text()
+
+
+@pytest.mark.parametrize("overrides", [
+    ["loss.entropy_coef=0.01"],
+    ["loss.entropy_coef=0.01", "loss.entropy_target=0.5"],
+    ["rollout.length_penalty=0.25"],
+    ["distill.self_context=The verified answer is {answer}."],  # OPSD beside the rewards
+], ids=["entropy", "adaptive_entropy", "length_penalty", "self_distillation"])
+def test_demo_trains_with_each_regulariser(overrides, warm, tmp_path):
+    args = [a for kv in overrides for a in ("--set", kv)]
+    train = _check_trained(tmp_path, warm, _run(tmp_path, "--start-model", str(warm), *args))
+    if overrides[0].startswith("distill."):
+        assert all(r["distill/reverse_kl"] > 0 for r in train)
+    if overrides[0].startswith("loss.entropy_coef") and len(overrides) == 1:
+        assert all(r["loss/entropy_coef"] == 0.01 for r in train)
+
+
+BUILTIN_CORRECTIONS = sorted(set(CORRECTIONS) - {"tis"})  # tis: the default, in tests/test_async.py
+
+
+@pytest.mark.parametrize("correction", BUILTIN_CORRECTIONS)
+def test_demo_trains_asynchronously_with_each_correction(correction, warm, tmp_path):
+    """The corrections weigh the policy term by the sampler's log-probs: with the HF backend they
+    act under asynchronous rollouts (the decoupled objective's behaviour weight)."""
+    out = _run(tmp_path, "--start-model", str(warm), "--async-staleness", "1",
+               "--set", f"loss.correction={correction}")
+    train = _check_trained(tmp_path, warm, out)
+    assert all("loss/is_weight_mean" in r for r in train)
