@@ -239,7 +239,7 @@ def test_help_config_documents_every_key_without_pydantic_internals(capsys):
     assert "trainer.sampling.stop (default ()): Stop strings" in text
     assert "trainer.sampling.max_tokens (default 1024): Most completion tokens" in text  # the trainer's default
     assert "trainer.loss.beta (default 0.001): KL coefficient" in text
-    assert "\ntrainer.loss: The policy objective" in text  # one title per section
+    assert "\ntrainer.loss: The policy loss" in text  # one title per section
     assert "  model (required): " in text and "rewards.N.name (required)" in text and "tiny.warmup_steps" in text
 
 
