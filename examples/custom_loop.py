@@ -13,7 +13,8 @@ fully on-policy, as in DeepSeek-R1 arXiv:2501.12948) is :func:`grpo_step`:
 3. score: rule rewards called as trl calls them (``grpo.rewards.CombinedReward`` +
    ``grpo.source.reward_inputs``): math-verify on the ``<answer>`` + 0.1 x the R1-Zero format;
 4. advantages: ``(r - mean) / std`` within each group (``grpo.advantages.group_advantages``);
-5. loss: the clipped surrogate (``grpo.loss.policy_loss``) on the generator's own tokens
+5. loss: the configured objective (``grpo.loss.compute_loss``; the clipped surrogate by default,
+   or any name in ``grpo.objectives.LOSSES``: cispo, sapo, ...) on the generator's own tokens
    (``grpo.batch.collate_rollouts``), log-probs recomputed at the sampling temperature
    (``grpo.policy.completion_logprobs``), token mean over the whole step;
 6. AdamW step after clipping the gradient norm to 1, then weight sync to the generator.
@@ -36,7 +37,9 @@ import torch
 from grpo.advantages import group_advantages
 from grpo.batch import collate_rollouts
 from grpo.data import PromptSampler
-from grpo.loss import aggregation_denominator, policy_loss
+from grpo.loss import aggregation_denominator, compute_loss
+from grpo.objectives import loss_settings
+from grpo.objectives.clip import ClipSettings
 from grpo.policy import completion_logprobs
 from grpo.rewards import CombinedReward, FormatReward, MathReward
 from grpo.rollout import HFGenerator, SamplingConfig
@@ -54,10 +57,17 @@ class Settings:
     max_tokens: int = 40  # [max_completion_length]
     temperature: float = 1.0  # sampling AND log-prob temperature: one number, used twice
     lr: float = 1e-4  # [learning_rate]
-    eps_low: float = 0.2
+    objective: str = "grpo"  # [loss.objective]: the clipped surrogate, or cispo, sapo, gmpo, dppo
+    eps_low: float = 0.2  # the clip of objective "grpo"
     eps_high: float = 0.28  # DAPO clip-higher
     max_grad_norm: float = 1.0
     micro_batch_size: int = 64  # rows per forward/backward: memory only, the update does not depend on it
+
+
+def objective_settings(s: Settings):
+    """The objective's settings: the clip for "grpo", the registered defaults for another
+    (the trainer's ``loss.options``)."""
+    return ClipSettings(s.eps_low, s.eps_high) if s.objective == "grpo" else loss_settings(s.objective)
 
 
 def make_optimizer(model: torch.nn.Module, s: Settings) -> torch.optim.Optimizer:
@@ -100,9 +110,9 @@ def grpo_step(step: int, *, model, tokenizer, generator, reward: CombinedReward,
     for start in range(0, len(batch), s.micro_batch_size):
         mb = batch.select(order[start:start + s.micro_batch_size])
         lp = completion_logprobs(model, mb, temperature=s.temperature, with_entropy=True)  # [B, T]
-        out = policy_loss(lp.logp, lp.logp.detach(),  # on-policy: pi_old = pi_theta, ratio 1
-                          mb.advantages, mb.loss_mask, eps_low=s.eps_low, eps_high=s.eps_high,
-                          aggregation="token_mean", normalizer=normalizer)
+        out = compute_loss(lp.logp, lp.logp.detach(),  # on-policy: pi_old = pi_theta, ratio 1
+                           mb.advantages, mb.loss_mask, objective=s.objective,
+                           settings=objective_settings(s), aggregation="token_mean", normalizer=normalizer)
         out.loss.backward()
         loss_sum += out.loss.item()
         entropy_sum += lp.entropy[mb.loss_mask].sum().item()

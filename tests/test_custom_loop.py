@@ -57,7 +57,7 @@ def rewards():
     return [MathReward(), FormatReward(), DigitShare()]
 
 
-def trainer_run(output_dir) -> dict:
+def trainer_run(output_dir, objective: str = "grpo") -> dict:
     """The tiny model, its data, and GRPOTrainer's weights after STEPS steps with SETTINGS."""
     tokenizer = build_char_tokenizer()
     model = build_tiny_llama(tokenizer, hidden_size=64, num_layers=1, num_heads=2, head_dim=32, seed=0)
@@ -67,9 +67,11 @@ def trainer_run(output_dir) -> dict:
         output_dir=str(output_dir), seed=s["seed"], max_steps=STEPS,
         num_generations=s["group_size"], prompts_per_step=s["prompts_per_step"],
         max_completion_length=s["max_tokens"], temperature=s["temperature"], learning_rate=s["lr"],
-        eps_low=s["eps_low"], eps_high=s["eps_high"], max_grad_norm=s["max_grad_norm"], beta=0.0,
+        max_grad_norm=s["max_grad_norm"], beta=0.0,
         aggregation="token_mean", micro_batch_size=s["micro_batch_size"], reward_weights=[1.0, 0.1, 1.0],
         torch_threads=1, progress_bar=False, save_final_model=False, log_completions=0)
+    loss = {"eps_low": s["eps_low"], "eps_high": s["eps_high"]} if objective == "grpo" else {"objective": objective}
+    config = config.updated({f"loss.{k}": v for k, v in loss.items()})
     trainer = GRPOTrainer(copy.deepcopy(model), rewards(), data, config, tokenizer=tokenizer)
     try:
         last = trainer.train()
@@ -89,12 +91,12 @@ def _weights(model):
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
 
 
-def run_custom_loop(setup, module):
+def run_custom_loop(setup, module, **settings):
     torch.set_num_threads(1)  # what GRPOConfig(torch_threads=1) sets in the trainer
     model = copy.deepcopy(setup["model"])
     for p in model.parameters():  # gradients left by earlier work, as the example's warm-up leaves them
         p.grad = torch.randn_like(p)
-    s = module.Settings(**SETTINGS)
+    s = module.Settings(**{**SETTINGS, **settings})
     generator = HFGenerator(model, setup["tokenizer"])
     reward = CombinedReward(rewards(), weights=[1.0, 0.1, 1.0])
     sampler = PromptSampler(len(setup["data"]), seed=s.seed)
@@ -138,13 +140,13 @@ def _logprobs_at(temperature, **override):
 
 
 def _loss_with(**override):
-    from grpo.loss import policy_loss
+    from grpo.loss import compute_loss
 
     def loss(logp, old_logp, advantages, mask, **kw):
         kw = {**kw, **override}
         if kw.pop("mask_padding", False):  # the mistake: every column, padding included
             mask = torch.ones_like(mask)
-        return policy_loss(logp, old_logp, advantages, mask, **kw)
+        return compute_loss(logp, old_logp, advantages, mask, **kw)
     return loss
 
 
@@ -158,15 +160,28 @@ def _without_zero_grad(make_optimizer):
 
 MISTAKES = {  # name -> [(the example's name to replace, the replacement given the module)]
     "logprobs_at_another_temperature": [("completion_logprobs", lambda m: _logprobs_at(1.0))],
-    "normalised_per_micro_batch": [("policy_loss", lambda m: _loss_with(normalizer=None))],
+    "normalised_per_micro_batch": [("compute_loss", lambda m: _loss_with(normalizer=None))],
     # padded log-probs: the packed forward leaves 0 (no gradient) at padding, which hides this mistake
     "advantages_over_padding": [("completion_logprobs", lambda m: _logprobs_at(SETTINGS["temperature"],
                                                                                padding_free=False)),
-                                ("policy_loss", lambda m: _loss_with(mask_padding=True))],
-    "sequence_mean_not_token_mean": [("policy_loss", lambda m: _loss_with(aggregation="seq_mean_token_mean",
+                                ("compute_loss", lambda m: _loss_with(mask_padding=True))],
+    "sequence_mean_not_token_mean": [("compute_loss", lambda m: _loss_with(aggregation="seq_mean_token_mean",
                                                                           normalizer=2 * 4))],
     "gradients_not_zeroed": [("make_optimizer", lambda m: _without_zero_grad(m.make_optimizer))],
 }
+
+
+def test_custom_loop_matches_trainer_with_another_objective(tmp_path):
+    """The loop's compute_loss(objective="cispo") is the trainer's loss.objective="cispo": a
+    custom loop reaches every registered objective the same way (issue 24). Fully on-policy
+    (ratio 1) CISPO's gradient equals the clip's, so the weights cannot tell them apart; its loss
+    *value* (-sg(w) A log pi) can: the loop's loss is the trainer's, and not the clip's."""
+    setup = trainer_run(tmp_path, objective="cispo")
+    weights, metrics = run_custom_loop(setup, load_example(), objective="cispo")
+    assert update_gap(setup, weights) < GAP_TOL
+    assert metrics["loss"] == pytest.approx(setup["last"]["loss/loss"], rel=1e-4, abs=1e-7)
+    _, clip_metrics = run_custom_loop(setup, load_example())
+    assert clip_metrics["loss"] != pytest.approx(setup["last"]["loss/loss"], rel=1e-2)
 
 
 @pytest.mark.parametrize("mistake", sorted(MISTAKES))
