@@ -140,6 +140,19 @@ def test_batch_layout(tmp_path):
         (dict(use_adaptive_entropy=True), ("loss", "entropy_target", 0.2)),  # trl's defaults
         (dict(use_adaptive_entropy=True, entropy_coef_max=0.05), ("loss", "entropy_coef_max", 0.05)),
         (dict(use_adaptive_entropy=True), ("loss", "entropy_coef_delta", 0.005)),
+        # trl's epsilon_high is CISPO's absolute cap on the ratio: 5.0 -> grpo's 1 + eps_high
+        (dict(loss_type="cispo", epsilon_high=5.0), ("loss", "options", {"eps_low": 1.0, "eps_high": 4.0})),
+        (dict(loss_type="cispo", epsilon_high=5.0), ("loss", "aggregation", "token_mean")),
+        (dict(loss_type="sapo", sapo_temperature_neg=2.0), ("loss", "options", {"tau_pos": 1.0, "tau_neg": 2.0})),
+        (dict(loss_type="sapo"), ("loss", "aggregation", "seq_mean_token_mean")),
+        # every vllm importance-sampling mode has its correction; trl's default is sequence_mask
+        (dict(use_vllm=True), ("loss", "correction", "mis_sequence")),
+        (dict(use_vllm=True), ("loss", "correction_options", {"low": None, "high": 3.0})),
+        (dict(use_vllm=True, vllm_importance_sampling_mode="token_mask", vllm_importance_sampling_clip_min=0.5),
+         ("loss", "correction_options", {"low": 0.5, "high": 3.0})),
+        (dict(use_vllm=True, vllm_importance_sampling_mode="token_mask"), ("loss", "correction", "icepop")),
+        (dict(use_vllm=True, vllm_importance_sampling_mode="sequence_truncate"),
+         ("loss", "correction_options", {"cap": 3.0, "floor": None})),
     ],
 )
 def test_mapped_values(tmp_path, kw, grpo):
@@ -151,13 +164,15 @@ def test_mapped_values(tmp_path, kw, grpo):
 @pytest.mark.parametrize(
     "kw, field, says",
     [
-        (dict(loss_type="bnpo"), "loss_type", "loss.aggregation"),
-        (dict(loss_type="cispo"), "loss_type", "loss.aggregation"),
+        (dict(loss_type="bnpo"), "loss_type", "no equivalent"),
+        (dict(loss_type="vespo"), "loss_type", "no equivalent"),
+        (dict(loss_type="cispo"), "epsilon_high", "trl recommends 5.0"),  # None: epsilon = 0.2
         (dict(sync_ref_model=True), "sync_ref_model", "reference model is fixed"),
         (dict(top_entropy_quantile=0.2), "top_entropy_quantile", "entropy"),
         (dict(push_to_hub=True), "push_to_hub", "hub"),
         (dict(delta=2.0), "delta", "loss.dual_clip"),
-        (dict(use_vllm=True), "vllm_importance_sampling_mode", "loss.use_tis"),
+        (dict(use_vllm=True, vllm_importance_sampling_mode="token_truncate",
+              vllm_importance_sampling_clip_min=0.5), "vllm_importance_sampling_clip_min", "from above only"),
         (
             dict(gradient_accumulation_steps=2, steps_per_generation=3),
             "steps_per_generation",

@@ -143,34 +143,80 @@ def _backend(a: Any) -> dict[str, Any]:
     return {"rollout.backend": modes[a.vllm_mode]}
 
 
+_CORRECTIONS = {  # trl's vllm_importance_sampling_mode -> grpo's loss.correction
+    "token_truncate": "tis",
+    "token_mask": "icepop",
+    "sequence_truncate": "tis_sequence",
+    "sequence_mask": "mis_sequence",
+}
+
+
 def _tis(a: Any) -> dict[str, Any]:
     if not (a.use_vllm and a.vllm_importance_sampling_correction):
         return {"loss.use_tis": False}
-    mode = a.vllm_importance_sampling_mode
-    if mode != "token_truncate" or a.vllm_importance_sampling_clip_min is not None:
-        raise _refuse(
-            "vllm_importance_sampling_mode",
-            mode,
-            "grpo's loss.use_tis is token-level truncation min(pi_old / pi_vllm, C) only; set "
-            "vllm_importance_sampling_mode='token_truncate' (clip_min None) or "
-            "vllm_importance_sampling_correction=False",
-        )
-    return {"loss.use_tis": True, "loss.is_cap": a.vllm_importance_sampling_clip_max}
+    mode, lo, hi = (
+        a.vllm_importance_sampling_mode,
+        a.vllm_importance_sampling_clip_min,
+        a.vllm_importance_sampling_clip_max,
+    )
+    if mode not in _CORRECTIONS:
+        raise _refuse("vllm_importance_sampling_mode", mode, f"one of {sorted(_CORRECTIONS)}")
+    out: dict[str, Any] = {"loss.use_tis": True, "loss.correction": _CORRECTIONS[mode]}
+    if mode == "token_truncate":
+        if lo is not None:
+            raise _refuse(
+                "vllm_importance_sampling_clip_min",
+                lo,
+                "grpo's token-level TIS (loss.correction='tis') truncates from above only; "
+                "leave clip_min None",
+            )
+        return {**out, "loss.is_cap": hi}
+    options = {
+        "token_mask": {"low": lo, "high": hi},
+        "sequence_truncate": {"cap": hi, "floor": lo},
+        "sequence_mask": {"low": lo, "high": hi},
+    }[mode]
+    return {**out, "loss.correction_options": options}
 
 
 _AGGREGATION = {"dapo": "token_mean", "grpo": "seq_mean_token_mean", "dr_grpo": "seq_sum_max_len"}
 
 
-def _aggregation(a: Any) -> dict[str, Any]:
-    if a.loss_type not in _AGGREGATION:
-        raise _refuse(
-            "loss_type",
-            a.loss_type,
-            f"grpo's loss.aggregation has {sorted(_AGGREGATION)} of trl's loss types "
-            f"({', '.join(f'{k} -> {v}' for k, v in _AGGREGATION.items())}); bnpo (a token mean "
-            "per local micro-batch), cispo, sapo, vespo and luspo have no equivalent",
-        )
-    return {"loss.aggregation": _AGGREGATION[a.loss_type]}
+def _objective(a: Any) -> dict[str, Any]:
+    """loss_type, epsilon, epsilon_high and the SAPO temperatures -> grpo's objective."""
+    high = a.epsilon if a.epsilon_high is None else a.epsilon_high
+    if a.loss_type in _AGGREGATION:  # the clipped surrogate, with trl's aggregation
+        return {
+            "loss.aggregation": _AGGREGATION[a.loss_type],
+            "loss.eps_low": a.epsilon,
+            "loss.eps_high": high,
+        }
+    if a.loss_type == "cispo":  # trl: clamp(r, max=epsilon_high), a token mean
+        if high < 1:
+            raise _refuse(
+                "epsilon_high",
+                a.epsilon_high,
+                f"trl's loss_type='cispo' caps the IS weight at epsilon_high (None: epsilon = "
+                f"{a.epsilon}); grpo's cispo caps it at 1 + loss.options.eps_high >= 1: set "
+                "epsilon_high >= 1 (trl recommends 5.0)",
+            )
+        return {
+            "loss.objective": "cispo",
+            "loss.aggregation": "token_mean",
+            "loss.options": {"eps_low": 1.0, "eps_high": high - 1.0},
+        }
+    if a.loss_type == "sapo":  # trl: a per-sequence token mean, like loss_type='grpo'
+        return {
+            "loss.objective": "sapo",
+            "loss.aggregation": "seq_mean_token_mean",
+            "loss.options": {"tau_pos": a.sapo_temperature_pos, "tau_neg": a.sapo_temperature_neg},
+        }
+    raise _refuse(
+        "loss_type",
+        a.loss_type,
+        f"grpo maps {sorted([*_AGGREGATION, 'cispo', 'sapo'])}; bnpo (a token mean per local "
+        "micro-batch), vespo and luspo have no equivalent",
+    )
 
 
 _ESTIMATORS = {"group": "grpo", "batch": "batch_std", "none": "dr_grpo"}
@@ -190,11 +236,6 @@ def _advantages(a: Any) -> dict[str, Any]:
             "(gdpo)",
         )
     return {"rollout.advantage_estimator": _ESTIMATORS[scale]}
-
-
-def _clip(a: Any) -> dict[str, Any]:
-    high = a.epsilon if a.epsilon_high is None else a.epsilon_high
-    return {"loss.eps_low": a.epsilon, "loss.eps_high": high}
 
 
 def _entropy(a: Any) -> dict[str, Any]:
@@ -359,10 +400,11 @@ _BACKEND = Rule(
 )
 _TIS = Rule(
     "mapped",
-    ("loss.use_tis", "loss.is_cap"),
-    "with use_vllm: mode token_truncate -> loss.use_tis, clip_max -> loss.is_cap; trl's default "
-    "mode sequence_mask and the other modes are refused (set the correction off or "
-    "token_truncate); without use_vllm: off",
+    ("loss.use_tis", "loss.correction", "loss.is_cap", "loss.correction_options"),
+    "with use_vllm: vllm_importance_sampling_mode token_truncate -> loss.correction tis "
+    "(clip_max -> loss.is_cap; clip_min must be None), token_mask -> icepop, sequence_truncate "
+    "-> tis_sequence, sequence_mask (trl's default) -> mis_sequence, clip_min / clip_max -> "
+    "their low (floor) / high (cap); without use_vllm: off",
     _tis,
 )
 _ADVANTAGES = Rule(
@@ -373,11 +415,17 @@ _ADVANTAGES = Rule(
     "grpo's eps 1e-6, trl's 1e-4)",
     _advantages,
 )
-_CLIP = Rule(
+_OBJECTIVE = Rule(
     "mapped",
-    ("loss.eps_low", "loss.eps_high"),
-    "epsilon -> loss.eps_low; epsilon_high (None: epsilon) -> loss.eps_high",
-    _clip,
+    ("loss.objective", "loss.aggregation", "loss.eps_low", "loss.eps_high", "loss.options"),
+    "loss_type dapo -> token_mean (tokens of the optimizer step; with steps_per_generation > "
+    "gradient_accumulation_steps trl divides by the generation's mean instead), grpo -> "
+    "seq_mean_token_mean, dr_grpo -> seq_sum_max_len, each with epsilon -> loss.eps_low and "
+    "epsilon_high (None: epsilon) -> loss.eps_high; cispo -> loss.objective cispo, token_mean, "
+    "options eps_high = epsilon_high - 1 (trl's epsilon_high is an absolute cap), eps_low 1 (no "
+    "lower bound); sapo -> loss.objective sapo, seq_mean_token_mean, options tau_pos / tau_neg "
+    "from sapo_temperature_pos / _neg; bnpo, vespo, luspo refused",
+    _objective,
 )
 _ENTROPY = Rule(
     "mapped",
@@ -514,8 +562,8 @@ TRL_FIELDS: dict[str, Rule] = {
     "use_bias_correction_kl": _same(
         "use_bias_correction_kl", "loss.kl_ratio_correction", "matters only with beta > 0"
     ),
-    "epsilon": _CLIP,
-    "epsilon_high": _CLIP,
+    "epsilon": _OBJECTIVE,
+    "epsilon_high": _OBJECTIVE,
     "delta": _refused(
         "trl's two-sided ratio clip (INTELLECT-2) differs from grpo's "
         "loss.dual_clip (for negative advantages)"
@@ -523,14 +571,7 @@ TRL_FIELDS: dict[str, Rule] = {
     "importance_sampling_level": _same(
         "importance_sampling_level", "loss.ratio_level", "token: GRPO, sequence: GSPO"
     ),
-    "loss_type": Rule(
-        "mapped",
-        ("loss.aggregation",),
-        "dapo -> token_mean (tokens of the optimizer step; with steps_per_generation > "
-        "gradient_accumulation_steps trl divides by the generation's mean instead), grpo -> "
-        "seq_mean_token_mean, dr_grpo -> seq_sum_max_len; bnpo, cispo, sapo, vespo, luspo refused",
-        _aggregation,
-    ),
+    "loss_type": _OBJECTIVE,
     "scale_rewards": _ADVANTAGES,
     "multi_objective_aggregation": _ADVANTAGES,
     "reward_weights": _same("reward_weights", "reward.weights"),
@@ -549,11 +590,11 @@ TRL_FIELDS: dict[str, Rule] = {
             "entropy_coef_max",
         )
     },
+    "sapo_temperature_pos": _OBJECTIVE,
+    "sapo_temperature_neg": _OBJECTIVE,
     **{
-        n: _ignored("read only with loss_type sapo / vespo (refused)")
+        n: _ignored("read only with loss_type vespo (refused)")
         for n in (
-            "sapo_temperature_neg",
-            "sapo_temperature_pos",
             "vespo_k_pos",
             "vespo_lambda_pos",
             "vespo_k_neg",
