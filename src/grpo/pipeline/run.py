@@ -106,7 +106,7 @@ def run_pipeline(
     Args:
         recipe: a :class:`PipelineRecipe` or the path of its YAML file.
         output_dir: the run folder (default: the recipe's ``output_dir``).
-        redo: run this stage again even if finished (and every later stage).
+        redo: run this stage again in a clean folder, even if finished (and every later stage).
         overrides: ``key=value`` edits of the YAML's top-level mappings (``output_dir=...``,
             ``model=...``).
     """
