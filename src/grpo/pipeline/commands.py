@@ -269,7 +269,9 @@ def register(subparsers: Any) -> None:
         "overrides", nargs="*", help="key=value edits of top-level fields (output_dir=...)"
     )
     p.add_argument("--output-dir", help="run folder (default: the recipe's output_dir)")
-    p.add_argument("--redo", metavar="STAGE", help="run STAGE again (and every later stage)")
+    p.add_argument(
+        "--redo", metavar="STAGE", help="run STAGE again in a clean folder (and every later stage)"
+    )
     p.add_argument("--check", action="store_true", help="only validate the recipe")
     p.set_defaults(func=pipeline_command)
 

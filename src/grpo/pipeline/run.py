@@ -9,9 +9,14 @@ The run folder::
     stages/01_<name>/...          its model (model/), samples (samples/), report
 
 A rerun skips every stage whose ``done.json`` holds the same resolved config, up to the first
-stage that is not finished (or whose config changed, or ``redo`` names); from there on every
-stage runs, since its inputs may have changed. The first stage to run keeps what an interrupted
-run left in its folder (a ``sample`` stage resumes its chunks); the stages after it start clean.
+stage that must run: unfinished, changed, or named by ``redo``; from there on every stage runs,
+since its inputs may have changed. The folders are the pipeline's own, and a stage that runs
+again replaces its folder (:func:`_plan_first`): the first stage to run keeps it only to resume
+an interrupted run with the same settings (a ``sample`` stage resumes its chunks, a ``grpo`` stage
+its latest checkpoint), or to re-apply the settings its runner re-applies to the work there
+(:data:`grpo.pipeline.stages.REAPPLIED`: a sample stage's keep rule); ``redo``, any other change,
+and an earlier stage having run start it clean. A folder the pipeline did not write (no
+``config.yaml`` of that stage) is refused, never deleted.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from typing import Any
 
 from grpo.pipeline.pages import write_index
 from grpo.pipeline.recipe import BASE, PipelineRecipe, Ref, check_recipe, model_source
-from grpo.pipeline.stages import RUNNERS
+from grpo.pipeline.stages import REAPPLIED, RUNNERS
 
 
 @dataclass
@@ -101,7 +106,7 @@ def run_pipeline(
     Args:
         recipe: a :class:`PipelineRecipe` or the path of its YAML file.
         output_dir: the run folder (default: the recipe's ``output_dir``).
-        redo: run this stage again even if finished (and every later stage).
+        redo: run this stage again in a clean folder, even if finished (and every later stage).
         overrides: ``key=value`` edits of the YAML's top-level mappings (``output_dir=...``,
             ``model=...``).
     """
@@ -114,6 +119,7 @@ def run_pipeline(
     if redo is not None and redo not in names:
         raise ValueError(f"redo={redo!r} is not a stage of this recipe; stages: {names}")
     run_dir = Path(output_dir or recipe.output_dir)
+    _check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(
         yaml.safe_dump(
@@ -123,7 +129,8 @@ def run_pipeline(
     configs = resolve(recipe, run_dir)
     folders = [stage_folder(run_dir, i, n) for i, n in enumerate(names)]
     first = _first_to_run(folders, configs, names, redo)
-    resume_first = first < len(names) and not (folders[first] / "done.json").exists()
+    for folder, name in list(zip(folders, names, strict=True))[first:]:
+        _check_owned(folder, name)  # every folder about to be replaced, before anything runs
     entries = [
         {"name": s.name, "type": s.type, "folder": str(f.relative_to(run_dir)), "status": "pending"}
         for s, f in zip(recipe.stages, folders, strict=True)
@@ -139,8 +146,14 @@ def run_pipeline(
             )
             print(f"[pipeline] {stage.name}: finished before, skipped", flush=True)
             continue
-        if folder.exists() and not (i == first and resume_first):
-            shutil.rmtree(folder)  # redone, or its inputs were just remade
+        if i == first:
+            keep, why = _plan_first(folder, cfg, stage.type, stage.name == redo)
+        else:
+            keep, why = False, "an earlier stage ran again: starting it over in a clean folder"
+        if folder.exists() and any(folder.iterdir()):
+            print(f"[pipeline] {stage.name}: {why}", flush=True)
+            if not keep:
+                shutil.rmtree(folder)
         (folder / "done.json").unlink(missing_ok=True)
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -175,13 +188,78 @@ def _first_to_run(
         marker = folder / "done.json"
         if names[i] == redo or not marker.exists():
             return i
-        stored = json.loads(marker.read_text())["config"]
-        if stored != json.loads(json.dumps(cfg)):
-            changed = sorted(k for k in set(stored) | set(cfg) if stored.get(k) != cfg.get(k))
-            print(
-                f"[pipeline] {names[i]}: finished before with other settings "
-                f"({', '.join(changed)} changed): running it again, and every stage after it",
-                flush=True,
-            )
+        if json.loads(marker.read_text())["config"] != _normal(cfg):
             return i
     return len(names)
+
+
+def _plan_first(folder: Path, cfg: dict, stage_type: str, redo: bool) -> tuple[bool, str]:
+    """Whether the first stage to run keeps its folder's work, and why (printed when the folder
+    holds any). Kept: an interrupted run with the same settings (resumed), or one whose only
+    changes are settings the runner re-applies to that work (``REAPPLIED``)."""
+    if redo:
+        return (
+            False,
+            "named by --redo: running it again in a clean folder, and every stage after it",
+        )
+    finished = (folder / "done.json").exists()
+    record = folder / "done.json" if finished else folder / "config.yaml"
+    if not record.exists():
+        return False, "left files but no config.yaml: starting it over in a clean folder"
+    if finished:
+        stored = json.loads(record.read_text())["config"]
+    else:
+        import yaml
+
+        stored = yaml.safe_load(record.read_text())
+    cfg = _normal(cfg)
+    changed = sorted(k for k in set(stored) | set(cfg) if stored.get(k) != cfg.get(k))
+    before = "finished before" if finished else "stopped before finishing"
+    if not changed:
+        return True, f"{before}: resuming in its folder"
+    what = f"{before} with other settings ({', '.join(changed)} changed)"
+    if set(changed) <= REAPPLIED.get(stage_type, frozenset()):
+        return True, f"{what}: re-applying them to the work in its folder, then every later stage"
+    return False, f"{what}: running it again in a clean folder, and every stage after it"
+
+
+def _normal(cfg: dict) -> dict:
+    """The config as ``done.json`` / ``config.yaml`` store it (tuples as lists, ...)."""
+    return json.loads(json.dumps(cfg, default=str))
+
+
+def _check_owned(folder: Path, name: str) -> None:
+    """Refuse to replace a stage folder the pipeline did not write: one holding files but no
+    ``config.yaml`` of stage ``name`` (the pipeline writes it first, before the stage runs)."""
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    import yaml
+
+    config = folder / "config.yaml"
+    try:
+        stored = yaml.safe_load(config.read_text()) if config.is_file() else None
+    except yaml.YAMLError:
+        stored = None
+    if isinstance(stored, dict) and stored.get("name") == name:
+        return
+    held = sorted(p.name for p in folder.iterdir())
+    raise FileExistsError(
+        f"stage {name!r}'s folder {folder} holds files the pipeline did not write "
+        f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}; no config.yaml of stage "
+        f"{name!r}), which running the stage would replace: move them away, or choose another "
+        "output_dir"
+    )
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    """Refuse a run folder that holds files but no pipeline run (no recipe.yaml or stages/)."""
+    if not run_dir.is_dir() or not any(run_dir.iterdir()):
+        return
+    if (run_dir / "recipe.yaml").is_file() or (run_dir / "stages").is_dir():
+        return
+    held = sorted(p.name for p in run_dir.iterdir())
+    raise FileExistsError(
+        f"output_dir {str(run_dir)!r} holds files but no pipeline run "
+        f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}; no recipe.yaml or stages/): "
+        "choose another output_dir (a new or empty folder, or an earlier run of a pipeline)"
+    )

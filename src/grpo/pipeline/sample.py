@@ -52,6 +52,10 @@ class NothingKeptError(ValueError):
     """The keep rule dropped every sample; the message has the counts and pass rates."""
 
 
+class OtherSamplesError(ValueError):
+    """The output folder holds samples made with other settings (its ``manifest.json``)."""
+
+
 @dataclass
 class SampleResult:
     """What :func:`rejection_sample` produced (files in ``output_dir``)."""
@@ -295,7 +299,7 @@ def _check_manifest(path: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
         diff = sorted(k for k in set(old) | set(manifest) if old.get(k) != manifest.get(k))
         if diff:
-            raise ValueError(
+            raise OtherSamplesError(
                 f"{path.parent} holds samples made with other settings ({', '.join(diff)} differ: "
                 f"{ {k: old.get(k) for k in diff} } vs { {k: manifest.get(k) for k in diff} }); "
                 "use a new output folder, or delete this one to start over"

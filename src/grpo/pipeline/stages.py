@@ -139,7 +139,7 @@ def run_sample(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], di
     (:func:`grpo.recipes.build_rewards`) and generator (:func:`grpo.models.build_generator`)."""
     from grpo.models import build_generator
     from grpo.pipeline.recipe import SampleStage
-    from grpo.pipeline.sample import rejection_sample
+    from grpo.pipeline.sample import OtherSamplesError, rejection_sample
     from grpo.recipes import build_rewards
     from grpo.rewards import CombinedReward
 
@@ -161,6 +161,10 @@ def run_sample(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], di
             rl_pass_rate=stage.rl_pass_rate,
             model_name=cfg["model"],
         )
+    except OtherSamplesError as e:  # same stage settings, but its data or model changed since
+        raise OtherSamplesError(
+            f"{e}; in a pipeline: rerun with --redo {stage.name} to sample this stage again"
+        ) from e
     finally:
         generator.close()
     outputs = {"sft": str(result.sft_path)}
@@ -177,3 +181,8 @@ def run_sample(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], di
 
 
 RUNNERS = {"sft": run_sft, "grpo": run_grpo, "sample": run_sample}
+
+REAPPLIED = {"sample": frozenset({"keep", "rl_pass_rate"})}
+"""Per stage type, the settings its runner re-applies to the work its folder already holds: a
+sample stage whose only changes are these re-filters its stored samples without generating
+again (:func:`grpo.pipeline.rejection_sample`); any other change starts the stage over."""
