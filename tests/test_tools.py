@@ -9,7 +9,11 @@ import time
 
 import pytest
 
+from typing import Any, Literal, Optional
+
 from grpo.sandbox import SandboxLimits, sandbox_mode
+from grpo.rollout import HFGenerator, SamplingConfig
+from grpo.rollout.multiturn import MultiTurnGenerator
 from grpo.rollout.tools import (
     CodeBlockParser,
     EnvStep,
@@ -19,6 +23,7 @@ from grpo.rollout.tools import (
     python_tool,
     tool_schema,
 )
+from grpo.tiny import build_char_tokenizer, build_tiny_llama
 
 FAST = SandboxLimits(wall_time_s=3.0, cpu_time_s=3.0, memory_mb=256, max_processes=8, max_output_bytes=4096)
 
@@ -107,7 +112,7 @@ def test_environment_runs_calls_and_ends_without_one():
     (call("divide", a=1, b=2), "unknown_tool", "unknown tool 'divide'; available: explode, flood, hang, multiply"),
     ("<tool_call>{oops</tool_call>", "malformed", "malformed tool call: tool call is not valid JSON"),
     (call("explode", x=1), "error", "Error: ValueError: boom"),
-    (call("multiply", a=1), "error", "Error: TypeError"),  # a missing argument
+    (call("multiply", a=1), "error", "Error: tool 'multiply': missing argument 'b' (int)"),
     (call("hang", seconds=30), "timeout", "timed out after 0.3 s"),
 ])
 def test_bad_calls_are_answered_and_recorded_not_raised(message, status, says):
@@ -137,6 +142,165 @@ def test_env_step_results_are_normalised():
     with pytest.raises(TypeError, match="EnvStep, a str or None"):
         as_env_step(42)
     assert as_env_step(EnvStep(done=True)).done
+
+
+# ---------------------------------------------------------------------------- typed arguments
+RAN: list = []  # the calls that reached the tool's body
+
+
+def typed(x: float, s: str, flag: bool = False, o: Optional[int] = None, items: list[int] | None = None,
+          mode: Literal["sum", "max"] = "sum", pair: tuple[int, float] | None = None,
+          table: dict[str, int] | None = None, anything: Any = None) -> str:
+    """Echoes what it was called with.
+
+    Args:
+        x: a number
+        s: a string
+        flag: a switch
+        o: an optional integer
+        items: integers
+        mode: how to combine
+        pair: an integer and a number
+        table: integers by name
+        anything: not checked
+    """
+    RAN.append(x)
+    return repr((x, s, flag, o, items, mode, pair, table, anything))
+
+
+def loose(a: int, **options) -> str:
+    """Takes any extra keyword.
+
+    Args:
+        a: an integer
+    """
+    return repr(sorted(options))
+
+
+@pytest.mark.parametrize("arguments, output", [
+    # the conversions: a JSON integer for a float (JSON has one number type), an array for a tuple
+    ({"x": 2, "s": "a"}, "(2.0, 'a', False, None, None, 'sum', None, None, None)"),
+    ({"x": 2.5, "s": "", "flag": True, "o": None, "items": [1, 2], "mode": "max", "pair": [1, 2],
+      "table": {"k": 3}, "anything": {"z": [None]}},
+     "(2.5, '', True, None, [1, 2], 'max', (1, 2.0), {'k': 3}, {'z': [None]})"),
+    ({"x": 1.0, "s": "a", "o": 7, "items": []}, "(1.0, 'a', False, 7, [], 'sum', None, None, None)"),
+])
+def test_arguments_matching_the_typed_signature_are_passed_on(arguments, output):
+    step = ToolEnvironment([typed]).step(call("typed", **arguments))
+    assert (step.tool_calls[0].status, step.observations[0]["content"]) == ("ok", output)
+
+
+@pytest.mark.parametrize("arguments, says", [
+    ({"x": "2", "s": "a"}, """argument 'x' expects float, got str ("2")"""),  # no string coercion
+    ({"x": 1, "s": 3}, "argument 's' expects str, got int (3)"),
+    ({"x": 1, "s": "a", "flag": 1}, "argument 'flag' expects bool, got int (1)"),
+    ({"x": 1, "s": "a", "flag": "true"}, """argument 'flag' expects bool, got str ("true")"""),
+    ({"x": True, "s": "a"}, "argument 'x' expects float, got bool (true)"),  # a JSON bool is no number
+    ({"x": 1, "s": "a", "o": "7"}, """argument 'o' expects int | None, got str ("7")"""),
+    ({"x": 1, "s": "a", "o": 7.0}, "argument 'o' expects int | None, got float (7.0)"),
+    ({"x": 1, "s": "a", "items": [1, "2"]}, """argument 'items' expects list[int] | None, got list ([1, "2"])"""),
+    ({"x": 1, "s": "a", "items": "[1, 2]"}, "argument 'items' expects list[int] | None, got str"),
+    ({"x": 1, "s": "a", "mode": "mean"}, """argument 'mode' expects one of 'sum', 'max', got str ("mean")"""),
+    ({"x": 1, "s": "a", "pair": [1, 2, 3]}, "argument 'pair' expects tuple[int, float] | None, got list"),
+    ({"x": 1, "s": "a", "table": {"k": "3"}}, "argument 'table' expects dict[str, int] | None, got dict"),
+    ({"s": "a"}, "missing argument 'x' (float)"),
+    ({"x": 1, "s": "a", "y": 2}, "unknown argument 'y' (parameters: x: float, s: str, flag: bool, o: int | None"),
+])
+def test_arguments_that_do_not_match_are_an_error_observation_and_the_tool_is_not_called(arguments, says):
+    RAN.clear()
+    step = ToolEnvironment([typed]).step(call("typed", **arguments))
+    (record,) = step.tool_calls
+    assert record.status == "error" and record.arguments == arguments and RAN == []
+    out = step.observations[0]["content"]
+    assert out.startswith("Error: tool 'typed': ") and says in out and record.output == out
+
+
+def test_the_issue_case_a_string_for_an_int_is_refused_not_multiplied():
+    """{"a": "3"} for a: int gave '3333' with status ok (str * 4)."""
+    step = ToolEnvironment([multiply]).step(call("multiply", a="3", b=4) + call("multiply", a=3, b=4))
+    assert [(c.status, c.output) for c in step.tool_calls] == [
+        ("error", """Error: tool 'multiply': argument 'a' expects int, got str ("3")"""), ("ok", "12")]
+
+
+def test_every_problem_of_a_call_is_named_at_once():
+    out = ToolEnvironment([multiply]).step(call("multiply", a=True, c=1)).observations[0]["content"]
+    assert out == ("Error: tool 'multiply': argument 'a' expects int, got bool (true); "
+                   "unknown argument 'c' (parameters: a: int, b: int); missing argument 'b' (int)")
+
+
+def test_extra_arguments_go_to_a_tool_that_takes_kwargs():
+    step = ToolEnvironment([loose]).step(call("loose", a=1, z=2, y=3))
+    assert (step.tool_calls[0].status, step.observations[0]["content"]) == ("ok", "['y', 'z']")
+
+
+class Point:
+    pass
+
+
+def test_an_annotation_that_cannot_be_checked_is_refused_when_the_tool_is_registered():
+    def place(p: Point) -> str:
+        return ""
+
+    with pytest.raises(TypeError, match="tool 'place': parameter 'p' is annotated Point, which tool arguments "
+                                        "cannot be checked against"):
+        ToolEnvironment([place])
+    # ...and when the generator is built, even without the schema rendered
+    with pytest.raises(TypeError, match="parameter 'p' is annotated Point"):
+        MultiTurnGenerator(tiny_generator(), tools=[place], render_tools=False)
+
+
+# ---------------------------------------------------------------------------- environment=
+def tiny_generator():
+    tok = build_char_tokenizer()
+    return HFGenerator(build_tiny_llama(tok, hidden_size=32, num_layers=1, num_heads=2, head_dim=16, seed=0), tok)
+
+
+class Counter:
+    """A stateful environment: counts the messages of its trajectory."""
+
+    def __init__(self):
+        self.seen = 0
+
+    def reset(self, **row):
+        self.seen = 0
+
+    def step(self, message):
+        self.seen += 1
+        return None
+
+
+class NoStep:
+    def reset(self, **row):
+        pass
+
+
+SHARED = Counter()
+
+
+@pytest.mark.parametrize("environment, says", [
+    (ToolEnvironment([multiply]), "environment= must be a class or a function of no arguments, called once per "
+                                  "trajectory to make a fresh environment .trl's environment_factory.; got a "
+                                  "ToolEnvironment instance: pass the class .environment=MyEnv. or a function that "
+                                  "builds a new one .environment=lambda: MyEnv"),
+    (Counter(), "got a Counter instance"),
+    (ToolEnvironment, "environment=ToolEnvironment is called with no arguments for each trajectory, but it needs "
+                      r"arguments .missing a required argument: 'tools'.: .* for tools, pass tools=\[\.\.\.\] instead"),
+    (lambda row: Counter(), "environment=<lambda> is called with no arguments"),
+    (NoStep, "environment=NoStep has no step method"),
+    (lambda: "not an environment", "returned a str, which has no reset or step method"),
+    (lambda: SHARED, "returned the same Counter object twice; every trajectory needs its own"),
+])
+def test_a_wrong_environment_is_refused_when_the_generator_is_built(environment, says):
+    with pytest.raises(TypeError, match=says):
+        MultiTurnGenerator(tiny_generator(), environment=environment)
+
+
+@pytest.mark.parametrize("environment", [Counter, lambda: Counter(), lambda: ToolEnvironment([multiply])])
+def test_a_class_or_a_factory_makes_one_environment_per_trajectory(environment):
+    gen = MultiTurnGenerator(tiny_generator(), environment=environment, max_turns=2)
+    out = gen.generate([[{"role": "user", "content": "2*3"}]], 3, SamplingConfig(max_tokens=6, seed=0))
+    assert len(out) == 3 and len({id(t.environment) for t in out}) == 3
+    gen.close()
 
 
 # ---------------------------------------------------------------------------- the Python tool

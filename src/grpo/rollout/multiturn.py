@@ -62,6 +62,7 @@ from grpo.rollout.tools import (
     ToolEnvironment,
     as_env_step,
     call_with_timeout,
+    environment_factory,
     tool_schema,
 )
 from grpo.rollout.trajectory import (
@@ -133,7 +134,9 @@ class MultiTurnGenerator:
         tools: typed, documented functions (:mod:`grpo.rollout.tools`); builds one
             :class:`ToolEnvironment` per trajectory. Give ``tools`` or ``environment``.
         environment: a class (or zero-argument factory) of :class:`Environment` objects; one
-            instance per trajectory, ``reset(**row)`` with its dataset row.
+            instance per trajectory, ``reset(**row)`` with its dataset row. An instance, or a
+            factory that needs arguments or returns one shared object, is refused here
+            (:func:`grpo.rollout.tools.environment_factory`).
         parser: how tool calls are written (default :class:`grpo.rollout.tools.HermesParser`).
         max_turns: most assistant turns per trajectory.
         max_turn_tokens: most sampled tokens per turn (None: only the overall budget).
@@ -192,9 +195,10 @@ class MultiTurnGenerator:
             self.make_env: Callable[[], Any] = lambda: ToolEnvironment(
                 tools, parser, timeout_s=tool_timeout_s, max_output_chars=max_tool_output_chars
             )
+            self.make_env()  # checks the tools' signatures now, not at the first generate
         else:
             self.tool_schemas = None
-            self.make_env = environment
+            self.make_env = environment_factory(environment)  # a wrong value is refused here
         self.stops = tuple(parser.stop) if (parser is not None and stop_at_call) else ()
         self.max_turns, self.max_turn_tokens = max_turns, max_turn_tokens
         self.env_timeout_s = env_timeout_s

@@ -24,7 +24,8 @@ Two forms, the ones trl users know:
 A list of tools becomes the environment :class:`ToolEnvironment`: it parses the tool calls in a
 message (a :class:`ToolCallParser`), runs them, each on its own thread with a time limit, and
 returns their results as ``tool`` messages; a message without a call ends the trajectory. Bad
-calls never raise: a malformed call, an unknown tool, a tool that raises or hangs gives the model
+calls never raise: a malformed call, an unknown tool, arguments that do not match the tool's typed
+signature (:mod:`grpo.rollout.tool_args`), a tool that raises or hangs gives the model
 an ``Error: ...`` result and a :class:`ToolCall` record with the status, and the run goes on.
 
 :func:`python_tool` runs model-written code in :func:`grpo.sandbox.run_python`, the
@@ -42,6 +43,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from grpo.rollout.tool_args import check_arguments, tool_signature
 
 # ToolCall.status values
 OK, ERROR, TIMEOUT, UNKNOWN_TOOL, MALFORMED = "ok", "error", "timeout", "unknown_tool", "malformed"
@@ -244,7 +247,9 @@ class ToolEnvironment:
 
     Args:
         tools: functions (or callables with a ``__name__``); called with the parsed arguments
-            as keywords. The result is shown as ``str(result)``.
+            as keywords, once they match the typed signature (:mod:`grpo.rollout.tool_args`:
+            a mismatch is an ``Error:`` observation with status ``"error"``, the tool is not
+            called). The result is shown as ``str(result)``.
         parser: how calls are written (default :class:`HermesParser`).
         timeout_s: per call.
         max_output_chars: a longer result is cut (the model sees the cut and a note).
@@ -264,6 +269,8 @@ class ToolEnvironment:
         if len(self.tools) != len(tools):
             names = [getattr(t, "__name__", t) for t in tools]
             raise ValueError(f"tool names must be unique, got {names}")
+        # checked now: a tool whose annotations cannot be checked is refused here, by name
+        self.signatures = {name: tool_signature(fn, name) for name, fn in self.tools.items()}
         self.parser = parser or HermesParser()
         self.timeout_s, self.max_output_chars = timeout_s, max_output_chars
         self.max_calls_per_turn = max_calls_per_turn
@@ -295,18 +302,7 @@ class ToolEnvironment:
                     (f"Error: unknown tool {call.name!r:.60}; available: {available}"),
                 )
             else:
-                fn = self.tools[call.name]
-                status, value = call_with_timeout(
-                    lambda fn=fn, a=call.arguments: fn(**a), self.timeout_s
-                )
-                if status == OK:
-                    output = str(value)
-                elif status == TIMEOUT:
-                    output = f"Error: tool {call.name!r} timed out after {self.timeout_s:g} s"
-                elif isinstance(value, ToolError):
-                    status, output = value.status, value.output
-                else:
-                    output = f"Error: {type(value).__name__}: {value}"
+                status, output = self._run(call)
             output = clip_output(output, self.max_output_chars)
             calls.append(
                 ToolCall(
@@ -321,6 +317,22 @@ class ToolEnvironment:
             observations.append({"role": "tool", "content": output})
         self.turn += 1
         return EnvStep(observations=observations, tool_calls=calls)
+
+    def _run(self, call: ParsedCall) -> tuple[str, str]:
+        """``(status, output)`` of one call of a known tool: its arguments checked against the
+        typed signature (a mismatch is answered without calling the tool), then the call."""
+        arguments, mismatch = check_arguments(self.signatures[call.name], call.arguments)
+        if mismatch is not None:
+            return ERROR, mismatch
+        fn = self.tools[call.name]
+        status, value = call_with_timeout(lambda: fn(**arguments), self.timeout_s)
+        if status == OK:
+            return OK, str(value)
+        if status == TIMEOUT:
+            return TIMEOUT, f"Error: tool {call.name!r} timed out after {self.timeout_s:g} s"
+        if isinstance(value, ToolError):
+            return value.status, value.output
+        return ERROR, f"Error: {type(value).__name__}: {value}"
 
 
 # ---------------------------------------------------------------------------- the Python tool
@@ -409,3 +421,63 @@ def python_tool(
 
     python.__name__ = name
     return python
+
+
+# ---------------------------------------------------------------------------- environment=
+def environment_factory(environment: Any) -> Callable[[], Environment]:
+    """``environment`` checked as what ``MultiTurnGenerator(environment=)`` takes: a class, or a
+    function of no arguments, called once per trajectory to make a fresh :class:`Environment`
+    (trl's ``environment_factory`` contract). Raises ``TypeError`` naming what was given and the
+    fix, so a wrong value is refused when the generator is built, not at the first generate.
+
+    A class is checked without being instantiated (no required constructor argument; ``reset``
+    and ``step`` methods). A factory function is called twice, as trl probes its
+    ``environment_factory``: each product must have ``reset`` and ``step``, and the two must be
+    distinct objects (one instance shared by every trajectory would share its state).
+    """
+    import inspect
+
+    fix = (
+        "pass the class (environment=MyEnv) or a function that builds a new one "
+        "(environment=lambda: MyEnv(...)); for tools, pass tools=[...] instead"
+    )
+    given = getattr(environment, "__name__", type(environment).__name__)
+    if not callable(environment):
+        raise TypeError(
+            f"environment= must be a class or a function of no arguments, called once per "
+            f"trajectory to make a fresh environment (trl's environment_factory); got a "
+            f"{type(environment).__name__} instance: {fix}"
+        )
+    try:
+        inspect.signature(environment).bind()
+    except TypeError as e:
+        raise TypeError(
+            f"environment={given} is called with no arguments for each trajectory, but it "
+            f"needs arguments ({e}): {fix}"
+        ) from e
+    except ValueError:  # a builtin without a signature: the probe below checks it
+        pass
+    if isinstance(environment, type):
+        missing = [m for m in ("reset", "step") if not callable(getattr(environment, m, None))]
+        if missing:
+            raise TypeError(
+                f"environment={given} has no {' or '.join(missing)} method; an environment "
+                "has reset(**row) and step(message) (grpo.rollout.tools.Environment)"
+            )
+        return environment
+    first, second = environment(), environment()
+    for made in (first, second):
+        missing = [m for m in ("reset", "step") if not callable(getattr(made, m, None))]
+        if missing:
+            raise TypeError(
+                f"environment={given} returned a {type(made).__name__}, which has no "
+                f"{' or '.join(missing)} method; an environment has reset(**row) and "
+                "step(message) (grpo.rollout.tools.Environment)"
+            )
+    if first is second:
+        raise TypeError(
+            f"environment={given} returned the same {type(first).__name__} object twice; every "
+            "trajectory needs its own (they run concurrently and an environment holds state): "
+            f"build a new one in the function, environment=lambda: {type(first).__name__}(...)"
+        )
+    return environment
