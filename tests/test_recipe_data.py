@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -217,7 +218,11 @@ def test_quick_without_a_quick_section_is_refused(tmp_path, capsys):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CPU_RECIPES)
 def test_every_packaged_cpu_recipe_trains_with_quick(tmp_path, name):
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1"}
+    import grpo
+
+    src = str(Path(grpo.__file__).parents[1])  # this tree's grpo, from the run folder too
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home"), "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "grpo.cli", "train", name, "--quick"], cwd=tmp_path, env=env,
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
