@@ -36,12 +36,13 @@ def write_rows(path, rows=ROWS):
     return path
 
 
-def recipe_file(tmp_path, dataset: str) -> str:
+def recipe_file(tmp_path, dataset: str, eval_dataset: str = "null") -> str:
     path = tmp_path / "recipe.yaml"
     path.write_text(textwrap.dedent(f"""\
         model: tiny
         {SMALL_TINY}
         dataset: {dataset}
+        eval_dataset: {eval_dataset}
         rewards: [{{name: math}}]
         trainer: {{output_dir: {tmp_path / 'run'}}}
         """))
@@ -74,6 +75,11 @@ def test_a_missing_or_unknown_file_is_refused_naming_it_before_the_model_is_buil
         err = capsys.readouterr().err
         assert code == 2 and message in err, err
         assert not (tmp_path / "run" / "tiny_model").exists()  # refused before anything was built
+        # grpo eval too: its quick checks come before the model
+        code = cli.main(["eval", recipe_file(tmp_path, "{name: tiny_arithmetic}", eval_dataset=dataset)])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err, err
+        assert not (tmp_path / "run" / "tiny_model").exists()
 
 
 @pytest.mark.parametrize("dataset, message", [
