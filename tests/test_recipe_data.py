@@ -237,3 +237,15 @@ def test_every_packaged_cpu_recipe_trains_with_quick(tmp_path, name):
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == quick.trainer.max_steps
     assert "a supervised warm-up of" in out.stdout and "{'loss'" not in out.stdout + out.stderr
+
+
+def test_a_pipeline_stage_reads_data_with_the_same_loader_and_renames(tmp_path):
+    from grpo.pipeline.recipe import PipelineRecipe
+    from grpo.pipeline.stages import load_rows as pipeline_load_rows
+
+    assert pipeline_load_rows is load_rows  # one loader, not two
+    path = write_rows(tmp_path / "rows.parquet")
+    stage = {"name": "a", "type": "sft", "data": {"path": str(path), "columns": {"answer": "solution"}}}
+    spec = PipelineRecipe(model="m", stages=[stage]).stages[0].data
+    rows = load_rows(spec.model_dump(by_alias=True))
+    assert rows[0] == {"question": "0+1", "solution": "1"}
