@@ -249,3 +249,12 @@ def test_a_pipeline_stage_reads_data_with_the_same_loader_and_renames(tmp_path):
     spec = PipelineRecipe(model="m", stages=[stage]).stages[0].data
     rows = load_rows(spec.model_dump(by_alias=True))
     assert rows[0] == {"question": "0+1", "solution": "1"}
+
+
+def test_a_pipeline_stage_refuses_a_quick_section_it_would_never_apply():
+    from grpo.pipeline.recipe import PipelineRecipe
+
+    stage = {"name": "a", "type": "grpo", "dataset": {"name": "tiny_arithmetic"}, "rewards": [{"name": "math"}],
+             "quick": {"trainer.max_steps": 2}}
+    with pytest.raises(ValueError, match="quick: is grpo train --quick's smoke form; a pipeline stage has none"):
+        PipelineRecipe(model="m", stages=[stage])

@@ -164,6 +164,11 @@ class GRPOStage(Recipe):
             )
         if self.eval_data is not None and self.eval_dataset is not None:
             raise ValueError("give eval_data or eval_dataset, not both")
+        if self.quick:
+            raise ValueError(
+                "quick: is grpo train --quick's smoke form; a pipeline stage has none: put "
+                "those settings in the stage (trainer: ..., tiny: ...)"
+            )
         return self
 
 
