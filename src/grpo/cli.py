@@ -2,6 +2,7 @@
 
     grpo train RECIPE [key=value ...]           e.g. trainer.beta=0 rewards.1.weight=0.5
     grpo train r1_zero_cpu                      the packaged offline CPU recipe (tiny model)
+    grpo train r1_zero_cpu --quick              its smoke form (the recipe's quick: overrides)
     grpo eval RECIPE --model RUN/final          held-out accuracy of a trained model, or of a
     grpo eval RECIPE --model RUN/checkpoints/step_N     checkpoint (same numbers as in training)
     grpo report RUN_DIR                         PNG curves + report.html
@@ -119,12 +120,19 @@ def _as_model(cls, default: Any):
     )
 
 
-def load_recipe(name_or_path: str, overrides: list[str]) -> Recipe:
-    """The validated recipe (packaged name or path) with ``key=value`` overrides applied."""
+QUICK_HELP = (
+    "the recipe's smoke form: apply its quick: section (dotted overrides: a short warm-up, a few "
+    "steps, its own output_dir) before the command line's; runs in seconds"
+)
+
+
+def load_recipe(name_or_path: str, overrides: list[str], quick: bool = False) -> Recipe:
+    """The validated recipe (packaged name or path) with ``key=value`` overrides applied (after
+    its ``quick:`` overrides, with ``quick``)."""
     from grpo.recipes import find_recipe
     from grpo.recipes.schema import Recipe
 
-    return Recipe.from_yaml(find_recipe(name_or_path), overrides)
+    return Recipe.from_yaml(find_recipe(name_or_path), overrides, quick=quick)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -135,7 +143,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.parser.error(
             "train needs a recipe (a packaged name such as r1_zero_cpu, or a YAML path)"
         )
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, args.quick)
     from grpo.recipes.assemble import build_trainer
 
     try:
@@ -160,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from grpo.recipes.assemble import evaluate_recipe
 
-    recipe = load_recipe(args.recipe, args.overrides)
+    recipe = load_recipe(args.recipe, args.overrides, args.quick)
     result = evaluate_recipe(
         recipe,
         args.model,
@@ -205,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--help-config", action="store_true", help="list every recipe key and GRPOConfig field"
     )
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.set_defaults(func=cmd_train, parser=p)
 
     p = sub.add_parser("eval", help="evaluate a model or checkpoint on the recipe's eval set")
@@ -252,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
         "64 samples per prompt: add trainer.eval.samples=64); default: the recipe's sampling",
     )
     p.add_argument("--output", help="also write the metrics to this JSON file")
+    p.add_argument("--quick", action="store_true", help=QUICK_HELP)
     p.set_defaults(func=cmd_eval, parser=p)
 
     p = sub.add_parser("report", help="draw the run report")

@@ -137,6 +137,8 @@ def sft(
     *,
     tokenizer: Any = None,
     save: bool = True,
+    callbacks: Sequence[Any] = (),
+    print_logs: bool = True,
     **settings: Any,
 ) -> SFTResult:
     """Fine-tune ``model`` on SFT rows with trl's ``SFTTrainer``; save it to ``output_dir/model``.
@@ -148,6 +150,9 @@ def sft(
         output_dir: the stage folder; the model goes to ``output_dir/model``.
         tokenizer: the model's tokenizer (default: loaded from the model's path).
         save: save the model to ``output_dir/model`` (False: only train ``model`` in place).
+        callbacks: transformers ``TrainerCallback``s (e.g. a progress display of your own).
+        print_logs: False drops transformers' own log printing and progress bar (the raw
+            ``{'loss': ...}`` dicts): for a caller that shows progress through ``callbacks``.
         **settings: ``trl.SFTConfig`` fields (``learning_rate``, ``num_train_epochs``,
             ``per_device_train_batch_size``, ``max_length``, ``seed`` ...).
     """
@@ -170,8 +175,17 @@ def sft(
     output_dir = Path(output_dir)
     args = sft_config(output_dir / "trl", **settings)
     trainer = SFTTrainer(
-        model=model, args=args, train_dataset=Dataset.from_list(rows), processing_class=tokenizer
+        model=model,
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        callbacks=list(callbacks) or None,
     )
+    if not print_logs:
+        from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+        trainer.remove_callback(PrinterCallback)
+        trainer.remove_callback(ProgressCallback)
     trainer.train()
     model_dir = output_dir / "model"
     if save:

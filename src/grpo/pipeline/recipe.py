@@ -75,14 +75,14 @@ class DataSpec(BaseModel):
         None, description="A builder of grpo.recipes.datasets (e.g. tiny_arithmetic, gsm8k)."
     )
     hub: str | None = Field(None, description="A Hugging Face hub dataset id.")
-    path: str | None = Field(None, description="A local JSONL file.")
+    path: str | None = Field(None, description="A local .jsonl, .json, .parquet or .csv file.")
     config: str | None = Field(None, description="Hub dataset configuration name.")
     split: str = Field("train", description="Split (builder, hub).")
     limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
-    columns: list[str] | None = Field(
+    columns: list[str] | dict[str, str] | None = Field(
         None,
         description="Keep only these columns (before anything is loaded into memory, for hub "
-        "data).",
+        "data); a mapping {old: new} renames columns instead.",
     )
     kwargs: dict[str, Any] = Field(
         default_factory=dict, description="Extra builder / load_dataset arguments."
@@ -164,6 +164,11 @@ class GRPOStage(Recipe):
             )
         if self.eval_data is not None and self.eval_dataset is not None:
             raise ValueError("give eval_data or eval_dataset, not both")
+        if self.quick:
+            raise ValueError(
+                "quick: is grpo train --quick's smoke form; a pipeline stage has none: put "
+                "those settings in the stage (trainer: ..., tiny: ...)"
+            )
         return self
 
 

@@ -16,61 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from grpo.pipeline.pages import write_sample_report, write_sft_report
-
-
-def load_rows(spec: dict[str, Any]) -> list[dict]:
-    """Rows of a resolved data spec (``path`` / ``builder`` / ``hub``), limited, prompts built."""
-    if spec.get("path"):
-        from grpo.pipeline.sample import read_jsonl
-
-        path = Path(spec["path"])
-        if not path.exists():
-            raise FileNotFoundError(f"data file {path} does not exist")
-        rows = read_jsonl(path)
-    elif spec.get("builder"):
-        from grpo.recipes.datasets import build_dataset
-
-        rows = build_dataset(
-            spec["builder"], spec.get("split", "train"), None, **spec.get("kwargs", {})
-        )
-    else:
-        from datasets import load_dataset
-
-        ds = load_dataset(
-            spec["hub"],
-            spec.get("config"),
-            split=spec.get("split", "train"),
-            **spec.get("kwargs", {}),
-        )
-        if spec.get("columns"):
-            ds = ds.select_columns(
-                spec["columns"]
-            )  # e.g. drop OpenR1-Math's multi-trace `generations`
-        if spec.get("limit"):
-            ds = ds.select(range(min(spec["limit"], len(ds))))
-        rows = [dict(r) for r in ds]
-    rows = rows[: spec["limit"]] if spec.get("limit") else rows
-    if spec.get("columns"):
-        missing = sorted(set(spec["columns"]) - set(rows[0] if rows else ()))
-        if missing:
-            raise KeyError(f"columns {missing} are not in the data (fields: {sorted(rows[0])})")
-        rows = [{k: r[k] for k in spec["columns"]} for r in rows]
-    column = spec.get("prompt_column")
-    if column:
-        from grpo.recipes.datasets import R1_ZERO_SYSTEM
-
-        system = R1_ZERO_SYSTEM if spec.get("system") is None else spec["system"]
-        head = [{"role": "system", "content": system}] if system else []
-        missing = [i for i, r in enumerate(rows) if column not in r]
-        if missing:
-            raise KeyError(
-                f"prompt_column {column!r} is missing from row {missing[0]} "
-                f"(fields: {sorted(rows[missing[0]])})"
-            )
-        rows = [{**r, "prompt": head + [{"role": "user", "content": str(r[column])}]} for r in rows]
-    if not rows:
-        raise ValueError(f"the data {spec} has no rows")
-    return rows
+from grpo.recipes.datasets import load_rows  # the one data loader, shared with grpo train
 
 
 def run_sft(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict[str, Any]]:

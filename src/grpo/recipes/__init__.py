@@ -148,12 +148,13 @@ def build_rewards(specs: Sequence[RewardSpec]) -> tuple[list[Any], list[float]]:
 
 def check_recipe(recipe: Recipe) -> tuple[list[Any], list[float]]:
     """Every quick check before anything is downloaded or built: the dataset builders and their
-    options, the rewards (built) and the Hub. Returns :func:`build_rewards`'s result."""
-    from grpo.recipes.datasets import check_dataset
+    options, the data files (there, in a known format), the rewards (built) and the Hub.
+    Returns :func:`build_rewards`'s result."""
+    from grpo.recipes.datasets import check_source
 
     for spec in (recipe.dataset, recipe.eval_dataset):
         if spec is not None:
-            check_dataset(spec.name, spec.kwargs)
+            check_source(spec.source())
     return build_rewards(recipe.rewards)
 
 
@@ -172,17 +173,22 @@ def prepare_model(recipe: Recipe) -> str:
         set_torch_threads(recipe.trainer.forward.torch_threads, cuda=torch.cuda.is_available())
         return str(
             build_tiny_model(
-                Path(recipe.trainer.output_dir) / TINY_MODEL_DIR, recipe.tiny or TinyModelSpec()
+                Path(recipe.trainer.output_dir) / TINY_MODEL_DIR,
+                recipe.tiny or TinyModelSpec(),
+                progress=recipe.trainer.log.progress_bar,
             )
         )
     require_hub(recipe)
     return recipe.model
 
 
-def build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
+def build_tiny_model(folder: Path, spec: TinyModelSpec, progress: bool = True) -> Path:
     """Build the tiny Llama + character tokenizer of ``spec`` (``grpo.tiny``), warm it up on the
     CPU demo's sloppy teacher (``grpo.recipes.tiny_task``, R1's cold start in miniature) and save
-    both with ``save_pretrained``. Reused when ``folder`` already holds the same spec."""
+    both with ``save_pretrained``. Reused when ``folder`` already holds the same spec.
+
+    A warm-up is announced first (what, how long, how to shorten it: :func:`warmup_notice`);
+    ``progress`` (``trainer.log.progress_bar``) shows its progress bar on a terminal."""
     import fcntl
 
     # several processes of one run (torchrun) reach here at once: one builds, the others wait for
@@ -190,10 +196,32 @@ def build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(folder.name + ".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_tiny_model(folder, spec)
+        return _build_tiny_model(folder, spec, progress)
 
 
-def _build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
+WARMUP_SECONDS_PER_STEP = 0.25
+"""Rough wall time of one warm-up step (64 rows, the default tiny model) on one CPU thread, for
+the announcement's estimate only; the progress bar's ETA is the measured one."""
+
+
+def warmup_notice(folder: Path, spec: TinyModelSpec) -> str:
+    """The line announcing a tiny model's warm-up: what runs, about how long, how to shorten it."""
+    minutes = spec.warmup_steps * WARMUP_SECONDS_PER_STEP / 60
+    took = f"~{minutes:.0f} min" if minutes >= 1 else f"~{minutes * 60:.0f} s"
+    shorter = (
+        " Shorter: tiny.warmup_steps=5; the smoke form of a packaged CPU recipe (seconds): "
+        "grpo train r1_zero_cpu --quick"
+        if spec.warmup_steps > 50
+        else ""
+    )
+    return (
+        f"grpo: building the tiny model into {folder}: a supervised warm-up of "
+        f"{spec.warmup_steps} steps first ({took} on a CPU; built once, reused by later runs "
+        f"with the same tiny: settings).{shorter}"
+    )
+
+
+def _build_tiny_model(folder: Path, spec: TinyModelSpec, progress: bool = True) -> Path:
     import torch
 
     from grpo.recipes.tiny_task import make_problems, warmup_sft
@@ -219,6 +247,7 @@ def _build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
         seed=spec.seed,
     )
     if spec.warmup_steps:
+        print(warmup_notice(folder, spec), flush=True)
         warmup_sft(
             model,
             tokenizer,
@@ -226,6 +255,7 @@ def _build_tiny_model(folder: Path, spec: TinyModelSpec) -> Path:
             steps=spec.warmup_steps,
             seed=spec.seed,
             log_every=max(spec.warmup_steps // 8, 1),
+            progress=progress,
         )
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
@@ -288,7 +318,7 @@ def hub_problem(recipe: Recipe, model: str | None = None, timeout: float = 5.0) 
         if not _in_hub_cache(model, "model"):
             needs.append(f"model {model}")
     for spec in (recipe.dataset, recipe.eval_dataset):
-        repo = HUB_DATASETS.get(spec.name) if spec is not None else None
+        repo = None if spec is None else spec.hub or HUB_DATASETS.get(spec.name or "")
         if repo and not _in_hub_cache(repo, "dataset") and f"dataset {repo}" not in needs:
             needs.append(f"dataset {repo}")
     if not needs:
@@ -301,6 +331,12 @@ def hub_problem(recipe: Recipe, model: str | None = None, timeout: float = 5.0) 
     return (
         f"this recipe downloads {' and '.join(needs)} from the Hugging Face Hub, but {why}. "
         f"Download {'it' if len(needs) == 1 else 'them'} where the Hub is reachable "
-        "(huggingface-cli download ...) and point model= at the local folder, "
-        "or train the packaged offline CPU recipe: grpo train r1_zero_cpu"
+        "(huggingface-cli download ...) and point model= at the local folder"
+        + (
+            " (a dataset: save it as a file, Dataset.to_json('rows.jsonl'), and give "
+            "dataset: {path: rows.jsonl})"
+            if any(n.startswith("dataset") for n in needs)
+            else ""
+        )
+        + ", or train the packaged offline CPU recipe: grpo train r1_zero_cpu"
     )

@@ -47,9 +47,9 @@ def dataset_rows(spec: DatasetSpec | None) -> list[dict] | None:
     """The rows of a recipe's ``dataset`` / ``eval_dataset`` (None for None)."""
     if spec is None:
         return None
-    from grpo.recipes.datasets import build_dataset
+    from grpo.recipes.datasets import load_rows
 
-    return build_dataset(spec.name, spec.split, spec.limit, **spec.kwargs)
+    return load_rows(spec.source())
 
 
 def generator_wrapper(recipe: Recipe) -> Callable[[Any], Any] | None:

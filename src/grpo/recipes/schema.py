@@ -23,6 +23,7 @@ closest known key. A ``grpo`` stage of a pipeline (:mod:`grpo.pipeline.recipe`) 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, get_args
 
@@ -34,13 +35,59 @@ from grpo.recipes.multiturn import MultiTurnSettings
 
 
 class DatasetSpec(BaseModel):
+    """Where a recipe's rows come from: exactly one of ``name`` (a builder), ``path`` (your own
+    file) or ``hub`` (a Hugging Face dataset); read by :func:`grpo.recipes.datasets.load_rows`,
+    the pipeline's loader too."""
+
     model_config = ConfigDict(extra="forbid")
-    name: str = Field(description="Builder name in grpo.recipes.datasets.DATASETS.")
-    split: str = Field("train", description="Split to build.")
-    limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
-    kwargs: dict[str, Any] = Field(
-        default_factory=dict, description="Extra builder arguments (checked)."
+    name: str | None = Field(None, description="Builder name in grpo.recipes.datasets.DATASETS.")
+    path: str | None = Field(
+        None, description="Your own rows: a .jsonl, .json, .parquet or .csv file."
     )
+    hub: str | None = Field(None, description="A Hugging Face Hub dataset id (owner/name).")
+    config: str | None = Field(None, description="The hub dataset's configuration name.")
+    split: str = Field("train", description="Split to build or load (builder, hub).")
+    limit: int | None = Field(None, ge=1, description="Keep the first N rows.")
+    columns: dict[str, str] | list[str] | None = Field(
+        None,
+        description="{old: new} renames columns (e.g. {answer: solution} for trl's "
+        "accuracy_reward); a list keeps only those columns.",
+    )
+    prompt_column: str | None = Field(
+        None, description="Build each row's chat 'prompt' from this column (the user turn)."
+    )
+    system: str | None = Field(
+        None,
+        description="System message of prompts built from prompt_column (default: the R1-Zero "
+        "instruction; '' none).",
+    )
+    kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Extra builder arguments (checked), or datasets.load_dataset arguments.",
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        given = [k for k in ("name", "path", "hub") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(
+                f"a dataset needs exactly one of name (a builder), path (your file) or hub "
+                f"(a Hugging Face dataset), got {given or 'none'}"
+            )
+        if self.config is not None and self.hub is None:
+            raise ValueError(f"config={self.config!r} is a hub dataset's; it needs hub:")
+        if self.path is not None and "split" in self.model_fields_set:
+            raise ValueError(
+                f"split={self.split!r} does not apply to a file (path: {self.path}); "
+                "a file is one split"
+            )
+        if self.system is not None and self.prompt_column is None:
+            raise ValueError("system applies to prompts built from prompt_column; set both")
+        return self
+
+    def source(self) -> dict[str, Any]:
+        """The spec as :func:`grpo.recipes.datasets.load_rows` reads it."""
+        return {**self.model_dump(exclude={"name"}), "builder": self.name}
 
 
 class RewardSpec(BaseModel):
@@ -79,7 +126,9 @@ class Recipe(BaseModel):
         description="Model folder, hub id, or 'tiny' (built offline into the run folder)."
     )
     tiny: TinyModelSpec | None = Field(None, description="Size and warm-up of model: tiny.")
-    dataset: DatasetSpec = Field(description="Training prompts: {name, split, limit, kwargs}.")
+    dataset: DatasetSpec = Field(
+        description="Training prompts: {name | path | hub, split, limit, columns, kwargs}."
+    )
     eval_dataset: DatasetSpec | None = Field(
         None, description="Held-out prompts for evaluation (optional)."
     )
@@ -92,6 +141,11 @@ class Recipe(BaseModel):
     trainer: GRPOConfig = Field(default_factory=GRPOConfig)
     multiturn: MultiTurnSettings | None = Field(
         None, description="Tool use during rollouts (grpo.recipes.multiturn; None: single turn)."
+    )
+    quick: dict[str, Any] = Field(
+        default_factory=dict,
+        description="The recipe's smoke form: dotted overrides ({trainer.max_steps: 2, ...}) "
+        "that --quick applies before the command line's.",
     )
 
     @model_validator(mode="after")
@@ -128,9 +182,13 @@ class Recipe(BaseModel):
         return self
 
     @classmethod
-    def from_yaml(cls, path: str | Path, overrides: list[str] | None = None) -> Recipe:
+    def from_yaml(
+        cls, path: str | Path, overrides: list[str] | None = None, quick: bool = False
+    ) -> Recipe:
         """Load a recipe; overrides are ``key=value`` with dotted keys (``trainer.beta=0``,
-        ``rewards.1.weight=0.5``). Mistakes raise :class:`RecipeError` naming the key."""
+        ``rewards.1.weight=0.5``). ``quick``: apply the recipe's own ``quick:`` overrides first
+        (its smoke form; ``overrides`` still win). Mistakes raise :class:`RecipeError` naming
+        the key."""
         import yaml
 
         path = Path(path)
@@ -144,10 +202,22 @@ class Recipe(BaseModel):
             raise RecipeError(
                 f"recipe {path} must be a mapping (model:, dataset:, rewards:, trainer:)"
             )
+        if quick:
+            preset = data.get("quick") or {}
+            if not isinstance(preset, dict) or not preset:
+                raise RecipeError(
+                    f"--quick: recipe {path} has no quick: section (a mapping of dotted "
+                    "overrides, e.g. quick: {trainer.max_steps: 2}); give the overrides "
+                    "on the command line instead"
+                )
+            quick_overrides = [f"{key}={json.dumps(value)}" for key, value in preset.items()]
         try:
+            if quick:
+                data = apply_overrides(data, quick_overrides)
             data = apply_overrides(data, overrides or [])
         except ValueError as e:
-            raise RecipeError(str(e)) from e
+            where = " (in its quick: section)" if quick else ""
+            raise RecipeError(f"{e}{where}") from e
         try:
             return cls(**data)
         except ValidationError as e:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Sequence
+from typing import Any
 
 N_TERMS = 3
 HELD_OUT = 200  # problems kept out of training (disjoint from the train split)
@@ -129,9 +130,13 @@ def warmup_sft(
     think_p: float = 0.4,
     noformat_p: float = 0.1,
     log_every: int = 100,
+    progress: bool = True,
 ) -> list[float]:
     """Supervised warm-up on sloppy-teacher completions (trains ``model`` in place); returns the
     logged loss curve.
+
+    Progress: a tqdm bar ("warm-up", with the loss) on a terminal when ``progress``; otherwise
+    one ``warm-up step i/N: loss x`` line every ``log_every`` steps (never trl's raw dicts).
 
     A use of :func:`grpo.pipeline.sft` (trl's ``SFTTrainer``, loss on the completion and its
     eos): ``steps x batch_size`` fresh teacher rows, one epoch, AdamW, 20 warm-up steps then
@@ -165,6 +170,8 @@ def warmup_sft(
                 seed=seed,
                 logging_steps=log_every or steps,
                 disable_tqdm=True,
+                callbacks=[_warmup_progress(steps, progress)],
+                print_logs=False,
                 dataloader_num_workers=0,
                 gradient_checkpointing=False,
             )
@@ -172,3 +179,34 @@ def warmup_sft(
         if bars:
             datasets.enable_progress_bars()
     return [r["loss"] for r in result.log_history if "loss" in r]
+
+
+def _warmup_progress(steps: int, progress: bool) -> Any:
+    """A transformers ``TrainerCallback`` showing :func:`warmup_sft`'s progress: a tqdm bar with
+    the loss on a terminal, plain lines elsewhere (tqdm's rule: ``disable=None`` is off when
+    the output is not a tty)."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class WarmupProgress(TrainerCallback):
+        def __init__(self) -> None:
+            self.bar = tqdm(
+                total=steps, desc="warm-up", unit="step", disable=None if progress else True
+            )
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            loss = (logs or {}).get("loss")
+            if loss is None:
+                return
+            if self.bar.disable:
+                print(f"warm-up step {state.global_step}/{steps}: loss {loss:.3f}", flush=True)
+            else:
+                self.bar.set_postfix(loss=f"{loss:.3f}")
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.bar.close()
+
+    return WarmupProgress()
