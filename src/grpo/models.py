@@ -37,6 +37,24 @@ def check_model_path(path: str) -> str:
     return path
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """A saved peft adapter (``adapter_config.json``, no ``config.json``): what a LoRA run's
+    ``final/`` holds unless ``checkpoint.merge_lora``."""
+    folder = Path(path).expanduser()
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+def load_adapter_merged(path: str, dtype: str) -> tuple[torch.nn.Module, str]:
+    """(the adapter's base model with the adapter merged in, a plain transformers model; the
+    base's path): downstream stages (evaluation, sampling, vLLM, which loads the base and
+    receives the merged weights) need no peft."""
+    from peft import AutoPeftModelForCausalLM
+
+    peft_model = AutoPeftModelForCausalLM.from_pretrained(path, dtype=model_dtype(dtype))
+    base = peft_model.peft_config["default"].base_model_name_or_path
+    return peft_model.merge_and_unload(), base
+
+
 def load_policy(
     model: str | torch.nn.Module,
     tokenizer: Any,
@@ -49,7 +67,11 @@ def load_policy(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = None
-    if isinstance(model, (str, Path)):
+    if isinstance(model, (str, Path)) and is_adapter_dir(model):
+        adapter = str(model)  # its tokenizer is saved beside it; the base's path goes to vLLM
+        model, path = load_adapter_merged(adapter, forward.dtype)
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(adapter)
+    elif isinstance(model, (str, Path)):
         path = check_model_path(str(model))
         model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(forward.dtype))
     elif not isinstance(model, torch.nn.Module):
