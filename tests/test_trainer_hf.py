@@ -137,10 +137,14 @@ def test_resume_from_checkpoint_true_continues_a_stopped_run_to_the_same_weights
     part.close()
     with pytest.raises(FileExistsError, match=r"resume_from_checkpoint=True"):  # a fresh run is refused
         GRPOTrainer(str(tiny_dir), [Checksum()], rows(), cfg(tmp_path, "part", sections={"checkpoint": {"steps": 1}})).train()
-    again = GRPOTrainer(str(tiny_dir), [Checksum()], rows(), cfg(tmp_path, "part", sections={"checkpoint": {"steps": 1}}))
+    rec = Recorder()
+    again = GRPOTrainer(str(tiny_dir), [Checksum()], rows(), cfg(tmp_path, "part", sections={"checkpoint": {"steps": 1}}),
+                        callbacks=[rec])
     again.train(resume_from_checkpoint=True)
     again.close()
     assert again.state.global_step == 3
+    assert rec.events[0] == ("train_begin", 1) and [e for e in rec.events if e[0] == "step_end"] == [
+        ("step_end", 2), ("step_end", 3)]  # only the steps left
     assert [e["step"] for e in again.state.log_history] == [1, 2, 3]  # step 1's log came from the checkpoint
     want, got = weights(full), weights(again)
     assert all(torch.equal(want[n], got[n]) for n in want)
@@ -202,11 +206,14 @@ def test_lora_merge_option_writes_a_plain_model(tiny_dir, tmp_path):
 
 
 def test_an_adapter_folder_loads_as_a_merged_policy(tiny_dir, tmp_path):
-    """What grpo eval and the pipeline stages load (grpo.models.load_policy): a plain model."""
+    """What grpo eval and the pipeline stages load (grpo.models.load_policy): a plain model;
+    ``grpo eval --model RUN`` finds the adapter in RUN/final."""
     from grpo.config import ForwardConfig
     from grpo.models import load_policy
+    from grpo.recipes.assemble import resolve_eval_model
 
     final, ids, trained = _lora_run(tiny_dir, tmp_path, "lora")
+    assert resolve_eval_model(None, str(final.parent)) == (str(final), None)
     model, tokenizer, path = load_policy(str(final), None, None, ForwardConfig(), torch.device("cpu"))
     assert path == str(tiny_dir) and not hasattr(model, "peft_config") and tokenizer is not None
     with torch.no_grad():
