@@ -177,14 +177,14 @@ def _lora_run(tiny_dir, tmp_path, name, **merge):
     ids = torch.tensor([[5, 6, 7, 8, 9]])
     with torch.no_grad():
         logits = trainer.model(input_ids=ids).logits
-    return tmp_path / name / "final", ids, logits
+    return tmp_path / name / "final", ids, logits, trainer
 
 
 def test_lora_final_model_is_a_peft_adapter_with_the_trained_logits(tiny_dir, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    final, ids, trained = _lora_run(tiny_dir, tmp_path, "lora")
+    final, ids, trained, _ = _lora_run(tiny_dir, tmp_path, "lora")
     assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
     assert not (final / "config.json").exists()
     base = AutoModelForCausalLM.from_pretrained(str(tiny_dir))
@@ -198,23 +198,35 @@ def test_lora_final_model_is_a_peft_adapter_with_the_trained_logits(tiny_dir, tm
 def test_lora_merge_option_writes_a_plain_model(tiny_dir, tmp_path):
     from transformers import AutoModelForCausalLM
 
-    final, ids, trained = _lora_run(tiny_dir, tmp_path, "merged", merge_lora=True)
+    final, ids, trained, _ = _lora_run(tiny_dir, tmp_path, "merged", merge_lora=True)
     assert (final / "config.json").exists() and not (final / "adapter_config.json").exists()
     with torch.no_grad():
         loaded = AutoModelForCausalLM.from_pretrained(str(final))(input_ids=ids).logits
     torch.testing.assert_close(loaded, trained, rtol=1e-4, atol=1e-4)
 
 
+def test_save_model_merges_on_request_whatever_the_config(tiny_dir, tmp_path):
+    """What a pipeline grpo stage writes as its model output: plain weights for the next stage."""
+    final, _, _, trainer = _lora_run(tiny_dir, tmp_path, "lora")
+    trainer.save_model(tmp_path / "stage_model", merge_lora=True)
+    assert (tmp_path / "stage_model" / "config.json").exists() and (final / "adapter_config.json").exists()
+
+
 def test_an_adapter_folder_loads_as_a_merged_policy(tiny_dir, tmp_path):
     """What grpo eval and the pipeline stages load (grpo.models.load_policy): a plain model;
     ``grpo eval --model RUN`` finds the adapter in RUN/final."""
     from grpo.config import ForwardConfig
-    from grpo.models import load_policy
+    from grpo.config import VLLMConfig
+    from grpo.models import build_generator, load_policy
     from grpo.recipes.assemble import resolve_eval_model
 
-    final, ids, trained = _lora_run(tiny_dir, tmp_path, "lora")
+    final, ids, trained, _ = _lora_run(tiny_dir, tmp_path, "lora")
     assert resolve_eval_model(None, str(final.parent)) == (str(final), None)
     model, tokenizer, path = load_policy(str(final), None, None, ForwardConfig(), torch.device("cpu"))
-    assert path == str(tiny_dir) and not hasattr(model, "peft_config") and tokenizer is not None
+    assert path is None and not hasattr(model, "peft_config") and tokenizer is not None  # vLLM: a saved copy
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=ids).logits, trained, rtol=1e-4, atol=1e-4)
+    generator = build_generator("hf", VLLMConfig(), str(final))  # grpo sample --model RUN/final
+    assert not hasattr(generator.model, "peft_config")
+    with torch.no_grad():
+        torch.testing.assert_close(generator.model(input_ids=ids).logits, trained, rtol=1e-4, atol=1e-4)

@@ -742,16 +742,18 @@ class GRPOTrainer:
             self.source.start_at(self.step)
             self.source.push_weights(self.model, self.step)
 
-    def save_model(self, path: str | Path) -> None:
+    def save_model(self, path: str | Path, merge_lora: bool | None = None) -> None:
         """The trained model in HF format and its tokenizer; a LoRA model as its peft adapter
-        (``PeftModel.from_pretrained(base, path)``), or merged if ``checkpoint.merge_lora``."""
+        (``PeftModel.from_pretrained(base, path)``), or merged if ``merge_lora`` (None: the
+        config's ``checkpoint.merge_lora``)."""
         par = self.parallel
         par.barrier()
         state = par.full_state(self.model)  # a collective when sharded: every process calls it
         if not par.is_main:
             return
         model = self.model
-        if is_peft_model(model) and self.config.checkpoint.merge_lora:
+        merge = self.config.checkpoint.merge_lora if merge_lora is None else merge_lora
+        if is_peft_model(model) and merge:
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(path, state_dict=state)
         self.tokenizer.save_pretrained(path)
