@@ -40,7 +40,7 @@ FLOORS: Floors = (
     ("math: pure tensor functions", ("grpo.advantages", "grpo.objectives.*", "grpo.loss",
                                      "grpo.logprobs",
                                      "grpo.packing", "grpo.distill", "grpo.textstats")),
-    ("process foundations", ("grpo.checkpoint", "grpo.guards", "grpo.parallel",
+    ("process foundations", ("grpo.callbacks", "grpo.checkpoint", "grpo.guards", "grpo.parallel",
                              "grpo.tracking")),
     ("sandbox", ("grpo.sandbox.*",)),
     ("rewards", ("grpo.rewards.*",)),

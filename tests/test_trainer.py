@@ -144,8 +144,8 @@ def test_lora_reference_is_the_base_with_adapters_disabled(tiny_dir, tmp_path):
     for n, p in trainer.model.named_parameters():
         if "lora_" not in n:
             assert torch.equal(p, base_before[n]), n  # frozen base
-    saved = json.loads((Path(trainer.config.output_dir) / "final" / "config.json").read_text())
-    assert saved["model_type"] == "llama"  # merged into a plain model
+    saved = json.loads((Path(trainer.config.output_dir) / "final" / "adapter_config.json").read_text())
+    assert saved["r"] == 4  # the adapter, as peft saves it (checkpoint.merge_lora: merged; tests/test_trainer_hf.py)
 
 
 def test_configuration_errors_at_construction(tiny_dir, tmp_path):

@@ -97,8 +97,12 @@ def test_length_rewards_score_every_completion_in_the_trainer(tiny_dir, tmp_path
 def test_a_fresh_run_refuses_a_folder_with_another_runs_checkpoints(tiny_dir, tmp_path):
     rows = chat_rows(4)
     GRPOTrainer(str(tiny_dir), [Checksum()], rows, cfg(tmp_path, max_steps=1, save_steps=1)).train()
-    with pytest.raises(FileExistsError, match="resume_from='latest'.*overwrite_output_dir"):
-        GRPOTrainer(str(tiny_dir), [Checksum()], rows, cfg(tmp_path, max_steps=1))
+    # refused by train(), before any step: the trainer may yet be told train(resume_from_checkpoint=True)
+    unresumed = GRPOTrainer(str(tiny_dir), [Checksum()], rows, cfg(tmp_path, max_steps=1))
+    with pytest.raises(FileExistsError, match="resume_from='latest'.*resume_from_checkpoint=True.*overwrite_output_dir"):
+        unresumed.train()
+    unresumed.close()
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [1]
     trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows, cfg(tmp_path, max_steps=1, overwrite_output_dir=True))
     assert list_checkpoints(tmp_path / "run") == []
     trainer.config.save_steps = 1

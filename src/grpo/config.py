@@ -549,7 +549,13 @@ class CheckpointConfig(_Section):
     final_model: bool = Field(
         True, description="Save the final model in HF format under output_dir/final."
     )
-    merge_lora: bool = Field(True, description="Merge LoRA adapters into the saved final model.")
+    merge_lora: bool = Field(
+        False,
+        description="With peft_config (LoRA): save the final model with the adapters merged into "
+        "the base weights (a plain transformers model) instead of the adapter alone "
+        "(adapter_config.json + adapter_model.safetensors, for peft's "
+        "PeftModel.from_pretrained on the base; grpo eval and the pipeline load either).",
+    )
 
 
 class Derived(BaseModel):

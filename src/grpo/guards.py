@@ -83,7 +83,8 @@ def check_output_dir(
     if not overwrite:
         raise FileExistsError(
             f"output_dir {str(output_dir)!r} holds checkpoints of another run "
-            f"(step_{found[-1][0]}): set resume_from='latest' to continue it, "
+            f"(step_{found[-1][0]}): set resume_from='latest' (or call "
+            "train(resume_from_checkpoint=True)) to continue it, "
             "overwrite_output_dir=True to start over (its checkpoints are deleted), or choose "
             "another output_dir"
         )

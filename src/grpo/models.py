@@ -37,6 +37,24 @@ def check_model_path(path: str) -> str:
     return path
 
 
+def is_adapter_dir(path: str | Path) -> bool:
+    """A saved peft adapter (``adapter_config.json``, no ``config.json``): what a LoRA run's
+    ``final/`` holds unless ``checkpoint.merge_lora``."""
+    folder = Path(path).expanduser()
+    return (folder / "adapter_config.json").is_file() and not (folder / "config.json").is_file()
+
+
+def load_adapter_merged(path: str, dtype: str) -> torch.nn.Module:
+    """The adapter's base model (``base_model_name_or_path`` in ``adapter_config.json``) with the
+    adapter merged in: a plain transformers model, so that what loads it (evaluation, sampling,
+    SFT, vLLM from a saved copy) needs no peft."""
+    from peft import AutoPeftModelForCausalLM
+
+    return AutoPeftModelForCausalLM.from_pretrained(
+        path, dtype=model_dtype(dtype)
+    ).merge_and_unload()
+
+
 def load_policy(
     model: str | torch.nn.Module,
     tokenizer: Any,
@@ -49,7 +67,11 @@ def load_policy(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = None
-    if isinstance(model, (str, Path)):
+    if isinstance(model, (str, Path)) and is_adapter_dir(model):
+        adapter = str(model)  # its tokenizer is saved beside it; no path: vLLM gets a saved copy
+        model = load_adapter_merged(adapter, forward.dtype)
+        tokenizer = tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(adapter)
+    elif isinstance(model, (str, Path)):
         path = check_model_path(str(model))
         model = AutoModelForCausalLM.from_pretrained(path, dtype=model_dtype(forward.dtype))
     elif not isinstance(model, torch.nn.Module):
@@ -134,6 +156,14 @@ def build_generator(
         raise ValueError(
             f"unknown rollout backend {backend!r}; choose 'hf', 'vllm' or 'vllm_server'"
         )
+    if backend == "vllm" and isinstance(model, (str, Path)) and is_adapter_dir(model):
+        # vLLM loads plain weights: the merged model, saved to a temporary folder below
+        from transformers import AutoTokenizer
+
+        tokenizer = (
+            tokenizer if tokenizer is not None else AutoTokenizer.from_pretrained(str(model))
+        )
+        model = load_adapter_merged(str(model), ForwardConfig().dtype)
     if not isinstance(model, torch.nn.Module):
         model_path = check_model_path(str(model))
     if backend == "hf":

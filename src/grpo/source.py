@@ -203,6 +203,7 @@ class RolloutSource:
             tokenizer,
         )
         self.context = context
+        self.trainer_state: Any = None  # GRPOTrainer's TrainerState, for the reward functions
         self.self_context = self_context  # distill.self_context: the teacher's privileged prompt
         self.rollout, self.parallel, self.sampling, self.prompt_key = (
             rollout,
@@ -354,7 +355,12 @@ class RolloutSource:
         from transformers import TrainerState
 
         t0 = time.perf_counter()
-        state = TrainerState(global_step=step, max_steps=self.max_steps)
+        trainer = self.trainer_state  # GRPOTrainer's: reward functions get this step's copy
+        state = (
+            replace(trainer, global_step=step)
+            if trainer is not None
+            else TrainerState(global_step=step, max_steps=self.max_steps)
+        )
         scores = self.reward.breakdown(
             **reward_inputs(rollouts, prompts, rows, self.prompt_key), trainer_state=state
         )

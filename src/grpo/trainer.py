@@ -33,7 +33,8 @@ from typing import Any
 import torch
 
 from grpo.batch import collate_rollouts, join_scores
-from grpo.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from grpo.callbacks import Callbacks, TrainerControl, log_entry, new_state
+from grpo.checkpoint import list_checkpoints, load_checkpoint, resolve_checkpoint, save_checkpoint
 from grpo.config import GRPOConfig
 from grpo.data import check_dataset, check_prompt_tokens, check_self_context_columns, get_rows
 from grpo.evaluation import eval_sampling, evaluate, report_names, scoring_reward
@@ -114,7 +115,11 @@ class GRPOTrainer:
         eval_dataset: held-out rows, evaluated at the start, every ``eval_steps`` and at the end.
         tokenizer: needed when ``model`` is a loaded model without a saved tokenizer path.
         peft_config: a peft ``LoraConfig``: train adapters; the reference is the base model
-            with adapters disabled (no second copy).
+            with adapters disabled (no second copy). The final model is saved as the adapter
+            (``checkpoint.merge_lora=True``: merged weights instead).
+        callbacks: transformers ``TrainerCallback`` s (instances or classes), called with
+            ``(args, state, control)`` as transformers' Trainer calls them (:mod:`grpo.callbacks`);
+            ``add_callback`` / ``pop_callback`` / ``remove_callback`` as well.
         generator: a ready :class:`grpo.rollout.Generator` instead of the one
             ``config.rollout.backend`` names.
         wrap_generator: a function of the generator (given, or the one the config names) returning
@@ -145,6 +150,7 @@ class GRPOTrainer:
         prompt_key: str = "prompt",
         teacher: torch.nn.Module | None = None,
         wrap_generator: Callable[[Any], Any] | None = None,
+        callbacks: Sequence[Any] | None = None,
     ):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
@@ -177,12 +183,20 @@ class GRPOTrainer:
             keep_freed_cpu_memory()
         self._check_layout(cfg, par.world, peft_config)
         self._check_pairs(cfg, peft_config, generator, teacher)
-        check_output_dir(
-            cfg.output_dir,
-            resume_from=cfg.resume_from,
-            overwrite=cfg.overwrite_output_dir,
-            is_main=par.is_main,
+        # another run's checkpoints, with neither resume_from nor overwrite: transformers' users
+        # resume with train(resume_from_checkpoint=True), so train() decides (before any step)
+        self._unresumed = (
+            bool(list_checkpoints(cfg.output_dir))
+            and not cfg.resume_from
+            and not cfg.overwrite_output_dir
         )
+        if not self._unresumed:
+            check_output_dir(
+                cfg.output_dir,
+                resume_from=cfg.resume_from,
+                overwrite=cfg.overwrite_output_dir,
+                is_main=par.is_main,
+            )
         set_torch_threads(
             cfg.forward.torch_threads,
             cuda=torch.cuda.is_available(),
@@ -286,6 +300,18 @@ class GRPOTrainer:
             filter_name=self.filter_name,
             self_context=cfg.distill.self_context,
         )
+        self.state = new_state(
+            max_steps=cfg.max_steps,
+            logging_steps=cfg.log.steps,
+            eval_steps=cfg.eval.steps,
+            save_steps=cfg.checkpoint.steps,
+            train_batch_size=cfg.rollout.prompts_per_step,
+            num_train_epochs=cfg.max_steps * cfg.rollout.prompts_per_step / len(train_dataset),
+            is_main=par.is_main,
+            is_local_main=self.accelerator.is_local_main_process,
+        )
+        self.control = TrainerControl()
+        self.source.trainer_state = self.state  # reward functions see this state (a copy per step)
         if cfg.async_.staleness:
             self.source = self._async_source(self.source)
         self.teacher = self._load_teacher(teacher)
@@ -306,10 +332,35 @@ class GRPOTrainer:
             teacher=self.teacher,
             distill_coef=cfg.distill.coef,
         )
-        self.step = 0
+        self.callback_handler = Callbacks(
+            callbacks or [], self.model, self.tokenizer, self.optimizer, self.scheduler
+        )
         self.tokens_seen = 0  # prompt + completion tokens sampled so far (trl's num_tokens)
+        self._resumed_from: Path | None = None
         if cfg.resume_from:
             self._resume(resolve_checkpoint(cfg.resume_from, cfg.output_dir))
+
+    @property
+    def step(self) -> int:
+        """GRPO steps done: ``state.global_step`` (one number, kept by the state)."""
+        return self.state.global_step
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.state.global_step = value
+        self.state.epoch = value * self.config.rollout.prompts_per_step / len(self.train_dataset)
+
+    def add_callback(self, callback: Any) -> None:
+        """Add a ``TrainerCallback`` (an instance or a class), as transformers' Trainer does."""
+        self.callback_handler.add_callback(callback)
+
+    def pop_callback(self, callback: Any) -> Any:
+        """Remove a callback (an instance or the first of a class) and return it, or None."""
+        return self.callback_handler.pop_callback(callback)
+
+    def remove_callback(self, callback: Any) -> None:
+        """Remove a callback (an instance or the first of a class)."""
+        self.callback_handler.remove_callback(callback)
 
     def _load_teacher(self, teacher: torch.nn.Module | None) -> torch.nn.Module | None:
         """On-policy distillation's teacher, frozen, on this process's device, with the student's
@@ -427,9 +478,15 @@ class GRPOTrainer:
             )
 
     # ------------------------------------------------------------------------------ the loop
-    def train(self) -> dict[str, float]:
-        """Run to ``max_steps``; returns the last step's metrics."""
-        cfg = self.config
+    def train(self, resume_from_checkpoint: bool | str | None = None) -> dict[str, float]:
+        """Run to ``max_steps`` (or until a callback sets ``control.should_training_stop``);
+        returns the last step's metrics.
+
+        ``resume_from_checkpoint`` (transformers' argument): True continues from the newest
+        checkpoint in ``output_dir``, a folder from that checkpoint; the config's ``resume_from``
+        does the same at construction (both given must name the same checkpoint)."""
+        self._resume_for_train(resume_from_checkpoint)
+        cfg, state, calls = self.config, self.state, self.callback_handler
         log = RunLogger(
             cfg.output_dir,
             is_main=self.parallel.is_main,
@@ -449,27 +506,42 @@ class GRPOTrainer:
             max_turn_tokens=getattr(self.generator, "max_turn_tokens", None),
         )
         started = time.perf_counter()
+        self.control = calls.on_train_begin(cfg, state, self.control)
         if self.eval_dataset is not None and self.step == 0:
-            log.log_eval(0, self.evaluate())
+            self._evaluate_and_log(log)
         while self.step < cfg.max_steps:
+            self.control = calls.on_step_begin(cfg, state, self.control)
             metrics = self.train_step(log)
             self.step += 1
-            if self.step % cfg.log.steps == 0:
+            self.control = control = calls.on_step_end(cfg, state, self.control)
+            if self.step % cfg.log.steps == 0 or control.should_log:
                 log.log_metrics(self.step, metrics)
+                logs = {**metrics, "epoch": state.epoch}
+                log_entry(state, logs)
+                self.control = calls.on_log(cfg, state, self.control, logs=logs)
             log.progress(metrics)
             warning = watch.update(self.step, metrics)
             if warning:
                 log.message("WARNING " + warning)
                 warnings.warn(warning, stacklevel=2)
+            scheduled_eval = cfg.eval.steps and self.step % cfg.eval.steps == 0
             if (
                 self.eval_dataset is not None
-                and cfg.eval.steps
-                and self.step % cfg.eval.steps == 0
+                and (scheduled_eval or control.should_evaluate)
                 and self.step < cfg.max_steps
+                and not control.should_training_stop  # the final evaluation follows
             ):
-                log.log_eval(self.step, self.evaluate())
-            if cfg.checkpoint.steps and self.step % cfg.checkpoint.steps == 0:
+                self._evaluate_and_log(log)
+            if (cfg.checkpoint.steps and self.step % cfg.checkpoint.steps == 0) or (
+                control.should_save
+            ):
                 self.save_checkpoint()
+            if self.parallel.global_sum(float(control.should_training_stop)) > 0:
+                log.message(
+                    f"a callback set control.should_training_stop after step {self.step} of "
+                    f"max_steps={cfg.max_steps}: stopping"
+                )
+                break
             if (
                 cfg.max_seconds is not None
                 and self.step < cfg.max_steps
@@ -481,11 +553,48 @@ class GRPOTrainer:
                 )
                 break
         if self.eval_dataset is not None:
-            log.log_eval(self.step, self.evaluate())
+            self._evaluate_and_log(log)
         if cfg.checkpoint.final_model:
             self.save_model(Path(cfg.output_dir) / "final")
         log.close()
+        self.control = calls.on_train_end(cfg, state, self.control)
         return metrics
+
+    def _evaluate_and_log(self, log: RunLogger) -> None:
+        """Evaluate; the metrics go to eval.jsonl, ``state.log_history`` and ``on_evaluate``."""
+        result = self.evaluate()
+        log.log_eval(self.step, result)
+        if result:
+            log_entry(self.state, {**result, "epoch": self.state.epoch})
+        self.control = self.callback_handler.on_evaluate(
+            self.config, self.state, self.control, metrics=result
+        )
+
+    def _resume_for_train(self, resume_from_checkpoint: bool | str | None) -> None:
+        """train()'s ``resume_from_checkpoint``, checked against the config's ``resume_from``
+        (already resumed at construction), or the refusal of another run's output_dir."""
+        cfg = self.config
+        if resume_from_checkpoint is None or resume_from_checkpoint is False:
+            if self._unresumed:  # the refusal construction left to train()
+                check_output_dir(cfg.output_dir, resume_from=None, overwrite=False, is_main=False)
+            return
+        wanted = "latest" if resume_from_checkpoint is True else str(resume_from_checkpoint)
+        path = resolve_checkpoint(wanted, cfg.output_dir)
+        if self._resumed_from is not None:
+            if path.resolve() != self._resumed_from.resolve():
+                raise ValueError(
+                    f"train(resume_from_checkpoint={resume_from_checkpoint!r}) names {path} but "
+                    f"the config's resume_from={cfg.resume_from!r} resumed from "
+                    f"{self._resumed_from}: give one of them"
+                )
+            return
+        if self.step:
+            raise ValueError(
+                f"train(resume_from_checkpoint={resume_from_checkpoint!r}) on a trainer that has "
+                f"already trained {self.step} steps: build a new GRPOTrainer to resume"
+            )
+        self._resume(path)
+        self._unresumed = False
 
     def _out_of_time(self, started: float) -> bool:
         """max_seconds has passed on some process (every process then stops after the same step)."""
@@ -591,7 +700,7 @@ class GRPOTrainer:
     # ------------------------------------------------------------------------------ state
     def save_checkpoint(self) -> Path:
         par = self.parallel
-        return save_checkpoint(
+        path = save_checkpoint(
             self.config.output_dir,
             self.step,
             model=self.model,
@@ -601,6 +710,7 @@ class GRPOTrainer:
                 **self.source.state_dict(),
                 "tokens_seen": self.tokens_seen,
                 "learner": self.learner.state_dict(),
+                "log_history": self.state.log_history,
             },
             rank=par.rank,
             is_main=par.is_main,
@@ -608,9 +718,12 @@ class GRPOTrainer:
             barrier=par.barrier,
             sharded=par.sharded,
         )
+        self.control = self.callback_handler.on_save(self.config, self.state, self.control)
+        return path
 
     def _resume(self, path: Path) -> None:
         par = self.parallel
+        self._resumed_from = path
         state = load_checkpoint(
             path,
             model=self.model,
@@ -621,6 +734,7 @@ class GRPOTrainer:
         )
         self.step = int(state["step"])
         self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.state.log_history[:] = state.get("log_history", [])
         self.learner.load_state_dict(state.get("learner", {}))
         self.source.load_state_dict(state)
         self.generator.sync_weights(self.model)
@@ -628,16 +742,18 @@ class GRPOTrainer:
             self.source.start_at(self.step)
             self.source.push_weights(self.model, self.step)
 
-    def save_model(self, path: str | Path) -> None:
-        """The trained model in HF format (LoRA merged if ``checkpoint.merge_lora``) and its
-        tokenizer."""
+    def save_model(self, path: str | Path, merge_lora: bool | None = None) -> None:
+        """The trained model in HF format and its tokenizer; a LoRA model as its peft adapter
+        (``PeftModel.from_pretrained(base, path)``), or merged if ``merge_lora`` (None: the
+        config's ``checkpoint.merge_lora``)."""
         par = self.parallel
         par.barrier()
         state = par.full_state(self.model)  # a collective when sharded: every process calls it
         if not par.is_main:
             return
         model = self.model
-        if is_peft_model(model) and self.config.checkpoint.merge_lora:
+        merge = self.config.checkpoint.merge_lora if merge_lora is None else merge_lora
+        if is_peft_model(model) and merge:
             model = copy.deepcopy(model).merge_and_unload()
         model.save_pretrained(path, state_dict=state)
         self.tokenizer.save_pretrained(path)

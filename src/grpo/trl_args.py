@@ -496,7 +496,11 @@ TRL_FIELDS: dict[str, Rule] = {
     "seed": _same("seed", "seed"),
     "max_steps": _LENGTH,
     "num_train_epochs": _LENGTH,
-    "resume_from_checkpoint": _same("resume_from_checkpoint", "resume_from"),
+    "resume_from_checkpoint": _same(
+        "resume_from_checkpoint",
+        "resume_from",
+        "a checkpoint folder; GRPOTrainer.train(resume_from_checkpoint=True or a folder) as well",
+    ),
     # --- batch layout
     "num_generations": _LAYOUT,
     "per_device_train_batch_size": _LAYOUT,
@@ -710,7 +714,10 @@ TRL_FIELDS: dict[str, Rule] = {
         )
     },
     "ignore_data_skip": _ignored("resuming: grpo re-seeds each step, no data to skip"),
-    "restore_callback_states_from_checkpoint": _ignored("grpo takes no callbacks"),
+    "restore_callback_states_from_checkpoint": _refused(
+        "grpo's checkpoints do not save the callbacks' states (GRPOTrainer(callbacks=...) "
+        "calls TrainerCallbacks, but a stateful one starts afresh on resume)"
+    ),
     "load_best_model_at_end": _refused("grpo keeps the last model"),
     "metric_for_best_model": _ignored("read only with load_best_model_at_end (refused)"),
     "greater_is_better": _ignored("read only with load_best_model_at_end (refused)"),
@@ -857,7 +864,10 @@ def render() -> str:
         "",
         "A trl user switches by changing the trainer import: `from grpo import GRPOTrainer`",
         "takes trl's keyword names (`model`, `reward_funcs` (one function or a list), `args`,",
-        "`train_dataset`, `eval_dataset`, `processing_class`, `peft_config`), and a",
+        "`train_dataset`, `eval_dataset`, `processing_class`, `peft_config`, `callbacks`:",
+        "transformers `TrainerCallback`s), keeps `trainer.state` (a `TrainerState` with",
+        "`log_history`), resumes with `train(resume_from_checkpoint=...)` and saves a LoRA",
+        "run's final model as its adapter (docs/trainer.md), and a",
         "`trl.GRPOConfig` as `args` is converted field by field with the table below",
         "(`grpo.trl_args.TRL_FIELDS`). *mapped*: the grpo settings it sets; *ignored*: no",
         "effect on training; *refused*: no grpo equivalent, so a value other than trl's",

@@ -61,7 +61,7 @@ def run_grpo(stage_dir: Path, cfg: dict[str, Any]) -> tuple[dict[str, str], dict
     )
     try:
         metrics = trainer.train() or {}
-        trainer.save_model(stage_dir / "model")
+        trainer.save_model(stage_dir / "model", merge_lora=True)  # later stages load plain weights
     finally:
         trainer.close()
     summary: dict[str, Any] = {

@@ -116,7 +116,9 @@ def resolve_eval_model(recipe: Recipe, model: str | None) -> tuple[str, Path | N
         return prepare_model(recipe), path
     if (path / "config.json").exists() or (path / "adapter_config.json").exists():
         return str(path), None
-    if (path / "final" / "config.json").exists():
+    if (path / "final" / "config.json").exists() or (
+        path / "final" / "adapter_config.json"
+    ).exists():
         return str(path / "final"), None
     if path.exists():
         raise RecipeError(
