@@ -104,3 +104,19 @@ def test_explicit_names_are_checked(tiny_dir, tmp_path):
                           accuracy_reward="checksum", format_reward="length_penalty")
     assert (trainer.accuracy_name, trainer.format_name) == ("checksum", "length_penalty")
     trainer.close()
+
+
+def test_every_packaged_recipe_reports_an_accuracy_reward():
+    """A recipe names its accuracy reward in ``trainer.reward.accuracy`` when its name does not
+    say so (r1_zero_countdown's countdown_reward)."""
+    from grpo.recipes import build_rewards, find_recipe
+    from grpo.recipes.schema import Recipe
+
+    for name in ("r1_zero_cpu", "r1_zero_gsm8k", "r1_zero_countdown", "tool_math_qwen2.5"):
+        recipe = Recipe.from_yaml(find_recipe(name))
+        rewards, _ = build_rewards(recipe.rewards)
+        names = [getattr(r, "name", None) or r.__name__ for r in rewards]
+        accuracy, _ = report_names(names, config=recipe.trainer.reward)
+        assert accuracy is not None, name
+    countdown = Recipe.from_yaml(find_recipe("r1_zero_countdown"))
+    assert countdown.trainer.reward.accuracy == "countdown_reward"
