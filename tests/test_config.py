@@ -53,13 +53,16 @@ torch_threads: 1
 
 
 def flatten(nested: dict) -> dict:
-    """A nested trainer block written with grpo 0.1's flat keys."""
+    """A nested trainer block written with grpo 0.1's flat keys (where the setting has one)."""
     back = {path: key for key, path in FLAT_KEYS.items()}
     flat = {}
     for key, value in nested.items():
         if key in SECTIONS:
             for name, v in value.items():
-                flat[back[(key, name)]] = v
+                if (key, name) in back:
+                    flat[back[(key, name)]] = v
+                else:  # new in 0.2 (e.g. reward.accuracy): no flat key, stays in its section
+                    flat.setdefault(key, {})[name] = v
         else:
             flat[key] = value
     return flat

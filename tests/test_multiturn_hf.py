@@ -4,6 +4,7 @@ the model's own log-probs and the chat template, and trained on by GRPOTrainer u
 
 from __future__ import annotations
 
+import json
 import math
 import random
 
@@ -220,3 +221,48 @@ def test_learning_nothing_names_the_per_turn_limit_that_cut(taught, tmp_path):
     assert ("100% of completions were cut at the multi-turn generator's max_turn_tokens=3 "
             "(100% of trajectories) (raise that limit") in message, message
     assert "sampling.max_tokens" not in message, message
+
+
+def test_completions_log_holds_the_whole_trajectory(taught, tmp_path):
+    """A multi-turn run's completions.jsonl row is the whole trajectory: the assistant turn with
+    its tool call, the tool's observation, the final answer, in order with their roles (not the
+    last assistant turn alone); the report still reads it."""
+    import copy
+    import html
+
+    from grpo import GRPOConfig, GRPOTrainer
+    from grpo.report import write_report
+    from grpo.tracking import read_jsonl
+
+    model, tok = taught
+    rows = [{"prompt": p, "answer": python(p[0]["content"])} for p in PROMPTS]
+
+    def exact(completions, answer, **kwargs):
+        return [float(f"<answer>{a}</answer>" in c[-1]["content"]) for c, a in zip(completions, answer)]
+
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), max_steps=1, seed=0,
+                        rollout={"num_generations": 2, "prompts_per_step": 2}, sampling={"max_tokens": 60},
+                        optim={"learning_rate": 1e-3}, loss={"beta": 0.0}, forward={"micro_batch_size": 4},
+                        log={"progress_bar": False, "completions": 4}, checkpoint={"final_model": False})
+    model = copy.deepcopy(model).train()
+    trainer = GRPOTrainer(model, [exact], rows, config, tokenizer=tok, generator=make(model, tok))
+    try:
+        trainer.train()
+    finally:
+        trainer.close()
+    logged = read_jsonl(tmp_path / "run" / "completions.jsonl")
+    assert len(logged) == 4
+    called = [r for r in logged if r["tool_calls"] and r["tool_calls"][0]["status"] == "ok"]
+    assert called, logged
+    for r in called:
+        a, b = r["prompt"][0]["content"].split("*")
+        roles = [m["role"] for m in r["messages"]]
+        assert roles[:2] == ["assistant", "tool"], roles
+        assert f"<python>{a}*{b}</python>" in r["messages"][0]["content"]  # the call, as written
+        assert r["messages"][1]["content"] == str(int(a) * int(b))  # the observation
+        assert r["tool_calls"][0] == {"turn": 0, "name": "python", "arguments": {"code": f"{a}*{b}"},
+                                      "status": "ok", "output": str(int(a) * int(b))}
+        assert r["turns"] == roles.count("assistant") and r["stop_reason"] in ("done", "token_budget")
+        assert r["completion"] != r["messages"][0]["content"]  # completion: the last turn only
+    page = write_report(tmp_path / "run").read_text()
+    assert html.escape(json.dumps(called[-1]["messages"][0]["content"], ensure_ascii=False)) in page

@@ -139,12 +139,13 @@ class RolloutConfig(_Section):
         None,
         description="What dynamic_sampling judges a group's spread on: a reward component's "
         "name, or 'total' (the weighted total). None: the component reported as accuracy (the "
-        "trainer's accuracy_reward, default the first reward function), as DAPO eq. 11 and "
+        "trainer's accuracy_reward or reward.accuracy, default the reward named as such), as DAPO "
+        "eq. 11 and "
         "verl's default 'acc' do, so an all-wrong group whose format rewards differ is "
-        "dropped; the weighted total when there is a single reward function or the accuracy "
-        "component is also the format one. A group on which the chosen component scored no "
-        "completion (it does not apply to the row) is judged on the total. Advantages and "
-        "adv/zero_std_frac always use the total.",
+        "dropped; the weighted total when there is a single reward function, none is reported "
+        "as accuracy, or the accuracy component is also the format one. A group on which "
+        "the chosen component scored no completion (it does not apply to the row) is judged "
+        "on the total. Advantages and adv/zero_std_frac always use the total.",
     )
     dynamic_sampling_tol: float = Field(
         1e-6,
@@ -411,6 +412,20 @@ class RewardConfig(_Section):
         ge=1,
         description="Stop the run when one reward fails (error / unscorable) on every item for "
         "this many consecutive steps, naming it and its first reason.",
+    )
+    accuracy: str | None = Field(
+        None,
+        description="Name of the reward reported as accuracy (train/accuracy, acc=, eval "
+        "accuracy, pass@k, the report's accuracy panel; the default of "
+        "rollout.dynamic_sampling_metric and of rollout.length_penalty's pass rate). None: the "
+        "first reward whose name contains accuracy, correct, math, code or verif (and not "
+        "format); none such: no accuracy metric. New in 0.2, no flat key.",
+    )
+    format: str | None = Field(
+        None,
+        description="Name of the reward reported as format rate (train/format_rate, eval "
+        "format rate). None: the first reward whose name contains format. New in 0.2, no flat "
+        "key.",
     )
 
 

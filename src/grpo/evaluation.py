@@ -17,11 +17,12 @@
 R1's own evaluation sampling (temperature 0.6, top-p 0.95, k = 64 samples per prompt for pass@1
 and cons@64) is :func:`r1_eval_sampling` and ``grpo eval --preset r1``.
 
-"Accuracy" is the score of one reward function (by default the trainer's first), so for 0/1
-verifiers it is the fraction correct; a sample counts as *correct* for pass@j when that score is
-at least ``correct_threshold`` (1.0). Unscorable samples (score None) are left out of every
-mean; for pass@j a prompt counts with its scorable samples only, and a prompt with fewer than j
-of them is left out of pass@j.
+"Accuracy" is the score of one reward function (:func:`grpo.metrics.report_names`: the one named
+as such, by the trainer's ``accuracy_reward`` / ``reward.accuracy`` or by its name; none: no
+accuracy metrics), so for 0/1 verifiers it is the fraction correct; a sample counts as *correct*
+for pass@j when that score is at least ``correct_threshold`` (1.0). Unscorable samples (score
+None) are left out of every mean; for pass@j a prompt counts with its scorable samples only, and
+a prompt with fewer than j of them is left out of pass@j.
 
 Every metric can also be broken down by dataset columns (``by=["difficulty"]``): the same
 numbers over the prompts whose column has one value, under ``<metric>/<column>=<value>``, e.g.
@@ -35,6 +36,7 @@ from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 from grpo.data import reward_inputs
+from grpo.metrics import report_names  # noqa: F401  (its home before; imported from here)
 from grpo.rollout import SamplingConfig
 
 EVAL_SEED_OFFSET = 12345
@@ -145,23 +147,6 @@ def scoring_reward(reward_funcs: Sequence[Any], weights: Sequence[float] | None 
     return CombinedReward(reward_funcs, weights, missing="propagate")
 
 
-def report_names(
-    names: Sequence[str], accuracy: str | None = None, format_name: str | None = None
-) -> tuple[str, str | None]:
-    """(the reward reported as accuracy, the one reported as format rate) among the reward
-    ``names``: by default the first reward, and the first whose name starts with "format".
-
-    >>> report_names(["math_reward", "format_reward"])
-    ('math_reward', 'format_reward')
-    """
-    accuracy = accuracy or names[0]
-    format_name = format_name or next((n for n in names if n.startswith("format")), None)
-    for n in (accuracy, format_name):
-        if n is not None and n not in names:
-            raise ValueError(f"reward {n!r} not among the reward functions {list(names)}")
-    return accuracy, format_name
-
-
 def eval_sampling(sampling: SamplingConfig, seed: int) -> SamplingConfig:
     """The sampling of ``mean@k`` / ``pass@k`` for a run: its ``sampling`` section (temperature,
     top-p/k, min-p, length, stop strings), seeded with the run's ``seed + EVAL_SEED_OFFSET``."""
@@ -218,7 +203,7 @@ def _decoding_metrics(
     tag: str,
     prompts: Sequence[int],
     n: int,
-    acc: Sequence[float | None],
+    acc: Sequence[float | None] | None,
     fmt: Sequence[float | None] | None,
     lengths: Sequence[int],
     pass_ks: Sequence[int],
@@ -230,11 +215,11 @@ def _decoding_metrics(
     """Metrics of one decoding (n completions per prompt, grouped by prompt) over ``prompts``."""
     rows = [range(p * n, (p + 1) * n) for p in prompts]
     flat = [i for r in rows for i in r]
-    out = {f"{tag}_accuracy": _mean([acc[i] for i in flat])}
+    out = {} if acc is None else {f"{tag}_accuracy": _mean([acc[i] for i in flat])}
     if fmt is not None:
         out[f"{tag}_format_rate"] = _mean([fmt[i] for i in flat])
     out[f"{tag}_length"] = sum(lengths[i] for i in flat) / len(flat) if flat else float("nan")
-    for j in pass_ks:
+    for j in pass_ks if acc is not None else ():
         per_prompt = []
         for r in rows:
             scored = [acc[i] for i in r if acc[i] is not None]
@@ -243,7 +228,7 @@ def _decoding_metrics(
                     pass_at_k(len(scored), sum(s >= correct_threshold for s in scored), j)
                 )
         out[f"pass@{j}"] = _mean(per_prompt)
-    if voter is not None and votes is not None:
+    if voter is not None and votes is not None and acc is not None:
         for j in cons_ks:
             per_prompt = []
             for r in rows:
@@ -264,7 +249,7 @@ def evaluate(
     rows: Sequence[dict[str, Any]],
     reward,
     *,
-    accuracy: str,
+    accuracy: str | None,
     format_name: str | None,
     k: int,
     sampling: SamplingConfig,
@@ -281,7 +266,7 @@ def evaluate(
         generator: a :class:`grpo.rollout.Generator` (``generate(prompts, n, sampling)``).
         rows: eval rows: the prompt under ``prompt_key`` and the reward columns.
         reward: a :class:`grpo.rewards.CombinedReward`; ``accuracy`` / ``format_name`` name its
-            components.
+            components; None where no reward is (then no accuracy, pass@j or cons@j metrics).
         k: samples per prompt for mean@k and pass@j.
         sampling: how to sample them (:func:`eval_sampling` gives the trainer's).
         pass_ks: the j of pass@j, each <= k (default: just k; none when k = 1).
@@ -291,8 +276,13 @@ def evaluate(
             when k = 1), and only if the accuracy reward can vote (:class:`AnswerVoter`); asked
             for of a reward that cannot, a ValueError.
     """
-    pass_ks = list(pass_ks) if pass_ks is not None else ([k] if k > 1 else [])
-    voter = answer_voter(reward, accuracy)
+    if accuracy is None and (pass_ks or cons_ks):
+        raise ValueError(
+            f"pass_ks={pass_ks} / cons_ks={cons_ks} need an accuracy reward, and none of the "
+            f"rewards is named as one: name it (reward.accuracy / GRPOTrainer(accuracy_reward=))"
+        )
+    pass_ks = list(pass_ks) if pass_ks is not None else ([k] if k > 1 and accuracy else [])
+    voter = answer_voter(reward, accuracy) if accuracy is not None else None
     if cons_ks is None:
         cons_ks = [k] if k > 1 and voter is not None else []
     cons_ks = list(cons_ks)
@@ -316,7 +306,7 @@ def evaluate(
         rollouts = generator.generate(prompts, n, samp)
         inputs = reward_inputs(rollouts, prompts, rows, prompt_key)
         scores = reward.breakdown(**inputs)
-        acc = scores.component_values(accuracy)
+        acc = scores.component_values(accuracy) if accuracy is not None else None
         fmt = scores.component_values(format_name) if format_name is not None else None
         lengths = [len(r.completion_ids) for r in rollouts]
         votes = None

@@ -40,6 +40,7 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -57,12 +58,17 @@ from grpo.batch import Key, rollout_key
 from grpo.config import RolloutConfig
 from grpo.data import PromptSampler, get_rows, reward_inputs
 from grpo.guards import check_prompt_lengths
-from grpo.metrics import advantage_metrics, completion_metrics, reward_metrics
+from grpo.metrics import (
+    accuracy_range_warning,
+    advantage_metrics,
+    completion_metrics,
+    reward_metrics,
+)
 from grpo.parallel import Parallelism
 from grpo.rewards import CombinedReward, RewardBreakdown
 from grpo.rollout import Rollout, SamplingConfig
 from grpo.rollout.tokens import encode_prompt
-from grpo.rollout.trajectory import multiturn_metrics
+from grpo.rollout.trajectory import multiturn_metrics, trajectory_log
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,9 @@ class ScoredRollout:
         return self.breakdown.total[0].value
 
     def log_record(self) -> dict[str, Any]:
-        """The JSON-ready line of the completions log."""
+        """The JSON-ready line of the completions log: ``completion`` is the final answer (a
+        multi-turn trajectory's last assistant turn); a trajectory's line also holds the whole
+        of it (:func:`grpo.rollout.trajectory.trajectory_log`)."""
         r = self.rollout
         return {
             "prompt": self.prompt,
@@ -106,6 +114,7 @@ class ScoredRollout:
             "group": r.group_id,
             "policy_version": r.policy_version,
             **self.breakdown.item_record(0),
+            **trajectory_log(r),  # multi-turn: every turn, tool call and observation
         }
 
 
@@ -214,6 +223,7 @@ class RolloutSource:
         self.seed, self.max_steps = seed, max_steps
         self.accuracy_name, self.format_name = accuracy_name, format_name
         self.filter_name = filter_name  # dynamic sampling's component (None: the total)
+        self._warned_accuracy_range = False  # warn once that the accuracy reward left [0, 1]
         self.sampler = PromptSampler(len(dataset), seed=seed)
         self.estimator = ADVANTAGE_ESTIMATORS[rollout.advantage_estimator]
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-scoring")
@@ -401,6 +411,17 @@ class RolloutSource:
             metric=kept[:, 3].clone(),
         )
 
+    def _check_accuracy_range(self, breakdown: RewardBreakdown) -> None:
+        """Warn once when the reward reported as accuracy scores outside [0, 1]."""
+        if self._warned_accuracy_range or self.accuracy_name is None:
+            return
+        message = accuracy_range_warning(
+            breakdown.component_values(self.accuracy_name), self.accuracy_name
+        )
+        if message is not None:
+            self._warned_accuracy_range = True
+            warnings.warn(message, stacklevel=2)
+
     def _records(self, rounds: list[_Round], times: dict[str, float]) -> ScoredStep:
         """Advantages over the step's kept groups (every process's rewards), and one record per
         completion of this process, which takes its advantage by key."""
@@ -437,6 +458,7 @@ class RolloutSource:
                     )
                 )
         breakdown = _concat_breakdowns([r.scores for r in rounds])
+        self._check_accuracy_range(breakdown)
         sampled = [r.rollout for r in records]
         metrics = {
             **reward_metrics(breakdown, self.accuracy_name, self.format_name),
@@ -497,7 +519,8 @@ def filter_component(
     """The reward component DAPO dynamic sampling judges a group's spread on (None: the
     weighted total), from ``rollout.dynamic_sampling_metric`` = ``key`` and the reward
     components ``names``: ``'total'`` is the total, another name that component; None picks the
-    component reported as accuracy unless it is the only reward or also the format reward.
+    component reported as accuracy (:func:`grpo.metrics.report_names`) unless it is the only
+    reward or also the format reward; the total when no reward is reported as accuracy.
 
     >>> filter_component(None, ["math_reward", "format_reward"], "math_reward", "format_reward")
     'math_reward'

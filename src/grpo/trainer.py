@@ -128,8 +128,11 @@ class GRPOTrainer:
         prompt_key: the dataset field holding the prompt (default ``"prompt"``).
         teacher: a loaded teacher model for on-policy distillation (instead of
             ``config.distill.teacher``); it must share the student's tokenizer.
-        accuracy_reward: name of the reward reported as accuracy (default: the first reward).
-        format_reward: name of the reward reported as format rate (default: one named "format*").
+        accuracy_reward: name of the reward reported as accuracy (or ``reward.accuracy``; default:
+            the first whose name says so, see :func:`grpo.metrics.report_names`; none: no
+            accuracy metric).
+        format_reward: name of the reward reported as format rate (or ``reward.format``;
+            default: the first whose name contains "format").
     """
 
     def __init__(
@@ -214,7 +217,7 @@ class GRPOTrainer:
         self.reward = scoring_reward(reward_funcs, cfg.reward.weights)
         self.reward_monitor = RewardMonitor(patience=cfg.reward.failure_patience)
         self.accuracy_name, self.format_name = report_names(
-            [r.name for r in self.reward.rewards], accuracy_reward, format_reward
+            [r.name for r in self.reward.rewards], accuracy_reward, format_reward, config=cfg.reward
         )
         self.filter_name = filter_component(  # what dynamic sampling judges spread on
             cfg.rollout.dynamic_sampling_metric,

@@ -208,7 +208,7 @@ def evaluate_recipe(
         raise RecipeError(f"--preset {preset}: unknown; known: {', '.join(sorted(EVAL_PRESETS))}")
     sample = EVAL_PRESETS[preset] if preset is not None else eval_sampling
     reward = scoring_reward(*check_recipe(recipe))
-    accuracy, format_name = report_names([r.name for r in reward.rewards])
+    accuracy, format_name = report_names([r.name for r in reward.rewards], config=cfg.reward)
     if cons_ks and answer_voter(reward, accuracy) is None:
         raise RecipeError(
             f"--cons-k: majority vote needs an accuracy reward that compares answers "

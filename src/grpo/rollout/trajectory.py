@@ -14,6 +14,7 @@ passes multi-turn reward functions as ``completions``; ``tool_calls`` and ``info
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -91,6 +92,40 @@ def trajectory_columns(rollouts: Sequence[Rollout], prompts: Sequence[Any]) -> d
         "trajectory": trajectories,
         "environments": [None if t is None else t.environment for t in trajectories],
     }
+
+
+def trajectory_log(rollout: Rollout) -> dict[str, Any]:
+    """The whole trajectory for a line of completions.jsonl ({} for a single-turn rollout):
+    ``messages``, its assistant turns (with the tool calls they wrote) and the observations
+    shown after them, in order, with their roles, as the multi-turn rollout recorded them
+    (``observations="inline"``: one assistant message holding both); ``tool_calls``, each call
+    as parsed and answered (``turn``, ``name``, ``arguments``, ``status``, ``output``);
+    ``turns``, ``stop_reason`` and ``stop_detail``. Values that JSON cannot hold are written as
+    their ``str``.
+
+    >>> trajectory_log(Rollout([1], [2], [0.0], "a", "stop", 0, 0))
+    {}
+    """
+    if not isinstance(rollout, Trajectory):
+        return {}
+    calls = [
+        {
+            "turn": c.turn,
+            "name": c.name,
+            "arguments": dict(c.arguments),
+            "status": c.status,
+            "output": c.output,
+        }
+        for c in rollout.tool_calls
+    ]
+    record = {
+        "messages": [dict(m) for m in rollout.messages],
+        "tool_calls": calls,
+        "turns": rollout.turns,
+        "stop_reason": rollout.stop_reason,
+        "stop_detail": rollout.stop_detail,
+    }
+    return json.loads(json.dumps(record, default=str))
 
 
 def multiturn_metrics(
