@@ -69,12 +69,13 @@ def build_trainer(
     ``train_rows`` / ``eval_rows`` replace the recipe's ``dataset`` / ``eval_dataset`` (a
     pipeline stage's ``data:``, resolved to rows). The rewards' weights become
     ``trainer.reward.weights``."""
-    from grpo.trainer import GRPOTrainer
     from grpo.guards import check_output_dir
     from grpo.recipes import check_recipe, prepare_model, require_hub
 
     rewards, weights = check_recipe(recipe)  # the quick checks first, the model (maybe built) last
     require_hub(recipe)
+    from grpo.trainer import GRPOTrainer  # after the checks: importing it takes seconds
+
     cfg = recipe.trainer
     if not cfg.overwrite_output_dir:  # the trainer refuses another run's folder: before any build
         check_output_dir(
