@@ -215,3 +215,27 @@ def test_curriculum_refusals_name_the_setting(tiny_dir, tmp_path):
     with pytest.raises(ValueError, match="prompts_per_step=2 distinct prompts .* of 1"):
         GRPOTrainer(str(tiny_dir), [Solved()], rows(1), cfg(tmp_path, rollout=CURRICULUM),
                     accuracy_reward="solved")
+
+
+def test_dynamic_sampling_rounds_draw_fresh_prompts_and_all_count(tiny_dir, tmp_path):
+    """DAPO's extra rounds (easy groups have no spread and are dropped) draw prompts not yet
+    drawn in the step, and every round's completions count, dropped groups included."""
+    rollout = {**CURRICULUM, "dynamic_sampling": True, "dynamic_sampling_max_rounds": 3}
+    t = GRPOTrainer(str(tiny_dir), [Solved(), Bonus()], rows(8),
+                    cfg(tmp_path, rollout=rollout, max_steps=3, log={"progress_bar": False, "completions": 99}),
+                    accuracy_reward="solved")
+    t.train()
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    sampled = sum(m["dynamic/groups_sampled"] for m in metrics)
+    assert max(m["dynamic/rounds"] for m in metrics) > 1
+    assert t.source.curriculum.trials.sum() == sampled * 4
+    per_step, successes, trials = {}, np.zeros(8), np.zeros(8)
+    for line in read_jsonl(tmp_path / "run" / "completions.jsonl"):
+        key = (line["step"], line["prompt"][0]["content"])
+        per_step[key] = per_step.get(key, 0) + 1
+        i = int(key[1].split()[1])
+        successes[i] += line["rewards"]["solved"]["value"]
+        trials[i] += 1
+    np.testing.assert_array_equal(t.source.curriculum.successes, successes)  # each by its prompt
+    np.testing.assert_array_equal(t.source.curriculum.trials, trials)
+    assert len(per_step) == sampled and set(per_step.values()) == {4}  # no prompt twice in a step
