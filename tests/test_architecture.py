@@ -46,7 +46,7 @@ FLOORS: Floors = (
     ("rewards", ("grpo.rewards.*",)),
     ("rollout", ("grpo.rollout.*",)),
     ("config and metrics", ("grpo.trl_args", "grpo.config", "grpo.metrics")),
-    ("components", ("grpo.batch", "grpo.data", "grpo.policy", "grpo.models", "grpo.tiny",
+    ("components", ("grpo.batch", "grpo.curriculum", "grpo.data", "grpo.policy", "grpo.models", "grpo.tiny",
                     "grpo.sft")),
     ("stages: source, learner, evaluation", ("grpo.source", "grpo.learner",
                                              "grpo.evaluation")),

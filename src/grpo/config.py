@@ -153,6 +153,39 @@ class RolloutConfig(_Section):
         description="A group has signal when max - min of its scorable rewards exceeds this "
         "(dynamic sampling, and the adv/zero_std_frac metric).",
     )
+    curriculum: Literal["off", "pass_rate"] = Field(
+        "off",
+        description="Online difficulty curriculum (grpo.curriculum): 'pass_rate' keeps each "
+        "prompt's pass rate from the accuracy reward of its scored completions, retires a "
+        "prompt once it passes curriculum_retire_at (ScaleRL's no-positive-resampling, "
+        "arXiv:2510.13786) and draws the others by curriculum_weighting. Needs a reward "
+        "reported as accuracy. 'off': the seeded epoch-permutation sampler.",
+    )
+    curriculum_retire_at: float = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="With curriculum='pass_rate': a prompt whose pass rate reaches this, after "
+        "curriculum_min_samples scored completions, is never drawn again (ScaleRL: 0.9).",
+    )
+    curriculum_min_samples: int | None = Field(
+        None,
+        ge=1,
+        description="Scored completions a prompt needs before it can be retired. None: "
+        "num_generations (one group).",
+    )
+    curriculum_weighting: Literal["variance", "uniform"] = Field(
+        "variance",
+        description="How active prompts are drawn: 'variance', probability proportional to "
+        "p(1-p) + curriculum_floor with p = (successes+1)/(trials+2), most at p = 0.5 where a "
+        "group carries the most signal; 'uniform', all alike.",
+    )
+    curriculum_floor: float = Field(
+        0.05,
+        ge=0,
+        description="Added to every active prompt's 'variance' weight, so that prompts never "
+        "solved yet stay drawable.",
+    )
 
 
 class AsyncConfig(_Section):

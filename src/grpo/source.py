@@ -56,6 +56,7 @@ from grpo.advantages import (
 )
 from grpo.batch import Key, rollout_key
 from grpo.config import RolloutConfig
+from grpo.curriculum import PassRateCurriculum
 from grpo.data import PromptSampler, get_rows, reward_inputs
 from grpo.guards import check_prompt_lengths
 from grpo.metrics import (
@@ -224,7 +225,11 @@ class RolloutSource:
         self.accuracy_name, self.format_name = accuracy_name, format_name
         self.filter_name = filter_name  # dynamic sampling's component (None: the total)
         self._warned_accuracy_range = False  # warn once that the accuracy reward left [0, 1]
-        self.sampler = PromptSampler(len(dataset), seed=seed)
+        self.sampler: PromptSampler | PassRateCurriculum = PromptSampler(len(dataset), seed=seed)
+        self.curriculum: PassRateCurriculum | None = None
+        if rollout.curriculum == "pass_rate":
+            self.curriculum = self.sampler = self._curriculum(len(dataset))
+        self._drawn: dict[int, list[int]] = {}  # round -> the step's global prompt indices
         self.estimator = ADVANTAGE_ESTIMATORS[rollout.advantage_estimator]
         self._thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="grpo-scoring")
 
@@ -272,7 +277,39 @@ class RolloutSource:
         return {"sampler": self.sampler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        if self.curriculum is None and "kind" in state["sampler"]:
+            raise ValueError(
+                f"the checkpoint's prompt sampler is rollout.curriculum="
+                f"{state['sampler']['kind']!r}; this run has rollout.curriculum='off': resume "
+                "with the setting the run started with"
+            )
         self.sampler.load_state_dict(state["sampler"])
+
+    def _curriculum(self, n: int) -> PassRateCurriculum:
+        """``rollout.curriculum='pass_rate'``'s sampler, refused where it cannot read a pass
+        rate or draw a step's prompts."""
+        cfg = self.rollout
+        if self.accuracy_name is None:
+            names = [r.name for r in getattr(self.reward, "rewards", [])]
+            raise ValueError(
+                "rollout.curriculum='pass_rate' reads each prompt's pass rate from the reward "
+                f"reported as accuracy, and none of the rewards {names} is: name it with "
+                "reward.accuracy (or GRPOTrainer(accuracy_reward=...))"
+            )
+        if cfg.prompts_per_step > n:
+            raise ValueError(
+                f"rollout.curriculum='pass_rate' draws rollout.prompts_per_step="
+                f"{cfg.prompts_per_step} distinct prompts per step from a train_dataset of {n}: "
+                "lower prompts_per_step or add prompts"
+            )
+        return PassRateCurriculum(
+            n,
+            self.seed,
+            retire_at=cfg.curriculum_retire_at,
+            min_samples=cfg.curriculum_min_samples or cfg.num_generations,
+            weighting=cfg.curriculum_weighting,
+            floor=cfg.curriculum_floor,
+        )
 
     def close(self) -> None:
         self._thread.shutdown(wait=True)
@@ -283,9 +320,8 @@ class RolloutSource:
         t0 = time.perf_counter()
         cfg, par = self.rollout, self.parallel
         k = cfg.prompts_per_step // par.world
-        indices = self.sampler.take(
-            cfg.prompts_per_step
-        )  # the same global prompts on every process
+        # the same global prompts on every process
+        indices = self._drawn[round_] = self.sampler.take(cfg.prompts_per_step)
         first = par.rank * k
         rows = get_rows(self.dataset, indices[first : first + k], self.prompt_key)
         prompts = [r[self.prompt_key] for r in rows]
@@ -411,6 +447,17 @@ class RolloutSource:
             metric=kept[:, 3].clone(),
         )
 
+    def _observe(self, table: torch.Tensor, rounds: list[_Round]) -> None:
+        """The curriculum counts every scored completion of the step (every round, every
+        process: the gathered ``table``), by the accuracy component; the same on every process.
+        A row's prompt is the dataset index its round drew at its group's position."""
+        names, _ = _component_names(rounds)
+        column = 5 + list(names).index(self.accuracy_name)
+        p = self.rollout.prompts_per_step
+        groups = table[:, 0].long().tolist()
+        indices = [self._drawn[gr // p][gr % p] for gr in groups]
+        self.curriculum.observe(indices, table[:, column].tolist())
+
     def _check_accuracy_range(self, breakdown: RewardBreakdown) -> None:
         """Warn once when the reward reported as accuracy scores outside [0, 1]."""
         if self._warned_accuracy_range or self.accuracy_name is None:
@@ -459,6 +506,8 @@ class RolloutSource:
                 )
         breakdown = _concat_breakdowns([r.scores for r in rounds])
         self._check_accuracy_range(breakdown)
+        if self.curriculum is not None:  # before the next step's draw
+            self._observe(table, rounds)
         sampled = [r.rollout for r in records]
         metrics = {
             **reward_metrics(breakdown, self.accuracy_name, self.format_name),
@@ -468,6 +517,8 @@ class RolloutSource:
         }
         if adv is not None:
             metrics.update(advantage_metrics(adv))
+        if self.curriculum is not None:
+            metrics.update(self.curriculum.metrics())
         metrics["adv/zero_std_frac"] = 1.0 - signal_P.double().mean().item()  # every sampled group
         if cfg.dynamic_sampling:
             n_kept = int(keep_P.sum())
