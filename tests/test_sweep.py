@@ -285,6 +285,7 @@ def test_cli_shards_and_failures(fake, capsys):
     assert "distinct seeds" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # ~15 s of CPU, ~35 s wall on a busy 2-core machine
 def test_real_recipe_run_through_the_sweep(tmp_path):
     """One real ``grpo train r1_zero_cpu --quick`` (2 steps) as a sweep run."""
     spec = SweepSpec.model_validate(

@@ -33,11 +33,11 @@ def run_command(spec: SweepSpec, run: Run) -> list[str]:
     base = spec.base
     if base.recipe is not None:
         cmd = [sys.executable, "-m", "grpo.cli", "train", base.recipe]
-        cmd += ["--quick"] if base.quick else []
         cmd += [f"{k}={_value(v)}" for k, v in run.overrides.items()]
         cmd += [f"trainer.output_dir={run.dir}", f"trainer.seed={run.seed}"]
         cmd += ["trainer.overwrite_output_dir=true"]  # an unfinished run restarts from scratch
-        return cmd + ([f"trainer.max_steps={spec.steps}"] if spec.steps else [])
+        cmd += [f"trainer.max_steps={spec.steps}"] if spec.steps else []
+        return cmd + (["--quick"] if base.quick else [])  # after the overrides (argparse)
     cmd = [sys.executable, str(base.script), "--seed", str(run.seed), "--output-dir", str(run.dir)]
     cmd += ["--steps", str(spec.steps)] if spec.steps else []
     cmd += list(base.args)
