@@ -307,3 +307,21 @@ def test_real_recipe_run_through_the_sweep(tmp_path):
     assert run.tokens == run.compute[-1] > 0
     assert summary.fit is None and "at least 3 evaluations" in summary.note
     assert time.perf_counter() - t0 < 120
+
+
+def test_runs_made_outside_the_sweep_count_and_a_missing_step_zero_is_named(tmp_path):
+    """A script's summary.json marks a run finished (its seconds_total is the wall time); a run
+    without an eval at step 0 has no R0, so no fit, and the table says why."""
+    spec = SweepSpec.model_validate(
+        {"base": "x.py", "variants": {"v": {}}, "seeds": [0], "output_dir": str(tmp_path)}
+    )
+    run = tmp_path / "v" / "seed0"
+    run.mkdir(parents=True)
+    evals = [{"step": s, "eval/greedy_accuracy": 0.1 * s} for s in (2, 4, 6, 8)]
+    (run / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
+    (run / "summary.json").write_text(json.dumps({"seconds_total": 12.5}))
+    (summary,) = collect_sweep(spec)
+    assert summary.wall_s == 12.5 and summary.final.mean == pytest.approx(0.8)
+    assert summary.fit is None and summary.note == "no eval at step 0 (R0)"
+    assert run_sweep(spec, log=quiet).skipped == ["v/seed0"]
+    assert "no eval at step 0 (R0)" in (tmp_path / "sweep.md").read_text()
