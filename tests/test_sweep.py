@@ -20,8 +20,10 @@ import yaml
 from grpo.cli import main
 from grpo.scaling import fit_scalerl, mean_ci, scalerl_curve, t_quantile_975
 from grpo.sweep import (
+    RunRecord,
     SweepSpec,
     collect_sweep,
+    fit_variant,
     plan_runs,
     run_command,
     run_sweep,
@@ -70,6 +72,30 @@ def test_fit_covariance_intervals_cover_the_truth_about_95_percent_of_the_time()
         for i, (true, ci) in enumerate(((A, fit.A_ci), (B, fit.B_ci), (C_mid, fit.C_mid_ci))):
             hits[i] += ci[0] < true < ci[1]
     assert np.all(hits >= 0.85 * 60), hits  # nominal 95%; linearised intervals run a bit short
+
+
+def test_fit_is_exact_on_exact_points():
+    C = np.geomspace(10, 1e5, 9)
+    fit = fit_scalerl(C, scalerl_curve(C, 0.2, 0.65, 1.3, 700.0), 0.2)
+    assert (fit.A, fit.B, fit.C_mid) == pytest.approx((0.65, 1.3, 700.0), rel=1e-5)
+    assert fit.rmse < 1e-7
+
+
+def test_bootstrap_intervals_span_the_spread_between_seeds():
+    # three seeds whose own asymptotes are 0.6, 0.7, 0.8: the pooled A is ~0.7, and resampling
+    # seeds moves it between ~0.6 and ~0.8 (all three the same seed at the extremes)
+    steps = list(range(0, 45, 4))
+    runs = [
+        RunRecord("v", seed, steps, [100.0 * s for s in steps],
+                  list(scalerl_curve([100.0 * s for s in steps], 0.1, A, 2.0, 1000.0)), 1.0, 4e3)
+        for seed, A in enumerate((0.6, 0.7, 0.8))
+    ]  # fmt: skip
+    fit = fit_variant(runs, bootstrap=200)
+    assert fit.A == pytest.approx(0.7, abs=0.005)
+    assert fit.interval == "bootstrap over 3 seeds"
+    assert 0.59 <= fit.A_ci[0] <= 0.65 and 0.75 <= fit.A_ci[1] <= 0.81
+    assert fit.B_ci[0] - 1e-6 <= 2.0 <= fit.B_ci[1] + 1e-6  # the seeds share B
+    assert fit_variant(runs[:1]).interval == "fit covariance"
 
 
 def test_fit_needs_three_points_after_step_zero():
@@ -317,11 +343,11 @@ def test_runs_made_outside_the_sweep_count_and_a_missing_step_zero_is_named(tmp_
     )
     run = tmp_path / "v" / "seed0"
     run.mkdir(parents=True)
-    evals = [{"step": s, "eval/greedy_accuracy": 0.1 * s} for s in (2, 4, 6, 8)]
+    evals = [{"step": s, "eval/greedy_accuracy": a} for s, a in zip((2, 4, 6, 8), (0.2, 0.4, 0.9, 0.8))]
     (run / "eval.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals))
     (run / "summary.json").write_text(json.dumps({"seconds_total": 12.5}))
     (summary,) = collect_sweep(spec)
-    assert summary.wall_s == 12.5 and summary.final.mean == pytest.approx(0.8)
+    assert summary.wall_s == 12.5 and summary.final.mean == pytest.approx(0.8)  # the last, not the best
     assert summary.fit is None and summary.note == "no eval at step 0 (R0)"
     assert run_sweep(spec, log=quiet).skipped == ["v/seed0"]
     assert "no eval at step 0 (R0)" in (tmp_path / "sweep.md").read_text()
