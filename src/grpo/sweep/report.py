@@ -19,6 +19,10 @@ def _ci(value: float, ci: tuple[float, float] | None, fmt: str) -> str:
     return text if ci is None else f"{text} [{format(ci[0], fmt)}, {format(ci[1], fmt)}]"
 
 
+def _num(value: float, fmt: str) -> str:
+    return "-" if value != value else format(value, fmt)  # nan: no finished run
+
+
 def sweep_table(summaries: list[VariantSummary], compute: str = "tokens") -> str:
     """The markdown table: one row per variant."""
     unit = "tokens" if compute == "tokens" else "steps"
@@ -37,7 +41,7 @@ def sweep_table(summaries: list[VariantSummary], compute: str = "tokens") -> str
                 f.interval,
             ]
             if f
-            else ["-", "-", "-", s.note or "-"]
+            else ["-", "-", "-", s.note or ("no finished run" if not s.runs else "-")]
         )
         rows.append(
             "| "
@@ -46,8 +50,8 @@ def sweep_table(summaries: list[VariantSummary], compute: str = "tokens") -> str
                     s.variant,
                     f"{len(s.runs)}/{s.planned}",
                     str(s.final) if s.runs else "-",
-                    f"{s.wall_s:.0f}",
-                    f"{s.tokens:.3g}",
+                    _num(s.wall_s, ".1f"),
+                    _num(s.tokens, ".3g"),
                     *fit_cells,
                 ]
             )
@@ -103,7 +107,9 @@ def _plot(summaries: list[VariantSummary], spec: SweepSpec, path: Path) -> None:
             if s.fit is not None:
                 top = max(c for r in s.runs for c in r.compute)
                 xs = (
-                    np.geomspace(top / 1e3, top * 1.5, 200)
+                    np.geomspace(
+                        min(c for r in s.runs for c in r.compute if c > 0) / 10, top * 1.5, 200
+                    )
                     if log_x
                     else np.linspace(0, top * 1.5, 200)
                 )

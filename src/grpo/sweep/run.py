@@ -99,7 +99,7 @@ def run_sweep(
         result.launched.append(name)
         if rc != 0:
             result.failed.append(name)
-            tail = (run.dir / "sweep.log").read_text().splitlines()[-5:]
+            tail = (run.dir / "sweep.log").read_text().splitlines()[-5:] or ["(empty)"]
             log(
                 f"[{i}/{len(runs)}] {name}: FAILED (exit {rc}) after {wall:.0f} s; "
                 f"{run.dir / 'sweep.log'} ends:\n  " + "\n  ".join(tail)
@@ -142,7 +142,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if result.failed:
         print(
             f"grpo sweep: {len(result.failed)} run(s) failed: {', '.join(result.failed)} "
-            "(see DIR/sweep.log; re-run the sweep to retry them)",
+            f"(their logs: {spec.output_dir}/<variant>/seed<S>/sweep.log; re-run the sweep to "
+            "retry them)",
             file=sys.stderr,
         )
         return 1
