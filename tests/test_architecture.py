@@ -39,7 +39,8 @@ Floors = tuple[tuple[str, tuple[str, ...]], ...]
 FLOORS: Floors = (
     ("math: pure tensor functions", ("grpo.advantages", "grpo.objectives.*", "grpo.loss",
                                      "grpo.logprobs",
-                                     "grpo.packing", "grpo.distill", "grpo.textstats")),
+                                     "grpo.packing", "grpo.distill", "grpo.textstats",
+                                     "grpo.scaling")),
     ("process foundations", ("grpo.callbacks", "grpo.checkpoint", "grpo.guards", "grpo.parallel",
                              "grpo.tracking")),
     ("sandbox", ("grpo.sandbox.*",)),
@@ -52,7 +53,7 @@ FLOORS: Floors = (
                                              "grpo.evaluation")),
     ("trainer loop", ("grpo.async_source", "grpo.trainer")),
     ("recipes", ("grpo.recipes.*",)),
-    ("entry points", ("grpo.pipeline.*", "grpo.report", "grpo.cli", "grpo.compat", "grpo")),
+    ("entry points", ("grpo.pipeline.*", "grpo.report", "grpo.sweep.*", "grpo.cli", "grpo.compat", "grpo")),
 )
 
 # Edges the rules refuse that stay for now: (importer, imported) -> why.

@@ -29,7 +29,8 @@ def test_math_md_examples_run():
 
 @pytest.mark.parametrize("module", ["grpo.advantages", "grpo.loss", "grpo.models", "grpo.textstats",
                                     "grpo.recipes.countdown", "grpo.batch", "grpo.parallel",
-                                    "grpo.source", "grpo.rollout.sampling", "grpo.recipes.errors"])
+                                    "grpo.source", "grpo.rollout.sampling", "grpo.recipes.errors",
+                                    "grpo.scaling"])
 def test_module_doctests(module):
     result = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)
     assert result.failed == 0

@@ -9,6 +9,8 @@
     grpo train --help-config                    every recipe key and GRPOConfig field, documented
     grpo sample / grpo sft / grpo pipeline RECIPE   rejection sampling, SFT, multi-stage R1
                                                 (docs/pipeline.md)
+    grpo sweep SPEC.yaml [--shard I/N] [--report]   variants x seeds, resumable, with a table
+                                                and ScaleRL fits (docs/sweep.md)
 
 A mistake in a recipe or an override prints one line saying what to change, and exits with 2.
 """
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
 # ---------------------------------------------------------------------------------------------
 # Extra subcommands. Each module listed here has ``register(subparsers)``, which adds its
 # parsers with ``set_defaults(func=handler)``, ``handler(args) -> int`` (the exit code).
-SUBCOMMAND_MODULES: tuple[str, ...] = ("grpo.pipeline.commands",)
+SUBCOMMAND_MODULES: tuple[str, ...] = ("grpo.pipeline.commands", "grpo.sweep.run")
 # ---------------------------------------------------------------------------------------------
 
 
