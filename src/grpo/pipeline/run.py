@@ -119,7 +119,6 @@ def run_pipeline(
     if redo is not None and redo not in names:
         raise ValueError(f"redo={redo!r} is not a stage of this recipe; stages: {names}")
     run_dir = Path(output_dir or recipe.output_dir)
-    _check_run_dir(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(
         yaml.safe_dump(
@@ -248,18 +247,4 @@ def _check_owned(folder: Path, name: str) -> None:
         f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}; no config.yaml of stage "
         f"{name!r}), which running the stage would replace: move them away, or choose another "
         "output_dir"
-    )
-
-
-def _check_run_dir(run_dir: Path) -> None:
-    """Refuse a run folder that holds files but no pipeline run (no recipe.yaml or stages/)."""
-    if not run_dir.is_dir() or not any(run_dir.iterdir()):
-        return
-    if (run_dir / "recipe.yaml").is_file() or (run_dir / "stages").is_dir():
-        return
-    held = sorted(p.name for p in run_dir.iterdir())
-    raise FileExistsError(
-        f"output_dir {str(run_dir)!r} holds files but no pipeline run "
-        f"({', '.join(held[:5])}{', ...' if len(held) > 5 else ''}; no recipe.yaml or stages/): "
-        "choose another output_dir (a new or empty folder, or an earlier run of a pipeline)"
     )
