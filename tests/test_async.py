@@ -254,3 +254,20 @@ def test_the_decoupled_weight_reaches_the_update_of_a_stale_step(tiny_dir, tmp_p
         m = metrics[s]
         spread = max(abs(m["loss/is_weight_min"] - 1), abs(m["loss/is_weight_max"] - 1))
         assert spread > 1e-2, (s, m["loss/is_weight_min"], m["loss/is_weight_max"])
+
+
+def test_the_kl_term_is_weighted_by_the_behaviour_weight():
+    """Under staleness the KL estimate is taken on the behaviour policy's tokens: it gets the
+    same weight w = min(pi_prox / pi_behav, C) as the policy term (docs/math.md 2.9). With
+    advantage 0 the loss is the KL term alone: 0.1 * mean(w * k3)."""
+    logp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+    prox = torch.tensor([[-1.0, -1.0]])
+    behav = torch.tensor([[-1.5, -0.2]])  # w = [e^0.5, e^-0.8]
+    ref = torch.tensor([[-1.5, -0.5]])  # k3 = [e^-0.5 + 0.5 - 1, e^0.5 - 0.5 - 1]
+    out = policy_loss(logp, prox, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=ref, beta=0.1,
+                      rollout_logp=behav, is_cap=2.0)
+    k3 = [math.exp(-0.5) - 0.5, math.exp(0.5) - 1.5]
+    w = [math.exp(0.5), math.exp(-0.8)]
+    assert out.loss.item() == pytest.approx(0.1 * (w[0] * k3[0] + w[1] * k3[1]) / 2, rel=1e-6)
+    synchronous = policy_loss(logp, prox, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=ref, beta=0.1)
+    assert synchronous.loss.item() == pytest.approx(0.1 * (k3[0] + k3[1]) / 2, rel=1e-6)
