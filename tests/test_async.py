@@ -193,3 +193,81 @@ def test_async_run_resumes_from_a_checkpoint(tiny_dir, tmp_path):
     assert lags[3] == [0] * 8
     for m in metrics:
         assert m["async/staleness_max"] == max(lags[m["step"]])
+
+
+SCRIPT_WITHOUT_MAIN_GUARD = """
+from grpo import GRPOConfig, GRPOTrainer
+from grpo.rewards import Reward
+
+
+class Half(Reward):
+    def score(self, completion, **example):
+        return 0.5
+
+
+config = GRPOConfig(output_dir={out!r}, num_generations=2, prompts_per_step=2, max_steps=1,
+                    max_completion_length=4, beta=0.0, progress_bar=False, save_final_model=False,
+                    async_staleness=1)
+GRPOTrainer({model!r}, [Half()], [{{"prompt": "Say 1"}}, {{"prompt": "Say 2"}}], config).train()
+"""
+
+
+def test_a_script_without_the_main_guard_gets_a_one_line_error(tiny_dir, tmp_path):
+    """The generator process is spawned: it re-imports the script, which (unguarded) builds a
+    trainer again. That child says so and exits; the parent raises a one-line error naming the
+    guard, not multiprocessing's bare EOFError."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT_WITHOUT_MAIN_GUARD.format(out=str(tmp_path / "run"), model=str(tiny_dir)))
+    src = str(Path(__file__).resolve().parents[1] / "src")
+    env = {**os.environ, "PYTHONPATH": src + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env=env, cwd=tmp_path)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("RuntimeError: async rollouts start a generator process")
+    assert 'put the training under `if __name__ == "__main__":`' in last
+    assert "EOFError" not in done.stderr
+
+
+def test_the_decoupled_weight_reaches_the_update_of_a_stale_step(tiny_dir, tmp_path):
+    """A trainer-level check of the off-policy correction: a step trained on rollouts of the
+    previous version weights its tokens by pi_prox / pi_behav, which then differs from 1
+    (lr 1e-2 moves the tiny model), while the first step (sampled by the very weights it starts
+    from) has weights 1 up to float rounding. Dropping the weight in the learner (rollout_logp
+    None under the async correction) logs is_weight == 1 on every step and fails here."""
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8),
+                          cfg(tmp_path, max_steps=4, log_completions=8, learning_rate=5e-2))
+    trainer.train()
+    trainer.close()
+    metrics = {m["step"]: m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")}
+    lags = lags_by_step(tmp_path / "run")
+    assert lags[1] == [0] * 8
+    first = metrics[1]
+    assert abs(first["loss/is_weight_min"] - 1) < 1e-3 and abs(first["loss/is_weight_max"] - 1) < 1e-3
+    stale = [s for s, v in lags.items() if min(v) == 1]  # every completion one version behind
+    assert stale, "the run never went off-policy"
+    for s in stale:
+        m = metrics[s]
+        spread = max(abs(m["loss/is_weight_min"] - 1), abs(m["loss/is_weight_max"] - 1))
+        assert spread > 1e-2, (s, m["loss/is_weight_min"], m["loss/is_weight_max"])
+
+
+def test_the_kl_term_is_weighted_by_the_behaviour_weight():
+    """Under staleness the KL estimate is taken on the behaviour policy's tokens: it gets the
+    same weight w = min(pi_prox / pi_behav, C) as the policy term (docs/math.md 2.9). With
+    advantage 0 the loss is the KL term alone: 0.1 * mean(w * k3)."""
+    logp = torch.tensor([[-1.0, -1.0]], requires_grad=True)
+    prox = torch.tensor([[-1.0, -1.0]])
+    behav = torch.tensor([[-1.5, -0.2]])  # w = [e^0.5, e^-0.8]
+    ref = torch.tensor([[-1.5, -0.5]])  # k3 = [e^-0.5 + 0.5 - 1, e^0.5 - 0.5 - 1]
+    out = policy_loss(logp, prox, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=ref, beta=0.1,
+                      rollout_logp=behav, is_cap=2.0)
+    k3 = [math.exp(-0.5) - 0.5, math.exp(0.5) - 1.5]
+    w = [math.exp(0.5), math.exp(-0.8)]
+    assert out.loss.item() == pytest.approx(0.1 * (w[0] * k3[0] + w[1] * k3[1]) / 2, rel=1e-6)
+    synchronous = policy_loss(logp, prox, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=ref, beta=0.1)
+    assert synchronous.loss.item() == pytest.approx(0.1 * (k3[0] + k3[1]) / 2, rel=1e-6)

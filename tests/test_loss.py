@@ -127,11 +127,11 @@ def _reference_loss(logp, old, adv, mask, ref, beta, eps_low, eps_high, est, agg
                 continue
             r = math.exp(logp[i][j] - old[i][j])
             pg = -min(r * adv[i], min(max(r, 1 - eps_low), 1 + eps_high) * adv[i])
-            if rollout is not None:
-                pg *= min(math.exp(old[i][j] - rollout[i][j]), cap)
+            # the behaviour weight: the tokens are the rollout engine's, for both terms (math.md 2.9)
+            w = 1.0 if rollout is None else min(math.exp(old[i][j] - rollout[i][j]), cap)
             d = ref[i][j] - logp[i][j]
             kl = {"k1": -d, "k2": d * d / 2, "k3": math.exp(d) - d - 1}[est]
-            per_tok[i][j] = pg + beta * kl
+            per_tok[i][j] = w * (pg + beta * kl)
     n_tok = sum(sum(row) for row in mask)
     if agg == "token_mean":
         return sum(map(sum, per_tok)) / n_tok

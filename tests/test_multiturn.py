@@ -18,7 +18,7 @@ from grpo.rollout.chat import TemplateError, check_prefix_preserving, encode_tex
 from grpo.rollout.multiturn import MultiTurnGenerator, turn_seed
 from grpo.rollout.tools import CodeBlockParser, EnvStep, HermesParser
 from grpo.rollout.trajectory import Trajectory, multiturn_metrics, trajectory_columns
-from grpo.rollout.types import SamplingConfig
+from grpo.rollout.types import BaseGenerator, SamplingConfig
 from grpo.tiny import build_char_tokenizer
 
 # A Qwen2.5-style ChatML template (tools in a system block, consecutive tool results grouped in
@@ -372,8 +372,14 @@ def test_the_generators_chat_template_kwargs_are_rendered_every_turn():
     tok = chatml_tokenizer(CHATML.replace("'\\n' + m['content'] + '<|im_end|>", "'\\n' + (mark if m['role'] == 'user' "
                                           "else '') + m['content'] + '<|im_end|>"))
     engine = Scripted(tok, calls_then_answers)
-    engine.chat_template_kwargs = {"mark": "!"}  # HFGenerator(chat_template_kwargs=...) carries these
-    (t,) = MultiTurnGenerator(engine, tools=[multiply]).generate([PROMPT], 1, SAMPLING)
+
+    class Declaring(BaseGenerator):  # HFGenerator(chat_template_kwargs=...) declares them so
+        chat_template_kwargs = {"mark": "!"}
+
+        def token_engine(self):
+            return engine
+
+    (t,) = MultiTurnGenerator(Declaring(), tools=[multiply]).generate([PROMPT], 1, SAMPLING)
     assert "<|im_start|>user\n!6*7?" in tok.decode(t.prompt_ids) and t.stop_reason == "done"
 
 

@@ -293,7 +293,8 @@ def compute_loss(
             sampled from pi_old, so ``E_old[r_t * KL_t]`` estimates the KL of pi_theta itself
             once the policy has moved within the step; identical when on-policy.
         rollout_logp: the behaviour policy's log-probs; given, ``w_t`` comes from ``correction``
-            (:mod:`grpo.objectives.corrections`), else ``w_t = 1``.
+            (:mod:`grpo.objectives.corrections`), else ``w_t = 1``. ``w_t`` weights the KL term
+            too (the tokens are the behaviour policy's samples; docs/math.md 2.9).
         correction, correction_settings: the correction's name and settings (None: defaults).
         entropy, entropy_coef: an entropy bonus (a coefficient != 0 needs ``entropy``, with its
             graph for a gradient: :func:`grpo.logprobs.token_logprobs_and_entropy`).
@@ -344,9 +345,11 @@ def compute_loss(
         # padding may hold non-finite log-probs; give the estimator ref_logp there (KL 0) so no
         # nan can reach the gradient through the masked positions
         kl_BT = KL_ESTIMATORS[kl_estimator](torch.where(mask_BT, logp, ref_logp), ref_logp)
-        if kl_ratio_correction:
-            kl_BT = kl_BT * term.ratio
-        loss_BT = loss_BT + beta * kl_BT
+        kl_term_BT = kl_BT * term.ratio if kl_ratio_correction else kl_BT
+        # the tokens were drawn by the behaviour policy: the KL estimate of the policy's own
+        # distribution is weighted like the policy-gradient term (docs/math.md 2.9); w = 1 when
+        # there is no behaviour policy apart from pi_old
+        loss_BT = loss_BT + beta * kl_term_BT * w_BT
     else:
         kl_BT = torch.zeros_like(logp)
     loss = aggregate(loss_BT, mask_BT, aggregation, normalizer, max_len=max_len)

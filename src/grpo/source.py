@@ -69,6 +69,7 @@ from grpo.parallel import Parallelism
 from grpo.rewards import CombinedReward, RewardBreakdown
 from grpo.rollout import Rollout, SamplingConfig
 from grpo.rollout.tokens import encode_prompt
+from grpo.rollout.types import BaseGenerator, as_generator
 from grpo.rollout.trajectory import multiturn_metrics, trajectory_log
 
 
@@ -273,6 +274,16 @@ class RolloutSource:
         step_result = self._records(rounds, times)
         return Collected([r.rollout for r in step_result.trained], lambda: step_result)
 
+    @property
+    def generator(self) -> BaseGenerator:
+        """The generator; one assigned is wrapped by :func:`grpo.rollout.as_generator` (a
+        duck-typed one gets the default capabilities)."""
+        return self._generator
+
+    @generator.setter
+    def generator(self, generator: Any) -> None:
+        self._generator = as_generator(generator)
+
     def state_dict(self) -> dict[str, Any]:
         return {"sampler": self.sampler.state_dict()}
 
@@ -326,7 +337,7 @@ class RolloutSource:
         rows = get_rows(self.dataset, indices[first : first + k], self.prompt_key)
         prompts = [r[self.prompt_key] for r in rows]
         # a generator that renders more than the prompt (tool schemas) says how it encodes one
-        encode = getattr(self.generator, "encode_prompt", None) or (
+        encode = self.generator.encode_prompt or (
             lambda p: encode_prompt(self.tokenizer, p, cfg.chat_template_kwargs)
         )
         check_prompt_lengths(
@@ -338,9 +349,7 @@ class RolloutSource:
         g = cfg.num_generations
         # One call for the local prompts: sample j of local prompt i is seeded
         # base + (first + i) * G + j, the same stream whichever process holds the prompt.
-        extra = (
-            {"rows": rows} if getattr(self.generator, "accepts_rows", False) else {}
-        )  # environments' rows
+        extra = {"rows": rows} if self.generator.accepts_rows else {}  # environments' rows
         out = self.generator.generate(
             prompts, g, self._sampling(self.step_seed(step, round_, first)), **extra
         )
@@ -349,7 +358,7 @@ class RolloutSource:
                 f"the generator returned {len(out)} rollouts for {len(prompts)} prompts x {g}"
             )
         # a generator with its own weights (asynchronous rollouts) says which version sampled
-        versioned = getattr(self.generator, "versioned", False)
+        versioned = self.generator.versioned
         tagged = [
             replace(
                 r,

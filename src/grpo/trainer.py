@@ -55,6 +55,7 @@ from grpo.models import (
 )
 from grpo.parallel import make_parallelism
 from grpo.rewards import Reward, RewardMonitor
+from grpo.rollout.types import BaseGenerator, as_generator
 from grpo.rollout.weights import is_peft_model
 from grpo.source import Collected, RolloutSource, ScoredStep, filter_component
 from grpo.tracking import RunLogger, check_trackers
@@ -262,19 +263,23 @@ class GRPOTrainer:
                 "wrap_generator (e.g. multi-turn tool use) with async.staleness > 0 "
                 "is not supported yet; set async.staleness=0"
             )
+        # a duck-typed generator is wrapped with the default capabilities (docs/rollout.md)
         self.generator = generator or trainer_generator(
             cfg, self.model, self.tokenizer, self.model_path
         )
         if wrap_generator is not None:
             self.generator = wrap_generator(self.generator)
-        sampler = getattr(
-            self.generator, "generator", self.generator
-        )  # a multi-turn wrapper's engine
-        if cfg.loss.use_tis and type(sampler).__name__ in ("HFGenerator", "HFEngine"):
+        if cfg.loss.use_tis and self.generator.policy_model is not None:
             raise ValueError(
                 "loss.use_tis corrects for a separate rollout engine's numerics; the HF generator "
                 "samples with the trained model itself. Set loss.use_tis=False or "
                 "rollout.backend='vllm'."
+            )
+        if cfg.loss.use_tis and not self.generator.returns_logprobs:
+            raise ValueError(
+                f"loss.use_tis weights by the sampler's log-probs, and the generator "
+                f"{type(self.generator).__name__} declares returns_logprobs=False; set "
+                "loss.use_tis=False or use a generator that returns them"
             )
         check_prompt_tokens(
             train_dataset,
@@ -283,7 +288,7 @@ class GRPOTrainer:
             cfg.rollout.max_prompt_length,
             prompt_key,
             cfg.rollout.chat_template_kwargs,
-            getattr(self.generator, "encode_prompt", None),
+            self.generator.encode_prompt,
         )
         self.sampling = cfg.sampling
         self.source = RolloutSource(
@@ -342,6 +347,16 @@ class GRPOTrainer:
         self._resumed_from: Path | None = None
         if cfg.resume_from:
             self._resume(resolve_checkpoint(cfg.resume_from, cfg.output_dir))
+
+    @property
+    def generator(self) -> BaseGenerator:
+        """The generator; one assigned is wrapped by :func:`grpo.rollout.as_generator` (a
+        duck-typed one gets the default capabilities, docs/rollout.md)."""
+        return self._generator
+
+    @generator.setter
+    def generator(self, generator: Any) -> None:
+        self._generator = as_generator(generator)
 
     @property
     def step(self) -> int:
@@ -457,6 +472,10 @@ class GRPOTrainer:
             if problem:
                 raise ValueError(problem)
         staleness = cfg.async_.staleness
+        if staleness:  # in a generator child re-running a script without the __main__ guard
+            from grpo.rollout.process import refuse_in_bootstrapping_child
+
+            refuse_in_bootstrapping_child()
         if staleness and generator is not None:
             raise ValueError(
                 f"async.staleness={staleness} samples in a generator process of its own, built "
@@ -470,8 +489,11 @@ class GRPOTrainer:
                 "plain transformers model and cannot follow LoRA adapters yet; set "
                 "async.staleness=0 for LoRA runs, or train without peft_config"
             )
-        sampler = getattr(generator, "generator", generator)  # a multi-turn wrapper's engine
-        if peft_config is not None and isinstance(getattr(sampler, "model", None), torch.nn.Module):
+        if (
+            peft_config is not None
+            and generator is not None
+            and as_generator(generator).policy_model is not None
+        ):
             raise ValueError(
                 "generator= holds a model of its own, and peft_config wraps the trainer's model "
                 "in LoRA adapters after the generator was built, so the generator would sample "
@@ -506,7 +528,7 @@ class GRPOTrainer:
         watch = LearningWatch(
             max_completion_length=cfg.sampling.max_tokens,
             rewards_carry_signal=self.teacher is None and cfg.distill.self_context is None,
-            max_turn_tokens=getattr(self.generator, "max_turn_tokens", None),
+            max_turn_tokens=self.generator.max_turn_tokens,
         )
         started = time.perf_counter()
         self.control = calls.on_train_begin(cfg, state, self.control)
@@ -645,9 +667,7 @@ class GRPOTrainer:
         if collected.rollouts:
             batch = collate_rollouts(collected.rollouts, None, self.tokenizer.pad_token_id)
             batch = batch.to(self.accelerator.device)
-        pause = getattr(
-            self.generator, "sleep_enabled", False
-        )  # e.g. vLLM sleep mode: free its memory
+        pause = self.generator.sleep_enabled  # e.g. vLLM sleep mode: free its memory
         if pause:
             self.generator.sleep()
         with timer("logprobs"):
@@ -663,7 +683,7 @@ class GRPOTrainer:
             if pause:
                 self.generator.wake_up()
             self.generator.sync_weights(self.model)
-            if hasattr(self.source, "push_weights"):  # asynchronous: the generator process's copy
+            if self.config.async_.staleness:  # asynchronous: the generator process's copy
                 self.source.push_weights(self.model, self.step + 1)
         return scored, train_metrics
 

@@ -21,7 +21,15 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from grpo.rollout.types import FinishReason, Generator, Prompt, Rollout, SamplingConfig
+from grpo.rollout.types import (
+    BaseGenerator,
+    FinishReason,
+    Generator,
+    Prompt,
+    Rollout,
+    SamplingConfig,
+    as_generator,
+)
 
 if TYPE_CHECKING:
     from grpo.rollout.hf import HFGenerator
@@ -41,6 +49,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "BaseGenerator",
     "FinishReason",
     "Generator",
     "HFGenerator",
@@ -51,6 +60,7 @@ __all__ = [
     "SamplingConfig",
     "VLLMGenerator",
     "VLLMServerGenerator",
+    "as_generator",
     "encode_prompt",
 ]
 

@@ -17,11 +17,12 @@ of the turn with :func:`grpo.rollout.tokens.find_ending`, as the generators do.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from grpo.rollout.types import SamplingConfig
 
 
+@runtime_checkable
 class TokenEngine(Protocol):
     tokenizer: Any
     eos_ids: list[int]
@@ -116,18 +117,13 @@ class VLLMEngine:
 
 
 def token_engine(generator: Any) -> TokenEngine:
-    """The token-level engine of a generator: HF, colocated vLLM, or one that is already an
-    engine (has ``sample``, ``tokenizer``, ``eos_ids``, ``max_context``)."""
-    name = type(generator).__name__
-    if all(hasattr(generator, a) for a in ("sample", "tokenizer", "eos_ids", "max_context")):
+    """The token-level engine of a generator (its declared
+    :meth:`grpo.rollout.BaseGenerator.token_engine`: HF, colocated vLLM), or ``generator``
+    itself if it is already a :class:`TokenEngine`."""
+    from grpo.rollout.types import BaseGenerator
+
+    if isinstance(generator, BaseGenerator):
+        return generator.token_engine()
+    if isinstance(generator, TokenEngine):
         return generator
-    if name == "HFGenerator" or (
-        hasattr(generator, "model") and hasattr(generator, "max_batch_size")
-    ):
-        return HFEngine(generator)
-    if name == "VLLMGenerator":
-        return VLLMEngine(generator)
-    raise TypeError(
-        f"MultiTurnGenerator needs token-level sampling; {name} has none (supported: HFGenerator, "
-        "VLLMGenerator, or an object with sample(contexts, seeds, limits, sampling))"
-    )
+    return BaseGenerator.token_engine(generator)  # the TypeError naming what is supported

@@ -42,11 +42,11 @@ from grpo.rollout.sampling import (
     row_seed,
 )
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
-from grpo.rollout.types import Prompt, Rollout, SamplingConfig
+from grpo.rollout.types import BaseGenerator, Prompt, Rollout, SamplingConfig
 from grpo.rollout.weights import unwrap_model
 
 
-class HFGenerator:
+class HFGenerator(BaseGenerator):
     """Rollouts with ``model.generate`` on the training model itself.
 
     Args:
@@ -130,6 +130,20 @@ class HFGenerator:
 
     def close(self) -> None:
         self._closed = True
+
+    @property
+    def policy_model(self) -> nn.Module:
+        """The training model itself: no separate numerics, nothing to push."""
+        return self.model
+
+    @property
+    def device(self) -> torch.device:
+        return next(unwrap_model(self.model).parameters()).device
+
+    def token_engine(self):
+        from grpo.rollout.engines import HFEngine
+
+        return HFEngine(self)
 
     def __enter__(self) -> HFGenerator:
         return self

@@ -76,7 +76,7 @@ from grpo.rollout.trajectory import (
     TURN_LENGTH,
     Trajectory,
 )
-from grpo.rollout.types import Prompt, SamplingConfig
+from grpo.rollout.types import BaseGenerator, Prompt, SamplingConfig
 
 
 def turn_seed(seed: int | None, turn: int) -> int | None:
@@ -125,7 +125,7 @@ class _State:
         self.mask += [1 if logp is not None else 0] * len(ids)
 
 
-class MultiTurnGenerator:
+class MultiTurnGenerator(BaseGenerator):
     """Multi-turn tool-use rollouts on an HF or colocated vLLM generator (see the module docstring).
 
     Args:
@@ -185,9 +185,11 @@ class MultiTurnGenerator:
                 f"inline_format needs a '{{}}' for the observation, got {inline_format!r}"
             )
         self.generator, self.engine = generator, token_engine(generator)
+        # the wrapped generator's declared capabilities (a bare token engine: the defaults)
+        self._inner = generator if isinstance(generator, BaseGenerator) else BaseGenerator()
         self.tokenizer = self.engine.tokenizer
         # extra chat-template variables the wrapped generator renders prompts with (enable_thinking)
-        self.template_kwargs = dict(getattr(generator, "chat_template_kwargs", None) or {})
+        self.template_kwargs = dict(self._inner.chat_template_kwargs)
         if tools is not None:
             tools = list(tools)
             parser = parser or _default_parser()
@@ -216,24 +218,41 @@ class MultiTurnGenerator:
     """``generate`` takes the prompts' dataset rows (``rows=``) for the environments' ``reset``."""
 
     # -- Generator protocol ------------------------------------------------------------------
+    # its capabilities are the wrapped generator's (weights, versions, device, sleep mode)
     @property
-    def sleep_enabled(self) -> bool:
-        return getattr(self.generator, "sleep_enabled", False)
+    def sleep_enabled(self) -> bool:  # type: ignore[override]
+        return self._inner.sleep_enabled
 
-    def sleep(self, *args, **kwargs) -> None:
-        self.generator.sleep(*args, **kwargs)
+    @property
+    def versioned(self) -> bool:  # type: ignore[override]
+        return self._inner.versioned
+
+    @property
+    def returns_logprobs(self) -> bool:  # type: ignore[override]
+        return self._inner.returns_logprobs
+
+    @property
+    def policy_model(self):
+        return self._inner.policy_model
+
+    @property
+    def device(self):
+        return self._inner.device
+
+    def sleep(self, level: int = 1) -> None:
+        self._inner.sleep(level)
 
     def wake_up(self) -> None:
-        self.generator.wake_up()
+        self._inner.wake_up()
 
     def sync_weights(self, model) -> None:
-        self.generator.sync_weights(model)
+        self._inner.sync_weights(model)
 
     def close(self) -> None:
         """Close the wrapped generator and the environment threads; idempotent."""
         self._closed = True
         self._pool.shutdown(wait=False, cancel_futures=True)
-        self.generator.close()
+        self._inner.close()
 
     def check_template(self) -> None:
         """Raise :class:`grpo.rollout.chat.TemplateError` if the tokenizer's chat template is not

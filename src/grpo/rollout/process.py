@@ -20,6 +20,9 @@ Failures are loud: a child that dies (its exit code is named) or does not answer
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import sys
 import tempfile
 import time
 import traceback
@@ -29,8 +32,31 @@ from typing import Any
 
 import torch
 
-from grpo.rollout.types import Prompt, Rollout, SamplingConfig
+from grpo.rollout.types import BaseGenerator, Prompt, Rollout, SamplingConfig
 from grpo.rollout.weights import is_peft_model, unwrap_model
+
+
+NO_MAIN_GUARD_EXIT = 86
+"""The exit code of a child that found itself re-running the training script at import."""
+
+NO_MAIN_GUARD = (
+    "async rollouts start a generator process that re-imports your script (multiprocessing "
+    "'spawn'), and the script starts training at import: put the training under "
+    '`if __name__ == "__main__":`'
+)
+
+
+def refuse_in_bootstrapping_child() -> None:
+    """Inside a spawned child still importing the parent's ``__main__`` (a script without the
+    ``__main__`` guard building a trainer at import): say so and end the child with
+    :data:`NO_MAIN_GUARD_EXIT`, which the parent turns into a one-line error. Without this the
+    child dies in multiprocessing's bootstrapping check and the parent sees a bare EOFError."""
+    # multiprocessing's own flag for "still importing the parent's __main__" (what its
+    # _check_not_importing_main reads); parent_process() is not set yet at that point
+    if getattr(multiprocessing.current_process(), "_inheriting", False):
+        sys.stderr.write(f"grpo: {NO_MAIN_GUARD}\n")
+        sys.stderr.flush()
+        os._exit(NO_MAIN_GUARD_EXIT)
 
 
 def _child(
@@ -71,7 +97,7 @@ def _child(
             conn.send(("error", traceback.format_exc()))
 
 
-class ProcessGenerator:
+class ProcessGenerator(BaseGenerator):
     """A :class:`grpo.rollout.Generator` whose sampling runs in a child process.
 
     Args:
@@ -99,6 +125,7 @@ class ProcessGenerator:
     ):
         import torch.multiprocessing as mp
 
+        refuse_in_bootstrapping_child()
         model = unwrap_model(model)
         if is_peft_model(model):
             raise ValueError(
@@ -140,7 +167,19 @@ class ProcessGenerator:
                     f"the generator process did not {what} within {timeout:.0f} s "
                     "(stalled); it was stopped"
                 )
-        status, payload = self._conn.recv()
+        try:
+            status, payload = self._conn.recv()
+        except EOFError:  # the child closed its end: it exited
+            proc = self._proc
+            proc.join(5)
+            code = proc.exitcode
+            self.close()
+            if code == NO_MAIN_GUARD_EXIT:
+                raise RuntimeError(NO_MAIN_GUARD) from None
+            raise RuntimeError(
+                f"the generator process died (exit code {code}) before it could {what}; see "
+                "its output above"
+            ) from None
         if status == "error":
             raise RuntimeError(f"the generator process failed:\n{payload}")
         return payload
@@ -182,6 +221,11 @@ class ProcessGenerator:
             proc.join()
         self._proc = None
         self._dir.cleanup()
+
+    @property
+    def device(self) -> torch.device:
+        """The child samples on the CPU (it never moves its copy of the model)."""
+        return torch.device("cpu")
 
     @property
     def pid(self) -> int | None:

@@ -31,11 +31,11 @@ from torch import nn
 
 from grpo.rollout.sampling import row_seed
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
-from grpo.rollout.types import Prompt, Rollout, SamplingConfig
+from grpo.rollout.types import BaseGenerator, Prompt, Rollout, SamplingConfig
 from grpo.rollout.weights import inference_weights, weight_metadata
 
 
-class VLLMServerGenerator:
+class VLLMServerGenerator(BaseGenerator):
     """Rollouts from a running ``trl vllm-serve`` server.
 
     Args:

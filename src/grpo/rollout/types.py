@@ -28,9 +28,10 @@ training") needs.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
@@ -162,8 +163,8 @@ class SamplingConfig:
 
 @runtime_checkable
 class Generator(Protocol):
-    """What the trainer depends on. Implementations: HFGenerator, VLLMGenerator,
-    VLLMServerGenerator."""
+    """What the trainer calls. Every generator of :mod:`grpo.rollout` implements it by deriving
+    from :class:`BaseGenerator`, which also *declares* its capabilities (see there)."""
 
     def generate(
         self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig
@@ -179,6 +180,130 @@ class Generator(Protocol):
         """Release the engine; idempotent."""
         ...
 
-    # Optional, looked up by the trainer: a generator with ``sleep_enabled = True`` and
-    # ``sleep()`` / ``wake_up()`` methods is put to sleep while the learner trains (vLLM's sleep
-    # mode frees the engine's GPU memory), whoever built it.
+
+class BaseGenerator:
+    """The base of every generator: the :class:`Generator` methods and its capabilities, declared.
+
+    The trainer and the rollout source read these attributes; they never probe a generator with
+    ``hasattr`` or by its class name. A subclass overrides what differs from the defaults:
+
+    * ``versioned`` (False): its rollouts carry in ``Rollout.policy_version`` the version of the
+      weights of its own that sampled them (a child process, a server); False: the rollout
+      source tags each rollout with the step that asked for it;
+    * ``accepts_rows`` (False): ``generate`` takes the prompts' dataset rows (``rows=``);
+    * ``returns_logprobs`` (True): ``Rollout.logprobs`` are the sampler's log-probs (see the
+      module docstring); False for placeholders, then ``loss.use_tis`` and the asynchronous
+      correction are refused;
+    * ``sleep_enabled`` (False) with :meth:`sleep` / :meth:`wake_up`: put to sleep while the
+      learner trains (vLLM's sleep mode frees the engine's GPU memory);
+    * ``max_turn_tokens`` (None): a multi-turn generator's per-turn limit, read by the learning
+      watch;
+    * ``encode_prompt`` (None): a method ``prompt -> ids`` for a generator that renders more
+      than the prompt (tool schemas); None: the tokenizer's chat template;
+    * ``chat_template_kwargs`` (empty): the chat-template variables it renders prompts with;
+    * :attr:`policy_model` (None): the training model object it samples from (HFGenerator), so
+      there are no separate numerics to correct; None: weights of its own;
+    * :attr:`device` (None): the device it samples on, when it manages one;
+    * :meth:`token_engine`: token-level sampling for :class:`grpo.rollout.MultiTurnGenerator`.
+
+    A generator that is not a subclass (duck-typed: an object with ``generate``) is wrapped by
+    :func:`as_generator` with these defaults.
+    """
+
+    versioned: bool = False
+    accepts_rows: bool = False
+    returns_logprobs: bool = True
+    sleep_enabled: bool = False
+    max_turn_tokens: int | None = None
+    encode_prompt: Callable[[Prompt], list[int]] | None = None
+    chat_template_kwargs: Mapping[str, Any] = MappingProxyType({})
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig
+    ) -> list[Rollout]:
+        raise NotImplementedError(f"{type(self).__name__} must implement generate()")
+
+    def sync_weights(self, model: torch.nn.Module) -> None:
+        """Default: nothing to do (it samples from ``model`` itself, or holds no weights). A
+        generator with weights of its own overrides it."""
+
+    def close(self) -> None:
+        """Default: nothing to release."""
+
+    def sleep(self, level: int = 1) -> None:
+        """Free the engine's memory while the learner trains (only with ``sleep_enabled``)."""
+        raise RuntimeError(f"{type(self).__name__} has no sleep mode (sleep_enabled is False)")
+
+    def wake_up(self) -> None:
+        raise RuntimeError(f"{type(self).__name__} has no sleep mode (sleep_enabled is False)")
+
+    @property
+    def policy_model(self) -> torch.nn.Module | None:
+        return None
+
+    @property
+    def device(self) -> torch.device | None:
+        return None
+
+    def token_engine(self) -> Any:
+        raise TypeError(
+            f"MultiTurnGenerator needs token-level sampling; {type(self).__name__} has none "
+            "(supported: HFGenerator, VLLMGenerator, or an object with "
+            "sample(contexts, seeds, limits, sampling), tokenizer, eos_ids and max_context)"
+        )
+
+
+_CAPABILITIES = (
+    "versioned",
+    "accepts_rows",
+    "returns_logprobs",
+    "sleep_enabled",
+    "max_turn_tokens",
+    "encode_prompt",
+    "policy_model",
+    "token_engine",
+)
+
+
+class _DuckGenerator(BaseGenerator):
+    """A duck-typed generator (``generate``, optionally ``sync_weights`` / ``close``) with the
+    default capabilities."""
+
+    def __init__(self, inner: Any):
+        self.inner = inner
+
+    def generate(self, prompts, n, sampling, **kwargs):
+        return self.inner.generate(prompts, n, sampling, **kwargs)
+
+    def sync_weights(self, model) -> None:
+        if callable(sync := getattr(self.inner, "sync_weights", None)):
+            sync(model)
+
+    def close(self) -> None:
+        if callable(close := getattr(self.inner, "close", None)):
+            close()
+
+
+def as_generator(generator: Any) -> BaseGenerator:
+    """``generator`` itself if it derives from :class:`BaseGenerator`; a duck-typed object with
+    ``generate`` wrapped with the default capabilities; anything else refused (TypeError).
+
+    A duck-typed object that declares a capability (say ``accepts_rows = True``) is refused
+    rather than wrapped: the wrapper would drop it silently. Subclass :class:`BaseGenerator`.
+    """
+    if isinstance(generator, BaseGenerator):
+        return generator
+    name = type(generator).__name__
+    if not callable(getattr(generator, "generate", None)):
+        raise TypeError(
+            f"{name} is not a generator: it has no generate(prompts, n, sampling) method "
+            "(subclass grpo.rollout.BaseGenerator)"
+        )
+    declared = [a for a in _CAPABILITIES if hasattr(generator, a)]
+    if declared:
+        raise TypeError(
+            f"{name} declares {', '.join(declared)} but does not derive from "
+            "grpo.rollout.BaseGenerator, so the trainer would not read it; subclass "
+            "grpo.rollout.BaseGenerator (class attributes / properties of that name)"
+        )
+    return _DuckGenerator(generator)

@@ -44,7 +44,7 @@ from torch import nn
 
 from grpo.rollout.sampling import row_seed
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
-from grpo.rollout.types import Prompt, Rollout, SamplingConfig
+from grpo.rollout.types import BaseGenerator, Prompt, Rollout, SamplingConfig
 from grpo.rollout.vllm_support import (
     check_engine_fits,
     checkpoint_names,
@@ -74,7 +74,7 @@ def _cast(weights: Iterable[tuple[str, torch.Tensor]], dtype: torch.dtype):
         yield name, t.to(dtype)
 
 
-class VLLMGenerator:
+class VLLMGenerator(BaseGenerator):
     """Rollouts from a vLLM engine in the training process.
 
     Args:
@@ -324,6 +324,11 @@ class VLLMGenerator:
         self._weights_discarded = False
         self._llm.reset_prefix_cache()
         self.last_sync_seconds = time.perf_counter() - t0
+
+    def token_engine(self):
+        from grpo.rollout.engines import VLLMEngine
+
+        return VLLMEngine(self)
 
     def close(self) -> None:
         """Shut the engine down and free its memory; idempotent.
