@@ -15,8 +15,9 @@ one of:
 * **untested** (:data:`UNTESTED`): expected to work, left out of the rows to bound their cost.
 
 The ``processes`` axis (1, 2 data parallel, 2 FSDP) is trained under ``torchrun`` (one launch for
-all its rows, :func:`run_jobs`); ``rollout.backend='vllm_server'`` is left to
-``tests/test_rollout_server.py``, and the behaviour corrections other than TIS
+all its rows, :func:`run_jobs`); ``rollout.backend='vllm_server'``'s pairs are declared
+untested here (each row would start a server) and trained by ``tests/test_rollout_server.py``,
+and the behaviour corrections other than TIS
 (``loss.correction``: they act only with a vLLM backend's or an asynchronous generator's
 log-probs, a three-way condition the pairs cannot state) to ``tests/test_corrections.py``, which
 trains one asynchronously.
@@ -273,6 +274,11 @@ AXES: tuple[Axis, ...] = (
         (
             V("hf", "transformers generates with the trained model", {"rollout.backend": "hf"}),
             V("vllm", "a colocated vLLM engine", {"rollout.backend": "vllm"}),
+            V(
+                "vllm_server",
+                "a trl vllm-serve server (weights pushed over its communicator)",
+                {"rollout.backend": "vllm_server"},
+            ),
         ),
     ),
     Axis(
@@ -492,6 +498,11 @@ REFUSED: dict[Pair, Refusal] = {
         "is not supported asynchronously yet",
         "GRPOConfig",
     ),
+    pair("backend", "vllm_server", "async", "on"): Refusal(
+        "the asynchronous generator process runs an HF generator",
+        "is not supported asynchronously yet",
+        "GRPOConfig",
+    ),
     pair("backend", "hf", "tis", "on"): Refusal(
         "TIS corrects for a separate engine's numerics; HF samples with the trained model",
         "loss.use_tis corrects for a separate rollout engine's numerics",
@@ -585,6 +596,11 @@ _ENGINE_FREE = (
     "(~30-40 s on CPU), so the vLLM rows use the Reward and no-reward kinds, and the HF rows "
     "cover the rest"
 )
+_SERVER = (
+    "each row would start a `trl vllm-serve` server (a minute on CPU); "
+    "tests/test_rollout_server.py trains through a real one (weights pushed, versions followed) "
+    "and checks its refusals"
+)
 _LOSS_SIDE = (
     "the objective and the estimator read log-probs and rewards, whatever engine sampled them; "
     "each vLLM row starts an engine, so the HF rows cover them"
@@ -600,6 +616,13 @@ _PER_PROCESS = (
     "(each a torchrun launch, the costly kind) use the Reward and reward-model kinds"
 )
 UNTESTED: dict[Pair, str] = {
+    **{
+        pair("backend", "vllm_server", axis.name, value.name): _SERVER
+        for axis in AXES
+        if axis.name != "backend"
+        for value in axis.values
+        if (axis.name, value.name) != ("async", "on")  # refused above
+    },
     pair("backend", "vllm", "reward", "function"): _ENGINE_FREE,
     pair("backend", "vllm", "reward", "multitask"): _ENGINE_FREE,
     pair("tis", "on", "reward", "function"): "TIS needs vLLM; " + _ENGINE_FREE,
@@ -903,8 +926,9 @@ def render_page() -> str:
         "checks that every pair is covered by a row or declared here.",
         "",
         "The rows with 2 processes run in one `torchrun` launch (the `distributed` marker). "
-        "`rollout.backend='vllm_server'` is not an axis here: `tests/test_rollout_server.py` "
-        "covers it.",
+        "`rollout.backend='vllm_server'` is a value of the backend axis whose pairs are declared "
+        "untested here (each row would start a server): `tests/test_rollout_server.py` trains "
+        "through a real one.",
         "",
         "## Axes",
         "",
