@@ -7,7 +7,8 @@ One run of ``examples/lab_cpu.py`` per seed, to the largest budget, evaluating e
 gcd(budgets) steps: the accuracy after N steps is the run's evaluation at step N (a longer run
 with the same seed passes through the same states, so one run gives every budget). Prints one
 table, accuracy per level and overall at each budget (mean over seeds, and each seed's overall),
-and writes it as JSON to ``--output-dir``/headroom.json. A task has headroom when the overall
+and writes it as JSON to ``--output-dir``/headroom.json. ``--reuse`` reads the runs already in
+``--output-dir`` (a run cut off early gives the budgets it reached). A task has headroom when the overall
 accuracy at the demo's budget (150 steps) is clearly below 100% and still rises with steps.
 """
 
@@ -29,33 +30,42 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
-def run_seed(seed: int, budgets: list[int], levels: list[int], out: Path, extra: list[str]) -> dict:
+def run_seed(seed: int, budgets: list[int], levels: list[int], out: Path, extra: list[str]) -> None:
     every = reduce(math.gcd, [b for b in budgets if b]) if any(budgets) else 1
-    run = out / f"seed{seed}"
     cmd = [sys.executable, str(ROOT / "examples" / "lab_cpu.py"), "--seed", str(seed),
            "--steps", str(max(budgets)), "--eval-steps", str(every),
-           "--levels", ",".join(map(str, levels)), "--output-dir", str(run), *extra]
+           "--levels", ",".join(map(str, levels)), "--output-dir", str(out / f"seed{seed}"), *extra]
     print("$", " ".join(cmd), flush=True)
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src") + os.pathsep + os.environ.get("PYTHONPATH", ""))
     subprocess.run(cmd, check=True, env=env)
-    return json.loads((run / "summary.json").read_text())
 
 
-def table(summaries: dict[int, dict], budgets: list[int], levels: list[int]) -> list[dict]:
+def curve(run: Path, levels: list[int]) -> dict[int, dict]:
+    """step -> {"overall", "L<n>"...}: the run's evaluations (eval.jsonl; a run cut off early
+    gives the steps it reached)."""
+    points = {}
+    for line in (run / "eval.jsonl").read_text().splitlines():
+        ev = json.loads(line)
+        points[ev["step"]] = {"overall": ev["eval/greedy_accuracy"],
+                              **{f"L{lv}": ev[f"eval/greedy_accuracy/level={lv}"] for lv in levels}}
+    return points
+
+
+def table(curves: dict[int, dict], budgets: list[int], levels: list[int]) -> list[dict]:
+    """One row per budget: the mean over the seeds that reached it (None when none did)."""
     rows = []
     for b in budgets:
-        points = {s: next((p for p in sm["curve"] if p["step"] == b), None) for s, sm in summaries.items()}
-        missing = [s for s, p in points.items() if p is None]
-        if missing:
-            raise SystemExit(f"no evaluation at step {b} in seed(s) {missing}: the budgets must be "
-                             f"multiples of the evaluation interval")
-        row = {"steps": b}
-        for lv in levels:
-            row[f"L{lv}"] = sum(p["by_level"][str(lv)] for p in points.values()) / len(points)
-        row["overall"] = sum(p["greedy_accuracy"] for p in points.values()) / len(points)
-        row["per_seed"] = {s: p["greedy_accuracy"] for s, p in points.items()}
+        reached = {s: c[b] for s, c in curves.items() if b in c}
+        row: dict = {"steps": b, "seeds": sorted(reached)}
+        for key in [*(f"L{lv}" for lv in levels), "overall"]:
+            row[key] = sum(p[key] for p in reached.values()) / len(reached) if reached else None
+        row["per_seed"] = {s: p["overall"] for s, p in reached.items()}
         rows.append(row)
     return rows
+
+
+def _pct(x: float | None, digits: int = 0) -> str:
+    return f"{'-':>8}" if x is None else f"{x:>8.{digits}%}"
 
 
 def main() -> None:
@@ -64,27 +74,23 @@ def main() -> None:
     ap.add_argument("--seeds", type=_ints, default=[0])
     ap.add_argument("--levels", type=_ints, default=[1, 2, 3, 4])
     ap.add_argument("--output-dir", default="runs/lab_headroom")
-    ap.add_argument("--reuse", action="store_true", help="read existing seed<N>/summary.json instead of running")
+    ap.add_argument("--reuse", action="store_true", help="read existing seed<N>/eval.jsonl instead of running")
     ap.add_argument("extra", nargs="*", help="more lab_cpu.py flags, after --")
     a = ap.parse_args()
     out = Path(a.output_dir)
-    summaries = {}
     for seed in a.seeds:
-        found = out / f"seed{seed}" / "summary.json"
-        summaries[seed] = (json.loads(found.read_text()) if a.reuse and found.exists()
-                           else run_seed(seed, a.budgets, a.levels, out, a.extra))
-    rows = table(summaries, a.budgets, a.levels)
+        if not (a.reuse and (out / f"seed{seed}" / "eval.jsonl").exists()):
+            run_seed(seed, a.budgets, a.levels, out, a.extra)
+    curves = {seed: curve(out / f"seed{seed}", a.levels) for seed in a.seeds}
+    rows = table(curves, a.budgets, a.levels)
     head = ["steps", *(f"L{lv}" for lv in a.levels), "overall", *(f"seed {s}" for s in a.seeds)]
-    print("\nheld-out greedy accuracy (50 problems per level; mean over seeds)")
+    print("\nheld-out greedy accuracy (mean over the seeds that reached the budget; - : none did)")
     print(" | ".join(f"{h:>8}" for h in head))
     for r in rows:
-        cells = [f"{r['steps']:>8}", *(f"{r[f'L{lv}']:>8.0%}" for lv in a.levels), f"{r['overall']:>8.1%}",
-                 *(f"{r['per_seed'][s]:>8.1%}" for s in a.seeds)]
+        cells = [f"{r['steps']:>8}", *(_pct(r[f"L{lv}"]) for lv in a.levels), _pct(r["overall"], 1),
+                 *(_pct(r["per_seed"].get(s), 1) for s in a.seeds)]
         print(" | ".join(cells))
-    secs = {s: sm["seconds_total"] for s, sm in summaries.items()}
-    print(f"seconds per run (warm-up + GRPO + evals): {secs}")
-    (out / "headroom.json").write_text(json.dumps({"budgets": a.budgets, "rows": rows, "seconds": secs}, indent=1))
-
+    (out / "headroom.json").write_text(json.dumps({"budgets": a.budgets, "rows": rows}, indent=1))
 
 if __name__ == "__main__":
     main()
