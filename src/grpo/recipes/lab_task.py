@@ -4,23 +4,26 @@ The CPU R1-Zero demo's task (:mod:`grpo.recipes.tiny_task`, sums of three digits
 step ~25-50, so no algorithmic choice can show a difference on it. The lab task keeps its
 format, tokenizer, rewards and warm-up (the sloppy teacher, :func:`tiny_task.warmup_sft`) and
 grades the arithmetic: a level is a chain of ``terms`` numbers in ``0..max_value`` joined by the
-operators ``ops``, and the worked path (``<think>12-7=5,5+19=24</think><answer>24</answer>``)
+operators ``ops``, and the worked path (``<think>4-3=1,1+9=10</think><answer>10</answer>``)
 has one step per operator, each a fact the 0.5M-parameter model must get right:
 
-=====  =====  =========  ====  ==========================================
+=====  =====  =========  ====  =====================
 level  terms  max_value  ops   example
-=====  =====  =========  ====  ==========================================
-1      3      9          \\+    ``4+3+9=?`` (the demo's task)
-2      4      9          \\+-   ``4+3-9+1=?``
-3      4      19         \\+-   ``14-3+19-8=?``
-4      5      19         \\+-   ``14-3+19-8+11=?``
-=====  =====  =========  ====  ==========================================
+=====  =====  =========  ====  =====================
+1      3      9          \\+    ``4+3+9=?`` (the demo's)
+2      4      9          \\+    ``4+3+9+1=?``
+3      4      9          \\+-   ``4+3-9+1=?``
+4      5      9          \\+-   ``4-3+9-8+1=?``
+=====  =====  =========  ====  =====================
 
-More terms mean more steps to chain and larger running values; subtraction brings negative
-ones. The measured headroom curve (held-out greedy accuracy per level against GRPO steps) is in
-benchmarks/README.md, "Lab task headroom" (``benchmarks/lab_headroom.py``).
+More terms mean more steps to chain (each must copy the right term and add it); subtraction
+brings negative running values. Numbers above 9 made the warm-up itself fail: with levels of
+3-5 terms in 0..19, 800 warm-up steps left the worked path right ~5% of the time even at level 1,
+and GRPO had nothing to select. The measured headroom curve (held-out greedy accuracy per
+level against GRPO steps) is in benchmarks/README.md, "Lab task headroom"
+(``benchmarks/lab_headroom.py``).
 
-Held-out split: a problem is held out when the CRC-32 of its question (``"14-3+19-8=?"``) is 0
+Held-out split: a problem is held out when the CRC-32 of its question (``"4+3-9+1=?"``) is 0
 mod 10, whatever the seed: train and test are disjoint by construction, and every seed's test
 rows come from the same ~10% of each level's problems. ``seed`` picks which problems and their
 order; pass the same seed for the held-out rows of runs you compare (the examples pass 0).
@@ -57,9 +60,9 @@ class Level:
 
 LEVELS: dict[int, Level] = {
     1: Level(terms=3, max_value=9, ops="+"),
-    2: Level(terms=4, max_value=9, ops="+-"),
-    3: Level(terms=4, max_value=19, ops="+-"),
-    4: Level(terms=5, max_value=19, ops="+-"),
+    2: Level(terms=4, max_value=9, ops="+"),
+    3: Level(terms=4, max_value=9, ops="+-"),
+    4: Level(terms=5, max_value=9, ops="+-"),
 }
 
 
