@@ -7,7 +7,7 @@
 Same model, rewards and GRPO settings as examples/r1_zero_cpu.py (a 0.5M-parameter Llama with a
 character tokenizer, an 800-step warm-up on the sloppy teacher, then GRPO with MathReward +
 0.1 x FormatReward, G=8, 8 prompts a step, DAPO clip-higher, beta=0, lr 1e-4), on the lab task
-(``grpo.recipes.lab_task``): chains of 3-5 numbers joined by + and -, graded in levels 1-4.
+(``grpo.recipes.lab_task``): chains of 3-5 digits joined by + (levels 1-2) or + and - (levels 3-4).
 The demo's task saturates at ~100% by step 50; on this one the same recipe plateaus at ~32-36%
 held-out greedy accuracy (L2 ~65%, L3 ~20%, L4 ~5-10%; benchmarks/README.md, "Lab task
 headroom"), so a change of algorithm has room to show. ~11 min per run on a loaded 2-core machine

@@ -96,8 +96,9 @@ def lab_arithmetic(
     size: int | None = None,
     seed: int = 0,
 ) -> list[dict]:
-    """The lab task (grpo.recipes.lab_task): graded chains of + and -, ``size`` rows per level
-    of ``levels`` (default all), each with a ``level`` column (``eval.by: [level]``)."""
+    """The lab task (grpo.recipes.lab_task): graded chains of 3-5 digits with + and -,
+    ``size`` rows per level of ``levels`` (default all), each with a ``level`` column
+    (``eval.by: [level]``)."""
     from grpo.recipes.lab_task import LEVELS, make_lab_dataset
 
     return make_lab_dataset(levels or list(LEVELS), split=split, seed=seed, size=size)
