@@ -90,10 +90,25 @@ def tiny_arithmetic(split: str = "train", size: int | None = None, seed: int = 0
     return make_problems(size=size, seed=seed, split=split)
 
 
+def lab_arithmetic(
+    split: str = "train",
+    levels: list[int] | None = None,
+    size: int | None = None,
+    seed: int = 0,
+) -> list[dict]:
+    """The lab task (grpo.recipes.lab_task): graded chains of 3-5 digits with + and -,
+    ``size`` rows per level of ``levels`` (default all), each with a ``level`` column
+    (``eval.by: [level]``)."""
+    from grpo.recipes.lab_task import LEVELS, make_lab_dataset
+
+    return make_lab_dataset(levels or list(LEVELS), split=split, seed=seed, size=size)
+
+
 DATASETS: dict[str, Callable[..., list[dict]]] = {
     "gsm8k": gsm8k,
     "countdown": countdown,
     "tiny_arithmetic": tiny_arithmetic,
+    "lab_arithmetic": lab_arithmetic,
 }
 HUB_DATASETS: dict[str, str] = {"gsm8k": "openai/gsm8k"}
 """Builders that download from the Hugging Face Hub, and the dataset repo they need."""

@@ -75,7 +75,9 @@ def teacher_completion(
     languages: Sequence[str] = ("symbols",),
 ) -> str:
     """One sloppy-teacher completion (see the module docstring); each worked step is written in
-    one of ``languages`` (keys of :data:`STEP_LANGUAGES`), drawn uniformly per step."""
+    one of ``languages`` (keys of :data:`STEP_LANGUAGES`), drawn uniformly per step. A negative
+    term is a subtraction (``9-4=5``; the lab task's, :mod:`grpo.recipes.lab_task`), "symbols"
+    only."""
     unknown = sorted(set(languages) - set(STEP_LANGUAGES))
     if unknown or not languages:
         raise ValueError(
@@ -90,7 +92,13 @@ def teacher_completion(
         steps, acc = [], terms[0]
         for x in terms[1:]:
             language = languages[0] if len(languages) == 1 else rng.choice(languages)
-            steps.append(STEP_LANGUAGES[language].format(a=acc, b=x, c=acc + x))
+            if x < 0 and language != "symbols":
+                raise ValueError(
+                    f"a negative term ({x}) is written as a subtraction only in the 'symbols' "
+                    f"language, not {language!r}"
+                )
+            step = "{a}-{b}={c}" if x < 0 else STEP_LANGUAGES[language]
+            steps.append(step.format(a=acc, b=abs(x), c=acc + x))
             acc += x
         return f"<think>{','.join(steps)}</think><answer>{acc}</answer>"
     return f"<think></think><answer>{guess}</answer>"
