@@ -43,13 +43,13 @@ A correction is registered like an objective (:func:`register_correction`) and s
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
+from grpo.objectives.registry import build_settings
 from grpo.objectives.ratios import MAX_LOG_RATIO, masked_log_ratio, sequence_log_ratio
 
 __all__ = [
@@ -110,19 +110,12 @@ def correction_settings(name: str, options: Mapping[str, Any] | None = None):
             f"loss.correction={name!r} is not registered; choose one of {sorted(CORRECTIONS)} or "
             "add yours with grpo.objectives.corrections.register_correction"
         )
-    cls = CORRECTIONS[name].settings
-    options = dict(options or {})
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(options) - known)
-    if unknown:
-        raise ValueError(
-            f"loss.correction_options has {unknown}, which correction {name!r} does not take; it "
-            f"takes {sorted(known) or 'no options'}"
-        )
-    try:
-        return cls(**options)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"loss.correction_options for correction {name!r}: {e}") from None
+    return build_settings(
+        CORRECTIONS[name].settings,
+        options,
+        field="loss.correction_options",
+        what=f"correction {name!r}",
+    )
 
 
 @dataclass(frozen=True)

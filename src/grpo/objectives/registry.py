@@ -101,16 +101,24 @@ def loss_settings(name: str, options: Mapping[str, Any] | None = None, *, where:
             f"{where}.objective={name!r} is not registered; choose one of {sorted(LOSSES)} or add "
             "yours with grpo.objectives.register_loss"
         )
-    cls = LOSSES[name].settings
+    return build_settings(
+        LOSSES[name].settings, options, field=f"{where}.options", what=f"objective {name!r}"
+    )
+
+
+def build_settings(cls: type, options: Mapping[str, Any] | None, *, field: str, what: str):
+    """``cls(**options)`` for a registered entry's settings dataclass; a ValueError names the
+    config ``field``, the entry (``what``) and the unknown options (with the ones it takes) or
+    the value its ``__post_init__`` refused. Shared by objectives and corrections."""
     options = dict(options or {})
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - known)
     if unknown:
         raise ValueError(
-            f"{where}.options has {unknown}, which objective {name!r} does not take; it takes "
+            f"{field} has {unknown}, which {what} does not take; it takes "
             f"{sorted(known) or 'no options'}"
         )
     try:
         return cls(**options)
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{where}.options for objective {name!r}: {e}") from None
+        raise ValueError(f"{field} for {what}: {e}") from None
