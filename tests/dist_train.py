@@ -1,9 +1,14 @@
 """Launched by tests/test_trainer.py::test_two_processes_match_one, alone or under torchrun.
 
-usage: dist_train.py MODEL_DIR OUT_DIR [--fsdp] [--dynamic] [--save-steps N] [--max-steps N] [--resume]
+usage: dist_train.py MODEL_DIR OUT_DIR [--fsdp] [--dynamic] [--async] [--save-steps N] [--max-steps N] [--resume]
+
+With --async (tests/test_async.py), each process records the prompts it scored per step in
+scored_rank<R>.jsonl.
 """
 
 import argparse
+import json
+import os
 from pathlib import Path
 
 import torch
@@ -25,6 +30,18 @@ class FlatOrChecksum(Reward):
         return 1.0 if example["flat"] else sum(map(ord, completion)) % 13 / 13
 
 
+def recorded(reward, path: Path):
+    """A trl-style reward function scoring with ``reward`` that appends, per call, the step and
+    the prompts this process scored (the asynchronous producer calls it)."""
+
+    def record(completions, prompts, trainer_state, **columns):
+        with path.open("a") as f:
+            f.write(json.dumps({"step": trainer_state.global_step, "prompts": list(prompts)}) + "\n")
+        return reward(completions=completions, prompts=prompts, **columns)
+
+    return record
+
+
 def full_weights(model) -> dict:
     """Every parameter as a plain tensor (an FSDP2 shard is gathered: all processes must call)."""
     return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
@@ -40,14 +57,19 @@ def main() -> None:
     p.add_argument("--save-steps", type=int, default=0)
     p.add_argument("--resume", action="store_true")
     p.add_argument("--dynamic", action="store_true", help="DAPO dynamic sampling, some prompts without signal")
+    p.add_argument("--async", dest="async_", action="store_true", help="asynchronous rollouts, staleness 1")
     args = p.parse_args()
     rows = [{"prompt": f"Say sevens {i}", "flat": i % 3 == 0} for i in range(8)]
     reward = FlatOrChecksum() if args.dynamic else CountSevens()
+    if args.async_:
+        args.out.mkdir(parents=True, exist_ok=True)
+        reward = recorded(reward, args.out / f"scored_rank{os.environ.get('RANK', '0')}.jsonl")
     cfg = GRPOConfig(output_dir=str(args.out), num_generations=4, prompts_per_step=4, max_steps=args.max_steps,
                      max_completion_length=6, learning_rate=1e-3, beta=0.01, num_iterations=2,
                      minibatch_size=8, micro_batch_size=2, progress_bar=False, save_final_model=args.fsdp,
                      fsdp=args.fsdp, save_steps=args.save_steps, resume_from="latest" if args.resume else None,
-                     dynamic_sampling=args.dynamic, dynamic_sampling_max_rounds=3)
+                     dynamic_sampling=args.dynamic, dynamic_sampling_max_rounds=3,
+                     async_staleness=1 if args.async_ else 0)
     trainer = GRPOTrainer(args.model_dir, [reward], rows, cfg, eval_dataset=rows[:2] if args.fsdp else None)
     rank = trainer.accelerator.process_index
     args.out.mkdir(parents=True, exist_ok=True)

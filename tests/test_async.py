@@ -47,7 +47,7 @@ def test_async_run_respects_the_staleness_bound_and_leaves_no_process(tiny_dir, 
     bound, and that the metric equals the lags of the step's completions.)"""
     trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8), cfg(tmp_path, max_steps=5, log_completions=8))
     assert not isinstance(trainer.source, RolloutSource)
-    pid = trainer.source.generator.pid
+    pid = trainer.source.generator.inner.pid
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
     trainer.close()
@@ -166,9 +166,42 @@ def test_weights_pushed_reach_the_generator(tiny_dir):
         gen.close()
 
 
-def test_async_settings_are_checked(tiny_dir, tmp_path):
-    with pytest.raises(ValueError, match=r"async\.staleness=1 .*rollout\.backend='hf'"):
-        cfg(tmp_path, rollout={"backend": "vllm"})
+def test_async_refuses_a_generator_on_the_trained_model_and_a_sleeping_engine(tiny_dir, tmp_path):
+    """What cannot sample ahead is refused by name: an HFGenerator samples from the very model
+    the learner changes, and a vLLM engine cannot sleep while it samples the next step."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo.rollout import HFGenerator
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    with pytest.raises(ValueError, match=r"async\.staleness=1 .*generator= \(HFGenerator\) samples from "
+                                         r"the trained model object itself"):
+        GRPOTrainer(model, [Checksum()], rows(8), cfg(tmp_path), tokenizer=tok,
+                    generator=HFGenerator(model, tok))
+    with pytest.raises(ValueError, match=r"async\.staleness=1 with vllm\.sleep=True"):
+        cfg(tmp_path, rollout={"backend": "vllm"}, vllm={"sleep": True})
+
+
+def test_async_drives_the_generator_it_is_given(tiny_dir, tmp_path):
+    """generator= with weights of its own is wrapped, never replaced: the given process samples
+    every training step (its pid stays the one given) and evaluation too."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from grpo.async_source import AsyncGenerator
+
+    model, tok = AutoModelForCausalLM.from_pretrained(tiny_dir), AutoTokenizer.from_pretrained(tiny_dir)
+    given = ProcessGenerator(model, tok)
+    trainer = GRPOTrainer(model, [Checksum()], rows(8), cfg(tmp_path, max_steps=3, log_completions=8),
+                          tokenizer=tok, generator=given, eval_dataset=rows(2))
+    try:
+        assert isinstance(trainer.generator, AsyncGenerator) and trainer.generator.inner is given
+        assert trainer.source.generator is trainer.generator
+        trainer.train()
+        assert given.pid is not None  # the same child, alive to the end
+        lags = lags_by_step(tmp_path / "run")
+        assert max(max(v) for v in lags.values()) == 1  # it ran ahead of the learner
+    finally:
+        trainer.close()
 
 
 def test_async_run_resumes_from_a_checkpoint(tiny_dir, tmp_path):
@@ -271,3 +304,129 @@ def test_the_kl_term_is_weighted_by_the_behaviour_weight():
     assert out.loss.item() == pytest.approx(0.1 * (w[0] * k3[0] + w[1] * k3[1]) / 2, rel=1e-6)
     synchronous = policy_loss(logp, prox, torch.tensor([0.0]), torch.ones(1, 2), ref_logp=ref, beta=0.1)
     assert synchronous.loss.item() == pytest.approx(0.1 * (k3[0] + k3[1]) / 2, rel=1e-6)
+
+
+def test_async_multiturn_trains_with_its_tools(tmp_path):
+    """wrap_generator= (multi-turn tool use) with async: the trainer wraps the generator process
+    in the MultiTurnGenerator and runs that ahead of the learner; the trajectories it trains on
+    carry tool calls and their observations (before, async silently sampled single turns)."""
+    import copy
+
+    from test_multiturn_hf import PROMPTS, python, taught_model
+
+    from grpo.async_source import AsyncGenerator
+    from grpo.rollout.multiturn import MultiTurnGenerator
+    from grpo.rollout.tools import CodeBlockParser
+
+    model, tok = taught_model()
+    model = copy.deepcopy(model).train()
+    data = [{"prompt": p, "answer": python(p[0]["content"])} for p in PROMPTS]
+
+    def exact(completions, answer, **kwargs):
+        return [float(f"<answer>{a}</answer>" in c[-1]["content"]) for c, a in zip(completions, answer)]
+
+    def wrap(generator):
+        return MultiTurnGenerator(generator, tools=[python], parser=CodeBlockParser(), max_turns=3,
+                                  render_tools=False)
+
+    config = GRPOConfig(output_dir=str(tmp_path / "run"), max_steps=3, seed=0, **{"async": {"staleness": 1}},
+                        rollout={"num_generations": 4, "prompts_per_step": 2}, sampling={"max_tokens": 60},
+                        optim={"learning_rate": 1e-3}, loss={"beta": 0.0}, forward={"micro_batch_size": 8},
+                        log={"progress_bar": False, "completions": 8}, checkpoint={"final_model": False})
+    trainer = GRPOTrainer(model, [exact], data, config, tokenizer=tok, wrap_generator=wrap)
+    try:
+        gen = trainer.source.generator
+        assert isinstance(gen, AsyncGenerator) and isinstance(gen.inner, MultiTurnGenerator)
+        assert isinstance(gen.inner.generator, ProcessGenerator)
+        trainer.train()
+    finally:
+        trainer.close()
+    logged = read_jsonl(tmp_path / "run" / "completions.jsonl")
+    assert {r["step"] for r in logged} == {1, 2, 3}
+    called = [r for r in logged if r["tool_calls"] and r["tool_calls"][0]["status"] == "ok"]
+    assert len(called) >= len(logged) // 2, logged  # the taught model calls its tool
+    for r in called:
+        a, b = r["prompt"][0]["content"].split("*")
+        assert [m["role"] for m in r["messages"]][:2] == ["assistant", "tool"]
+        assert r["messages"][1]["content"] == str(int(a) * int(b))  # the tool ran
+    assert max(r["step"] - 1 - r["policy_version"] for r in logged) == 1  # sampled ahead
+    metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
+    assert all(math.isfinite(m["loss/loss"]) for m in metrics)
+
+
+def test_async_lora_trains_and_pushes_only_the_adapter(tiny_dir, tmp_path):
+    """LoRA with async: the child follows the adapter, and a push copies only adapter tensors
+    (the base weights never cross after the start)."""
+    from peft import LoraConfig
+
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0)
+    trainer = GRPOTrainer(str(tiny_dir), [Checksum()], rows(8),
+                          cfg(tmp_path, max_steps=3, log_completions=8, learning_rate=5e-2), peft_config=lora)
+    try:
+        child = trainer.source.generator.inner
+        assert isinstance(child, ProcessGenerator)
+        adapter = {n: p for n, p in trainer.model.named_parameters() if p.requires_grad}
+        assert adapter and all("lora_" in n for n in adapter)
+        assert child.sync_bytes == sum(p.numel() * p.element_size() for p in adapter.values())
+        before = {n: p.detach().clone() for n, p in adapter.items()}
+        trainer.train()
+        assert any(not torch.equal(before[n], p) for n, p in adapter.items())
+        # the child samples with the pushed adapter: its log-probs are the trained model's
+        probe = trainer.generator.generate(["Say 1"], 2, SamplingConfig(max_tokens=4, seed=0))
+        assert {r.policy_version for r in probe} == {3}
+    finally:
+        trainer.close()
+    lags = lags_by_step(tmp_path / "run")
+    assert max(max(v) for v in lags.values()) == 1
+    metrics = {m["step"]: m for m in read_jsonl(tmp_path / "run" / "metrics.jsonl")}
+    # step 1 is sampled by the initial adapter the child was built with: weights 1
+    assert abs(metrics[1]["loss/is_weight_min"] - 1) < 1e-3 and abs(metrics[1]["loss/is_weight_max"] - 1) < 1e-3
+
+
+def _scored(run_dir, rank):
+    """{step: [prompts]} this rank's producer scored (dist_train.py --async)."""
+    out = {}
+    for rec in read_jsonl(run_dir / f"scored_rank{rank}.jsonl"):
+        out.setdefault(rec["step"], []).extend(rec["prompts"])
+    return out
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+@pytest.mark.parametrize("layout", ["dp", "fsdp"])
+def test_two_processes_train_asynchronously_on_disjoint_complete_groups(tiny_dir, tmp_path, layout):
+    """2 gloo processes, each with its own generator process running ahead: each step's prompts
+    are split between the ranks into disjoint, complete groups (G samples each), versions are
+    global (both ranks push at every step, so the logged staleness is the same bound), the ranks
+    end with identical weights, every reduced metric is finite. The data-parallel run is stopped
+    at a checkpoint and resumed. The producers gather on a process group of their own: on the
+    default group their gathers would interleave with the learner's all-reduces and hang."""
+    from test_trainer import ROOT, _torchrun
+
+    script, run = ROOT / "tests" / "dist_train.py", tmp_path / "run"
+    fsdp = ["--fsdp"] if layout == "fsdp" else []
+    if layout == "dp":  # two steps, a checkpoint, then resumed to four
+        first = _torchrun(script, tiny_dir, run, "--async", "--max-steps", "2", "--save-steps", "2", port=29531)
+        assert first.returncode == 0, first.stderr[-3000:]
+        done = _torchrun(script, tiny_dir, run, "--async", "--max-steps", "4", "--save-steps", "2", "--resume",
+                         port=29532)
+    else:
+        done = _torchrun(script, tiny_dir, run, "--async", "--max-steps", "4", *fsdp, port=29533)
+    assert done.returncode == 0, done.stderr[-3000:]
+    w0, w1 = torch.load(run / "weights_rank0.pt"), torch.load(run / "weights_rank1.pt")
+    initial = torch.load(run / "initial.pt")
+    for n in w0:
+        torch.testing.assert_close(w0[n], w1[n], rtol=0, atol=0, msg=n)
+    assert any(not torch.equal(w0[n], initial[n]) for n in w0)
+    by_rank = [_scored(run, 0), _scored(run, 1)]
+    assert sorted(by_rank[0]) == sorted(by_rank[1]) == [0, 1, 2, 3]
+    for step in range(4):
+        mine, theirs = (set(r[step]) for r in by_rank)
+        assert mine and theirs and not mine & theirs, (step, mine, theirs)  # disjoint groups
+        assert len(mine | theirs) == 4  # prompts_per_step, all sampled
+        for r in by_rank:  # complete groups: G = 4 samples of each prompt, on one rank
+            assert all(r[step].count(p) == 4 for p in set(r[step]))
+    metrics = read_jsonl(run / "metrics.jsonl")
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert all(math.isfinite(v) for m in metrics for v in m.values() if isinstance(v, float))
+    assert max(m["async/staleness_max"] for m in metrics) == 1  # went off-policy, within the bound

@@ -160,8 +160,9 @@ def test_overrides_flat_and_nested_reach_the_same_key():
 def test_refusals_name_both_settings():
     with pytest.raises(ValueError, match=r"'beta' \(grpo 0\.1's flat key\) and loss\.beta are both given"):
         quiet(beta=0.1, loss={"beta": 0.2})
-    with pytest.raises(ValueError, match=r"async\.staleness=1 .*rollout\.backend='vllm'"):
-        GRPOConfig(rollout={"backend": "vllm"}, **{"async": {"staleness": 1}})
+    with pytest.raises(ValueError, match=r"async\.staleness=1 with vllm\.sleep=True"):
+        GRPOConfig(rollout={"backend": "vllm"}, vllm={"sleep": True}, **{"async": {"staleness": 1}})
+    assert GRPOConfig(rollout={"backend": "vllm"}, **{"async": {"staleness": 1}}).async_.staleness == 1
     with pytest.raises(ValueError, match=r"optim\.warmup_steps=3 and optim\.warmup_ratio=0\.1"):
         GRPOConfig(optim={"warmup_steps": 3, "warmup_ratio": 0.1})
     with pytest.raises(ValueError, match=r"optim\.minibatch_size=3 must divide"):

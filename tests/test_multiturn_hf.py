@@ -4,6 +4,7 @@ the model's own log-probs and the chat template, and trained on by GRPOTrainer u
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import random
@@ -35,7 +36,13 @@ def python(code: str) -> str:
 
 @pytest.fixture(scope="module")
 def taught():
-    """A tiny model that writes <python>a*b</python>, then copies the result into <answer>."""
+    return taught_model()
+
+
+@functools.cache
+def taught_model():
+    """A tiny model that writes <python>a*b</python>, then copies the result into <answer>
+    (built once per test session; callers deep-copy it before training it)."""
     torch.manual_seed(0)
     tok = build_char_tokenizer()
     model = build_tiny_llama(tok, hidden_size=64, num_layers=2, num_heads=2, head_dim=32, seed=0)

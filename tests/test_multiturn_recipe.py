@@ -30,6 +30,8 @@ def test_tool_math_recipe_loads_and_validates():
     recipe = Recipe.from_yaml(RECIPE, ["multiturn.max_turns=2", "trainer.loss.beta=0.01"])
     assert recipe.multiturn.max_turns == 2 and recipe.trainer.loss.beta == 0.01
     assert Recipe.from_yaml(RECIPE, ["multiturn=null"]).multiturn is None  # single turn
+    # asynchronous tool use: the trainer wraps the multi-turn generator, never replaces it
+    assert Recipe.from_yaml(RECIPE, ["trainer.async.staleness=1"]).trainer.async_.staleness == 1
     for overrides, message in [
         (["multiturn.max_turn_tokens=99999"], ("multiturn.max_turn_tokens=99999 exceeds "
                                                "trainer.sampling.max_tokens=3072")),
@@ -37,8 +39,6 @@ def test_tool_math_recipe_loads_and_validates():
                                      "'multiturn.max_turns'?")),
         (["trainer.rollout.backend=vllm_server"], ("trainer.rollout.backend='vllm_server' is not "
                                                    "supported; use 'hf' or 'vllm'")),
-        (["trainer.rollout.backend=hf", "trainer.async.staleness=1"],
-         "multiturn with trainer.async.staleness=1 is not supported yet"),
     ]:
         with pytest.raises(RecipeError) as info:
             Recipe.from_yaml(RECIPE, overrides)

@@ -2,15 +2,24 @@
 trains.
 
 In a synchronous step the learner waits for generation and the generator waits for the learner.
-:class:`AsyncRolloutSource` runs a producer thread that drives a :class:`RolloutSource` whose
-generator is a :class:`grpo.rollout.ProcessGenerator` (a child process with its own copy of the
-weights), filling a bounded queue of scored steps; the learner takes step ``s``'s batch from the
-queue while step ``s+1``'s is being sampled. The recipe is the one every large-scale library
-converged on (verl's one-step-off-policy and fully-async trainers, AReaL arXiv:2505.24298,
-PipelineRL, prime-rl):
+:class:`AsyncRolloutSource` runs a producer thread that drives a :class:`RolloutSource`, filling
+a bounded queue of scored steps; the learner takes step ``s``'s batch from the queue while step
+``s+1``'s is being sampled. The recipe is the one every large-scale library converged on (verl's
+one-step-off-policy and fully-async trainers, AReaL arXiv:2505.24298, PipelineRL, prime-rl):
 
+* **any generator with weights of its own**: the producer samples with the generator it is
+  given, wrapped (never replaced) in an :class:`AsyncGenerator`: an HF copy of the model in a
+  child process (:class:`grpo.rollout.ProcessGenerator`, what the trainer builds for
+  ``rollout.backend='hf'``), a ``trl vllm-serve`` server, a colocated vLLM engine, or a
+  :class:`grpo.rollout.MultiTurnGenerator` over any of them. A generator that samples from the
+  trained model object itself (``policy_model`` set: :class:`grpo.rollout.HFGenerator`) cannot
+  run ahead of the learner that is changing that object, and is refused;
 * **versions**: the weights the learner has after ``v`` updates are version ``v``; every
-  rollout carries the version that sampled it (``Rollout.policy_version``);
+  rollout carries the version that sampled it (``Rollout.policy_version``). One ``generate``
+  call runs under one version: a weight push waits for the call in flight (and the next call
+  waits for the push), so the version is exact, for every token of a multi-turn trajectory too.
+  With the usual bound of 1 the wait costs nothing: the call in flight is the step the learner
+  needs next;
 * **a staleness bound** ``k`` (``async.staleness``): step ``s`` trains only on rollouts of
   version ``>= s - k``. The producer does not start step ``s`` before version ``s - k`` is in
   the generator, and the queue holds at most ``k`` steps, so no sample is ever too old when
@@ -22,9 +31,12 @@ PipelineRL, prime-rl):
   is weighted by ``pi_prox / pi_behav`` with ``pi_behav`` the sampler's log-probs
   (``rollout_logp``), truncated at ``is_cap`` (the TIS machinery of :mod:`grpo.loss`). In
   AReaL's ablation, plain PPO on staleness-4 data fell from 42.0 to 23.3 on AIME24 and the
-  decoupled objective kept 42.2;
-* **weight pushes** are a memcpy into shared memory under a lock (the learner is held only for
-  that copy); the child picks the new version up before its next generation.
+  decoupled objective kept 42.2. The KL term is weighted the same way (docs/math.md 2.9);
+* **several trainer processes**: each process drives its own generator (or its own requests to
+  a shared server) on its own disjoint, complete groups, exactly as the synchronous source splits
+  a step; the producer's collective (the gathered reward table) runs on a process group of its
+  own (:meth:`grpo.parallel.Parallelism.side_channel`), so it never interleaves with the
+  learner's all-reduces. Every process pushes at the same step, so versions are global.
 
 What is no longer bit-reproducible: which weight version samples which step depends on how the
 producer and the learner race, so two runs with the same seed can differ (sampling itself is
@@ -37,10 +49,72 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
-from grpo.rollout.process import ProcessGenerator
+from grpo.rollout.types import BaseGenerator, Prompt, Rollout, SamplingConfig
 from grpo.source import Collected, RolloutSource, ScoredStep
+
+
+class AsyncGenerator(BaseGenerator):
+    """A generator shared by the producer thread and the learner: each ``generate`` and each
+    weight push holds one lock, and every rollout is tagged with the version of the weights the
+    wrapped generator held while it sampled (see the module docstring).
+
+    It forwards the wrapped generator's capabilities, except sleep mode (an engine sampling
+    ahead of the learner cannot sleep while it trains; the configuration refuses the pair)."""
+
+    versioned = True
+
+    def __init__(self, inner: BaseGenerator, version: int = 0):
+        if inner.policy_model is not None:
+            raise ValueError(
+                f"{type(inner).__name__} samples from the trained model object itself, which "
+                "the learner changes while the next step is sampled; asynchronous rollouts need "
+                "a generator with weights of its own (grpo.rollout.ProcessGenerator, a vLLM "
+                "engine or server)"
+            )
+        self.inner = inner
+        self.version = version
+        self._lock = threading.Lock()
+        self.accepts_rows = inner.accepts_rows
+        self.returns_logprobs = inner.returns_logprobs
+        self.max_turn_tokens = inner.max_turn_tokens
+        self.encode_prompt = inner.encode_prompt
+        self.chat_template_kwargs = inner.chat_template_kwargs
+
+    def generate(
+        self, prompts: Sequence[Prompt], n: int, sampling: SamplingConfig, **kwargs: Any
+    ) -> list[Rollout]:
+        with self._lock:
+            version = self.version
+            out = self.inner.generate(prompts, n, sampling, **kwargs)
+        return [replace(r, policy_version=version) for r in out]
+
+    def push(self, model: Any, version: int) -> None:
+        """``model``'s weights (after ``version`` updates) to the wrapped generator, between two
+        of its ``generate`` calls."""
+        with self._lock:
+            self.inner.sync_weights(model)
+            self.version = version
+
+    def sync_weights(self, model: Any) -> None:
+        """The next version (the trainer calls :meth:`push` with the step instead)."""
+        self.push(model, self.version + 1)
+
+    def close(self) -> None:
+        self.inner.close()
+
+    @property
+    def device(self):
+        return self.inner.device
+
+    def token_engine(self) -> Any:
+        raise TypeError(
+            "wrap the generator in MultiTurnGenerator before making it asynchronous (the "
+            "trainer does: wrap_generator is applied first)"
+        )
 
 
 class AsyncRolloutSource:
@@ -49,7 +123,6 @@ class AsyncRolloutSource:
     def __init__(
         self,
         inner: RolloutSource,
-        generator: ProcessGenerator,
         *,
         staleness: int,
         max_steps: int,
@@ -58,7 +131,13 @@ class AsyncRolloutSource:
     ):
         if staleness < 1:
             raise ValueError(f"staleness must be >= 1 for an asynchronous source, got {staleness}")
-        self.inner, self.generator, self.staleness = inner, generator, staleness
+        if not isinstance(inner.generator, AsyncGenerator):
+            raise TypeError(
+                "the inner source's generator must be an AsyncGenerator (it tags each rollout "
+                f"with the weight version that sampled it), got {type(inner.generator).__name__}"
+            )
+        self.inner, self.generator, self.staleness = inner, inner.generator, staleness
+        self.generator.version = start_step
         self.max_steps, self.timeout = max_steps, timeout
         self._queue: deque[tuple[int, ScoredStep, dict]] = deque()
         self._cond = threading.Condition()
@@ -119,8 +198,9 @@ class AsyncRolloutSource:
             return len(self._queue)
 
     def push_weights(self, model: Any, version: int) -> None:
-        """The learner's weights after ``version`` updates, to the generator (a memcpy)."""
-        self.generator.sync_weights(model, version)
+        """The learner's weights after ``version`` updates, to the generator (waiting for the
+        ``generate`` call in flight, if any)."""
+        self.generator.push(model, version)
         with self._cond:
             self._weights = version
             self._cond.notify_all()
@@ -138,7 +218,7 @@ class AsyncRolloutSource:
 
     def start_at(self, step: int) -> None:
         """Resume: the next step to produce and the generator's version."""
-        self._next = self._weights = step
+        self._next = self._weights = self.generator.version = step
 
     def close(self) -> None:
         with self._cond:

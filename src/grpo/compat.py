@@ -9,7 +9,7 @@ one of:
 * **refused** (:data:`REFUSED`): the library refuses the pair when the config or the trainer is
   built, with a message naming both settings (the test checks it does);
 * **impossible** (:data:`IMPLIED`): no pair refusal names it, but every run holding it contains a
-  refused pair (e.g. TIS needs vLLM and asynchronous rollouts need HF);
+  refused pair (e.g. no reward needs a teacher, and a teacher refuses dynamic sampling);
 * **silently wrong** (:data:`SILENT`): accepted, but not what the user asked for; listed until
   the library refuses or fixes it;
 * **untested** (:data:`UNTESTED`): expected to work, left out of the rows to bound their cost.
@@ -286,7 +286,11 @@ AXES: tuple[Axis, ...] = (
         "async.staleness",
         (
             V("off", "synchronous rollouts"),
-            V("on", "rollouts one step ahead in a generator process", {"async.staleness": 1}),
+            V(
+                "on",
+                "rollouts one step ahead (an HF copy in a child process, or the vLLM engine)",
+                {"async.staleness": 1},
+            ),
         ),
     ),
     Axis(
@@ -493,34 +497,15 @@ class Refusal:
 
 
 REFUSED: dict[Pair, Refusal] = {
-    pair("backend", "vllm", "async", "on"): Refusal(
-        "the asynchronous generator process runs an HF generator",
-        "is not supported asynchronously yet",
-        "GRPOConfig",
-    ),
-    pair("backend", "vllm_server", "async", "on"): Refusal(
-        "the asynchronous generator process runs an HF generator",
-        "is not supported asynchronously yet",
-        "GRPOConfig",
-    ),
     pair("backend", "hf", "tis", "on"): Refusal(
         "TIS corrects for a separate engine's numerics; HF samples with the trained model",
         "loss.use_tis corrects for a separate rollout engine's numerics",
         "GRPOConfig",
     ),
-    pair("async", "on", "multiturn", "on"): Refusal(
-        "the generator process samples single completions",
-        "is not supported yet; set async.staleness=0",
-        "GRPOTrainer",
-    ),
-    pair("async", "on", "lora", "on"): Refusal(
-        "the generator process takes a plain transformers model",
-        "cannot follow LoRA adapters yet",
-        "GRPOTrainer",
-    ),
     pair("async", "on", "generator", "given"): Refusal(
-        "the asynchronous source samples with a generator process of its own",
-        "would serve evaluation only and never the training rollouts",
+        "the given HFGenerator samples from the trained model, which changes while the next "
+        "step is sampled",
+        "samples from the trained model object itself",
         "GRPOTrainer",
     ),
     pair("estimator", "gdpo", "length_penalty", "on"): Refusal(
@@ -549,16 +534,6 @@ REFUSED: dict[Pair, Refusal] = {
         "a biased advantage",
         "GRPOTrainer (GRPOConfig for distill.teacher given as a path)",
     ),
-    pair("async", "on", "processes", "2dp"): Refusal(
-        "the asynchronous source runs one generator process",
-        "runs one generator process: not with several training processes",
-        "GRPOTrainer (under torchrun)",
-    ),
-    pair("async", "on", "processes", "2fsdp"): Refusal(
-        "the asynchronous source runs one generator process",
-        "runs one generator process: not with several training processes",
-        "GRPOTrainer (under torchrun)",
-    ),
     pair("lora", "on", "processes", "2fsdp"): Refusal(
         "LoRA adapters are small: train them data parallel",
         "forward.fsdp=True with a peft_config is not supported",
@@ -581,7 +556,6 @@ SILENT: dict[Pair, str] = {}
 """Pairs the library accepts but does not honour; kept out of the rows until refused or fixed."""
 
 IMPLIED: dict[Pair, str] = {
-    pair("async", "on", "tis", "on"): "TIS needs rollout.backend='vllm', async needs 'hf'",
     pair("dynamic_sampling", "on", "reward", "none"): (
         "no reward needs a teacher, and a teacher refuses dynamic sampling"
     ),
@@ -621,7 +595,6 @@ UNTESTED: dict[Pair, str] = {
         for axis in AXES
         if axis.name != "backend"
         for value in axis.values
-        if (axis.name, value.name) != ("async", "on")  # refused above
     },
     pair("backend", "vllm", "reward", "function"): _ENGINE_FREE,
     pair("backend", "vllm", "reward", "multitask"): _ENGINE_FREE,

@@ -194,9 +194,10 @@ class AsyncConfig(_Section):
     staleness: int = Field(
         0,
         ge=0,
-        description="Sample the next steps in a generator process while the learner trains, on "
-        "weights at most this many steps old (AReaL's decoupled PPO corrects for it). "
-        "0 = synchronous. rollout.backend='hf' only, one process.",
+        description="Sample the next steps while the learner trains, on weights at most this "
+        "many steps old (AReaL's decoupled PPO corrects for it), with a generator that has "
+        "weights of its own: an HF copy in a child process (rollout.backend='hf'), the vLLM "
+        "engine or server, or a generator= / wrap_generator= over one. 0 = synchronous.",
     )
     timeout: float = Field(
         600.0,
@@ -749,11 +750,12 @@ class GRPOConfig(BaseModel):
                 f"sampling.seed={self.sampling.seed}: the trainer seeds every step and prompt "
                 "from the run's seed; set seed instead."
             )
-        if self.async_.staleness and ro.backend != "hf":
+        if self.async_.staleness and self.vllm.sleep and ro.backend != "hf":
             raise ValueError(
-                f"async.staleness={self.async_.staleness} runs an HF generator in a child process; "
-                f"rollout.backend={ro.backend!r} is not supported asynchronously yet: set "
-                "rollout.backend='hf' or async.staleness=0"
+                f"async.staleness={self.async_.staleness} with vllm.sleep=True: the engine samples "
+                "the next step while the learner trains, so it cannot sleep then; set "
+                "vllm.sleep=False (leave room for both with vllm.gpu_memory_utilization), or "
+                "async.staleness=0"
             )
         if opt.warmup_steps and opt.warmup_ratio:
             raise ValueError(

@@ -66,6 +66,7 @@ class Parallelism:
     """Common part: process count, rank, device, reductions."""
 
     sharded = False
+    _group: Any = None  # the process group of a side channel (None: the default group)
 
     def __init__(self, accelerator: Any):
         self.accelerator = accelerator
@@ -111,7 +112,30 @@ class Parallelism:
 
     def gather(self, tensor: torch.Tensor) -> torch.Tensor:
         """Concatenate equal-shaped tensors from every process, in rank order."""
-        return tensor if self.world == 1 else self.accelerator.gather(tensor)
+        if self.world == 1:
+            return tensor
+        if self._group is None:
+            return self.accelerator.gather(tensor)
+        import torch.distributed as dist
+
+        local = tensor.detach().cpu().contiguous()
+        parts = [torch.empty_like(local) for _ in range(self.world)]
+        dist.all_gather(parts, local, group=self._group)
+        return torch.cat(parts).to(tensor.device)
+
+    def side_channel(self) -> Parallelism:
+        """These processes, with a :meth:`gather` on a process group of their own (gloo, over
+        CPU copies), for a thread that gathers while the main thread runs the learner's
+        collectives (the asynchronous rollout producer). Two threads issuing collectives on one
+        group would interleave them in a different order on each process. Every process must
+        call this, in the same order (it creates the group)."""
+        import copy
+
+        import torch.distributed as dist
+
+        view = copy.copy(self)
+        view._group = dist.new_group(backend="gloo")
+        return view
 
     def reduce_metrics(self, metrics: dict[str, float]) -> dict[str, float]:
         """Each metric reduced by its kind (:func:`metric_reduction`); every process must call.

@@ -249,6 +249,8 @@ class GRPOTrainer:
                 f"rollout.max_prompt_length + sampling.max_tokens = {prompt_len} + {max_tokens} "
                 f"exceeds the model's context of {context} tokens: lower them"
             )
+        # an HF copy for asynchronous rollouts is taken before sharding (it saves the whole model)
+        copied = self._async_copy() if generator is None else None
         self.ref_model = None  # LoRA: the base model with adapters disabled, no second copy
         if cfg.loss.beta > 0 and not is_peft_model(self.model):
             self.ref_model = copy.deepcopy(self.model).eval().requires_grad_(False)
@@ -258,22 +260,26 @@ class GRPOTrainer:
             cfg.optim,
             total_steps=cfg.max_steps * cfg.derived().optimizer_steps_per_step,
         )
-        if wrap_generator is not None and cfg.async_.staleness:
-            raise ValueError(
-                "wrap_generator (e.g. multi-turn tool use) with async.staleness > 0 "
-                "is not supported yet; set async.staleness=0"
-            )
         # a duck-typed generator is wrapped with the default capabilities (docs/rollout.md)
-        self.generator = generator or trainer_generator(
-            cfg, self.model, self.tokenizer, self.model_path
-        )
+        self.generator = generator or copied or self._built_generator()
         if wrap_generator is not None:
             self.generator = wrap_generator(self.generator)
+        if cfg.async_.staleness:  # the producer thread and evaluation share it, one call at a time
+            from grpo.async_source import AsyncGenerator
+
+            self.generator = AsyncGenerator(self.generator)
         if cfg.loss.use_tis and self.generator.policy_model is not None:
             raise ValueError(
                 "loss.use_tis corrects for a separate rollout engine's numerics; the HF generator "
                 "samples with the trained model itself. Set loss.use_tis=False or "
                 "rollout.backend='vllm'."
+            )
+        if cfg.async_.staleness and not self.generator.returns_logprobs:
+            raise ValueError(
+                f"async.staleness={cfg.async_.staleness} weights each token by pi_prox / "
+                "pi_behav with the sampler's log-probs, and the generator "
+                f"{type(self.generator.inner).__name__} declares returns_logprobs=False; use a "
+                "generator that returns them, or set async.staleness=0"
             )
         if cfg.loss.use_tis and not self.generator.returns_logprobs:
             raise ValueError(
@@ -300,7 +306,9 @@ class GRPOTrainer:
             sampling=cfg.sampling,
             seed=cfg.seed,
             max_steps=cfg.max_steps,
-            parallel=par,
+            # an asynchronous producer gathers on a process group of its own, never interleaved
+            # with the learner's collectives
+            parallel=par.side_channel() if cfg.async_.staleness and par.world > 1 else par,
             prompt_key=prompt_key,
             context=context,
             accuracy_name=self.accuracy_name,
@@ -397,26 +405,34 @@ class GRPOTrainer:
         check_teacher(self.tokenizer, teacher)
         return teacher.to(self.accelerator.device).eval().requires_grad_(False)
 
-    def _async_source(self, inner: RolloutSource):
-        """The rollout source with a generator process of its own (see grpo.async_source)."""
-        from grpo.async_source import AsyncRolloutSource
+    def _async_copy(self) -> Any:
+        """Asynchronous rollouts with rollout.backend='hf': a copy of the policy in a child
+        process on this process's device (:class:`grpo.rollout.ProcessGenerator`; a LoRA model's
+        copy follows the adapter, and only adapter tensors cross at each push). None otherwise."""
+        cfg = self.config
+        if not (cfg.async_.staleness and cfg.rollout.backend == "hf"):
+            return None
         from grpo.rollout import ProcessGenerator
 
-        cfg = self.config
-        if self.parallel.world > 1:
-            raise ValueError(
-                "async.staleness > 0 runs one generator process: not with several training "
-                "processes yet; set async.staleness=0 for data-parallel runs"
-            )
-        inner.generator = ProcessGenerator(
+        return ProcessGenerator(
             self.model,
             self.tokenizer,
             timeout=cfg.async_.timeout,
             chat_template_kwargs=cfg.rollout.chat_template_kwargs,
+            device=self.accelerator.device,
         )
+
+    def _built_generator(self) -> Any:
+        """The generator rollout.backend names, on the trained model."""
+        return trainer_generator(self.config, self.model, self.tokenizer, self.model_path)
+
+    def _async_source(self, inner: RolloutSource):
+        """The rollout source run ahead of the learner (see grpo.async_source)."""
+        from grpo.async_source import AsyncRolloutSource
+
+        cfg = self.config
         return AsyncRolloutSource(
             inner,
-            inner.generator,
             staleness=cfg.async_.staleness,
             max_steps=cfg.max_steps,
             timeout=cfg.async_.timeout,
@@ -447,6 +463,13 @@ class GRPOTrainer:
                 "would keep different numbers of groups, and a sharded forward is a collective): "
                 "use forward.fsdp=False (data parallel) or rollout.dynamic_sampling=False"
             )
+        if cfg.rollout.backend == "vllm_server" and world > 1:
+            raise ValueError(
+                f"rollout.backend='vllm_server' with {world} training processes: each would push "
+                "its weights to the one server (over a weight-update group made for one trainer "
+                "client); run one training process against the server, or use "
+                "rollout.backend='vllm' (an engine per process) or 'hf'"
+            )
         if fsdp and world == 1:
             warnings.warn(
                 "forward.fsdp=True with one process: nothing to shard over, training unsharded "
@@ -476,18 +499,14 @@ class GRPOTrainer:
             from grpo.rollout.process import refuse_in_bootstrapping_child
 
             refuse_in_bootstrapping_child()
-        if staleness and generator is not None:
+        if staleness and generator is not None and as_generator(generator).policy_model is not None:
             raise ValueError(
-                f"async.staleness={staleness} samples in a generator process of its own, built "
-                "on the trained model, so a given generator= would serve evaluation only and "
-                "never the training rollouts; leave generator= out, or set async.staleness=0 "
-                "to train on the given generator's rollouts"
-            )
-        if staleness and peft_config is not None:
-            raise ValueError(
-                f"async.staleness={staleness} with peft_config: the generator process loads a "
-                "plain transformers model and cannot follow LoRA adapters yet; set "
-                "async.staleness=0 for LoRA runs, or train without peft_config"
+                f"async.staleness={staleness} samples the next step while the learner changes "
+                f"the model, and generator= ({type(generator).__name__}) samples from the trained "
+                "model object itself; leave generator= out (the trainer runs an HF copy in a "
+                "child process, grpo.rollout.ProcessGenerator), give a generator with weights of "
+                "its own (ProcessGenerator, VLLMGenerator, VLLMServerGenerator), or set "
+                "async.staleness=0"
             )
         if (
             peft_config is not None
@@ -682,9 +701,10 @@ class GRPOTrainer:
         with timer("sync"):
             if pause:
                 self.generator.wake_up()
-            self.generator.sync_weights(self.model)
-            if self.config.async_.staleness:  # asynchronous: the generator process's copy
+            if self.config.async_.staleness:  # versioned: the weights after step + 1 updates
                 self.source.push_weights(self.model, self.step + 1)
+            else:
+                self.generator.sync_weights(self.model)
         return scored, train_metrics
 
     def _log_completions(self, log: RunLogger, scored: ScoredStep) -> None:
@@ -760,10 +780,11 @@ class GRPOTrainer:
         self.state.log_history[:] = state.get("log_history", [])
         self.learner.load_state_dict(state.get("learner", {}))
         self.source.load_state_dict(state)
-        self.generator.sync_weights(self.model)
-        if hasattr(self.source, "push_weights"):
+        if self.config.async_.staleness:
             self.source.start_at(self.step)
             self.source.push_weights(self.model, self.step)
+        else:
+            self.generator.sync_weights(self.model)
 
     def save_model(self, path: str | Path, merge_lora: bool | None = None) -> None:
         """The trained model in HF format and its tokenizer; a LoRA model as its peft adapter

@@ -173,12 +173,6 @@ class Recipe(BaseModel):
                 f"multiturn runs on the trainer's own engine: trainer.rollout.backend"
                 f"={cfg.rollout.backend!r} is not supported; use 'hf' or 'vllm'"
             )
-        if cfg.async_.staleness:
-            raise ValueError(
-                f"multiturn with trainer.async.staleness={cfg.async_.staleness} is "
-                "not supported yet (the asynchronous generator samples single "
-                "turns); set trainer.async.staleness=0"
-            )
         return self
 
     @classmethod

@@ -218,14 +218,12 @@ class MultiTurnGenerator(BaseGenerator):
     """``generate`` takes the prompts' dataset rows (``rows=``) for the environments' ``reset``."""
 
     # -- Generator protocol ------------------------------------------------------------------
-    # its capabilities are the wrapped generator's (weights, versions, device, sleep mode)
+    # its capabilities are the wrapped generator's (weights, device, sleep mode); not versioned:
+    # its trajectories do not carry a weight version (the asynchronous trainer's AsyncGenerator
+    # tags a whole generate call, every turn of it sampled under one version)
     @property
     def sleep_enabled(self) -> bool:  # type: ignore[override]
         return self._inner.sleep_enabled
-
-    @property
-    def versioned(self) -> bool:  # type: ignore[override]
-        return self._inner.versioned
 
     @property
     def returns_logprobs(self) -> bool:  # type: ignore[override]
