@@ -235,6 +235,24 @@ class VLLMConfig(_Section):
     server_port: int = Field(
         8000, description="Port of `trl vllm-serve` (rollout.backend=vllm_server)."
     )
+    weight_transport: Literal["auto", "nccl", "filesystem"] = Field(
+        "auto",
+        description="How weights reach the vLLM server (rollout.backend=vllm_server): nccl "
+        "(trl's weight-update group; CUDA on both sides, separate GPUs), filesystem "
+        "(safetensors in weights_dir, reloaded in place by the server; any device), auto "
+        "(nccl with CUDA, else filesystem).",
+    )
+    weights_dir: str | None = Field(
+        None,
+        description="Folder the vLLM server reads pushed weights and LoRA adapters from (None: "
+        "a temporary folder on this machine; a shared filesystem for a remote server).",
+    )
+    lora_sync: Literal["adapter", "merged"] = Field(
+        "adapter",
+        description="A LoRA run's weight push to vLLM: adapter (only the adapter tensors; the "
+        "engine and server sample with it as a LoRA adapter, the server started with "
+        "--enable-lora) or merged (the base with the adapter merged in, out of place).",
+    )
 
 
 _CLIP_FIELDS = ("eps_low", "eps_high", "dual_clip", "ratio_level")  # the grpo objective's
