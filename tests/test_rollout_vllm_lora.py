@@ -103,6 +103,7 @@ def test_lora_adapter_must_be_a_plain_lora_config(model_dir):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow  # ~90 s on a shared 2-core machine: an engine with LoRA slots
 def test_colocated_engine_samples_with_each_pushed_adapter(model_dir, tmp_path_factory):
     base = AutoModelForCausalLM.from_pretrained(model_dir)
     peft_model = with_lora(model_dir, r=4)

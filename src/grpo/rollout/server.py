@@ -15,8 +15,10 @@ Weights reach the server by one of three transports (``weight_transport`` / ``lo
   safetensors with the model's config into a folder the server can read, and the server's
   workers reload them in place (``POST /collective_rpc`` ``reload_weights(weights_path=...)``).
   Works on any device, across machines given a shared filesystem; it is prime-rl's default
-  weight broadcast (``FileSystemWeightBroadcast``: the trainer writes a checkpoint per step,
-  the vLLM server reloads it from the path);
+  weight broadcast (``FileSystemWeightBroadcast``, ``prime_rl/trainer/rl/broadcast/
+  filesystem.py``: the trainer writes an HF checkpoint per step, a vLLM worker extension,
+  ``FileSystemWeightUpdateWorker.update_weights_from_path``, reloads it in place; with LoRA
+  it writes the adapter's state dict);
 * ``lora=True``: only the active LoRA adapter is written (a fresh folder per version) and
   loaded as a new runtime adapter (``/v1/load_lora_adapter``, ``grpo-policy-<k>``); the previous
   one is unloaded, and requests name the current adapter as their ``model``. The base weights
