@@ -151,3 +151,18 @@ def test_colocated_engine_samples_with_each_pushed_adapter(model_dir, tmp_path_f
     finally:
         gen.close()
     assert not os.path.exists(root)
+
+
+def test_server_command_carries_the_worker_extension_and_lora_env():
+    """``python -m grpo.rollout.server`` / ``launch_server``: grpo's worker extension (tied
+    layers after a filesystem push) unless one is named; runtime LoRA loading with LoRA on."""
+    from grpo.rollout.server import server_env, vllm_serve_command
+
+    command = vllm_serve_command(["--model", "m"])
+    i = command.index("--worker-extension-cls")
+    assert command[i + 1] == "grpo.rollout.vllm_support.ServerWorkerExtension"
+    own = vllm_serve_command(["--model", "m", "--worker-extension-cls", "my.Ext"])
+    assert own.count("--worker-extension-cls") == 1 and "my.Ext" in own
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in server_env(["--model", "m"], base={})
+    env = server_env(["--enable-lora", "--max-lora-rank", "8"], base={})
+    assert env == {"VLLM_SERVER_DEV_MODE": "1", "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "True"}
