@@ -180,6 +180,11 @@ def test_lora_refuses_a_model_without_adapter_and_nccl_by_name(served):
     adapted = VLLMServerGenerator(base_url=gen.client.base_url, lora=True)
     with pytest.raises(TypeError, match="needs a peft model, got LlamaForCausalLM"):
         adapted.sync_weights(model)
+    too_wide = lora(copy.deepcopy(model), seed=0)
+    too_wide.add_adapter("wide", LoraConfig(r=16, target_modules=["q_proj"]))
+    too_wide.set_adapter("wide")
+    with pytest.raises(ValueError, match="rank 16.*--max-lora-rank 8"):
+        adapted.sync_weights(too_wide)
     adapted.close()
 
 

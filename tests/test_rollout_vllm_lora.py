@@ -111,7 +111,8 @@ def test_colocated_engine_samples_with_each_pushed_adapter(model_dir, tmp_path_f
         mp.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
         mp.setenv("VLLM_CACHE_ROOT", str(tmp_path_factory.mktemp("vllm_cache")))
         gen = VLLMGenerator(model_dir, enforce_eager=True, max_model_len=256, dtype="float32",
-                            lora_adapter=peft_model.peft_config["default"])
+                            lora_adapter=peft_model.peft_config["default"],
+                            max_loras=2)  # room for two: the old adapter stays unless removed
     try:
         sampling = SamplingConfig(temperature=0.8, max_tokens=8, seed=3)
         engine = token_engine(gen)

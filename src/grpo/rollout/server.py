@@ -53,10 +53,12 @@ from grpo.rollout.sampling import row_seed
 from grpo.rollout.tokens import encode_prompts, eos_token_ids, make_rollout
 from grpo.rollout.types import BaseGenerator, Prompt, Rollout, SamplingConfig
 from grpo.rollout.weights import (
+    active_adapter,
     inference_weights,
     model_config,
     save_adapter,
     save_inference_weights,
+    unwrap_model,
     weight_metadata,
 )
 
@@ -247,11 +249,11 @@ class VLLMServerGenerator(BaseGenerator):
         )
 
     def sync_weights(self, model: nn.Module) -> None:
-        """Push ``model``'s weights to the server by :attr:`weight_transport` (or its adapter,
-        with ``lora=True``), then reset the server's prefix cache (its KV blocks were computed
-        with the old weights). ``model`` may be wrapped or a peft model (merged out of place for
-        a full push, see :mod:`grpo.rollout.weights`). Sets :attr:`last_sync_seconds` and
-        :attr:`last_sync_bytes` (bytes written or streamed)."""
+        """Push ``model``'s weights to the server by :attr:`weight_transport` and reset the
+        server's prefix cache (its KV blocks were computed with the old weights); with
+        ``lora=True``, push its active adapter instead. ``model`` may be wrapped or a peft
+        model (merged out of place for a full push, see :mod:`grpo.rollout.weights`). Sets
+        :attr:`last_sync_seconds` and :attr:`last_sync_bytes` (bytes written or streamed)."""
         if self._closed:
             raise RuntimeError("this VLLMServerGenerator is closed")
         t0 = time.perf_counter()
@@ -311,6 +313,13 @@ class VLLMServerGenerator(BaseGenerator):
     def _push_adapter(self, model: nn.Module) -> int:
         """The active adapter only, loaded as ``grpo-policy-<k>``; the previous one unloaded.
         Requests name the adapter, and vLLM keys its prefix cache by adapter, so no reset."""
+        adapter = active_adapter(model)  # TypeError for a model without adapters
+        rank = unwrap_model(model).peft_config[adapter].r
+        if self.max_lora_rank is not None and rank > self.max_lora_rank:
+            raise ValueError(
+                f"the adapter has rank {rank}, the server serves LoRA up to --max-lora-rank "
+                f"{self.max_lora_rank}; restart it with --max-lora-rank >= {rank}"
+            )
         folder = self._next_folder("grpo-policy")
         size = save_adapter(model, folder)
         name = folder.name
