@@ -123,7 +123,10 @@ def main() -> None:
         f"{name}, {n_params / 1e6:.1f}M parameters, {args.dtype}; median of {args.repeats} syncs; "
         f"trainer threads {torch.get_num_threads()}, child threads 1"
     )
-    print("| synced | tensors | MB per sync | push (s) | child load (s) | push + load (s) | child start (s) |")
+    print(
+        "| synced | tensors | MB per sync | push (s) | child load (s) | push + load (s) "
+        "| child start (s) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|")
     for label, r in rows:
         print(
