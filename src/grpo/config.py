@@ -951,7 +951,10 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "async_staleness": ("async", "staleness"),
     "async_timeout": ("async", "timeout"),
     **{
-        f"vllm_{n}": ("vllm", n) for n in VLLMConfig.model_fields if n != "max_model_len"
+        f"vllm_{n}": ("vllm", n)
+        for n in VLLMConfig.model_fields
+        # grpo 0.1's fields only (later ones never had a flat key)
+        if n not in ("max_model_len", "weight_transport", "weights_dir", "lora_sync")
     },  # max_model_len is new in 0.2: no flat key
     **_same(
         "loss", *(n for n in LossConfig.model_fields if n not in _LOSS_FIELDS_NEW_IN_02)
