@@ -1,6 +1,6 @@
 """GPU check: GRPO steps of a Qwen2.5-0.5B-shaped model in bfloat16 on one CUDA GPU, in one table.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py                  # one GPU, < 8 min
+    PYTHONPATH=src python benchmarks/gpu_check.py                  # one GPU, < 9.5 min
     PYTHONPATH=src python benchmarks/gpu_check.py --cpu-dry-run    # tiny CPU rehearsal (tests)
 
 Offline by construction (no hub, no network): the model is a ``Qwen2ForCausalLM`` with the
@@ -681,12 +681,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--skip", default="", help="comma list of rows to skip: grpo-hf, grpo-vllm, trl-hf, "
                                               "trl-vllm, grpo-padded-hf, grpo-async-hf, grpo-async-lora-hf, "
                                               "grpo-async-vllm_server, logprobs")
-    p.add_argument("--budget", type=float, default=450.0, help="seconds for everything; later rows are "
+    p.add_argument("--budget", type=float, default=540.0, help="seconds for everything; later rows are "
                                                                "skipped when it runs out")
     p.add_argument("--workdir", default=None, help="folder for the model, runs and logs (default: temporary)")
     p.add_argument("--json", default=None, help="also write every result here")
     p.add_argument("--child", choices=["build", "train", "logprobs"], help=argparse.SUPPRESS)
-    p.add_argument("--impl", choices=["grpo", "grpo-padded", "trl"], help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=sorted({impl for impl, _ in ROWS}), help=argparse.SUPPRESS)
     p.add_argument("--rollout", choices=["hf", "vllm", "vllm_server"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)

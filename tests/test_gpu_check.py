@@ -202,7 +202,7 @@ def test_cpu_dry_run_vllm_rows(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_check_on_a_gpu(tmp_path):
-    out = _run("--workdir", str(tmp_path / "w"), "--json", str(tmp_path / "r.json"), timeout=480)
+    out = _run("--workdir", str(tmp_path / "w"), "--json", str(tmp_path / "r.json"), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["build"]["params"] == 494_032_768
