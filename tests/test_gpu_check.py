@@ -173,9 +173,10 @@ def test_cpu_dry_run_end_to_end(tmp_path):
         assert "error" not in res, res
         assert res["generator"] == "ProcessGenerator" and res["child_device"] == "cpu"
         assert 0 < res["staleness_mean"] <= 1 and res["push_s"] > 0
-    # a push copies every weight (bf16) without LoRA, the float32 adapter alone with it
+    # a push copies every weight (bf16) without LoRA, the float32 adapter alone with it (at the
+    # dry run's hidden size 128, an r=16 adapter on every linear layer is a third of the model)
     assert full["push_mb"] * 2**20 == 2 * r["build"]["params"]
-    assert 0 < lora["push_mb"] < full["push_mb"] / 4
+    assert 0 < lora["push_mb"] < full["push_mb"] / 2
     assert "| grpo-async-lora | hf | ProcessGenerator | cpu |" in out.stdout
     cases = r["logprobs"]["logprobs"]
     assert {(c["shape"], c["method"]) for c in cases} == {(s, m) for s in ("0.5b", "1.5b")
