@@ -432,3 +432,20 @@ def test_two_processes_train_asynchronously_on_disjoint_complete_groups(tiny_dir
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert all(math.isfinite(v) for m in metrics for v in m.values() if isinstance(v, float))
     assert max(m["async/staleness_max"] for m in metrics) == 1  # went off-policy, within the bound
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_process_that_fails_stops_the_asynchronous_run(tiny_dir, tmp_path):
+    """Rank 1's generator process is killed at step 2: rank 1's producer fails, its learner
+    raises naming the dead process, and torchrun stops rank 0 (which would otherwise wait in a
+    collective): the launch fails promptly instead of hanging."""
+    from test_trainer import ROOT, _torchrun
+
+    t0 = time.monotonic()
+    done = _torchrun(ROOT / "tests" / "dist_train.py", tiny_dir, tmp_path / "run", "--async", "--max-steps", "6",
+                     "--fail-at", "2", port=29534)
+    assert done.returncode != 0
+    assert "the asynchronous rollout producer failed" in done.stderr
+    assert "the generator process died (exit code -9)" in done.stderr
+    assert time.monotonic() - t0 < 240
