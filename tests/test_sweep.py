@@ -12,6 +12,7 @@ import math
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -351,3 +352,40 @@ def test_runs_made_outside_the_sweep_count_and_a_missing_step_zero_is_named(tmp_
     assert summary.fit is None and summary.note == "no eval at step 0 (R0)"
     assert run_sweep(spec, log=quiet).skipped == ["v/seed0"]
     assert "no eval at step 0 (R0)" in (tmp_path / "sweep.md").read_text()
+
+
+def test_the_lab_sweep_spec_builds_every_variant_off_policy():
+    """benchmarks/lab_sweep.yaml: 9 variants x 3 seeds from one warm-up model; every variant's
+    overrides make a valid config of examples/lab_cpu.py's kind, off-policy (2 minibatches a step:
+    on-policy, all objectives give the clip's gradient), each variant the setting it names."""
+    from grpo import GRPOConfig
+    from grpo.config import apply_overrides
+
+    root = Path(__file__).resolve().parents[1]
+    spec = SweepSpec.from_yaml(root / "benchmarks" / "lab_sweep.yaml")
+    runs = plan_runs(spec)
+    assert len(runs) == 27 and spec.seeds == [0, 1, 2]
+    assert "--start-model" in spec.base.args  # the warm-up is shared, not paid per run
+    assert (root / spec.base.script).exists()
+    base = GRPOConfig(
+        output_dir="unused",
+        rollout={"num_generations": 8, "prompts_per_step": 8},
+        loss={"beta": 0.0, "eps_high": 0.28, "aggregation": "token_mean"},
+        reward={"weights": [1.0, 0.1]},
+    )
+    built = {}
+    for run in runs[::3]:
+        sets = [f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in run.overrides.items()]
+        built[run.variant] = GRPOConfig(**apply_overrides(base.to_dict(), sets, config_at=""))
+    assert all(c.derived().minibatches_per_step == 2 for c in built.values())
+    loss = {name: c.loss for name, c in built.items()}
+    assert loss["grpo"].eps_high == 0.2 and loss["grpo"].aggregation == "seq_mean_token_mean"
+    assert built["dr_grpo"].rollout.advantage_estimator == "dr_grpo"
+    assert loss["dr_grpo"].aggregation == "seq_sum_max_len"
+    assert built["dapo"].rollout.dynamic_sampling and loss["dapo"].eps_high == 0.28
+    assert loss["dapo"].aggregation == "token_mean"
+    assert loss["gspo"].ratio_level == "sequence"
+    assert built["curriculum"].rollout.curriculum == "pass_rate"
+    assert {loss[o].objective for o in ("cispo", "sapo", "gmpo", "dppo")} == {
+        "cispo", "sapo", "gmpo", "dppo"
+    }
