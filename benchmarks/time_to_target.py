@@ -16,8 +16,9 @@ at or above the highest of ``--targets`` (or at ``--max-steps``); its time to a 
 training wall time up to the first evaluation at or above it.
 
 The clock starts at ``on_train_begin``, after the trainer is built, and after the shared scoring
-pool (:mod:`grpo.rewards.pool`, where both trainers' MathReward scores) has started: its worker
-processes take 3-5 s to start on this machine, once per process, whoever calls it first. Left in,
+pool (:mod:`grpo.rewards.pool`, where both trainers' MathReward scores) has started its workers
+(by scoring one step's worth of items): they take 3-5 s to start on this machine, once per
+process, whoever calls them first (one item starts one worker, a batch the rest). Left in,
 it lands in both trainers' first step and, with targets reached in 4-8 steps, dominates the
 comparison; ``--cold-pool`` leaves it in.
 
@@ -104,7 +105,8 @@ def make_callback(args, tokenizer, held_out: list[dict], record: list[dict]):
             if not args.cold_pool:
                 from grpo.rewards import MathReward
 
-                MathReward()(completions=["<answer>1</answer>"], answer=["1"])  # starts the pool
+                n = args.prompts_per_step * args.num_generations  # a step's batch: every worker starts
+                MathReward()(completions=["<answer>1</answer>"] * n, answer=["1"] * n)
             self.start = time.perf_counter()
             self._evaluate(0, model)
 

@@ -389,3 +389,15 @@ def test_the_lab_sweep_spec_builds_every_variant_off_policy():
     assert {loss[o].objective for o in ("cispo", "sapo", "gmpo", "dppo")} == {
         "cispo", "sapo", "gmpo", "dppo"
     }
+
+
+def test_fit_of_a_jump_gives_an_unbounded_interval_not_an_overflow():
+    """A curve that jumps from R0 to its plateau between two evaluations leaves B unidentified:
+    its log-scale standard error is huge, and the interval's upper end is inf (not an
+    OverflowError that would stop the whole sweep report)."""
+    C = [0.0, 1e3, 2e3, 3e3, 4e3, 5e3, 6e3]
+    R = [0.05, 0.06, 0.36, 0.36, 0.35, 0.37, 0.36]
+    fit = fit_scalerl(C, R, 0.05)
+    assert fit.interval == "fit covariance" and fit.A == pytest.approx(0.36, abs=0.01)
+    assert fit.B_ci[1] == math.inf and fit.B_ci[0] < fit.B
+    assert fit.C_mid_ci[0] < fit.C_mid < fit.C_mid_ci[1]
