@@ -19,7 +19,7 @@ The clock starts at ``on_train_begin``, after the trainer is built, and after th
 pool (:mod:`grpo.rewards.pool`, where both trainers' MathReward scores) has started its workers
 (by scoring one step's worth of items): they take 3-5 s to start on this machine, once per
 process, whoever calls them first (one item starts one worker, a batch the rest). Left in,
-it lands in both trainers' first step and, with targets reached in 4-8 steps, dominates the
+it lands in both trainers' first step and, with targets reached in 4-10 steps, dominates the
 comparison; ``--cold-pool`` leaves it in.
 
 Settings matched (lab run -> trl 1.16 option), as in ``bench_vs_trl.py``:
