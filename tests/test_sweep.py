@@ -12,6 +12,7 @@ import math
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -272,6 +273,7 @@ def test_sweep_end_to_end_resumes_and_reports(fake, monkeypatch):
     table = (out / "sweep.md").read_text()
     assert "4 of 4 runs finished" in table
     assert "| high | 2/2 | 0.76" in table and "| low | 2/2 | 0.47" in table
+    assert "- final accuracy: low < high\n- A: low < high\n" in table  # A 0.5 vs 0.8: apart
     page = (out / "sweep.html").read_text()
     assert "<img src='sweep.png'" in page and (out / "sweep.png").stat().st_size > 10_000
     assert json.loads((out / "sweep.json").read_text())[0]["fit"]["A"] == high.fit.A
@@ -351,3 +353,77 @@ def test_runs_made_outside_the_sweep_count_and_a_missing_step_zero_is_named(tmp_
     assert summary.fit is None and summary.note == "no eval at step 0 (R0)"
     assert run_sweep(spec, log=quiet).skipped == ["v/seed0"]
     assert "no eval at step 0 (R0)" in (tmp_path / "sweep.md").read_text()
+
+
+def test_the_lab_sweep_spec_builds_every_variant_off_policy():
+    """benchmarks/lab_sweep.yaml: 9 variants x 3 seeds from one warm-up model; every variant's
+    overrides make a valid config of examples/lab_cpu.py's kind, off-policy (2 minibatches a step:
+    on-policy, all objectives give the clip's gradient), each variant the setting it names."""
+    from grpo import GRPOConfig
+    from grpo.config import apply_overrides
+
+    root = Path(__file__).resolve().parents[1]
+    spec = SweepSpec.from_yaml(root / "benchmarks" / "lab_sweep.yaml")
+    runs = plan_runs(spec)
+    assert len(runs) == 27 and spec.seeds == [0, 1, 2]
+    assert "--start-model" in spec.base.args  # the warm-up is shared, not paid per run
+    assert (root / spec.base.script).exists()
+    base = GRPOConfig(
+        output_dir="unused",
+        rollout={"num_generations": 8, "prompts_per_step": 8},
+        loss={"beta": 0.0, "eps_high": 0.28, "aggregation": "token_mean"},
+        reward={"weights": [1.0, 0.1]},
+    )
+    built = {}
+    for run in runs[::3]:
+        over = run.overrides
+        sets = [f"{k}={v if isinstance(v, str) else json.dumps(v)}" for k, v in over.items()]
+        built[run.variant] = GRPOConfig(**apply_overrides(base.to_dict(), sets, config_at=""))
+    assert all(c.derived().minibatches_per_step == 2 for c in built.values())
+    loss = {name: c.loss for name, c in built.items()}
+    assert loss["grpo"].eps_high == 0.2 and loss["grpo"].aggregation == "seq_mean_token_mean"
+    assert built["dr_grpo"].rollout.advantage_estimator == "dr_grpo"
+    assert loss["dr_grpo"].aggregation == "seq_sum_max_len"
+    assert built["dapo"].rollout.dynamic_sampling and loss["dapo"].eps_high == 0.28
+    assert loss["dapo"].aggregation == "token_mean"
+    assert loss["gspo"].ratio_level == "sequence"
+    assert built["curriculum"].rollout.curriculum == "pass_rate"
+    assert {loss[o].objective for o in ("cispo", "sapo", "gmpo", "dppo")} == {
+        "cispo", "sapo", "gmpo", "dppo"
+    }
+
+
+def test_fit_of_a_jump_gives_an_unbounded_interval_not_an_overflow():
+    """A curve that jumps from R0 to its plateau between two evaluations leaves B unidentified:
+    its log-scale standard error is huge, and the interval's upper end is inf (not an
+    OverflowError that would stop the whole sweep report)."""
+    C = [0.0, 1e3, 2e3, 3e3, 4e3, 5e3, 6e3]
+    R = [0.05, 0.06, 0.36, 0.36, 0.35, 0.37, 0.36]
+    fit = fit_scalerl(C, R, 0.05)
+    assert fit.interval == "fit covariance" and fit.A == pytest.approx(0.36, abs=0.01)
+    assert fit.B_ci[1] == math.inf and fit.B_ci[0] < fit.B
+    assert fit.C_mid_ci[0] < fit.C_mid < fit.C_mid_ci[1]
+
+
+def test_separated_pairs_are_the_non_overlapping_intervals():
+    """Final accuracy: t-intervals; A, B, C_mid: the fit's intervals. A pair counts only when
+    the intervals do not touch; a variant with one seed (no interval) is left out."""
+    from grpo.scaling import MeanCI, ScaleRLFit
+    from grpo.sweep import VariantSummary, separated_pairs
+
+    def fit(A, A_ci, C_mid, C_ci):
+        return ScaleRLFit(A, 2.0, C_mid, 0.05, 12, 0.01, A_ci, (1.0, 3.0), C_ci, "bootstrap")
+
+    def v(name, final, half, f):
+        return VariantSummary(name, 3, [], MeanCI(final, half, 3), 1.0, 1.0, f, {})
+
+    a = v("a", 0.30, 0.02, fit(0.35, (0.34, 0.36), 1e4, (9e3, 1.1e4)))
+    b = v("b", 0.40, 0.04, fit(0.37, (0.36, 0.38), 5e3, (4e3, 6e3)))  # A touches a's at 0.36
+    c = v("c", 0.33, 0.02, None)  # no fit: only its final accuracy compares
+    one = v("one_seed", 0.9, float("nan"), fit(0.9, (0.89, 0.91), 1e4, (9e3, 1.1e4)))
+    pairs = separated_pairs([a, b, c, one])
+    # a [0.28, 0.32], b [0.36, 0.44], c [0.31, 0.35]: a and c overlap, both lie below b
+    assert pairs["final"] == [("a", "b"), ("c", "b")]
+    assert pairs["A"] == [("a", "one_seed"), ("b", "one_seed")]  # touching is overlapping
+    assert pairs["C_mid"] == [("b", "a"), ("b", "one_seed")]
+    assert pairs["B"] == []

@@ -224,11 +224,17 @@ def fit_scalerl(C: Sequence[float], R: Sequence[float], R0: float) -> ScaleRLFit
             return ScaleRLFit(
                 **fit,
                 A_ci=(A_hat - t * se[0], A_hat + t * se[0]),
-                B_ci=(B_hat * math.exp(-t * se[1]), B_hat * math.exp(t * se[1])),
-                C_mid_ci=(math.exp(m_hat - t * se[2]), math.exp(m_hat + t * se[2])),
+                B_ci=(_exp(theta[1] - t * se[1]), _exp(theta[1] + t * se[1])),
+                C_mid_ci=(_exp(m_hat - t * se[2]), _exp(m_hat + t * se[2])),
                 interval="fit covariance",
             )
     return ScaleRLFit(**fit)
+
+
+def _exp(v: float) -> float:
+    """``exp`` of an interval end on the log scale; ``inf`` past float range (a parameter the
+    points cannot pin down, e.g. B when the curve jumps between two evaluations)."""
+    return math.exp(v) if v < 709.0 else math.inf
 
 
 def _covariance(J: np.ndarray, r: np.ndarray, n: int) -> np.ndarray | None:

@@ -11,7 +11,7 @@ A spec::
     base: {recipe: r1_zero_cpu, set: {trainer.max_steps: 50}}   # or {script: examples/lab_cpu.py}
     variants:
       grpo: {}
-      dr_grpo: {trainer.loss.aggregation: seq_mean_token_sum}
+      dr_grpo: {trainer.rollout.advantage_estimator: dr_grpo}
     seeds: [0, 1, 2]
     output_dir: runs/sweep
 
@@ -21,13 +21,21 @@ its folder holds ``sweep_run.json`` (written by the sweep when the command exits
 script's ``summary.json``; a finished run is skipped, so re-running the sweep resumes it.
 
 Python: ``run_sweep(spec)``, ``collect_sweep(spec)``, ``sweep_table(...)``,
-``write_sweep_report(spec)``; the fit is :func:`grpo.scaling.fit_scalerl`.
+``write_sweep_report(spec)``, ``separated_pairs(summaries)``; the fit is
+:func:`grpo.scaling.fit_scalerl`.
 """
 
 from __future__ import annotations
 
 from grpo.sweep.report import sweep_table, write_sweep_report
-from grpo.sweep.results import RunRecord, VariantSummary, collect_sweep, fit_variant, read_run
+from grpo.sweep.results import (
+    RunRecord,
+    VariantSummary,
+    collect_sweep,
+    fit_variant,
+    read_run,
+    separated_pairs,
+)
 from grpo.sweep.run import SweepResult, register, run_command, run_sweep
 from grpo.sweep.spec import (
     BaseSpec,
@@ -54,6 +62,7 @@ __all__ = [
     "register",
     "run_command",
     "run_sweep",
+    "separated_pairs",
     "shard_from_env",
     "shard_runs",
     "sweep_table",

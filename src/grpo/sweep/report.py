@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grpo.sweep.results import VariantSummary, collect_sweep
+from grpo.sweep.results import SEPARATED, VariantSummary, collect_sweep, separated_pairs
 from grpo.sweep.spec import SweepSpec
 
 
@@ -58,6 +58,16 @@ def sweep_table(summaries: list[VariantSummary], compute: str = "tokens") -> str
             + " |"
         )
     return "\n".join(rows)
+
+
+def separated_text(summaries: list[VariantSummary]) -> str:
+    """One line per quantity: the pairs of variants whose 95% intervals do not overlap."""
+    pairs = separated_pairs(summaries)
+    names = {"final": "final accuracy", "A": "A", "B": "B", "C_mid": "C_mid"}
+    return "\n".join(
+        f"- {names[q]}: " + (", ".join(f"{lo} < {hi}" for lo, hi in pairs[q]) or "none")
+        for q in SEPARATED
+    )
 
 
 def _seed_table(summaries: list[VariantSummary]) -> str:
@@ -156,7 +166,12 @@ def write_sweep_report(spec: SweepSpec) -> Path:
         f"R0 = mean step-0 accuracy; [intervals] are 95%.\n"
     )
     table, seeds = sweep_table(summaries, spec.compute), _seed_table(summaries)
-    _write_atomic(out / "sweep.md", f"{head}\n{table}\n\n## Per seed\n\n{seeds}\n")
+    separated = (
+        "## Differences outside the intervals\n\nPairs of variants whose 95% intervals do not "
+        "overlap (lower < higher); every other pair is within the noise.\n\n"
+        + separated_text(summaries)
+    )
+    _write_atomic(out / "sweep.md", f"{head}\n{table}\n\n{separated}\n\n## Per seed\n\n{seeds}\n")
     data = [
         {
             "variant": s.variant,
@@ -184,7 +199,11 @@ def write_sweep_report(spec: SweepSpec) -> Path:
         "<style>body{font-family:sans-serif;max-width:1100px;margin:auto}"
         "td,th{padding:2px 8px}</style></head><body>"
         f"<h1>Sweep {html.escape(str(out))}</h1><p>{html.escape(head.split(chr(10), 2)[2])}</p>"
-        f"{_html_table(table)}{figure}<h2>Per seed</h2>{_html_table(seeds)}</body></html>",
+        f"{_html_table(table)}<h2>Differences outside the intervals</h2><ul>"
+        + "".join(
+            f"<li>{html.escape(line[2:])}</li>" for line in separated_text(summaries).splitlines()
+        )
+        + f"</ul>{figure}<h2>Per seed</h2>{_html_table(seeds)}</body></html>",
     )
     return out / "sweep.html"
 

@@ -160,3 +160,41 @@ def collect_sweep(spec: SweepSpec) -> list[VariantSummary]:
             )
         )
     return out
+
+
+def _interval(s: VariantSummary, quantity: str) -> tuple[float, float] | None:
+    if quantity == "final":
+        h = s.final.half_width
+        return None if h != h else (s.final.mean - h, s.final.mean + h)  # nan: one seed
+    return None if s.fit is None else getattr(s.fit, f"{quantity}_ci")
+
+
+SEPARATED = ("final", "A", "B", "C_mid")
+"""The quantities :func:`separated_pairs` compares: final accuracy and the fit's A, B, C_mid."""
+
+
+def separated_pairs(summaries: list[VariantSummary]) -> dict[str, list[tuple[str, str]]]:
+    """For each of :data:`SEPARATED`, the pairs of variants whose 95% intervals do not overlap,
+    as ``(lower, higher)``: the only differences the sweep can call real (docs/sweep.md).
+    Variants without an interval (one seed, no fit) are left out.
+
+    >>> from grpo.scaling import MeanCI
+    >>> def v(name, mean):
+    ...     return VariantSummary(name, 3, [], MeanCI(mean, 0.06, 3), 1.0, 1.0, None, {})
+    >>> separated_pairs([v("a", 0.30), v("b", 0.50), v("c", 0.40)])["final"]  # c overlaps both
+    [('a', 'b')]
+    """
+    out: dict[str, list[tuple[str, str]]] = {}
+    for q in SEPARATED:
+        pairs = []
+        for i, a in enumerate(summaries):
+            for b in summaries[i + 1 :]:
+                ia, ib = _interval(a, q), _interval(b, q)
+                if ia is None or ib is None:
+                    continue
+                if ia[1] < ib[0]:
+                    pairs.append((a.variant, b.variant))
+                elif ib[1] < ia[0]:
+                    pairs.append((b.variant, a.variant))
+        out[q] = pairs
+    return out
