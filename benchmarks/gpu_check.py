@@ -79,14 +79,10 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# Qwen2.5 config.json values (hub: Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-1.5B) and the model cards'
-# parameter counts ("Number of Parameters", tied embeddings counted once).
-QWEN25_SHAPES = {
-    "0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, vocab_size=151_936, published_params=0.49e9),
-    "1.5b": dict(hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12,
-                 num_key_value_heads=2, vocab_size=151_936, published_params=1.54e9),
-}
+# Qwen2.5's config.json sizes and the model cards' parameter counts (one table for every benchmark)
+sys.path.insert(0, str(ROOT / "src"))
+from grpo.tiny import QWEN25_SHAPES  # noqa: E402
+
 # The dry run's stand-ins: same architecture and code paths, sizes a CPU runs in seconds
 # (head_dim 64: vLLM's CPU attention needs >= 32).
 DRY_SHAPES = {

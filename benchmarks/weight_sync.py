@@ -29,16 +29,9 @@ import time
 
 import torch
 
-QWEN25_05B = dict(
-    hidden_size=896,
-    num_hidden_layers=24,
-    num_attention_heads=14,
-    num_key_value_heads=2,
-    intermediate_size=4864,
-    vocab_size=151936,
-    tie_word_embeddings=True,
-    max_position_embeddings=32768,
-)
+from grpo.tiny import qwen25_config_kwargs
+
+QWEN25_05B = {**qwen25_config_kwargs("0.5b"), "max_position_embeddings": 32768}
 TINY = dict(
     hidden_size=64,
     num_hidden_layers=2,

@@ -28,11 +28,12 @@ import statistics
 import tempfile
 from pathlib import Path
 
+from grpo.tiny import qwen25_config_kwargs
+
 SHAPES = {
     "tiny": dict(hidden_size=128, num_hidden_layers=2, num_attention_heads=4,
                  num_key_value_heads=4, intermediate_size=512, vocab_size=None),
-    "0.5b": dict(hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
-                 num_key_value_heads=2, intermediate_size=4864, vocab_size=151936),
+    "0.5b": {k: v for k, v in qwen25_config_kwargs("0.5b").items() if k != "tie_word_embeddings"},
 }
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 

@@ -36,6 +36,37 @@ CHAT_TEMPLATE = (
 )
 
 
+QWEN25_SHAPES: dict[str, dict] = {
+    "0.5b": dict(
+        hidden_size=896,
+        intermediate_size=4864,
+        num_hidden_layers=24,
+        num_attention_heads=14,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        published_params=0.49e9,
+    ),
+    "1.5b": dict(
+        hidden_size=1536,
+        intermediate_size=8960,
+        num_hidden_layers=28,
+        num_attention_heads=12,
+        num_key_value_heads=2,
+        vocab_size=151_936,
+        published_params=1.54e9,
+    ),
+}
+"""Qwen2.5's ``config.json`` sizes (hub: Qwen/Qwen2.5-0.5B, Qwen/Qwen2.5-1.5B; tied embeddings)
+and the model cards' parameter counts, for benchmarks that build a randomly initialised
+``Qwen2ForCausalLM`` of a real shape offline (``published_params`` is not a config field)."""
+
+
+def qwen25_config_kwargs(name: str) -> dict:
+    """``Qwen2Config`` keyword arguments for the Qwen2.5 shape ``name`` ("0.5b", "1.5b")."""
+    shape = {k: v for k, v in QWEN25_SHAPES[name].items() if k != "published_params"}
+    return {**shape, "tie_word_embeddings": True}
+
+
 def build_char_tokenizer(extra_tokens: Sequence[str] = ()):
     """A character-level ``PreTrainedTokenizerFast`` with a chat template, eos and pad.
 
