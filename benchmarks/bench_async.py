@@ -354,6 +354,9 @@ def main() -> None:
                     help="warm-up models, one per setting and seed (kept between invocations)")
     ap.add_argument("--out", type=Path, default=Path("runs/bench_async"))
     ap.add_argument("--quick", action="store_true", help="seed 0, a few GRPO steps (the warm-up is the real one)")
+    ap.add_argument("--async-first", action="store_true",
+                    help="run the asynchronous run before the synchronous one (with a sync-first pass, the "
+                         "machine's load drift cancels)")
     ap.add_argument("--table-only", action="store_true", help="print the tables of --out/results.json")
     ap.add_argument("--profile", choices=sorted(SETTINGS), default=None,
                     help="time the hand-offs of one asynchronous run of this setting (seed 0)")
@@ -382,7 +385,8 @@ def main() -> None:
         steps, eval_steps = QUICK[setting] if a.quick else SETTINGS[setting][1:]
         for seed in a.seeds:
             start = warm_model(setting, seed, a.cache)
-            runs = {k: grpo_run(setting, seed, k, start, a.out, steps, eval_steps) for k in (0, 1)}
+            order = (1, 0) if a.async_first else (0, 1)
+            runs = {k: grpo_run(setting, seed, k, start, a.out, steps, eval_steps) for k in order}
             rows.append({"setting": setting, "seed": seed, "steps": steps, "eval_steps": eval_steps,
                          "sync": runs[0], "async": runs[1], "summary": summarize(runs[0], runs[1])})
             (a.out / "results.json").write_text(json.dumps(rows, indent=1))
