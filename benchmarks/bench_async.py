@@ -200,6 +200,8 @@ def profiled_serve(*args, **kwargs) -> None:
     from grpo.rollout import engines, hf
     from grpo.rollout.process_child import serve
 
+    if os.environ.get("GRPO_BENCH_OWN_SESSION"):  # --own-session: a scheduling group of its own
+        os.setsid()
     out = open(os.environ["GRPO_BENCH_PROFILE"] + ".child", "a", buffering=1)
 
     def timed(cls, name):
@@ -310,6 +312,7 @@ def _install_profile() -> None:
 def profile(setting: str, cache: Path, out: Path, steps: int) -> None:
     """One asynchronous run of ``setting`` (seed 0) with the hand-offs timed; prints a table."""
     start = warm_model(setting, 0, cache)
+    out.mkdir(parents=True, exist_ok=True)
     d = out / f"profile_{setting}"
     path = out / f"profile_{setting}.json"
     for f in (path, Path(f"{path}.child")):
@@ -361,6 +364,10 @@ def main() -> None:
     ap.add_argument("--profile", choices=sorted(SETTINGS), default=None,
                     help="time the hand-offs of one asynchronous run of this setting (seed 0)")
     ap.add_argument("--steps", type=int, default=60, help="GRPO steps of the --profile run")
+    ap.add_argument("--own-session", action="store_true",
+                    help="--profile: start the generator process in a session of its own (os.setsid): with the "
+                         "kernel's autogroup scheduling it then gets a CPU share of its own instead of splitting "
+                         "the learner's")
     if sys.argv[1:2] == ["--profile-run"]:  # (internal) an example script run with the timers
         script = sys.argv[2]
         os.environ["GRPO_BENCH_PROFILE"] = os.environ.get("GRPO_BENCH_PROFILE") or "profile.json"
@@ -378,7 +385,9 @@ def main() -> None:
         print_tables(json.loads((a.out / "results.json").read_text()))
         return
     if a.profile:
-        profile(a.profile, a.cache, a.out, a.steps)
+        if a.own_session:
+            os.environ["GRPO_BENCH_OWN_SESSION"] = "1"
+        profile(a.profile, a.cache, a.out / ("own_session" if a.own_session else "."), a.steps)
         return
     rows = []
     for setting in a.settings:
