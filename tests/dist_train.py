@@ -30,11 +30,21 @@ class FlatOrChecksum(Reward):
         return 1.0 if example["flat"] else sum(map(ord, completion)) % 13 / 13
 
 
-def recorded(reward, path: Path):
+def recorded(reward, path: Path, fail_at: int | None = None):
     """A trl-style reward function scoring with ``reward`` that appends, per call, the step and
-    the prompts this process scored (the asynchronous producer calls it)."""
+    the prompts this process scored (the asynchronous producer calls it). At step ``fail_at``
+    on rank 1 it kills that process's generator child (a process failing while the other
+    trains: its next generation raises)."""
 
     def record(completions, prompts, trainer_state, **columns):
+        if trainer_state.global_step == fail_at and os.environ.get("RANK") == "1":
+            import signal
+
+            import psutil
+
+            for child in psutil.Process().children():
+                if any("spawn_main" in part for part in child.cmdline()):
+                    os.kill(child.pid, signal.SIGKILL)
         with path.open("a") as f:
             f.write(json.dumps({"step": trainer_state.global_step, "prompts": list(prompts)}) + "\n")
         return reward(completions=completions, prompts=prompts, **columns)
@@ -58,12 +68,14 @@ def main() -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--dynamic", action="store_true", help="DAPO dynamic sampling, some prompts without signal")
     p.add_argument("--async", dest="async_", action="store_true", help="asynchronous rollouts, staleness 1")
+    p.add_argument("--fail-at", type=int, default=None,
+                   help="with --async: rank 1's generator process is killed at this step")
     args = p.parse_args()
     rows = [{"prompt": f"Say sevens {i}", "flat": i % 3 == 0} for i in range(8)]
     reward = FlatOrChecksum() if args.dynamic else CountSevens()
     if args.async_:
         args.out.mkdir(parents=True, exist_ok=True)
-        reward = recorded(reward, args.out / f"scored_rank{os.environ.get('RANK', '0')}.jsonl")
+        reward = recorded(reward, args.out / f"scored_rank{os.environ.get('RANK', '0')}.jsonl", args.fail_at)
     cfg = GRPOConfig(output_dir=str(args.out), num_generations=4, prompts_per_step=4, max_steps=args.max_steps,
                      max_completion_length=6, learning_rate=1e-3, beta=0.01, num_iterations=2,
                      minibatch_size=8, micro_batch_size=2, progress_bar=False, save_final_model=args.fsdp,

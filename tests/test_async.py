@@ -306,6 +306,7 @@ def test_the_kl_term_is_weighted_by_the_behaviour_weight():
     assert synchronous.loss.item() == pytest.approx(0.1 * (k3[0] + k3[1]) / 2, rel=1e-6)
 
 
+@pytest.mark.slow
 def test_async_multiturn_trains_with_its_tools(tmp_path):
     """wrap_generator= (multi-turn tool use) with async: the trainer wraps the generator process
     in the MultiTurnGenerator and runs that ahead of the learner; the trajectories it trains on
@@ -345,10 +346,11 @@ def test_async_multiturn_trains_with_its_tools(tmp_path):
     assert {r["step"] for r in logged} == {1, 2, 3}
     called = [r for r in logged if r["tool_calls"] and r["tool_calls"][0]["status"] == "ok"]
     assert len(called) >= len(logged) // 2, logged  # the taught model calls its tool
-    for r in called:
-        a, b = r["prompt"][0]["content"].split("*")
+    for r in called:  # the tool ran on what the model wrote (sampled: not always the prompt's)
+        code = r["tool_calls"][0]["arguments"]["code"]
         assert [m["role"] for m in r["messages"]][:2] == ["assistant", "tool"]
-        assert r["messages"][1]["content"] == str(int(a) * int(b))  # the tool ran
+        assert f"<python>{code}</python>" in r["messages"][0]["content"]
+        assert r["messages"][1]["content"] == r["tool_calls"][0]["output"] == python(code)
     assert max(r["step"] - 1 - r["policy_version"] for r in logged) == 1  # sampled ahead
     metrics = read_jsonl(tmp_path / "run" / "metrics.jsonl")
     assert all(math.isfinite(m["loss/loss"]) for m in metrics)
@@ -430,3 +432,20 @@ def test_two_processes_train_asynchronously_on_disjoint_complete_groups(tiny_dir
     assert [m["step"] for m in metrics] == [1, 2, 3, 4]
     assert all(math.isfinite(v) for m in metrics for v in m.values() if isinstance(v, float))
     assert max(m["async/staleness_max"] for m in metrics) == 1  # went off-policy, within the bound
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_a_process_that_fails_stops_the_asynchronous_run(tiny_dir, tmp_path):
+    """Rank 1's generator process is killed at step 2: rank 1's producer fails, its learner
+    raises naming the dead process, and torchrun stops rank 0 (which would otherwise wait in a
+    collective): the launch fails promptly instead of hanging."""
+    from test_trainer import ROOT, _torchrun
+
+    t0 = time.monotonic()
+    done = _torchrun(ROOT / "tests" / "dist_train.py", tiny_dir, tmp_path / "run", "--async", "--max-steps", "6",
+                     "--fail-at", "2", port=29534)
+    assert done.returncode != 0
+    assert "the asynchronous rollout producer failed" in done.stderr
+    assert "the generator process died (exit code -9)" in done.stderr
+    assert time.monotonic() - t0 < 240

@@ -52,12 +52,18 @@ def test_every_row_trains(row, tiny_dir, tmp_path, vllm_env):
     reward spread (the learning watch's 'no signal' cause; completions of a random tiny model
     are mostly cut at 8 tokens, its other cause, which is expected here)."""
     trainer, setup = trainer_for(row, model_dir=tiny_dir, tmp_path=tmp_path)
+    generator = trainer.generator
+    if row["async"] == "on":  # wrapped, never replaced
+        assert type(generator).__name__ == "AsyncGenerator"
+        generator = generator.inner
     if row["generator"] == "given":
-        assert trainer.generator is setup.kwargs["generator"] or row["multiturn"] == "on"
+        assert generator is setup.kwargs["generator"] or row["multiturn"] == "on"
     if row["multiturn"] == "on":
-        assert type(trainer.generator).__name__ == "MultiTurnGenerator"
-    sampler = getattr(trainer.generator, "generator", trainer.generator)  # a multi-turn wrapper's
-    assert (type(sampler).__name__ == "HFGenerator") != compat.engine_row(row), type(sampler)
+        assert type(generator).__name__ == "MultiTurnGenerator"
+    sampler = getattr(generator, "generator", generator)  # a multi-turn wrapper's
+    expected = "VLLMGenerator" if compat.engine_row(row) else (
+        "ProcessGenerator" if row["async"] == "on" else "HFGenerator")  # async: an HF copy in a child
+    assert type(sampler).__name__ == expected, type(sampler)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if p.requires_grad}
     try:
         with warnings.catch_warnings(record=True) as caught:

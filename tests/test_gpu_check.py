@@ -153,8 +153,8 @@ def test_without_cuda_it_fails_loudly_instead_of_using_the_cpu(tmp_path):
 
 def test_cpu_dry_run_end_to_end(tmp_path):
     """Every GPU code path but vLLM's, at tiny sizes: build, grpo and trl rows, both log-prob methods."""
-    out = _run("--cpu-dry-run", "--skip", "grpo-vllm,trl-vllm", "--workdir", str(tmp_path / "w"),
-               "--json", str(tmp_path / "r.json"))
+    out = _run("--cpu-dry-run", "--skip", "grpo-vllm,trl-vllm,grpo-async-vllm_server", "--workdir",
+               str(tmp_path / "w"), "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr[-3000:]
     assert "DRY RUN" in out.stdout and "grpo/trl (hf): step time" in out.stdout
     assert "grpo packed/padded (hf, padding_free=True/False): step time" in out.stdout
@@ -168,6 +168,16 @@ def test_cpu_dry_run_end_to_end(tmp_path):
         assert res["gen_tokens_per_s"] > 0 and 0 < res["completion_tokens"] <= 8 * 16
         assert res["split"]["generate"] > 0 and res["split"]["train"] > 0 and res["peak_alloc_gib"] > 0
     assert r["rows"]["grpo-vllm"] == {"skipped": "skipped (--skip)"}
+    full, lora = r["rows"]["grpo-async-hf"], r["rows"]["grpo-async-lora-hf"]
+    for res in (full, lora):  # the generator process samples where the trainer does, one step behind
+        assert "error" not in res, res
+        assert res["generator"] == "ProcessGenerator" and res["child_device"] == "cpu"
+        assert 0 < res["staleness_mean"] <= 1 and res["push_s"] > 0
+    # a push copies every weight (bf16) without LoRA, the float32 adapter alone with it (at the
+    # dry run's hidden size 128, an r=16 adapter on every linear layer is a third of the model)
+    assert full["push_mb"] * 2**20 == 2 * r["build"]["params"]
+    assert 0 < lora["push_mb"] < full["push_mb"] / 2
+    assert "| grpo-async-lora | hf | ProcessGenerator | cpu |" in out.stdout
     cases = r["logprobs"]["logprobs"]
     assert {(c["shape"], c["method"]) for c in cases} == {(s, m) for s in ("0.5b", "1.5b")
                                                            for m in ("chunked", "naive")}
@@ -177,10 +187,14 @@ def test_cpu_dry_run_end_to_end(tmp_path):
 @pytest.mark.vllm
 @pytest.mark.slow
 def test_cpu_dry_run_vllm_rows(tmp_path):
-    out = _run("--cpu-dry-run", "--skip", "grpo-hf,trl-hf,grpo-padded-hf,logprobs", "--workdir", str(tmp_path / "w"),
-               "--json", str(tmp_path / "r.json"))
+    out = _run("--cpu-dry-run", "--skip", "grpo-hf,trl-hf,grpo-padded-hf,grpo-async-hf,grpo-async-lora-hf,logprobs",
+               "--workdir", str(tmp_path / "w"), "--json", str(tmp_path / "r.json"))
     assert out.returncode == 0, out.stderr[-3000:]
     rows = json.loads((tmp_path / "r.json").read_text())["rows"]
+    server = rows["grpo-async-vllm_server"]  # a trl vllm-serve server, weights through files
+    assert "error" not in server, server
+    assert server["generator"] == "VLLMServerGenerator" and server["transport"] == "filesystem"
+    assert server["push_mb"] > 0 and 0 < server["staleness_mean"] <= 1
     for row in ("grpo-vllm", "trl-vllm"):
         assert "error" not in rows[row] and rows[row]["gen_tokens_per_s"] > 0, rows[row]
     assert rows["grpo-vllm"]["split"]["sync"] > 0  # vLLM gets the new weights each step
@@ -189,7 +203,7 @@ def test_cpu_dry_run_vllm_rows(tmp_path):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_gpu_check_on_a_gpu(tmp_path):
-    out = _run("--workdir", str(tmp_path / "w"), "--json", str(tmp_path / "r.json"), timeout=480)
+    out = _run("--workdir", str(tmp_path / "w"), "--json", str(tmp_path / "r.json"), timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["build"]["params"] == 494_032_768

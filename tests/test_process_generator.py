@@ -209,3 +209,27 @@ def test_an_engine_session_keeps_one_weight_version(tiny):
             assert sample() == moved and engine.policy_version == 1
     finally:
         gen.close()
+
+
+@pytest.mark.slow  # two child processes
+def test_the_weight_sync_benchmark_runs_quick():
+    """benchmarks/weight_sync.py --quick prints its table: a full-weight row and an adapter row
+    whose bytes are those of the tiny shape's tensors (all 0.1M parameters in bf16; the r=16
+    adapter on every linear projection of 2 layers, in peft's float32)."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "benchmarks" / "weight_sync.py"), "--quick", "--repeats", "2"],
+                          capture_output=True, text=True, timeout=300, cwd=root,
+                          env={**__import__("os").environ, "PYTHONPATH": str(root / "src")})
+    assert done.returncode == 0, done.stderr[-2000:]
+    mb = dict(re.findall(r"^\| (full weights|LoRA r=16, all linear) \| \d+ \| ([\d.]+) \|", done.stdout, re.M))
+    # full: embeddings 256*64 (tied) + 2 layers x (q 64*64+64, k 64*32+32, v 64*32+32, o 64*64,
+    #   mlp 3*64*128, 2 norms 2*64) + final norm 64 = 90,688 parameters x 2 bytes = 0.181 MB
+    assert float(mb["full weights"]) == pytest.approx(0.18, abs=0.005)
+    # adapter: 2 layers x 16 x (q 64+64, k 64+32, v 64+32, o 64+64, gate 64+128, up 64+128,
+    #   down 128+64) = 2 x 16 x 1024 = 32,768 parameters x 4 bytes = 0.131 MB
+    assert float(mb["LoRA r=16, all linear"]) == pytest.approx(0.13, abs=0.005)

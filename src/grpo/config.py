@@ -235,6 +235,24 @@ class VLLMConfig(_Section):
     server_port: int = Field(
         8000, description="Port of `trl vllm-serve` (rollout.backend=vllm_server)."
     )
+    weight_transport: Literal["auto", "nccl", "filesystem"] = Field(
+        "auto",
+        description="How weights reach the vLLM server (rollout.backend=vllm_server): nccl "
+        "(trl's weight-update group; CUDA on both sides, separate GPUs), filesystem "
+        "(safetensors in weights_dir, reloaded in place by the server; any device), auto "
+        "(nccl with CUDA, else filesystem).",
+    )
+    weights_dir: str | None = Field(
+        None,
+        description="Folder the vLLM server reads pushed weights and LoRA adapters from (None: "
+        "a temporary folder on this machine; a shared filesystem for a remote server).",
+    )
+    lora_sync: Literal["adapter", "merged"] = Field(
+        "adapter",
+        description="A LoRA run's weight push to vLLM: adapter (only the adapter tensors; the "
+        "engine and server sample with it as a LoRA adapter, the server started with "
+        "--enable-lora) or merged (the base with the adapter merged in, out of place).",
+    )
 
 
 _CLIP_FIELDS = ("eps_low", "eps_high", "dual_clip", "ratio_level")  # the grpo objective's
@@ -933,7 +951,10 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "async_staleness": ("async", "staleness"),
     "async_timeout": ("async", "timeout"),
     **{
-        f"vllm_{n}": ("vllm", n) for n in VLLMConfig.model_fields if n != "max_model_len"
+        f"vllm_{n}": ("vllm", n)
+        for n in VLLMConfig.model_fields
+        # grpo 0.1's fields only (later ones never had a flat key)
+        if n not in ("max_model_len", "weight_transport", "weights_dir", "lora_sync")
     },  # max_model_len is new in 0.2: no flat key
     **_same(
         "loss", *(n for n in LossConfig.model_fields if n not in _LOSS_FIELDS_NEW_IN_02)

@@ -10,7 +10,7 @@ import torch
 
 from grpo.config import ForwardConfig, GRPOConfig, OptimConfig, VLLMConfig
 from grpo.parallel import is_sharded
-from grpo.rollout.weights import is_peft_model
+from grpo.rollout.weights import active_adapter, is_peft_model
 
 
 def model_dtype(dtype: str) -> torch.dtype:
@@ -143,6 +143,10 @@ def build_generator(
     from grpo.rollout import HFGenerator
 
     template = dict(chat_template_kwargs or {})
+    # a LoRA policy pushes its adapter alone (vllm.lora_sync='adapter') or merged weights
+    adapter = (
+        isinstance(model, torch.nn.Module) and is_peft_model(model) and vllm.lora_sync == "adapter"
+    )
     if backend == "vllm_server":  # the model is the server's
         from grpo.rollout import VLLMServerGenerator
 
@@ -151,6 +155,9 @@ def build_generator(
             port=vllm.server_port,
             tokenizer=tokenizer,
             chat_template_kwargs=template,
+            weight_transport=vllm.weight_transport,
+            weights_dir=vllm.weights_dir,
+            lora=adapter,
         )
     if backend not in ("hf", "vllm"):
         raise ValueError(
@@ -195,6 +202,8 @@ def build_generator(
         enforce_eager=vllm.enforce_eager,
         max_model_len=vllm.max_model_len or max_model_len,
         chat_template_kwargs=template,
+        lora_adapter=model.peft_config[active_adapter(model)] if adapter else None,
+        lora_dir=vllm.weights_dir if adapter else None,
     )
 
 

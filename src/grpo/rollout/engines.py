@@ -8,7 +8,8 @@ generators take prompts, so :func:`token_engine` adapts them:
   :meth:`~grpo.rollout.HFGenerator.sample_tokens` (its decode loop, warpers in vLLM's order,
   per-row exponential-race sampler), each row with its *own* seed and context;
 * :class:`VLLMEngine` on a :class:`grpo.rollout.VLLMGenerator`: one request per row with
-  ``prompt_token_ids`` and its seed (vLLM's per-request seeds).
+  ``prompt_token_ids`` and its seed (vLLM's per-request seeds), with the generator's current
+  LoRA adapter when it syncs adapters only.
 
 Each returns, per row, the raw sampled ids and their log-probs; the caller cuts them at the end
 of the turn with :func:`grpo.rollout.tokens.find_ending`, as the generators do.
@@ -104,7 +105,10 @@ class VLLMEngine:
             for seed, limit in zip(seeds, limits, strict=True)
         ]
         outputs = self.generator.llm.generate(
-            [{"prompt_token_ids": list(c)} for c in contexts], params, use_tqdm=False
+            [{"prompt_token_ids": list(c)} for c in contexts],
+            params,
+            use_tqdm=False,
+            lora_request=self.generator.lora_request,  # read per call: it changes at each sync
         )
         result = []
         for request in outputs:

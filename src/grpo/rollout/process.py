@@ -227,7 +227,9 @@ class ProcessGenerator(BaseGenerator):
         t0 = time.perf_counter()
         with self._lock, torch.no_grad():
             for name, buf in self._buffers.items():
-                buf.copy_(tensors[name].detach())
+                t = tensors[name].detach()
+                # an FSDP2 shard: gathered whole (a collective: every process pushes at once)
+                buf.copy_(t.full_tensor() if hasattr(t, "full_tensor") else t)
             self.version = self.version + 1 if version is None else version
             self._version.value = self.version
         self.last_sync_seconds = time.perf_counter() - t0

@@ -28,7 +28,9 @@ def build_model(
 
     config = AutoConfig.from_pretrained(folder)
     kwargs = {"attn_implementation": attn} if attn else {}
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    with _no_init_weights():  # every weight is loaded below: skip the random init (~15 s at 0.5B)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, **kwargs)
+    model.tie_weights()  # which the skipped init would have done
     try:
         model.generation_config = GenerationConfig.from_pretrained(folder)
     except OSError:  # the parent's model had none
@@ -49,6 +51,14 @@ def build_model(
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
     return model.to(device).eval()
+
+
+def _no_init_weights():
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # transformers < 5
+        from transformers.modeling_utils import no_init_weights
+    return no_init_weights()
 
 
 def serve(
@@ -77,6 +87,12 @@ def serve(
         params = dict(model.named_parameters())
         if unknown := [n for n in buffers if n not in params]:
             raise RuntimeError(f"the generator process's model has no parameters {unknown[:5]}")
+        if options["peft"] is None and (extra := [n for n in params if n not in buffers]):
+            # a weight tied in the parent but not here would never be synced
+            raise RuntimeError(
+                f"the generator process's model has parameters {extra[:5]} "
+                "that the parent's does not (tied weights?)"
+            )
         tokenizer = AutoTokenizer.from_pretrained(folder)
         generator = HFGenerator(model, tokenizer, **options["generator"])
         engine = HFEngine(generator)

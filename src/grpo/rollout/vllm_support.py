@@ -6,7 +6,9 @@ workaround here names the vLLM behaviour it answers (delete it once vLLM changes
 * :func:`reprocess_tied_layers`: vLLM's layer-wise reload skips tied layers;
 * :func:`keep_default_process_group`: in-process ``EngineCore.shutdown`` destroys the default
   ``torch.distributed`` group, which under torchrun is the trainer's;
-* :func:`checkpoint_names`: what a sync must cover (vLLM only logs a layer it did not reload).
+* :func:`checkpoint_names`: what a sync must cover (vLLM only logs a layer it did not reload);
+* :class:`ServerWorkerExtension`: :func:`reprocess_tied_layers` for a ``vllm serve`` server,
+  called over its ``/collective_rpc`` after a reload from a path.
 """
 
 from __future__ import annotations
@@ -101,6 +103,17 @@ def reprocess_tied_layers(worker) -> list[str]:
                     module.quant_method.process_weights_after_loading(module)
                     redone.append(name)
     return redone
+
+
+class ServerWorkerExtension:
+    """Mixed into a ``vllm serve`` server's workers (``--worker-extension-cls
+    grpo.rollout.vllm_support.ServerWorkerExtension``, which ``python -m grpo.rollout.server``
+    and :func:`grpo.rollout.server.launch_server` add): methods callable over the dev-mode
+    ``POST /collective_rpc``, whose arguments can only be strings."""
+
+    def grpo_reprocess_tied_layers(self) -> list[str]:
+        """:func:`reprocess_tied_layers` after ``reload_weights(weights_path=...)``."""
+        return reprocess_tied_layers(self)
 
 
 @contextlib.contextmanager

@@ -194,3 +194,73 @@ def _merged(layer, kind: str, t: torch.Tensor, active: list[str]) -> torch.Tenso
             continue
         out = (out + _materialize(delta)).to(t.dtype)
     return out
+
+
+# --- writing weights to a folder (engines that reload from a path) ---------------------------
+
+
+def model_config(model: nn.Module):
+    """The HF config of the (base) model behind wrappers and peft."""
+    model = unwrap_model(model)
+    return (model.get_base_model() if is_peft_model(model) else model).config
+
+
+def save_inference_weights(model: nn.Module, folder, *, dtype: torch.dtype | None = None) -> int:
+    """Write :func:`inference_weights` (LoRA merged out of place) as ``model.safetensors`` with
+    the model's ``config.json`` into ``folder``, cast to ``dtype`` (None: as trained), for an
+    engine that reloads from a path (vLLM's ``reload_weights(weights_path=...)``). Returns the
+    bytes of the safetensors file.
+
+    Tied weights appear once, under the first name (as in an HF checkpoint). Tensors are copied
+    to host memory one at a time; the file is written in one go.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    with inference_weights(model) as weights:
+        tensors = {name: t.to("cpu", dtype or t.dtype).contiguous() for name, t in weights}
+    path = folder / "model.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    model_config(model).save_pretrained(folder)
+    return path.stat().st_size
+
+
+def active_adapter(peft_model: nn.Module) -> str:
+    """The one active adapter of a peft model (engines load one adapter per request)."""
+    model = unwrap_model(peft_model)
+    if not is_peft_model(model):
+        raise TypeError(
+            f"adapter-only weight sync needs a peft model, got {type(model).__name__}; "
+            "without LoRA push the full weights (lora=False)"
+        )
+    active = _active(model)
+    if len(active) != 1:
+        raise ValueError(
+            f"adapter-only weight sync pushes one adapter, but {active} are active; "
+            "set_adapter() the trained one"
+        )
+    return active[0]
+
+
+def save_adapter(peft_model: nn.Module, folder) -> int:
+    """Write the active adapter only (``adapter_model.safetensors`` + ``adapter_config.json``,
+    the layout of peft's ``save_pretrained``, which vLLM's LoRA loader reads) into ``folder``;
+    returns the bytes of the safetensors file. The base weights are not written."""
+    from pathlib import Path
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    name = active_adapter(peft_model)
+    model = unwrap_model(peft_model)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = get_peft_model_state_dict(model, adapter_name=name)
+    tensors = {k: _materialize(v).to("cpu").contiguous() for k, v in state.items()}
+    path = folder / "adapter_model.safetensors"
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    model.peft_config[name].save_pretrained(str(folder))
+    return path.stat().st_size
