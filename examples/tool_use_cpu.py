@@ -19,6 +19,15 @@ CodeReward) does the multiplying::
    answer: the tool path wins its groups, so the tool-call rate and held-out accuracy rise.
 4. Held-out (200 products never trained on) greedy accuracy and tool-call rate, before and after.
 
+Options for measuring (benchmarks/bench_async.py uses them): ``--save-warmup DIR`` keeps the
+warm-up model and tokenizer, ``--start-model DIR`` starts GRPO from one (no warm-up);
+``--eval-steps N`` evaluates the held-out set through the trainer every N steps (``eval.jsonl``:
+greedy accuracy by step, for the time to a target accuracy); ``--async-staleness K`` samples the
+next steps in a child process (``grpo.rollout.ProcessGenerator``, the ``MultiTurnGenerator``
+wrapped around it with ``wrap_generator=``) while the learner trains, on weights at most K steps
+old, so the sandboxed tool calls of step s+1 run while step s trains. The before/after numbers
+then come from an in-process ``MultiTurnGenerator`` on the trained weights.
+
 Departures from tool-integrated RL papers (ToRL arXiv:2503.23383, ReTool arXiv:2504.11536), for
 the CPU budget: a tiny random model with a warm-up instead of a pretrained one; beta = 0; short
 trajectories; one kind of problem.
@@ -130,6 +139,14 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--eval-prompts", type=int, default=200)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--async-staleness", type=int, default=0,
+                    help="asynchronous rollouts: sample (and call the tool) in a generator process on weights "
+                         "at most K steps old while the learner trains (0: synchronous)")
+    ap.add_argument("--eval-steps", type=int, default=0,
+                    help="held-out evaluation through the trainer every N GRPO steps (eval.jsonl); 0: none")
+    ap.add_argument("--start-model", default=None,
+                    help="skip the warm-up: start GRPO from this saved model and tokenizer (see --save-warmup)")
+    ap.add_argument("--save-warmup", default=None, help="save the warm-up model and tokenizer to this folder")
     ap.add_argument("--quick", action="store_true", help="tiny settings for a smoke test (seconds)")
     a = ap.parse_args()
     if a.quick:
@@ -139,6 +156,7 @@ def main() -> None:
 
     from grpo import GRPOConfig, GRPOTrainer
     from grpo.rollout import HFGenerator
+    from grpo.rollout.multiturn import MultiTurnGenerator
     from grpo.rollout.tools import CodeBlockParser, python_tool
     from grpo.tiny import build_tiny_llama
 
@@ -146,18 +164,44 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
     torch.manual_seed(a.seed)
-    tok = build_tokenizer()
-    model = build_tiny_llama(tok, hidden_size=128, num_layers=2, num_heads=4, head_dim=32, seed=a.seed)
-    train, test = make_problems("train", 4000, a.seed), make_problems("test", a.eval_prompts)
-    print(f"[build] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
-    warmup(model, tok, train, steps=a.warmup_steps, tool_p=a.tool_p, seed=a.seed)
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.generation_config.eos_token_id = tok.eos_token_id
+    if a.start_model:  # a saved warm-up (--save-warmup): its model and tokenizer
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(a.start_model)
+        model = AutoModelForCausalLM.from_pretrained(a.start_model)
+        train, test = make_problems("train", 4000, a.seed), make_problems("test", a.eval_prompts)
+    else:
+        tok = build_tokenizer()
+        model = build_tiny_llama(tok, hidden_size=128, num_layers=2, num_heads=4, head_dim=32, seed=a.seed)
+        train, test = make_problems("train", 4000, a.seed), make_problems("test", a.eval_prompts)
+        print(f"[build] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters", flush=True)
+        warmup(model, tok, train, steps=a.warmup_steps, tool_p=a.tool_p, seed=a.seed)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.eos_token_id
+        if a.save_warmup:
+            model.save_pretrained(a.save_warmup)
+            tok.save_pretrained(a.save_warmup)
     t_warm = time.perf_counter() - t0
 
-    generator = _recording_generator()(HFGenerator(model, tok), tools=[python_tool()], parser=CodeBlockParser(),
-                                   max_turns=2, max_turn_tokens=32, render_tools=False)
-    before = held_out(generator, test)
+    multiturn = dict(tools=[python_tool()], parser=CodeBlockParser(), max_turns=2, max_turn_tokens=32,
+                     render_tools=False)
+    recording = _recording_generator()
+    if a.async_staleness:
+        # the trainer samples in a child process (ProcessGenerator) with weights of its own; the
+        # tool loop is wrapped around that generator, and the held-out evaluation before and after
+        # runs in this process on the model's current weights
+        made: list = []
+
+        def wrap(inner):
+            made.append(recording(inner, **multiturn))
+            return made[-1]
+
+        evaluator = MultiTurnGenerator(HFGenerator(model, tok), **multiturn)
+        trainer_generator = {"wrap_generator": wrap}
+    else:
+        generator = evaluator = recording(HFGenerator(model, tok), **multiturn)
+        trainer_generator = {"generator": generator}
+    before = held_out(evaluator, test)
     print(f"[before GRPO] {before}", flush=True)
     config = GRPOConfig(
         output_dir=str(run), seed=a.seed, max_steps=a.steps, overwrite_output_dir=True,
@@ -165,15 +209,20 @@ def main() -> None:
         sampling={"max_tokens": 64, "temperature": 1.0}, optim={"learning_rate": a.lr},
         loss={"beta": 0.0, "eps_low": 0.2, "eps_high": 0.28, "aggregation": "token_mean"},
         forward={"micro_batch_size": 64, "torch_threads": a.threads},
-        log={"steps": 1, "progress_bar": False}, checkpoint={"final_model": False})
-    trainer = GRPOTrainer(model, [exact_answer], train, config, tokenizer=tok, generator=generator)
+        log={"steps": 1, "progress_bar": False}, checkpoint={"final_model": False},
+        eval={"steps": a.eval_steps, "samples": 1}, **{"async": {"staleness": a.async_staleness}})
+    evals = {"eval_dataset": test, "accuracy_reward": "exact_answer"} if a.eval_steps else {}
+    trainer = GRPOTrainer(model, [exact_answer], train, config, tokenizer=tok, **trainer_generator, **evals)
+    if a.async_staleness:
+        generator = made[0]
     try:
         trainer.train()
-        after = held_out(generator, test)
+        after = held_out(evaluator, test)
     finally:
         trainer.close()
     print(f"[after GRPO] {after}", flush=True)
     summary = {"seed": a.seed, "grpo_steps": a.steps, "warmup_steps": a.warmup_steps, "tool_p": a.tool_p,
+               "async_staleness": a.async_staleness, "start_model": a.start_model,
                "held_out_accuracy_before": before["accuracy"], "held_out_accuracy_after": after["accuracy"],
                "gain_points": 100 * (after["accuracy"] - before["accuracy"]),
                "tool_call_rate_before": before["tool_call_rate"], "tool_call_rate_after": after["tool_call_rate"],

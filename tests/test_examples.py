@@ -88,6 +88,29 @@ def test_r1_zero_cpu_demo_quick(tmp_path):
     assert summary["grpo_steps"] == 2 and (tmp_path / "run" / "report" / "report.html").exists()
 
 
+
+@pytest.mark.slow
+def test_tool_use_demo_async_from_a_saved_warmup(tmp_path):
+    """The measuring flags of the tool-use demo: --save-warmup keeps the warm-up model, and
+    --start-model starts GRPO from it with --async-staleness 1 (the tool loop wrapped around the
+    trainer's generator process) and --eval-steps 1 (the trainer's held-out evaluation)."""
+    script, warm = str(ROOT / "examples" / "tool_use_cpu.py"), tmp_path / "warm"
+    out = subprocess.run([sys.executable, script, "--quick", "--save-warmup", str(warm), "--output-dir",
+                          str(tmp_path / "first")], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (warm / "config.json").exists() and (warm / "tokenizer.json").exists()
+    run = tmp_path / "async"
+    out = subprocess.run([sys.executable, script, "--quick", "--start-model", str(warm), "--async-staleness", "1",
+                          "--eval-steps", "1", "--output-dir", str(run)], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "[warm-up]" not in out.stdout  # started from the saved model
+    assert [json.loads(x)["step"] for x in (run / "eval.jsonl").read_text().splitlines()] == [0, 1, 2]
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [m["async/staleness_max"] for m in metrics] == [0.0, 1.0]  # step 2 trained on version-1 rollouts
+    # the training trajectories went through the tool loop (the Recording generator saw both steps)
+    assert len((run / "tool_metrics.jsonl").read_text().splitlines()) == 2
+    assert json.loads((run / "summary.json").read_text())["async_staleness"] == 1
+
 def test_r1_pipeline_example_runs_every_stage_and_regenerates_its_table(tmp_path):
     """The R1 miniature with tiny settings: every stage runs, each model stage's numbers land in
     its folder as JSON, the table comes back from them, and the report links every stage."""
