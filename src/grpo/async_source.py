@@ -79,6 +79,7 @@ class AsyncGenerator(BaseGenerator):
             )
         self.inner = inner
         self.version = version
+        self.push_wait = 0.0  # seconds the last push waited for the generate call in flight
         self._lock = threading.Lock()
         self.accepts_rows = inner.accepts_rows
         self.returns_logprobs = inner.returns_logprobs
@@ -96,8 +97,12 @@ class AsyncGenerator(BaseGenerator):
 
     def push(self, model: Any, version: int) -> None:
         """``model``'s weights (after ``version`` updates) to the wrapped generator, between two
-        of its ``generate`` calls."""
+        of its ``generate`` calls (the wait for the call in flight is :attr:`push_wait`)."""
+        t0 = time.perf_counter()
         with self._lock:
+            # with staleness 1 this waits for the step the learner takes next: the learner's
+            # wait for rollouts moves here from collect
+            self.push_wait = time.perf_counter() - t0
             self.inner.sync_weights(model)
             self.version = version
 
@@ -189,7 +194,8 @@ class AsyncRolloutSource:
                 "async/staleness_mean": sum(lags) / len(lags),
                 "async/staleness_max": float(max(lags)),
                 "async/queue_depth": float(depth),
-                "async/learner_idle": time.perf_counter() - t0,
+                "async/learner_idle": time.perf_counter() - t0 + self.generator.push_wait,
+                "async/push_wait": self.generator.push_wait,
                 "async/generator_idle": generator_idle,
             }
         )
