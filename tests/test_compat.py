@@ -195,7 +195,7 @@ def test_every_pair_is_covered_or_declared():
 def test_rows_are_deterministic_and_few_start_vllm():
     assert compat.covering_rows() == ROWS
     assert sum(map(compat.engine_row, ROWS)) <= 3
-    assert len(SEVERAL) <= 6
+    assert len(SEVERAL) <= 8  # each a torchrun launch: the costly kind (async's rows added two)
 
 
 def test_the_page_is_generated_from_the_declaration():

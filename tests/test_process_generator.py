@@ -163,7 +163,8 @@ def test_multiturn_over_the_process_generator_is_the_in_process_one(taught):  # 
     multi = MultiTurnGenerator(gen, tools=[python], parser=CodeBlockParser(), max_turns=3, render_tools=False)
     sampling = SamplingConfig(temperature=1.0, max_tokens=60, seed=5)
     try:
-        assert multi.device == torch.device("cpu") and multi.versioned
+        # the child's device; versions are the asynchronous trainer's AsyncGenerator's to tag
+        assert multi.device == torch.device("cpu") and not multi.versioned
         got = multi.generate(PROMPTS, 2, sampling)
         greedy = multi.generate(PROMPTS, 1, SamplingConfig(temperature=0.0, max_tokens=60))
         assert multi.engine.policy_version == 0

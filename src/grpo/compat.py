@@ -508,6 +508,11 @@ REFUSED: dict[Pair, Refusal] = {
         "samples from the trained model object itself",
         "GRPOTrainer",
     ),
+    pair("estimator", "maxrl", "reward", "reward_model"): Refusal(
+        "MaxRL reads rewards as pass rates in [0, 1]; a reward model's scores are unbounded",
+        "divides by each group's mean reward",
+        "GRPOTrainer",
+    ),
     pair("estimator", "gdpo", "length_penalty", "on"): Refusal(
         "GDPO normalises each reward component, so a penalty on the total would do nothing",
         "which rollout.advantage_estimator='gdpo' does not read",

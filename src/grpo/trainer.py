@@ -215,6 +215,7 @@ class GRPOTrainer:
             )
         if not reward_funcs:  # pure distillation: no task reward, the teacher's term is the signal
             reward_funcs = [no_task_reward]
+        check_estimator_rewards(cfg.rollout.advantage_estimator, reward_funcs)
         self.reward = scoring_reward(reward_funcs, cfg.reward.weights)
         self.reward_monitor = RewardMonitor(patience=cfg.reward.failure_patience)
         self.accuracy_name, self.format_name = report_names(
@@ -807,6 +808,24 @@ class GRPOTrainer:
         thread."""
         self.generator.close()
         self.source.close()
+
+
+def check_estimator_rewards(estimator: str, reward_funcs: Sequence[Any]) -> None:
+    """MaxRL divides by the group's mean reward, read as a pass rate in [0, 1]
+    (arXiv:2602.02710); a reward model's scores are unbounded, and a group whose mean is <= 0
+    gets advantage 0, so such a run would learn nothing from it without a word."""
+    if estimator != "maxrl":
+        return
+    from grpo.rewards.reward_model import RewardModelReward
+
+    if any(isinstance(f, RewardModelReward) for f in reward_funcs):
+        raise ValueError(
+            "rollout.advantage_estimator='maxrl' divides by each group's mean reward, a pass "
+            "rate in [0, 1], and reward_funcs holds a reward model (RewardModelReward), whose "
+            "scores are unbounded (a group with a mean <= 0 gets advantage 0: nothing learned); "
+            "use rollout.advantage_estimator='grpo' (or another) with the reward model, or "
+            "maxrl with rewards in [0, 1]"
+        )
 
 
 def no_task_reward(completions, **kwargs) -> list[float]:
