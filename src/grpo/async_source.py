@@ -149,7 +149,6 @@ class AsyncRolloutSource:
         self._queue: deque[tuple[int, ScoredStep, dict]] = deque()
         self._cond = threading.Condition()
         self._next = start_step  # the step the producer makes next
-        self._weights = start_step  # the version in the generator
         self._consumed_state = inner.state_dict()
         self._error: BaseException | None = None
         self._stop = False
@@ -212,8 +211,7 @@ class AsyncRolloutSource:
         """The learner's weights after ``version`` updates, to the generator (waiting for the
         ``generate`` call in flight, if any)."""
         self.generator.push(model, version)
-        with self._cond:
-            self._weights = version
+        with self._cond:  # the producer may be waiting for this version
             self._cond.notify_all()
 
     def state_dict(self) -> dict[str, Any]:
@@ -229,7 +227,7 @@ class AsyncRolloutSource:
 
     def start_at(self, step: int) -> None:
         """Resume: the next step to produce and the generator's version."""
-        self._next = self._weights = self.generator.version = step
+        self._next = self.generator.version = step
 
     def close(self) -> None:
         with self._cond:
@@ -260,7 +258,7 @@ class AsyncRolloutSource:
                         and self._next < self.max_steps
                         and (
                             len(self._queue) >= self.staleness
-                            or self._weights < self._next - self.staleness
+                            or self.generator.version < self._next - self.staleness
                         )
                     ):
                         self._cond.wait()
