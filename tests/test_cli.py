@@ -216,6 +216,16 @@ def test_eval_options_checked_before_any_generation(tmp_path, capsys):
         in err.splitlines()[-1]
 
 
+def test_eval_pass_k_without_an_accuracy_reward_is_a_one_line_error(tmp_path, capsys):
+    body = BASE.replace("      - {name: math, weight: 1.0}\n", "").rstrip(" ")
+    body += "    trainer: {output_dir: %s, eval: {samples: 4}}\n" % (tmp_path / "run")
+    for flag in ("--pass-k", "--cons-k"):
+        code, err = run_main(capsys, "eval", recipe_file(tmp_path, body), "tiny.warmup_steps=0", flag, "2")
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert f"{flag}: needs an accuracy reward" in err and "trainer.reward.accuracy=" in err, err
+    assert not (tmp_path / "run").exists()  # refused before anything was built
+
+
 def test_eval_model_that_is_no_model(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     for model, message in ((tmp_path / "empty", "not a saved model (no config.json)"),

@@ -210,6 +210,13 @@ def evaluate_recipe(
     sample = EVAL_PRESETS[preset] if preset is not None else eval_sampling
     reward = scoring_reward(*check_recipe(recipe))
     accuracy, format_name = report_names([r.name for r in reward.rewards], config=cfg.reward)
+    if accuracy is None and (pass_ks or cons_ks):
+        flag = "--pass-k" if pass_ks else "--cons-k"
+        raise RecipeError(
+            f"{flag}: needs an accuracy reward, and none of the recipe's rewards is named as one "
+            f"({', '.join(r.name for r in reward.rewards)}); name it with "
+            f"trainer.reward.accuracy=<reward name>, or drop {flag}"
+        )
     if cons_ks and answer_voter(reward, accuracy) is None:
         raise RecipeError(
             f"--cons-k: majority vote needs an accuracy reward that compares answers "
