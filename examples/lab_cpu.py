@@ -42,6 +42,9 @@ def main() -> None:
     ap.add_argument("--warmup-steps", type=int, default=None, help="default 800; --quick: 5")
     ap.add_argument("--eval-per-level", type=int, default=None, help="held-out problems per level (default 50; --quick: 2)")
     ap.add_argument("--eval-steps", type=int, default=50, help="evaluate every N GRPO steps")
+    ap.add_argument("--hidden-size", type=int, default=128,
+                    help="model width (default 128: the demo's 0.55M model; heads of 32 dims)")
+    ap.add_argument("--layers", type=int, default=2, help="model depth (default 2)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: this model's matmuls are tiny)")
     ap.add_argument("--start-model", default=None,
                     help="skip the warm-up and start GRPO from this saved model (e.g. another run's warmup_model)")
@@ -70,7 +73,10 @@ def main() -> None:
     t0 = time.perf_counter()
     torch.manual_seed(a.seed)
     tokenizer = build_char_tokenizer()
-    model = build_tiny_llama(tokenizer, hidden_size=128, num_layers=2, num_heads=4, head_dim=32, seed=a.seed)
+    if a.hidden_size % 32:
+        ap.error(f"--hidden-size must be a multiple of 32 (heads of 32 dims), got {a.hidden_size}")
+    model = build_tiny_llama(tokenizer, hidden_size=a.hidden_size, num_layers=a.layers,
+                             num_heads=a.hidden_size // 32, head_dim=32, seed=a.seed)
     train = make_lab_dataset(a.levels, split="train", seed=a.seed)
     held_out = make_lab_dataset(a.levels, split="test", seed=0, size=a.eval_per_level)  # the same for every seed
     print(f"[build] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters; levels {a.levels}: "

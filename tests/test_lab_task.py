@@ -119,10 +119,22 @@ trainer: {output_dir: runs/x, max_steps: 1}
 def test_lab_cpu_quick_runs(tmp_path):
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "lab_cpu.py"), "--quick", "--levels", "1,4",
-         "--output-dir", str(tmp_path / "run")],
+         "--hidden-size", "64", "--layers", "1", "--output-dir", str(tmp_path / "run")],
         capture_output=True, text=True, timeout=300,
     )
     assert out.returncode == 0, out.stderr[-3000:]
+    config = json.loads((tmp_path / "run" / "final" / "config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"], config["num_attention_heads"]) == (64, 1, 2)
+    # the headroom benchmark's parameter count (read from the saved config) is the model's
+    import importlib.util
+
+    import transformers
+
+    spec = importlib.util.spec_from_file_location("lab_headroom", ROOT / "benchmarks" / "lab_headroom.py")
+    headroom = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(headroom)
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "run" / "final")
+    assert headroom.run_facts(tmp_path / "run")["parameters"] == sum(p.numel() for p in model.parameters())
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert set(summary["held_out_greedy_accuracy_by_level_after"]) == {"1", "4"}
     assert summary["grpo_steps"] == 2 and [p["step"] for p in summary["curve"]] == [0, 2]
