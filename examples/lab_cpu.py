@@ -10,8 +10,10 @@ character tokenizer, an 800-step warm-up on the sloppy teacher, then GRPO with M
 (``grpo.recipes.lab_task``): chains of 3-5 digits joined by + (levels 1-2) or + and - (levels 3-4).
 The demo's task saturates at ~100% by step 50; on this one the same recipe plateaus at ~32-36%
 held-out greedy accuracy (L2 ~65%, L3 ~20%, L4 ~5-10%; benchmarks/README.md, "Lab task
-headroom"), so a change of algorithm has room to show. ~11 min per run on a loaded 2-core machine
-(warm-up ~8 min; 150 GRPO steps ~1.5 min); ``--start-model`` reuses a warm-up.
+headroom"), so a change of algorithm has room to show. A longer warm-up raises that plateau
+(``--warmup-steps 2400``: ~66%, ``7200``: ~97%; "More compute keeps paying" there). ~11 min per
+run on a loaded 2-core machine (warm-up ~8 min; 150 GRPO steps ~1.5 min); ``--start-model`` reuses
+a warm-up. ``--hidden-size`` / ``--layers`` size the model (heads of 32 dims).
 
 Departures from the R1-Zero demo: completions capped at 64 tokens (a level-4 worked chain is up
 to ~50), held-out evaluation of 50 problems per level (``eval.by: [level]``) with 2 samples each.

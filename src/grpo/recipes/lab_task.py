@@ -19,8 +19,9 @@ level  terms  max_value  ops   example
 More terms mean more steps to chain (each must copy the right term and add it); subtraction
 brings negative running values. Numbers above 9 made the warm-up itself fail: with levels of
 3-5 terms in 0..19, 800 warm-up steps left the worked path right ~5% of the time even at level 1,
-and GRPO had nothing to select. The measured headroom curve (held-out greedy accuracy per
-level against GRPO steps) is in benchmarks/README.md, "Lab task headroom"
+and GRPO had nothing to select. The measured headroom curves (held-out greedy accuracy per
+level against GRPO steps, and against warm-up compute: the 800-step warm-up's plateau of ~32%
+becomes ~66% at 2,400 steps and ~97% at 7,200) are in benchmarks/README.md, "Lab task headroom"
 (``benchmarks/lab_headroom.py``).
 
 Held-out split: a problem is held out when the CRC-32 of its question (``"4+3-9+1=?"``) is 0
