@@ -141,7 +141,8 @@ class ScaleRLFit:
 
 def _design(x, lb, m):
     """s = 1 / (1 + exp(B (m - x))) with x = log C, B = exp(lb), m = log C_mid; and u."""
-    u = np.exp(np.clip(np.exp(lb) * (m - x), -60, 60))
+    with np.errstate(over="ignore"):  # a search step may try a huge B: inf, clipped below
+        u = np.exp(np.clip(np.exp(lb) * (m - x), -60, 60))
     return 1.0 / (1.0 + u), u
 
 
