@@ -195,7 +195,9 @@ def main() -> None:
         rows = table(curves, a.budgets, a.levels)
         late = [r["overall"] for r in rows if r["steps"] > max(a.budgets) / 2 and r["overall"] is not None]
         facts = run_facts(folder / f"seed{seeds[0]}")
-        results[name or "lab"] = {"size": f"{width}x{depth}", "warmup_steps": warmup, "rows": rows,
+        # without --sizes / --warmups the model and warm-up are lab_cpu.py's (or the flags after --)
+        results[name or "lab"] = {"size": f"{width}x{depth}" if grid else None,
+                                  "warmup_steps": warmup if grid else None, "rows": rows,
                                   "plateau": sum(late) / len(late) if late else None, **facts}
         model = f", model {name}" if name else ""
         if "parameters" in facts:
