@@ -234,3 +234,14 @@ def test_the_weight_sync_benchmark_runs_quick():
     # adapter: 2 layers x 16 x (q 64+64, k 64+32, v 64+32, o 64+64, gate 64+128, up 64+128,
     #   down 128+64) = 2 x 16 x 1024 = 32,768 parameters x 4 bytes = 0.131 MB
     assert float(mb["LoRA r=16, all linear"]) == pytest.approx(0.13, abs=0.005)
+
+
+def test_a_peft_model_with_several_active_adapters_is_refused_before_any_child(tiny):
+    from peft import LoraConfig
+
+    model, tok = tiny
+    peft_model = lora(model)
+    peft_model.add_adapter("other", LoraConfig(r=4, target_modules=["q_proj"]))
+    peft_model.base_model.set_adapter(["default", "other"])
+    with pytest.raises(ValueError, match=r"pushes one adapter, but \['default', 'other'\] are active"):
+        ProcessGenerator(peft_model, tok)

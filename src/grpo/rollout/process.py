@@ -47,7 +47,7 @@ import torch
 
 from grpo.rollout.process_child import STATE_FILE, serve
 from grpo.rollout.types import BaseGenerator, Prompt, Rollout, SamplingConfig
-from grpo.rollout.weights import is_peft_model, unwrap_model
+from grpo.rollout.weights import active_adapter, is_peft_model, unwrap_model
 
 NO_MAIN_GUARD_EXIT = 86
 """The exit code of a child that found itself re-running the training script at import."""
@@ -85,16 +85,9 @@ def _synced_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def _peft_spec(model: torch.nn.Module) -> tuple[str, Any, list[str]]:
-    """``(active adapter, its config, the other adapters' names)`` of a peft model, refusing
-    what the child cannot rebuild."""
-    active = model.active_adapters
-    active = [active] if isinstance(active, str) else list(active)
-    if len(active) != 1:
-        raise ValueError(
-            f"ProcessGenerator samples with one adapter; the peft model has {len(active)} "
-            f"active ({active}): call model.set_adapter(name) with the one being trained"
-        )
-    name = active[0]
+    """``(active adapter, its config, the other adapters' names)`` of a peft model (one active
+    adapter, or :func:`~grpo.rollout.weights.active_adapter` refuses)."""
+    name = active_adapter(model)
     return name, copy.deepcopy(model.peft_config[name]), [a for a in model.peft_config if a != name]
 
 
@@ -275,7 +268,7 @@ class ProcessGenerator(BaseGenerator):
 
     def child_device(self) -> str:
         """The device of the child's model, as the child reports it."""
-        return self._call(("device",), "report its device")
+        return self.child_stats()["device"]
 
     def child_stats(self) -> dict:
         """The child's view: ``device``, ``version`` it holds, ``loads`` (copies from the

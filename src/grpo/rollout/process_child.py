@@ -71,7 +71,7 @@ def serve(
 ) -> None:
     """The child's loop. Messages: ``("generate", prompts, n, sampling, chat_kwargs)`` ->
     rollouts; ``("sample", contexts, seeds, limits, sampling, refresh)`` -> ``(version,
-    rows)``; ``("device",)`` -> its model's device; ``("stats",)`` -> a dict; answered
+    rows)``; ``("stats",)`` -> a dict (its model's device, version, loads); answered
     ``("ok", payload)`` or ``("error", traceback)``. ``("close",)`` ends it."""
     torch.set_num_threads(options["threads"])
     device = options["device"]
@@ -135,8 +135,6 @@ def serve(
                 _, contexts, seeds, limits, sampling, again = message
                 have = refresh() if again or state["have"] < 0 else state["have"]
                 conn.send(("ok", (have, engine.sample(contexts, seeds, limits, sampling))))
-            elif kind == "device":
-                conn.send(("ok", str(next(model.parameters()).device)))
             elif kind == "stats":
                 stats = {k: state[k] for k in ("loads", "load_seconds")}
                 conn.send(("ok", {"device": here, "version": state["have"], **stats}))
