@@ -119,6 +119,7 @@ def main() -> None:
 
     summary = {
         "seed": a.seed, "grpo_steps": a.steps, "levels": a.levels, "overrides": a.set,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
         "held_out_greedy_accuracy_before": before["eval/greedy_accuracy"],
         "held_out_greedy_accuracy_after": after["eval/greedy_accuracy"],
         "held_out_greedy_accuracy_by_level_before": per_level(before),
